@@ -1,0 +1,1 @@
+"""Aurelis core."""
