@@ -1,0 +1,223 @@
+"""The data that flows through a pipeline: request context, attempts, cache entries, endpoints.
+
+These are plain classes with ``__slots__``: one :class:`RequestContext` is made per request, so its
+construction cost is part of every request's overhead and is kept to a handful of attribute stores.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "CACHE_BYPASS",
+    "CACHE_HIT",
+    "CACHE_MISS",
+    "Attempt",
+    "CacheEntry",
+    "CacheInfo",
+    "Endpoint",
+    "RequestContext",
+    "RequestControls",
+]
+
+CACHE_HIT = "hit"
+CACHE_MISS = "miss"
+CACHE_BYPASS = "bypass"
+
+
+@attrs.frozen
+class Endpoint:
+    """One upstream that requests may be routed to (``[[endpoints]]`` in the config).
+
+    ``url`` is the endpoint's base URL; the request's path is kept and moved onto it. ``headers`` are added to
+    every request sent there, and ``api_key`` replaces the caller's ``Authorization`` header, so one client can
+    fan out over deployments that each have their own credential.
+    """
+
+    url: str
+    name: str = ""
+    weight: float = 1.0
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    api_key: str | None = attrs.field(default=None, repr=False)
+    rpm: int | None = None
+    tpm: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.url)
+
+
+@attrs.frozen
+class RequestControls:
+    """Per-request cache controls, from ``request.extensions["aurelis"]`` and ``Cache-Control``.
+
+    - ``skip``: neither read nor write any cache tier for this request.
+    - ``refresh``: do not read the cache, but store the fresh answer (``Cache-Control: no-cache``).
+    - ``no_store``: read the cache, but never store this answer (``Cache-Control: no-store``).
+    - ``ttl``: seconds this answer may be served from cache, overriding each tier's default.
+    - ``namespace``: an explicit tenant scope for the cache key, overriding the configured one.
+    """
+
+    skip: bool = False
+    refresh: bool = False
+    no_store: bool = False
+    ttl: float | None = None
+    namespace: str | None = None
+
+
+DEFAULT_CONTROLS = RequestControls()
+
+
+class CacheEntry:
+    """A stored response: status, headers and the raw body bytes exactly as the upstream sent them.
+
+    The body keeps the upstream's ``Content-Encoding``; it is decoded only when the caller reads it.
+    ``chunks`` is set for a stored event stream, one item per chunk as it arrived, so a replay can
+    hand the caller the same chunk boundaries. ``created`` is a ``time.time()`` stamp, ``ttl`` in seconds
+    (``None``: the tier's default applies).
+    """
+
+    __slots__ = ("body", "chunks", "created", "headers", "hits", "status_code", "ttl")
+
+    def __init__(
+        self,
+        status_code: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        chunks: tuple[bytes, ...] | None = None,
+        created: float | None = None,
+        ttl: float | None = None,
+        hits: int = 0,
+    ) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.body = body
+        self.chunks = chunks
+        self.created = time.time() if created is None else created
+        self.ttl = ttl
+        self.hits = hits
+
+    @property
+    def size(self) -> int:
+        """Bytes this entry holds (body plus headers): what byte-bounded tiers charge for it."""
+        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers)
+
+    def expired(self, now: float, default_ttl: float | None) -> bool:
+        ttl = self.ttl if self.ttl is not None else default_ttl
+        return ttl is not None and now - self.created >= ttl
+
+    def __repr__(self) -> str:
+        return f"<CacheEntry {self.status_code} {len(self.body)}B>"
+
+
+class Attempt:
+    """One try at sending the request upstream (the first, or a retry).
+
+    ``end()`` is called exactly once, when the attempt is over: an error, or the response body fully read or
+    closed. Routers and breakers read ``endpoint``, ``status_code``, ``error`` and the timings from here.
+    """
+
+    __slots__ = ("endpoint", "error", "finished", "first_byte", "number", "started", "status_code")
+
+    def __init__(self, number: int, endpoint: Endpoint | None) -> None:
+        self.number = number
+        self.endpoint = endpoint
+        self.started = time.perf_counter()
+        self.first_byte: float | None = None
+        self.finished: float | None = None
+        self.status_code: int | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.finished is None else self.finished - self.started
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status_code is not None and self.status_code < 400
+
+
+class CacheInfo:
+    """Where a response came from; set as ``response.extensions["aurelis"]``.
+
+    ``status`` is ``"hit"``, ``"miss"`` or ``"bypass"``; ``tier`` names the tier that answered a hit;
+    ``key`` is the cache key (a hex digest, never a credential).
+    """
+
+    __slots__ = ("endpoint", "key", "status", "tier")
+
+    def __init__(self, status: str, tier: str | None, key: str | None, endpoint: str | None) -> None:
+        self.status = status
+        self.tier = tier
+        self.key = key
+        self.endpoint = endpoint
+
+    def __repr__(self) -> str:
+        return f"<CacheInfo {self.status} tier={self.tier} endpoint={self.endpoint}>"
+
+
+class RequestContext:
+    """Everything the stages know about one request, passed to every per-request hook.
+
+    ``request`` is the httpx (or httpx2) request as the caller built it; stages that change it (routing,
+    compression) replace ``request`` with a new one and keep the original in ``original``. ``json`` is the
+    parsed JSON body when ``normalize`` could parse one (``None`` otherwise). ``state`` is a scratch dict for
+    plugins, keyed by plugin name. ``is_async`` tells an I/O hook whether it may return an awaitable that
+    the async driver will await.
+    """
+
+    __slots__ = (
+        "attempts",
+        "cache_status",
+        "cache_tier",
+        "controls",
+        "error",
+        "http",
+        "is_async",
+        "json",
+        "key",
+        "original",
+        "request",
+        "response_status",
+        "started",
+        "state",
+        "stream",
+        "transport",
+    )
+
+    def __init__(self, request: Any, transport: Any, http: Any, is_async: bool, controls: RequestControls) -> None:
+        self.request = request
+        self.original = request
+        self.transport = transport
+        self.http = http
+        self.is_async = is_async
+        self.controls = controls
+        self.started = time.perf_counter()
+        self.json: Any = None
+        self.key: str | None = None
+        self.stream = False
+        self.cache_status = CACHE_BYPASS
+        self.cache_tier: str | None = None
+        self.attempts: list[Attempt] = []
+        self.response_status: int | None = None
+        self.error: BaseException | None = None
+        self.state: dict[str, Any] = {}
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """The endpoint of the latest attempt (``None`` before routing, or with no endpoints)."""
+        return self.attempts[-1].endpoint if self.attempts else None
+
+    @property
+    def model(self) -> str | None:
+        """The ``model`` field of a JSON body, if any: a low-cardinality label for metrics."""
+        body = self.json
+        if isinstance(body, dict):
+            model = body.get("model")
+            return model if isinstance(model, str) else None
+        return None

@@ -1,0 +1,237 @@
+"""The thin I/O layers: drivers for the pipeline's flow, the wrapping transports, and ``instrument``.
+
+Everything that decides *what* happens to a request is in :mod:`aurelis_core.pipeline`; this module only
+runs it, synchronously or with ``await``, and plugs it into httpx's transport API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ._compat import client_flavour, flavour_of
+from ._models import DEFAULT_CONTROLS, RequestContext
+
+if TYPE_CHECKING:
+    from .pipeline import Flow, Pipeline
+
+__all__ = ["ObservedStream", "drive_async", "drive_sync", "instrument_client", "wrap_transport"]
+
+
+# --- drivers -------------------------------------------------------------------------------------------------
+
+
+def drive_sync(flow: Flow, pipeline: Pipeline) -> Any:
+    """Run a flow to its return value, in this thread.
+
+    A flow only yields when something returned an awaitable; under a sync client that is an ``async def``
+    plugin (or a deliberate no-op awaitable), which runs on the pipeline's private loop thread.
+    """
+    send = flow.send
+    try:
+        awaitable = send(None)
+        while True:
+            try:
+                result = _bridge(pipeline).run(awaitable)
+            except BaseException as exc:
+                awaitable = flow.throw(exc)
+            else:
+                awaitable = send(result)
+    except StopIteration as stop:
+        return stop.value
+
+
+async def drive_async(flow: Flow) -> Any:
+    """Run a flow to its return value, awaiting each awaitable it yields.
+
+    Cancellation is thrown into the flow at the ``await`` it interrupted, so the flow's ``finally`` and
+    ``except`` blocks (ending the attempt, releasing in-flight counts) run before the task unwinds.
+    """
+    send = flow.send
+    try:
+        awaitable = send(None)
+        while True:
+            try:
+                result = await awaitable
+            except BaseException as exc:
+                awaitable = flow.throw(exc)
+            else:
+                awaitable = send(result)
+    except StopIteration as stop:
+        return stop.value
+
+
+class _LoopThread:
+    """A daemon thread running an event loop, for ``async def`` plugins called from sync clients."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="aurelis-bridge", daemon=True)
+        self.thread.start()
+
+    def run(self, awaitable: Awaitable[Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+_bridge_lock = threading.Lock()
+
+
+def _bridge(pipeline: Pipeline) -> _LoopThread:
+    bridge = pipeline._bridge
+    if bridge is None:
+        with _bridge_lock:
+            bridge = pipeline._bridge
+            if bridge is None:
+                bridge = pipeline._bridge = _LoopThread()
+    return bridge  # type: ignore[no-any-return]
+
+
+# --- streams -------------------------------------------------------------------------------------------------
+
+
+class ObservedStream:
+    """A response body passed through untouched, chunk by chunk, that reports when it ends.
+
+    ``on_end(error)`` is called exactly once: when the body was read to the end (``None``), when reading it
+    failed (the exception), or when it was closed early (``None``: the caller chose to stop). It is both a
+    sync and an async stream, like the transport streams it wraps; ``close``/``aclose`` are forwarded.
+    """
+
+    __slots__ = ("_ended", "_on_end", "_stream")
+
+    def __init__(self, stream: Any, on_end: Callable[[BaseException | None], None]) -> None:
+        self._stream = stream
+        self._on_end = on_end
+        self._ended = False
+
+    def _end(self, error: BaseException | None) -> None:
+        if not self._ended:
+            self._ended = True
+            self._on_end(error)
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._stream
+        except BaseException as exc:
+            self._end(exc)
+            raise
+        self._end(None)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except BaseException as exc:
+            self._end(exc)
+            raise
+        self._end(None)
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._end(None)
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self._end(None)
+
+
+# --- transports ----------------------------------------------------------------------------------------------
+
+_transport_classes: dict[tuple[Any, bool], type] = {}
+
+
+def _transport_class(http: Any, is_async: bool) -> type:
+    """A transport class deriving from the flavour's own base class, so isinstance checks keep passing."""
+    cls = _transport_classes.get((http, is_async))
+    if cls is None:
+        base = http.AsyncBaseTransport if is_async else http.BaseTransport
+        mixin = _AsyncPipelineTransport if is_async else _SyncPipelineTransport
+        cls = type(mixin.__name__.lstrip("_"), (mixin, base), {"__module__": __name__})
+        _transport_classes[(http, is_async)] = cls
+    return cls
+
+
+class _PipelineTransport:
+    #: Set on every wrapping transport, so wrapping is idempotent and the pipeline can be found from a client.
+    aurelis_pipeline: Pipeline
+
+    def __init__(self, inner: Any, pipeline: Pipeline, owns_pipeline: bool) -> None:
+        self.inner = inner
+        self.aurelis_pipeline = pipeline
+        self._owns_pipeline = owns_pipeline
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} around {self.inner!r}>"
+
+
+class _SyncPipelineTransport(_PipelineTransport):
+    def handle_request(self, request: Any) -> Any:
+        pipeline = self.aurelis_pipeline
+        ctx = RequestContext(request, self.inner, flavour_of(request), False, DEFAULT_CONTROLS)
+        return drive_sync(pipeline.flow(ctx), pipeline)
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            if self._owns_pipeline:
+                self.aurelis_pipeline.close()
+
+
+class _AsyncPipelineTransport(_PipelineTransport):
+    async def handle_async_request(self, request: Any) -> Any:
+        pipeline = self.aurelis_pipeline
+        ctx = RequestContext(request, self.inner, flavour_of(request), True, DEFAULT_CONTROLS)
+        return await drive_async(pipeline.flow(ctx))
+
+    async def aclose(self) -> None:
+        try:
+            await self.inner.aclose()
+        finally:
+            if self._owns_pipeline:
+                await self.aurelis_pipeline.aclose()
+
+
+def wrap_transport(inner: Any, pipeline: Pipeline, *, is_async: bool, owns_pipeline: bool = False) -> Any:
+    """``inner`` wrapped by ``pipeline`` (returned unchanged if it already is)."""
+    if isinstance(inner, _PipelineTransport):
+        return inner
+    return _transport_class(flavour_of(inner), is_async)(inner, pipeline, owns_pipeline)
+
+
+def instrument_client(client: Any, pipeline: Pipeline, owns_pipeline: bool = False) -> Any:
+    """Replace ``client``'s transport and every proxy mount with pipeline-wrapped ones, in place.
+
+    The client keeps building requests exactly as before (auth, redirects, cookies, event hooks, timeouts):
+    only the hop from client to network goes through the pipeline, once per redirect hop or auth retry.
+    Calling it again on the same client changes nothing.
+    """
+    _, is_async = client_flavour(client)
+    client._transport = wrap_transport(client._transport, pipeline, is_async=is_async, owns_pipeline=owns_pipeline)
+    client._mounts = {
+        pattern: (
+            None if transport is None else wrap_transport(transport, pipeline, is_async=is_async)
+        )
+        for pattern, transport in client._mounts.items()
+    }
+    return client
+
+
+def pipeline_of(client: Any) -> Pipeline | None:
+    """The pipeline an instrumented client runs through, or ``None``."""
+    transport = getattr(client, "_transport", None)
+    return getattr(transport, "aurelis_pipeline", None)

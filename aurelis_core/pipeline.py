@@ -1,0 +1,671 @@
+"""The pipeline: the whole request path, written once for sync and async clients.
+
+:meth:`Pipeline.flow` is a generator that runs the stages of :mod:`aurelis_core.hookspecs` for one request and
+does no I/O of its own. Wherever a stage needs I/O (a send, a body read, a sleep, an ``async def`` plugin), it
+*yields* an awaitable and is resumed with its result. Two thin drivers in :mod:`aurelis_core._transports` run
+it: the async one awaits what is yielded, the sync one gets plain values from plugins that serve sync clients
+(and bridges the rare awaitable to a private loop thread). So both kinds of client share one implementation,
+and the sync path pays nothing for the async one: a sync send never yields at all.
+
+Cost matters here: a cache hit is one dict lookup away, so every per-request step avoids allocations and
+pluggy's call machinery (the stage lists below hold the plain implementation functions).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from inspect import isawaitable
+from typing import Any
+
+from ._models import (
+    CACHE_HIT,
+    CACHE_MISS,
+    DEFAULT_CONTROLS,
+    Attempt,
+    CacheEntry,
+    CacheInfo,
+    Endpoint,
+    RequestContext,
+    RequestControls,
+)
+from ._plugins import (
+    AurelisPluginManager,
+    PluginSpec,
+    blocked_plugins,
+    discover_plugins,
+    instantiate,
+    unknown_plugin,
+)
+from .config import Config, ConfigError, choices_hint, config_from_table, load_config
+from .stats import Stats
+
+__all__ = ["Pipeline", "Flow"]
+
+logger = logging.getLogger("aurelis")
+
+#: What :meth:`Pipeline.flow` is: yields awaitables, is sent their results, returns the response.
+Flow = Generator[Awaitable[Any], Any, Any]
+
+#: Stages that take exactly one implementation.
+SINGLE_STAGES = {"aurelis_route": "router", "aurelis_send": "send engine"}
+
+#: Response headers a cache entry does not keep: per-connection, per-client or per-call, not per-answer.
+UNSTORED_HEADERS = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"set-cookie",
+        b"proxy-authenticate",
+        b"date",
+        b"age",
+        b"x-aurelis-cache",
+        b"x-aurelis-cache-tier",
+    }
+)
+#: Rate-limit headers describe the upstream's budget at the time of the call; a replay spent none of it.
+UNSTORED_PREFIXES = (b"x-ratelimit-",)
+
+#: Request headers that carry per-request cache controls for callers (like the openai SDK) that can set
+#: headers but not request extensions. They are removed before the request goes upstream.
+CONTROL_HEADER_PREFIX = "x-aurelis-"
+
+
+class Pipeline:
+    """The configured stages for one or more wrapped clients.
+
+    >>> pipeline = Pipeline({"plugins": ["normalize", "memory"]})
+    >>> client = pipeline.instrument(httpx.Client())      # or aurelis_core.instrument(client, config)
+
+    A pipeline owns its plugin instances (their caches, counters, connections) and its :class:`Stats`;
+    nothing is global, so two pipelines in one process are independent. Close it (``close()``/``aclose()``,
+    or close the client it was made for) to flush write-behind queues and release connections.
+    """
+
+    def __init__(
+        self,
+        config: Config | Mapping[str, Any] | str | Any | None = None,
+        *,
+        plugins: Sequence[object] = (),
+    ) -> None:
+        self.config: Config = load_config(config)
+        self.endpoints: tuple[Endpoint, ...] = self.config.endpoints
+        self.stats = Stats()
+        #: name -> where the plugin came from, for every plugin this pipeline registered.
+        self.plugin_origins: dict[str, str] = {}
+        self.is_async: bool | None = None
+        self._started = False
+        self._closed = False
+        self._bridge: Any = None
+        self._building = True
+        self.pm = AurelisPluginManager(self._rebuild)
+        self._load_plugins(list(plugins))
+        self._building = False
+        self._rebuild()
+
+    # --- set-up ----------------------------------------------------------------------------------------------
+
+    def _load_plugins(self, extra: list[object]) -> None:
+        config = self.config
+        where = config.source
+        known = discover_plugins()
+        for table in config.tables:
+            if table not in known:
+                raise ConfigError(
+                    f"{where}: unknown top-level key {table!r}: not a plugin or a config key"
+                    f"{choices_hint(table, [*known, 'plugins', 'endpoints'])}"
+                )
+        blocked = blocked_plugins()
+        for name in blocked:
+            self.pm.set_blocked(name)
+        for name in config.plugins:
+            spec = known.get(name)
+            if spec is None:
+                raise unknown_plugin(name, known, f"{where}: plugins")
+            if name in blocked:
+                logger.warning("aurelis: plugin %r is disabled by AURELIS_DISABLE_PLUGINS", name)
+                continue
+            self._register_spec(spec, config.tables.get(name, {}), where)
+        # Tables of known plugins that are not enabled are still checked, so a typo fails now, not the day the
+        # plugin is switched on.
+        for name, table in config.tables.items():
+            if name not in config.plugins and name not in blocked:
+                cls = known[name].load()
+                config_cls = getattr(cls, "Config", None)
+                if config_cls is not None:
+                    config_from_table(config_cls, table, f"{where}: [{name}]")
+        for plugin in extra:
+            name = getattr(plugin, "name", None) or type(plugin).__name__
+            self.plugin_origins[name] = "instance"
+            self.pm.register(plugin, name)
+
+    def _register_spec(self, spec: PluginSpec, table: Mapping[str, Any], where: str) -> None:
+        cls = spec.load()
+        plugin = instantiate(cls, table, self, f"{where}: [{spec.name}]")
+        self.plugin_origins[spec.name] = spec.origin
+        self.pm.register(plugin, spec.name)
+
+    def _rebuild(self) -> None:
+        """Refresh the per-stage lists of implementation functions (called on every (un)register)."""
+        if self._building:
+            return
+        stages: dict[str, list[tuple[str, Callable[..., Any]]]] = {}
+        for hook_name in (
+            "aurelis_normalize", "aurelis_cache_get", "aurelis_cache_set", "aurelis_route", "aurelis_admit",
+            "aurelis_compress", "aurelis_send", "aurelis_attempt_end", "aurelis_retry", "aurelis_observe",
+            "aurelis_start", "aurelis_close",
+        ):
+            impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+            # pluggy keeps registration order with tryfirst/trylast moved to the ends, and calls in reverse.
+            # We call in config order: registration order, tryfirst first.
+            ordered = sorted(impls, key=lambda i: 0 if i.tryfirst else 2 if i.trylast else 1)
+            stages[hook_name] = [(i.plugin_name, i.function) for i in ordered]
+            if hook_name in SINGLE_STAGES and len(ordered) > 1:
+                names = ", ".join(n for n, _ in stages[hook_name])
+                raise ConfigError(
+                    f"{self.config.source}: only one {SINGLE_STAGES[hook_name]} may be enabled, got: {names}"
+                )
+        if len(self.endpoints) > 1 and not stages["aurelis_route"]:
+            raise ConfigError(
+                f"{self.config.source}: {len(self.endpoints)} endpoints need a router plugin in 'plugins'; "
+                "choose one of: round_robin, least_connections, weighted_response_time, load_based, ai_optimized"
+            )
+        self._normalize = [f for _, f in stages["aurelis_normalize"]]
+        self._tiers_get = stages["aurelis_cache_get"]
+        self._tiers_set = stages["aurelis_cache_set"]
+        self.tiers: tuple[str, ...] = tuple(n for n, _ in self._tiers_get)
+        # For promotion: the setters of the tiers listed before each getter's tier.
+        order = {name: i for i, name in enumerate(self.tiers)}
+        self._setters_above = [
+            [(name, fn) for name, fn in self._tiers_set if order.get(name, len(order)) < index]
+            for index in range(len(self.tiers))
+        ]
+        self._route = stages["aurelis_route"][0][1] if stages["aurelis_route"] else None
+        self._admit = [f for _, f in stages["aurelis_admit"]]
+        self._compress = [f for _, f in stages["aurelis_compress"]]
+        self._send = stages["aurelis_send"][0][1] if stages["aurelis_send"] else _send_with_inner
+        self._attempt_end = [f for _, f in stages["aurelis_attempt_end"]]
+        self._retry = [f for _, f in stages["aurelis_retry"]]
+        self._observe = [f for _, f in stages["aurelis_observe"]]
+        self._start_hooks = [f for _, f in stages["aurelis_start"]]
+        self._close_hooks = [f for _, f in stages["aurelis_close"]]
+        self._caching = bool(self._tiers_get)
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        """Register a plugin instance at run time; it takes effect on the next request."""
+        self.plugin_origins[name or type(plugin).__name__] = "instance"
+        self.pm.register(plugin, name)
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self.plugin_origins.pop(name, None)
+
+    def plugin(self, name: str) -> Any:
+        """The registered plugin instance called ``name`` (``KeyError`` naming the registered ones if none)."""
+        plugin = self.pm.get_plugin(name)
+        if plugin is None:
+            raise KeyError(f"no plugin {name!r} in this pipeline{choices_hint(name, self.plugin_origins)}")
+        return plugin
+
+    # --- wrapping clients --------------------------------------------------------------------------------------
+
+    def instrument(self, client: Any) -> Any:
+        """Wrap ``client``'s transport and proxy mounts in place with this pipeline; returns the client."""
+        from ._transports import instrument_client
+
+        return instrument_client(client, self)
+
+    def transport(self, inner: Any) -> Any:
+        """A sync transport that runs this pipeline in front of ``inner`` (an httpx/httpx2 transport)."""
+        from ._transports import wrap_transport
+
+        return wrap_transport(inner, self, is_async=False)
+
+    def async_transport(self, inner: Any) -> Any:
+        """An async transport that runs this pipeline in front of ``inner``."""
+        from ._transports import wrap_transport
+
+        return wrap_transport(inner, self, is_async=True)
+
+    # --- life cycle --------------------------------------------------------------------------------------------
+
+    def _lifecycle(self, hooks: list[Callable[..., Any]], is_async: bool, collect_errors: bool) -> Flow:
+        self.is_async = is_async
+        first_error: BaseException | None = None
+        for hook in hooks:
+            try:
+                result = hook(self)
+                if result is not None and isawaitable(result):
+                    yield result
+            except Exception as exc:
+                if not collect_errors:
+                    raise
+                logger.exception("aurelis: a close hook failed")
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+
+    def start(self) -> None:
+        """Run the plugins' start hooks for sync use (the first request does it if you don't)."""
+        from ._transports import drive_sync
+
+        if not self._started:
+            self._started = True
+            drive_sync(self._lifecycle(self._start_hooks, False, False), self)
+
+    async def astart(self) -> None:
+        """Run the plugins' start hooks for async use (the first request does it if you don't)."""
+        from ._transports import drive_async
+
+        if not self._started:
+            self._started = True
+            await drive_async(self._lifecycle(self._start_hooks, True, False))
+
+    def close(self) -> None:
+        """Flush and release everything the plugins hold. Idempotent."""
+        from ._transports import drive_sync
+
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            drive_sync(self._lifecycle(self._close_hooks, False, True), self)
+        finally:
+            if self._bridge is not None:
+                self._bridge.stop()
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`."""
+        from ._transports import drive_async
+
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await drive_async(self._lifecycle(self._close_hooks, True, True))
+        finally:
+            if self._bridge is not None:
+                self._bridge.stop()
+
+    # --- the request path --------------------------------------------------------------------------------------
+
+    def flow(self, ctx: RequestContext) -> Flow:
+        """Run one request through every stage. See the module docstring for how it is driven."""
+        try:
+            if not self._started:
+                self._started = True
+                yield from self._lifecycle(self._start_hooks, ctx.is_async, False)
+            if self._caching:
+                ctx.controls = controls = _controls_of(ctx)
+                if not controls.skip:
+                    for normalize in self._normalize:
+                        key = normalize(ctx)
+                        if key is not None:
+                            ctx.key = key
+                            break
+            key = ctx.key
+            if key is not None:
+                if not ctx.controls.refresh:
+                    entry = yield from self._cache_lookup(ctx)
+                    if entry is not None:
+                        response = self._replay(ctx, entry)
+                        self._finish(ctx)
+                        return response
+                ctx.cache_status = CACHE_MISS
+            response, attempt = yield from self._attempts(ctx)
+            ctx.response_status = response.status_code
+            if key is not None and _storable(ctx, response):
+                body = yield from self._read(ctx, response, attempt)
+                entry = CacheEntry(
+                    response.status_code, _stored_headers(response.headers.raw), body, ttl=ctx.controls.ttl
+                )
+                yield from self._cache_store(ctx, entry, self._tiers_set, promote=False)
+                response = self._buffered(ctx, response, body)
+                self._finish(ctx)
+                return response
+            return self._pass_through(ctx, response, attempt)
+        except BaseException as exc:
+            ctx.error = exc
+            self._finish(ctx)
+            raise
+
+    def _cache_lookup(self, ctx: RequestContext) -> Generator[Any, Any, CacheEntry | None]:
+        for index, (tier, get) in enumerate(self._tiers_get):
+            try:
+                entry = get(ctx)
+                if entry is not None and isawaitable(entry):
+                    entry = yield entry
+            except Exception:
+                self._tier_failed(tier, "get")
+                continue
+            if entry is not None:
+                ctx.cache_status = CACHE_HIT
+                ctx.cache_tier = tier
+                entry.hits += 1
+                if index:
+                    yield from self._cache_store(ctx, entry, self._setters_above[index], promote=True)
+                return entry
+        return None
+
+    def _cache_store(
+        self,
+        ctx: RequestContext,
+        entry: CacheEntry,
+        setters: list[tuple[str, Callable[..., Any]]],
+        promote: bool,
+    ) -> Flow:
+        for tier, store in setters:
+            try:
+                result = store(ctx, entry, promote)
+                if result is not None and isawaitable(result):
+                    yield result
+            except Exception:
+                self._tier_failed(tier, "set")
+
+    def _tier_failed(self, tier: str, operation: str) -> None:
+        # Logged with its traceback once per burst (the 1st, 100th, 10000th...), counted always: a dead tier
+        # must neither fail requests nor flood the log.
+        count = self.stats.tier_error(tier, operation)
+        if count in (1, 100, 10_000) or count % 100_000 == 0:
+            logger.warning(
+                "aurelis: cache tier %r failed on %s (%d so far); treating it as a miss",
+                tier, operation, count, exc_info=True,
+            )
+
+    def _attempts(self, ctx: RequestContext) -> Generator[Any, Any, tuple[Any, Attempt]]:
+        """Route, admit, compress and send until an attempt succeeds or retry gives up."""
+        endpoints = self.endpoints
+        while True:
+            endpoint: Endpoint | None = None
+            if endpoints:
+                endpoint = self._route(ctx) if self._route is not None else endpoints[0]
+            attempt = Attempt(len(ctx.attempts) + 1, endpoint)
+            ctx.attempts.append(attempt)
+            try:
+                ctx.request = _rewrite(ctx, endpoint) if endpoint is not None else ctx.original
+                wait = 0.0
+                for admit in self._admit:
+                    answer = admit(ctx, attempt)
+                    if answer is not None and isawaitable(answer):
+                        answer = yield answer
+                    if answer:
+                        wait = max(wait, answer)
+                if wait > 0 and (sleeping := _sleep(ctx, wait)) is not None:
+                    yield sleeping
+                for compress in self._compress:
+                    compress(ctx, attempt)
+                response = self._send(ctx, attempt)
+                if isawaitable(response):
+                    response = yield response
+            except BaseException as exc:
+                attempt.error = exc
+                self._end_attempt(ctx, attempt)
+                delay = self._retry_delay(ctx, attempt) if isinstance(exc, Exception) else None
+                if delay is None:
+                    raise
+                if delay > 0 and (sleeping := _sleep(ctx, delay)) is not None:
+                    yield sleeping
+                continue
+            attempt.first_byte = time.perf_counter()
+            attempt.status_code = response.status_code
+            if response.status_code >= 400 and self._retry:
+                delay = self._retry_delay(ctx, attempt)
+                if delay is not None:
+                    try:
+                        closed = _close(ctx, response)
+                        if closed is not None:
+                            yield closed
+                    finally:
+                        self._end_attempt(ctx, attempt)
+                    if delay > 0 and (sleeping := _sleep(ctx, delay)) is not None:
+                        yield sleeping
+                    continue
+            return response, attempt
+
+    def _retry_delay(self, ctx: RequestContext, attempt: Attempt) -> float | None:
+        for retry in self._retry:
+            delay = retry(ctx, attempt)
+            if delay is not None:
+                return float(delay)
+        return None
+
+    def _end_attempt(self, ctx: RequestContext, attempt: Attempt) -> None:
+        if attempt.finished is not None:
+            return
+        attempt.finished = time.perf_counter()
+        for end in self._attempt_end:
+            end(ctx, attempt)
+
+    def _read(self, ctx: RequestContext, response: Any, attempt: Attempt) -> Generator[Any, Any, bytes]:
+        """The raw (still content-encoded) body, read to the end; ends the attempt either way."""
+        try:
+            if ctx.is_async:
+                body: bytes = yield _aread_raw(response)
+            else:
+                try:
+                    body = b"".join(response.stream)
+                finally:
+                    response.close()
+        except BaseException as exc:
+            attempt.error = exc
+            raise
+        finally:
+            self._end_attempt(ctx, attempt)
+        return body
+
+    def _finish(self, ctx: RequestContext) -> None:
+        """The request is over: record it, tell the observers. Runs exactly once per request."""
+        self.stats.record(ctx, time.perf_counter())
+        for observe in self._observe:
+            try:
+                observe(ctx)
+            except Exception:
+                logger.exception("aurelis: an observer failed")
+
+    # --- building responses ------------------------------------------------------------------------------------
+
+    def _info_headers(self, ctx: RequestContext) -> list[tuple[bytes, bytes]]:
+        if not self._caching:
+            return []
+        headers = [(b"x-aurelis-cache", ctx.cache_status.encode())]
+        if ctx.cache_tier is not None:
+            headers.append((b"x-aurelis-cache-tier", ctx.cache_tier.encode()))
+        return headers
+
+    def _extensions(self, ctx: RequestContext, base: Mapping[str, Any]) -> dict[str, Any]:
+        extensions = dict(base)
+        endpoint = ctx.endpoint
+        extensions["aurelis"] = CacheInfo(
+            ctx.cache_status, ctx.cache_tier, ctx.key, endpoint.name if endpoint is not None else None
+        )
+        return extensions
+
+    def _replay(self, ctx: RequestContext, entry: CacheEntry) -> Any:
+        http = ctx.http
+        headers = entry.headers + self._info_headers(ctx)
+        headers.append((b"age", str(int(max(0.0, time.time() - entry.created))).encode()))
+        ctx.response_status = entry.status_code
+        return http.Response(
+            entry.status_code,
+            headers=headers,
+            stream=http.ByteStream(entry.body),
+            extensions=self._extensions(ctx, {"http_version": b"HTTP/1.1", "reason_phrase": b""}),
+        )
+
+    def _buffered(self, ctx: RequestContext, upstream: Any, body: bytes) -> Any:
+        http = ctx.http
+        return http.Response(
+            upstream.status_code,
+            headers=upstream.headers.raw + self._info_headers(ctx),
+            stream=http.ByteStream(body),
+            extensions=self._extensions(ctx, upstream.extensions),
+        )
+
+    def _pass_through(self, ctx: RequestContext, upstream: Any, attempt: Attempt) -> Any:
+        """Hand the upstream response over unbuffered; end the attempt and the request when its body ends."""
+        from ._transports import ObservedStream
+
+        def on_end(error: BaseException | None) -> None:
+            if error is not None:
+                attempt.error = error
+                ctx.error = error
+            self._end_attempt(ctx, attempt)
+            self._finish(ctx)
+
+        http = ctx.http
+        extra = self._info_headers(ctx)
+        return http.Response(
+            upstream.status_code,
+            headers=upstream.headers.raw + extra if extra else upstream.headers.raw,
+            stream=ObservedStream(upstream.stream, on_end),
+            extensions=self._extensions(ctx, upstream.extensions),
+        )
+
+
+# --- small helpers the flow yields or calls ------------------------------------------------------------------
+
+
+def _send_with_inner(ctx: RequestContext, attempt: Attempt) -> Any:
+    """The default send engine: the wrapped client's own transport."""
+    if ctx.is_async:
+        return ctx.transport.handle_async_request(ctx.request)
+    return ctx.transport.handle_request(ctx.request)
+
+
+async def _aread_raw(response: Any) -> bytes:
+    # The transport-level stream yields the bytes as they came off the wire (still content-encoded). Reading
+    # it directly, rather than through aiter_raw(), also works for responses a transport built pre-read.
+    try:
+        return b"".join([chunk async for chunk in response.stream])
+    finally:
+        await response.aclose()
+
+
+def _close(ctx: RequestContext, response: Any) -> Awaitable[None] | None:
+    if ctx.is_async:
+        return response.aclose()  # type: ignore[no-any-return]
+    response.close()
+    return None
+
+
+def _sleep(ctx: RequestContext, seconds: float) -> Awaitable[None] | None:
+    """An awaitable sleep for async clients; for sync ones the sleep happens right here."""
+    if ctx.is_async:
+        import anyio  # httpx's own async backend layer: works under asyncio and trio alike
+
+        return anyio.sleep(seconds)
+    time.sleep(seconds)
+    return None
+
+
+def _controls_of(ctx: RequestContext) -> RequestControls:
+    """Per-request cache controls from ``extensions["aurelis"]``, ``x-aurelis-*`` and ``Cache-Control``."""
+    request = ctx.request
+    given = request.extensions.get("aurelis")
+    headers = request.headers
+    cache_control = headers.get("cache-control")
+    has_control_headers = any(k.startswith(b"x-aurelis-") for k, _ in headers.raw)
+    if given is None and cache_control is None and not has_control_headers:
+        return DEFAULT_CONTROLS
+    options: dict[str, Any] = {}
+    if cache_control is not None:
+        directives = {d.strip().lower() for d in cache_control.split(",")}
+        if "no-store" in directives:
+            options["no_store"] = True
+        if "no-cache" in directives:
+            options["refresh"] = True
+    if has_control_headers:
+        options.update(_control_headers(ctx))
+    if given is not None:
+        if isinstance(given, RequestControls):
+            return given
+        if not isinstance(given, Mapping):
+            raise TypeError("request.extensions['aurelis'] must be a dict of cache controls or RequestControls")
+        options.update(given)
+    try:
+        return config_from_table(RequestControls, options, "request.extensions['aurelis']")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _control_headers(ctx: RequestContext) -> dict[str, Any]:
+    """Read and strip ``x-aurelis-cache`` (skip|refresh|no-store), ``x-aurelis-ttl``, ``x-aurelis-namespace``."""
+    request = ctx.request
+    options: dict[str, Any] = {}
+    kept = []
+    for name, value in request.headers.raw:
+        lname = name.lower()
+        if not lname.startswith(b"x-aurelis-"):
+            kept.append((name, value))
+            continue
+        text = value.decode("latin-1").strip()
+        if lname == b"x-aurelis-cache":
+            mode = text.lower()
+            if mode not in ("skip", "refresh", "no-store"):
+                raise ValueError(f"x-aurelis-cache: {text!r} is not one of skip, refresh, no-store")
+            options[mode.replace("-", "_")] = True
+        elif lname == b"x-aurelis-ttl":
+            options["ttl"] = float(text)
+        elif lname == b"x-aurelis-namespace":
+            options["namespace"] = text
+        else:
+            raise ValueError(
+                f"unknown request header {name.decode('latin-1')!r}; "
+                "valid: x-aurelis-cache, x-aurelis-namespace, x-aurelis-ttl"
+            )
+    ctx.request = ctx.original = _with_headers(ctx.http, request, kept)
+    return options
+
+
+def _with_headers(http: Any, request: Any, headers: list[tuple[bytes, bytes]]) -> Any:
+    new = http.Request(
+        request.method, request.url, headers=headers, stream=request.stream, extensions=request.extensions
+    )
+    if hasattr(request, "_content"):
+        new._content = request._content
+    return new
+
+
+def _rewrite(ctx: RequestContext, endpoint: Endpoint) -> Any:
+    """The original request moved onto ``endpoint``: its scheme, host, port and base path; the request's own
+    path kept after it; the endpoint's headers and credential applied."""
+    original = ctx.original
+    http = ctx.http
+    base = http.URL(endpoint.url)
+    path = original.url.raw_path
+    prefix = base.raw_path.rstrip(b"/")
+    if prefix and not path.startswith(prefix + b"/"):
+        path = prefix + path
+    url = base.copy_with(raw_path=path)
+    headers = [(k, v) for k, v in original.headers.raw if k.lower() != b"host"]
+    headers.insert(0, (b"Host", url.netloc))
+    if endpoint.headers or endpoint.api_key:
+        override = {k.lower().encode(): v.encode() for k, v in endpoint.headers.items()}
+        if endpoint.api_key:
+            override[b"authorization"] = b"Bearer " + endpoint.api_key.encode()
+        headers = [(k, v) for k, v in headers if k.lower() not in override]
+        headers.extend(override.items())
+    new = http.Request(
+        original.method, url, headers=headers, stream=original.stream, extensions=original.extensions
+    )
+    if hasattr(original, "_content"):
+        new._content = original._content
+    return new
+
+
+def _storable(ctx: RequestContext, response: Any) -> bool:
+    if not 200 <= response.status_code < 300 or ctx.controls.no_store or ctx.stream:
+        return False
+    cache_control = response.headers.get("cache-control")
+    return cache_control is None or "no-store" not in cache_control.lower()
+
+
+def _stored_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [
+        (k, v)
+        for k, v in raw
+        if (lk := k.lower()) not in UNSTORED_HEADERS and not lk.startswith(UNSTORED_PREFIXES)
+    ]
+

@@ -1,0 +1,116 @@
+"""Counters and latency samples for every request a pipeline handles.
+
+The pipeline records each finished request here (one method call, a few dict increments and a list append,
+~1 us); metrics exporters and reports read from it. Samples live in a bounded ring so a long-running process
+keeps a recent window, never an ever-growing list.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from ._models import RequestContext
+
+__all__ = ["Sample", "Stats", "percentile"]
+
+
+class Sample(NamedTuple):
+    """One finished request. ``at`` is wall-clock ``time.time()``; ``latency`` seconds as the pipeline saw it
+    (for a streamed body: until the stream ended)."""
+
+    at: float
+    latency: float
+    cache: str
+    tier: str | None
+    model: str | None
+    endpoint: str | None
+    status: int | None
+    error: str | None
+    attempts: int
+
+
+class Stats:
+    """Thread-safe enough for counters under the GIL: each update is a single dict/deque operation."""
+
+    def __init__(self, max_samples: int = 100_000) -> None:
+        self.started = time.time()
+        self.counters: Counter[str] = Counter()
+        self.hits_by_tier: Counter[str] = Counter()
+        self.tier_errors: Counter[str] = Counter()
+        self.samples: deque[Sample] = deque(maxlen=max_samples)
+        self._lock = threading.Lock()
+
+    def record(self, ctx: RequestContext, now: float) -> None:
+        counters = self.counters
+        counters["requests"] += 1
+        status = ctx.cache_status
+        counters[status] += 1
+        if ctx.cache_tier is not None:
+            self.hits_by_tier[ctx.cache_tier] += 1
+        error = ctx.error
+        if error is not None:
+            counters["errors"] += 1
+        elif ctx.response_status is not None and ctx.response_status >= 400:
+            counters["error_responses"] += 1
+        endpoint = ctx.endpoint
+        self.samples.append(
+            Sample(
+                time.time(),
+                now - ctx.started,
+                status,
+                ctx.cache_tier,
+                ctx.model,
+                endpoint.name if endpoint is not None else None,
+                ctx.response_status,
+                type(error).__name__ if error is not None else None,
+                len(ctx.attempts),
+            )
+        )
+
+    def tier_error(self, tier: str, operation: str) -> int:
+        """Count a failed tier operation; returns the new count (callers log the first of a burst)."""
+        key = f"{tier}.{operation}"
+        self.tier_errors[key] += 1
+        return self.tier_errors[key]
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits over cacheable lookups (hits + misses); bypassed requests do not count."""
+        hits, misses = self.counters["hit"], self.counters["miss"]
+        return hits / (hits + misses) if hits + misses else 0.0
+
+    def latencies(self, cache: str | None = None) -> list[float]:
+        return [s.latency for s in list(self.samples) if cache is None or s.cache == cache]
+
+    def snapshot(self) -> dict[str, object]:
+        """A JSON-able summary: counters, hits per tier, hit rate, latency percentiles."""
+        lat = sorted(self.latencies())
+        return {
+            "counters": dict(self.counters),
+            "hits_by_tier": dict(self.hits_by_tier),
+            "tier_errors": dict(self.tier_errors),
+            "hit_rate": self.hit_rate,
+            "latency": {p: percentile(lat, q) for p, q in (("p50", 50), ("p95", 95), ("p99", 99))},
+        }
+
+    def reset(self) -> None:
+        with self._lock:
+            self.counters.clear()
+            self.hits_by_tier.clear()
+            self.tier_errors.clear()
+            self.samples.clear()
+            self.started = time.time()
+
+
+def percentile(sorted_values: Iterable[float], q: float) -> float | None:
+    """The q-th percentile (nearest-rank) of already sorted values, ``None`` when there are none."""
+    values = list(sorted_values)
+    if not values:
+        return None
+    rank = max(0, min(len(values) - 1, round(q / 100 * len(values) + 0.5) - 1))
+    return values[rank]
