@@ -75,8 +75,13 @@ def serve(
     if bind_host is None:
         raise ValueError(f"serve() only binds to 127.0.0.1, not {host!r}")
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose
+    # ``proto`` says TCP, and accepted sockets copy it from this one.  Without NODELAY the
+    # response body (a second write after the headers) waits out the client's delayed ACK:
+    # a flat ~40 ms per request, which would make the simulator useless for benchmarks.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # SO_REUSEADDR lets a test suite restart on a port still in TIME_WAIT.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((bind_host, port))
