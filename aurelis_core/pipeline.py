@@ -39,6 +39,7 @@ from ._plugins import (
     unknown_plugin,
 )
 from .config import Config, ConfigError, choices_hint, config_from_table, load_config
+from .health import EndpointHealth
 from .stats import Stats
 
 __all__ = ["Pipeline", "Flow"]
@@ -93,6 +94,8 @@ class Pipeline:
         self.config: Config = load_config(config)
         self.endpoints: tuple[Endpoint, ...] = self.config.endpoints
         self.stats = Stats()
+        #: Which endpoints routers may pick (breakers and rate limiters write it).
+        self.health = EndpointHealth(self.endpoints)
         #: name -> where the plugin came from, for every plugin this pipeline registered.
         self.plugin_origins: dict[str, str] = {}
         self.is_async: bool | None = None
