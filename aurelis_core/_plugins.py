@@ -56,7 +56,9 @@ class PluginSpec:
             module = importlib.import_module(module_name)
             obj = getattr(module, attr) if attr else module
         except ImportError as exc:
-            raise ConfigError(f"plugin {self.name!r} ({self.target}, from {self.origin}) failed to import: {exc}")
+            raise ConfigError(
+                f"plugin {self.name!r} ({self.target}, from {self.origin}) failed to import: {exc}"
+            ) from exc
         if not isinstance(obj, type):
             raise ConfigError(f"plugin {self.name!r}: {self.target} is not a class")
         return obj

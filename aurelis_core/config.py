@@ -119,7 +119,7 @@ def config_from_table(cls: type[T], table: Mapping[str, Any], where: str) -> T:
     if not attrs.has(cls):
         raise TypeError(f"{cls!r} is not an attrs class")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[misc]
+    fields = {f.name: f for f in attrs.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
         field = fields.get(key)
@@ -130,7 +130,7 @@ def config_from_table(cls: type[T], table: Mapping[str, Any], where: str) -> T:
             value = config_from_table(nested, value, f"{where}.{key}")
         kwargs[key] = value
     try:
-        return cls(**kwargs)
+        return cls(**kwargs)  # type: ignore[return-value]
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:

@@ -85,7 +85,7 @@ def aurelis_normalize(ctx: RequestContext) -> str | None:
 
 
 @hookspec
-def aurelis_cache_get(ctx: RequestContext) -> CacheEntry | None | Awaitable[CacheEntry | None]:
+def aurelis_cache_get(ctx: RequestContext) -> CacheEntry | Awaitable[CacheEntry | None] | None:
     """Look ``ctx.key`` up in this cache tier: return the entry, or ``None`` on a miss.
 
     One implementation per tier; the pipeline asks the tiers in order and stops at the first hit, then
@@ -116,7 +116,7 @@ def aurelis_route(ctx: RequestContext) -> Endpoint | None:
 
 
 @hookspec
-def aurelis_admit(ctx: RequestContext, attempt: Attempt) -> float | None | Awaitable[float | None]:
+def aurelis_admit(ctx: RequestContext, attempt: Attempt) -> float | Awaitable[float | None] | None:
     """Return how many seconds this attempt must wait before it may be sent, or ``None`` to send now.
 
     All implementations run; the pipeline waits for the largest answer. May do I/O (a shared limit in Redis).

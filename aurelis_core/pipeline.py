@@ -42,7 +42,7 @@ from .config import Config, ConfigError, choices_hint, config_from_table, load_c
 from .health import EndpointHealth
 from .stats import Stats
 
-__all__ = ["Pipeline", "Flow"]
+__all__ = ["Flow", "Pipeline"]
 
 logger = logging.getLogger("aurelis")
 
@@ -114,11 +114,11 @@ class Pipeline:
         config = self.config
         where = config.source
         known = discover_plugins()
-        for table in config.tables:
-            if table not in known:
+        for table_name in config.tables:
+            if table_name not in known:
                 raise ConfigError(
-                    f"{where}: unknown top-level key {table!r}: not a plugin or a config key"
-                    f"{choices_hint(table, [*known, 'plugins', 'endpoints'])}"
+                    f"{where}: unknown top-level key {table_name!r}: not a plugin or a config key"
+                    f"{choices_hint(table_name, [*known, 'plugins', 'endpoints'])}"
                 )
         blocked = blocked_plugins()
         for name in blocked:
@@ -133,12 +133,11 @@ class Pipeline:
             self._register_spec(spec, config.tables.get(name, {}), where)
         # Tables of known plugins that are not enabled are still checked, so a typo fails now, not the day the
         # plugin is switched on.
-        for name, table in config.tables.items():
+        for name, options in config.tables.items():
             if name not in config.plugins and name not in blocked:
-                cls = known[name].load()
-                config_cls = getattr(cls, "Config", None)
+                config_cls = getattr(known[name].load(), "Config", None)
                 if config_cls is not None:
-                    config_from_table(config_cls, table, f"{where}: [{name}]")
+                    config_from_table(config_cls, options, f"{where}: [{name}]")
         for plugin in extra:
             name = getattr(plugin, "name", None) or type(plugin).__name__
             self.plugin_origins[name] = "instance"
@@ -349,7 +348,7 @@ class Pipeline:
                 entry.hits += 1
                 if index:
                     yield from self._cache_store(ctx, entry, self._setters_above[index], promote=True)
-                return entry
+                return entry  # type: ignore[no-any-return]
         return None
 
     def _cache_store(
