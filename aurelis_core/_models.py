@@ -119,10 +119,11 @@ class Attempt:
     """One try at sending the request upstream (the first, or a retry).
 
     ``end()`` is called exactly once, when the attempt is over: an error, or the response body fully read or
-    closed. Routers and breakers read ``endpoint``, ``status_code``, ``error`` and the timings from here.
+    closed. Routers and breakers read ``endpoint``, ``status_code``, ``error``, the timings and ``headers``
+    (the response's headers once they arrived: ``x-ratelimit-*``, ``retry-after``) from here.
     """
 
-    __slots__ = ("endpoint", "error", "finished", "first_byte", "number", "started", "status_code")
+    __slots__ = ("endpoint", "error", "finished", "first_byte", "headers", "number", "started", "status_code")
 
     def __init__(self, number: int, endpoint: Endpoint | None) -> None:
         self.number = number
@@ -131,6 +132,7 @@ class Attempt:
         self.first_byte: float | None = None
         self.finished: float | None = None
         self.status_code: int | None = None
+        self.headers: Any = None
         self.error: BaseException | None = None
 
     @property

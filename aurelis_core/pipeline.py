@@ -412,6 +412,7 @@ class Pipeline:
                 continue
             attempt.first_byte = time.perf_counter()
             attempt.status_code = response.status_code
+            attempt.headers = response.headers
             if response.status_code >= 400 and self._retry:
                 delay = self._retry_delay(ctx, attempt)
                 if delay is not None:
