@@ -149,6 +149,20 @@ class ObservedStream:
             self._end(None)
 
 
+_stream_classes: dict[Any, type] = {}
+
+
+def observed_stream(http: Any, stream: Any, on_end: Callable[[BaseException | None], None]) -> ObservedStream:
+    """An :class:`ObservedStream` that is also an instance of the flavour's Sync/AsyncByteStream, as httpx's
+    clients assert of every response stream."""
+    cls = _stream_classes.get(http)
+    if cls is None:
+        cls = _stream_classes[http] = type(
+            "ObservedStream", (ObservedStream, http.SyncByteStream, http.AsyncByteStream), {"__slots__": ()}
+        )
+    return cls(stream, on_end)  # type: ignore[no-any-return]
+
+
 # --- transports ----------------------------------------------------------------------------------------------
 
 _transport_classes: dict[tuple[Any, bool], type] = {}

@@ -508,7 +508,7 @@ class Pipeline:
 
     def _pass_through(self, ctx: RequestContext, upstream: Any, attempt: Attempt) -> Any:
         """Hand the upstream response over unbuffered; end the attempt and the request when its body ends."""
-        from ._transports import ObservedStream
+        from ._transports import observed_stream
 
         def on_end(error: BaseException | None) -> None:
             if error is not None:
@@ -522,7 +522,7 @@ class Pipeline:
         return http.Response(
             upstream.status_code,
             headers=upstream.headers.raw + extra if extra else upstream.headers.raw,
-            stream=ObservedStream(upstream.stream, on_end),
+            stream=observed_stream(http, upstream.stream, on_end),
             extensions=self._extensions(ctx, upstream.extensions),
         )
 
