@@ -120,10 +120,14 @@ class Attempt:
 
     ``end()`` is called exactly once, when the attempt is over: an error, or the response body fully read or
     closed. Routers and breakers read ``endpoint``, ``status_code``, ``error``, the timings and ``headers``
-    (the response's headers once they arrived: ``x-ratelimit-*``, ``retry-after``) from here.
+    (the response's headers once they arrived: ``x-ratelimit-*``, ``retry-after``) from here. ``body`` is the
+    raw (still content-encoded) response body, set only when the pipeline read it whole before handing it over
+    (a cacheable answer), so rate limiters can settle with its ``usage``; ``None`` for pass-through streams.
     """
 
-    __slots__ = ("endpoint", "error", "finished", "first_byte", "headers", "number", "started", "status_code")
+    __slots__ = (
+        "body", "endpoint", "error", "finished", "first_byte", "headers", "number", "started", "status_code",
+    )
 
     def __init__(self, number: int, endpoint: Endpoint | None) -> None:
         self.number = number
@@ -133,6 +137,7 @@ class Attempt:
         self.finished: float | None = None
         self.status_code: int | None = None
         self.headers: Any = None
+        self.body: bytes | None = None
         self.error: BaseException | None = None
 
     @property
@@ -178,6 +183,7 @@ class RequestContext:
         "cache_status",
         "cache_tier",
         "controls",
+        "entry",
         "error",
         "http",
         "is_async",
@@ -205,6 +211,8 @@ class RequestContext:
         self.stream = False
         self.cache_status = CACHE_BYPASS
         self.cache_tier: str | None = None
+        #: The cache entry that answered a hit (``None`` otherwise): observers read its body (e.g. its usage).
+        self.entry: CacheEntry | None = None
         self.attempts: list[Attempt] = []
         self.response_status: int | None = None
         self.error: BaseException | None = None

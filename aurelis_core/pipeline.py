@@ -313,7 +313,7 @@ class Pipeline:
                     entry = yield from self._cache_lookup(ctx)
                     if entry is not None:
                         response = self._replay(ctx, entry)
-                        self._finish(ctx)
+                        self._finish(ctx, entry)
                         return response
                 ctx.cache_status = CACHE_MISS
             response, attempt = yield from self._attempts(ctx)
@@ -345,6 +345,7 @@ class Pipeline:
             if entry is not None:
                 ctx.cache_status = CACHE_HIT
                 ctx.cache_tier = tier
+                ctx.entry = entry
                 entry.hits += 1
                 if index:
                     yield from self._cache_store(ctx, entry, self._setters_above[index], promote=True)
@@ -451,6 +452,7 @@ class Pipeline:
                     body = b"".join(response.stream)
                 finally:
                     response.close()
+            attempt.body = body
         except BaseException as exc:
             attempt.error = exc
             raise
@@ -458,9 +460,12 @@ class Pipeline:
             self._end_attempt(ctx, attempt)
         return body
 
-    def _finish(self, ctx: RequestContext) -> None:
-        """The request is over: record it, tell the observers. Runs exactly once per request."""
-        self.stats.record(ctx, time.perf_counter())
+    def _finish(self, ctx: RequestContext, hit: CacheEntry | None = None) -> None:
+        """The request is over: record it, tell the observers. Runs exactly once per request.
+
+        ``hit`` is the cache entry that answered, so the stats can count the tokens it saved.
+        """
+        self.stats.record(ctx, time.perf_counter(), hit)
         for observe in self._observe:
             try:
                 observe(ctx)

@@ -7,6 +7,7 @@ keeps a recent window, never an ever-growing list.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -14,9 +15,15 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from ._models import RequestContext
+    from ._models import CacheEntry, RequestContext
 
-__all__ = ["Sample", "Stats", "percentile"]
+__all__ = ["Sample", "Stats", "percentile", "usage_tokens"]
+
+#: ``"total_tokens": N`` in an OpenAI-style ``usage`` block.
+_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
+#: Bytes at the end of a body searched for the usage block: providers put ``usage`` last, and a bounded
+#: search keeps the cost per hit constant (~1 us) whatever the size of the answer.
+_USAGE_TAIL = 512
 
 
 class Sample(NamedTuple):
@@ -32,6 +39,8 @@ class Sample(NamedTuple):
     status: int | None
     error: str | None
     attempts: int
+    #: For a cache hit: the ``usage.total_tokens`` of the stored answer, i.e. tokens the hit saved.
+    tokens: int | None = None
 
 
 class Stats:
@@ -45,7 +54,7 @@ class Stats:
         self.samples: deque[Sample] = deque(maxlen=max_samples)
         self._lock = threading.Lock()
 
-    def record(self, ctx: RequestContext, now: float) -> None:
+    def record(self, ctx: RequestContext, now: float, hit: CacheEntry | None = None) -> None:
         counters = self.counters
         counters["requests"] += 1
         status = ctx.cache_status
@@ -69,6 +78,7 @@ class Stats:
                 ctx.response_status,
                 type(error).__name__ if error is not None else None,
                 len(ctx.attempts),
+                usage_tokens(hit.body) if hit is not None else None,
             )
         )
 
@@ -105,6 +115,12 @@ class Stats:
             self.tier_errors.clear()
             self.samples.clear()
             self.started = time.time()
+
+
+def usage_tokens(body: bytes) -> int | None:
+    """``usage.total_tokens`` of a stored JSON answer, or ``None`` (no usage block, or a content-encoded body)."""
+    match = _TOTAL_TOKENS.search(body, max(0, len(body) - _USAGE_TAIL))
+    return int(match.group(1)) if match is not None else None
 
 
 def percentile(sorted_values: Iterable[float], q: float) -> float | None:
