@@ -84,8 +84,8 @@ class Config:
                 continue
             if not isinstance(value, Mapping):
                 raise ConfigError(
-                    f"{source}: top-level key {key!r} must be a plugin's table; the other top-level keys "
-                    f"are: {', '.join(RESERVED_KEYS)}"
+                    f"{source}: unknown top-level key {key!r} (plugin options go in a table named after the "
+                    f"plugin){choices_hint(key, RESERVED_KEYS)}"
                 )
             tables[key] = dict(value)
         return cls(plugins=tuple(plugins), endpoints=endpoints, tables=tables, source=source)
@@ -148,14 +148,17 @@ def _attrs_class_of(hint: Any) -> type | None:
 
 
 def _explain(exc: BaseException) -> str:
-    # attrs' instance_of validator raises TypeError(msg, attribute, expected, value): say it plainly.
+    # attrs' validators raise (message, attribute, expected, value); instance_of's message is written for
+    # programmers ("must be <class 'int'>"), so say that one plainly, and keep the others' own messages.
     args = exc.args
     if len(args) == 4 and isinstance(args[1], attrs.Attribute):
         attribute, expected, value = args[1], args[2], args[3]
-        names = (
-            " or ".join(t.__name__ for t in expected) if isinstance(expected, tuple) else expected.__name__
-        )
-        return f"{attribute.name!r} must be {names}, got {value!r}"
+        if isinstance(expected, type) or (
+            isinstance(expected, tuple) and all(isinstance(t, type) for t in expected)
+        ):
+            types_ = expected if isinstance(expected, tuple) else (expected,)
+            return f"{attribute.name!r} must be {' or '.join(t.__name__ for t in types_)}, got {value!r}"
+        return str(args[0])
     return str(exc)
 
 
