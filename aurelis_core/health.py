@@ -4,19 +4,28 @@ Breakers, rate limiters and retries *write* here (an endpoint's circuit opened, 
 it came back); routers only *read* it, through :meth:`EndpointHealth.candidates` and
 :meth:`EndpointHealth.slow_start_factor`. Keeping this state out of the routers means every router honours
 open circuits and rate limits the same way, and a new router cannot forget to.
+
+Also here, because every resilience plugin needs them: :class:`EndpointUnavailable` (the error raised *before*
+an attempt reaches the network: a circuit is open, a rate limit would make it wait too long), which breakers
+and retries recognise as "not the upstream's fault", and :func:`retry_after` (how long the upstream asked us
+to stay away).
 """
 
 from __future__ import annotations
 
+import email.utils
 import time
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from ._models import Endpoint
 
-__all__ = ["CircuitState", "EndpointHealth", "EndpointStatus"]
+if TYPE_CHECKING:
+    from ._models import Attempt, RequestContext
+
+__all__ = ["CircuitState", "EndpointHealth", "EndpointStatus", "EndpointUnavailable", "retry_after"]
 
 CircuitState = Literal["closed", "open", "half_open"]
 
@@ -36,14 +45,78 @@ class EndpointStatus:
     recovered_at: float | None = None
 
 
+class EndpointUnavailable(Exception):
+    """An attempt was refused before it reached the network: the endpoint is unavailable right now.
+
+    Raised by resilience plugins from ``aurelis_admit`` (subclasses: the breaker's ``CircuitOpenError``, the
+    rate limiter's ``RateLimitTimeout``). Breakers do not count it as the upstream's failure; a retry plugin may
+    try another endpoint. It deliberately is *not* an httpx ``TransportError``: nothing was sent, and the
+    openai SDK, which retries transport errors on its own, wraps any other exception in ``APIConnectionError``
+    (the original is its ``__cause__``). ``retry_after`` is when it may be worth trying again, in seconds.
+    """
+
+    def __init__(self, message: str, endpoint: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.retry_after = retry_after
+
+
+def retry_after(headers: Mapping[str, str] | Any, now: float | None = None) -> float | None:
+    """Seconds the upstream asked the client to wait, from a response's headers, or ``None``.
+
+    Reads, first found wins: ``retry-after-ms`` and ``x-ms-retry-after-ms`` (milliseconds, sent by OpenAI and
+    Azure), then ``retry-after`` (RFC 9110: delay-seconds or an HTTP-date, compared with ``now``, a
+    ``time.time()`` stamp). Negative or unparsable values are ignored.
+    """
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            if scale != 1.0:
+                continue
+            try:
+                date = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                continue
+            seconds = date.timestamp() - (time.time() if now is None else now)
+            return max(0.0, seconds)
+        if seconds >= 0 and seconds == seconds:  # not negative, not NaN
+            return seconds
+    return None
+
+
 class EndpointHealth:
-    """Per-pipeline availability of each endpoint, keyed by endpoint name."""
+    """Per-pipeline availability of each endpoint, keyed by endpoint name.
+
+    Requests sent with no endpoint configured (or a router that returns ``None``) go to their own URL; for
+    those, :meth:`upstream` names one synthetic :class:`Endpoint` per origin, so breakers and rate limiters
+    keep per-host state in the same registry.
+    """
 
     def __init__(self, endpoints: Sequence[Endpoint], slow_start: float = 30.0) -> None:
         self.status: dict[str, EndpointStatus] = {e.name: EndpointStatus() for e in endpoints}
         #: Seconds over which a recovered endpoint's share ramps from 10% to 100%.
         self.slow_start = slow_start
         self._any_blocked = False
+        self._origins: dict[tuple[Any, Any, Any], Endpoint] = {}
+
+    def upstream(self, ctx: RequestContext, attempt: Attempt) -> Endpoint:
+        """The endpoint ``attempt`` goes to: its routed endpoint, else one per origin of the request's URL."""
+        endpoint = attempt.endpoint
+        if endpoint is not None:
+            return endpoint
+        url = ctx.request.url
+        key = (url.scheme, url.host, url.port)
+        endpoint = self._origins.get(key)
+        if endpoint is None:
+            origin = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port is not None else "")
+            endpoint = self._origins.setdefault(key, Endpoint(url=origin))
+        return endpoint
 
     def available(self, endpoint: Endpoint, now: float | None = None) -> bool:
         status = self.status.get(endpoint.name)
