@@ -118,8 +118,8 @@ class Behavior:
     sees either the old or the new value.
 
     Order in which an API request is handled: the request is recorded; a malformed body
-    gets ``400``; ``status_override`` answers every request with that status; ``rpm`` /
-    ``tpm`` overflow gets an immediate ``429``; ``fail_next`` then ``failure_rate`` inject
+    gets ``400``; ``status_override`` answers every request with that status;
+    ``max_inflight``, ``rpm`` and ``tpm`` overflow get an immediate ``429``; ``fail_next`` then ``failure_rate`` inject
     ``failure_status``; otherwise the request succeeds.  Base ``latency``/``jitter``
     applies to successes and injected failures, ``latency_per_token`` only to successes.
     """
@@ -153,6 +153,11 @@ class Behavior:
     embedding_dim: int = 16
     #: If set, every API request is answered with this status and an error body.
     status_override: int | None = None
+    #: Extra seconds of latency per API request in flight (this one included): an upstream that slows down
+    #: as it is loaded, for adaptive concurrency tests.
+    latency_per_inflight: float = 0.0
+    #: Answer ``429`` to an API request that would make more than this many in flight (``None``: no limit).
+    max_inflight: int | None = None
     #: Extra headers added to every API response.
     headers: dict[str, str] = attrs.field(factory=dict)
     #: Seed of the simulator's own RNG (failures, jitter); ``None`` = OS entropy.
@@ -394,6 +399,7 @@ class SimulatedUpstream:
         self._window_start = 0.0
         self._window_requests = 0
         self._window_tokens = 0
+        self._inflight = 0
         _install_drop_log_filter()
 
     # ----------------------------------------------------------------- test-facing API
@@ -472,6 +478,7 @@ class SimulatedUpstream:
             self._counts[path] += 1
             self._request_seq += 1
             request_id = f"req-sim-{self._request_seq}"
+            self._inflight += 1
         extra = [(b"x-request-id", request_id.encode())]
         extra.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in self.behavior.headers.items())
 
@@ -496,6 +503,9 @@ class SimulatedUpstream:
         except _BadRequest as exc:
             err_type = "invalid_request_error"
             await _send_raw(send, exc.status, _error_body(exc.message, err_type, exc.code), extra)
+        finally:
+            with self._lock:
+                self._inflight -= 1
 
     # ----------------------------------------------------------------- endpoints
 
@@ -708,6 +718,10 @@ class SimulatedUpstream:
             status = behavior.status_override
             await _send_raw(send, status, _failure_body(status), extra)
             return False
+        if behavior.max_inflight is not None and self._inflight > behavior.max_inflight:
+            body = _error_body("Too many concurrent requests (simulated).", "requests", "rate_limit_exceeded")
+            await _send_raw(send, 429, body, extra)
+            return False
         rpm, tpm = behavior.rpm, behavior.tpm
         if rpm is not None or tpm is not None:
             refused, limit_headers = self._take_rate(tokens, rpm, tpm)
@@ -784,6 +798,8 @@ class SimulatedUpstream:
     async def _delay(self, completion_tokens: int) -> None:
         behavior = self.behavior
         pause = behavior.latency + behavior.latency_per_token * completion_tokens
+        if behavior.latency_per_inflight > 0:
+            pause += behavior.latency_per_inflight * self._inflight
         if behavior.jitter > 0:
             pause += behavior.rng.uniform(0.0, behavior.jitter)
         if pause > 0:  # no sleep(0) either: the benchmark path should not yield needlessly
