@@ -21,6 +21,7 @@ from ._models import (
     RequestContext,
     RequestControls,
 )
+from .batch import gather
 from .config import Config, ConfigError, load_config
 from .hookspecs import hookimpl
 from .pipeline import Pipeline
@@ -41,6 +42,7 @@ __all__ = [
     "Stats",
     "__version__",
     "cache_info",
+    "gather",
     "hookimpl",
     "instrument",
     "load_config",
