@@ -39,6 +39,11 @@ ENTRY_POINT_GROUP = "aurelis"
 BUILTIN_PLUGINS: dict[str, str] = {
     "normalize": "aurelis_plugins.normalize:Normalize",
     "memory": "aurelis_plugins.memory:MemoryCache",
+    "gzip": "aurelis_plugins.compress:GzipCompression",
+    "brotli": "aurelis_plugins.compress:BrotliCompression",
+    "lz4": "aurelis_plugins.compress:Lz4AtRestOnly",
+    "httpx": "aurelis_plugins.send_httpx:HttpxEngine",
+    "aiohttp": "aurelis_plugins.send_aiohttp:AiohttpEngine",
 }
 
 

@@ -160,6 +160,9 @@ class Behavior:
     max_inflight: int | None = None
     #: Extra headers added to every API response.
     headers: dict[str, str] = attrs.field(factory=dict)
+    #: Request ``Content-Encoding`` tokens (e.g. ``("gzip", "br")``) answered with ``415``, like a server
+    #: that does not accept compressed request bodies.
+    reject_encodings: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     #: Seed of the simulator's own RNG (failures, jitter); ``None`` = OS entropy.
     seed: int | None = attrs.field(default=0, on_setattr=_reseed)
     _rng: random.Random = attrs.field(init=False, factory=random.Random, repr=False, eq=False)
@@ -653,8 +656,11 @@ class SimulatedUpstream:
         if method != expected:
             raise _BadRequest(405, f"Method {method} not allowed; use {expected}", "method_not_allowed")
 
-    @staticmethod
-    def _parse_json(record: RecordedRequest) -> dict[str, Any]:
+    def _parse_json(self, record: RecordedRequest) -> dict[str, Any]:
+        encoding = (record.header("content-encoding") or "").lower()
+        rejected = self.behavior.reject_encodings
+        if rejected and any(c.strip() in rejected for c in encoding.split(",")):
+            raise _BadRequest(415, f"Unsupported content-encoding {encoding!r}", "unsupported_content_encoding")
         try:
             raw = record.decoded_body
         except _UnsupportedEncodingError as exc:
