@@ -53,6 +53,8 @@ class MemoryCache:
         # cachetools caches are not thread-safe, and sync clients may be shared across threads. An uncontended
         # lock costs ~50 ns.
         self._lock = threading.Lock()
+        #: Bytes the tier may hold now: ``max_bytes`` until :meth:`shrink` lowers it (memory pressure).
+        self.budget = config.max_bytes
 
     @property
     def currsize(self) -> int:
@@ -76,10 +78,32 @@ class MemoryCache:
 
     @hookimpl
     def aurelis_cache_set(self, ctx: RequestContext, entry: CacheEntry, promote: bool) -> None:
-        if _charge(entry) > self.config.max_bytes:
+        budget = self.budget
+        if _charge(entry) > budget:
             return  # larger than the whole tier: storing it would evict everything else for nothing
         with self._lock:
-            self._cache[ctx.key] = entry  # type: ignore[index]
+            cache = self._cache
+            cache[ctx.key] = entry  # type: ignore[index]
+            while cache.currsize > budget:  # only after shrink(): cachetools enforces max_bytes itself
+                cache.popitem()
+
+    def shrink(self, fraction: float) -> int:
+        """Give memory back: evict the entries the policy values least until the tier holds ``1 - fraction`` of
+        what it holds now, and keep that as its budget from now on. Returns the bytes freed.
+
+        Called under memory pressure (the ``tuner`` plugin's ``max_rss_bytes``): the L1 tier is the cheapest
+        memory to give up, since the lower tiers still hold the answers.
+        """
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        with self._lock:
+            cache = self._cache
+            before = int(cache.currsize)
+            target = int(min(self.budget, before) * (1 - fraction))
+            while cache.currsize > target:
+                cache.popitem()
+            self.budget = target
+            return before - int(cache.currsize)
 
     def clear(self) -> None:
         with self._lock:
