@@ -44,6 +44,9 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "lz4": "aurelis_plugins.compress:Lz4AtRestOnly",
     "httpx": "aurelis_plugins.send_httpx:HttpxEngine",
     "aiohttp": "aurelis_plugins.send_aiohttp:AiohttpEngine",
+    "breaker": "aurelis_plugins.breaker:Breaker",
+    "retry": "aurelis_plugins.retry:Retry",
+    "ratelimit": "aurelis_plugins.ratelimit:RateLimit",
 }
 
 

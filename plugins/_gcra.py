@@ -1,0 +1,231 @@
+"""GCRA (the generic cell rate algorithm): the rate limiter behind the ``ratelimit`` plugin, in memory or Redis.
+
+A limit of ``limit`` units per ``period`` seconds is one number per key, the *theoretical arrival time* (TAT):
+the time at which the bucket would be full again. Each unit advances it by ``interval = period / limit``; a
+request of ``cost`` units may go at ``TAT + cost * interval - tolerance``, where ``tolerance`` is the burst
+(``capacity * interval``). That is a token bucket refilling continuously, as providers describe their limits,
+in O(1) time and one stored float per key (``redis-cell`` and ``limits`` use the same algorithm).
+
+Here a reservation is *queued*, not refused: :meth:`reserve` takes the slot at the earliest time every limit
+allows and returns how long to wait for it, so concurrent callers line up in order instead of polling. A
+reservation whose wait would exceed ``max_wait`` takes nothing. A request costing more than the whole burst
+waits for a full bucket and then goes, leaving the bucket in debt (it would otherwise never go).
+
+:class:`RedisGCRA` runs the same arithmetic in a Lua script, atomically across processes, with Redis's clock
+(``TIME``), so processes with different monotonic clocks share one limit. Corrections learnt after a request
+(refunds, the actual token usage, a server's ``x-ratelimit-remaining``) only matter to later reservations, so
+they are queued and sent along with the next one: settling never costs a round trip.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Awaitable, Sequence
+from typing import Any, NamedTuple
+
+__all__ = ["LocalGCRA", "RedisGCRA", "Reservation", "Spec", "duration_seconds"]
+
+#: No floor: ``max(tat, now + NO_FLOOR)`` leaves the TAT as it is.
+NO_FLOOR = -1e9
+
+
+class Spec(NamedTuple):
+    """One limit a reservation must satisfy: its key, seconds per unit, burst in seconds, and units taken."""
+
+    key: str
+    interval: float
+    tolerance: float
+    cost: float
+
+
+class Reservation(NamedTuple):
+    """``granted``: the units were taken; ``wait``: seconds until the request may go (if not granted: would)."""
+
+    granted: bool
+    wait: float
+
+
+def _allow_at(tat: float, spec: Spec) -> float:
+    # min(): a cost beyond the burst waits for a full bucket (TAT) rather than forever.
+    return min(tat + spec.cost * spec.interval - spec.tolerance, tat)
+
+
+class LocalGCRA:
+    """The limits of one process, in a dict guarded by a lock (each operation is a few float operations)."""
+
+    def __init__(self) -> None:
+        self._tat: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def reserve(self, specs: Sequence[Spec], max_wait: float) -> Reservation:
+        with self._lock:
+            now = time.monotonic()
+            tats = self._tat
+            wait = 0.0
+            for spec in specs:
+                wait = max(wait, _allow_at(max(tats.get(spec.key, now), now), spec) - now)
+            if wait > max_wait:
+                return Reservation(False, wait)
+            at = now + wait
+            for spec in specs:
+                tats[spec.key] = max(tats.get(spec.key, at), at) + spec.cost * spec.interval
+            return Reservation(True, wait)
+
+    def correct(self, key: str, delta: float = 0.0, floor: float = NO_FLOOR) -> None:
+        """Move ``key``'s TAT by ``delta`` seconds (a refund is negative), then to at least ``now + floor``."""
+        with self._lock:
+            now = time.monotonic()
+            tat = max(self._tat.get(key, now), now) + delta
+            self._tat[key] = max(tat, now + floor)
+
+    def available(self, key: str, interval: float, tolerance: float) -> float:
+        """Units that could be taken right now without waiting (never negative)."""
+        now = time.monotonic()
+        tat = max(self._tat.get(key, now), now)
+        return max(0.0, (tolerance - (tat - now)) / interval)
+
+
+# KEYS: the n reserved keys, then the keys with queued corrections.
+# ARGV: n, max_wait, then (interval, tolerance, cost) per reserved key, then (delta, floor) per corrected key.
+# Returns {granted (0/1), wait as a string} (a Lua number would be truncated to an integer by Redis).
+LUA_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local n = tonumber(ARGV[1])
+local max_wait = tonumber(ARGV[2])
+local function store(key, tat)
+  redis.call('SET', key, string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+end
+local c = 3 + 3 * n
+for i = n + 1, #KEYS do
+  local tat = math.max(tonumber(redis.call('GET', KEYS[i])) or now, now) + tonumber(ARGV[c])
+  store(KEYS[i], math.max(tat, now + tonumber(ARGV[c + 1])))
+  c = c + 2
+end
+local wait = 0
+local tats = {}
+for i = 1, n do
+  local a = 3 + 3 * (i - 1)
+  local tat = math.max(tonumber(redis.call('GET', KEYS[i])) or now, now)
+  tats[i] = tat
+  local allow = math.min(tat + tonumber(ARGV[a + 2]) * tonumber(ARGV[a]) - tonumber(ARGV[a + 1]), tat)
+  wait = math.max(wait, allow - now)
+end
+if wait > max_wait then
+  return {0, tostring(wait)}
+end
+local at = now + wait
+for i = 1, n do
+  local a = 3 + 3 * (i - 1)
+  store(KEYS[i], math.max(tats[i], at) + tonumber(ARGV[a + 2]) * tonumber(ARGV[a]))
+end
+return {1, tostring(wait)}
+"""
+
+
+class RedisGCRA:
+    """The same limits shared by every process using one Redis (keys ``prefix + key``).
+
+    Sync and async clients each get their own redis-py client, made on first use; both run the one script,
+    registered once (``EVALSHA``, re-sent by redis-py if the server lost it).
+    """
+
+    def __init__(self, url: str, prefix: str) -> None:
+        try:
+            import redis
+        except ImportError:  # pragma: no cover - depends on the installed extras
+            raise ImportError("the ratelimit plugin's redis_url needs: pip install 'aurelis[redis]'") from None
+        self._redis = redis
+        self.url = url
+        self.prefix = prefix
+        self._sync: Any = None
+        self._async: Any = None
+        self._async_client: Any = None
+        self._sync_client: Any = None
+        self._pending: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _args(self, specs: Sequence[Spec], max_wait: float) -> tuple[list[str], list[Any]]:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        prefix = self.prefix
+        keys = [prefix + s.key for s in specs] + [prefix + k for k in pending]
+        args: list[Any] = [len(specs), repr(max_wait)]
+        for spec in specs:
+            args += [repr(spec.interval), repr(spec.tolerance), repr(spec.cost)]
+        for delta, floor in pending.values():
+            args += [repr(delta), repr(floor)]
+        return keys, args
+
+    def reserve(self, specs: Sequence[Spec], max_wait: float) -> Reservation:
+        if self._sync is None:
+            self._sync_client = self._redis.Redis.from_url(self.url)
+            self._sync = self._sync_client.register_script(LUA_RESERVE)
+        keys, args = self._args(specs, max_wait)
+        return _reservation(self._sync(keys=keys, args=args))
+
+    def areserve(self, specs: Sequence[Spec], max_wait: float) -> Awaitable[Reservation]:
+        if self._async is None:
+            import redis.asyncio
+
+            self._async_client = redis.asyncio.Redis.from_url(self.url)
+            self._async = self._async_client.register_script(LUA_RESERVE)
+        keys, args = self._args(specs, max_wait)
+        return _areservation(self._async(keys=keys, args=args))
+
+    def correct(self, key: str, delta: float = 0.0, floor: float = NO_FLOOR) -> None:
+        """Queue a correction (see :meth:`LocalGCRA.correct`); it is applied before the next reservation."""
+        with self._lock:
+            entry = self._pending.setdefault(key, [0.0, NO_FLOOR])
+            entry[0] += delta
+            entry[1] = max(entry[1], floor)
+
+    def close(self) -> None:
+        if self._sync_client is not None:
+            self._sync_client.close()
+            self._sync_client = self._sync = None
+
+    async def aclose(self) -> None:
+        if self._async_client is not None:
+            await self._async_client.aclose()
+            self._async_client = self._async = None
+
+
+def _reservation(reply: Any) -> Reservation:
+    granted, wait = reply
+    return Reservation(bool(int(granted)), max(0.0, float(wait)))
+
+
+async def _areservation(reply: Awaitable[Any]) -> Reservation:
+    return _reservation(await reply)
+
+
+def duration_seconds(text: str) -> float | None:
+    """Seconds in a Go-style duration as providers send in ``x-ratelimit-reset-*`` (``"20ms"``, ``"1.5s"``,
+    ``"6m0s"``, ``"1h2m"``), or a bare number of seconds; ``None`` if it is neither."""
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    total = 0.0
+    number = ""
+    index = 0
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    while index < len(text):
+        char = text[index]
+        if char.isdigit() or char == ".":
+            number += char
+            index += 1
+            continue
+        unit = "ms" if text.startswith("ms", index) else char
+        if unit not in units or not number:
+            return None
+        try:
+            total += float(number) * units[unit]
+        except ValueError:
+            return None
+        number = ""
+        index += len(unit)
+    return None if number or math.isnan(total) else total

@@ -1,0 +1,303 @@
+"""``breaker``: a circuit breaker per endpoint (or per host when no endpoints are configured).
+
+States, as in resilience4j and Polly::
+
+    closed --(failure rate over the window >= failure_rate, with >= min_calls calls;
+              or consecutive_failures in a row)--> open
+    open --(open time elapsed; the next attempt routed there)--> half_open
+    half_open --(close_after probe successes)--> closed
+    half_open --(a probe fails)--> open, for longer: open_for * backoff**trips, capped at max_open_for
+
+What counts as a failure: a transport error (connect error, timeout, read error, a stream cut off; any
+``TransportError`` of the request's httpx flavour) and a 5xx answer. A 429 does *not*: the endpoint is healthy
+but busy, so it is marked rate-limited in :class:`~aurelis_core.health.EndpointHealth` until
+``now + Retry-After`` (``rate_limited_for`` seconds without the header) and routers skip it until then. Other
+4xx answers are successes (the endpoint answered). Errors raised before the network
+(:class:`~aurelis_core.health.EndpointUnavailable`) and cancellations count for nothing.
+
+The breaker writes every state change to the pipeline's health registry (``block`` / ``set_circuit``), which
+is how routers learn to avoid an open endpoint; an open endpoint's time-out ends lazily, at the first attempt
+routed to it afterwards, which becomes a half-open probe. At most ``half_open_probes`` probes are in flight at
+once (``probes_left`` in the registry tells routers whether another one may go). An attempt that reaches an
+open circuit anyway (no router, a single endpoint, or every endpoint open so the router fell back to all of
+them) fails fast with :class:`CircuitOpenError` instead of adding load to a failing upstream.
+
+Observability: :meth:`Breaker.state`, :attr:`Breaker.transitions` (the latest 1000 changes), the pipeline's
+``stats.counters["breaker_open"]``, ``["breaker_half_open"]``, ``["breaker_closed"]``,
+``["breaker_rate_limited"]``, and a log line per change (WARNING when a circuit opens, INFO otherwise).
+
+Cost: the sliding window is a ring of ten time buckets (no allocation per call, and the failure rate is only
+summed when a failure could trip the circuit); an ``aurelis_admit`` on a closed circuit is one dict lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any, NamedTuple
+
+import attrs
+
+from aurelis_core import Attempt, Endpoint, RequestContext, hookimpl
+from aurelis_core.health import CircuitState, EndpointUnavailable, retry_after
+
+__all__ = ["Breaker", "BreakerConfig", "CircuitOpenError", "Transition"]
+
+logger = logging.getLogger("aurelis")
+
+#: Buckets in the sliding window: finer buckets forget old calls more smoothly, but cost more to sum.
+BUCKETS = 10
+
+
+def _positive(instance: Any, attribute: Any, value: Any) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
+
+
+def _non_negative_int(instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, int) or value < 0:
+        raise ValueError(f"{attribute.name!r} must be an integer >= 0, got {value!r}")
+
+
+def _positive_int(instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name!r} must be an integer >= 1, got {value!r}")
+
+
+@attrs.frozen
+class BreakerConfig:
+    #: Share of failed calls in the window that opens the circuit (0 < rate <= 1).
+    failure_rate: float = attrs.field(default=0.5, validator=_positive)
+    #: Seconds of the sliding window the failure rate is computed over.
+    window: float = attrs.field(default=30.0, validator=_positive)
+    #: Calls the window must hold before the failure rate may open the circuit.
+    min_calls: int = attrs.field(default=10, validator=_positive_int)
+    #: Failures in a row that open the circuit whatever the rate (0: off).
+    consecutive_failures: int = attrs.field(default=5, validator=_non_negative_int)
+    #: Seconds a circuit stays open after its first trip.
+    open_for: float = attrs.field(default=5.0, validator=_positive)
+    #: Each further trip (a failed probe, or tripping again within ``window`` of closing) multiplies it by this.
+    backoff: float = attrs.field(default=2.0)
+    #: ...up to this many seconds.
+    max_open_for: float = attrs.field(default=120.0, validator=_positive)
+    #: Probes allowed in flight at once while half-open.
+    half_open_probes: int = attrs.field(default=1, validator=_positive_int)
+    #: Successful probes that close the circuit.
+    close_after: int = attrs.field(default=2, validator=_positive_int)
+    #: Seconds a 429 without ``Retry-After`` keeps the endpoint marked rate-limited.
+    rate_limited_for: float = attrs.field(default=1.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.failure_rate > 1:
+            raise ValueError(f"'failure_rate' must be in (0, 1], got {self.failure_rate!r}")
+        if self.backoff < 1:
+            raise ValueError(f"'backoff' must be >= 1, got {self.backoff!r}")
+        if self.max_open_for < self.open_for:
+            raise ValueError(f"'max_open_for' ({self.max_open_for}) must be >= 'open_for' ({self.open_for})")
+
+
+class CircuitOpenError(EndpointUnavailable):
+    """The attempt's endpoint has an open circuit (or no half-open probe slot left): it was not sent.
+
+    ``retry_after`` is the seconds until the circuit lets a probe through (``None`` while probes are out).
+    """
+
+
+class Transition(NamedTuple):
+    """One state change. ``at`` is ``time.time()``."""
+
+    at: float
+    endpoint: str
+    old: CircuitState
+    new: CircuitState
+    reason: str
+
+
+class _Circuit:
+    """One endpoint's breaker state. Guarded by the plugin's lock."""
+
+    __slots__ = (
+        "buckets", "closed_at", "consecutive", "endpoint", "open_until", "probe_ok", "probes_out", "state", "trips",
+    )
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.state: CircuitState = "closed"
+        self.consecutive = 0
+        # [epoch, calls, failures] per bucket; epoch = int(now / bucket width) of the calls it holds.
+        self.buckets = [[-1, 0, 0] for _ in range(BUCKETS)]
+        self.trips = 0
+        self.open_until = 0.0
+        self.probes_out = 0
+        self.probe_ok = 0
+        self.closed_at: float | None = None
+
+
+class Breaker:
+    """The ``breaker`` plugin."""
+
+    name = "breaker"
+    Config = BreakerConfig
+
+    def __init__(self, config: BreakerConfig, pipeline: Any) -> None:
+        self.config = config
+        self.health = pipeline.health
+        self.stats = pipeline.stats
+        self._width = config.window / BUCKETS
+        self._circuits: dict[str, _Circuit] = {}
+        #: The latest state changes, oldest first.
+        self.transitions: deque[Transition] = deque(maxlen=1000)
+        # Sync clients may share a pipeline across threads; transitions must not interleave. Uncontended: ~50 ns.
+        self._lock = threading.Lock()
+
+    def state(self, endpoint: Endpoint | str) -> CircuitState:
+        """The circuit state of an endpoint (or its name; a host's origin URL when no endpoints are configured).
+
+        An open circuit whose time-out has passed still reads ``"open"`` until an attempt probes it.
+        """
+        name = endpoint if isinstance(endpoint, str) else endpoint.name
+        circuit = self._circuits.get(name)
+        return "closed" if circuit is None else circuit.state
+
+    # --- hooks -------------------------------------------------------------------------------------------------
+
+    @hookimpl
+    def aurelis_admit(self, ctx: RequestContext, attempt: Attempt) -> None:
+        endpoint = self.health.upstream(ctx, attempt)
+        circuit = self._circuits.get(endpoint.name)
+        if circuit is None or circuit.state == "closed":
+            return None
+        with self._lock:
+            now = time.monotonic()
+            if circuit.state == "open":
+                if now < circuit.open_until:
+                    wait = circuit.open_until - now
+                    raise CircuitOpenError(
+                        f"circuit open for {endpoint.name} (retry in {wait:.1f}s)", endpoint.name, wait
+                    )
+                self._transition(circuit, "half_open", "open time elapsed")
+            if circuit.state == "half_open":
+                if circuit.probes_out >= self.config.half_open_probes:
+                    raise CircuitOpenError(
+                        f"circuit half-open for {endpoint.name}: all {self.config.half_open_probes} probe(s) "
+                        "are in flight", endpoint.name,
+                    )
+                circuit.probes_out += 1
+                self._publish_probes(circuit)
+                ctx.state.setdefault("breaker", []).append(attempt)
+        return None
+
+    @hookimpl
+    def aurelis_attempt_end(self, ctx: RequestContext, attempt: Attempt) -> None:
+        outcome = self._outcome(ctx, attempt)  # True: success, False: failure, None: says nothing
+        endpoint = self.health.upstream(ctx, attempt)
+        probes = ctx.state.get("breaker")
+        is_probe = probes is not None and attempt in probes
+        if outcome is None and not is_probe:
+            if attempt.status_code == 429:
+                self._rate_limited(endpoint, attempt)
+            return
+        with self._lock:
+            circuit = self._circuits.get(endpoint.name)
+            if circuit is None:
+                circuit = self._circuits[endpoint.name] = _Circuit(endpoint)
+            now = time.monotonic()
+            if is_probe:
+                circuit.probes_out = max(0, circuit.probes_out - 1)
+                if circuit.state == "half_open":
+                    if outcome is False:
+                        self._trip(circuit, now, "a half-open probe failed")
+                    elif outcome is True:
+                        circuit.probe_ok += 1
+                        if circuit.probe_ok >= self.config.close_after:
+                            self._close(circuit, now)
+                        else:
+                            self._publish_probes(circuit)
+                    else:
+                        self._publish_probes(circuit)
+            elif circuit.state == "closed" and outcome is not None:
+                self._record(circuit, now, failed=not outcome)
+        if attempt.status_code == 429:
+            self._rate_limited(endpoint, attempt)
+
+    # --- internals ---------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _outcome(ctx: RequestContext, attempt: Attempt) -> bool | None:
+        error = attempt.error
+        if error is not None:
+            if isinstance(error, ctx.http.TransportError):
+                return False
+            return None  # cancelled, refused before sending, or a plugin's own error: not the upstream's doing
+        status = attempt.status_code
+        if status is None or status == 429:
+            return None
+        return status < 500
+
+    def _record(self, circuit: _Circuit, now: float, failed: bool) -> None:
+        epoch = int(now / self._width)
+        bucket = circuit.buckets[epoch % BUCKETS]
+        if bucket[0] != epoch:
+            bucket[0], bucket[1], bucket[2] = epoch, 0, 0
+        bucket[1] += 1
+        if not failed:
+            circuit.consecutive = 0
+            return
+        bucket[2] += 1
+        circuit.consecutive += 1
+        config = self.config
+        if config.consecutive_failures and circuit.consecutive >= config.consecutive_failures:
+            self._trip(circuit, now, f"{circuit.consecutive} consecutive failures")
+            return
+        oldest = epoch - BUCKETS
+        calls = failures = 0
+        for b_epoch, b_calls, b_failures in circuit.buckets:
+            if b_epoch > oldest:
+                calls += b_calls
+                failures += b_failures
+        if calls >= config.min_calls and failures >= config.failure_rate * calls:
+            self._trip(circuit, now, f"{failures}/{calls} calls failed in the last {config.window:g}s")
+
+    def _trip(self, circuit: _Circuit, now: float, reason: str) -> None:
+        config = self.config
+        if circuit.state == "closed" and circuit.closed_at is not None and now - circuit.closed_at > config.window:
+            circuit.trips = 0  # stayed closed for a whole window: this is a new incident, not the same one
+        open_for = min(config.max_open_for, config.open_for * config.backoff**circuit.trips)
+        circuit.trips += 1
+        circuit.open_until = now + open_for
+        circuit.probes_out = circuit.probe_ok = 0
+        self.health.block(circuit.endpoint, circuit.open_until, "open")
+        self._transition(circuit, "open", f"{reason}; open for {open_for:g}s")
+
+    def _close(self, circuit: _Circuit, now: float) -> None:
+        circuit.consecutive = circuit.probe_ok = 0
+        for bucket in circuit.buckets:
+            bucket[0], bucket[1], bucket[2] = -1, 0, 0
+        circuit.closed_at = now
+        self._transition(circuit, "closed", f"{self.config.close_after} probe(s) succeeded")
+
+    def _publish_probes(self, circuit: _Circuit) -> None:
+        left = max(0, self.config.half_open_probes - circuit.probes_out)
+        self.health.set_circuit(circuit.endpoint, "half_open", left)
+
+    def _transition(self, circuit: _Circuit, new: CircuitState, reason: str) -> None:
+        old, circuit.state = circuit.state, new
+        name = circuit.endpoint.name
+        if new == "half_open":
+            self._publish_probes(circuit)
+        else:
+            self.health.set_circuit(circuit.endpoint, new)
+        self.transitions.append(Transition(time.time(), name, old, new, reason))
+        self.stats.counters[f"breaker_{new}"] += 1
+        logger.log(
+            logging.WARNING if new == "open" else logging.INFO,
+            "aurelis: breaker %s -> %s for %s: %s", old, new, name, reason,
+        )
+
+    def _rate_limited(self, endpoint: Endpoint, attempt: Attempt) -> None:
+        wait = retry_after(attempt.headers)
+        seconds = self.config.rate_limited_for if wait is None else wait
+        self.health.block(endpoint, time.monotonic() + seconds, "rate_limited")
+        self.stats.counters["breaker_rate_limited"] += 1

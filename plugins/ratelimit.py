@@ -1,0 +1,338 @@
+"""``ratelimit``: stay under the upstreams' request and token limits instead of collecting their 429s.
+
+Limits, each "so many per ``period`` seconds" (a minute by default):
+
+- per upstream: ``rpm`` / ``tpm`` of each ``[[endpoints]]`` entry, else this table's ``rpm`` / ``tpm`` (which
+  also apply per host when no endpoints are configured);
+- per credential (optional): ``credential_rpm`` / ``credential_tpm``, keyed by a fingerprint of the request's
+  ``Authorization`` / ``api-key`` / ``x-api-key`` header (never the credential itself, not even in Redis).
+
+Before each attempt (``aurelis_admit``) the plugin reserves one request and an estimate of the tokens: the
+prompt (request body bytes / ``chars_per_token``) plus the completion budget (``max_tokens`` or
+``max_completion_tokens`` of the body, else ``default_max_tokens`` for chat/completions, 0 for embeddings),
+as the OpenAI cookbook advises. It answers how long the attempt must wait for that capacity; reservations queue
+in order (see :mod:`aurelis_plugins._gcra`). A wait longer than ``max_wait`` reserves nothing and raises
+:class:`RateLimitTimeout` (an :class:`~aurelis_core.health.EndpointUnavailable`: the retry plugin may send the
+attempt to another endpoint; otherwise the caller gets it).
+
+After the attempt (``aurelis_attempt_end``) the reservation is settled with what is known, nothing more:
+
+- an attempt that never reached the upstream (refused by another plugin, a connect error) is refunded;
+- the token reservation becomes the answer's ``usage.total_tokens`` when the pipeline read the body whole (a
+  cacheable answer, ``attempt.body``); for a streamed answer the estimate stays charged;
+- the upstream's ``x-ratelimit-remaining-requests|tokens`` and ``x-ratelimit-reset-requests|tokens`` headers
+  are authoritative: when they show less capacity than the local state, the local state moves to match (never
+  the other way: requests sent since are not in the server's count yet); a 429's ``Retry-After`` holds the
+  upstream's next request back until then.
+
+Cache hits never get here: the pipeline calls ``aurelis_admit`` only for attempts it is about to send.
+
+Local or shared: by default the limits live in this process (a GCRA in a dict). With ``redis_url`` they live
+in Redis (one Lua script per reservation, atomic, on Redis's clock), so any number of processes share one
+limit. If Redis fails, the plugin falls back to its local state (counted in ``stats.counters
+["ratelimit_redis_errors"]`` and logged) rather than failing requests.
+
+Counters in ``pipeline.stats.counters``: ``ratelimit_waited`` (attempts that had to wait),
+``ratelimit_rejected`` (``RateLimitTimeout`` raised).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Awaitable, Sequence
+from typing import Any, NamedTuple
+
+import attrs
+
+from aurelis_core import Attempt, Endpoint, RequestContext, hookimpl
+from aurelis_core.health import EndpointUnavailable, retry_after
+from aurelis_core.stats import usage_tokens
+
+from ._gcra import LocalGCRA, RedisGCRA, Reservation, Spec, duration_seconds
+from .codecs import codec_for_token
+
+__all__ = ["RateLimit", "RateLimitConfig", "RateLimitTimeout"]
+
+logger = logging.getLogger("aurelis")
+
+_MAX_TOKENS = re.compile(rb'"max(?:_completion)?_tokens"\s*:\s*(\d+)')
+_CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")
+_REQUESTS, _TOKENS = "requests", "tokens"
+
+
+def _optional_positive_int(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise ValueError(f"{attribute.name!r} must be a positive integer, got {value!r}")
+
+
+def _positive(instance: Any, attribute: Any, value: Any) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: Any, value: Any) -> None:
+    if not value >= 0:
+        raise ValueError(f"{attribute.name!r} must be >= 0, got {value!r}")
+
+
+@attrs.frozen
+class RateLimitConfig:
+    #: Requests / tokens per period for each upstream without its own ``rpm`` / ``tpm`` (None: unlimited).
+    rpm: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    tpm: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    #: Requests / tokens per period for each credential, across upstreams (None: unlimited).
+    credential_rpm: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    credential_tpm: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    #: Seconds the limits are counted over (the "minute" of rpm/tpm).
+    period: float = attrs.field(default=60.0, validator=_positive)
+    #: Share of a period's budget that may go at once (1.0: a full period's, as providers' buckets allow).
+    burst: float = attrs.field(default=1.0, validator=_positive)
+    #: Longest an attempt may wait for capacity; past it, RateLimitTimeout.
+    max_wait: float = attrs.field(default=30.0, validator=_non_negative)
+    #: Share the limits across processes through this Redis (``redis://host:port/db``).
+    redis_url: str | None = None
+    #: Prefix of the Redis keys.
+    key_prefix: str = "aurelis:ratelimit:"
+    #: Completion tokens reserved for a chat/completions request that names no max_tokens.
+    default_max_tokens: int = attrs.field(default=1024, validator=_non_negative)
+    #: Request-body bytes per prompt token in the estimate (4 is typical of English JSON for GPT tokenizers).
+    chars_per_token: float = attrs.field(default=4.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.burst > 1:
+            raise ValueError(f"'burst' must be in (0, 1], got {self.burst!r}")
+
+
+class RateLimitTimeout(EndpointUnavailable):
+    """Capacity for the attempt would come later than ``max_wait``; nothing was reserved or sent.
+
+    ``retry_after`` is how long it would have had to wait, in seconds.
+    """
+
+
+class _Limit(NamedTuple):
+    key: str
+    kind: str  # _REQUESTS or _TOKENS
+    interval: float
+    tolerance: float
+    upstream: bool  # the upstream's own limit (its x-ratelimit-* headers describe it), not a credential's
+
+
+class _Held(NamedTuple):
+    """What an attempt reserved, kept in ``ctx.state["ratelimit"]`` until the attempt ends."""
+
+    attempt: Attempt
+    limits: tuple[_Limit, ...]
+    specs: list[Spec]
+
+
+class RateLimit:
+    """The ``ratelimit`` plugin."""
+
+    name = "ratelimit"
+    Config = RateLimitConfig
+
+    def __init__(self, config: RateLimitConfig, pipeline: Any) -> None:
+        self.config = config
+        self.health = pipeline.health
+        self.stats = pipeline.stats
+        self.local = LocalGCRA()
+        self.shared = None if config.redis_url is None else RedisGCRA(config.redis_url, config.key_prefix)
+        self._upstream_limits: dict[str, tuple[_Limit, ...]] = {}
+        self._credential_limits: dict[str, tuple[_Limit, ...]] = {}
+
+    # --- limits ------------------------------------------------------------------------------------------------
+
+    def _limit(self, key: str, kind: str, per_period: int, upstream: bool) -> _Limit:
+        interval = self.config.period / per_period
+        capacity = max(1.0, self.config.burst * per_period)
+        return _Limit(key, kind, interval, capacity * interval, upstream)
+
+    def _limits_of(self, endpoint: Endpoint) -> tuple[_Limit, ...]:
+        limits = self._upstream_limits.get(endpoint.name)
+        if limits is None:
+            config = self.config
+            rpm = endpoint.rpm if endpoint.rpm is not None else config.rpm
+            tpm = endpoint.tpm if endpoint.tpm is not None else config.tpm
+            built = []
+            if rpm is not None:
+                built.append(self._limit(f"up:{endpoint.name}:{_REQUESTS}", _REQUESTS, rpm, True))
+            if tpm is not None:
+                built.append(self._limit(f"up:{endpoint.name}:{_TOKENS}", _TOKENS, tpm, True))
+            limits = self._upstream_limits[endpoint.name] = tuple(built)
+        return limits
+
+    def _credential_limits_of(self, request: Any) -> tuple[_Limit, ...]:
+        headers = request.headers
+        credential = next((v for h in _CREDENTIAL_HEADERS if (v := headers.get(h)) is not None), "")
+        limits = self._credential_limits.get(credential)
+        if limits is None:
+            # A fingerprint, not the credential: keys are visible to anyone who can read the Redis.
+            fingerprint = hashlib.blake2b(credential.encode(), digest_size=12, person=b"aurelis-rl").hexdigest()
+            config = self.config
+            built = []
+            if config.credential_rpm is not None:
+                built.append(self._limit(f"cred:{fingerprint}:{_REQUESTS}", _REQUESTS, config.credential_rpm, False))
+            if config.credential_tpm is not None:
+                built.append(self._limit(f"cred:{fingerprint}:{_TOKENS}", _TOKENS, config.credential_tpm, False))
+            limits = tuple(built)
+            if len(self._credential_limits) < 10_000:  # bounded: credentials may come from end users
+                self._credential_limits[credential] = limits
+        return limits
+
+    def estimate_tokens(self, ctx: RequestContext) -> int:
+        """Tokens reserved for the attempt: prompt estimate plus completion budget (see the module docstring)."""
+        request = ctx.request
+        body = getattr(request, "_content", None) or b""
+        match = _MAX_TOKENS.search(body)
+        if match is not None:
+            completion = int(match.group(1))
+        elif request.url.path.endswith("completions"):
+            completion = self.config.default_max_tokens
+        else:
+            completion = 0
+        return int(len(body) / self.config.chars_per_token) + completion
+
+    def remaining(self, endpoint: Endpoint | str, kind: str = _REQUESTS) -> float | None:
+        """Requests (or ``"tokens"``) this process could take from an upstream's limit right now, without
+        waiting (local state only; ``None`` if that upstream has no such limit)."""
+        name = endpoint if isinstance(endpoint, str) else endpoint.name
+        for limit in self._upstream_limits.get(name, ()):
+            if limit.kind == kind:
+                return self.local.available(limit.key, limit.interval, limit.tolerance)
+        return None
+
+    # --- hooks -------------------------------------------------------------------------------------------------
+
+    @hookimpl
+    def aurelis_admit(self, ctx: RequestContext, attempt: Attempt) -> float | Awaitable[float | None] | None:
+        limits = self._limits_of(self.health.upstream(ctx, attempt))
+        if self.config.credential_rpm is not None or self.config.credential_tpm is not None:
+            limits += self._credential_limits_of(ctx.request)
+        if not limits:
+            return None
+        tokens = float(self.estimate_tokens(ctx)) if any(lim.kind == _TOKENS for lim in limits) else 0.0
+        specs = [Spec(lim.key, lim.interval, lim.tolerance, 1.0 if lim.kind == _REQUESTS else tokens) for lim in limits]
+        held = _Held(attempt, limits, specs)
+        shared = self.shared
+        if shared is None:
+            return self._granted(ctx, held, self.local.reserve(specs, self.config.max_wait))
+        if ctx.is_async:
+            return self._areserve(ctx, held, shared)
+        try:
+            reservation = shared.reserve(specs, self.config.max_wait)
+        except self._redis_errors():
+            reservation = self._redis_failed(specs)
+        return self._granted(ctx, held, reservation)
+
+    async def _areserve(self, ctx: RequestContext, held: _Held, shared: RedisGCRA) -> float | None:
+        try:
+            reservation = await shared.areserve(held.specs, self.config.max_wait)
+        except self._redis_errors():
+            reservation = self._redis_failed(held.specs)
+        return self._granted(ctx, held, reservation)
+
+    def _redis_errors(self) -> type[BaseException]:
+        import redis
+
+        return redis.RedisError
+
+    def _redis_failed(self, specs: Sequence[Spec]) -> Reservation:
+        count = self.stats.counters["ratelimit_redis_errors"] = self.stats.counters["ratelimit_redis_errors"] + 1
+        if count in (1, 100, 10_000) or count % 100_000 == 0:
+            logger.warning(
+                "aurelis: ratelimit: Redis failed (%d so far); using this process's own limits", count, exc_info=True
+            )
+        return self.local.reserve(specs, self.config.max_wait)
+
+    def _granted(self, ctx: RequestContext, held: _Held, reservation: Reservation) -> float | None:
+        if not reservation.granted:
+            self.stats.counters["ratelimit_rejected"] += 1
+            name = self.health.upstream(ctx, held.attempt).name
+            raise RateLimitTimeout(
+                f"rate limit for {name}: capacity in {reservation.wait:.2f}s, more than max_wait "
+                f"{self.config.max_wait:g}s",
+                name,
+                reservation.wait,
+            )
+        ctx.state["ratelimit"] = held
+        if reservation.wait > 0:
+            self.stats.counters["ratelimit_waited"] += 1
+            return reservation.wait
+        return None
+
+    @hookimpl
+    def aurelis_attempt_end(self, ctx: RequestContext, attempt: Attempt) -> None:
+        held: _Held | None = ctx.state.get("ratelimit")
+        if held is None or held.attempt is not attempt:
+            return
+        del ctx.state["ratelimit"]
+        limiter = self.shared or self.local
+        http = ctx.http
+        if attempt.status_code is None and isinstance(
+            attempt.error, (EndpointUnavailable, http.ConnectError, http.ConnectTimeout, http.PoolTimeout)
+        ):
+            for spec in held.specs:  # it never reached the upstream
+                limiter.correct(spec.key, delta=-spec.cost * spec.interval)
+            return
+        used = self._usage(attempt)
+        if used is not None:
+            for spec, limit in zip(held.specs, held.limits, strict=True):
+                if limit.kind == _TOKENS:
+                    limiter.correct(spec.key, delta=(used - spec.cost) * spec.interval)
+        headers = attempt.headers
+        if headers is not None:
+            self._follow_headers(limiter, held.limits, headers, attempt.status_code)
+
+    # --- settling ----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _usage(attempt: Attempt) -> int | None:
+        body = attempt.body
+        if body is None or attempt.status_code is None or attempt.status_code >= 400:
+            return None
+        encoding = attempt.headers.get("content-encoding") if attempt.headers is not None else None
+        if encoding:
+            codec = codec_for_token(encoding)
+            if codec is None:
+                return None
+            try:
+                body = codec.decompress(body)
+            except Exception:  # a body that does not decode settles nothing
+                return None
+        return usage_tokens(body)
+
+    @staticmethod
+    def _follow_headers(
+        limiter: LocalGCRA | RedisGCRA, limits: Sequence[_Limit], headers: Any, status: int | None
+    ) -> None:
+        wait = retry_after(headers) if status == 429 else None
+        for limit in limits:
+            if not limit.upstream:
+                continue
+            floor = None
+            if wait is not None:
+                floor = wait + limit.tolerance - limit.interval  # its next unit goes after Retry-After
+            remaining = headers.get(f"x-ratelimit-remaining-{limit.kind}")
+            if remaining is not None:
+                try:
+                    left = max(0.0, float(remaining))
+                except ValueError:
+                    left = None
+                if left is not None:
+                    floor = max(floor or 0.0, limit.tolerance - left * limit.interval)
+                    reset = duration_seconds(headers.get(f"x-ratelimit-reset-{limit.kind}") or "")
+                    if left == 0 and reset is not None:  # none left: the next unit comes at the reset
+                        floor = max(floor, reset + limit.tolerance - limit.interval)
+            if floor is not None and floor > 0:
+                limiter.correct(limit.key, floor=floor)
+
+    @hookimpl
+    def aurelis_close(self, pipeline: Any) -> Awaitable[None] | None:
+        shared = self.shared
+        if shared is None:
+            return None
+        shared.close()
+        return shared.aclose() if pipeline.is_async else None
