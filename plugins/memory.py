@@ -78,14 +78,22 @@ class MemoryCache:
 
     @hookimpl
     def aurelis_cache_set(self, ctx: RequestContext, entry: CacheEntry, promote: bool) -> None:
+        self.put(ctx.key, entry)  # type: ignore[arg-type]
+
+    def put(self, key: str, entry: CacheEntry) -> bool:
+        """Store ``entry`` under cache key ``key``; ``False`` if it has already expired here or is larger than
+        the tier. ``aurelis_cache_set`` and warming from a lower tier both store through it."""
+        if entry.expired(time.time(), self.config.ttl):
+            return False
         budget = self.budget
         if _charge(entry) > budget:
-            return  # larger than the whole tier: storing it would evict everything else for nothing
+            return False  # larger than the whole tier: storing it would evict everything else for nothing
         with self._lock:
             cache = self._cache
-            cache[ctx.key] = entry  # type: ignore[index]
+            cache[key] = entry
             while cache.currsize > budget:  # only after shrink(): cachetools enforces max_bytes itself
                 cache.popitem()
+        return True
 
     def shrink(self, fraction: float) -> int:
         """Give memory back: evict the entries the policy values least until the tier holds ``1 - fraction`` of

@@ -1,0 +1,232 @@
+"""A bounded write-behind queue, so a slow cache tier's writes never hold up a response.
+
+A tier hands each write (a store, a hit count) to :meth:`WriteBehind.put` and returns at once; a background
+worker takes what has queued up and writes it in one batch (one Redis pipeline, one SQLite transaction), which
+is also far cheaper per item than writing each on its own. Two workers, chosen by the request's mode:
+
+- async clients: an asyncio task on the caller's event loop, so the tier's asyncio client (bound to that loop)
+  does the writing and nothing blocks the loop;
+- sync clients: a daemon thread with the tier's sync client.
+
+The queue is bounded (``maxsize`` items per worker): when it is full the write is dropped and counted, never
+waited for. A cache that lags is harmless; a request that blocks on one is not. ``close``/``aclose`` (called
+from the tier's ``aurelis_close``) write out what is queued before returning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["WriteBehind"]
+
+logger = logging.getLogger("aurelis")
+
+T = TypeVar("T")
+
+_STOP = object()
+
+
+class _LoopWorker(Generic[T]):
+    """The async worker of one event loop: a deque, a wake-up event and the task draining them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: deque[T] = deque()
+        self.wake = asyncio.Event()
+        #: Set while nothing is queued or being written: what ``aflush`` waits for.
+        self.idle = asyncio.Event()
+        self.closing = False
+        self.task: asyncio.Task[None] | None = None
+
+
+class WriteBehind(Generic[T]):
+    """Queue items for ``write`` (sync, a list of items) or ``awrite`` (async, a list of items).
+
+    ``on_error(exc)`` is told about a batch that failed (the batch is dropped: a cache write is never worth a
+    retry storm); ``on_drop()`` about each item dropped because the queue was full.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        write: Callable[[list[T]], None],
+        awrite: Callable[[list[T]], Awaitable[None]],
+        *,
+        on_error: Callable[[BaseException], None],
+        on_drop: Callable[[], None],
+        maxsize: int = 10_000,
+        batch: int = 512,
+    ) -> None:
+        self.name = name
+        self.maxsize = maxsize
+        self.batch = batch
+        #: Items dropped because the queue was full (or could not be written out on close).
+        self.dropped = 0
+        self._write = write
+        self._awrite = awrite
+        self._on_error = on_error
+        self._on_drop = on_drop
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize)
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
+        self._worker: _LoopWorker[T] | None = None
+
+    def put(self, item: T, is_async: bool) -> None:
+        """Queue ``item``; never blocks. ``is_async``: the caller runs on an event loop (``ctx.is_async``)."""
+        if is_async:
+            worker = self._worker
+            if worker is None or worker.loop is not asyncio.get_running_loop() or worker.closing:
+                worker = self._start_task()
+            if len(worker.pending) >= self.maxsize:
+                self._drop()
+                return
+            worker.pending.append(item)
+            worker.idle.clear()
+            worker.wake.set()
+            return
+        if self._thread is None:
+            self._start_thread()
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self._drop()
+
+    def _drop(self, count: int = 1) -> None:
+        self.dropped += count
+        for _ in range(count):
+            self._on_drop()
+
+    # --- sync worker -------------------------------------------------------------------------------------------
+
+    def _start_thread(self) -> None:
+        with self._thread_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run_thread, name=f"aurelis-{self.name}-writer", daemon=True
+                )
+                self._thread.start()
+
+    def _run_thread(self) -> None:
+        get = self._queue.get
+        get_nowait = self._queue.get_nowait
+        while True:
+            item = get()
+            stop = item is _STOP
+            batch = [] if stop else [item]
+            while not stop and len(batch) < self.batch:
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                else:
+                    batch.append(item)
+            if batch:
+                try:
+                    self._write(batch)
+                except Exception as exc:
+                    self._on_error(exc)
+            for _ in range(len(batch) + stop):
+                self._queue.task_done()
+            if stop:
+                return
+
+    def flush(self) -> None:
+        """Wait until everything queued by sync callers is written."""
+        if self._thread is not None:
+            self._queue.join()
+
+    # --- async worker ------------------------------------------------------------------------------------------
+
+    def _start_task(self) -> _LoopWorker[T]:
+        old = self._worker
+        if old is not None and old.pending and old.loop.is_closed():
+            # Its loop is gone (``asyncio.run`` per call, say): those writes cannot happen any more.
+            self._drop(len(old.pending))
+            old.pending.clear()
+        worker: _LoopWorker[T] = _LoopWorker(asyncio.get_running_loop())
+        worker.task = worker.loop.create_task(self._run_task(worker), name=f"aurelis-{self.name}-writer")
+        self._worker = worker
+        return worker
+
+    async def _run_task(self, worker: _LoopWorker[T]) -> None:
+        pending = worker.pending
+        while True:
+            if not pending:
+                worker.idle.set()
+                if worker.closing:
+                    return
+                await worker.wake.wait()
+                worker.wake.clear()
+                continue
+            batch = [pending.popleft() for _ in range(min(self.batch, len(pending)))]
+            try:
+                await self._awrite(batch)
+            except Exception as exc:
+                self._on_error(exc)
+
+    async def aflush(self) -> None:
+        """Wait until everything queued by async callers on this loop is written."""
+        worker = self._worker
+        if worker is None or worker.task is None or worker.loop is not asyncio.get_running_loop():
+            return
+        if not worker.task.done():
+            await worker.idle.wait()
+
+    # --- closing -----------------------------------------------------------------------------------------------
+
+    async def _stop_worker(self, worker: _LoopWorker[T]) -> None:
+        worker.closing = True
+        worker.wake.set()
+        if worker.task is not None:
+            await worker.task
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write out what is queued and stop the workers (sync side; an async worker is stopped on its loop
+        if that loop is still running elsewhere, else its items are counted as dropped)."""
+        worker, self._worker = self._worker, None
+        if worker is not None and not worker.loop.is_closed():
+            if worker.loop.is_running():
+                try:
+                    future = asyncio.run_coroutine_threadsafe(self._stop_worker(worker), worker.loop)
+                    future.result(timeout)
+                except Exception:
+                    logger.warning("aurelis: %s: write-behind queue not flushed on close", self.name)
+            else:
+                self._drop(len(worker.pending))
+        elif worker is not None:
+            self._drop(len(worker.pending))
+        self._close_thread(timeout)
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Write out what is queued and stop the workers (from a running event loop)."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            if worker.loop is asyncio.get_running_loop():
+                await asyncio.wait_for(self._stop_worker(worker), timeout)
+            elif not worker.loop.is_closed() and worker.loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(self._stop_worker(worker), worker.loop)
+                await asyncio.wrap_future(future)
+            else:
+                self._drop(len(worker.pending))
+        if self._thread is not None:
+            await asyncio.to_thread(self._close_thread, timeout)
+
+    def _close_thread(self, timeout: float) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            logger.warning("aurelis: %s: write-behind thread is stuck; queued writes are lost", self.name)
+            return
+        thread.join(timeout)
+        self._thread = None

@@ -1,0 +1,450 @@
+"""``redis``: the L2 cache tier, shared by every process that points at the same Redis.
+
+One Redis string per entry, ``<prefix><cache key>``, holding the entry in the compact format of
+:mod:`aurelis_plugins._serialize` (lz4-compressed by default), with the tier's TTL as Redis's own expiry
+(``SET ... PX``), so Redis evicts stale answers itself. Hits are counted in one sorted set,
+``<prefix>meta:hits`` (``ZINCRBY``, written behind and trimmed to ``track_hits`` members), which is what
+warming reads to find the most wanted entries.
+
+Topologies: a single node (``url``), Sentinel (``sentinels`` + ``service_name``) or Cluster
+(``cluster_nodes``), with redis-py's asyncio client for async callers and its sync client for sync ones.
+
+A cache must never cost the caller its request, nor time: timeouts are tight (100 ms to read, 50 ms to
+connect, no retries), every error is a miss, and after ``breaker_failures`` consecutive failures the tier is
+not even tried for ``breaker_reset`` seconds; then one request probes it, and its success closes the breaker.
+So a dead or hung Redis costs a handful of requests one timeout each, then nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+import attrs
+
+from aurelis_core import CacheEntry, RequestContext, hookimpl
+
+from ._serialize import SerializeError, codec_named, dumps, loads
+from ._warm import copy_into_memory
+from ._writebehind import WriteBehind
+
+try:
+    import redis
+    import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.asyncio.retry
+    import redis.asyncio.sentinel
+    import redis.cluster
+    import redis.retry
+    import redis.sentinel
+    from redis.backoff import NoBackoff
+except ImportError:  # pragma: no cover - depends on the installed extras
+    raise ImportError("the redis plugin needs: pip install 'aurelis[redis]'") from None
+
+__all__ = ["Breaker", "RedisConfig", "RedisTier", "WarmConfig"]
+
+logger = logging.getLogger("aurelis")
+
+#: Errors that mean "Redis is not answering properly" (redis-py wraps socket errors, but not all of them).
+TIER_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
+
+
+def _positive(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
+
+
+def _host_ports(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(v, str) and v.rpartition(":")[2].isdigit() for v in value):
+        raise ValueError(f'expected a list of "host:port" strings, got {value!r}')
+    return tuple(value)
+
+
+@attrs.frozen
+class WarmConfig:
+    """``warm = {on_start = true, top = 1000}``: at start-up, copy this tier's ``top`` most hit live entries
+    into the ``memory`` tier."""
+
+    on_start: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    top: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int), _positive])
+
+
+@attrs.frozen
+class RedisConfig:
+    url: str | None = None
+    sentinels: tuple[str, ...] | None = attrs.field(default=None, converter=_host_ports)
+    service_name: str = "mymaster"
+    cluster_nodes: tuple[str, ...] | None = attrs.field(default=None, converter=_host_ports)
+    #: For Sentinel and Cluster (a single node takes it in ``url``). Never logged, never stored.
+    password: str | None = attrs.field(default=None, repr=False)
+    prefix: str = "aurelis:"
+    ttl: float | None = attrs.field(default=3600.0, validator=_positive)
+    codec: str = "lz4"
+    socket_timeout: float = attrs.field(default=0.1, validator=_positive)
+    connect_timeout: float = attrs.field(default=0.05, validator=_positive)
+    breaker_failures: int = attrs.field(default=3, validator=[attrs.validators.instance_of(int), _positive])
+    breaker_reset: float = attrs.field(default=5.0, validator=_positive)
+    queue_size: int = attrs.field(default=10_000, validator=[attrs.validators.instance_of(int), _positive])
+    track_hits: int = attrs.field(default=100_000, validator=[attrs.validators.instance_of(int), _positive])
+    warm: WarmConfig = attrs.field(factory=WarmConfig)
+
+    def __attrs_post_init__(self) -> None:
+        given = [n for n in ("url", "sentinels", "cluster_nodes") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of url, sentinels, cluster_nodes, not {' and '.join(given)}")
+
+
+class Breaker:
+    """Stop calling a backend that keeps failing: closed -> open (skip) -> one probe -> closed or open again.
+
+    Not locked: under the GIL each step is a couple of attribute stores, and a race at worst lets one extra
+    probe through.
+    """
+
+    def __init__(self, name: str, failures: int, reset: float) -> None:
+        self.name = name
+        self.failures = failures
+        self.reset = reset
+        self.consecutive = 0
+        #: ``time.monotonic()`` until which calls are skipped; 0 while closed.
+        self.open_until = 0.0
+
+    def allow(self) -> bool:
+        """May a call be made now? In the open state, the first call after ``reset`` seconds is the probe."""
+        if not self.open_until:
+            return True
+        now = time.monotonic()
+        if now < self.open_until:
+            return False
+        self.open_until = now + self.reset  # further calls wait for the probe's outcome
+        return True
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self.open_until) and time.monotonic() < self.open_until
+
+    def success(self) -> None:
+        if self.open_until:
+            logger.warning("aurelis: cache tier %r is answering again", self.name)
+        self.consecutive = 0
+        self.open_until = 0.0
+
+    def failure(self) -> None:
+        self.consecutive += 1
+        if self.consecutive >= self.failures:
+            if not self.open_until:
+                logger.warning(
+                    "aurelis: cache tier %r failed %d times in a row; skipping it for %g s at a time until it "
+                    "answers again", self.name, self.consecutive, self.reset,
+                )
+            self.open_until = time.monotonic() + self.reset
+
+
+#: A queued write: ("set", redis key, entry, milliseconds to live or None) or ("hit", redis key).
+Op = tuple[Any, ...]
+
+
+class RedisTier:
+    """The ``redis`` plugin."""
+
+    name = "redis"
+    Config = RedisConfig
+
+    def __init__(self, config: RedisConfig, pipeline: Any) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self._codec = codec_named(config.codec, "[redis]")
+        self._prefix = config.prefix
+        self._hits_key = config.prefix + "meta:hits"
+        self._breaker = Breaker(self.name, config.breaker_failures, config.breaker_reset)
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+        self._aclient: Any = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._unreadable_logged = False
+        self.queue: WriteBehind[Op] = WriteBehind(
+            self.name, self._write, self._awrite,
+            on_error=self._write_failed, on_drop=self._dropped, maxsize=config.queue_size,
+        )
+
+    # --- clients -----------------------------------------------------------------------------------------------
+
+    def _options(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "socket_timeout": config.socket_timeout,
+            "socket_connect_timeout": config.connect_timeout,
+        }
+
+    def sync_client(self) -> Any:
+        """The sync client (made on first use: building a Cluster client already talks to the cluster)."""
+        client = self._client
+        if client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self._make_client(redis.Redis, redis.sentinel, redis.cluster, redis.retry)
+                client = self._client
+        return client
+
+    def async_client(self) -> Any:
+        """The asyncio client of the running loop (asyncio connections belong to the loop that made them)."""
+        loop = asyncio.get_running_loop()
+        if self._aloop is not loop:
+            self._aclient = self._make_client(
+                redis.asyncio.Redis, redis.asyncio.sentinel, redis.asyncio.cluster, redis.asyncio.retry
+            )
+            self._aloop = loop
+        return self._aclient
+
+    def _make_client(self, redis_cls: Any, sentinel: Any, cluster: Any, retry: Any) -> Any:
+        config = self.config
+        # No retries: a failed call is a miss now, not three timeouts later.
+        options = {**self._options(), "retry": retry.Retry(NoBackoff(), 0)}
+        if config.cluster_nodes is not None:
+            nodes = [cluster.ClusterNode(*_split(n)) for n in config.cluster_nodes]
+            return cluster.RedisCluster(startup_nodes=nodes, password=config.password, **options)
+        if config.sentinels is not None:
+            sentinels = [_split(n) for n in config.sentinels]
+            manager = sentinel.Sentinel(sentinels, sentinel_kwargs=self._options(), **self._options())
+            return manager.master_for(config.service_name, password=config.password, **options)
+        return redis_cls.from_url(config.url or "redis://127.0.0.1:6379/0", **options)
+
+    # --- hooks -------------------------------------------------------------------------------------------------
+
+    @hookimpl
+    def aurelis_start(self, pipeline: Any) -> Any:
+        if not self.config.warm.on_start:
+            return None
+        if pipeline.is_async:
+            return self._awarm(pipeline)
+        return self._warm(pipeline)
+
+    @hookimpl
+    def aurelis_cache_get(self, ctx: RequestContext) -> Any:
+        if not self._breaker.allow():
+            self.pipeline.stats.tier_error(self.name, "skipped")
+            return None
+        key = self._prefix + ctx.key  # type: ignore[operator]
+        if ctx.is_async:
+            return self._aget(key)
+        try:
+            data = self.sync_client().get(key)
+        except TIER_ERRORS:
+            self._breaker.failure()
+            raise
+        self._breaker.success()
+        return self._found(key, data, False)
+
+    async def _aget(self, key: str) -> CacheEntry | None:
+        try:
+            data = await self.async_client().get(key)
+        except TIER_ERRORS:
+            self._breaker.failure()
+            raise
+        self._breaker.success()
+        return self._found(key, data, True)
+
+    def _found(self, key: str, data: bytes | None, is_async: bool) -> CacheEntry | None:
+        if data is None:
+            return None
+        try:
+            entry = loads(data)
+        except SerializeError as exc:
+            # Written by an incompatible version (or not by us): a miss, said once.
+            if not self._unreadable_logged:
+                self._unreadable_logged = True
+                logger.warning("aurelis: cache tier 'redis' holds an unreadable value at %s: %s", key, exc)
+            return None
+        self.queue.put(("hit", key), is_async)
+        return entry
+
+    @hookimpl
+    def aurelis_cache_set(self, ctx: RequestContext, entry: CacheEntry, promote: bool) -> None:
+        if self._breaker.is_open:
+            self.pipeline.stats.tier_error(self.name, "skipped")
+            return
+        px = self._milliseconds_left(entry)
+        if px is not None and px <= 0:
+            return
+        # Serialising (and compressing) happens in the writer, off the response's path.
+        self.queue.put(("set", self._prefix + ctx.key, entry, px), ctx.is_async)  # type: ignore[operator]
+
+    @hookimpl
+    def aurelis_close(self, pipeline: Any) -> Any:
+        if pipeline.is_async:
+            return self._aclose()
+        self.queue.close()
+        self._close_sync()
+        return None
+
+    async def _aclose(self) -> None:
+        await self.queue.aclose()
+        client, self._aclient, self._aloop = self._aclient, None, None
+        if client is not None:
+            await client.aclose()
+        self._close_sync()
+
+    def _close_sync(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # --- writing -----------------------------------------------------------------------------------------------
+
+    def _milliseconds_left(self, entry: CacheEntry) -> int | None:
+        ttl = entry.ttl if entry.ttl is not None else self.config.ttl
+        if ttl is None:
+            return None
+        return int((ttl - (time.time() - entry.created)) * 1000)
+
+    def _fill(self, pipe: Any, batch: list[Op]) -> None:
+        codec = self._codec
+        counted = False
+        for op in batch:
+            if op[0] == "set":
+                pipe.set(op[1], dumps(op[2], codec), px=op[3])
+            else:
+                pipe.zincrby(self._hits_key, 1, op[1])
+                counted = True
+        if counted:
+            # Keep the hit counts bounded: only the most hit keys matter for warming.
+            pipe.zremrangebyrank(self._hits_key, 0, -(self.config.track_hits + 1))
+
+    def _write(self, batch: list[Op]) -> None:
+        if self._breaker.is_open:
+            self._skip_batch(batch)
+            return
+        pipe = self.sync_client().pipeline(transaction=False)
+        self._fill(pipe, batch)
+        pipe.execute()
+        self._breaker.success()
+
+    async def _awrite(self, batch: list[Op]) -> None:
+        if self._breaker.is_open:
+            self._skip_batch(batch)
+            return
+        pipe = self.async_client().pipeline(transaction=False)
+        self._fill(pipe, batch)
+        await pipe.execute()
+        self._breaker.success()
+
+    def _skip_batch(self, batch: list[Op]) -> None:
+        self.pipeline.stats.tier_error(self.name, "skipped")
+
+    def _write_failed(self, exc: BaseException) -> None:
+        self._breaker.failure()
+        count = self.pipeline.stats.tier_error(self.name, "write")
+        if count in (1, 100, 10_000) or count % 100_000 == 0:
+            logger.warning(
+                "aurelis: cache tier 'redis' failed to write (%d so far): %s", count, exc, exc_info=exc
+            )
+
+    def _dropped(self) -> None:
+        self.pipeline.stats.tier_error(self.name, "dropped")
+
+    # --- warming, stats, clearing (also used by ``aurelis cache``) ----------------------------------------------
+
+    def top(self, count: int) -> list[tuple[str, CacheEntry]]:
+        """The ``count`` most hit live entries, most hit first, as (cache key, entry)."""
+        client = self.sync_client()
+        keys = client.zrevrange(self._hits_key, 0, count - 1)
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        return self._decode_top(keys, pipe.execute())
+
+    async def atop(self, count: int) -> list[tuple[str, CacheEntry]]:
+        client = self.async_client()
+        keys = await client.zrevrange(self._hits_key, 0, count - 1)
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        return self._decode_top(keys, await pipe.execute())
+
+    def _decode_top(self, keys: list[bytes], values: list[bytes | None]) -> list[tuple[str, CacheEntry]]:
+        found = []
+        skip = len(self._prefix)
+        for key, value in zip(keys, values, strict=True):
+            if value is None:
+                continue  # expired since it was counted
+            try:
+                found.append((key.decode()[skip:], loads(value)))
+            except SerializeError:
+                continue
+        return found
+
+    def put(self, key: str, entry: CacheEntry) -> bool:
+        """Store ``entry`` under cache key ``key`` now (not written behind); ``False`` if it has expired."""
+        px = self._milliseconds_left(entry)
+        if px is not None and px <= 0:
+            return False
+        self.sync_client().set(self._prefix + key, dumps(entry, self._codec), px=px)
+        return True
+
+    def _warm(self, pipeline: Any) -> None:
+        try:
+            copy_into_memory(pipeline, self.name, self.top(self.config.warm.top))
+        except TIER_ERRORS as exc:
+            logger.warning("aurelis: warming from cache tier 'redis' failed: %s", exc)
+
+    async def _awarm(self, pipeline: Any) -> None:
+        try:
+            copy_into_memory(pipeline, self.name, await self.atop(self.config.warm.top))
+        except TIER_ERRORS as exc:
+            logger.warning("aurelis: warming from cache tier 'redis' failed: %s", exc)
+
+    def stats(self) -> dict[str, Any]:
+        """What the tier holds: entries and bytes under the prefix, hit counts (scans: for the CLI, not hot)."""
+        client = self.sync_client()
+        entries = 0
+        stored = 0
+        for key in client.scan_iter(match=self._prefix + "*", count=1000):
+            if key != self._hits_key.encode():
+                entries += 1
+                stored += client.strlen(key)
+        scores = client.zrange(self._hits_key, 0, -1, withscores=True)
+        return {
+            "entries": entries,
+            "bytes": stored,
+            "hits": int(sum(score for _, score in scores)),
+            "tracked_keys": len(scores),
+        }
+
+    def clear(self) -> int:
+        """Delete every key under the prefix; returns how many entries were deleted."""
+        client = self.sync_client()
+        deleted = 0
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=self._prefix + "*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += self._unlink(client, batch)
+                batch = []
+        if batch:
+            deleted += self._unlink(client, batch)
+        return deleted
+
+    def _unlink(self, client: Any, keys: list[bytes]) -> int:
+        # One UNLINK per key in a pipeline: in a cluster the keys live in different slots.
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.unlink(key)
+        pipe.execute()
+        return sum(1 for k in keys if k != self._hits_key.encode())
+
+    def flush(self) -> None:
+        """Wait for the sync write-behind queue to be written (tests, the CLI)."""
+        self.queue.flush()
+
+    async def aflush(self) -> None:
+        await self.queue.aflush()
+
+
+def _split(host_port: str) -> tuple[str, int]:
+    host, _, port = host_port.rpartition(":")
+    return host, int(port)
