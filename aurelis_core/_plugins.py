@@ -39,6 +39,8 @@ ENTRY_POINT_GROUP = "aurelis"
 BUILTIN_PLUGINS: dict[str, str] = {
     "normalize": "aurelis_plugins.normalize:Normalize",
     "memory": "aurelis_plugins.memory:MemoryCache",
+    "prometheus": "aurelis_plugins.prometheus:Prometheus",
+    "tuner": "aurelis_plugins.tuner:Tuner",
     "record": "aurelis_core.record:Record",
     "redis": "aurelis_plugins.redis_tier:RedisTier",
     "sqlite": "aurelis_plugins.sqlite_tier:SQLiteTier",
