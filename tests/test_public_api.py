@@ -21,7 +21,6 @@ def test_public_names() -> None:
             "__version__",
             "cache_info",
             "gather",
-            "gather",
             "hookimpl",
             "instrument",
             "load_config",
