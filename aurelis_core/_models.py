@@ -60,6 +60,8 @@ class RequestControls:
     - ``no_store``: read the cache, but never store this answer (``Cache-Control: no-store``).
     - ``ttl``: seconds this answer may be served from cache, overriding each tier's default.
     - ``namespace``: an explicit tenant scope for the cache key, overriding the configured one.
+    - ``coalesce``: join an identical request already in flight rather than send another (on by default;
+      ``False`` sends this one on its own, though it still stores its answer).
     """
 
     skip: bool = False
@@ -67,6 +69,7 @@ class RequestControls:
     no_store: bool = False
     ttl: float | None = None
     namespace: str | None = None
+    coalesce: bool = True
 
 
 DEFAULT_CONTROLS = RequestControls()
@@ -104,8 +107,9 @@ class CacheEntry:
 
     @property
     def size(self) -> int:
-        """Bytes this entry holds (body plus headers): what byte-bounded tiers charge for it."""
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers)
+        """Bytes this entry holds (body, chunks, headers): what byte-bounded tiers charge for it."""
+        size = len(self.body) + sum(len(k) + len(v) for k, v in self.headers)
+        return size if self.chunks is None else size + sum(len(c) for c in self.chunks)
 
     def expired(self, now: float, default_ttl: float | None) -> bool:
         ttl = self.ttl if self.ttl is not None else default_ttl

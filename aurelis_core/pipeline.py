@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from inspect import isawaitable
 from typing import Any
 
+from ._coalesce import COALESCED, Flight, Flights, flight_stream
 from ._models import (
     CACHE_HIT,
     CACHE_MISS,
@@ -38,6 +39,7 @@ from ._plugins import (
     instantiate,
     unknown_plugin,
 )
+from ._sse import chunk_stream, is_event_stream, stream_complete
 from .config import Config, ConfigError, choices_hint, config_from_table, load_config
 from .health import EndpointHealth
 from .stats import Stats
@@ -102,6 +104,8 @@ class Pipeline:
         self._started = False
         self._closed = False
         self._bridge: Any = None
+        #: Upstream calls in flight that identical requests join (single-flight, see ``_coalesce``).
+        self._flights = Flights(self)
         self._building = True
         self.pm = AurelisPluginManager(self._rebuild)
         self._load_plugins(list(plugins))
@@ -316,22 +320,123 @@ class Pipeline:
                         self._finish(ctx, entry)
                         return response
                 ctx.cache_status = CACHE_MISS
-            response, attempt = yield from self._attempts(ctx)
-            ctx.response_status = response.status_code
-            if key is not None and _storable(ctx, response):
-                body = yield from self._read(ctx, response, attempt)
-                entry = CacheEntry(
-                    response.status_code, _stored_headers(response.headers.raw), body, ttl=ctx.controls.ttl
-                )
-                yield from self._cache_store(ctx, entry, self._tiers_set, promote=False)
-                response = self._buffered(ctx, response, body)
-                self._finish(ctx)
-                return response
-            return self._pass_through(ctx, response, attempt)
+                if ctx.controls.coalesce:
+                    # Single-flight (see _coalesce): join the identical request in flight, or lead one.
+                    while True:
+                        flight, leads = self._flights.join(key, ctx.is_async)
+                        if leads:
+                            return (yield from self._fetch(ctx, flight))
+                        response = yield from self._follow(ctx, flight)
+                        if response is not None:
+                            return response
+            return (yield from self._fetch(ctx, None))
         except BaseException as exc:
             ctx.error = exc
             self._finish(ctx)
             raise
+
+    def _fetch(self, ctx: RequestContext, flight: Flight | None) -> Flow:
+        """Get the answer from upstream; store it if it may be; share it with ``flight``'s followers."""
+        key = ctx.key
+        try:
+            response, attempt = yield from self._attempts(ctx)
+            ctx.response_status = response.status_code
+            if key is not None and ctx.stream:
+                return self._tee(ctx, response, attempt, flight or self._flights.solo(ctx.is_async))
+            if flight is None and (key is None or not _storable(ctx, response)):
+                return self._pass_through(ctx, response, attempt)
+            # Read whole: to store it, or (not storable, e.g. an error status) to hand followers the same.
+            body = yield from self._read(ctx, response, attempt)
+        except BaseException as exc:
+            if flight is not None:
+                flight.fail(exc)
+            raise
+        try:
+            if flight is not None:
+                flight.publish(response.status_code, response.headers.raw, _head_extensions(response), body)
+            if _storable(ctx, response):
+                entry = CacheEntry(
+                    response.status_code, _stored_headers(response.headers.raw), body, ttl=ctx.controls.ttl
+                )
+                yield from self._cache_store(ctx, entry, self._tiers_set, promote=False)
+        finally:
+            if flight is not None:
+                self._flights.remove(flight)
+        response = self._buffered(ctx, response, body)
+        self._finish(ctx)
+        return response
+
+    def _follow(self, ctx: RequestContext, flight: Flight) -> Generator[Any, Any, Any]:
+        """A follower's response: ``flight``'s answer, or ``None`` if its leader gave up (start over)."""
+        try:
+            waiting = flight.wait_head()
+            if waiting is not None:
+                yield waiting
+        except BaseException:
+            leaving = flight.leave()
+            if leaving is not None:
+                yield leaving
+            raise
+        if flight.retry:
+            return None
+        ctx.cache_status = CACHE_HIT
+        ctx.cache_tier = COALESCED
+        self.stats.counters[COALESCED] += 1
+        if flight.status is None:
+            assert flight.error is not None
+            raise flight.error
+        ctx.response_status = flight.status
+        if flight.streaming:
+            return self._flight_response(ctx, flight, flight.extensions)
+        http = ctx.http
+        response = http.Response(
+            flight.status,
+            headers=flight.headers + self._info_headers(ctx),
+            stream=http.ByteStream(flight.chunks[0]),
+            extensions=self._extensions(ctx, flight.extensions),
+        )
+        self._finish(ctx)
+        return response
+
+    def _tee(self, ctx: RequestContext, upstream: Any, attempt: Attempt, flight: Flight) -> Any:
+        """Hand an event stream over chunk by chunk, shared with ``flight``'s followers; store it at its end
+        if it completed cleanly (see :mod:`._sse`)."""
+        storable = _storable(ctx, upstream) and is_event_stream(upstream.headers)
+
+        def on_end(error: BaseException | None, complete: bool) -> Flow | None:
+            if error is not None:
+                attempt.error = error
+            self._end_attempt(ctx, attempt)
+            if not (storable and complete):
+                return None
+            body = b"".join(flight.chunks)
+            if not stream_complete(body):
+                return None
+            entry = CacheEntry(
+                upstream.status_code, _stored_headers(upstream.headers.raw), body,
+                chunks=tuple(flight.chunks), ttl=ctx.controls.ttl,
+            )
+            return self._cache_store(ctx, entry, self._tiers_set, promote=False)
+
+        flight.start_stream(upstream, _head_extensions(upstream), on_end)
+        return self._flight_response(ctx, flight, upstream.extensions)
+
+    def _flight_response(self, ctx: RequestContext, flight: Flight, extensions: Mapping[str, Any]) -> Any:
+        """A response reading ``flight``'s body through its own cursor; the request ends when it does."""
+
+        def on_done(error: BaseException | None) -> None:
+            if error is not None:
+                ctx.error = error
+            self._finish(ctx)
+
+        http = ctx.http
+        assert flight.status is not None
+        return http.Response(
+            flight.status,
+            headers=flight.headers + self._info_headers(ctx),
+            stream=flight_stream(http, flight, on_done),
+            extensions=self._extensions(ctx, extensions),
+        )
 
     def _cache_lookup(self, ctx: RequestContext) -> Generator[Any, Any, CacheEntry | None]:
         for index, (tier, get) in enumerate(self._tiers_get):
@@ -498,7 +603,8 @@ class Pipeline:
         return http.Response(
             entry.status_code,
             headers=headers,
-            stream=http.ByteStream(entry.body),
+            # A stored event stream is replayed with its original chunk boundaries.
+            stream=http.ByteStream(entry.body) if entry.chunks is None else chunk_stream(http, entry.chunks),
             extensions=self._extensions(ctx, {"http_version": b"HTTP/1.1", "reason_phrase": b""}),
         )
 
@@ -599,7 +705,8 @@ def _controls_of(ctx: RequestContext) -> RequestControls:
 
 
 def _control_headers(ctx: RequestContext) -> dict[str, Any]:
-    """Read and strip ``x-aurelis-cache`` (skip|refresh|no-store), ``x-aurelis-ttl``, ``x-aurelis-namespace``."""
+    """Read and strip ``x-aurelis-cache`` (comma-separated: skip, refresh, no-store, no-coalesce),
+    ``x-aurelis-ttl``, ``x-aurelis-namespace``."""
     request = ctx.request
     options: dict[str, Any] = {}
     kept = []
@@ -610,10 +717,16 @@ def _control_headers(ctx: RequestContext) -> dict[str, Any]:
             continue
         text = value.decode("latin-1").strip()
         if lname == b"x-aurelis-cache":
-            mode = text.lower()
-            if mode not in ("skip", "refresh", "no-store"):
-                raise ValueError(f"x-aurelis-cache: {text!r} is not one of skip, refresh, no-store")
-            options[mode.replace("-", "_")] = True
+            for mode in text.lower().replace(" ", "").split(","):
+                if mode == "no-coalesce":
+                    options["coalesce"] = False
+                elif mode in ("skip", "refresh", "no-store"):
+                    options[mode.replace("-", "_")] = True
+                else:
+                    raise ValueError(
+                        f"x-aurelis-cache: {text!r} is not one of skip, refresh, no-store, no-coalesce "
+                        "(or a comma-separated list of them)"
+                    )
         elif lname == b"x-aurelis-ttl":
             options["ttl"] = float(text)
         elif lname == b"x-aurelis-namespace":
@@ -664,10 +777,17 @@ def _rewrite(ctx: RequestContext, endpoint: Endpoint) -> Any:
 
 
 def _storable(ctx: RequestContext, response: Any) -> bool:
-    if not 200 <= response.status_code < 300 or ctx.controls.no_store or ctx.stream:
+    if not 200 <= response.status_code < 300 or ctx.controls.no_store:
         return False
     cache_control = response.headers.get("cache-control")
     return cache_control is None or "no-store" not in cache_control.lower()
+
+
+def _head_extensions(response: Any) -> dict[str, Any]:
+    """The extensions of ``response`` that describe the answer, not the connection it came on (followers
+    must not be handed the leader's network stream)."""
+    extensions = response.extensions
+    return {name: extensions[name] for name in ("http_version", "reason_phrase") if name in extensions}
 
 
 def _stored_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

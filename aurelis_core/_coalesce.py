@@ -1,0 +1,443 @@
+"""Single-flight: identical requests in flight at the same time share one upstream call.
+
+When a cacheable request misses every cache tier, it *joins* the in-flight call for its cache key. The first
+one in becomes the **leader** and sends; the others are **followers**: they wait for the leader's answer and
+get the same status, headers and body (or the same exception), without a call of their own. A burst of 100
+identical prompts (a dashboard refresh, a retry storm, fan-out workers) costs one upstream call, not 100.
+
+A :class:`Flight` is that shared call. Its body is a list of chunks that grows as the upstream sends them;
+each caller reads it through its own cursor (:class:`FlightStream`). There is no reader task: whichever
+caller needs the next chunk first *pulls* it from the upstream and appends it for the others. So
+
+- a follower of a stream gets the chunks so far at once, then the rest live, as they arrive;
+- the leader's caller may stop reading (close its response) and the followers still get the whole stream:
+  one of them pulls the rest. The upstream is closed only when every caller has left;
+- a cancelled caller never cancels the others: an async pull is shielded from its caller's cancellation
+  while other callers share the flight (the cancellation lands as soon as the chunk in hand arrives);
+- if the leader is cancelled before the answer arrived, the followers are woken up and one of them sends.
+
+Flights are kept per *domain*: sync callers (threads) share flights with each other, async callers share
+them within one event loop. An async stream belongs to the loop that opened it, so callers on two loops (or a
+sync and an async client on one pipeline) do not wait on each other; each domain makes its own call.
+
+Waiting is the only I/O here, and it is kept at the edges: the pipeline's sans-I/O flow calls
+:meth:`Flight.wait_head`, which blocks a sync caller on a condition variable, or returns an awaitable for the
+async driver to await. The end of a stream (store it, end the attempt) comes back from the pipeline as a
+small flow, driven in the caller's own mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+__all__ = ["COALESCED", "Flight", "FlightStream", "Flights", "flight_stream"]
+
+logger = logging.getLogger("aurelis")
+
+#: ``ctx.cache_tier`` (and ``x-aurelis-cache-tier``) of a follower's response.
+COALESCED = "coalesced"
+
+#: Called once when a stream flight's upstream body is over: ``(error, complete)``; ``complete`` is true when
+#: the body was read to its end without error. It may return a flow (the cache store) to drive.
+EndCallback = Callable[[BaseException | None, bool], Generator[Awaitable[Any], Any, Any] | None]
+
+
+def _domain() -> object:
+    """The event loop of the running task, as a hashable token (asyncio's loop, or anyio's for others)."""
+    try:
+        return asyncio.get_running_loop()  # ~50 ns: the common case
+    except RuntimeError:
+        return anyio.lowlevel.current_token()
+
+
+class Flights:
+    """The in-flight calls of one pipeline, by (domain, cache key)."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        # One lock for joining and leaving, so that "the last caller left, close the upstream" and "a new
+        # caller joins" cannot interleave. Held for a dict operation and a counter, never across I/O.
+        self._lock = threading.Lock()
+        self._flights: dict[tuple[object, str], Flight] = {}
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def join(self, key: str, is_async: bool) -> tuple[Flight, bool]:
+        """The flight for ``key`` and whether the caller leads it (it was not in flight: the caller sends)."""
+        token = (_domain() if is_async else None, key)
+        with self._lock:
+            flight = self._flights.get(token)
+            if flight is not None:
+                flight.consumers += 1
+                return flight, False
+            flight = self._flights[token] = Flight(self, token, is_async)
+            return flight, True
+
+    def solo(self, is_async: bool) -> Flight:
+        """A flight nobody can join: the stream tee of a request that opted out of coalescing."""
+        return Flight(self, None, is_async)
+
+    def remove(self, flight: Flight) -> None:
+        """Stop new callers from joining ``flight`` (callers already in keep reading it)."""
+        with self._lock:
+            self._remove(flight)
+
+    def _remove(self, flight: Flight) -> None:
+        if flight.token is not None and self._flights.get(flight.token) is flight:
+            del self._flights[flight.token]
+
+    def leave(self, flight: Flight) -> bool:
+        """A caller stopped reading ``flight`` early; true when it was the last one (the flight is dead)."""
+        with self._lock:
+            flight.consumers -= 1
+            if flight.consumers > 0 or flight.finished:
+                return False
+            self._remove(flight)
+            return True
+
+
+class Flight:
+    """One upstream call and its answer as far as it has arrived. See the module docstring.
+
+    State moves one way: no head -> head (``status``, ``headers``) -> finished (``error`` set, or the body
+    complete in ``chunks``). ``retry`` instead of a head means the leader gave up before an answer (it was
+    cancelled): followers start over and one of them leads.
+    """
+
+    __slots__ = (
+        "_cond", "_event", "_iter", "_on_end", "_upstream", "chunks", "consumers", "error", "extensions",
+        "finished", "flights", "headers", "is_async", "pulling", "retry", "status", "streaming", "token",
+    )
+
+    def __init__(self, flights: Flights, token: tuple[object, str] | None, is_async: bool) -> None:
+        self.flights = flights
+        self.token = token
+        self.is_async = is_async
+        self.consumers = 1
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.extensions: dict[str, Any] = {}
+        self.streaming = False
+        self.chunks: list[bytes] = []
+        self.finished = False
+        self.retry = False
+        self.error: BaseException | None = None
+        self.pulling = False
+        self._upstream: Any = None
+        self._iter: Any = None
+        self._on_end: EndCallback | None = None
+        # Sync callers wait on a condition; async ones (a single thread) on an anyio Event made only when
+        # somebody actually waits, so a flight nobody joins costs no event object.
+        self._cond = None if is_async else threading.Condition(threading.Lock())
+        self._event: anyio.Event | None = None
+
+    # --- signalling ------------------------------------------------------------------------------------------
+
+    def _update(self, change: Callable[[], None]) -> None:
+        """Apply ``change`` and wake every waiter."""
+        if self._cond is None:
+            change()
+            event, self._event = self._event, None
+            if event is not None:
+                event.set()
+        else:
+            with self._cond:
+                change()
+                self._cond.notify_all()
+
+    async def _await_change(self) -> None:
+        event = self._event
+        if event is None:
+            event = self._event = anyio.Event()
+        await event.wait()
+
+    # --- the leader's side -----------------------------------------------------------------------------------
+
+    def fail(self, error: BaseException) -> None:
+        """The leader got no answer. An ``Exception`` is the followers' answer too; anything else (the
+        leader's caller was cancelled or interrupted) is not theirs: they start over."""
+        self.flights.remove(self)
+
+        def change() -> None:
+            self.finished = True
+            if isinstance(error, Exception):
+                self.error = error
+            else:
+                self.retry = True
+
+        self._update(change)
+
+    def publish(self, status: int, headers: list[tuple[bytes, bytes]], extensions: dict[str, Any],
+                body: bytes) -> None:
+        """The leader's whole answer: followers may build their responses."""
+
+        def change() -> None:
+            self.status, self.headers, self.extensions = status, headers, extensions
+            self.chunks.append(body)
+            self.finished = True
+
+        self._update(change)
+
+    def start_stream(self, upstream: Any, extensions: dict[str, Any], on_end: EndCallback) -> None:
+        """The leader's answer has arrived, its body still to be read: followers may start reading it."""
+        self._upstream = upstream
+        self._iter = upstream.stream.__aiter__() if self.is_async else iter(upstream.stream)
+        self._on_end = on_end
+
+        def change() -> None:
+            self.status, self.headers, self.extensions = upstream.status_code, upstream.headers.raw, extensions
+            self.streaming = True
+
+        self._update(change)
+
+    # --- the followers' side ---------------------------------------------------------------------------------
+
+    def wait_head(self) -> Awaitable[None] | None:
+        """Wait until the leader answered, failed or gave up: in place for sync callers, else an awaitable."""
+        if self._cond is None:
+            return None if self.status is not None or self.finished else self._await_head()
+        with self._cond:
+            while self.status is None and not self.finished:
+                self._cond.wait()
+        return None
+
+    async def _await_head(self) -> None:
+        while self.status is None and not self.finished:
+            await self._await_change()
+
+    # --- reading the shared body -----------------------------------------------------------------------------
+
+    def next_chunk(self, index: int) -> bytes | None:
+        """Chunk ``index`` of the body (``None`` past the end), pulling it from the upstream if nobody is."""
+        cond = self._cond
+        assert cond is not None
+        while True:
+            with cond:
+                while True:
+                    if index < len(self.chunks):
+                        return self.chunks[index]
+                    if self.finished:
+                        if self.error is not None:
+                            raise self.error
+                        return None
+                    if not self.pulling:
+                        self.pulling = True
+                        break
+                    cond.wait()
+            # Pull outside the lock: the other callers keep reading what has arrived meanwhile.
+            try:
+                chunk = next(self._iter)
+            except StopIteration:
+                self._end_sync(None)
+            except BaseException as exc:
+                self._end_sync(exc)
+                raise
+            else:
+
+                def append(chunk: bytes = chunk) -> None:
+                    self.chunks.append(chunk)
+                    self.pulling = False
+
+                self._update(append)
+
+    async def anext_chunk(self, index: int) -> bytes | None:
+        """Async twin of :meth:`next_chunk` (all callers of an async flight run on one event loop)."""
+        while True:
+            if index < len(self.chunks):
+                return self.chunks[index]
+            if self.finished:
+                if self.error is not None:
+                    raise self.error
+                return None
+            if self.pulling:
+                await self._await_change()
+                continue
+            self.pulling = True
+            try:
+                if self.consumers > 1:
+                    # Others share this read: one caller's cancellation must not cut the stream for them.
+                    with anyio.CancelScope(shield=True):
+                        chunk = await self._iter.__anext__()
+                else:
+                    chunk = await self._iter.__anext__()
+            except StopAsyncIteration:
+                await self._end_async(None)
+            except BaseException as exc:
+                await self._end_async(exc)
+                raise
+            else:
+                self.chunks.append(chunk)
+                self.pulling = False
+                self._update(_nothing)
+
+    def _finish(self, error: BaseException | None) -> None:
+        if error is not None:
+            self.flights.remove(self)  # first: nobody may join a failed stream
+
+        def change() -> None:
+            self.finished = True
+            self.pulling = False
+            self.error = error if error is None or isinstance(error, Exception) else _interrupted(error)
+
+        self._update(change)
+
+    def _end_sync(self, error: BaseException | None) -> None:
+        from ._transports import drive_sync
+
+        try:
+            self._upstream.close()
+        finally:
+            self._finish(error)
+            flow = self._end_flow(error, error is None)
+            if flow is not None:
+                drive_sync(flow, self.flights.pipeline)
+            self.flights.remove(self)  # last: until the answer is stored, newcomers read it from here
+
+    async def _end_async(self, error: BaseException | None) -> None:
+        from ._transports import drive_async
+
+        # Shielded: closing the connection and storing the answer must finish even when the caller that
+        # happened to read the last chunk is being cancelled.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._upstream.aclose()
+            finally:
+                self._finish(error)
+                flow = self._end_flow(error, error is None)
+                if flow is not None:
+                    await drive_async(flow)
+                self.flights.remove(self)
+
+    def _end_flow(self, error: BaseException | None, complete: bool) -> Any:
+        """Run the leader's end callback once; the flow it returns (the cache store), if any."""
+        on_end, self._on_end = self._on_end, None
+        return None if on_end is None else on_end(error, complete)
+
+    def leave(self) -> Awaitable[None] | None:
+        """A caller stops reading before the end. The last one out closes the upstream (nothing is stored)."""
+        if not self.flights.leave(self) or self._upstream is None:
+            return None
+        self._finish(None)
+        if self.is_async:
+            return self._aclose_abandoned()
+        try:
+            self._upstream.close()
+        finally:
+            self._end_flow(None, False)
+        return None
+
+    async def _aclose_abandoned(self) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._upstream.aclose()
+            finally:
+                self._end_flow(None, False)
+
+
+def _nothing(*args: Any) -> None:
+    pass
+
+
+def _interrupted(error: BaseException) -> Exception:
+    # The caller that was reading for everyone was interrupted (not by the upstream): the others get an
+    # ordinary error, never the caller's own cancellation, which would cancel *them*.
+    return RuntimeError(f"the shared upstream stream was interrupted ({type(error).__name__})")
+
+
+class FlightStream:
+    """One caller's view of a flight's body: its own cursor over the shared chunks, sync or async.
+
+    ``on_done(error)`` runs once, when this caller's reading is over (read to the end, failed, or closed).
+    """
+
+    __slots__ = ("_done", "_flight", "_on_done")
+
+    def __init__(self, flight: Flight, on_done: Callable[[BaseException | None], None]) -> None:
+        self._flight = flight
+        self._on_done = on_done
+        self._done = False
+
+    def _claim(self) -> bool:
+        """Mark this reader done; true the first time (so ``on_done`` runs once)."""
+        if self._done:
+            return False
+        self._done = True
+        return True
+
+    def __iter__(self) -> Iterator[bytes]:
+        flight = self._flight
+        index = 0
+        try:
+            while (chunk := flight.next_chunk(index)) is not None:
+                index += 1
+                yield chunk
+        except GeneratorExit:
+            self.close()
+            raise
+        except BaseException as exc:
+            if self._claim():
+                self._on_done(exc)
+            raise
+        if self._claim():
+            self._on_done(None)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        flight = self._flight
+        index = 0
+        try:
+            while (chunk := await flight.anext_chunk(index)) is not None:
+                index += 1
+                yield chunk
+        except GeneratorExit:
+            raise  # the caller dropped the iterator: its aclose() follows and leaves the flight
+        except BaseException as exc:
+            if self._claim():
+                try:
+                    if not isinstance(exc, Exception):  # cancelled mid-read: stop counting on this reader
+                        leaving = flight.leave()
+                        if leaving is not None:
+                            await leaving
+                finally:
+                    self._on_done(exc)
+            raise
+        if self._claim():
+            self._on_done(None)
+
+    # Leaving comes before on_done, so a request's attempt ends (the upstream closed) before it is observed.
+
+    def close(self) -> None:
+        if self._claim():
+            try:
+                self._flight.leave()
+            finally:
+                self._on_done(None)
+
+    async def aclose(self) -> None:
+        if self._claim():
+            try:
+                leaving = self._flight.leave()
+                if leaving is not None:
+                    await leaving
+            finally:
+                self._on_done(None)
+
+
+_stream_classes: dict[Any, type] = {}
+
+
+def flight_stream(http: Any, flight: Flight, on_done: Callable[[BaseException | None], None]) -> FlightStream:
+    """A :class:`FlightStream` that is also the flavour's Sync/AsyncByteStream, as httpx's clients assert."""
+    cls = _stream_classes.get(http)
+    if cls is None:
+        cls = _stream_classes[http] = type(
+            "FlightStream", (FlightStream, http.SyncByteStream, http.AsyncByteStream), {"__slots__": ()}
+        )
+    return cls(flight, on_done)  # type: ignore[no-any-return]
