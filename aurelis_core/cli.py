@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .cli_cache import add_cache_commands
 from .config import ConfigError, load_config
 
 __all__ = ["COMMAND_GROUPS", "main"]
@@ -317,6 +318,7 @@ COMMAND_GROUPS: list[Callable[[Subparsers], None]] = [
     add_replay_commands,
     add_record_commands,
     add_report_commands,
+    add_cache_commands,
 ]
 
 
