@@ -7,6 +7,7 @@ keeps a recent window, never an ever-growing list.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -128,5 +129,7 @@ def percentile(sorted_values: Iterable[float], q: float) -> float | None:
     values = list(sorted_values)
     if not values:
         return None
-    rank = max(0, min(len(values) - 1, round(q / 100 * len(values) + 0.5) - 1))
+    # Nearest rank: the smallest value with at least q% of the values at or below it (ceil, not round():
+    # round() rounds halves to even, which picked the 6th of 10 values for p50).
+    rank = max(0, min(len(values) - 1, math.ceil(q * len(values) / 100) - 1))
     return values[rank]
