@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from aurelis_plugins.retry import Retry, RetryState
 
 import aurelis_core
 from aurelis_core import Pipeline, RequestContext, hookimpl
 from aurelis_core.health import retry_after
-from aurelis_plugins.retry import Retry, RetryState
 
 BODY = {"model": "sim-chat", "messages": [{"role": "user", "content": "hello there"}]}
 
@@ -61,7 +61,8 @@ def test_waits_what_the_latest_failure_asked(upstream: Any, header: tuple[str, s
 
 def test_retry_after_parsing() -> None:
     now = time.time()
-    assert retry_after({"retry-after": email.utils.formatdate(now + 30, usegmt=True)}, now=now) == pytest.approx(30, abs=1)
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert retry_after({"retry-after": date}, now=now) == pytest.approx(30, abs=1)
     assert retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
     assert retry_after({"retry-after": "soon"}) is None
     assert retry_after({"retry-after": "-3"}) is None
