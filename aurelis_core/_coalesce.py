@@ -37,12 +37,18 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from ._sse import stream_complete
+
 __all__ = ["COALESCED", "Flight", "FlightStream", "Flights", "flight_stream"]
 
 logger = logging.getLogger("aurelis")
 
 #: ``ctx.cache_tier`` (and ``x-aurelis-cache-tier``) of a follower's response.
 COALESCED = "coalesced"
+
+#: After its end marker a stream has only its terminating bytes left; a chunk larger than this there means
+#: it was not over after all, and the caller who stopped reading did not have the whole answer.
+DRAIN_LIMIT = 4096
 
 #: Called once when a stream flight's upstream body is over: ``(error, complete)``; ``complete`` is true when
 #: the body was read to its end without error. It may return a flow (the cache store) to drive.
@@ -322,20 +328,48 @@ class Flight:
         return None if on_end is None else on_end(error, complete)
 
     def leave(self) -> Awaitable[None] | None:
-        """A caller stops reading before the end. The last one out closes the upstream (nothing is stored)."""
+        """A caller stops reading before the end. When it is the last one, the upstream is closed and nothing
+        is stored, unless the caller stopped right after the stream's end marker (the openai SDK stops reading
+        at ``data: [DONE]``): then it had the whole answer, and the last bytes are read so it can be stored."""
         if not self.flights.leave(self) or self._upstream is None:
             return None
-        self._finish(None)
+        complete = stream_complete(b"".join(self.chunks))
         if self.is_async:
-            return self._aclose_abandoned()
+            return self._aleave(complete)
+        if complete:
+            try:
+                for chunk in self._iter:
+                    self.chunks.append(chunk)
+                    if len(chunk) > DRAIN_LIMIT:
+                        break
+                else:
+                    self._end_sync(None)
+                    return None
+            except Exception as exc:
+                self._end_sync(exc)
+                return None
+        self._finish(None)
         try:
             self._upstream.close()
         finally:
             self._end_flow(None, False)
         return None
 
-    async def _aclose_abandoned(self) -> None:
+    async def _aleave(self, complete: bool) -> None:
         with anyio.CancelScope(shield=True):
+            if complete:
+                try:
+                    async for chunk in self._iter:
+                        self.chunks.append(chunk)
+                        if len(chunk) > DRAIN_LIMIT:
+                            break
+                    else:
+                        await self._end_async(None)
+                        return
+                except Exception as exc:
+                    await self._end_async(exc)
+                    return
+            self._finish(None)
             try:
                 await self._upstream.aclose()
             finally:
