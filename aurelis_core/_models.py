@@ -6,6 +6,7 @@ construction cost is part of every request's overhead and is kept to a handful o
 
 from __future__ import annotations
 
+import json as _json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,8 @@ __all__ = [
     "RequestContext",
     "RequestControls",
 ]
+
+_UNSET: Any = object()
 
 CACHE_HIT = "hit"
 CACHE_MISS = "miss"
@@ -177,7 +180,7 @@ class RequestContext:
 
     ``request`` is the httpx (or httpx2) request as the caller built it; stages that change it (routing,
     compression) replace ``request`` with a new one and keep the original in ``original``. ``json`` is the
-    parsed JSON body when ``normalize`` could parse one (``None`` otherwise). ``state`` is a scratch dict for
+    parsed JSON body (``None`` if there is none), parsed on first use unless a stage set it. ``state`` is a scratch dict for
     plugins, keyed by plugin name. ``is_async`` tells an I/O hook whether it may return an awaitable that
     the async driver will await.
     """
@@ -190,8 +193,9 @@ class RequestContext:
         "entry",
         "error",
         "http",
+        "_json",
+        "_model",
         "is_async",
-        "json",
         "key",
         "original",
         "request",
@@ -210,7 +214,8 @@ class RequestContext:
         self.is_async = is_async
         self.controls = controls
         self.started = time.perf_counter()
-        self.json: Any = None
+        self._json: Any = _UNSET
+        self._model: Any = _UNSET
         self.key: str | None = None
         self.stream = False
         self.cache_status = CACHE_BYPASS
@@ -228,10 +233,38 @@ class RequestContext:
         return self.attempts[-1].endpoint if self.attempts else None
 
     @property
+    def json(self) -> Any:
+        """The request's JSON body, parsed on first use (a stage that parsed it already sets it), or ``None``.
+
+        Lazy because most requests never need it: a cache hit whose key came from a memoised body digest
+        skips parsing entirely.
+        """
+        value = self._json
+        if value is _UNSET:
+            value = None
+            body = getattr(self.original, "_content", None)  # never read a streaming upload behind the caller
+            if body:
+                try:
+                    value = _json.loads(body)
+                except (ValueError, UnicodeDecodeError):
+                    value = None
+            self._json = value
+        return value
+
+    @json.setter
+    def json(self, value: Any) -> None:
+        self._json = value
+
+    @property
     def model(self) -> str | None:
         """The ``model`` field of a JSON body, if any: a low-cardinality label for metrics."""
-        body = self.json
-        if isinstance(body, dict):
-            model = body.get("model")
-            return model if isinstance(model, str) else None
-        return None
+        model = self._model
+        if model is _UNSET:
+            body = self.json
+            model = body.get("model") if isinstance(body, dict) else None
+            model = self._model = model if isinstance(model, str) else None
+        return model  # type: ignore[no-any-return]
+
+    @model.setter
+    def model(self, value: str | None) -> None:
+        self._model = value

@@ -1,0 +1,146 @@
+"""Core overhead: an L1 hit against the client's own floor, the miss path against the raw client, import time.
+
+Run: ``.venv/bin/python -m pytest benchmarks/bench_core.py -s``
+
+Each figure is a ratio or a difference against a baseline measured in the same process, interleaved round by
+round with the subject, so the machine's noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+
+import aurelis_core
+from aurelis_core.testing import simulated_upstream
+
+CONFIG = {"plugins": ["normalize", "memory"]}
+BODY = {
+    "model": "gpt-4.1-mini",
+    "messages": [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": "Summarise the plot of Hamlet in two sentences."},
+    ],
+    "temperature": 0,
+    "max_tokens": 200,
+}
+ANSWER = (
+    b'{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4.1-mini","choices":[{"index":0,'
+    b'"message":{"role":"assistant","content":"Prince Hamlet seeks revenge on his uncle Claudius, who murdered '
+    b'his father to seize the throne. His hesitation and feigned madness lead to a tragic chain of deaths."},'
+    b'"finish_reason":"stop"}],"usage":{"prompt_tokens":30,"completion_tokens":40,"total_tokens":70}}'
+)
+
+
+def instant_transport(http: Any) -> Any:
+    """The floor: a transport that answers at once with a fresh response, as a cache hit does."""
+
+    class Instant(http.BaseTransport):  # type: ignore[misc, name-defined]
+        def handle_request(self, request: Any) -> Any:
+            return http.Response(
+                200, headers=[(b"content-type", b"application/json")], stream=http.ByteStream(ANSWER)
+            )
+
+    return Instant()
+
+
+def interleaved(a: Callable[[], Any], b: Callable[[], Any], rounds: int, batch: int = 20) -> tuple[list[float], list[float]]:
+    """Per-call seconds of ``a`` and ``b``, measured in alternating batches."""
+    times_a: list[float] = []
+    times_b: list[float] = []
+    for _ in range(rounds):
+        for fn, out in ((a, times_a), (b, times_b)):
+            start = time.perf_counter()
+            for _ in range(batch):
+                fn()
+            out.append((time.perf_counter() - start) / batch)
+    return times_a, times_b
+
+
+@pytest.mark.parametrize("http", [httpx, httpx2], ids=["httpx", "httpx2"])
+def test_l1_hit_vs_instant_transport(http: Any, benchmark: Any) -> None:
+    floor = http.Client(transport=instant_transport(http))
+    cached = aurelis_core.instrument(http.Client(transport=instant_transport(http)), CONFIG)
+    url = "https://api.example/v1/chat/completions"
+    headers = {"authorization": "Bearer sk-bench"}
+    assert cached.post(url, json=BODY, headers=headers).headers["x-aurelis-cache"] == "miss"
+    assert cached.post(url, json=BODY, headers=headers).headers["x-aurelis-cache"] == "hit"
+
+    def hit() -> None:
+        cached.post(url, json=BODY, headers=headers).json()
+
+    def bare() -> None:
+        floor.post(url, json=BODY, headers=headers).json()
+
+    for _ in range(300):  # warm both
+        hit()
+        bare()
+    hit_times, floor_times = interleaved(hit, bare, rounds=150)
+    ratio = statistics.median(hit_times) / statistics.median(floor_times)
+    print(
+        f"\n[{http.__name__}] L1 hit p50 {statistics.median(hit_times) * 1e6:.1f} us, "
+        f"floor p50 {statistics.median(floor_times) * 1e6:.1f} us, ratio {ratio:.3f} (target <= 1.25)"
+    )
+    benchmark.extra_info["ratio_vs_floor"] = ratio
+    benchmark(hit)
+    assert ratio <= 1.25
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Any]:
+    with simulated_upstream() as up:
+        yield up
+
+
+@pytest.mark.parametrize("http", [httpx, httpx2], ids=["httpx", "httpx2"])
+def test_miss_path_overhead(http: Any, upstream: Any, benchmark: Any) -> None:
+    """Every wrapped request is a miss (a fresh body each time): normalize, L1 lookup, read, store."""
+    raw = http.Client()
+    wrapped = aurelis_core.instrument(http.Client(), CONFIG)
+    url = upstream.base_url + "/chat/completions"
+    counter = itertools.count()
+
+    def body() -> dict[str, Any]:
+        return {**BODY, "messages": [*BODY["messages"], {"role": "user", "content": f"#{next(counter)}"}]}
+
+    def miss() -> None:
+        response = wrapped.post(url, json=body())
+        assert response.headers["x-aurelis-cache"] == "miss"
+
+    def bare() -> None:
+        raw.post(url, json=body()).read()
+
+    for _ in range(200):
+        miss()
+        bare()
+    miss_times, raw_times = interleaved(miss, bare, rounds=100, batch=10)
+    overhead_us = (statistics.median(miss_times) - statistics.median(raw_times)) * 1e6
+    print(
+        f"\n[{http.__name__}] miss p50 {statistics.median(miss_times) * 1e6:.1f} us, raw p50 "
+        f"{statistics.median(raw_times) * 1e6:.1f} us, overhead {overhead_us:+.1f} us (target <= +30 us)"
+    )
+    benchmark.extra_info["overhead_us"] = overhead_us
+    benchmark.pedantic(miss, rounds=200)
+    assert overhead_us <= 30
+
+
+def test_import_time() -> None:
+    best = float("inf")
+    for _ in range(5):
+        out = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import aurelis_core"], capture_output=True, text=True
+        ).stderr
+        line = [x for x in out.splitlines() if re.search(r"\|\s+aurelis_core$", x)][-1]
+        best = min(best, int(line.split("|")[1]) / 1000)
+    print(f"\nimport aurelis_core: {best:.1f} ms cumulative (best of 5; target <= 150 ms)")
+    assert best <= 150
