@@ -180,12 +180,15 @@ class RequestContext:
 
     ``request`` is the httpx (or httpx2) request as the caller built it; stages that change it (routing,
     compression) replace ``request`` with a new one and keep the original in ``original``. ``json`` is the
-    parsed JSON body (``None`` if there is none), parsed on first use unless a stage set it. ``state`` is a scratch dict for
+    parsed JSON body (``None`` if there is none), parsed on first use unless a stage set it. ``state`` is a
+    scratch dict for
     plugins, keyed by plugin name. ``is_async`` tells an I/O hook whether it may return an awaitable that
     the async driver will await.
     """
 
     __slots__ = (
+        "_json",
+        "_model",
         "attempts",
         "cache_status",
         "cache_tier",
@@ -193,8 +196,6 @@ class RequestContext:
         "entry",
         "error",
         "http",
-        "_json",
-        "_model",
         "is_async",
         "key",
         "original",
