@@ -170,11 +170,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
             with simulated(config, sim) as (sim_config, servers):
                 print(f"simulating {len(servers)} upstream(s) on 127.0.0.1: "
                       f"{', '.join(s.base_url for s in servers)}", file=sys.stderr)
-                report = asyncio.run(replay(workload, sim_config, **options))  # type: ignore[arg-type]
+                report = asyncio.run(replay(workload, sim_config, **options))
         else:
             credential = os.environ.get(args.api_key_env) if args.api_key_env else None
             report = asyncio.run(
-                replay(workload, config, base_url=args.base_url, credential=credential, **options)  # type: ignore[arg-type]
+                replay(workload, config, base_url=args.base_url, credential=credential, **options)
             )
     except (ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -83,7 +83,7 @@ class Record:
             with self._lock:
                 if self._writer is None:
                     Path(self.config.path).parent.mkdir(parents=True, exist_ok=True)
-                    file = open(self.config.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by the writer
+                    file = open(self.config.path, "a", encoding="utf-8")  # the writer thread closes it
                     self._writer = threading.Thread(
                         target=self._write, args=(file,), name="aurelis-record", daemon=True
                     )
