@@ -47,11 +47,6 @@ class Reservation(NamedTuple):
     wait: float
 
 
-def _allow_at(tat: float, spec: Spec) -> float:
-    # min(): a cost beyond the burst waits for a full bucket (TAT) rather than forever.
-    return min(tat + spec.cost * spec.interval - spec.tolerance, tat)
-
-
 class LocalGCRA:
     """The limits of one process, in a dict guarded by a lock (each operation is a few float operations)."""
 
@@ -64,8 +59,14 @@ class LocalGCRA:
             now = time.monotonic()
             tats = self._tat
             wait = 0.0
-            for spec in specs:
-                wait = max(wait, _allow_at(max(tats.get(spec.key, now), now), spec) - now)
+            for key, interval, tolerance, cost in specs:
+                tat = tats.get(key, now)
+                if tat < now:
+                    tat = now
+                # min(): a cost beyond the burst waits for a full bucket (TAT) rather than forever.
+                allow = min(tat + cost * interval - tolerance, tat)
+                if allow - now > wait:
+                    wait = allow - now
             if wait > max_wait:
                 return Reservation(False, wait)
             at = now + wait

@@ -284,7 +284,10 @@ class RateLimit:
                     limiter.correct(spec.key, delta=(used - spec.cost) * spec.interval)
         headers = attempt.headers
         if headers is not None:
-            self._follow_headers(limiter, held.limits, headers, attempt.status_code)
+            # One pass over the raw list instead of a Headers.get() scan per name (~1 us each).
+            found = {k.lower(): v for k, v in headers.raw if k[:12].lower() == b"x-ratelimit-"}
+            if found or attempt.status_code == 429:
+                self._follow_headers(limiter, held.limits, found, headers, attempt.status_code)
 
     # --- settling ----------------------------------------------------------------------------------------------
 
@@ -306,7 +309,11 @@ class RateLimit:
 
     @staticmethod
     def _follow_headers(
-        limiter: LocalGCRA | RedisGCRA, limits: Sequence[_Limit], headers: Any, status: int | None
+        limiter: LocalGCRA | RedisGCRA,
+        limits: Sequence[_Limit],
+        found: dict[bytes, bytes],
+        headers: Any,
+        status: int | None,
     ) -> None:
         wait = retry_after(headers) if status == 429 else None
         for limit in limits:
@@ -315,7 +322,7 @@ class RateLimit:
             floor = None
             if wait is not None:
                 floor = wait + limit.tolerance - limit.interval  # its next unit goes after Retry-After
-            remaining = headers.get(f"x-ratelimit-remaining-{limit.kind}")
+            remaining = found.get(b"x-ratelimit-remaining-" + limit.kind.encode())
             if remaining is not None:
                 try:
                     left = max(0.0, float(remaining))
@@ -323,7 +330,7 @@ class RateLimit:
                     left = None
                 if left is not None:
                     floor = max(floor or 0.0, limit.tolerance - left * limit.interval)
-                    reset = duration_seconds(headers.get(f"x-ratelimit-reset-{limit.kind}") or "")
+                    reset = duration_seconds(found.get(b"x-ratelimit-reset-" + limit.kind.encode(), b"").decode())
                     if left == 0 and reset is not None:  # none left: the next unit comes at the reset
                         floor = max(floor, reset + limit.tolerance - limit.interval)
             if floor is not None and floor > 0:
