@@ -83,6 +83,8 @@ class Flights:
             flight = self._flights.get(token)
             if flight is not None:
                 flight.consumers += 1
+                if not is_async and flight._cond is None:
+                    flight._cond = threading.Condition(threading.Lock())
                 return flight, False
             flight = self._flights[token] = Flight(self, token, is_async)
             return flight, True
@@ -90,6 +92,13 @@ class Flights:
     def solo(self, is_async: bool) -> Flight:
         """A flight nobody can join: the stream tee of a request that opted out of coalescing."""
         return Flight(self, None, is_async)
+
+    def condition(self, flight: Flight) -> threading.Condition:
+        """``flight``'s condition variable, made on first need (under the lock: there must be only one)."""
+        with self._lock:
+            if flight._cond is None:
+                flight._cond = threading.Condition(threading.Lock())
+            return flight._cond
 
     def remove(self, flight: Flight) -> None:
         """Stop new callers from joining ``flight`` (callers already in keep reading it)."""
@@ -140,24 +149,30 @@ class Flight:
         self._upstream: Any = None
         self._iter: Any = None
         self._on_end: EndCallback | None = None
-        # Sync callers wait on a condition; async ones (a single thread) on an anyio Event made only when
-        # somebody actually waits, so a flight nobody joins costs no event object.
-        self._cond = None if is_async else threading.Condition(threading.Lock())
+        # Sync callers wait on a condition, async ones (all on one thread) on an anyio Event. Both are made
+        # only when somebody may wait (a follower joins, a body is read through the flight): a flight nobody
+        # joins, the usual miss, then costs no synchronisation object (a Condition costs ~3.5 us to make).
+        self._cond: threading.Condition | None = None
         self._event: anyio.Event | None = None
 
     # --- signalling ------------------------------------------------------------------------------------------
 
-    def _update(self, change: Callable[[], None]) -> None:
-        """Apply ``change`` and wake every waiter."""
-        if self._cond is None:
-            change()
+    def _notify(self) -> None:
+        """Wake every waiter: the state just changed.
+
+        Changes are made before this, outside the condition's lock: waiters check the state holding it and
+        wait atomically, and waking them takes the lock, so no wake-up is lost. A condition made after the
+        change belongs to a follower that will see the change when it first checks.
+        """
+        if self.is_async:
             event, self._event = self._event, None
             if event is not None:
                 event.set()
         else:
-            with self._cond:
-                change()
-                self._cond.notify_all()
+            cond = self._cond
+            if cond is not None:
+                with cond:
+                    cond.notify_all()
 
     async def _await_change(self) -> None:
         event = self._event
@@ -171,48 +186,42 @@ class Flight:
         """The leader got no answer. An ``Exception`` is the followers' answer too; anything else (the
         leader's caller was cancelled or interrupted) is not theirs: they start over."""
         self.flights.remove(self)
-
-        def change() -> None:
-            self.finished = True
-            if isinstance(error, Exception):
-                self.error = error
-            else:
-                self.retry = True
-
-        self._update(change)
+        if isinstance(error, Exception):
+            self.error = error
+        else:
+            self.retry = True
+        self.finished = True
+        self._notify()
 
     def publish(self, status: int, headers: list[tuple[bytes, bytes]], extensions: dict[str, Any],
                 body: bytes) -> None:
         """The leader's whole answer: followers may build their responses."""
-
-        def change() -> None:
-            self.status, self.headers, self.extensions = status, headers, extensions
-            self.chunks.append(body)
-            self.finished = True
-
-        self._update(change)
+        self.headers, self.extensions = headers, extensions
+        self.chunks.append(body)
+        self.status = status  # before ``finished``: a finished flight without a status is a failed one
+        self.finished = True
+        self._notify()
 
     def start_stream(self, upstream: Any, extensions: dict[str, Any], on_end: EndCallback) -> None:
         """The leader's answer has arrived, its body still to be read: followers may start reading it."""
         self._upstream = upstream
         self._iter = upstream.stream.__aiter__() if self.is_async else iter(upstream.stream)
         self._on_end = on_end
-
-        def change() -> None:
-            self.status, self.headers, self.extensions = upstream.status_code, upstream.headers.raw, extensions
-            self.streaming = True
-
-        self._update(change)
+        self.headers, self.extensions = upstream.headers.raw, extensions
+        self.streaming = True
+        self.status = upstream.status_code  # last: followers read the rest once they see a status
+        self._notify()
 
     # --- the followers' side ---------------------------------------------------------------------------------
 
     def wait_head(self) -> Awaitable[None] | None:
         """Wait until the leader answered, failed or gave up: in place for sync callers, else an awaitable."""
-        if self._cond is None:
+        if self.is_async:
             return None if self.status is not None or self.finished else self._await_head()
-        with self._cond:
+        cond = self._cond or self.flights.condition(self)
+        with cond:
             while self.status is None and not self.finished:
-                self._cond.wait()
+                cond.wait()
         return None
 
     async def _await_head(self) -> None:
@@ -223,8 +232,7 @@ class Flight:
 
     def next_chunk(self, index: int) -> bytes | None:
         """Chunk ``index`` of the body (``None`` past the end), pulling it from the upstream if nobody is."""
-        cond = self._cond
-        assert cond is not None
+        cond = self._cond or self.flights.condition(self)
         while True:
             with cond:
                 while True:
@@ -247,12 +255,9 @@ class Flight:
                 self._end_sync(exc)
                 raise
             else:
-
-                def append(chunk: bytes = chunk) -> None:
-                    self.chunks.append(chunk)
-                    self.pulling = False
-
-                self._update(append)
+                self.chunks.append(chunk)
+                self.pulling = False
+                self._notify()
 
     async def anext_chunk(self, index: int) -> bytes | None:
         """Async twin of :meth:`next_chunk` (all callers of an async flight run on one event loop)."""
@@ -282,18 +287,16 @@ class Flight:
             else:
                 self.chunks.append(chunk)
                 self.pulling = False
-                self._update(_nothing)
+                self._notify()
 
     def _finish(self, error: BaseException | None) -> None:
         if error is not None:
             self.flights.remove(self)  # first: nobody may join a failed stream
 
-        def change() -> None:
-            self.finished = True
-            self.pulling = False
-            self.error = error if error is None or isinstance(error, Exception) else _interrupted(error)
-
-        self._update(change)
+        self.error = error if error is None or isinstance(error, Exception) else _interrupted(error)
+        self.pulling = False
+        self.finished = True
+        self._notify()
 
     def _end_sync(self, error: BaseException | None) -> None:
         from ._transports import drive_sync
@@ -374,10 +377,6 @@ class Flight:
                 await self._upstream.aclose()
             finally:
                 self._end_flow(None, False)
-
-
-def _nothing(*args: Any) -> None:
-    pass
 
 
 def _interrupted(error: BaseException) -> Exception:
