@@ -1,0 +1,111 @@
+"""Calibrate the semantic tier: paraphrase hit rate and near-miss false-hit rate at several thresholds.
+
+Requests go through a real pipeline (``normalize`` + ``semantic``) to a simulated upstream on 127.0.0.1, so
+the scope rules (tenant, model, numbers) apply as in production. Every distinct first question (``a``) of
+``pairs.json`` is stored first (sent with ``x-aurelis-cache: refresh``: answered by the upstream, then
+stored); then every second question (``b``) is asked without being stored (``no-store``), with the threshold
+at its minimum so that the best match and its score are always seen. A threshold then decides which of those
+best matches would have been served:
+
+- a *paraphrase* probe should get its own ``a``'s answer: a hit on it is good, a hit on another entry wrong;
+- a *near-miss* probe must get no cached answer: any hit is wrong.
+
+Run from contrib/aurelis-semantic with the package installed: ``python bench/bench_semantic.py
+[--backend minilm|hashing]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from aurelis_core import RequestContext, hookimpl, instrument, pipeline_of
+from aurelis_core.testing import simulated_upstream
+
+THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.95)
+
+
+class Recorder:
+    """Keeps the semantic tier's score for the last request (``ctx.state`` is readable by observers)."""
+
+    name = "bench_recorder"
+    score: float | None = None
+
+    @hookimpl
+    def aurelis_observe(self, ctx: RequestContext) -> None:
+        self.score = ctx.state.get("semantic", {}).get("score")
+
+
+def ask(client: httpx.Client, url: str, text: str, control: str) -> str:
+    response = client.post(
+        url,
+        json={"model": "m", "messages": [{"role": "user", "content": text}]},
+        headers={"authorization": "Bearer bench", "x-aurelis-cache": control},
+    )
+    response.raise_for_status()
+    content: str = response.json()["choices"][0]["message"]["content"]
+    return content
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--backend", default="minilm")
+    args = parser.parse_args()
+    pairs: list[dict[str, Any]] = json.loads(Path(__file__).with_name("pairs.json").read_text())["pairs"]
+    anchors = list(dict.fromkeys(p["a"] for p in pairs))
+    recorder = Recorder()
+    config = {
+        "plugins": ["normalize", "semantic"],
+        "semantic": {"backend": args.backend, "threshold": 1e-6, "max_entries": len(anchors)},
+    }
+    results = []
+    timings = []
+    with simulated_upstream() as upstream, instrument(httpx.Client(), config) as client:
+        pipeline = pipeline_of(client)
+        assert pipeline is not None
+        pipeline.register(recorder)
+        url = upstream.base_url + "/chat/completions"
+        started = time.perf_counter()
+        pipeline.start()
+        load_s = time.perf_counter() - started
+        for text in anchors:
+            ask(client, url, text, "refresh")
+        for pair in pairs:
+            started = time.perf_counter()
+            answer = ask(client, url, pair["b"], "no-store")
+            timings.append(time.perf_counter() - started)
+            score = recorder.score
+            own = answer == " ".join(("echo: " + pair["a"]).split())
+            # score None: the probe's scope held nothing (e.g. different numbers), so it can never hit.
+            results.append((pair, own, -1.0 if score is None else score))
+
+    paraphrases = [r for r in results if r[0]["kind"] == "paraphrase"]
+    near_misses = [r for r in results if r[0]["kind"] == "near-miss"]
+    print(f"backend={args.backend} anchors={len(anchors)} paraphrase probes={len(paraphrases)} "
+          f"near-miss probes={len(near_misses)} start (model load)={load_s:.2f}s "
+          f"request with embed+search, median {sorted(timings)[len(timings) // 2] * 1e3:.2f} ms")
+    print()
+    print("| threshold | paraphrase hit rate | paraphrase hits on another entry | near-miss false-hit rate |")
+    print("|---|---|---|---|")
+    for threshold in THRESHOLDS:
+        good = sum(1 for _, own, s in paraphrases if own and s >= threshold)
+        wrong = sum(1 for _, own, s in paraphrases if not own and s >= threshold)
+        false = sum(1 for _, _, s in near_misses if s >= threshold)
+        print(f"| {threshold:.2f} | {good}/{len(paraphrases)} ({good / len(paraphrases):.0%}) | {wrong} | "
+              f"{false}/{len(near_misses)} ({false / len(near_misses):.0%}) |")
+    print()
+    print("near-miss scores, highest first (-1: different scope, never compared):")
+    for pair, _, score in sorted(near_misses, key=lambda r: -r[2])[:8]:
+        print(f"  {score:.3f}  {pair['a']!r} vs {pair['b']!r}")
+    print("paraphrase scores, lowest first:")
+    for pair, own, score in sorted(paraphrases, key=lambda r: r[2])[:8]:
+        print(f"  {score:.3f}{'' if own else ' (another entry)'}  {pair['a']!r} vs {pair['b']!r}")
+
+
+if __name__ == "__main__":
+    main()

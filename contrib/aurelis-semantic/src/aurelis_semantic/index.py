@@ -1,0 +1,124 @@
+"""The vector index: one matrix of embeddings per scope, a global entry bound, TTL.
+
+Entries only ever match within their scope (tenant, model, parameters, system prompt: see
+:mod:`aurelis_semantic.plugin`), so a scope's matrix is all that a lookup scans. A conversation of ``t`` fuzzy
+turns is stored as ``t`` vectors, and every entry of a scope has the same ``t`` (the turn layout is part of
+the scope). A query's score against an entry is the *lowest* cosine similarity over its turns: every turn must
+be a paraphrase of the stored one, not just the conversation on average.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import numpy.typing as npt
+
+from aurelis_core import CacheEntry
+
+__all__ = ["SemanticIndex"]
+
+Vectors = npt.NDArray[np.float32]
+
+
+class _Scope:
+    """A growable ``(capacity, turns, dim)`` matrix: appends are amortised O(1), removals swap in the last row."""
+
+    __slots__ = ("ids", "row_of", "size", "vectors")
+
+    def __init__(self, turns: int, dim: int) -> None:
+        self.vectors: Vectors = np.empty((8, turns, dim), dtype=np.float32)
+        self.ids: list[int] = []
+        self.row_of: dict[int, int] = {}
+        self.size = 0
+
+    def append(self, entry_id: int, vectors: Vectors) -> None:
+        if self.size == len(self.vectors):
+            # Doubling keeps a scope of n entries at n log n copied rows in total, where re-stacking the
+            # matrix on every insert would copy n^2.
+            grown = np.empty((2 * self.size, *self.vectors.shape[1:]), dtype=np.float32)
+            grown[: self.size] = self.vectors[: self.size]
+            self.vectors = grown
+        self.vectors[self.size] = vectors
+        self.ids.append(entry_id)
+        self.row_of[entry_id] = self.size
+        self.size += 1
+
+    def remove(self, entry_id: int) -> None:
+        row = self.row_of.pop(entry_id)
+        last = self.size - 1
+        moved = self.ids.pop()
+        if row != last:
+            self.vectors[row] = self.vectors[last]
+            self.ids[row] = moved
+            self.row_of[moved] = row
+        self.size = last
+
+    def scores(self, query: Vectors) -> npt.NDArray[np.float32]:
+        # (n, t, d) x (t, d) -> (n, t): one cosine per stored turn; the weakest turn decides.
+        per_turn: npt.NDArray[np.float32] = np.einsum("ntd,td->nt", self.vectors[: self.size], query)
+        return per_turn.min(axis=1)  # type: ignore[no-any-return]
+
+
+class SemanticIndex:
+    """Entries grouped by scope, at most ``max_entries`` in all, least recently used evicted first."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._scopes: dict[str, _Scope] = {}
+        # entry id -> (scope, entry), in least-recently-used-first order.
+        self._entries: OrderedDict[int, tuple[str, CacheEntry]] = OrderedDict()
+        self._ids = itertools.count()
+        # Sync clients may share a pipeline across threads, and async lookups run on worker threads.
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self._scopes
+
+    def search(
+        self, scope: str, query: Vectors, threshold: float, now: float, default_ttl: float | None
+    ) -> tuple[CacheEntry, float] | None:
+        """The best entry of ``scope`` scoring at least ``threshold`` against ``query``, and its score."""
+        with self._lock:
+            while (found := self._scopes.get(scope)) is not None:
+                scores = found.scores(query)
+                row = int(np.argmax(scores))
+                score = float(scores[row])
+                if score < threshold:
+                    return None
+                entry_id = found.ids[row]
+                entry = self._entries[entry_id][1]
+                if entry.expired(now, default_ttl):
+                    self._remove(entry_id)  # and look again: the next best may still be fresh
+                    continue
+                self._entries.move_to_end(entry_id)
+                return entry, score
+        return None
+
+    def add(self, scope: str, vectors: Vectors, entry: CacheEntry) -> None:
+        with self._lock:
+            while len(self._entries) >= self.max_entries:
+                self._remove(next(iter(self._entries)))
+            found = self._scopes.get(scope)
+            if found is None:
+                found = self._scopes[scope] = _Scope(*vectors.shape)
+            entry_id = next(self._ids)
+            found.append(entry_id, vectors)
+            self._entries[entry_id] = (scope, entry)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._scopes.clear()
+            self._entries.clear()
+
+    def _remove(self, entry_id: int) -> None:
+        scope, _ = self._entries.pop(entry_id)
+        found = self._scopes[scope]
+        found.remove(entry_id)
+        if found.size == 0:
+            del self._scopes[scope]

