@@ -379,7 +379,9 @@ class Tuner:
     def _gradient(self, limiter: _Limiter, rtt: float, binding: bool) -> tuple[int, str]:
         """Gradient2's step for one window's mean latency ``rtt``."""
         config = self.config
-        long = rtt if limiter.long_rtt is None else limiter.long_rtt * 0.9 + rtt * 0.1
+        # The long-term average moves 5% per window (~20 windows of memory): slow enough that a slowdown shows
+        # as a gradient for several windows, fast enough to accept a new normal within a minute or so.
+        long = rtt if limiter.long_rtt is None else limiter.long_rtt * 0.95 + rtt * 0.05
         if long / rtt > 2:
             long *= 0.95  # after a slow spell, let the long-term average come back down faster
         limiter.long_rtt = long

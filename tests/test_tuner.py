@@ -54,8 +54,10 @@ async def test_aimd_backs_off_under_429s_and_recovers(upstream: SimulatedServer)
         decreases = [c for c in tuner.changes if c.kind in ("decrease", "rollback")]
         assert decreases and all(c.new < c.old for c in decreases)
         assert "overloaded" in decreases[0].reason
-        # Once overloaded, the late windows mostly succeed: the limit now keeps the upstream under its bound.
-        assert statuses[-len(statuses) // 4 :].count(200) > 0.7 * (len(statuses) // 4)
+        # The lowered limit keeps the upstream nearer its bound: far fewer 429s at the end than at the start.
+        quarter = len(statuses) // 4
+        first, last = statuses[:quarter].count(200) / quarter, statuses[-quarter:].count(200) / quarter
+        assert last > first + 0.2
         upstream.behavior.max_inflight = None
         await load(client, url, workers=16, seconds=1.0)
     assert tuner.limit(HOST) > lowered + 2
