@@ -1,0 +1,194 @@
+"""``ai_optimized``: Thompson-sampled expected cost inside power of two choices (TS-P2C).
+
+Per endpoint the router keeps time-decayed statistics (memory ``decay`` seconds) of the log of the normalised
+latency (mean, variance, effective sample count ``n``; see :mod:`._base` for the normalisation) and of
+successes and failures. A pick draws two random candidates and, for each, *samples* a plausible state of
+the endpoint from what is known:
+
+- the mean log-latency ``mu ~ Normal(m, sqrt(var / (n + 1)))``, shrunk towards the pooled mean of all
+  endpoints while ``n`` is small, giving the latency ``L = exp(mu + var / 2)`` (a log-normal mean, so an
+  erratic endpoint pays for its tail);
+- the success probability ``p ~ Beta(1 + successes, 1 + failures)``;
+
+and scores it ``cost = p * L * (in_flight + 1) + (1 - p) * F``: the expected wait behind the requests it
+already holds if it succeeds, or the failure penalty ``F = failure_penalty x`` the pooled mean latency if it
+fails. The lower cost wins. (Weights and slow start bias which two candidates are drawn; the cost is
+measured, so it needs no weight.)
+
+Why this shape: sampling rather than using the means explores exactly as much as the uncertainty warrants --
+an endpoint nobody has heard from lately (its counts decayed away) draws wide samples and gets probed, a
+well-known bad one almost never wins. Comparing only two random candidates keeps a pick O(1) and stops many
+client processes from herding onto the one endpoint that looks best to all of them. ``in_flight + 1`` is
+what keeps it load-aware when all endpoints are alike. A failed attempt's latency only raises an estimate
+(fast 503s must not look fast), and failures are scored by the penalty instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from aurelis_core import Attempt, Endpoint, RequestContext
+
+from ._base import Router, RouterConfig, latency_sample, outcome, positive
+
+__all__ = ["AIOptimized", "AIOptimizedConfig"]
+
+#: Variance of log-latency assumed before any sample (a factor of e^1 either way): wide, so unknown
+#: endpoints are explored, not trusted.
+PRIOR_VARIANCE = 1.0
+#: Floor on a variance estimate: two identical samples must not make the router certain.
+MIN_VARIANCE = 1e-4
+#: ``ctx.state`` key holding when the current attempt was counted as pending (router clock).
+SENT_KEY = "routing.ai_optimized.sent"
+
+
+@attrs.frozen
+class AIOptimizedConfig(RouterConfig):
+    """Options of ``ai_optimized``."""
+
+    #: Time constant (seconds) of the decay of every statistic.
+    decay: float = attrs.field(default=10.0, validator=positive)
+    #: Successes and failures are remembered per outcome: each new one scales the older ones by
+    #: ``1 - 1/outcome_window`` (a brownout shows after a handful of attempts, however little traffic the
+    #: endpoint gets)...
+    outcome_window: int = attrs.field(default=20, validator=[attrs.validators.instance_of(int), positive])
+    #: ...and by time, with this time constant in seconds (so a failed endpoint is probed again after a while
+    #: of silence, and its recovery is seen).
+    outcome_decay: float = attrs.field(default=60.0, validator=positive)
+    #: The cost of a failure, as a multiple of the pooled mean latency (a failure costs the caller a retry or
+    #: an error, far more than one slow answer).
+    failure_penalty: float = attrs.field(default=10.0, validator=positive)
+
+
+class _LogStats:
+    """Time-decayed weighted mean and variance of log-latency, and success/failure counts."""
+
+    __slots__ = ("failures", "m2", "mean", "n", "outcomes_updated", "successes", "updated")
+
+    def __init__(self) -> None:
+        self.n = 0.0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.successes = 0.0
+        self.failures = 0.0
+        self.updated = -math.inf
+        self.outcomes_updated = -math.inf
+
+    def decay_to(self, now: float, tau: float) -> None:
+        factor = math.exp(-(now - self.updated) / tau)  # 0 before the first update
+        self.updated = now
+        self.n *= factor
+        self.m2 *= factor
+
+    def count(self, ok: bool, now: float, keep: float, tau: float) -> None:
+        """Add an outcome; older ones fade by ``keep`` per new outcome and by time with constant ``tau``."""
+        factor = keep * math.exp(-(now - self.outcomes_updated) / tau)
+        self.outcomes_updated = now
+        self.successes = self.successes * factor + ok
+        self.failures = self.failures * factor + (not ok)
+
+    def add(self, value: float) -> None:
+        # West's weighted incremental mean/variance; the decay already scaled the old weight.
+        self.n += 1.0
+        delta = value - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (value - self.mean)
+
+    @property
+    def variance(self) -> float:
+        return max(self.m2 / self.n, MIN_VARIANCE) if self.n > 1.0 else PRIOR_VARIANCE
+
+
+class AIOptimized(Router):
+    """The ``ai_optimized`` plugin. Options: ``seed``, ``decay``, ``failure_penalty``,
+    ``default_output_tokens``."""
+
+    name = "ai_optimized"
+    Config = AIOptimizedConfig
+    config: AIOptimizedConfig
+
+    def __init__(self, config: AIOptimizedConfig | None, pipeline: Any, **kwargs: Any) -> None:
+        super().__init__(config, pipeline, **kwargs)
+        self._stats = [_LogStats() for _ in self.endpoints]
+        #: All endpoints' samples pooled: the prior for endpoints with little data, and the failure scale.
+        self._pooled = _LogStats()
+        # Buffered (non-stream) attempts in flight per endpoint: the sum of their send times and of their
+        # expected output tokens, so the mean age per token of what is still pending is O(1) to read.
+        self._pending_sent = [0.0] * len(self.endpoints)
+        self._pending_tokens = [0] * len(self.endpoints)
+        self._pending_count = [0] * len(self.endpoints)
+
+    def _pick(self, ctx: RequestContext, candidates: Sequence[Endpoint], now: float) -> int:
+        a, b = self._two(candidates, now)
+        if a == b:
+            return a
+        pooled = self._pooled
+        prior_mean = pooled.mean if pooled.n > 0 else 0.0
+        prior_var = pooled.variance
+        failure_cost = self.config.failure_penalty * math.exp(prior_mean + prior_var / 2)
+        cost_a = self._cost(a, now, prior_mean, prior_var, failure_cost)
+        cost_b = self._cost(b, now, prior_mean, prior_var, failure_cost)
+        return b if cost_b < cost_a else a
+
+    def _cost(self, index: int, now: float, prior_mean: float, prior_var: float, failure_cost: float) -> float:
+        stats = self._stats[index]
+        rng = self.rng
+        # Decay to now without storing it: the counts of an endpoint nobody sent to lately fade, so it is
+        # explored again.
+        factor = math.exp(-(now - stats.updated) / self.config.decay)
+        n = stats.n * factor
+        # One pseudo-sample of the pooled mean: shrinks a thin estimate towards the others.
+        variance = stats.variance if n > 1.0 else prior_var
+        mean = (n * stats.mean + prior_mean) / (n + 1.0)
+        mu = rng.gauss(mean, math.sqrt(variance / (n + 1.0)))
+        latency = math.exp(mu + variance / 2)
+        tokens = self._pending_tokens[index]
+        if tokens:
+            # What is still in flight has already waited this long per token: a lower bound on the latency
+            # that is known long before those attempts end -- the first sign that an endpoint turned slow.
+            waited = (now * self._pending_count[index] - self._pending_sent[index]) / tokens
+            latency = max(latency, waited)
+        factor = math.exp(-(now - stats.outcomes_updated) / self.config.outcome_decay)
+        p = rng.betavariate(1.0 + stats.successes * factor, 1.0 + stats.failures * factor)
+        return p * latency * (self.inflight[index] + 1) + (1.0 - p) * failure_cost
+
+    def _sent(self, index: int, ctx: RequestContext, now: float) -> None:
+        profile = self._profile(ctx)
+        if not profile.stream:  # a stream's age is mostly its body being read, not waiting
+            ctx.state[SENT_KEY] = now
+            self._pending_sent[index] += now
+            self._pending_tokens[index] += profile.output_tokens
+            self._pending_count[index] += 1
+
+    def _released(self, index: int, ctx: RequestContext) -> None:
+        sent = ctx.state.pop(SENT_KEY, None)
+        if sent is not None:
+            self._pending_sent[index] -= sent
+            self._pending_tokens[index] -= self._profile(ctx).output_tokens
+            self._pending_count[index] -= 1
+            if not self._pending_count[index]:
+                self._pending_sent[index] = 0.0  # drop accumulated float error
+
+    def _learn(self, index: int, ctx: RequestContext, attempt: Attempt, now: float) -> None:
+        ok = outcome(attempt)
+        sample = latency_sample(self._profile(ctx), attempt)
+        if ok is None and sample is None:
+            return
+        stats = self._stats[index]
+        tau = self.config.decay
+        stats.decay_to(now, tau)
+        if ok is not None:
+            config = self.config
+            stats.count(ok, now, 1.0 - 1.0 / config.outcome_window, config.outcome_decay)
+        if sample is not None and sample[0] > 0:
+            value = math.log(sample[0])
+            # A failed or cancelled attempt's latency is a lower bound: it may only raise the estimate.
+            if sample[1] or stats.n < 1e-9 or value > stats.mean:
+                stats.add(value)
+                pooled = self._pooled
+                pooled.decay_to(now, tau)
+                pooled.add(value)
