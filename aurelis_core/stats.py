@@ -8,7 +8,6 @@ keeps a recent window, never an ever-growing list.
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from collections import Counter, deque
@@ -20,10 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Sample", "Stats", "percentile", "usage_tokens"]
 
-#: ``"total_tokens": N`` in an OpenAI-style ``usage`` block.
-_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
 #: Bytes at the end of a body searched for the usage block: providers put ``usage`` last, and a bounded
-#: search keeps the cost per hit constant (~1 us) whatever the size of the answer.
+#: search keeps the cost per hit constant (~0.5 us: ``rfind`` is a C scan) whatever the size of the answer.
 _USAGE_TAIL = 512
 
 
@@ -120,8 +117,12 @@ class Stats:
 
 def usage_tokens(body: bytes) -> int | None:
     """``usage.total_tokens`` of a stored JSON answer, or ``None`` (no usage block, or a content-encoded body)."""
-    match = _TOTAL_TOKENS.search(body, max(0, len(body) - _USAGE_TAIL))
-    return int(match.group(1)) if match is not None else None
+    at = body.rfind(b'"total_tokens"', max(0, len(body) - _USAGE_TAIL))
+    if at < 0:
+        return None
+    # The value: what follows the key up to the next ``,`` or ``}``, minus the ``:`` and whitespace.
+    value = body[at + 14 : at + 48].split(b",", 1)[0].split(b"}", 1)[0].strip(b" \t\r\n:")
+    return int(value) if value.isdigit() else None
 
 
 def percentile(sorted_values: Iterable[float], q: float) -> float | None:
