@@ -42,6 +42,10 @@ __all__ = ["AIOptimized", "AIOptimizedConfig"]
 PRIOR_VARIANCE = 1.0
 #: Floor on a variance estimate: two identical samples must not make the router certain.
 MIN_VARIANCE = 1e-4
+#: The cost of a failure that is retried, in mean latencies: the wasted attempt plus the retry.
+RETRIED_FAILURE_COST = 2.0
+#: Per-failure decay of the failure and retry counts (a memory of the last ~100 failures).
+RETRY_MEMORY = 0.99
 #: ``ctx.state`` key holding when the current attempt was counted as pending (router clock).
 SENT_KEY = "routing.ai_optimized.sent"
 
@@ -61,7 +65,7 @@ class AIOptimizedConfig(RouterConfig):
     outcome_decay: float = attrs.field(default=60.0, validator=positive)
     #: The cost of a failure, as a multiple of the pooled mean latency (a failure costs the caller a retry or
     #: an error, far more than one slow answer).
-    failure_penalty: float = attrs.field(default=10.0, validator=positive)
+    failure_penalty: float = attrs.field(default=50.0, validator=positive)
 
 
 class _LogStats:
@@ -121,6 +125,10 @@ class AIOptimized(Router):
         self._pending_sent = [0.0] * len(self.endpoints)
         self._pending_tokens = [0] * len(self.endpoints)
         self._pending_count = [0] * len(self.endpoints)
+        # Decayed counts of failed attempts and of retries (attempts after the first): their ratio says how
+        # often a failure is retried rather than returned to the caller.
+        self._failures = 0.0
+        self._retries = 0.0
 
     def _pick(self, ctx: RequestContext, candidates: Sequence[Endpoint], now: float) -> int:
         a, b = self._two(candidates, now)
@@ -129,7 +137,12 @@ class AIOptimized(Router):
         pooled = self._pooled
         prior_mean = pooled.mean if pooled.n > 0 else 0.0
         prior_var = pooled.variance
-        failure_cost = self.config.failure_penalty * math.exp(prior_mean + prior_var / 2)
+        # A failure that the caller's retry absorbs costs about another attempt; one that reaches the caller
+        # costs failure_penalty mean latencies. Which happens is learned: the share of failed attempts that
+        # were followed by another attempt of the same request.
+        retried = min(1.0, self._retries / self._failures) if self._failures else 0.0
+        penalty = retried * RETRIED_FAILURE_COST + (1.0 - retried) * self.config.failure_penalty
+        failure_cost = penalty * math.exp(prior_mean + prior_var / 2)
         cost_a = self._cost(a, now, prior_mean, prior_var, failure_cost)
         cost_b = self._cost(b, now, prior_mean, prior_var, failure_cost)
         return b if cost_b < cost_a else a
@@ -157,6 +170,8 @@ class AIOptimized(Router):
         return p * latency * (self.inflight[index] + 1) + (1.0 - p) * failure_cost
 
     def _sent(self, index: int, ctx: RequestContext, now: float) -> None:
+        if len(ctx.attempts) and not ctx.attempts[-1].ok:
+            self._retries += 1.0
         profile = self._profile(ctx)
         if not profile.stream:  # a stream's age is mostly its body being read, not waiting
             ctx.state[SENT_KEY] = now
@@ -181,6 +196,9 @@ class AIOptimized(Router):
         stats = self._stats[index]
         tau = self.config.decay
         stats.decay_to(now, tau)
+        if ok is False:
+            self._failures = self._failures * RETRY_MEMORY + 1.0
+            self._retries *= RETRY_MEMORY
         if ok is not None:
             config = self.config
             stats.count(ok, now, 1.0 - 1.0 / config.outcome_window, config.outcome_decay)
