@@ -180,8 +180,8 @@ class Prometheus:
         )
         r.register(_ScrapeTimeCollector(pipeline, self._endpoints))
         ProcessCollector(registry=r)
-        # (model, task_type, cache status) -> the children one request updates; see the module docstring.
-        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+        # (model, task_type, cache status, tier) -> the children one request updates; see the module docstring.
+        self._children: dict[tuple[str, str, str, str | None], tuple[Any, ...]] = {}
         self._prices = config.prices
 
     # --- exposition ----------------------------------------------------------------------------------------
@@ -225,13 +225,20 @@ class Prometheus:
                     model = match.group(1).decode("utf-8", "replace")
         return self._models(model)
 
-    def _children_for(self, key: tuple[str, str, str]) -> tuple[Any, Any, Any]:
-        model, task, status = key
+    def _children_for(self, key: tuple[str, str, str, str | None]) -> tuple[Any, ...]:
+        model, task, status, tier = key
         cached = "true" if status == "hit" else "false"
+        hit = status == "hit"
+        price = self._prices.get(model)
         children = (
             self.response_time.labels(model, task, cached),
             self.requests.labels(model, task, status),
             self.overhead.labels(cached),
+            self.cache_hits.labels(tier or UNKNOWN, model) if hit else
+            self.cache_misses.labels(model) if status == "miss" else None,
+            self.tokens_saved.labels(model) if hit else None,
+            self.cost_saved.labels(model) if hit and price is not None else None,
+            (price or 0.0) / 1e6,
         )
         self._children[key] = children
         return children
@@ -241,7 +248,7 @@ class Prometheus:
         elapsed = time.perf_counter() - ctx.started
         model = self._model(ctx)
         status = ctx.cache_status
-        key = (model, task_type(ctx.original), status)
+        key = (model, task_type(ctx.original), status, ctx.cache_tier)
         children = self._children.get(key) or self._children_for(key)
         children[0].observe(elapsed)
         children[1].inc()
@@ -254,17 +261,13 @@ class Prometheus:
         children[2].observe(max(0.0, elapsed - upstream))
         if len(attempts) > 1:
             self.retries.labels(model).inc(len(attempts) - 1)
-        if status == "hit":
-            self.cache_hits.labels(ctx.cache_tier or UNKNOWN, model).inc()
+        if children[3] is not None:  # a hit or a miss
+            children[3].inc()
             entry = ctx.entry
-            tokens = usage_tokens(entry.body) if entry is not None else None
-            if tokens:
-                self.tokens_saved.labels(model).inc(tokens)
-                price = self._prices.get(model)
-                if price is not None:
-                    self.cost_saved.labels(model).inc(tokens * price / 1e6)
-        elif status == "miss":
-            self.cache_misses.labels(model).inc()
+            if entry is not None and (tokens := usage_tokens(entry.body)):
+                children[4].inc(tokens)
+                if children[5] is not None:
+                    children[5].inc(tokens * children[6])
         error = ctx.error
         if error is not None:
             self.errors.labels(type(error).__name__, model).inc()
