@@ -100,6 +100,9 @@ class WeightedResponseTime(Router):
         self.weights[:] = [
             max(w if w is not None else mean, floor) * self._weight(i, now) for i, w in enumerate(own)
         ]
+        # A new schedule rather than new weights in the old one: deadlines spaced by the old weights would
+        # starve an endpoint whose weight just rose until the others caught up with its far deadline.
+        self._scheduler = EDFScheduler(self.weights, self.rng)
 
     def _learn(self, index: int, ctx: RequestContext, attempt: Attempt, now: float) -> None:
         ok = outcome(attempt)

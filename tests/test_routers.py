@@ -1,0 +1,373 @@
+"""Unit tests of the router plugins, driven through their two hooks with a fake clock (no network)."""
+
+from __future__ import annotations
+
+import collections
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aurelis_plugins.routers.ai_optimized import AIOptimized
+from aurelis_plugins.routers.least_connections import LeastConnections
+from aurelis_plugins.routers.load_based import LoadBased, parse_duration
+from aurelis_plugins.routers.round_robin import RoundRobin
+from aurelis_plugins.routers.weighted_response_time import WeightedResponseTime
+
+from aurelis_core import Attempt, ConfigError, Endpoint, Pipeline, RequestContext
+from aurelis_core._models import DEFAULT_CONTROLS
+from aurelis_core.health import EndpointHealth
+
+ALL = [RoundRobin, LeastConnections, WeightedResponseTime, LoadBased, AIOptimized]
+NAMES = [cls.name for cls in ALL]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def endpoints(*weights: float) -> tuple[Endpoint, ...]:
+    return tuple(Endpoint(url=f"http://127.0.0.1:{9000 + i}", name=f"e{i}", weight=w) for i, w in enumerate(weights))
+
+
+def make(cls: Any, eps: tuple[Endpoint, ...], clock: FakeClock | None = None, **options: Any) -> Any:
+    pipeline = SimpleNamespace(endpoints=eps, health=EndpointHealth(eps))
+    return cls(cls.Config(seed=7, **options), pipeline, clock=clock or FakeClock())
+
+
+def context(max_tokens: int = 100, stream: bool = False) -> RequestContext:
+    ctx = RequestContext(SimpleNamespace(), None, None, False, DEFAULT_CONTROLS)
+    ctx.json = {"model": "m", "max_tokens": max_tokens, "stream": stream}
+    return ctx
+
+
+def start(router: Any, ctx: RequestContext, clock: FakeClock) -> Attempt:
+    endpoint = router.aurelis_route(ctx)
+    attempt = Attempt(len(ctx.attempts) + 1, endpoint)
+    attempt.started = clock.now
+    ctx.attempts.append(attempt)
+    return attempt
+
+
+def end(router: Any, ctx: RequestContext, attempt: Attempt, clock: FakeClock, status: int | None = 200,
+        error: BaseException | None = None) -> None:
+    attempt.finished = clock.now
+    if status is not None:
+        attempt.first_byte = clock.now
+        attempt.status_code = status
+    attempt.error = error
+    router.aurelis_attempt_end(ctx, attempt)
+
+
+def run_sequential(router: Any, clock: FakeClock, n: int, latency: Any = lambda name: 0.1,
+                   status: Any = lambda name: 200) -> collections.Counter[str]:
+    counts: collections.Counter[str] = collections.Counter()
+    for _ in range(n):
+        ctx = context()
+        attempt = start(router, ctx, clock)
+        name = attempt.endpoint.name  # type: ignore[union-attr]
+        counts[name] += 1
+        clock.now += latency(name)
+        end(router, ctx, attempt, clock, status=status(name))
+        clock.now += 0.01
+    return counts
+
+
+# --- registration and config -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_router_is_a_builtin_plugin_with_checked_options(name: str) -> None:
+    config = {"plugins": [name], "endpoints": ["http://127.0.0.1:1", "http://127.0.0.1:2"], name: {"seed": 3}}
+    pipeline = Pipeline(config)
+    assert pipeline.plugin(name).config.seed == 3
+    with pytest.raises(ConfigError, match="seed"):
+        Pipeline({**config, name: {"seed": "x"}})
+    with pytest.raises(ConfigError, match=r"unknown key 'sede'.*did you mean 'seed'"):
+        Pipeline({**config, name: {"sede": 1}})
+
+
+def test_decay_options_must_be_positive() -> None:
+    base = {"endpoints": ["http://127.0.0.1:1", "http://127.0.0.1:2"]}
+    with pytest.raises(ConfigError, match="'decay' must be a number > 0"):
+        Pipeline({**base, "plugins": ["ai_optimized"], "ai_optimized": {"decay": 0}})
+    with pytest.raises(ConfigError, match="'blackout' must be a number >= 0"):
+        Pipeline({**base, "plugins": ["weighted_response_time"], "weighted_response_time": {"blackout": -1}})
+
+
+def test_two_routers_are_refused() -> None:
+    with pytest.raises(ConfigError, match="only one router"):
+        Pipeline({"plugins": ["round_robin", "ai_optimized"], "endpoints": ["http://127.0.0.1:1"]})
+
+
+# --- distribution ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [RoundRobin, WeightedResponseTime])
+def test_edf_routers_follow_weights_exactly(cls: Any) -> None:
+    clock = FakeClock()
+    router = make(cls, endpoints(3, 1, 1), clock)
+    counts = run_sequential(router, clock, 500)
+    assert counts == {"e0": 300, "e1": 100, "e2": 100}
+
+
+def test_round_robin_interleaves_and_starts_at_a_random_offset() -> None:
+    eps = endpoints(1, 1, 1, 1)
+    firsts = set()
+    for seed in range(20):
+        router = RoundRobin(RoundRobin.Config(seed=seed), SimpleNamespace(endpoints=eps, health=EndpointHealth(eps)))
+        clock = FakeClock()
+        sequence = [start(router, context(), clock).endpoint.name for _ in range(8)]  # type: ignore[union-attr]
+        assert sorted(sequence[:4]) == ["e0", "e1", "e2", "e3"]
+        assert sequence[4:] == sequence[:4]
+        firsts.add(sequence[0])
+    assert len(firsts) > 1
+
+
+@pytest.mark.parametrize("cls", [LeastConnections, LoadBased])
+def test_p2c_routers_split_by_weight_when_load_is_equal(cls: Any) -> None:
+    clock = FakeClock()
+    router = make(cls, endpoints(3, 1), clock)
+    counts = run_sequential(router, clock, 4000)
+    assert 0.70 < counts["e0"] / 4000 < 0.80
+
+
+def test_least_connections_prefers_fewer_in_flight() -> None:
+    clock = FakeClock()
+    router = make(LeastConnections, endpoints(1, 1, 1), clock)
+    held = [start(router, context(), clock) for _ in range(30)]
+    # Two choices keep the in-flight counts within one of each other.
+    assert max(router.inflight) - min(router.inflight) <= 1
+    for attempt in held:
+        end(router, context(), attempt, clock)
+    assert router.inflight == [0, 0, 0]
+
+
+def test_seed_makes_picks_reproducible() -> None:
+    for cls in ALL:
+        runs = []
+        for _ in range(2):
+            clock = FakeClock()
+            router = make(cls, endpoints(1, 1, 1, 1), clock)
+            runs.append([start(router, context(), clock).endpoint.name for _ in range(50)])  # type: ignore[union-attr]
+        assert runs[0] == runs[1], cls.name
+
+
+# --- in-flight accounting --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_in_flight_counts_return_to_zero_whatever_the_outcome(cls: Any) -> None:
+    import asyncio
+
+    clock = FakeClock()
+    router = make(cls, endpoints(1, 1, 1), clock)
+    outcomes = [
+        {"status": 200}, {"status": 503}, {"status": 429}, {"status": 400},
+        {"status": None, "error": TimeoutError("timed out")},
+        {"status": None, "error": asyncio.CancelledError()},
+        {"status": 200, "error": asyncio.CancelledError()},  # stream closed mid-body
+    ]
+    attempts = [(context(), outcome) for outcome in outcomes * 5]
+    started = [(ctx, start(router, ctx, clock), outcome) for ctx, outcome in attempts]
+    assert sum(router.inflight) == len(started)
+    clock.now += 1.0
+    for ctx, attempt, outcome in started:
+        end(router, ctx, attempt, clock, **outcome)
+    assert router.inflight == [0, 0, 0]
+    # A stray end (an attempt this router never counted) never drives a count below zero.
+    stray = Attempt(1, router.endpoints[0])
+    stray.finished = clock.now
+    router.aurelis_attempt_end(context(), stray)
+    assert router.inflight == [0, 0, 0]
+    if cls is LoadBased:
+        assert [b.outstanding for b in router.budgets] == [0, 0, 0]
+    if cls is AIOptimized:
+        assert router._pending_count == [0, 0, 0] and router._pending_tokens == [0, 0, 0]
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_attempt_without_endpoint_is_ignored(cls: Any) -> None:
+    router = make(cls, endpoints(1, 1))
+    router.aurelis_attempt_end(context(), Attempt(1, None))
+    assert router.inflight == [0, 0]
+
+
+# --- health: exclusion, panic, slow start ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_blocked_endpoints_are_not_picked_and_all_blocked_means_panic(cls: Any) -> None:
+    clock = FakeClock()
+    eps = endpoints(1, 1, 1)
+    router = make(cls, eps, clock)
+    health = router.health
+    health.block(eps[0], clock.now + 30, "open")
+    health.block(eps[2], clock.now + 30, "rate_limited")
+    assert set(run_sequential(router, clock, 50)) == {"e1"}
+    health.block(eps[1], clock.now + 30, "ejected")
+    assert len(run_sequential(router, clock, 200)) == 3  # panic: everyone again
+    clock.now += 60  # the blocks expired
+    assert len(run_sequential(router, clock, 200)) == 3
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_half_open_endpoint_is_picked_only_while_it_has_probes(cls: Any) -> None:
+    clock = FakeClock()
+    eps = endpoints(1, 1)
+    router = make(cls, eps, clock)
+    router.health.set_circuit(eps[0], "half_open", probes=0)
+    assert set(run_sequential(router, clock, 30)) == {"e1"}
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_recovered_endpoint_ramps_up_in_slow_start(cls: Any) -> None:
+    clock = FakeClock()
+    eps = endpoints(1, 1)
+    router = make(cls, eps, clock)
+    status = router.health.status["e0"]
+    status.recovered_at = clock.now  # just recovered: 10% of its share, rising over 30 s
+    early = run_sequential(router, clock, 400, latency=lambda name: 0.0)
+    assert early["e0"] < early["e1"] * 0.5, early
+    clock.now = status.recovered_at + 31 if status.recovered_at is not None else clock.now + 31
+    late = run_sequential(router, clock, 400, latency=lambda name: 0.0)
+    assert late["e0"] > 100, late
+
+
+# --- learning routers --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [WeightedResponseTime, AIOptimized])
+def test_learning_routers_avoid_a_slow_endpoint(cls: Any) -> None:
+    clock = FakeClock()
+    options = {"blackout": 0.0} if cls is WeightedResponseTime else {}
+    router = make(cls, endpoints(1, 1, 1), clock, **options)
+    counts = run_sequential(router, clock, 600, latency=lambda name: 2.0 if name == "e0" else 0.1)
+    assert counts["e0"] < 60, counts
+
+
+@pytest.mark.parametrize("cls", [WeightedResponseTime, AIOptimized])
+def test_learning_routers_avoid_an_endpoint_that_fails_fast(cls: Any) -> None:
+    clock = FakeClock()
+    options = {"blackout": 0.0} if cls is WeightedResponseTime else {}
+    router = make(cls, endpoints(1, 1, 1), clock, **options)
+    # e0 fails at once: fast failures must not make it look attractive.
+    counts = run_sequential(
+        router, clock, 600, latency=lambda name: 0.001 if name == "e0" else 0.2,
+        status=lambda name: 503 if name == "e0" else 200,
+    )
+    assert counts["e0"] < 60, counts
+
+
+def test_weighted_response_time_gives_new_endpoints_the_mean_weight_during_blackout() -> None:
+    clock = FakeClock()
+    router = make(WeightedResponseTime, endpoints(1, 1), clock, blackout=10.0)
+    run_sequential(router, clock, 8, latency=lambda name: 1.0 if name == "e0" else 0.1)  # < 10 s of reports
+    clock.now += 1.0
+    start(router, context(), clock)  # triggers a rebuild
+    assert router.weights[0] == pytest.approx(router.weights[1])
+
+
+def test_ai_optimized_explores_an_endpoint_again_after_its_record_fades() -> None:
+    clock = FakeClock()
+    router = make(AIOptimized, endpoints(1, 1), clock)
+    run_sequential(router, clock, 300, latency=lambda name: 0.1, status=lambda name: 503 if name == "e0" else 200)
+    clock.now += 600.0  # ten minutes of silence: the evidence decayed away
+    counts = run_sequential(router, clock, 200)
+    assert counts["e0"] > 20, counts
+
+
+def test_latency_is_normalised_per_output_token() -> None:
+    clock = FakeClock()
+    router = make(WeightedResponseTime, endpoints(1, 1), clock, blackout=0.0)
+    # e0 answers 10x longer requests in 10x the time: per token it is as fast as e1.
+    for _ in range(100):
+        for name, tokens, seconds in (("e0", 1000, 1.0), ("e1", 100, 0.1)):
+            ctx = context(max_tokens=tokens)
+            attempt = Attempt(1, next(e for e in router.endpoints if e.name == name))
+            attempt.started = clock.now
+            router.inflight[int(name[1])] += 1
+            clock.now += seconds
+            end(router, ctx, attempt, clock)
+    clock.now += 2
+    start(router, context(), clock)
+    assert router.weights[0] == pytest.approx(router.weights[1], rel=0.01)
+
+
+# --- load_based ----------------------------------------------------------------------------------------------------
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("6m0s") == 360.0
+    assert parse_duration("1.5s") == 1.5
+    assert parse_duration("20ms") == pytest.approx(0.02)
+    assert parse_duration("1h2m3s") == 3723.0
+    assert parse_duration("7") == 7.0
+    assert parse_duration("soon") is None
+    assert parse_duration("") is None
+
+
+def _headers(**values: str) -> Any:
+    import httpx
+
+    return httpx.Headers({k.replace("_", "-"): v for k, v in values.items()})
+
+
+def test_load_based_excludes_an_endpoint_without_token_headroom_until_reset() -> None:
+    clock = FakeClock()
+    router = make(LoadBased, endpoints(1, 1), clock)
+    ctx = context(max_tokens=500)
+    attempt = start(router, ctx, clock)
+    attempt.headers = _headers(
+        x_ratelimit_limit_tokens="10000", x_ratelimit_remaining_tokens="50", x_ratelimit_reset_tokens="20s",
+        x_ratelimit_limit_requests="100", x_ratelimit_remaining_requests="50", x_ratelimit_reset_requests="1s",
+    )
+    end(router, ctx, attempt, clock)
+    exhausted = attempt.endpoint.name  # type: ignore[union-attr]
+    picks = run_sequential(router, clock, 100)  # 100 x 0.11 s = 11 s < 20 s
+    assert exhausted not in picks
+    clock.now += 30
+    assert exhausted in run_sequential(router, clock, 100)
+
+
+def test_load_based_prefers_the_endpoint_with_more_headroom() -> None:
+    clock = FakeClock()
+    router = make(LoadBased, endpoints(1, 1), clock)
+    for name, remaining in (("e0", "9000"), ("e1", "1000")):
+        ctx = context()
+        attempt = Attempt(1, next(e for e in router.endpoints if e.name == name))
+        attempt.headers = _headers(x_ratelimit_limit_tokens="10000", x_ratelimit_remaining_tokens=remaining,
+                                   x_ratelimit_reset_tokens="1m0s")
+        attempt.status_code = 200
+        router.aurelis_attempt_end(ctx, attempt)
+    held = [start(router, context(), clock) for _ in range(40)]
+    assert router.inflight[0] > 2 * router.inflight[1]
+    for attempt in held:
+        end(router, context(), attempt, clock)
+
+
+def test_load_based_treats_a_429_with_retry_after_as_exhausted() -> None:
+    clock = FakeClock()
+    router = make(LoadBased, endpoints(1, 1), clock)
+    ctx = context()
+    attempt = start(router, ctx, clock)
+    attempt.headers = _headers(retry_after="5")
+    end(router, ctx, attempt, clock, status=429)
+    limited = attempt.endpoint.name  # type: ignore[union-attr]
+    assert limited not in run_sequential(router, clock, 30, latency=lambda name: 0.0)
+    clock.now += 6
+    assert limited in run_sequential(router, clock, 30, latency=lambda name: 0.0)
+
+
+def test_profile_reads_max_tokens_from_a_buffered_body_when_normalize_did_not_run() -> None:
+    from aurelis_plugins.routers._base import request_profile
+
+    ctx = RequestContext(SimpleNamespace(_content=b'{"max_tokens": 42, "stream": true, "messages": []}'), None,
+                         None, False, DEFAULT_CONTROLS)
+    profile = request_profile(ctx, 256)
+    assert (profile.output_tokens, profile.stream, profile.prompt_tokens) == (42, True, 12)
+    bad = RequestContext(SimpleNamespace(_content=b"not json"), None, None, False, DEFAULT_CONTROLS)
+    assert request_profile(bad, 256).output_tokens == 256
