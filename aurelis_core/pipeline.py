@@ -13,6 +13,7 @@ pluggy's call machinery (the stage lists below hold the plain implementation fun
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
@@ -492,7 +493,7 @@ class Pipeline:
             attempt = Attempt(len(ctx.attempts) + 1, endpoint)
             ctx.attempts.append(attempt)
             try:
-                ctx.request = _rewrite(ctx, endpoint) if endpoint is not None else ctx.original
+                ctx.request = _rewrite(ctx, endpoint, endpoints) if endpoint is not None else ctx.original
                 wait = 0.0
                 for admit in self._admit:
                     answer = admit(ctx, attempt)
@@ -749,17 +750,34 @@ def _with_headers(http: Any, request: Any, headers: list[tuple[bytes, bytes]]) -
     return new
 
 
-def _rewrite(ctx: RequestContext, endpoint: Endpoint) -> Any:
-    """The original request moved onto ``endpoint``: its scheme, host, port and base path; the request's own
-    path kept after it; the endpoint's headers and credential applied."""
+@functools.lru_cache(maxsize=256)
+def _base_of(http: Any, url: str) -> tuple[bytes, bytes, bytes]:
+    """``(scheme, netloc, base path without trailing slash)`` of an endpoint URL, parsed once."""
+    parsed = http.URL(url)
+    return parsed.raw_scheme, parsed.netloc, parsed.raw_path.rstrip(b"/")
+
+
+def _rewrite(ctx: RequestContext, endpoint: Endpoint, endpoints: Sequence[Endpoint]) -> Any:
+    """The original request moved onto ``endpoint``: its scheme, host, port and base path, then the request's
+    *operation path*; the endpoint's headers and credential applied.
+
+    The operation path (``/chat/completions``) is the request path without the caller's own base path, which
+    is known when the caller addressed one of the configured endpoints (its ``base_url`` is, say,
+    ``https://models.github.ai/inference``: ``/inference`` is dropped before ``/v1`` of another endpoint is put
+    in front), or when the path already starts with the target's base path. Otherwise (a placeholder host)
+    the whole request path is the operation path: give such a client a base URL without a path.
+    """
     original = ctx.original
     http = ctx.http
     base = http.URL(endpoint.url)
     path = original.url.raw_path
     prefix = base.raw_path.rstrip(b"/")
-    if prefix and not path.startswith(prefix + b"/"):
-        path = prefix + path
-    url = base.copy_with(raw_path=path)
+    own = _caller_base(original.url, path, endpoints, http)
+    if own is None and path.startswith(prefix + b"/"):
+        own = prefix
+    if own:
+        path = path[len(own):]
+    url = base.copy_with(raw_path=prefix + path)
     headers = [(k, v) for k, v in original.headers.raw if k.lower() != b"host"]
     headers.insert(0, (b"Host", url.netloc))
     if endpoint.headers or endpoint.api_key:
@@ -774,6 +792,15 @@ def _rewrite(ctx: RequestContext, endpoint: Endpoint) -> Any:
     if hasattr(original, "_content"):
         new._content = original._content
     return new
+
+
+def _caller_base(url: Any, path: bytes, endpoints: Sequence[Endpoint], http: Any) -> bytes | None:
+    """The base path of the configured endpoint that ``url`` addresses, if it addresses one."""
+    for endpoint in endpoints:
+        scheme, netloc, prefix = _base_of(http, endpoint.url)
+        if url.netloc == netloc and url.raw_scheme == scheme and path.startswith(prefix + b"/"):
+            return prefix
+    return None
 
 
 def _storable(ctx: RequestContext, response: Any) -> bool:

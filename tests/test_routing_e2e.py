@@ -114,3 +114,22 @@ def test_sync_client_counts_and_routes_to_every_endpoint(upstream_factory: Calla
             assert client.post("/chat/completions", json=BODY).status_code == 200
         assert aurelis_core.pipeline_of(client).plugin("round_robin").inflight == [0, 0]
     assert [up.count("/chat/completions") for up in upstreams] == [5, 5]
+
+
+@pytest.mark.parametrize("client_base", ["endpoint", "placeholder"])
+def test_rewrite_replaces_the_callers_base_path_with_each_endpoints(
+    client_base: str, upstream_factory: Callable[..., SimulatedServer]
+) -> None:
+    # Two deployments with different base paths, like https://models.github.ai/inference and a local /v1.
+    first, second = upstream_factory(), upstream_factory()
+    config = {
+        "plugins": ["round_robin"],
+        "endpoints": [{"url": first.url + "/inference", "name": "a"}, {"url": second.url + "/v1", "name": "b"}],
+    }
+    base_url = first.url + "/inference" if client_base == "endpoint" else "http://aurelis.invalid"
+    with aurelis_core.instrument(httpx.Client(base_url=base_url), config) as client:
+        for _ in range(4):
+            assert client.post("/chat/completions?x=1", json=BODY).status_code == 200
+    assert {r.path for r in first.requests} == {"/inference/chat/completions"}
+    assert {r.path for r in second.requests} == {"/v1/chat/completions"}
+    assert {r.query_string for r in first.requests + second.requests} == {b"x=1"}
