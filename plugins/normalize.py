@@ -1,8 +1,8 @@
 """``normalize``: the cache key, over the whole wire request, scoped to a tenant.
 
-The key is a digest of an unambiguous JSON array of:
+The key is a digest of these fields, in an order and encoding that cannot run together:
 
-    [format version, method, upstream origin, path and query, tenant scope, canonical body]
+    format version, method, upstream origin, path and query, digest of the canonical body, tenant scope
 
 - **canonical body**: the JSON body parsed and re-encoded with sorted keys and fixed separators; numbers are
   normalised while parsing (a float with an integral value becomes that integer), so ``0`` and ``0.0``, or
@@ -36,6 +36,7 @@ __all__ = ["KEY_VERSION", "Normalize", "NormalizeConfig"]
 
 #: Bumped whenever the key's composition changes, so old cache entries are never misread.
 KEY_VERSION = "aurelis-key-1"
+KEY_VERSION_BYTES = KEY_VERSION.encode()
 
 CREDENTIAL_HEADERS = frozenset((b"authorization", b"api-key", b"x-api-key"))
 _WHITESPACE = re.compile(r"\s+")
@@ -81,7 +82,8 @@ class Normalize:
         self.config = config
         secret = config.secret or os.environ.get("AURELIS_CACHE_SECRET") or KEY_VERSION
         self._secret = secret.encode()
-        self._paths = tuple(p.rstrip("/") for p in config.paths)
+        # Matched against the raw (still percent-encoded) path: URL.path decodes on every access.
+        self._paths = tuple(p.rstrip("/").encode() for p in config.paths)
         self._ignore = frozenset(config.ignore_fields)
         self._bodies: dict[bytes, Any] = {}
         # credential bytes -> fingerprint; HMAC costs ~1.5 us, a dict hit ~50 ns, and a process sees few keys.
@@ -113,8 +115,8 @@ class Normalize:
         if request.method != "POST":
             return None
         url = request.url
-        path = url.path.rstrip("/")
-        if not path.endswith(self._paths):
+        raw_path = url.raw_path
+        if not raw_path.partition(b"?")[0].rstrip(b"/").endswith(self._paths):
             return None
         for _, lower, value in header_items(request.headers):
             if lower == b"content-type":
@@ -143,11 +145,13 @@ class Normalize:
         # Keyed like any request: "stream" is part of the body, so a streamed answer and a whole one never
         # share an entry.
         ctx.stream = stream
-        material = _CANONICAL.encode(
-            [KEY_VERSION, request.method, url.scheme, url.netloc.decode("ascii"), url.raw_path.decode("ascii"),
-             self.tenant(ctx), body_digest]
+        # Newline-separated: no field before the tenant can contain a raw newline (URL parts are encoded, the
+        # rest are constants and hex digests), and the tenant comes last, so the fields cannot run together.
+        material = b"\n".join(
+            (KEY_VERSION_BYTES, request.method.encode(), url.raw_scheme, url.netloc, raw_path, body_digest,
+             self.tenant(ctx).encode())
         )
-        return hashlib.blake2b(material.encode(), digest_size=20).hexdigest()
+        return hashlib.blake2b(material, digest_size=20).hexdigest()
 
     def _canonical_digest(self, ctx: RequestContext, body: bytes) -> Any:
         """``(digest of the canonical body, model, stream)``, or ``_NOT_CACHEABLE`` for a body we won't key."""
@@ -164,7 +168,7 @@ class Normalize:
             data = {k: v for k, v in data.items() if k not in self._ignore}
         if self.config.fold_whitespace:
             data = _fold_messages(data)
-        digest = hashlib.blake2b(_CANONICAL.encode(data).encode(), digest_size=20).hexdigest()
+        digest = hashlib.blake2b(_CANONICAL.encode(data).encode(), digest_size=20).hexdigest().encode()
         return digest, model if isinstance(model, str) else None, stream
 
 
