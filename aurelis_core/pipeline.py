@@ -21,6 +21,7 @@ from inspect import isawaitable
 from typing import Any
 
 from ._coalesce import COALESCED, Flight, Flights, flight_stream
+from ._compat import header_items
 from ._models import (
     CACHE_HIT,
     CACHE_MISS,
@@ -679,9 +680,14 @@ def _controls_of(ctx: RequestContext) -> RequestControls:
     """Per-request cache controls from ``extensions["aurelis"]``, ``x-aurelis-*`` and ``Cache-Control``."""
     request = ctx.request
     given = request.extensions.get("aurelis")
-    headers = request.headers
-    cache_control = headers.get("cache-control")
-    has_control_headers = any(k.startswith(b"x-aurelis-") for k, _ in headers.raw)
+    # One pass over the lower-cased header names: this runs on every request of a caching pipeline.
+    cache_control: str | None = None
+    has_control_headers = False
+    for _, lower, value in header_items(request.headers):
+        if lower == b"cache-control":
+            cache_control = value.decode("latin-1")
+        elif lower.startswith(b"x-aurelis-"):
+            has_control_headers = True
     if given is None and cache_control is None and not has_control_headers:
         return DEFAULT_CONTROLS
     options: dict[str, Any] = {}
