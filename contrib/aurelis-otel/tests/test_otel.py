@@ -7,14 +7,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from aurelis_otel import OtelConfig, OtelTracing
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from aurelis_core import Attempt, Pipeline, RequestContext, hookimpl, instrument
+from aurelis_core import Attempt, Pipeline, RequestContext, hookimpl
 from aurelis_core.testing import SimulatedServer
-from aurelis_otel import OtelConfig, OtelTracing
 
 PROMPT = "a secret prompt about the quarterly numbers"
 

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from aurelis_plugin_template import RequestCounter
 
 from aurelis_core import ConfigError, Pipeline
 from aurelis_core.testing import SimulatedServer, simulated_upstream
-from aurelis_plugin_template import RequestCounter
 
 
 @pytest.fixture(scope="module")

@@ -119,4 +119,4 @@ def load_embedder(name: str) -> Embedder:
     embedder = factory()
     if not isinstance(embedder, Embedder):
         raise TypeError(f"embedding backend {name!r} has no 'dim', 'load' and 'embed'")
-    return embedder  # type: ignore[no-any-return]
+    return embedder
