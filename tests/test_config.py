@@ -14,7 +14,8 @@ from aurelis_core import Config, ConfigError, Endpoint, Pipeline, hookimpl, load
 def test_dict_toml_and_pyproject_give_the_same_config(tmp_path: Path) -> None:
     toml = 'plugins = ["normalize", "memory"]\n[memory]\npolicy = "lfu"\nmax_bytes = 1000000\n'
     (tmp_path / "aurelis.toml").write_text(toml)
-    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n[tool.aurelis]\n" + toml.replace("[memory]", "[tool.aurelis.memory]"))
+    pyproject = "[project]\nname = 'x'\n[tool.aurelis]\n" + toml.replace("[memory]", "[tool.aurelis.memory]")
+    (tmp_path / "pyproject.toml").write_text(pyproject)
     from_dict = load_config({"plugins": ["normalize", "memory"], "memory": {"policy": "lfu", "max_bytes": 1000000}})
     from_toml = load_config(tmp_path / "aurelis.toml")
     from_pyproject = load_config(str(tmp_path / "pyproject.toml"))

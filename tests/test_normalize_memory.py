@@ -11,10 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-
-from aurelis_core import CacheEntry, Pipeline, RequestContext, RequestControls
 from aurelis_plugins.memory import ENTRY_OVERHEAD, MemoryCache, MemoryConfig
 from aurelis_plugins.normalize import Normalize, NormalizeConfig
+
+from aurelis_core import CacheEntry, Pipeline, RequestContext, RequestControls
 
 URL = "https://api.example/v1/chat/completions"
 
@@ -243,6 +243,7 @@ def test_ttl_control(wired: tuple[httpx.Client, Upstream]) -> None:
     assert post(client).headers["x-aurelis-cache"] == "hit"
     time.sleep(0.06)
     assert post(client).headers["x-aurelis-cache"] == "miss"
+    assert upstream.calls == 2
     with pytest.raises(ValueError, match="unknown key 'tll'"):
         post(client, extensions={"aurelis": {"tll": 1}})
 
