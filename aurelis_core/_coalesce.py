@@ -37,6 +37,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from ._compat import header_items
 from ._sse import stream_complete
 
 __all__ = ["COALESCED", "Flight", "FlightStream", "Flights", "flight_stream"]
@@ -138,7 +139,8 @@ class Flight:
         self.is_async = is_async
         self.consumers = 1
         self.status: int | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
+        #: The answer's headers as ``(raw name, lower-cased name, value)`` (see ``_compat.header_items``).
+        self.headers: list[tuple[bytes, bytes, bytes]] = []
         self.extensions: dict[str, Any] = {}
         self.streaming = False
         self.chunks: list[bytes] = []
@@ -193,7 +195,7 @@ class Flight:
         self.finished = True
         self._notify()
 
-    def publish(self, status: int, headers: list[tuple[bytes, bytes]], extensions: dict[str, Any],
+    def publish(self, status: int, headers: list[tuple[bytes, bytes, bytes]], extensions: dict[str, Any],
                 body: bytes) -> None:
         """The leader's whole answer: followers may build their responses."""
         self.headers, self.extensions = headers, extensions
@@ -207,7 +209,7 @@ class Flight:
         self._upstream = upstream
         self._iter = upstream.stream.__aiter__() if self.is_async else iter(upstream.stream)
         self._on_end = on_end
-        self.headers, self.extensions = upstream.headers.raw, extensions
+        self.headers, self.extensions = header_items(upstream.headers), extensions
         self.streaming = True
         self.status = upstream.status_code  # last: followers read the rest once they see a status
         self._notify()

@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from .stats import usage_tokens
+
 __all__ = [
     "CACHE_BYPASS",
     "CACHE_HIT",
@@ -87,7 +89,7 @@ class CacheEntry:
     (``None``: the tier's default applies).
     """
 
-    __slots__ = ("body", "chunks", "created", "headers", "hits", "status_code", "ttl")
+    __slots__ = ("_tokens", "body", "chunks", "created", "headers", "hits", "status_code", "ttl")
 
     def __init__(
         self,
@@ -107,6 +109,18 @@ class CacheEntry:
         self.created = time.time() if created is None else created
         self.ttl = ttl
         self.hits = hits
+        self._tokens: int | None = _UNSET
+
+    @property
+    def tokens(self) -> int | None:
+        """``usage.total_tokens`` of the stored answer (what each hit on it saves), or ``None``.
+
+        Found on first use and kept: the stats read it on every hit, and the body never changes.
+        """
+        tokens = self._tokens
+        if tokens is _UNSET:
+            tokens = self._tokens = usage_tokens(self.body)
+        return tokens
 
     @property
     def size(self) -> int:

@@ -21,7 +21,7 @@ from inspect import isawaitable
 from typing import Any
 
 from ._coalesce import COALESCED, Flight, Flights, flight_stream
-from ._compat import header_items
+from ._compat import build_response, header_items
 from ._models import (
     CACHE_HIT,
     CACHE_MISS,
@@ -345,7 +345,8 @@ class Pipeline:
             ctx.response_status = response.status_code
             if key is not None and ctx.stream:
                 return self._tee(ctx, response, attempt, flight or self._flights.solo(ctx.is_async))
-            if flight is None and (key is None or not _storable(ctx, response)):
+            storable = key is not None and _storable(ctx, response)
+            if flight is None and not storable:
                 return self._pass_through(ctx, response, attempt)
             # Read whole: to store it, or (not storable, e.g. an error status) to hand followers the same.
             body = yield from self._read(ctx, response, attempt)
@@ -355,8 +356,8 @@ class Pipeline:
             raise
         try:
             if flight is not None:
-                flight.publish(response.status_code, response.headers.raw, _head_extensions(response), body)
-            if _storable(ctx, response):
+                flight.publish(response.status_code, header_items(response.headers), _head_extensions(response), body)
+            if storable:
                 entry = CacheEntry(
                     response.status_code, _stored_headers(response.headers.raw), body, ttl=ctx.controls.ttl
                 )
@@ -391,11 +392,9 @@ class Pipeline:
         if flight.streaming:
             return self._flight_response(ctx, flight, flight.extensions)
         http = ctx.http
-        response = http.Response(
-            flight.status,
-            headers=flight.headers + self._info_headers(ctx),
-            stream=http.ByteStream(flight.chunks[0]),
-            extensions=self._extensions(ctx, flight.extensions),
+        response = build_response(
+            http, flight.status, flight.headers + self._info_headers(ctx), http.ByteStream(flight.chunks[0]),
+            self._extensions(ctx, flight.extensions),
         )
         self._finish(ctx)
         return response
@@ -433,18 +432,17 @@ class Pipeline:
 
         http = ctx.http
         assert flight.status is not None
-        return http.Response(
-            flight.status,
-            headers=flight.headers + self._info_headers(ctx),
-            stream=flight_stream(http, flight, on_done),
-            extensions=self._extensions(ctx, extensions),
+        return build_response(
+            http, flight.status, flight.headers + self._info_headers(ctx), flight_stream(http, flight, on_done),
+            self._extensions(ctx, extensions),
         )
 
     def _cache_lookup(self, ctx: RequestContext) -> Generator[Any, Any, CacheEntry | None]:
         for index, (tier, get) in enumerate(self._tiers_get):
             try:
                 entry = get(ctx)
-                if entry is not None and isawaitable(entry):
+                # The type check first: isawaitable's ABC check on a plain entry costs ~0.15 us.
+                if entry is not None and type(entry) is not CacheEntry and isawaitable(entry):
                     entry = yield entry
             except Exception:
                 self._tier_failed(tier, "get")
@@ -581,12 +579,20 @@ class Pipeline:
 
     # --- building responses ------------------------------------------------------------------------------------
 
-    def _info_headers(self, ctx: RequestContext) -> list[tuple[bytes, bytes]]:
+    def _info_headers(self, ctx: RequestContext) -> list[tuple[bytes, bytes, bytes]]:
+        """``x-aurelis-cache`` and ``x-aurelis-cache-tier`` as header triples (see ``_compat.header_items``).
+
+        A few (status, tier) pairs occur, so each list is made once; callers concatenate it, never mutate it.
+        """
         if not self._caching:
             return []
-        headers = [(b"x-aurelis-cache", ctx.cache_status.encode())]
-        if ctx.cache_tier is not None:
-            headers.append((b"x-aurelis-cache-tier", ctx.cache_tier.encode()))
+        status, tier = ctx.cache_status, ctx.cache_tier
+        headers = _INFO_HEADERS.get((status, tier))
+        if headers is None:
+            headers = [(b"x-aurelis-cache", b"x-aurelis-cache", status.encode())]
+            if tier is not None:
+                headers.append((b"x-aurelis-cache-tier", b"x-aurelis-cache-tier", tier.encode()))
+            _INFO_HEADERS[(status, tier)] = headers
         return headers
 
     def _extensions(self, ctx: RequestContext, base: Mapping[str, Any]) -> dict[str, Any]:
@@ -599,24 +605,26 @@ class Pipeline:
 
     def _replay(self, ctx: RequestContext, entry: CacheEntry) -> Any:
         http = ctx.http
-        headers = entry.headers + self._info_headers(ctx)
-        headers.append((b"age", str(int(max(0.0, time.time() - entry.created))).encode()))
+        # Triples made here rather than kept on the entry: a hit pays ~0.1 us a header, a stored entry no bytes.
+        headers = [(k, k.lower(), v) for k, v in entry.headers]
+        headers += self._info_headers(ctx)
+        age = int(time.time() - entry.created)
+        headers.append((b"age", b"age", b"%d" % age if age > 0 else b"0"))
         ctx.response_status = entry.status_code
-        return http.Response(
+        return build_response(
+            http,
             entry.status_code,
-            headers=headers,
+            headers,
             # A stored event stream is replayed with its original chunk boundaries.
-            stream=http.ByteStream(entry.body) if entry.chunks is None else chunk_stream(http, entry.chunks),
-            extensions=self._extensions(ctx, {"http_version": b"HTTP/1.1", "reason_phrase": b""}),
+            http.ByteStream(entry.body) if entry.chunks is None else chunk_stream(http, entry.chunks),
+            self._extensions(ctx, _REPLAY_EXTENSIONS),
         )
 
     def _buffered(self, ctx: RequestContext, upstream: Any, body: bytes) -> Any:
         http = ctx.http
-        return http.Response(
-            upstream.status_code,
-            headers=upstream.headers.raw + self._info_headers(ctx),
-            stream=http.ByteStream(body),
-            extensions=self._extensions(ctx, upstream.extensions),
+        return build_response(
+            http, upstream.status_code, header_items(upstream.headers) + self._info_headers(ctx),
+            http.ByteStream(body), self._extensions(ctx, upstream.extensions),
         )
 
     def _pass_through(self, ctx: RequestContext, upstream: Any, attempt: Attempt) -> Any:
@@ -631,14 +639,16 @@ class Pipeline:
             self._finish(ctx)
 
         http = ctx.http
-        extra = self._info_headers(ctx)
-        return http.Response(
-            upstream.status_code,
-            headers=upstream.headers.raw + extra if extra else upstream.headers.raw,
-            stream=observed_stream(http, upstream.stream, on_end),
-            extensions=self._extensions(ctx, upstream.extensions),
+        return build_response(
+            http, upstream.status_code, header_items(upstream.headers) + self._info_headers(ctx),
+            observed_stream(http, upstream.stream, on_end), self._extensions(ctx, upstream.extensions),
         )
 
+
+#: (cache status, tier) -> the info header triples of responses with it (see ``Pipeline._info_headers``).
+_INFO_HEADERS: dict[tuple[str, str | None], list[tuple[bytes, bytes, bytes]]] = {}
+#: The extensions of a replayed response, before ``aurelis`` is added.
+_REPLAY_EXTENSIONS = {"http_version": b"HTTP/1.1", "reason_phrase": b""}
 
 # --- small helpers the flow yields or calls ------------------------------------------------------------------
 
@@ -812,8 +822,11 @@ def _caller_base(url: Any, path: bytes, endpoints: Sequence[Endpoint], http: Any
 def _storable(ctx: RequestContext, response: Any) -> bool:
     if not 200 <= response.status_code < 300 or ctx.controls.no_store:
         return False
-    cache_control = response.headers.get("cache-control")
-    return cache_control is None or "no-store" not in cache_control.lower()
+    # One pass over the lower-cased names (Headers.get lower-cases, scans and joins: ~0.7 us per miss).
+    for _, lower, value in header_items(response.headers):
+        if lower == b"cache-control" and b"no-store" in value.lower():
+            return False
+    return True
 
 
 def _head_extensions(response: Any) -> dict[str, Any]:

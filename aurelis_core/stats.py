@@ -41,6 +41,9 @@ class Sample(NamedTuple):
     tokens: int | None = None
 
 
+_new_sample = tuple.__new__
+
+
 class Stats:
     """Thread-safe enough for counters under the GIL: each update is a single dict/deque operation."""
 
@@ -64,19 +67,25 @@ class Stats:
             counters["errors"] += 1
         elif ctx.response_status is not None and ctx.response_status >= 400:
             counters["error_responses"] += 1
-        endpoint = ctx.endpoint
+        attempts = ctx.attempts
+        endpoint = attempts[-1].endpoint if attempts else None
+        # tuple.__new__ skips the NamedTuple's Python-level __new__ (~0.1 us rather than ~0.2 us): this runs
+        # on every request. The tokens a hit saved are counted once per entry (CacheEntry.tokens), not per hit.
         self.samples.append(
-            Sample(
-                time.time(),
-                now - ctx.started,
-                status,
-                ctx.cache_tier,
-                ctx.model,
-                endpoint.name if endpoint is not None else None,
-                ctx.response_status,
-                type(error).__name__ if error is not None else None,
-                len(ctx.attempts),
-                usage_tokens(hit.body) if hit is not None else None,
+            _new_sample(
+                Sample,
+                (
+                    time.time(),
+                    now - ctx.started,
+                    status,
+                    ctx.cache_tier,
+                    ctx.model,
+                    endpoint.name if endpoint is not None else None,
+                    ctx.response_status,
+                    type(error).__name__ if error is not None else None,
+                    len(attempts),
+                    hit.tokens if hit is not None else None,
+                ),
             )
         )
 

@@ -72,6 +72,10 @@ def _parse_float(text: str) -> int | float:
     return int(value) if value.is_integer() else value
 
 
+#: One decoder for every body: json.loads builds a new one (and its scanner) whenever it is given options.
+_DECODER = json.JSONDecoder(parse_float=_parse_float)
+
+
 class Normalize:
     """The ``normalize`` plugin. See the module docstring for what the key covers."""
 
@@ -156,7 +160,8 @@ class Normalize:
     def _canonical_digest(self, ctx: RequestContext, body: bytes) -> Any:
         """``(digest of the canonical body, model, stream)``, or ``_NOT_CACHEABLE`` for a body we won't key."""
         try:
-            data = json.loads(body, parse_float=_parse_float)
+            # What json.loads(body, parse_float=...) does, minus building a decoder per call (~0.8 us).
+            data = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
         except (ValueError, UnicodeDecodeError):
             return _NOT_CACHEABLE
         if not isinstance(data, dict):
