@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -32,7 +32,7 @@ CircuitState = Literal["closed", "open", "half_open"]
 
 @attrs.define
 class EndpointStatus:
-    """What is known about one endpoint's availability. Times are ``time.monotonic()`` seconds."""
+    """What is known about one endpoint's availability. Times are seconds of the registry's clock."""
 
     circuit: CircuitState = "closed"
     #: Until when the endpoint must not be picked (circuit open, ejected, or rate-limited until a reset).
@@ -96,12 +96,19 @@ class EndpointHealth:
     Requests sent with no endpoint configured (or a router that returns ``None``) go to their own URL; for
     those, :meth:`upstream` names one synthetic :class:`Endpoint` per origin, so breakers and rate limiters
     keep per-host state in the same registry.
+
+    ``clock`` (default ``time.monotonic``) is where every time the registry reads or stores comes from: times
+    passed in (``now``, ``until``) must be of the same clock. A test or simulation passes its fake clock here
+    and to the router, so blocks and slow-start ramps follow simulated time.
     """
 
-    def __init__(self, endpoints: Sequence[Endpoint], slow_start: float = 30.0) -> None:
+    def __init__(
+        self, endpoints: Sequence[Endpoint], slow_start: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.status: dict[str, EndpointStatus] = {e.name: EndpointStatus() for e in endpoints}
         #: Seconds over which a recovered endpoint's share ramps from 10% to 100%.
         self.slow_start = slow_start
+        self.clock = clock
         self._any_blocked = False
         self._origins: dict[tuple[Any, Any, Any], Endpoint] = {}
 
@@ -124,7 +131,7 @@ class EndpointHealth:
             return True
         if status.circuit == "half_open":
             return status.probes_left > 0
-        return status.blocked_until <= (time.monotonic() if now is None else now)
+        return status.blocked_until <= (self.clock() if now is None else now)
 
     def candidates(self, endpoints: Sequence[Endpoint], now: float | None = None) -> Sequence[Endpoint]:
         """The endpoints a router may pick now; all of them ("panic mode") if none is available.
@@ -133,7 +140,7 @@ class EndpointHealth:
         """
         if not self._any_blocked:
             return endpoints
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         usable = [e for e in endpoints if self.available(e, now)]
         if len(usable) == len(endpoints):
             self._any_blocked = any(
@@ -142,7 +149,7 @@ class EndpointHealth:
         return usable or endpoints
 
     def block(self, endpoint: Endpoint, until: float, reason: str) -> None:
-        """Keep ``endpoint`` out of the candidates until ``until`` (monotonic seconds)."""
+        """Keep ``endpoint`` out of the candidates until ``until`` (seconds of the registry's clock)."""
         status = self.status.setdefault(endpoint.name, EndpointStatus())
         if until > status.blocked_until:
             status.blocked_until = until
@@ -152,7 +159,7 @@ class EndpointHealth:
     def set_circuit(self, endpoint: Endpoint, state: CircuitState, probes: int = 0) -> None:
         status = self.status.setdefault(endpoint.name, EndpointStatus())
         if state == "closed" and status.circuit != "closed":
-            status.recovered_at = time.monotonic()
+            status.recovered_at = self.clock()
         status.circuit = state
         status.probes_left = probes
         if state != "closed":
@@ -163,7 +170,7 @@ class EndpointHealth:
         status = self.status.get(endpoint.name)
         if status is None or status.recovered_at is None or self.slow_start <= 0:
             return 1.0
-        elapsed = (time.monotonic() if now is None else now) - status.recovered_at
+        elapsed = (self.clock() if now is None else now) - status.recovered_at
         if elapsed >= self.slow_start:
             status.recovered_at = None
             return 1.0

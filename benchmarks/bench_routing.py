@@ -9,7 +9,16 @@ misbehaving endpoint, and asserts the targets:
 - ``ai_optimized``'s p99* is at least 30% below ``round_robin``'s in scenarios 1-3 (p99*: a failed request
   counts as the timeout, 20 s: the caller waited and got nothing);
 - its error rate is no higher than ``weighted_response_time``'s in scenarios 1-3;
-- its p99* is within 15% of ``least_connections``' in scenario 4.
+- its p99* is within 15% of ``least_connections``' in scenario 4;
+- in scenario 1, from 30 s after endpoint 0 slowed down, the latency-learning routers (``SHARE_CHECKED``) send
+  it at most twice its share of the capacity (a tenth of its old capacity: 2.4% of the total). The research
+  notes ask this of every router but ``round_robin``; ``least_connections`` and ``load_based`` miss it (about
+  6% and 7.5%, printed in the "after 30 s" column): they see only their own process's in-flight counts, which
+  at this load are 0 or 1 per endpoint, so the slow endpoint often ties with a fast one.
+
+p99* is this benchmark's own definition; the research table's p99 is over successful requests only (its
+round robin shows p99 3.95 s with 20% errors in scenario 1), which would reward a router for failing its
+slow requests. Counting a failure as the full timeout makes a 1% error rate alone put p99* at the timeout.
 
 ``test_pick_cost`` measures one ``aurelis_route`` + ``aurelis_attempt_end`` pair per router with
 pytest-benchmark (5 endpoints, nothing blocked), against the same pair of calls on a router-less baseline
@@ -27,7 +36,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sim import ROUTERS, SCENARIOS, Result, run_scenario
+from sim import ROUTERS, SCENARIOS, Result, bad_capacity_share, run_scenario
 
 from aurelis_core import Attempt, Endpoint, RequestContext
 from aurelis_core._models import DEFAULT_CONTROLS
@@ -36,6 +45,8 @@ from aurelis_core.health import EndpointHealth
 SEEDS = range(5)
 DURATION = 600.0
 TIMEOUT = 20.0
+#: Routers held to the traffic-share check of scenario 1 (see the module docstring).
+SHARE_CHECKED = ("weighted_response_time", "ai_optimized")
 
 
 def _run_all() -> dict[str, dict[str, Result]]:
@@ -54,14 +65,22 @@ def _print(results: dict[str, dict[str, Result]]) -> None:
     for scenario_name, per_router in results.items():
         bad = SCENARIOS[scenario_name].bad
         print(f"\n{scenario_name} ({len(SEEDS)} seeds x {DURATION:.0f} s)")
-        print(f"  {'router':24s} {'requests':>8s} {'p50 s':>7s} {'p99* s':>7s} {'errors':>7s} {'to bad':>7s}")
+        print(f"  {'router':24s} {'requests':>8s} {'p50 s':>7s} {'p99* s':>7s} {'errors':>7s} {'to bad':>7s}"
+              f" {'after 30 s':>10s}")
         for router, result in per_router.items():
-            attempts = sum(result.attempts_to.values())
-            share = f"{100 * result.attempts_to.get(bad, 0) / attempts:6.1f}%" if bad and attempts else "      -"
+            share = late = "      -"
+            if bad:
+                share = f"{100 * _share(result.attempts_to, bad):6.2f}%"
+                late = f"{100 * _share(result.settled_attempts_to, bad):9.2f}%"
             print(
                 f"  {router:24s} {result.count:8d} {result.percentile(0.5):7.2f} {result.percentile(0.99):7.2f}"
-                f" {100 * result.error_rate:6.2f}% {share}"
+                f" {100 * result.error_rate:6.2f}% {share} {late}"
             )
+
+
+def _share(attempts_to: dict[str, int], name: str) -> float:
+    total = sum(attempts_to.values())
+    return attempts_to.get(name, 0) / total if total else 0.0
 
 
 def test_scenarios() -> None:
@@ -87,6 +106,13 @@ def test_scenarios() -> None:
             print(f"{name}: ai p99*/least_connections p99* = {ratio:.2f} (target <= 1.15)")
             if ratio > 1.15:
                 misses.append(f"{name}: ai_optimized p99* is {ratio:.2f} of least_connections' (target <= 1.15)")
+    slow = SCENARIOS["slow_endpoint"]
+    limit = 2 * bad_capacity_share(slow)
+    for router in SHARE_CHECKED:
+        share = _share(results["slow_endpoint"][router].settled_attempts_to, slow.bad)  # type: ignore[arg-type]
+        if share > limit:
+            misses.append(f"slow_endpoint: {router} sends {100 * share:.2f}% of attempts to the slow endpoint "
+                          f"after 30 s (target <= {100 * limit:.2f}%, twice its capacity share)")
     assert not misses, "\n".join(misses)
 
 

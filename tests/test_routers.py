@@ -34,8 +34,9 @@ def endpoints(*weights: float) -> tuple[Endpoint, ...]:
 
 
 def make(cls: Any, eps: tuple[Endpoint, ...], clock: FakeClock | None = None, **options: Any) -> Any:
-    pipeline = SimpleNamespace(endpoints=eps, health=EndpointHealth(eps))
-    return cls(cls.Config(seed=7, **options), pipeline, clock=clock or FakeClock())
+    clock = clock or FakeClock()
+    pipeline = SimpleNamespace(endpoints=eps, health=EndpointHealth(eps, clock=clock))
+    return cls(cls.Config(seed=7, **options), pipeline, clock=clock)
 
 
 def context(max_tokens: int = 100, stream: bool = False) -> RequestContext:
@@ -228,11 +229,12 @@ def test_recovered_endpoint_ramps_up_in_slow_start(cls: Any) -> None:
     clock = FakeClock()
     eps = endpoints(1, 1)
     router = make(cls, eps, clock)
-    status = router.health.status["e0"]
-    status.recovered_at = clock.now  # just recovered: 10% of its share, rising over 30 s
+    router.health.set_circuit(eps[0], "open")
+    router.health.set_circuit(eps[0], "closed")  # just recovered, on the fake clock: 10% of its share
+    assert router.health.status["e0"].recovered_at == clock.now
     early = run_sequential(router, clock, 400, latency=lambda name: 0.0)
     assert early["e0"] < early["e1"] * 0.5, early
-    clock.now = status.recovered_at + 31 if status.recovered_at is not None else clock.now + 31
+    clock.now += 31  # the 30 s ramp is over
     late = run_sequential(router, clock, 400, latency=lambda name: 0.0)
     assert late["e0"] > 100, late
 
@@ -269,6 +271,61 @@ def test_weighted_response_time_gives_new_endpoints_the_mean_weight_during_black
     clock.now += 1.0
     start(router, context(), clock)  # triggers a rebuild
     assert router.weights[0] == pytest.approx(router.weights[1])
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_a_retry_avoids_the_endpoints_that_failed_this_request(cls: Any) -> None:
+    from aurelis_plugins.retry import RetryState
+
+    clock = FakeClock()
+    eps = endpoints(1, 1, 1)
+    for _ in range(30):
+        router = make(cls, eps, clock)
+        # Without the retry plugin: the request's own failed attempts say where not to go.
+        ctx = context()
+        first = start(router, ctx, clock)
+        end(router, ctx, first, clock, status=503)
+        second = start(router, ctx, clock)
+        assert second.endpoint != first.endpoint
+        end(router, ctx, second, clock, status=None, error=TimeoutError("timed out"))
+        third = start(router, ctx, clock)
+        assert third.endpoint not in (first.endpoint, second.endpoint)
+        end(router, ctx, third, clock, status=503)
+        # Everything failed: any endpoint rather than none.
+        assert start(router, ctx, clock).endpoint in eps
+        # With it: its record wins (here it names an endpoint no attempt of this request reached).
+        ctx = context()
+        ctx.state["retry"] = state = RetryState()
+        state.failed.update({"e0", "e1"})
+        ctx.attempts.append(Attempt(1, None))
+        assert start(router, ctx, clock).endpoint is eps[2]
+        ctx = context()
+        ctx.state["retry"] = "not a RetryState"  # unexpected scratch data is ignored, not trusted
+        failed = start(router, ctx, clock)
+        end(router, ctx, failed, clock, status=500)
+        assert start(router, ctx, clock).endpoint != failed.endpoint
+        clock.now += 1.0
+
+
+def test_a_4xx_that_blames_the_request_does_not_steer_the_retry() -> None:
+    from aurelis_plugins.routers._base import failed_endpoints
+
+    ctx = context()
+    for status, endpoint in ((400, "e0"), (404, "e1"), (429, "e2")):
+        attempt = Attempt(len(ctx.attempts) + 1, Endpoint(url="http://127.0.0.1:1", name=endpoint))
+        attempt.status_code = status
+        ctx.attempts.append(attempt)
+    assert failed_endpoints(ctx) == {"e2"}
+
+
+def test_ai_optimized_believes_a_brownout_after_a_few_failures() -> None:
+    # A long healthy record (hundreds of successes) must not outweigh a sudden run of failures: change
+    # detection drops the record, so the endpoint is avoided after a handful of attempts, not dozens.
+    clock = FakeClock()
+    router = make(AIOptimized, endpoints(1, 1, 1), clock)
+    run_sequential(router, clock, 600)
+    counts = run_sequential(router, clock, 300, status=lambda name: 503 if name == "e0" else 200)
+    assert counts["e0"] <= 3, counts
 
 
 def test_ai_optimized_explores_an_endpoint_again_after_its_record_fades() -> None:

@@ -74,6 +74,10 @@ class EndpointModel:
         """Mean seconds per request at a full batch (what capacity is planned on)."""
         return (self.prefill + mean_tokens * self.per_token) * (1 + self.batch_cost)
 
+    def capacity(self, mean_tokens: float) -> float:
+        """Requests per second it serves at a full batch, as slow as it is now."""
+        return self.slots / (self.mean_service(mean_tokens) * self.slow)
+
 
 class Job:
     """One attempt on a server."""
@@ -109,6 +113,9 @@ class Result:
     latencies: list[float] = attrs.field(factory=list)
     errors: int = 0
     attempts_to: dict[str, int] = attrs.field(factory=dict)
+    #: Attempts per endpoint from ``settle`` seconds after the measurement window opened (once routers had
+    #: time to react to a change made when it opened).
+    settled_attempts_to: dict[str, int] = attrs.field(factory=dict)
 
     @property
     def count(self) -> int:
@@ -127,6 +134,8 @@ class Result:
         self.errors += other.errors
         for name, n in other.attempts_to.items():
             self.attempts_to[name] = self.attempts_to.get(name, 0) + n
+        for name, n in other.settled_attempts_to.items():
+            self.settled_attempts_to[name] = self.settled_attempts_to.get(name, 0) + n
 
 
 class Client:
@@ -160,6 +169,7 @@ class Simulation:
         eject_after: int | None = None,
         eject_for: float = 30.0,
         measure_from: float = 0.0,
+        settle: float = 30.0,
     ) -> None:
         self.clock = Clock()
         self.rng = random.Random(seed)
@@ -167,7 +177,7 @@ class Simulation:
         self.endpoints = tuple(Endpoint(url=f"http://sim/{m.name}", name=m.name) for m in models)
         self.clients = []
         for k in range(clients):
-            health = EndpointHealth(self.endpoints)
+            health = EndpointHealth(self.endpoints, clock=self.clock)
             router = make_router(self.endpoints, health, self.clock, seed * 1000 + k)
             self.clients.append(Client(self, router, health))
         self.rate = rate
@@ -177,6 +187,7 @@ class Simulation:
         self.eject_after = eject_after
         self.eject_for = eject_for
         self.measure_from = measure_from
+        self.settled_from = measure_from + settle
         self.result = Result()
         self._events: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = 0
@@ -225,6 +236,9 @@ class Simulation:
         ctx.attempts.append(attempt)
         if now >= self.measure_from:
             self.result.attempts_to[endpoint.name] = self.result.attempts_to.get(endpoint.name, 0) + 1
+            if now >= self.settled_from:
+                settled = self.result.settled_attempts_to
+                settled[endpoint.name] = settled.get(endpoint.name, 0) + 1
         job = request.job = Job(client, request, attempt)
         model = self.models[endpoint.name]
         if model.fail_rate and self.rng.random() < model.fail_rate:

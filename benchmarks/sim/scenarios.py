@@ -31,7 +31,7 @@ from aurelis_core.health import EndpointHealth
 
 from .engine import Clock, EndpointModel, Result, Simulation
 
-__all__ = ["ROUTERS", "SCENARIOS", "Scenario", "run_scenario"]
+__all__ = ["ROUTERS", "SCENARIOS", "Scenario", "bad_capacity_share", "run_scenario"]
 
 ROUTERS: dict[str, type] = {
     cls.name: cls for cls in (RoundRobin, LeastConnections, WeightedResponseTime, LoadBased, AIOptimized)
@@ -93,6 +93,15 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("high_load", _identical, 0.85, clients=1),
     )
 }
+
+
+def bad_capacity_share(scenario: Scenario) -> float:
+    """The misbehaving endpoint's share of the capacity once every scheduled change has happened."""
+    models = {m.name: m for m in scenario.models()}
+    for _, change in scenario.changes:
+        change(models)
+    capacities = {name: m.capacity(MEAN_OUTPUT) for name, m in models.items()}
+    return capacities[scenario.bad] / sum(capacities.values()) if scenario.bad else 0.0
 
 
 def _router_factory(name: str) -> Callable[[tuple[Endpoint, ...], EndpointHealth, Clock, int], Any]:

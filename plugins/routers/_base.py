@@ -2,7 +2,9 @@
 
 A router is one plugin with two hooks. ``aurelis_route`` asks the pipeline's health registry which endpoints
 may be picked now (open circuits, ejected and rate-limited endpoints are left out; if none is left the
-registry hands back all of them, "panic mode"), picks one with its own algorithm (:meth:`Router._pick`) and
+registry hands back all of them, "panic mode"), leaves out the endpoints that already failed *this* request
+(a retry goes elsewhere while anywhere else is left; see :func:`failed_endpoints`), picks one with its own
+algorithm (:meth:`Router._pick`) and
 counts the attempt in flight. ``aurelis_attempt_end``, which the core calls exactly once per attempt (also
 when the caller cancels, a timeout fires or a stream is closed early), releases the count and hands the
 outcome to the algorithm (:meth:`Router._learn`). Cache hits never reach either hook.
@@ -48,6 +50,7 @@ __all__ = [
     "RequestProfile",
     "Router",
     "RouterConfig",
+    "failed_endpoints",
     "latency_sample",
     "outcome",
     "positive",
@@ -158,6 +161,23 @@ def outcome(attempt: Attempt) -> bool | None:
     return None
 
 
+def failed_endpoints(ctx: RequestContext) -> frozenset[str] | set[str]:
+    """Names of the endpoints that already failed during this request (empty for a first attempt).
+
+    The retry plugin's record (``ctx.state["retry"].failed``, a set of names) when there is one: it also
+    holds the endpoints that refused an attempt before the network (an open circuit). Otherwise, e.g. when
+    the caller's own loop or another plugin retries, the endpoints of this request's earlier attempts whose
+    :func:`outcome` was a failure. Read defensively: ``ctx.state`` is shared scratch space.
+    """
+    state = ctx.state.get("retry")
+    failed = getattr(state, "failed", None)
+    if isinstance(failed, (set, frozenset)):
+        return failed
+    return frozenset(
+        a.endpoint.name for a in ctx.attempts if a.endpoint is not None and outcome(a) is False
+    )
+
+
 def latency_sample(profile: RequestProfile, attempt: Attempt) -> tuple[float, bool] | None:
     """``(latency, complete)`` of an attempt, or ``None`` if it has no timings.
 
@@ -208,6 +228,10 @@ class Router:
     def aurelis_route(self, ctx: RequestContext) -> Endpoint:
         now = self.clock()
         candidates = self.health.candidates(self.endpoints, now)
+        if ctx.attempts:  # a retry: only then is there anything to avoid (first attempts skip the lookup)
+            failed = failed_endpoints(ctx)
+            if failed:
+                candidates = [e for e in candidates if e.name not in failed] or candidates
         with self._lock:
             index = self._pick(ctx, candidates, now)
             self.inflight[index] += 1
