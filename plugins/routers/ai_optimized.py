@@ -13,8 +13,9 @@ the endpoint from what is known:
 
 and scores it ``cost = p * L * (in_flight + 1) + (1 - p) * F``: the expected wait behind the requests it
 already holds if it succeeds, or the failure penalty ``F = failure_penalty x`` the pooled typical (geometric
-mean) latency if it fails -- about two latencies instead when the caller's failures are seen to be retried. The lower cost wins. (Weights and slow start bias which two candidates are drawn; the cost is
-measured, so it needs no weight.)
+mean) latency if it fails -- about two latencies instead when the caller's failures are seen to be retried.
+The lower cost wins. (Weights and slow start bias which two candidates are drawn; the cost is measured, so it
+needs no weight.)
 
 Why this shape: sampling rather than using the means explores exactly as much as the uncertainty warrants --
 an endpoint nobody has heard from lately (its counts decayed away) draws wide samples and gets probed, a
