@@ -30,7 +30,6 @@ from typing import Any
 import attrs
 
 from aurelis_core import Attempt, RequestContext, hookimpl
-from aurelis_core.stats import usage_tokens
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -264,7 +263,7 @@ class Prometheus:
         if children[3] is not None:  # a hit or a miss
             children[3].inc()
             entry = ctx.entry
-            if entry is not None and (tokens := usage_tokens(entry.body)):
+            if entry is not None and (tokens := entry.tokens):
                 children[4].inc(tokens)
                 if children[5] is not None:
                     children[5].inc(tokens * children[6])
