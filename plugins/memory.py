@@ -20,9 +20,10 @@ from aurelis_core import CacheEntry, RequestContext, hookimpl
 
 __all__ = ["MemoryCache", "MemoryConfig"]
 
-#: Bytes charged per entry on top of its payload: the key string, the entry object and the cache's own
-#: bookkeeping (measured with tracemalloc on CPython 3.11, rounded up).
-ENTRY_OVERHEAD = 400
+#: Bytes charged per entry on top of its payload: the key string, the entry object, its header list and
+#: tuples, the bytes objects' headers, and the cache's own bookkeeping. Measured with tracemalloc over 100k
+#: chat-completion entries with two stored headers (benchmarks/bench_tiers.py: ~575 B each), rounded up.
+ENTRY_OVERHEAD = 600
 
 
 def _positive(instance: Any, attribute: Any, value: Any) -> None:

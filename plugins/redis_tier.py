@@ -3,7 +3,8 @@
 One Redis string per entry, ``<prefix><cache key>``, holding the entry in the compact format of
 :mod:`aurelis_plugins._serialize` (lz4-compressed by default), with the tier's TTL as Redis's own expiry
 (``SET ... PX``), so Redis evicts stale answers itself. Hits are counted in one sorted set,
-``<prefix>meta:hits`` (``ZINCRBY``, written behind and trimmed to ``track_hits`` members), which is what
+``<prefix>meta:hits`` (gathered in memory, ``ZINCRBY`` once a second, written behind and trimmed to
+``track_hits`` members), which is what
 warming reads to find the most wanted entries.
 
 Topologies: a single node (``url``), Sentinel (``sentinels`` + ``service_name``) or Cluster
@@ -29,7 +30,7 @@ from aurelis_core import CacheEntry, RequestContext, hookimpl
 
 from ._serialize import SerializeError, codec_named, dumps, loads
 from ._warm import copy_into_memory
-from ._writebehind import WriteBehind
+from ._writebehind import HitCounts, WriteBehind
 
 try:
     import redis
@@ -145,7 +146,7 @@ class Breaker:
             self.open_until = time.monotonic() + self.reset
 
 
-#: A queued write: ("set", redis key, entry, milliseconds to live or None) or ("hit", redis key).
+#: A queued write: ("set", redis key, entry, milliseconds to live or None) or ("hits", {redis key: count}, time).
 Op = tuple[Any, ...]
 
 
@@ -171,6 +172,7 @@ class RedisTier:
             self.name, self._write, self._awrite,
             on_error=self._write_failed, on_drop=self._dropped, maxsize=config.queue_size,
         )
+        self.hits = HitCounts(self.queue)
 
     # --- clients -----------------------------------------------------------------------------------------------
 
@@ -260,7 +262,7 @@ class RedisTier:
                 self._unreadable_logged = True
                 logger.warning("aurelis: cache tier 'redis' holds an unreadable value at %s: %s", key, exc)
             return None
-        self.queue.put(("hit", key), is_async)
+        self.hits.add(key, is_async)
         return entry
 
     @hookimpl
@@ -276,6 +278,7 @@ class RedisTier:
 
     @hookimpl
     def aurelis_close(self, pipeline: Any) -> Any:
+        self.hits.hand_off(bool(pipeline.is_async))
         if pipeline.is_async:
             return self._aclose()
         self.queue.close()
@@ -309,7 +312,8 @@ class RedisTier:
             if op[0] == "set":
                 pipe.set(op[1], dumps(op[2], codec), px=op[3])
             else:
-                pipe.zincrby(self._hits_key, 1, op[1])
+                for key, count in op[1].items():
+                    pipe.zincrby(self._hits_key, count, key)
                 counted = True
         if counted:
             # Keep the hit counts bounded: only the most hit keys matter for warming.

@@ -46,7 +46,7 @@ from aurelis_core import CacheEntry, ConfigError, RequestContext, hookimpl
 
 from ._serialize import SerializeError, codec_named, dumps, loads
 from ._warm import copy_into_memory
-from ._writebehind import WriteBehind
+from ._writebehind import HitCounts, WriteBehind
 
 try:
     import aiosqlite
@@ -79,7 +79,7 @@ UPSERT = (
     "INSERT INTO aurelis_entries (key, value, expires, size, hits, last_hit) VALUES (?, ?, ?, ?, 0, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires, size = excluded.size"
 )
-HIT = "UPDATE aurelis_entries SET hits = hits + 1, last_hit = ? WHERE key = ?"
+HIT = "UPDATE aurelis_entries SET hits = hits + ?, last_hit = ? WHERE key = ?"
 TOP = (
     "SELECT key, value FROM aurelis_entries WHERE expires IS NULL OR expires > ? "
     "ORDER BY hits DESC, last_hit DESC LIMIT ?"
@@ -165,7 +165,7 @@ class _Sealer:
             return None
 
 
-#: A queued write: ("set", key, entry, expires or None) or ("hit", key, time).
+#: A queued write: ("set", key, entry, expires or None) or ("hits", {key: count}, time).
 Op = tuple[Any, ...]
 
 
@@ -198,6 +198,7 @@ class SQLiteTier:
             self.name, self._write, self._awrite,
             on_error=self._write_failed, on_drop=self._dropped, maxsize=config.queue_size,
         )
+        self.hits = HitCounts(self.queue)
 
     # --- the file and its connections ---------------------------------------------------------------------------
 
@@ -290,7 +291,7 @@ class SQLiteTier:
     def _found(self, key: str, value: bytes, is_async: bool) -> CacheEntry | None:
         entry = self._decode(key, value)
         if entry is not None:
-            self.queue.put(("hit", key, time.time()), is_async)
+            self.hits.add(key, is_async)
         return entry
 
     def _decode(self, key: str, value: bytes) -> CacheEntry | None:
@@ -320,6 +321,7 @@ class SQLiteTier:
 
     @hookimpl
     def aurelis_close(self, pipeline: Any) -> Any:
+        self.hits.hand_off(bool(pipeline.is_async))
         if pipeline.is_async:
             return self._aclose()
         self.queue.close()
@@ -344,8 +346,8 @@ class SQLiteTier:
     def _write(self, batch: list[Op]) -> None:
         """Write a batch in one transaction, then keep the file under ``max_bytes``."""
         now = time.time()
-        rows = []
-        hits = []
+        rows: list[tuple[Any, ...]] = []
+        hits: list[tuple[Any, ...]] = []
         for op in batch:
             if op[0] == "set":
                 key, entry, expires = op[1], op[2], op[3]
@@ -355,7 +357,7 @@ class SQLiteTier:
                 rows.append((key, value, expires, len(value), now))
                 self._stored_bytes += len(value)
             else:
-                hits.append((op[2], op[1]))
+                hits.extend((count, op[2], key) for key, count in op[1].items())
         conn = self._conn()
         with conn:
             if rows:
