@@ -43,8 +43,9 @@ _WHITESPACE = re.compile(r"\s+")
 #: How many raw-body digests the memo keeps (16-byte keys: ~0.5 MB at most); cleared when full.
 MEMO_ENTRIES = 4096
 _NOT_CACHEABLE: Any = object()
-#: Sorted keys, no optional whitespace: one spelling per value. A reused encoder skips json.dumps' set-up.
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+#: Sorted keys, no optional whitespace: one spelling per value. A reused encoder skips json.dumps' set-up;
+#: a parsed body cannot be circular, so the encoder's cycle bookkeeping is skipped too (~0.25 us a body).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False)
 
 
 @attrs.frozen
