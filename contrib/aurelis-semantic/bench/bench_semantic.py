@@ -27,7 +27,9 @@ import httpx
 from aurelis_core import RequestContext, hookimpl, instrument, pipeline_of
 from aurelis_core.testing import simulated_upstream
 
-THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.95)
+THRESHOLDS = (0.70, 0.75, 0.80, 0.82, 0.85, 0.88, 0.90, 0.92, 0.95)
+#: (pair, answered with its own ``a``'s answer, best score or -1)
+Result = tuple[dict[str, Any], bool, float]
 
 
 class Recorder:
@@ -52,44 +54,24 @@ def ask(client: httpx.Client, url: str, text: str, control: str) -> str:
     return content
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--backend", default="minilm")
-    args = parser.parse_args()
-    pairs: list[dict[str, Any]] = json.loads(Path(__file__).with_name("pairs.json").read_text())["pairs"]
-    anchors = list(dict.fromkeys(p["a"] for p in pairs))
-    recorder = Recorder()
-    config = {
-        "plugins": ["normalize", "semantic"],
-        "semantic": {"backend": args.backend, "threshold": 1e-6, "max_entries": len(anchors)},
-    }
+def measure(client: httpx.Client, url: str, recorder: Recorder, pairs: list[dict[str, Any]]) -> list[Result]:
+    """Store every distinct ``a`` of ``pairs``, then probe with every ``b``: (pair, hit its own a?, score)."""
     results = []
-    timings = []
-    with simulated_upstream() as upstream, instrument(httpx.Client(), config) as client:
-        pipeline = pipeline_of(client)
-        assert pipeline is not None
-        pipeline.register(recorder)
-        url = upstream.base_url + "/chat/completions"
-        started = time.perf_counter()
-        pipeline.start()
-        load_s = time.perf_counter() - started
-        for text in anchors:
-            ask(client, url, text, "refresh")
-        for pair in pairs:
-            started = time.perf_counter()
-            answer = ask(client, url, pair["b"], "no-store")
-            timings.append(time.perf_counter() - started)
-            score = recorder.score
-            own = answer == " ".join(("echo: " + pair["a"]).split())
-            # score None: the probe's scope held nothing (e.g. different numbers), so it can never hit.
-            results.append((pair, own, -1.0 if score is None else score))
+    for text in dict.fromkeys(p["a"] for p in pairs):
+        ask(client, url, text, "refresh")
+    for pair in pairs:
+        answer = ask(client, url, pair["b"], "no-store")
+        own = answer == " ".join(("echo: " + pair["a"]).split())
+        # score None: nothing in the probe's scope passed the guards (or the scope was empty, e.g. other
+        # numbers), so it can never hit.
+        results.append((pair, own, -1.0 if recorder.score is None else recorder.score))
+    return results
 
+
+def report(split: str, results: list[Result]) -> None:
     paraphrases = [r for r in results if r[0]["kind"] == "paraphrase"]
     near_misses = [r for r in results if r[0]["kind"] == "near-miss"]
-    print(f"backend={args.backend} anchors={len(anchors)} paraphrase probes={len(paraphrases)} "
-          f"near-miss probes={len(near_misses)} start (model load)={load_s:.2f}s "
-          f"request with embed+search, median {sorted(timings)[len(timings) // 2] * 1e3:.2f} ms")
-    print()
+    print(f"\n## split {split}: {len(paraphrases)} paraphrase probes, {len(near_misses)} near-miss probes\n")
     print("| threshold | paraphrase hit rate | paraphrase hits on another entry | near-miss false-hit rate |")
     print("|---|---|---|---|")
     for threshold in THRESHOLDS:
@@ -98,13 +80,38 @@ def main() -> None:
         false = sum(1 for _, _, s in near_misses if s >= threshold)
         print(f"| {threshold:.2f} | {good}/{len(paraphrases)} ({good / len(paraphrases):.0%}) | {wrong} | "
               f"{false}/{len(near_misses)} ({false / len(near_misses):.0%}) |")
-    print()
-    print("near-miss scores, highest first (-1: different scope, never compared):")
+    print("\nnear-miss scores, highest first (-1: kept out by scope or guards, never served):")
     for pair, _, score in sorted(near_misses, key=lambda r: -r[2])[:8]:
         print(f"  {score:.3f}  {pair['a']!r} vs {pair['b']!r}")
     print("paraphrase scores, lowest first:")
-    for pair, own, score in sorted(paraphrases, key=lambda r: r[2])[:8]:
+    for pair, own, score in sorted(paraphrases, key=lambda r: r[2])[:10]:
         print(f"  {score:.3f}{'' if own else ' (another entry)'}  {pair['a']!r} vs {pair['b']!r}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--backend", default="minilm")
+    parser.add_argument("--split", choices=("dev", "test", "both"), default="both")
+    args = parser.parse_args()
+    pairs: list[dict[str, Any]] = json.loads(Path(__file__).with_name("pairs.json").read_text())["pairs"]
+    splits = ("dev", "test") if args.split == "both" else (args.split,)
+    recorder = Recorder()
+    config = {
+        "plugins": ["normalize", "semantic"],
+        "semantic": {"backend": args.backend, "threshold": 1e-6, "max_entries": len(pairs)},
+    }
+    with simulated_upstream() as upstream, instrument(httpx.Client(), config) as client:
+        pipeline = pipeline_of(client)
+        assert pipeline is not None
+        pipeline.register(recorder)
+        url = upstream.base_url + "/chat/completions"
+        started = time.perf_counter()
+        pipeline.start()
+        load_s = time.perf_counter() - started
+        print(f"backend={args.backend} start (model load)={load_s:.2f}s")
+        for split in splits:
+            pipeline.plugin("semantic").clear()  # each split is measured against its own anchors only
+            report(split, measure(client, url, recorder, [p for p in pairs if p["split"] == split]))
 
 
 if __name__ == "__main__":
