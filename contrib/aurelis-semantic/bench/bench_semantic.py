@@ -17,6 +17,7 @@ Run from contrib/aurelis-semantic with the package installed: ``python bench/ben
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import time
 from pathlib import Path
@@ -37,10 +38,12 @@ class Recorder:
 
     name = "bench_recorder"
     score: float | None = None
+    vetoed: tuple[str, ...] = ()
 
     @hookimpl
     def aurelis_observe(self, ctx: RequestContext) -> None:
         self.score = ctx.state.get("semantic", {}).get("score")
+        self.vetoed = tuple(ctx.state.get("semantic", {}).get("vetoed", ()))
 
 
 def ask(client: httpx.Client, url: str, text: str, control: str) -> str:
@@ -57,6 +60,7 @@ def ask(client: httpx.Client, url: str, text: str, control: str) -> str:
 def measure(client: httpx.Client, url: str, recorder: Recorder, pairs: list[dict[str, Any]]) -> list[Result]:
     """Store every distinct ``a`` of ``pairs``, then probe with every ``b``: (pair, hit its own a?, score)."""
     results = []
+    vetoes: collections.Counter[str] = collections.Counter()
     for text in dict.fromkeys(p["a"] for p in pairs):
         ask(client, url, text, "refresh")
     for pair in pairs:
@@ -65,6 +69,8 @@ def measure(client: httpx.Client, url: str, recorder: Recorder, pairs: list[dict
         # score None: nothing in the probe's scope passed the guards (or the scope was empty, e.g. other
         # numbers), so it can never hit.
         results.append((pair, own, -1.0 if recorder.score is None else recorder.score))
+        vetoes.update(recorder.vetoed)
+    print(f"vetoes by guard (any candidate, any score): {dict(vetoes) or 'none'}")
     return results
 
 

@@ -94,6 +94,38 @@ def test_numbers_are_exact(upstream: SimulatedServer) -> None:
     assert same.headers["x-aurelis-cache"] == "hit"
 
 
+@pytest.mark.parametrize("guards", [True, False])
+def test_guards_veto_a_reversed_question(upstream: SimulatedServer, guards: bool) -> None:
+    with client_for(threshold=0.5, guards=guards) as client:
+        plugin: SemanticCache = pipeline_of(client).plugin("semantic")  # type: ignore[union-attr]
+        chat(client, upstream, "Convert 10 miles to kilometers.")
+        chat(client, upstream, "How do I sort a list in ascending order?")
+        reversed_ = chat(client, upstream, "Convert 10 kilometers to miles.")  # same words: hashing scores ~0.9
+        reworded = chat(client, upstream, "Please convert 10 miles to kilometers!")
+    assert reworded.headers["x-aurelis-cache"] == "hit"
+    assert answer(reworded) == "echo: Convert 10 miles to kilometers."
+    if guards:
+        assert reversed_.headers["x-aurelis-cache"] == "miss"
+        assert answer(reversed_) == "echo: Convert 10 kilometers to miles."
+        assert len(plugin) == 3
+    else:  # the threshold alone serves the opposite question's answer
+        assert reversed_.headers["x-aurelis-cache"] == "hit"
+        assert answer(reversed_) == "echo: Convert 10 miles to kilometers."
+
+
+def test_a_vetoed_candidate_gives_way_to_the_next_best() -> None:
+    index = SemanticIndex(max_entries=10)
+    vectors = HashingEmbedder(dim=64).embed(["alpha beta", "alpha beta gamma"])
+    best, second = CacheEntry(200, [], b"best"), CacheEntry(200, [], b"second")
+    index.add("s", vectors[0][None, :], best, "vetoed")
+    index.add("s", vectors[1][None, :], second, "fine")
+    query = vectors[0][None, :]
+    assert index.search("s", query, 0.5, time.time(), None)[0] is best  # type: ignore[index]
+    found = index.search("s", query, 0.5, time.time(), None, accept=lambda data: data != "vetoed")
+    assert found is not None and found[0] is second and found[1] < 1.0
+    assert index.search("s", query, 0.5, time.time(), None, accept=lambda data: False) is None
+
+
 def test_every_turn_must_match(upstream: SimulatedServer) -> None:
     def conversation(first: str, last: str) -> list[dict[str, str]]:
         return [
@@ -159,6 +191,8 @@ def test_bad_options_name_the_valid_ones() -> None:
         Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"backend": "bert"}})
     with pytest.raises(ConfigError, match=r"threshold.*\(0, 1\]"):
         Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"threshold": 1.5}})
+    with pytest.raises(ConfigError, match="guards"):
+        Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"guards": "yes"}})
     with pytest.raises(ConfigError, match="did you mean 'threshold'"):
         Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"treshold": 0.9}})
 
@@ -192,8 +226,18 @@ def test_minilm_backend_offline(upstream: SimulatedServer, monkeypatch: pytest.M
         near = chat(client, upstream, USERNAME)
         chat(client, upstream, PASSWORD)
         near_again = chat(client, upstream, USERNAME)
+        # MiniLM scores each of these 0.95-0.99 against the first (bench/): the guards keep them out.
+        opposites = []
+        for stored, opposite in (
+            ("Convert 10 miles to kilometers.", "Convert 10 kilometers to miles."),
+            ("Which is bigger, 9.11 or 9.9?", "Which is smaller, 9.11 or 9.9?"),
+            ("How do I sort a list in ascending order in Python?", "How do I sort a list in descending order in Python?"),
+        ):
+            chat(client, upstream, stored)
+            opposites.append(chat(client, upstream, opposite).headers["x-aurelis-cache"])
+    assert opposites == ["miss"] * 3
     assert hit.headers["x-aurelis-cache"] == "hit"
     assert answer(hit) == "echo: What is the capital of France?"
     assert near.headers["x-aurelis-cache"] == "miss"
     assert near_again.headers["x-aurelis-cache"] == "hit"  # USERNAME itself was stored: an exact repeat
-    assert upstream.count("/chat/completions") == 3
+    assert upstream.count("/chat/completions") == 3 + 6

@@ -4,7 +4,8 @@ Entries only ever match within their scope (tenant, model, parameters, system pr
 :mod:`aurelis_semantic.plugin`), so a scope's matrix is all that a lookup scans. A conversation of ``t`` fuzzy
 turns is stored as ``t`` vectors, and every entry of a scope has the same ``t`` (the turn layout is part of
 the scope). A query's score against an entry is the *lowest* cosine similarity over its turns: every turn must
-be a paraphrase of the stored one, not just the conversation on average.
+be a paraphrase of the stored one, not just the conversation on average. Each entry also carries its turns'
+word analyses (:mod:`aurelis_semantic.guards`), so a caller can veto a candidate and get the next best one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -68,8 +71,8 @@ class SemanticIndex:
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._scopes: dict[str, _Scope] = {}
-        # entry id -> (scope, entry), in least-recently-used-first order.
-        self._entries: OrderedDict[int, tuple[str, CacheEntry]] = OrderedDict()
+        # entry id -> (scope, entry, the caller's data for its veto), in least-recently-used-first order.
+        self._entries: OrderedDict[int, tuple[str, CacheEntry, Any]] = OrderedDict()
         self._ids = itertools.count()
         # Sync clients may share a pipeline across threads, and async lookups run on worker threads.
         self._lock = threading.Lock()
@@ -81,26 +84,36 @@ class SemanticIndex:
         return scope in self._scopes
 
     def search(
-        self, scope: str, query: Vectors, threshold: float, now: float, default_ttl: float | None
+        self, scope: str, query: Vectors, threshold: float, now: float, default_ttl: float | None,
+        accept: Callable[[Any], bool] | None = None,
     ) -> tuple[CacheEntry, float] | None:
-        """The best entry of ``scope`` scoring at least ``threshold`` against ``query``, and its score."""
+        """The best entry of ``scope`` scoring at least ``threshold`` against ``query`` that ``accept`` (given
+        the data stored with it) does not veto, and its score."""
         with self._lock:
-            while (found := self._scopes.get(scope)) is not None:
-                scores = found.scores(query)
-                row = int(np.argmax(scores))
-                score = float(scores[row])
-                if score < threshold:
-                    return None
-                entry_id = found.ids[row]
-                entry = self._entries[entry_id][1]
-                if entry.expired(now, default_ttl):
-                    self._remove(entry_id)  # and look again: the next best may still be fresh
-                    continue
-                self._entries.move_to_end(entry_id)
-                return entry, score
-        return None
+            found = self._scopes.get(scope)
+            if found is None:
+                return None
+            scores = found.scores(query)
+            # Usually one candidate clears the threshold; sorting only those keeps a full scope cheap.
+            rows = np.flatnonzero(scores >= threshold)
+            expired = []
+            try:
+                for row in rows[np.argsort(-scores[rows], kind="stable")]:
+                    entry_id = found.ids[int(row)]
+                    _, entry, data = self._entries[entry_id]
+                    if entry.expired(now, default_ttl):
+                        expired.append(entry_id)
+                        continue
+                    if accept is not None and not accept(data):
+                        continue
+                    self._entries.move_to_end(entry_id)
+                    return entry, float(scores[row])
+                return None
+            finally:
+                for entry_id in expired:  # after the loop: removing swaps rows that ``rows`` points at
+                    self._remove(entry_id)
 
-    def add(self, scope: str, vectors: Vectors, entry: CacheEntry) -> None:
+    def add(self, scope: str, vectors: Vectors, entry: CacheEntry, data: Any = None) -> None:
         with self._lock:
             while len(self._entries) >= self.max_entries:
                 self._remove(next(iter(self._entries)))
@@ -109,7 +122,7 @@ class SemanticIndex:
                 found = self._scopes[scope] = _Scope(*vectors.shape)
             entry_id = next(self._ids)
             found.append(entry_id, vectors)
-            self._entries[entry_id] = (scope, entry)
+            self._entries[entry_id] = (scope, entry, data)
 
     def clear(self) -> None:
         with self._lock:
@@ -117,7 +130,7 @@ class SemanticIndex:
             self._entries.clear()
 
     def _remove(self, entry_id: int) -> None:
-        scope, _ = self._entries.pop(entry_id)
+        scope, _, _ = self._entries.pop(entry_id)
         found = self._scopes[scope]
         found.remove(entry_id)
         if found.size == 0:

@@ -14,9 +14,12 @@ meaning. Everything else is hashed into an exact **scope**, and entries match on
   alike (an embedding scores them 0.90 apart) but never the same question.
 
 Within a scope, a request matches a stored one when *each* of its fuzzy turns has a cosine similarity of at
-least ``threshold`` with the stored turn (the weakest turn decides). Near-misses -- the same question about a
-different thing -- are the failure mode of semantic caches, so the default threshold is picked to keep them
-out, at the cost of missing looser paraphrases; ``bench/`` has the measurement it comes from.
+least ``threshold`` with the stored turn (the weakest turn decides) and no guard of
+:mod:`aurelis_semantic.guards` vetoes any turn pair: embeddings score a question and its opposite alike
+("miles to kilometers" / "kilometers to miles", "ascending" / "descending", "charging" / "not charging"), so
+negation, contrast, order and name checks on the words veto those. Near-misses -- the same question about a
+different thing -- are the failure mode of semantic caches, so the default threshold is picked, with the
+guards on, to keep them out at the cost of missing looser paraphrases; ``bench/`` has the measurement.
 
 Put this tier after the exact tiers (``plugins = ["normalize", "memory", "semantic"]``): an exact hit is
 cheaper, and a semantic hit is promoted into the tiers before it under the new request's exact key.
@@ -40,6 +43,7 @@ import numpy as np
 from aurelis_core import CacheEntry, Pipeline, RequestContext, hookimpl
 
 from .embedders import BACKENDS, Embedder, Vectors, load_embedder
+from .guards import Analysis, analyse, conflict
 from .index import SemanticIndex
 
 __all__ = ["DEFAULT_THRESHOLD", "SemanticCache", "SemanticConfig"]
@@ -80,6 +84,9 @@ class SemanticConfig:
     ttl: float | None = attrs.field(default=3600.0, validator=_positive)
     #: Entries held in all scopes together; the least recently used goes first.
     max_entries: int = attrs.field(default=10_000, validator=[attrs.validators.instance_of(int), _positive])
+    #: Veto matches whose words say the opposite (negation, antonym, reversed order, another name). English
+    #: word lists: for other languages they rarely fire, and ``false`` leaves only the threshold.
+    guards: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
 
 
 class SemanticCache:
@@ -133,7 +140,7 @@ class SemanticCache:
                 return None
             state = ctx.state["semantic"] = {"scope": split[0], "texts": split[1]}
         if "vectors" in state:
-            self.index.add(state["scope"], state["vectors"], entry)
+            self.index.add(state["scope"], state["vectors"], entry, state.get("analyses"))
             return None
         if ctx.is_async:
             return anyio.to_thread.run_sync(self._store, state, entry)
@@ -192,7 +199,23 @@ class SemanticCache:
     def _lookup(self, ctx: RequestContext) -> CacheEntry | None:
         state = ctx.state["semantic"]
         state["vectors"] = vectors = self.embed(state["texts"])
-        found = self.index.search(state["scope"], vectors, self.config.threshold, time.time(), self.config.ttl)
+        accept = None
+        if self.config.guards:
+            state["analyses"] = query = [analyse(t) for t in state["texts"]]
+            # Why candidates were turned down, for observers (``ctx.state["semantic"]["vetoed"]``).
+            vetoed: list[str] = state.setdefault("vetoed", [])
+
+            def accept(stored: list[Analysis]) -> bool:
+                for old, new in zip(stored, query, strict=True):
+                    reason = conflict(old, new)
+                    if reason is not None:
+                        vetoed.append(reason)
+                        return False
+                return True
+
+        found = self.index.search(
+            state["scope"], vectors, self.config.threshold, time.time(), self.config.ttl, accept
+        )
         if found is None:
             return None
         entry, state["score"] = found
@@ -200,7 +223,9 @@ class SemanticCache:
 
     def _store(self, state: dict[str, Any], entry: CacheEntry) -> None:
         state["vectors"] = vectors = self.embed(state["texts"])
-        self.index.add(state["scope"], vectors, entry)
+        if self.config.guards:
+            state["analyses"] = [analyse(t) for t in state["texts"]]
+        self.index.add(state["scope"], vectors, entry, state.get("analyses"))
 
     def clear(self) -> None:
         self.index.clear()
