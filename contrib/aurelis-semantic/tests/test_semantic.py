@@ -231,7 +231,8 @@ def test_minilm_backend_offline(upstream: SimulatedServer, monkeypatch: pytest.M
         for stored, opposite in (
             ("Convert 10 miles to kilometers.", "Convert 10 kilometers to miles."),
             ("Which is bigger, 9.11 or 9.9?", "Which is smaller, 9.11 or 9.9?"),
-            ("How do I sort a list in ascending order in Python?", "How do I sort a list in descending order in Python?"),
+            ("How do I sort a list in ascending order in Python?",
+             "How do I sort a list in descending order in Python?"),
         ):
             chat(client, upstream, stored)
             opposites.append(chat(client, upstream, opposite).headers["x-aurelis-cache"])
