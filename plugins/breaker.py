@@ -39,6 +39,7 @@ from collections import deque
 from typing import Any, NamedTuple
 
 import attrs
+from aurelis_plugins._validators import non_negative_int, positive, positive_int
 
 from aurelis_core import Attempt, Endpoint, RequestContext, hookimpl
 from aurelis_core.health import CircuitState, EndpointUnavailable, retry_after
@@ -51,43 +52,29 @@ logger = logging.getLogger("aurelis")
 BUCKETS = 10
 
 
-def _positive(instance: Any, attribute: Any, value: Any) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
-
-
-def _non_negative_int(instance: Any, attribute: Any, value: Any) -> None:
-    if not isinstance(value, int) or value < 0:
-        raise ValueError(f"{attribute.name!r} must be an integer >= 0, got {value!r}")
-
-
-def _positive_int(instance: Any, attribute: Any, value: Any) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name!r} must be an integer >= 1, got {value!r}")
-
 
 @attrs.frozen
 class BreakerConfig:
     #: Share of failed calls in the window that opens the circuit (0 < rate <= 1).
-    failure_rate: float = attrs.field(default=0.5, validator=_positive)
+    failure_rate: float = attrs.field(default=0.5, validator=positive)
     #: Seconds of the sliding window the failure rate is computed over.
-    window: float = attrs.field(default=30.0, validator=_positive)
+    window: float = attrs.field(default=30.0, validator=positive)
     #: Calls the window must hold before the failure rate may open the circuit.
-    min_calls: int = attrs.field(default=10, validator=_positive_int)
+    min_calls: int = attrs.field(default=10, validator=positive_int)
     #: Failures in a row that open the circuit whatever the rate (0: off).
-    consecutive_failures: int = attrs.field(default=5, validator=_non_negative_int)
+    consecutive_failures: int = attrs.field(default=5, validator=non_negative_int)
     #: Seconds a circuit stays open after its first trip.
-    open_for: float = attrs.field(default=5.0, validator=_positive)
+    open_for: float = attrs.field(default=5.0, validator=positive)
     #: Each further trip (a failed probe, or tripping again within ``window`` of closing) multiplies it by this.
     backoff: float = attrs.field(default=2.0)
     #: ...up to this many seconds.
-    max_open_for: float = attrs.field(default=120.0, validator=_positive)
+    max_open_for: float = attrs.field(default=120.0, validator=positive)
     #: Probes allowed in flight at once while half-open.
-    half_open_probes: int = attrs.field(default=1, validator=_positive_int)
+    half_open_probes: int = attrs.field(default=1, validator=positive_int)
     #: Successful probes that close the circuit.
-    close_after: int = attrs.field(default=2, validator=_positive_int)
+    close_after: int = attrs.field(default=2, validator=positive_int)
     #: Seconds a 429 without ``Retry-After`` keeps the endpoint marked rate-limited.
-    rate_limited_for: float = attrs.field(default=1.0, validator=_positive)
+    rate_limited_for: float = attrs.field(default=1.0, validator=positive)
 
     def __attrs_post_init__(self) -> None:
         if self.failure_rate > 1:

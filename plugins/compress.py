@@ -39,6 +39,7 @@ from typing import Any
 
 import attrs
 import cachetools
+from aurelis_plugins._validators import non_negative
 
 from aurelis_core import Attempt, ConfigError, RequestContext, hookimpl
 
@@ -50,17 +51,13 @@ __all__ = ["BrotliCompression", "CompressConfig", "GzipCompression", "Lz4AtRestO
 MAX_DECISIONS = 4096
 
 
-def _non_negative(instance: Any, attribute: Any, value: Any) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name!r} must be >= 0, got {value!r}")
-
 
 @attrs.frozen
 class CompressConfig:
     #: Endpoint names or hosts (``host`` or ``host:port``) whose requests are compressed; empty: all.
     endpoints: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     #: Bodies smaller than this many bytes are sent as they are (compressing them rarely pays).
-    min_size: int = attrs.field(default=1024, validator=[attrs.validators.instance_of(int), _non_negative])
+    min_size: int = attrs.field(default=1024, validator=[attrs.validators.instance_of(int), non_negative])
     #: The fraction of the body compression must save (0.1: at least 10% smaller), else send it plain.
     min_saving: float = attrs.field(default=0.10, validator=attrs.validators.and_(
         attrs.validators.ge(0.0), attrs.validators.lt(1.0)))

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
+from aurelis_plugins._validators import positive_int
 
 from aurelis_core import Attempt, RequestContext, hookimpl
 
@@ -61,10 +62,6 @@ def _port(instance: Any, attribute: Any, value: int | None) -> None:
         raise ValueError(f"'port' must be an integer in 0..65535 (0: any free port), got {value!r}")
 
 
-def _positive_int(instance: Any, attribute: Any, value: Any) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name!r} must be a positive integer, got {value!r}")
-
 
 def _prices(value: Any) -> dict[str, float]:
     if not isinstance(value, Mapping):
@@ -84,7 +81,7 @@ class PrometheusConfig:
     #: Address the server binds to. Loopback by default: metrics are not for the whole network.
     addr: str = attrs.field(default="127.0.0.1", validator=attrs.validators.instance_of(str))
     #: Distinct values kept per ``model`` / ``endpoint`` label; later ones are reported as ``"other"``.
-    max_label_values: int = attrs.field(default=20, validator=_positive_int)
+    max_label_values: int = attrs.field(default=20, validator=positive_int)
     #: USD per million tokens, by model: turns the tokens cache hits saved into ``aurelis_cost_saved_usd_total``.
     prices: Mapping[str, float] = attrs.field(factory=dict, converter=_prices)
 

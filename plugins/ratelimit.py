@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple
 
 import attrs
+from aurelis_plugins._validators import non_negative, positive
 
 from aurelis_core import Attempt, Endpoint, RequestContext, hookimpl
 from aurelis_core.health import EndpointUnavailable, retry_after
@@ -67,15 +68,6 @@ def _optional_positive_int(instance: Any, attribute: Any, value: Any) -> None:
         raise ValueError(f"{attribute.name!r} must be a positive integer, got {value!r}")
 
 
-def _positive(instance: Any, attribute: Any, value: Any) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
-
-
-def _non_negative(instance: Any, attribute: Any, value: Any) -> None:
-    if not value >= 0:
-        raise ValueError(f"{attribute.name!r} must be >= 0, got {value!r}")
-
 
 @attrs.frozen
 class RateLimitConfig:
@@ -86,19 +78,19 @@ class RateLimitConfig:
     credential_rpm: int | None = attrs.field(default=None, validator=_optional_positive_int)
     credential_tpm: int | None = attrs.field(default=None, validator=_optional_positive_int)
     #: Seconds the limits are counted over (the "minute" of rpm/tpm).
-    period: float = attrs.field(default=60.0, validator=_positive)
+    period: float = attrs.field(default=60.0, validator=positive)
     #: Share of a period's budget that may go at once (1.0: a full period's, as providers' buckets allow).
-    burst: float = attrs.field(default=1.0, validator=_positive)
+    burst: float = attrs.field(default=1.0, validator=positive)
     #: Longest an attempt may wait for capacity; past it, RateLimitTimeout.
-    max_wait: float = attrs.field(default=30.0, validator=_non_negative)
+    max_wait: float = attrs.field(default=30.0, validator=non_negative)
     #: Share the limits across processes through this Redis (``redis://host:port/db``).
     redis_url: str | None = None
     #: Prefix of the Redis keys.
     key_prefix: str = "aurelis:ratelimit:"
     #: Completion tokens reserved for a chat/completions request that names no max_tokens.
-    default_max_tokens: int = attrs.field(default=1024, validator=_non_negative)
+    default_max_tokens: int = attrs.field(default=1024, validator=non_negative)
     #: Request-body bytes per prompt token in the estimate (4 is typical of English JSON for GPT tokenizers).
-    chars_per_token: float = attrs.field(default=4.0, validator=_positive)
+    chars_per_token: float = attrs.field(default=4.0, validator=positive)
 
     def __attrs_post_init__(self) -> None:
         if self.burst > 1:

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import attrs
+from aurelis_plugins._validators import positive
 
 from aurelis_core import CacheEntry, RequestContext, hookimpl
 
@@ -53,10 +54,6 @@ logger = logging.getLogger("aurelis")
 TIER_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
 
 
-def _positive(instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
-
 
 def _host_ports(value: Any) -> tuple[str, ...] | None:
     if value is None:
@@ -72,7 +69,7 @@ class WarmConfig:
     into the ``memory`` tier."""
 
     on_start: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    top: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int), _positive])
+    top: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int), positive])
 
 
 @attrs.frozen
@@ -84,14 +81,14 @@ class RedisConfig:
     #: For Sentinel and Cluster (a single node takes it in ``url``). Never logged, never stored.
     password: str | None = attrs.field(default=None, repr=False)
     prefix: str = "aurelis:"
-    ttl: float | None = attrs.field(default=3600.0, validator=_positive)
+    ttl: float | None = attrs.field(default=3600.0, validator=positive)
     codec: str = "lz4"
-    socket_timeout: float = attrs.field(default=0.1, validator=_positive)
-    connect_timeout: float = attrs.field(default=0.05, validator=_positive)
-    breaker_failures: int = attrs.field(default=3, validator=[attrs.validators.instance_of(int), _positive])
-    breaker_reset: float = attrs.field(default=5.0, validator=_positive)
-    queue_size: int = attrs.field(default=10_000, validator=[attrs.validators.instance_of(int), _positive])
-    track_hits: int = attrs.field(default=100_000, validator=[attrs.validators.instance_of(int), _positive])
+    socket_timeout: float = attrs.field(default=0.1, validator=positive)
+    connect_timeout: float = attrs.field(default=0.05, validator=positive)
+    breaker_failures: int = attrs.field(default=3, validator=[attrs.validators.instance_of(int), positive])
+    breaker_reset: float = attrs.field(default=5.0, validator=positive)
+    queue_size: int = attrs.field(default=10_000, validator=[attrs.validators.instance_of(int), positive])
+    track_hits: int = attrs.field(default=100_000, validator=[attrs.validators.instance_of(int), positive])
     warm: WarmConfig = attrs.field(factory=WarmConfig)
 
     def __attrs_post_init__(self) -> None:

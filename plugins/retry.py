@@ -49,16 +49,13 @@ import time
 from typing import Any
 
 import attrs
+from aurelis_plugins._validators import non_negative
 
 from aurelis_core import Attempt, RequestContext, hookimpl
 from aurelis_core.health import EndpointUnavailable, retry_after
 
 __all__ = ["Retry", "RetryConfig", "RetryState"]
 
-
-def _non_negative(instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None and not value >= 0:
-        raise ValueError(f"{attribute.name!r} must be >= 0, got {value!r}")
 
 
 def _statuses(value: Any) -> tuple[int, ...]:
@@ -74,14 +71,14 @@ class RetryConfig:
     #: Attempts in all, the first included (1: never retry).
     max_attempts: int = attrs.field(default=3)
     #: Backoff base and cap, seconds: the n-th retry waits uniform(0, min(cap, base * 2**(n-1))).
-    base: float = attrs.field(default=0.5, validator=_non_negative)
-    cap: float = attrs.field(default=8.0, validator=_non_negative)
+    base: float = attrs.field(default=0.5, validator=non_negative)
+    cap: float = attrs.field(default=8.0, validator=non_negative)
     #: Seconds from the request's start after which no wait may end and no attempt start (None: no limit).
-    deadline: float | None = attrs.field(default=60.0, validator=_non_negative)
+    deadline: float | None = attrs.field(default=60.0, validator=non_negative)
     #: Retry tokens each request deposits (the share of extra load retries may add); a retry costs 1.
-    budget_ratio: float = attrs.field(default=0.2, validator=_non_negative)
+    budget_ratio: float = attrs.field(default=0.2, validator=non_negative)
     #: Most tokens the budget holds, and its initial balance (lets a quiet client still retry a burst).
-    budget_burst: float = attrs.field(default=10.0, validator=_non_negative)
+    budget_burst: float = attrs.field(default=10.0, validator=non_negative)
     #: Statuses retried besides every 5xx.
     statuses: tuple[int, ...] = attrs.field(default=(408, 409, 429), converter=_statuses)
     #: Seed for the jitter's random stream (None: from the OS), for reproducible runs.

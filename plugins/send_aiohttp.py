@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
+from aurelis_plugins._validators import positive
 
 from aurelis_core import Attempt, RequestContext, hookimpl
 
@@ -50,19 +51,15 @@ __all__ = ["AiohttpConfig", "AiohttpEngine"]
 _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 
 
-def _positive(instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
-
 
 @attrs.frozen
 class AiohttpConfig:
     #: Most connections open at once, over all hosts (per event loop).
-    max_connections: int = attrs.field(default=100, validator=_positive)
+    max_connections: int = attrs.field(default=100, validator=positive)
     #: Most connections open at once to one host; ``None``: only ``max_connections`` applies.
-    max_connections_per_host: int | None = attrs.field(default=None, validator=_positive)
+    max_connections_per_host: int | None = attrs.field(default=None, validator=positive)
     #: Seconds an idle connection is kept open for reuse.
-    keepalive_expiry: float = attrs.field(default=15.0, validator=_positive)
+    keepalive_expiry: float = attrs.field(default=15.0, validator=positive)
     #: TLS verification: true, false, or the path of a CA bundle.
     verify: bool | str = True
 

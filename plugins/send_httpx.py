@@ -32,16 +32,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from aurelis_plugins._validators import positive
 
 from aurelis_core import Attempt, ConfigError, RequestContext, hookimpl
 from aurelis_core.config import config_from_table
 
 __all__ = ["HttpxEngine", "HttpxOptions"]
 
-
-def _positive(instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
 
 
 @attrs.frozen
@@ -51,11 +48,11 @@ class HttpxOptions:
     #: Negotiate HTTP/2 on https:// origins (extra ``http2``).
     http2: bool | None = None
     #: Most connections open at once (per endpoint transport).
-    max_connections: int | None = attrs.field(default=None, validator=_positive)
+    max_connections: int | None = attrs.field(default=None, validator=positive)
     #: Most idle connections kept open for reuse.
-    max_keepalive_connections: int | None = attrs.field(default=None, validator=_positive)
+    max_keepalive_connections: int | None = attrs.field(default=None, validator=positive)
     #: Seconds an idle connection is kept open.
-    keepalive_expiry: float | None = attrs.field(default=None, validator=_positive)
+    keepalive_expiry: float | None = attrs.field(default=None, validator=positive)
     #: TLS verification: true, false, or the path of a CA bundle.
     verify: bool | str | None = None
     #: Times a connection that failed to open is retried, at once (nothing of the request was sent yet).

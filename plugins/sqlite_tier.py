@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from aurelis_plugins._validators import positive
 
 from aurelis_core import CacheEntry, ConfigError, RequestContext, hookimpl
 
@@ -88,10 +89,6 @@ TOP = (
 PURGE_EVERY = 60.0
 
 
-def _positive(instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
-
 
 @attrs.frozen
 class WarmConfig:
@@ -99,21 +96,21 @@ class WarmConfig:
     into the ``memory`` tier."""
 
     on_start: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    top: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int), _positive])
+    top: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int), positive])
 
 
 @attrs.frozen
 class SQLiteConfig:
     path: str = ".aurelis/cache.sqlite3"
-    ttl: float | None = attrs.field(default=86400.0, validator=_positive)
+    ttl: float | None = attrs.field(default=86400.0, validator=positive)
     max_bytes: int = attrs.field(
-        default=512 * 1024 * 1024, validator=[attrs.validators.instance_of(int), _positive]
+        default=512 * 1024 * 1024, validator=[attrs.validators.instance_of(int), positive]
     )
     codec: str = "lz4"
     #: 32 bytes as 64 hex digits or base64; default: ``AURELIS_CACHE_KEY``. Set: values are sealed (AES-GCM).
     encryption_key: str | None = attrs.field(default=None, repr=False)
-    busy_timeout: float = attrs.field(default=1.0, validator=_positive)
-    queue_size: int = attrs.field(default=10_000, validator=[attrs.validators.instance_of(int), _positive])
+    busy_timeout: float = attrs.field(default=1.0, validator=positive)
+    queue_size: int = attrs.field(default=10_000, validator=[attrs.validators.instance_of(int), positive])
     warm: WarmConfig = attrs.field(factory=WarmConfig)
 
 

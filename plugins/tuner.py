@@ -45,6 +45,7 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import attrs
+from aurelis_plugins._validators import non_negative_int, positive
 
 from aurelis_core import Attempt, RequestContext, hookimpl
 from aurelis_core.stats import usage_tokens
@@ -61,15 +62,6 @@ class ConcurrencyLimitError(Exception):
     """An attempt could not get a slot: the queue was full, or it waited ``queue_timeout`` seconds."""
 
 
-def _positive(instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not value > 0):
-        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
-
-
-def _non_negative_int(instance: Any, attribute: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{attribute.name!r} must be an integer >= 0, got {value!r}")
-
 
 def _fraction(instance: Any, attribute: Any, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
@@ -83,40 +75,40 @@ _int = attrs.validators.instance_of(int)
 class TunerConfig:
     #: ``"aimd"`` (back off on 429/5xx/timeouts) or ``"gradient2"`` (also follow the latency gradient).
     algorithm: str = attrs.field(default="aimd", validator=attrs.validators.in_(("aimd", "gradient2")))
-    initial_limit: int = attrs.field(default=20, validator=[_int, _positive])
-    min_limit: int = attrs.field(default=1, validator=[_int, _positive])
-    max_limit: int = attrs.field(default=500, validator=[_int, _positive])
+    initial_limit: int = attrs.field(default=20, validator=[_int, positive])
+    min_limit: int = attrs.field(default=1, validator=[_int, positive])
+    max_limit: int = attrs.field(default=500, validator=[_int, positive])
     #: Attempts that may wait for a slot per endpoint; 0: over the limit fails at once.
-    max_queue: int = attrs.field(default=1000, validator=_non_negative_int)
+    max_queue: int = attrs.field(default=1000, validator=non_negative_int)
     #: Seconds an attempt may wait in the queue (``None``: as long as it takes).
-    queue_timeout: float | None = attrs.field(default=60.0, validator=_positive)
+    queue_timeout: float | None = attrs.field(default=60.0, validator=positive)
     #: Seconds between adjustments.
-    window: float = attrs.field(default=1.0, validator=_positive)
+    window: float = attrs.field(default=1.0, validator=positive)
     #: Finished attempts a window needs before it is judged.
-    min_samples: int = attrs.field(default=10, validator=[_int, _positive])
+    min_samples: int = attrs.field(default=10, validator=[_int, positive])
     #: Multiplier applied to the limit after an overloaded window.
     backoff: float = attrs.field(default=0.9, validator=_fraction)
     #: Added to the limit after a clean window that reached it (AIMD).
-    increase: int = attrs.field(default=1, validator=[_int, _positive])
+    increase: int = attrs.field(default=1, validator=[_int, positive])
     #: Share of overloaded attempts (429, 5xx, timeouts) a window may have before the limit backs off.
     overload_tolerance: float = attrs.field(default=0.0, validator=attrs.validators.and_(
         attrs.validators.ge(0.0), attrs.validators.lt(1.0)))
     #: After an increase, a latency this much worse (0.25: +25%) in the next window rolls it back.
-    rollback_latency: float = attrs.field(default=0.25, validator=_positive)
+    rollback_latency: float = attrs.field(default=0.25, validator=positive)
     #: Windows without an increase after a rollback.
-    rollback_hold: int = attrs.field(default=5, validator=_non_negative_int)
+    rollback_hold: int = attrs.field(default=5, validator=non_negative_int)
     #: Gradient2: how far one window moves the limit towards its target.
     smoothing: float = attrs.field(default=0.2, validator=_fraction)
     #: Gradient2: latency may grow this much over the long-term average before the limit shrinks.
     rtt_tolerance: float = attrs.field(default=1.5, validator=attrs.validators.ge(1.0))
     #: Resident set size (bytes) above which memory is given back (``None``: never checked).
-    max_rss_bytes: int | None = attrs.field(default=None, validator=_positive)
+    max_rss_bytes: int | None = attrs.field(default=None, validator=positive)
     #: Seconds between two resident-size checks.
-    memory_check_interval: float = attrs.field(default=5.0, validator=_positive)
+    memory_check_interval: float = attrs.field(default=5.0, validator=positive)
     #: Share of the memory tier's bytes given back per check over ``max_rss_bytes``.
     shrink_fraction: float = attrs.field(default=0.25, validator=_fraction)
     #: Changes kept in :attr:`Tuner.changes`.
-    max_changes: int = attrs.field(default=1000, validator=[_int, _positive])
+    max_changes: int = attrs.field(default=1000, validator=[_int, positive])
 
     def __attrs_post_init__(self) -> None:
         if not self.min_limit <= self.initial_limit <= self.max_limit:

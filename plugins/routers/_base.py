@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import attrs
+from aurelis_plugins._validators import positive
 
 from aurelis_core import Attempt, Endpoint, RequestContext, hookimpl
 from aurelis_core.health import EndpointHealth
@@ -71,16 +72,7 @@ BYTES_PER_TOKEN = 4
 FAILURE_STATUSES = frozenset({401, 403, 408, 429})
 
 
-def positive(instance: Any, attribute: Any, value: Any) -> None:
-    """attrs validator: a number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{attribute.name!r} must be a number > 0, got {value!r}")
 
-
-def non_negative(instance: Any, attribute: Any, value: Any) -> None:
-    """attrs validator: a number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"{attribute.name!r} must be a number >= 0, got {value!r}")
 
 
 def _seed(instance: Any, attribute: Any, value: Any) -> None:

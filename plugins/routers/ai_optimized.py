@@ -41,10 +41,11 @@ from statistics import NormalDist
 from typing import Any
 
 import attrs
+from aurelis_plugins._validators import positive
 
 from aurelis_core import Attempt, Endpoint, RequestContext
 
-from ._base import Router, RouterConfig, latency_sample, outcome, positive
+from ._base import Router, RouterConfig, latency_sample, outcome
 
 __all__ = ["AIOptimized", "AIOptimizedConfig"]
 

@@ -25,10 +25,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+from aurelis_plugins._validators import positive
 
 from aurelis_core import Attempt, Endpoint, RequestContext
 
-from ._base import Router, RouterConfig, positive
+from ._base import Router, RouterConfig
 
 __all__ = ["LoadBased", "LoadBasedConfig", "parse_duration"]
 

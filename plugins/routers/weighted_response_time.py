@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+from aurelis_plugins._validators import non_negative, positive
 
 from aurelis_core import Attempt, Endpoint, RequestContext
 
-from ._base import EDFScheduler, Router, RouterConfig, latency_sample, non_negative, outcome, positive
+from ._base import EDFScheduler, Router, RouterConfig, latency_sample, outcome
 
 __all__ = ["WeightedResponseTime", "WeightedResponseTimeConfig"]
 
