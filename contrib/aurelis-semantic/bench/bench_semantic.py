@@ -10,8 +10,9 @@ best matches would have been served:
 - a *paraphrase* probe should get its own ``a``'s answer: a hit on it is good, a hit on another entry wrong;
 - a *near-miss* probe must get no cached answer: any hit is wrong.
 
-Run from contrib/aurelis-semantic with the package installed: ``python bench/bench_semantic.py
-[--backend minilm|hashing]``.
+Each split of ``pairs.json`` (``dev``: what the guards and the default were developed on; ``test``: held out)
+is measured on its own. Run from contrib/aurelis-semantic with the package installed:
+``python bench/bench_semantic.py [--backend minilm|hashing] [--split dev|test|both] [--no-guards]``.
 """
 
 from __future__ import annotations
@@ -98,13 +99,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--backend", default="minilm")
     parser.add_argument("--split", choices=("dev", "test", "both"), default="both")
+    parser.add_argument("--no-guards", action="store_true", help="the threshold alone decides (guards = false)")
     args = parser.parse_args()
     pairs: list[dict[str, Any]] = json.loads(Path(__file__).with_name("pairs.json").read_text())["pairs"]
     splits = ("dev", "test") if args.split == "both" else (args.split,)
     recorder = Recorder()
     config = {
         "plugins": ["normalize", "semantic"],
-        "semantic": {"backend": args.backend, "threshold": 1e-6, "max_entries": len(pairs)},
+        "semantic": {"backend": args.backend, "threshold": 1e-6, "max_entries": len(pairs),
+                     "guards": not args.no_guards},
     }
     with simulated_upstream() as upstream, instrument(httpx.Client(), config) as client:
         pipeline = pipeline_of(client)
@@ -114,7 +117,7 @@ def main() -> None:
         started = time.perf_counter()
         pipeline.start()
         load_s = time.perf_counter() - started
-        print(f"backend={args.backend} start (model load)={load_s:.2f}s")
+        print(f"backend={args.backend} guards={not args.no_guards} start (model load)={load_s:.2f}s")
         for split in splits:
             pipeline.plugin("semantic").clear()  # each split is measured against its own anchors only
             report(split, measure(client, url, recorder, [p for p in pairs if p["split"] == split]))
