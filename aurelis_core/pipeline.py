@@ -359,7 +359,7 @@ class Pipeline:
                 flight.publish(response.status_code, header_items(response.headers), _head_extensions(response), body)
             if storable:
                 entry = CacheEntry(
-                    response.status_code, _stored_headers(response.headers.raw), body, ttl=ctx.controls.ttl
+                    response.status_code, _stored_headers(response.headers), body, ttl=ctx.controls.ttl
                 )
                 yield from self._cache_store(ctx, entry, self._tiers_set, promote=False)
         finally:
@@ -414,7 +414,7 @@ class Pipeline:
             if not stream_complete(body):
                 return None
             entry = CacheEntry(
-                upstream.status_code, _stored_headers(upstream.headers.raw), body,
+                upstream.status_code, _stored_headers(upstream.headers), body,
                 chunks=tuple(flight.chunks), ttl=ctx.controls.ttl,
             )
             return self._cache_store(ctx, entry, self._tiers_set, promote=False)
@@ -505,7 +505,8 @@ class Pipeline:
                 for compress in self._compress:
                     compress(ctx, attempt)
                 response = self._send(ctx, attempt)
-                if isawaitable(response):
+                # A response is the usual answer for either driver; isawaitable's ABC check costs ~0.15 us.
+                if not isinstance(response, ctx.http.Response) and isawaitable(response):
                     response = yield response
             except BaseException as exc:
                 attempt.error = exc
@@ -836,10 +837,11 @@ def _head_extensions(response: Any) -> dict[str, Any]:
     return {name: extensions[name] for name in ("http_version", "reason_phrase") if name in extensions}
 
 
-def _stored_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def _stored_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    # From the lower-cased names the Headers already holds: no .raw copy, no lower() per header.
     return [
         (k, v)
-        for k, v in raw
-        if (lk := k.lower()) not in UNSTORED_HEADERS and not lk.startswith(UNSTORED_PREFIXES)
+        for k, lk, v in header_items(headers)
+        if lk not in UNSTORED_HEADERS and not lk.startswith(UNSTORED_PREFIXES)
     ]
 
