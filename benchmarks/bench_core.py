@@ -26,7 +26,7 @@ import aurelis_core
 from aurelis_core.testing import simulated_upstream
 
 CONFIG = {"plugins": ["normalize", "memory"]}
-BODY = {
+BODY: dict[str, Any] = {
     "model": "gpt-4.1-mini",
     "messages": [
         {"role": "system", "content": "You are a concise assistant."},
@@ -46,7 +46,7 @@ ANSWER = (
 def instant_transport(http: Any) -> Any:
     """The floor: a transport that answers at once with a fresh response, as a cache hit does."""
 
-    class Instant(http.BaseTransport):  # type: ignore[misc, name-defined]
+    class Instant(http.BaseTransport):  # type: ignore[misc]
         def handle_request(self, request: Any) -> Any:
             return http.Response(
                 200, headers=[(b"content-type", b"application/json")], stream=http.ByteStream(ANSWER)
