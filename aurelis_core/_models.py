@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json as _json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -94,7 +94,7 @@ class CacheEntry:
     def __init__(
         self,
         status_code: int,
-        headers: list[tuple[bytes, bytes]],
+        headers: Sequence[tuple[bytes, bytes]],
         body: bytes,
         *,
         chunks: tuple[bytes, ...] | None = None,

@@ -1,16 +1,28 @@
 """``memory``: the L1 cache tier, in process, bounded by bytes and by age.
 
 ``policy = "lru"`` evicts the least recently used entry when the byte budget is full; ``"lfu"`` the least
-frequently used, which keeps a hot set through a burst of one-off prompts. Both are ``cachetools`` caches
-sized by each entry's bytes (body + headers + a fixed per-entry overhead), so ``max_bytes`` is a real bound,
-unlike an item count that a few large answers can blow through. Expired entries are misses and are dropped
-when met.
+frequently used, which keeps a hot set through a burst of one-off prompts. ``cachetools`` keeps the order the
+policy evicts in; the tier counts the bytes itself, charging each entry its body and headers plus a fixed
+per-entry overhead, so ``max_bytes`` is a real bound, unlike an item count that a few large answers can blow
+through. Expired entries are misses and are dropped when met.
+
+Memory per entry, and why it is laid out this way (the target: at most 1.2x the bytes stored, for typical
+chat completion answers): an entry of ~1.4 KB body and ~15 headers used to cost ~2.4 KB more than its payload,
+mostly in its headers, a list of 2-tuples of two bytes objects each (~100 B of objects per header). Most of
+those headers are the same on every answer (``content-type``, ``server``, ``openai-version``...), and
+``content-length`` or a timing repeat often, so the tier interns them (:class:`_HeaderTable`): entries share
+one tuple per distinct (name, value) pair and one bytes object per name, and hold their headers in a tuple
+rather than a list (no over-allocation). Only the values that differ per answer (``x-request-id``, ``cf-ray``)
+stay per entry. The tier also sizes entries itself instead of through cachetools' ``getsizeof``, which would
+keep a second dict of sizes and an int object per entry (~70 B).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -20,10 +32,30 @@ from aurelis_core import CacheEntry, RequestContext, hookimpl
 
 __all__ = ["MemoryCache", "MemoryConfig"]
 
-#: Bytes charged per entry on top of its payload: the key string, the entry object, its header list and
-#: tuples, the bytes objects' headers, and the cache's own bookkeeping. Measured with tracemalloc over 100k
-#: chat-completion entries with two stored headers (benchmarks/bench_tiers.py: ~575 B each), rounded up.
-ENTRY_OVERHEAD = 600
+#: Bytes charged per entry on top of its payload (body + header names and values). What an entry really costs
+#: beyond that: the entry object and its ``created`` float, the body's and the key's object headers, the header
+#: tuple, the cache's dict and order slots, and ~90 B for each header value that is not shared, less the shared
+#: headers' bytes (charged at their length, held once). Measured with tracemalloc (benchmarks/bench_tiers.py):
+#: ~480 B for small answers with three headers, one of them unique per answer; ~300 B for OpenAI answers, whose
+#: ten shared headers offset more. Rounded up from the larger, so ``max_bytes`` bounds what the tier holds.
+ENTRY_OVERHEAD = 512
+
+#: The interned header table holds one pair per this many bytes of ``max_bytes`` (at least ``_MIN_PAIRS``, at
+#: most ``_MAX_PAIRS``): ~150 B each for typical values, ~400 B for the longest interned, so it costs ~4% (at
+#: most ~10%) on top of the budget, and at most ~2.5 MB typically.
+_BYTES_PER_PAIR = 4096
+_MIN_PAIRS = 256
+_MAX_PAIRS = 16384
+#: Names are interned for at most this many distinct header names; later ones are stored as they come.
+_MAX_NAMES = 256
+#: Values longer than this are never interned: a table of them would cost more than sharing saves.
+_MAX_VALUE = 256
+#: A header name whose first this many values all differed is taken to vary per answer (``x-request-id``) and
+#: its values are no longer interned. Large enough that a header that merely varies a lot (``content-length``,
+#: one of ~1000 values) shows a repeat first.
+_PROBE = 256
+_REPEATS = -1
+_VARIES = -2
 
 
 def _positive(instance: Any, attribute: Any, value: Any) -> None:
@@ -41,6 +73,58 @@ class MemoryConfig:
     ttl: float | None = attrs.field(default=300.0, validator=_positive)
 
 
+class _HeaderTable:
+    """Interned header pairs, so entries that carry the same (name, value) share one tuple of two bytes.
+
+    Bounded: at most ``max_pairs`` pairs (the table starts over when full; entries keep the tuples they have)
+    and ``_MAX_NAMES`` names. Each name is watched until one of its values repeats (it is interned from then on)
+    or its first ``_PROBE`` values all differ (only the name is interned from then on).
+    """
+
+    __slots__ = ("max_pairs", "names", "pairs")
+
+    def __init__(self, max_pairs: int) -> None:
+        self.max_pairs = max_pairs
+        #: name -> [the interned name, its state: values seen so far while all differed, _REPEATS or _VARIES]
+        self.names: dict[bytes, list[Any]] = {}
+        self.pairs: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+
+    def intern(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+        """``headers`` as a tuple of equal pairs, in the same order, sharing the table's where it has them."""
+        names = self.names
+        pairs = self.pairs
+        out: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            known = names.get(name)
+            if known is None:
+                if len(names) >= _MAX_NAMES:
+                    out.append((name, value))
+                    continue
+                known = names[name] = [name, 0]
+            name, state = known
+            pair = (name, value)
+            if state == _VARIES or len(value) > _MAX_VALUE:
+                out.append(pair)
+                continue
+            shared = pairs.get(pair)
+            if shared is not None:
+                if state != _REPEATS:
+                    known[1] = _REPEATS
+                out.append(shared)
+                continue
+            if state != _REPEATS:
+                known[1] = state = state + 1
+                if state >= _PROBE:
+                    known[1] = _VARIES
+                    out.append(pair)
+                    continue
+            if len(pairs) >= self.max_pairs:
+                pairs.clear()
+            pairs[pair] = pair
+            out.append(pair)
+        return tuple(out)
+
+
 class MemoryCache:
     """The ``memory`` plugin."""
 
@@ -50,7 +134,10 @@ class MemoryCache:
     def __init__(self, config: MemoryConfig, pipeline: Any) -> None:
         self.config = config
         cache_cls = cachetools.LRUCache if config.policy == "lru" else cachetools.LFUCache
-        self._cache: cachetools.Cache[str, CacheEntry] = cache_cls(maxsize=config.max_bytes, getsizeof=_charge)
+        # Unbounded in items: the tier evicts by bytes itself (see the module docstring).
+        self._cache: cachetools.Cache[str, CacheEntry] = cache_cls(maxsize=sys.maxsize)
+        self._bytes = 0
+        self._headers = _HeaderTable(max(_MIN_PAIRS, min(_MAX_PAIRS, config.max_bytes // _BYTES_PER_PAIR)))
         # cachetools caches are not thread-safe, and sync clients may be shared across threads. An uncontended
         # lock costs ~50 ns.
         self._lock = threading.Lock()
@@ -60,7 +147,7 @@ class MemoryCache:
     @property
     def currsize(self) -> int:
         """Bytes charged for the entries held now."""
-        return int(self._cache.currsize)
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -74,6 +161,7 @@ class MemoryCache:
                 return None
             if entry.expired(time.time(), self.config.ttl):
                 del self._cache[key]  # type: ignore[arg-type]
+                self._bytes -= _charge(entry)
                 return None
         return entry
 
@@ -83,17 +171,27 @@ class MemoryCache:
 
     def put(self, key: str, entry: CacheEntry) -> bool:
         """Store ``entry`` under cache key ``key``; ``False`` if it has already expired here or is larger than
-        the tier. ``aurelis_cache_set`` and warming from a lower tier both store through it."""
+        the tier. ``aurelis_cache_set`` and warming from a lower tier both store through it.
+
+        The entry's headers are replaced by their interned equivalent (equal pairs, in the same order): the
+        entry may be shared with other tiers and the response, which read the same headers either way.
+        """
         if entry.expired(time.time(), self.config.ttl):
             return False
-        budget = self.budget
-        if _charge(entry) > budget:
+        charge = _charge(entry)
+        if charge > self.budget:
             return False  # larger than the whole tier: storing it would evict everything else for nothing
         with self._lock:
+            entry.headers = self._headers.intern(entry.headers)
             cache = self._cache
+            old = cache.pop(key, None)
+            if old is not None:
+                self._bytes -= _charge(old)
+            # Room is made before the entry goes in, so it is never its own victim (with LFU, a new entry has
+            # the lowest count of all).
+            self._evict(self.budget - charge)
             cache[key] = entry
-            while cache.currsize > budget:  # only after shrink(): cachetools enforces max_bytes itself
-                cache.popitem()
+            self._bytes += charge
         return True
 
     def shrink(self, fraction: float) -> int:
@@ -106,18 +204,24 @@ class MemoryCache:
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         with self._lock:
-            cache = self._cache
-            before = int(cache.currsize)
-            target = int(min(self.budget, before) * (1 - fraction))
-            while cache.currsize > target:
-                cache.popitem()
-            self.budget = target
-            return before - int(cache.currsize)
+            before = self._bytes
+            self.budget = int(min(self.budget, before) * (1 - fraction))
+            self._evict(self.budget)
+            return before - self._bytes
 
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._bytes = 0
+
+    def _evict(self, budget: int) -> None:
+        """Evict in policy order until the charged bytes fit ``budget`` (the caller holds the lock)."""
+        cache = self._cache
+        while self._bytes > budget:
+            self._bytes -= _charge(cache.popitem()[1])
 
 
 def _charge(entry: CacheEntry) -> int:
+    # Recomputed when an entry leaves rather than kept per entry: an entry's body and headers never change
+    # once stored (interning keeps every length), so it is the same number.
     return entry.size + ENTRY_OVERHEAD
