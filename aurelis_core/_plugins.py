@@ -39,7 +39,7 @@ ENTRY_POINT_GROUP = "aurelis"
 BUILTIN_PLUGINS: dict[str, str] = {
     "normalize": "aurelis_plugins.normalize:Normalize",
     "memory": "aurelis_plugins.memory:MemoryCache",
-    "record": "aurelis_core.record:Record",
+    "record": "aurelis_plugins.record:Record",
     "redis": "aurelis_plugins.redis_tier:RedisTier",
     "sqlite": "aurelis_plugins.sqlite_tier:SQLiteTier",
     "prometheus": "aurelis_plugins.prometheus:Prometheus",

@@ -23,8 +23,8 @@ from typing import IO, Any
 
 import attrs
 
-from .hookspecs import hookimpl
-from .replay import CREDENTIAL_HEADERS, WorkloadRequest
+from aurelis_core import hookimpl
+from aurelis_core.replay import CREDENTIAL_HEADERS, WorkloadRequest
 
 __all__ = ["Record", "RecordConfig"]
 
