@@ -254,7 +254,12 @@ class SQLiteTier:
     async def _aconnect(self) -> Any:
         if not self._prepared:
             await asyncio.to_thread(self._prepare)
-        db = await aiosqlite.connect(self.path, timeout=self.config.busy_timeout)
+        pending = aiosqlite.connect(self.path, timeout=self.config.busy_timeout)
+        # aiosqlite's worker thread is not a daemon: a pipeline its user never closed would keep the whole
+        # process from exiting. The thread holds no unflushed state of ours (writes commit per batch), so it
+        # may die with the process.
+        pending._thread.daemon = True
+        db = await pending
         self._adb = db
         return db
 
@@ -337,6 +342,11 @@ class SQLiteTier:
         self._local = threading.local()
         for conn in connections:
             conn.close()
+        db, self._adb, self._aloop = self._adb, None, None
+        if db is not None:
+            # Opened by an async client, closed from sync code: its loop may be gone, so ask the worker
+            # thread to close the connection and stop rather than await it.
+            db.stop()
 
     # --- writing -----------------------------------------------------------------------------------------------
 

@@ -189,3 +189,47 @@ def test_entry_written_by_another_process_is_a_hit(upstream: SimulatedServer, tm
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60, env={**os.environ})
     assert run_sync(cfg, upstream, [chat("xp")]) == ["hit"]
     assert upstream.count("/chat/completions") == 1
+
+
+def test_unclosed_async_pipeline_does_not_keep_the_process_alive(upstream: SimulatedServer, tmp_path: Path) -> None:
+    """A user who forgets to close the client must still be able to exit: the tier's worker thread is a daemon,
+    so interpreter shutdown does not wait on it."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, httpx, aurelis_core
+        async def main():
+            client = aurelis_core.instrument(
+                httpx.AsyncClient(),
+                {{"plugins": ["normalize", "sqlite"], "sqlite": {{"path": {str(tmp_path / "c.sqlite3")!r}}}}},
+            )
+            body = {{"model": "m", "messages": [{{"role": "user", "content": "hi"}}]}}
+            for _ in range(2):
+                await client.post({upstream.base_url + "/chat/completions"!r}, json=body)
+        asyncio.run(main())
+        print("done")
+        """
+    )
+    started = time.monotonic()
+    # A process held open by a worker thread never exits: the timeout turns that into a failure.
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"
+    assert time.monotonic() - started < 20
+
+
+def test_sync_close_of_an_async_pipeline_stops_the_worker(upstream: SimulatedServer, tmp_path: Path) -> None:
+    import threading
+
+    pipeline = Pipeline({"plugins": ["normalize", "sqlite"], "sqlite": {"path": str(tmp_path / "c.sqlite3")}})
+    client = pipeline.instrument(httpx.AsyncClient())
+
+    async def use() -> None:
+        await client.post(upstream.base_url + "/chat/completions", json={"model": "m", "messages": []})
+
+    anyio.run(use)
+    workers = [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
+    assert workers
+    pipeline.close()
+    for worker in workers:
+        worker.join(timeout=5)
+        assert not worker.is_alive()
