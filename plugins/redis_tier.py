@@ -30,7 +30,7 @@ from aurelis_plugins._validators import positive
 from aurelis_core import CacheEntry, RequestContext, hookimpl
 
 from ._serialize import SerializeError, codec_named, dumps, loads
-from ._warm import copy_into_memory
+from ._tier import WarmConfig, WriteBehindTier
 from ._writebehind import HitCounts, WriteBehind
 
 try:
@@ -61,15 +61,6 @@ def _host_ports(value: Any) -> tuple[str, ...] | None:
     if isinstance(value, str) or not all(isinstance(v, str) and v.rpartition(":")[2].isdigit() for v in value):
         raise ValueError(f'expected a list of "host:port" strings, got {value!r}')
     return tuple(value)
-
-
-@attrs.frozen
-class WarmConfig:
-    """``warm = {on_start = true, top = 1000}``: at start-up, copy this tier's ``top`` most hit live entries
-    into the ``memory`` tier."""
-
-    on_start: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    top: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int), positive])
 
 
 @attrs.frozen
@@ -147,7 +138,7 @@ class Breaker:
 Op = tuple[Any, ...]
 
 
-class RedisTier:
+class RedisTier(WriteBehindTier):
     """The ``redis`` plugin."""
 
     name = "redis"
@@ -216,14 +207,6 @@ class RedisTier:
     # --- hooks -------------------------------------------------------------------------------------------------
 
     @hookimpl
-    def aurelis_start(self, pipeline: Any) -> Any:
-        if not self.config.warm.on_start:
-            return None
-        if pipeline.is_async:
-            return self._awarm(pipeline)
-        return self._warm(pipeline)
-
-    @hookimpl
     def aurelis_cache_get(self, ctx: RequestContext) -> Any:
         if not self._breaker.allow():
             self.pipeline.stats.tier_error(self.name, "skipped")
@@ -273,21 +256,10 @@ class RedisTier:
         # Serialising (and compressing) happens in the writer, off the response's path.
         self.queue.put(("set", self._prefix + ctx.key, entry, px), ctx.is_async)  # type: ignore[operator]
 
-    @hookimpl
-    def aurelis_close(self, pipeline: Any) -> Any:
-        self.hits.hand_off(bool(pipeline.is_async))
-        if pipeline.is_async:
-            return self._aclose()
-        self.queue.close()
-        self._close_sync()
-        return None
-
-    async def _aclose(self) -> None:
-        await self.queue.aclose()
+    async def _aclose_async(self) -> None:
         client, self._aclient, self._aloop = self._aclient, None, None
         if client is not None:
             await client.aclose()
-        self._close_sync()
 
     def _close_sync(self) -> None:
         client, self._client = self._client, None
@@ -339,14 +311,7 @@ class RedisTier:
 
     def _write_failed(self, exc: BaseException) -> None:
         self._breaker.failure()
-        count = self.pipeline.stats.tier_error(self.name, "write")
-        if count in (1, 100, 10_000) or count % 100_000 == 0:
-            logger.warning(
-                "aurelis: cache tier 'redis' failed to write (%d so far): %s", count, exc, exc_info=exc
-            )
-
-    def _dropped(self) -> None:
-        self.pipeline.stats.tier_error(self.name, "dropped")
+        super()._write_failed(exc)
 
     # --- warming, stats, clearing (also used by ``aurelis cache``) ----------------------------------------------
 
@@ -387,18 +352,6 @@ class RedisTier:
         self.sync_client().set(self._prefix + key, dumps(entry, self._codec), px=px)
         return True
 
-    def _warm(self, pipeline: Any) -> None:
-        try:
-            copy_into_memory(pipeline, self.name, self.top(self.config.warm.top))
-        except TIER_ERRORS as exc:
-            logger.warning("aurelis: warming from cache tier 'redis' failed: %s", exc)
-
-    async def _awarm(self, pipeline: Any) -> None:
-        try:
-            copy_into_memory(pipeline, self.name, await self.atop(self.config.warm.top))
-        except TIER_ERRORS as exc:
-            logger.warning("aurelis: warming from cache tier 'redis' failed: %s", exc)
-
     def stats(self) -> dict[str, Any]:
         """What the tier holds: entries and bytes under the prefix, hit counts (scans: for the CLI, not hot)."""
         client = self.sync_client()
@@ -437,13 +390,6 @@ class RedisTier:
             pipe.unlink(key)
         pipe.execute()
         return sum(1 for k in keys if k != self._hits_key.encode())
-
-    def flush(self) -> None:
-        """Wait for the sync write-behind queue to be written (tests, the CLI)."""
-        self.queue.flush()
-
-    async def aflush(self) -> None:
-        await self.queue.aflush()
 
 
 def _split(host_port: str) -> tuple[str, int]:

@@ -46,7 +46,7 @@ from aurelis_plugins._validators import positive
 from aurelis_core import CacheEntry, ConfigError, RequestContext, hookimpl
 
 from ._serialize import SerializeError, codec_named, dumps, loads
-from ._warm import copy_into_memory
+from ._tier import WarmConfig, WriteBehindTier
 from ._writebehind import HitCounts, WriteBehind
 
 try:
@@ -88,15 +88,6 @@ TOP = (
 #: How often (seconds) a write batch also deletes expired rows.
 PURGE_EVERY = 60.0
 
-
-
-@attrs.frozen
-class WarmConfig:
-    """``warm = {on_start = true, top = 1000}``: at start-up, copy this tier's ``top`` most hit live entries
-    into the ``memory`` tier."""
-
-    on_start: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    top: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int), positive])
 
 
 @attrs.frozen
@@ -166,7 +157,7 @@ class _Sealer:
 Op = tuple[Any, ...]
 
 
-class SQLiteTier:
+class SQLiteTier(WriteBehindTier):
     """The ``sqlite`` plugin."""
 
     name = "sqlite"
@@ -266,18 +257,6 @@ class SQLiteTier:
     # --- hooks -------------------------------------------------------------------------------------------------
 
     @hookimpl
-    def aurelis_start(self, pipeline: Any) -> Any:
-        if not self.config.warm.on_start:
-            return None
-        if pipeline.is_async:
-            return self._awarm(pipeline)
-        copy_into_memory(pipeline, self.name, self.top(self.config.warm.top))
-        return None
-
-    async def _awarm(self, pipeline: Any) -> None:
-        copy_into_memory(pipeline, self.name, await self.atop(self.config.warm.top))
-
-    @hookimpl
     def aurelis_cache_get(self, ctx: RequestContext) -> Any:
         key: str = ctx.key  # type: ignore[assignment]
         if ctx.is_async:
@@ -321,21 +300,10 @@ class SQLiteTier:
             return
         self.queue.put(("set", ctx.key, entry, expires), ctx.is_async)
 
-    @hookimpl
-    def aurelis_close(self, pipeline: Any) -> Any:
-        self.hits.hand_off(bool(pipeline.is_async))
-        if pipeline.is_async:
-            return self._aclose()
-        self.queue.close()
-        self._close_sync()
-        return None
-
-    async def _aclose(self) -> None:
-        await self.queue.aclose()
+    async def _aclose_async(self) -> None:
         db, self._adb, self._aloop = self._adb, None, None
         if db is not None:
             await db.close()
-        self._close_sync()
 
     def _close_sync(self) -> None:
         connections, self._connections = self._connections, []
@@ -396,16 +364,6 @@ class SQLiteTier:
             stored -= freed
         self._stored_bytes = stored
 
-    def _write_failed(self, exc: BaseException) -> None:
-        count = self.pipeline.stats.tier_error(self.name, "write")
-        if count in (1, 100, 10_000) or count % 100_000 == 0:
-            logger.warning(
-                "aurelis: cache tier 'sqlite' failed to write (%d so far): %s", count, exc, exc_info=exc
-            )
-
-    def _dropped(self) -> None:
-        self.pipeline.stats.tier_error(self.name, "dropped")
-
     # --- warming, stats, clearing (also used by ``aurelis cache``) ----------------------------------------------
 
     def top(self, count: int) -> list[tuple[str, CacheEntry]]:
@@ -456,10 +414,3 @@ class SQLiteTier:
         conn.execute("VACUUM")
         self._stored_bytes = 0
         return int(deleted)
-
-    def flush(self) -> None:
-        """Wait for the sync write-behind queue to be written (tests, the CLI)."""
-        self.queue.flush()
-
-    async def aflush(self) -> None:
-        await self.queue.aflush()

@@ -1,0 +1,111 @@
+"""What the slow, shared cache tiers (``redis``, ``sqlite``) have in common.
+
+Both write behind (a :class:`~aurelis_plugins._writebehind.WriteBehind` queue and :class:`HitCounts`), can warm
+the ``memory`` tier at start-up from their most hit entries, count and log failed writes once per burst, and
+close the same way: hand off pending hit counts, write out the queue, then release their connections. A tier
+subclass provides its own reads and writes, ``top``/``atop`` (the most hit live entries), ``_aclose_async``
+(its async connections) and ``_close_sync`` (its sync ones).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+from aurelis_plugins._validators import positive
+from aurelis_plugins._warm import copy_into_memory
+from aurelis_plugins._writebehind import HitCounts, WriteBehind
+
+from aurelis_core import CacheEntry, hookimpl
+
+__all__ = ["WarmConfig", "WriteBehindTier"]
+
+logger = logging.getLogger("aurelis")
+
+
+@attrs.frozen
+class WarmConfig:
+    """``warm = {on_start = true, top = 1000}``: at start-up, copy this tier's ``top`` most hit live entries
+    into the ``memory`` tier."""
+
+    on_start: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    top: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int), positive])
+
+
+class WriteBehindTier:
+    """Base class of the write-behind tiers; see the module docstring for what a subclass provides."""
+
+    name: str
+    config: Any
+    pipeline: Any
+    queue: WriteBehind[Any]
+    hits: HitCounts
+
+    # --- warming -------------------------------------------------------------------------------------------------
+
+    @hookimpl
+    def aurelis_start(self, pipeline: Any) -> Any:
+        if not self.config.warm.on_start:
+            return None
+        if pipeline.is_async:
+            return self._awarm(pipeline)
+        try:
+            copy_into_memory(pipeline, self.name, self.top(self.config.warm.top))
+        except Exception as exc:  # warming is an optimisation: never fail the first request over it
+            logger.warning("aurelis: warming from cache tier %r failed: %s", self.name, exc)
+        return None
+
+    async def _awarm(self, pipeline: Any) -> None:
+        try:
+            copy_into_memory(pipeline, self.name, await self.atop(self.config.warm.top))
+        except Exception as exc:
+            logger.warning("aurelis: warming from cache tier %r failed: %s", self.name, exc)
+
+    def top(self, count: int) -> list[tuple[str, CacheEntry]]:
+        raise NotImplementedError
+
+    async def atop(self, count: int) -> list[tuple[str, CacheEntry]]:
+        raise NotImplementedError
+
+    # --- closing -------------------------------------------------------------------------------------------------
+
+    @hookimpl
+    def aurelis_close(self, pipeline: Any) -> Any:
+        self.hits.hand_off(bool(pipeline.is_async))
+        if pipeline.is_async:
+            return self._aclose()
+        self.queue.close()
+        self._close_sync()
+        return None
+
+    async def _aclose(self) -> None:
+        await self.queue.aclose()
+        await self._aclose_async()
+        self._close_sync()
+
+    async def _aclose_async(self) -> None:
+        """Close the connections opened for async clients."""
+
+    def _close_sync(self) -> None:
+        """Close the connections opened for sync clients (and, from sync code, any others left)."""
+
+    # --- write-behind bookkeeping --------------------------------------------------------------------------------
+
+    def _write_failed(self, exc: BaseException) -> None:
+        # Counted always, logged once per burst (the 1st, 100th, 10000th...): a dead tier must not flood the log.
+        count = self.pipeline.stats.tier_error(self.name, "write")
+        if count in (1, 100, 10_000) or count % 100_000 == 0:
+            logger.warning(
+                "aurelis: cache tier %r failed to write (%d so far): %s", self.name, count, exc, exc_info=exc
+            )
+
+    def _dropped(self) -> None:
+        self.pipeline.stats.tier_error(self.name, "dropped")
+
+    def flush(self) -> None:
+        """Wait for the sync write-behind queue to be written (tests, the CLI)."""
+        self.queue.flush()
+
+    async def aflush(self) -> None:
+        await self.queue.aflush()
