@@ -5,10 +5,10 @@ Fixtures
 ``anyio_backend``
     ``"asyncio"``; async tests are marked ``@pytest.mark.anyio``.
 ``upstream``
-    A `SimulatedServer` running for the whole session (starting uvicorn per test would
-    dominate the run time), reset before each test: records, counters, the completion
-    serial and all `Behavior` knobs start clean.  Use ``upstream.base_url`` as an
-    OpenAI ``base_url``.
+    The ``aurelis_upstream`` fixture of Aurelis's own pytest plugin (so the suite tests it
+    too): a `SimulatedServer` running for the whole session, reset before each test:
+    records, counters, the completion serial and all `Behavior` knobs start clean.  Use
+    ``upstream.base_url`` as an OpenAI ``base_url``.
 ``upstream_factory``
     ``upstream_factory(**behavior) -> SimulatedServer`` starts further independent
     upstreams (multi-endpoint routing, failover...); all are stopped after the test.
@@ -53,16 +53,10 @@ def anyio_backend() -> str:
 # --------------------------------------------------------------------------- upstreams
 
 
-@pytest.fixture(scope="session")
-def _upstream_session() -> Iterator[SimulatedServer]:
-    with simulated_upstream() as up:
-        yield up
-
-
 @pytest.fixture
-def upstream(_upstream_session: SimulatedServer) -> SimulatedServer:
-    _upstream_session.reset()
-    return _upstream_session
+def upstream(aurelis_upstream: SimulatedServer) -> SimulatedServer:
+    """The simulated upstream of Aurelis's own pytest plugin (``aurelis_upstream``), reset for this test."""
+    return aurelis_upstream
 
 
 @pytest.fixture

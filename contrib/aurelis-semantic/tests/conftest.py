@@ -1,24 +1,16 @@
-"""A simulated OpenAI-compatible upstream on 127.0.0.1, shared by the session and reset per test."""
+"""The simulated upstream comes from the ``aurelis_upstream`` fixture that installing Aurelis provides."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from aurelis_core.testing import SimulatedServer, simulated_upstream
-
-
-@pytest.fixture(scope="session")
-def _upstream_session() -> Iterator[SimulatedServer]:
-    with simulated_upstream() as up:
-        yield up
+from aurelis_core.testing import SimulatedServer
 
 
 @pytest.fixture
-def upstream(_upstream_session: SimulatedServer) -> SimulatedServer:
-    _upstream_session.reset()
-    return _upstream_session
+def upstream(aurelis_upstream: SimulatedServer) -> SimulatedServer:
+    """The simulated upstream of Aurelis's own pytest plugin (``aurelis_upstream``), reset for this test."""
+    return aurelis_upstream
 
 
 @pytest.fixture
