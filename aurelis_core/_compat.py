@@ -11,7 +11,7 @@ import sys
 from types import ModuleType
 from typing import Any
 
-__all__ = ["build_response", "client_flavour", "flavour_of", "header_items", "is_async_client", "transport_bases"]
+__all__ = ["build_response", "client_flavour", "flavour_of", "header_items", "is_async_client"]
 
 _by_type: dict[type, ModuleType] = {}
 
@@ -47,11 +47,6 @@ def client_flavour(client: Any) -> tuple[ModuleType, bool]:
 
 def is_async_client(client: Any) -> bool:
     return client_flavour(client)[1]
-
-
-def transport_bases(http: ModuleType) -> tuple[type, type]:
-    """``(BaseTransport, AsyncBaseTransport)`` of that flavour."""
-    return http.BaseTransport, http.AsyncBaseTransport
 
 
 def header_items(headers: Any) -> list[tuple[bytes, bytes, bytes]]:
