@@ -11,7 +11,7 @@ import sys
 from types import ModuleType
 from typing import Any
 
-__all__ = ["build_response", "client_flavour", "flavour_of", "header_items", "is_async_client"]
+__all__ = ["build_response", "client_flavour", "flavour_of", "header_items", "is_async_client", "url_parts"]
 
 _by_type: dict[type, ModuleType] = {}
 
@@ -56,6 +56,17 @@ def header_items(headers: Any) -> list[tuple[bytes, bytes, bytes]]:
     make one pass over this list instead. Both flavours keep exactly this list as ``Headers._list``.
     """
     return headers._list  # type: ignore[no-any-return]
+
+
+def url_parts(url: Any) -> tuple[str, str, str, str | None]:
+    """``(scheme, netloc, path, query)`` of a URL, as its (percent-encoded, lower-cased host) strings.
+
+    Each ``URL`` property (``raw_scheme``, ``netloc``, ``raw_path``) re-derives and encodes its part (~0.5 us
+    apiece); both flavours keep the parsed parts as ``URL._uri_reference``, read here in one go. ``query`` is
+    ``None`` when the URL has no ``?``.
+    """
+    uri = url._uri_reference
+    return uri.scheme, uri.netloc, uri.path, uri.query
 
 
 def build_response(

@@ -4,7 +4,8 @@ The key is a digest of these fields, in an order and encoding that cannot run to
 
     format version, method, upstream origin, path and query, digest of the canonical body, tenant scope
 
-- **canonical body**: the JSON body parsed and re-encoded with sorted keys and fixed separators; numbers are
+- **canonical body**: the JSON body parsed and re-encoded with sorted keys and no optional whitespace (by
+  msgspec, in C: ~2 us for a chat body where the standard library's json takes ~6-10 us); numbers are
   normalised while parsing (a float with an integral value becomes that integer), so ``0`` and ``0.0``, or
   ``{"a":1,"b":2}`` and ``{"b":2,"a":1.0}``, give the same key. Every field counts (a deny-list,
   ``ignore_fields``, can drop fields that do not change the answer), so a field that changes the output can
@@ -14,38 +15,36 @@ The key is a digest of these fields, in an order and encoding that cannot run to
   ``namespace`` from the config or the request.
 - **upstream origin**: the URL the caller addressed (before routing), so two providers never share an entry.
 
-Requests that cannot be keyed safely (not a POST to a configured path, not a JSON object body, a body that is
-still a stream) get no key: they pass through uncached, never rejected.
+Requests that cannot be keyed safely (not a POST to a configured path, not a UTF-8 JSON object body (RFC 8259
+JSON is UTF-8), a body that is still a stream) get no key: they pass through uncached, never rejected.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import re
 from typing import Any
 
 import attrs
+import msgspec
 
 from aurelis_core import RequestContext, hookimpl
-from aurelis_core._compat import header_items
+from aurelis_core._compat import header_items, url_parts
 
 __all__ = ["KEY_VERSION", "Normalize", "NormalizeConfig"]
 
 #: Bumped whenever the key's composition changes, so old cache entries are never misread.
-KEY_VERSION = "aurelis-key-1"
-KEY_VERSION_BYTES = KEY_VERSION.encode()
+KEY_VERSION = "aurelis-key-2"
 
 CREDENTIAL_HEADERS = frozenset((b"authorization", b"api-key", b"x-api-key"))
 _WHITESPACE = re.compile(r"\s+")
 #: How many raw-body digests the memo keeps (16-byte keys: ~0.5 MB at most); cleared when full.
 MEMO_ENTRIES = 4096
 _NOT_CACHEABLE: Any = object()
-#: Sorted keys, no optional whitespace: one spelling per value. A reused encoder skips json.dumps' set-up;
-#: a parsed body cannot be circular, so the encoder's cycle bookkeeping is skipped too (~0.25 us a body).
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False)
+#: Sorted keys (at every depth), no optional whitespace, UTF-8: one spelling per value.
+_CANONICAL = msgspec.json.Encoder(order="sorted")
 
 
 @attrs.frozen
@@ -67,14 +66,13 @@ class NormalizeConfig:
 
 
 def _parse_float(text: str) -> int | float:
-    # Called by json.loads for every number with a fraction or exponent: normalising here costs nothing extra,
-    # where walking the parsed tree afterwards would cost a Python-level visit per node.
+    # Called by the decoder for every number with a fraction or exponent (given its text): normalising here
+    # costs one call per such number, where walking the parsed tree afterwards would cost a visit per node.
     value = float(text)
     return int(value) if value.is_integer() else value
 
 
-#: One decoder for every body: json.loads builds a new one (and its scanner) whenever it is given options.
-_DECODER = json.JSONDecoder(parse_float=_parse_float)
+_DECODER = msgspec.json.Decoder(float_hook=_parse_float)
 
 
 class Normalize:
@@ -88,7 +86,7 @@ class Normalize:
         secret = config.secret or os.environ.get("AURELIS_CACHE_SECRET") or KEY_VERSION
         self._secret = secret.encode()
         # Matched against the raw (still percent-encoded) path: URL.path decodes on every access.
-        self._paths = tuple(p.rstrip("/").encode() for p in config.paths)
+        self._paths = tuple(p.rstrip("/") for p in config.paths)
         self._ignore = frozenset(config.ignore_fields)
         self._bodies: dict[bytes, Any] = {}
         # credential bytes -> fingerprint; HMAC costs ~1.5 us, a dict hit ~50 ns, and a process sees few keys.
@@ -122,9 +120,8 @@ class Normalize:
         request = ctx.original
         if request.method != "POST":
             return None
-        url = request.url
-        raw_path = url.raw_path
-        if not raw_path.partition(b"?")[0].rstrip(b"/").endswith(self._paths):
+        scheme, netloc, path, query = url_parts(request.url)
+        if not path.rstrip("/").endswith(self._paths):
             return None
         # One pass over the headers for the content type and the tenant's credentials (not three Headers.get
         # calls, nor two passes): this runs on every cacheable request.
@@ -142,7 +139,7 @@ class Normalize:
         except Exception:  # a streaming upload (RequestNotRead): never read it behind the caller's back
             return None
         # Memo: raw body digest -> canonical body digest. A repeated request (every cache hit) is recognised by
-        # its raw bytes alone, skipping the JSON parse and the canonical re-encoding (~2/3 of this hook).
+        # its raw bytes alone, skipping the JSON parse and the canonical re-encoding.
         body_id = hashlib.blake2b(body, digest_size=16).digest()
         memo = self._bodies.get(body_id)
         if memo is None:
@@ -159,21 +156,18 @@ class Normalize:
         ctx.stream = stream
         # Newline-separated: no field before the tenant can contain a raw newline (URL parts are encoded, the
         # rest are constants and hex digests), and the tenant comes last, so the fields cannot run together.
-        material = b"\n".join(
-            (KEY_VERSION_BYTES, b"POST", url.raw_scheme, url.netloc, raw_path, body_digest,
-             self._tenant(ctx, material).encode())
+        # The query keeps its "?" (a path cannot contain one), so path and query cannot trade characters.
+        key = "\n".join(
+            (KEY_VERSION, "POST", scheme, netloc, path if query is None else path + "?" + query, body_digest,
+             self._tenant(ctx, material))
         )
-        return hashlib.blake2b(material, digest_size=20).hexdigest()
+        return hashlib.blake2b(key.encode(), digest_size=20).hexdigest()
 
     def _canonical_digest(self, ctx: RequestContext, body: bytes) -> Any:
         """``(digest of the canonical body, model, stream)``, or ``_NOT_CACHEABLE`` for a body we won't key."""
         try:
-            # What json.loads(body, parse_float=...) does, minus building a decoder per call (~0.8 us). A body
-            # opening with "{" and no NUL after it is UTF-8 by json.detect_encoding's rules: no need to call it.
-            utf8 = body[:1] == b"{" and body[1:2] != b"\x00"
-            text = body.decode("utf-8" if utf8 else json.detect_encoding(body), "surrogatepass")
-            data = _DECODER.decode(text)
-        except (ValueError, UnicodeDecodeError):
+            data = _DECODER.decode(body)
+        except msgspec.DecodeError:  # not JSON, not UTF-8, or JSON's non-standard NaN/Infinity
             return _NOT_CACHEABLE
         if not isinstance(data, dict):
             return _NOT_CACHEABLE
@@ -184,7 +178,7 @@ class Normalize:
             data = {k: v for k, v in data.items() if k not in self._ignore}
         if self.config.fold_whitespace:
             data = _fold_messages(data)
-        digest = hashlib.blake2b(_CANONICAL.encode(data).encode(), digest_size=20).hexdigest().encode()
+        digest = hashlib.blake2b(_CANONICAL.encode(data), digest_size=20).hexdigest()
         return digest, model if isinstance(model, str) else None, stream
 
 
