@@ -558,8 +558,7 @@ class Pipeline:
                 try:
                     body = b"".join(stream)
                 finally:
-                    # The stream itself, as it was read: Response.close() adds a context manager (~1 us) that
-                    # only labels errors with a request, which a transport-level response does not carry.
+                    # The stream, not the response: the response is handed on to the caller (see _hand_over).
                     stream.close()
             attempt.body = body
         except BaseException as exc:
@@ -625,11 +624,8 @@ class Pipeline:
         )
 
     def _buffered(self, ctx: RequestContext, upstream: Any, body: bytes) -> Any:
-        http = ctx.http
-        return build_response(
-            http, upstream.status_code, header_items(upstream.headers) + self._info_headers(ctx),
-            http.ByteStream(body), self._extensions(ctx, upstream.extensions),
-        )
+        """The upstream response, its body read into ``body``, handed to the caller."""
+        return self._hand_over(ctx, upstream, ctx.http.ByteStream(body))
 
     def _pass_through(self, ctx: RequestContext, upstream: Any, attempt: Attempt) -> Any:
         """Hand the upstream response over unbuffered; end the attempt and the request when its body ends."""
@@ -642,11 +638,31 @@ class Pipeline:
             self._end_attempt(ctx, attempt)
             self._finish(ctx)
 
-        http = ctx.http
-        return build_response(
-            http, upstream.status_code, header_items(upstream.headers) + self._info_headers(ctx),
-            observed_stream(http, upstream.stream, on_end), self._extensions(ctx, upstream.extensions),
+        return self._hand_over(ctx, upstream, observed_stream(ctx.http, upstream.stream, on_end))
+
+    def _hand_over(self, ctx: RequestContext, upstream: Any, stream: Any) -> Any:
+        """The upstream response itself, reading ``stream``, with the cache headers and extension added.
+
+        Reused rather than copied into a new ``Response`` (~2 us a request): the transport made it for this
+        request alone. Its header list is replaced, not extended, since a flight's followers hold the old one.
+        A response the transport built with its content in hand (``MockTransport``'s, a hand-written
+        transport's) counts as read already, so its caller would never read ``stream``: that one is copied.
+        """
+        info = self._info_headers(ctx)
+        if hasattr(upstream, "_content"):
+            return build_response(
+                ctx.http, upstream.status_code, header_items(upstream.headers) + info, stream,
+                self._extensions(ctx, upstream.extensions),
+            )
+        upstream.stream = stream
+        if info:
+            headers = upstream.headers
+            headers._list = header_items(headers) + info
+        endpoint = ctx.endpoint
+        upstream.extensions["aurelis"] = CacheInfo(
+            ctx.cache_status, ctx.cache_tier, ctx.key, endpoint.name if endpoint is not None else None
         )
+        return upstream
 
 
 #: (cache status, tier) -> the info header triples of responses with it (see ``Pipeline._info_headers``).
@@ -667,10 +683,12 @@ def _send_with_inner(ctx: RequestContext, attempt: Attempt) -> Any:
 async def _aread_raw(response: Any) -> bytes:
     # The transport-level stream yields the bytes as they came off the wire (still content-encoded). Reading
     # it directly, rather than through aiter_raw(), also works for responses a transport built pre-read.
+    # The stream is closed, not the response: the response is handed on to the caller (see _hand_over).
+    stream = response.stream
     try:
-        return b"".join([chunk async for chunk in response.stream])
+        return b"".join([chunk async for chunk in stream])
     finally:
-        await response.aclose()
+        await stream.aclose()
 
 
 def _close(ctx: RequestContext, response: Any) -> Awaitable[None] | None:
