@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +24,10 @@ import httpx2
 import pytest
 
 import aurelis_core
-from aurelis_core.testing import simulated_upstream
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _upstreams import upstream as local_upstream
 
 CONFIG = {"plugins": ["normalize", "memory"]}
 BODY: dict[str, Any] = {
@@ -105,17 +109,19 @@ def test_l1_hit_vs_instant_transport(http: Any, benchmark: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[Any]:
-    with simulated_upstream() as up:
-        yield up
+def upstream() -> Iterator[tuple[str, str]]:
+    """nginx in its own process when installed (see ``_upstreams``), else the in-process simulator."""
+    with local_upstream() as found:
+        yield found
 
 
 @pytest.mark.parametrize("http", [httpx, httpx2], ids=["httpx", "httpx2"])
-def test_miss_path_overhead(http: Any, upstream: Any, benchmark: Any) -> None:
+def test_miss_path_overhead(http: Any, upstream: tuple[str, str], benchmark: Any) -> None:
     """Every wrapped request is a miss (a fresh body each time): normalize, L1 lookup, read, store."""
+    base, kind = upstream
     raw = http.Client()
     wrapped = aurelis_core.instrument(http.Client(), CONFIG)
-    url = upstream.base_url + "/chat/completions"
+    url = base + "/v1/chat/completions"
     counter = itertools.count()
 
     def body() -> dict[str, Any]:
@@ -131,7 +137,7 @@ def test_miss_path_overhead(http: Any, upstream: Any, benchmark: Any) -> None:
     miss_p50, raw_p50 = interleaved(miss, bare, rounds=200, batch=10, warmup=200)
     overhead_us = (miss_p50 - raw_p50) * 1e6
     print(
-        f"\n[{http.__name__}] miss p50 {miss_p50 * 1e6:.1f} us, raw p50 {raw_p50 * 1e6:.1f} us, "
+        f"\n[{http.__name__}] upstream: {kind}; miss p50 {miss_p50 * 1e6:.1f} us, raw p50 {raw_p50 * 1e6:.1f} us, "
         f"overhead {overhead_us:+.1f} us (target <= +30 us)"
     )
     benchmark.extra_info["overhead_us"] = overhead_us

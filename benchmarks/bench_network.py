@@ -1,9 +1,8 @@
 """Requests per second at concurrency 32: raw ``httpx.AsyncClient`` vs the ``httpx`` and ``aiohttp`` engines.
 
-The upstream is nginx (Debian's ``nginx-light`` or ``nginx``) on a free 127.0.0.1 port, started here with a
-temporary config that answers every request with a fixed chat completion (``return 200 '...'``): an upstream
-fast enough that the client side is what is measured. Without nginx the simulated upstream (uvicorn) is used
-instead, and the report says so (it is slower, so the ratios shrink toward 1).
+The upstream is nginx on a free 127.0.0.1 port answering a fixed chat completion (see ``_upstreams``): an
+upstream fast enough that the client side is what is measured. Without nginx the simulated upstream (uvicorn)
+is used instead, and the report says so (it is slower, so the ratios shrink toward 1).
 
     apt-get install -y nginx-light
     .venv/bin/python -m pytest benchmarks/bench_network.py -s
@@ -16,99 +15,23 @@ engine >= 3x raw httpx.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
+import sys
 import time
-from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 import aurelis_core
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _upstreams import REQUEST, upstream
+
 CONCURRENCY = 32
 ROUND_SECONDS = float(os.environ.get("AURELIS_BENCH_SECONDS", "2.0"))
 ROUNDS = int(os.environ.get("AURELIS_BENCH_ROUNDS", "3"))
-
-ANSWER = json.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
-                 "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 9, "completion_tokens": 9, "total_tokens": 18},
-})
-REQUEST = {"model": "bench", "messages": [{"role": "user", "content": "Say hello."}]}
-
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            default_type application/json;
-            return 200 '{answer}';
-        }}
-    }}
-}}
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def nginx_upstream() -> Iterator[str]:
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if binary is None:
-        raise FileNotFoundError("nginx")
-    with tempfile.TemporaryDirectory() as workdir:
-        port = _free_port()
-        conf = os.path.join(workdir, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(dir=workdir, port=port, answer=ANSWER))
-        proc = subprocess.Popen([binary, "-p", workdir, "-c", conf], stderr=subprocess.PIPE)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    httpx.post(url + "/v1/chat/completions", json=REQUEST).raise_for_status()
-                    break
-                except httpx.TransportError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"nginx did not start: {proc.stderr.read()!r}") from None  # type: ignore[union-attr]
-                    time.sleep(0.05)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(10)
-
-
-@contextlib.contextmanager
-def upstream() -> Iterator[tuple[str, str]]:
-    try:
-        with nginx_upstream() as url:
-            yield url, "nginx"
-    except FileNotFoundError:
-        from aurelis_core.testing import simulated_upstream
-
-        with simulated_upstream() as up:
-            yield up.url, "simulator (nginx not installed: install nginx-light for the real figures)"
 
 
 async def _rate(client: httpx.AsyncClient, url: str, seconds: float) -> float:
