@@ -197,7 +197,8 @@ class Flight:
 
     def publish(self, status: int, headers: list[tuple[bytes, bytes, bytes]], extensions: dict[str, Any],
                 body: bytes) -> None:
-        """The leader's whole answer: followers may build their responses."""
+        """The leader's whole answer: followers may build their responses (``extensions`` are the leader's
+        response's own: followers keep only what describes the answer)."""
         self.headers, self.extensions = headers, extensions
         self.chunks.append(body)
         self.status = status  # before ``finished``: a finished flight without a status is a failed one

@@ -356,7 +356,7 @@ class Pipeline:
             raise
         try:
             if flight is not None:
-                flight.publish(response.status_code, header_items(response.headers), _head_extensions(response), body)
+                flight.publish(response.status_code, header_items(response.headers), response.extensions, body)
             if storable:
                 entry = CacheEntry(
                     response.status_code, _stored_headers(response.headers), body, ttl=ctx.controls.ttl
@@ -390,11 +390,11 @@ class Pipeline:
             raise flight.error
         ctx.response_status = flight.status
         if flight.streaming:
-            return self._flight_response(ctx, flight, flight.extensions)
+            return self._flight_response(ctx, flight, _head_extensions(flight.extensions))
         http = ctx.http
         response = build_response(
             http, flight.status, flight.headers + self._info_headers(ctx), http.ByteStream(flight.chunks[0]),
-            self._extensions(ctx, flight.extensions),
+            self._extensions(ctx, _head_extensions(flight.extensions)),
         )
         self._finish(ctx)
         return response
@@ -419,7 +419,7 @@ class Pipeline:
             )
             return self._cache_store(ctx, entry, self._tiers_set, promote=False)
 
-        flight.start_stream(upstream, _head_extensions(upstream), on_end)
+        flight.start_stream(upstream, upstream.extensions, on_end)
         return self._flight_response(ctx, flight, upstream.extensions)
 
     def _flight_response(self, ctx: RequestContext, flight: Flight, extensions: Mapping[str, Any]) -> Any:
@@ -851,10 +851,10 @@ def _storable(ctx: RequestContext, response: Any) -> bool:
     return True
 
 
-def _head_extensions(response: Any) -> dict[str, Any]:
-    """The extensions of ``response`` that describe the answer, not the connection it came on (followers
-    must not be handed the leader's network stream)."""
-    extensions = response.extensions
+def _head_extensions(extensions: Mapping[str, Any]) -> dict[str, Any]:
+    """The response extensions that describe the answer, not the connection it came on (followers must not be
+    handed the leader's network stream). Filtered by the followers: the leader's own dict is shared with them
+    as it is, so a flight nobody joins costs no copy."""
     return {name: extensions[name] for name in ("http_version", "reason_phrase") if name in extensions}
 
 
