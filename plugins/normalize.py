@@ -40,7 +40,7 @@ KEY_VERSION = "aurelis-key-2"
 
 CREDENTIAL_HEADERS = frozenset((b"authorization", b"api-key", b"x-api-key"))
 _WHITESPACE = re.compile(r"\s+")
-#: How many raw-body digests the memo keeps (16-byte keys: ~0.5 MB at most); cleared when full.
+#: How many requests the memo keeps (~300 B each, ~1.2 MB at most); cleared when full.
 MEMO_ENTRIES = 4096
 _NOT_CACHEABLE: Any = object()
 #: Sorted keys (at every depth), no optional whitespace, UTF-8: one spelling per value.
@@ -88,23 +88,23 @@ class Normalize:
         # Matched against the raw (still percent-encoded) path: URL.path decodes on every access.
         self._paths = tuple(p.rstrip("/") for p in config.paths)
         self._ignore = frozenset(config.ignore_fields)
-        self._bodies: dict[bytes, Any] = {}
+        self._memo: dict[tuple[Any, ...], Any] = {}
         # credential bytes -> fingerprint; HMAC costs ~1.5 us, a dict hit ~50 ns, and a process sees few keys.
         self._fingerprints: dict[bytes, str] = {}
 
     def tenant(self, ctx: RequestContext) -> str:
         """The tenant scope of a request: ``ns:<namespace>`` or ``key:<fingerprint>`` or ``anonymous``."""
+        namespace = ctx.controls.namespace or self.config.namespace
+        if namespace is not None:
+            return "ns:" + namespace
         material = b""
         for _, lower, value in header_items(ctx.original.headers):
             if lower in CREDENTIAL_HEADERS:
                 material += lower + b"=" + value + b"\x00"
-        return self._tenant(ctx, material)
+        return self._fingerprint(material)
 
-    def _tenant(self, ctx: RequestContext, material: bytes) -> str:
-        """:meth:`tenant`, given the request's credential headers as ``name=value\\0`` pairs."""
-        namespace = ctx.controls.namespace or self.config.namespace
-        if namespace is not None:
-            return "ns:" + namespace
+    def _fingerprint(self, material: bytes) -> str:
+        """The tenant of a request without a namespace, given its credential headers as ``name=value\\0``."""
         if not material:
             return "anonymous"
         fingerprint = self._fingerprints.get(material)
@@ -138,30 +138,43 @@ class Normalize:
             body = request.content
         except Exception:  # a streaming upload (RequestNotRead): never read it behind the caller's back
             return None
-        # Memo: raw body digest -> canonical body digest. A repeated request (every cache hit) is recognised by
-        # its raw bytes alone, skipping the JSON parse and the canonical re-encoding.
-        body_id = hashlib.blake2b(body, digest_size=16).digest()
-        memo = self._bodies.get(body_id)
+        namespace = ctx.controls.namespace or self.config.namespace
+        # Memo: everything the key depends on, with the body as its digest -> (key, model, stream). A repeated
+        # request (every cache hit) is recognised with one hash of its body and a dict lookup, skipping the
+        # JSON parse, the canonical re-encoding and the key's own digest. A tuple, compared field by field, so
+        # two different requests can never share a memo slot, whatever their fields contain.
+        request_id = (hashlib.blake2b(body, digest_size=16).digest(), scheme, netloc, path, query, material, namespace)
+        memo = self._memo.get(request_id)
         if memo is None:
-            memo = self._canonical_digest(ctx, body)
-            if len(self._bodies) >= MEMO_ENTRIES:
-                self._bodies.clear()
-            self._bodies[body_id] = memo
+            memo = self._key(ctx, body, scheme, netloc, path, query, material, namespace)
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[request_id] = memo
         if memo is _NOT_CACHEABLE:
             return None
-        body_digest, model, stream = memo
+        key, model, stream = memo
         ctx.model = model
         # Keyed like any request: "stream" is part of the body, so a streamed answer and a whole one never
         # share an entry.
         ctx.stream = stream
+        return key  # type: ignore[no-any-return]
+
+    def _key(
+        self, ctx: RequestContext, body: bytes, scheme: str, netloc: str, path: str, query: str | None,
+        material: bytes, namespace: str | None,
+    ) -> Any:
+        """``(cache key, model, stream)`` of a request not in the memo, or ``_NOT_CACHEABLE``."""
+        canonical = self._canonical_digest(ctx, body)
+        if canonical is _NOT_CACHEABLE:
+            return canonical
+        body_digest, model, stream = canonical
+        tenant = "ns:" + namespace if namespace is not None else self._fingerprint(material)
         # Newline-separated: no field before the tenant can contain a raw newline (URL parts are encoded, the
         # rest are constants and hex digests), and the tenant comes last, so the fields cannot run together.
         # The query keeps its "?" (a path cannot contain one), so path and query cannot trade characters.
-        key = "\n".join(
-            (KEY_VERSION, "POST", scheme, netloc, path if query is None else path + "?" + query, body_digest,
-             self._tenant(ctx, material))
-        )
-        return hashlib.blake2b(key.encode(), digest_size=20).hexdigest()
+        target = path if query is None else path + "?" + query
+        fields = (KEY_VERSION, "POST", scheme, netloc, target, body_digest, tenant)
+        return hashlib.blake2b("\n".join(fields).encode(), digest_size=20).hexdigest(), model, stream
 
     def _canonical_digest(self, ctx: RequestContext, body: bytes) -> Any:
         """``(digest of the canonical body, model, stream)``, or ``_NOT_CACHEABLE`` for a body we won't key."""
