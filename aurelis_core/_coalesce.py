@@ -103,8 +103,10 @@ class Flights:
 
     def remove(self, flight: Flight) -> None:
         """Stop new callers from joining ``flight`` (callers already in keep reading it)."""
+        token = flight.token
         with self._lock:
-            self._remove(flight)
+            if token is not None and self._flights.get(token) is flight:
+                del self._flights[token]
 
     def _remove(self, flight: Flight) -> None:
         if flight.token is not None and self._flights.get(flight.token) is flight:

@@ -365,7 +365,7 @@ class Pipeline:
         finally:
             if flight is not None:
                 self._flights.remove(flight)
-        response = self._buffered(ctx, response, body)
+        response = self._hand_over(ctx, response, ctx.http.ByteStream(body))
         self._finish(ctx)
         return response
 
@@ -623,10 +623,6 @@ class Pipeline:
             self._extensions(ctx, _REPLAY_EXTENSIONS),
         )
 
-    def _buffered(self, ctx: RequestContext, upstream: Any, body: bytes) -> Any:
-        """The upstream response, its body read into ``body``, handed to the caller."""
-        return self._hand_over(ctx, upstream, ctx.http.ByteStream(body))
-
     def _pass_through(self, ctx: RequestContext, upstream: Any, attempt: Attempt) -> Any:
         """Hand the upstream response over unbuffered; end the attempt and the request when its body ends."""
         from ._transports import observed_stream
@@ -658,7 +654,8 @@ class Pipeline:
         if info:
             headers = upstream.headers
             headers._list = header_items(headers) + info
-        endpoint = ctx.endpoint
+        attempts = ctx.attempts
+        endpoint = attempts[-1].endpoint if attempts else None
         upstream.extensions["aurelis"] = CacheInfo(
             ctx.cache_status, ctx.cache_tier, ctx.key, endpoint.name if endpoint is not None else None
         )
