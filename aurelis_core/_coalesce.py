@@ -103,10 +103,8 @@ class Flights:
 
     def remove(self, flight: Flight) -> None:
         """Stop new callers from joining ``flight`` (callers already in keep reading it)."""
-        token = flight.token
         with self._lock:
-            if token is not None and self._flights.get(token) is flight:
-                del self._flights[token]
+            self._remove(flight)
 
     def _remove(self, flight: Flight) -> None:
         if flight.token is not None and self._flights.get(flight.token) is flight:
