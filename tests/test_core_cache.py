@@ -134,11 +134,17 @@ async def test_malformed_and_non_json_bodies_pass_through(
     broken = await caller.post(url, content=b'{"model": "x", ', headers={"content-type": "application/json"})
     text = await caller.post(url, content=b"hello", headers={"content-type": "text/plain"})
     array = await caller.post(url, json=[1, 2])
+    # JSON is UTF-8 (RFC 8259), and NaN is not JSON: neither is keyed, and neither is refused.
+    utf16 = '{"model": "x", "messages": []}'.encode("utf-16")
+    wide = await caller.post(url, content=utf16, headers={"content-type": "application/json"})
+    nan = b'{"model": "x", "temperature": NaN, "messages": []}'
+    not_a_number = await caller.post(url, content=nan, headers={"content-type": "application/json"})
     await caller.aclose()
     # The upstream saw every body exactly as sent, and answered each one itself.
-    assert [r.body for r in upstream.requests] == [b'{"model": "x", ', b"hello", b"[1,2]"]
+    assert [r.body for r in upstream.requests] == [b'{"model": "x", ', b"hello", b"[1,2]", utf16, nan]
     assert broken.status_code == 400
-    assert {r.headers["x-aurelis-cache"] for r in (broken, text, array)} == {"bypass"}
+    responses = (broken, text, array, wide, not_a_number)
+    assert {r.headers["x-aurelis-cache"] for r in responses} == {"bypass"}
 
 
 # --- the real openai SDK ---------------------------------------------------------------------------------------
