@@ -58,15 +58,15 @@ def header_items(headers: Any) -> list[tuple[bytes, bytes, bytes]]:
     return headers._list  # type: ignore[no-any-return]
 
 
-def url_parts(url: Any) -> tuple[str, str, str, str | None]:
-    """``(scheme, netloc, path, query)`` of a URL, as its (percent-encoded, lower-cased host) strings.
+def url_parts(url: Any) -> tuple[str, str, int | None, str, str | None]:
+    """``(scheme, host, port, path, query)`` of a URL, as its (percent-encoded, lower-cased host) parts.
 
     Each ``URL`` property (``raw_scheme``, ``netloc``, ``raw_path``) re-derives and encodes its part (~0.5 us
-    apiece); both flavours keep the parsed parts as ``URL._uri_reference``, read here in one go. ``query`` is
-    ``None`` when the URL has no ``?``.
+    apiece); both flavours keep the parsed parts as ``URL._uri_reference``, read here in one go. ``port`` is
+    ``None`` for the scheme's default port, ``query`` is ``None`` when the URL has no ``?``.
     """
     uri = url._uri_reference
-    return uri.scheme, uri.netloc, uri.path, uri.query
+    return uri.scheme, uri.host, uri.port, uri.path, uri.query
 
 
 def build_response(

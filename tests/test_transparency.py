@@ -158,6 +158,8 @@ def run_sync_scenarios(client: Any, server: str, http: Any) -> list[Any]:
     for exc_type, call in (
         (http.ReadTimeout, lambda: client.get(f"{server}/slow", timeout=0.2)),
         (http.ConnectError, lambda: client.get(f"http://127.0.0.1:{CLOSED_PORT}/")),
+        # A header the client builds but the wire refuses: the same error as without the pipeline.
+        (http.LocalProtocolError, lambda: client.post(f"{server}/v1/chat/completions", json={}, headers={"": "v"})),
     ):
         with pytest.raises(exc_type) as info:
             call()
