@@ -187,6 +187,9 @@ class _PipelineTransport:
         self.inner = inner
         self.aurelis_pipeline = pipeline
         self._owns_pipeline = owns_pipeline
+        #: The flavour (httpx or httpx2) of the requests this transport is given: its inner transport's, found
+        #: once here rather than on every request.
+        self._http = flavour_of(inner)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} around {self.inner!r}>"
@@ -195,7 +198,7 @@ class _PipelineTransport:
 class _SyncPipelineTransport(_PipelineTransport):
     def handle_request(self, request: Any) -> Any:
         pipeline = self.aurelis_pipeline
-        ctx = RequestContext(request, self.inner, flavour_of(request), False, DEFAULT_CONTROLS)
+        ctx = RequestContext(request, self.inner, self._http, False, DEFAULT_CONTROLS)
         return drive_sync(pipeline.flow(ctx), pipeline)
 
     def close(self) -> None:
@@ -209,7 +212,7 @@ class _SyncPipelineTransport(_PipelineTransport):
 class _AsyncPipelineTransport(_PipelineTransport):
     async def handle_async_request(self, request: Any) -> Any:
         pipeline = self.aurelis_pipeline
-        ctx = RequestContext(request, self.inner, flavour_of(request), True, DEFAULT_CONTROLS)
+        ctx = RequestContext(request, self.inner, self._http, True, DEFAULT_CONTROLS)
         return await drive_async(pipeline.flow(ctx))
 
     async def aclose(self) -> None:
