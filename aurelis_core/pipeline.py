@@ -656,6 +656,7 @@ class Pipeline:
             headers._list = header_items(headers) + info
         attempts = ctx.attempts
         endpoint = attempts[-1].endpoint if attempts else None
+        # The response's own dict (Response() copies the mapping it is given), so adding a key touches no other.
         upstream.extensions["aurelis"] = CacheInfo(
             ctx.cache_status, ctx.cache_tier, ctx.key, endpoint.name if endpoint is not None else None
         )
