@@ -1,8 +1,8 @@
 """``normalize``: the cache key, over the whole wire request, scoped to a tenant.
 
-The key is a digest of these fields, in an order and encoding that cannot run together:
+The key is one digest over these fields, in an order and encoding that cannot run together:
 
-    format version, method, upstream origin, path and query, digest of the canonical body, tenant scope
+    format version, method, upstream origin, path and query, tenant scope, canonical body
 
 - **canonical body**: the JSON body parsed and re-encoded with sorted keys and no optional whitespace (by
   msgspec, in C: ~2 us for a chat body where the standard library's json takes ~6-10 us); numbers are
@@ -36,12 +36,17 @@ from aurelis_core._compat import header_items, url_parts
 __all__ = ["KEY_VERSION", "Normalize", "NormalizeConfig"]
 
 #: Bumped whenever the key's composition changes, so old cache entries are never misread.
-KEY_VERSION = "aurelis-key-2"
+KEY_VERSION = "aurelis-key-3"
 
 CREDENTIAL_HEADERS = frozenset((b"authorization", b"api-key", b"x-api-key"))
 _WHITESPACE = re.compile(r"\s+")
-#: How many requests the memo keeps (~300 B each, ~1.2 MB at most); cleared when full.
+#: How many requests the memo keeps; it is cleared when full, or when the bodies it holds pass ``MEMO_BYTES``.
 MEMO_ENTRIES = 4096
+#: Bodies up to this size are memo keys themselves (Python's own hash: ~0.1 us for a chat body, against ~0.5 us
+#: for a digest, and cached on the bytes object); larger ones by their digest, so the memo stays small.
+MEMO_INLINE_BYTES = 8192
+#: What the memo may hold in inline bodies (~200 B per entry besides).
+MEMO_BYTES = 4 * 1024 * 1024
 _NOT_CACHEABLE: Any = object()
 #: Sorted keys (at every depth), no optional whitespace, UTF-8: one spelling per value.
 _CANONICAL = msgspec.json.Encoder(order="sorted")
@@ -89,6 +94,7 @@ class Normalize:
         self._paths = tuple(p.rstrip("/") for p in config.paths)
         self._ignore = frozenset(config.ignore_fields)
         self._memo: dict[tuple[Any, ...], Any] = {}
+        self._memo_bytes = 0
         # credential bytes -> fingerprint; HMAC costs ~1.5 us, a dict hit ~50 ns, and a process sees few keys.
         self._fingerprints: dict[bytes, str] = {}
 
@@ -139,19 +145,24 @@ class Normalize:
         except Exception:  # a streaming upload (RequestNotRead): never read it behind the caller's back
             return None
         namespace = ctx.controls.namespace or self.config.namespace
-        # Memo: everything the key depends on, with the body as its digest -> (key, model, stream). A repeated
-        # request (every cache hit) is recognised with one hash of its body and a dict lookup, skipping the
-        # JSON parse, the canonical re-encoding and the key's own digest. A tuple, compared field by field, so
-        # two different requests can never share a memo slot, whatever their fields contain.
-        request_id = (
-            hashlib.blake2b(body, digest_size=16).digest(), scheme, host, port, path, query, material, namespace
-        )
+        # Memo: everything the key depends on -> (key, model, stream). A repeated request (every cache hit) is
+        # recognised with one hash of its body and a dict lookup, skipping the JSON parse, the canonical
+        # re-encoding and the key's digest. A tuple compared field by field, the body itself (or, for a large
+        # one, a 1-tuple of its digest, which never equals a body), so two different requests can never share
+        # a memo slot, whatever their fields contain.
+        size = len(body)
+        body_id = body if size <= MEMO_INLINE_BYTES else (hashlib.blake2b(body, digest_size=16).digest(),)
+        request_id = (body_id, scheme, host, port, path, query, material, namespace)
         memo = self._memo.get(request_id)
         if memo is None:
             memo = self._key(ctx, body, scheme, host, port, path, query, material, namespace)
-            if len(self._memo) >= MEMO_ENTRIES:
+            if size > MEMO_INLINE_BYTES:
+                size = 16
+            if len(self._memo) >= MEMO_ENTRIES or self._memo_bytes + size > MEMO_BYTES:
                 self._memo.clear()
+                self._memo_bytes = 0
             self._memo[request_id] = memo
+            self._memo_bytes += size
         if memo is _NOT_CACHEABLE:
             return None
         key, model, stream = memo
@@ -166,21 +177,6 @@ class Normalize:
         query: str | None, material: bytes, namespace: str | None,
     ) -> Any:
         """``(cache key, model, stream)`` of a request not in the memo, or ``_NOT_CACHEABLE``."""
-        canonical = self._canonical_digest(ctx, body)
-        if canonical is _NOT_CACHEABLE:
-            return canonical
-        body_digest, model, stream = canonical
-        tenant = "ns:" + namespace if namespace is not None else self._fingerprint(material)
-        # Newline-separated: no field before the tenant can contain a raw newline (URL parts are encoded, the
-        # rest are constants, a port number and hex digests), and the tenant comes last, so the fields cannot
-        # run together. The query keeps its "?" (a path cannot contain one), so path and query cannot trade
-        # characters; the default port is "" (the URL parser drops an explicit default port).
-        target = path if query is None else path + "?" + query
-        fields = (KEY_VERSION, "POST", scheme, host, "" if port is None else str(port), target, body_digest, tenant)
-        return hashlib.blake2b("\n".join(fields).encode(), digest_size=20).hexdigest(), model, stream
-
-    def _canonical_digest(self, ctx: RequestContext, body: bytes) -> Any:
-        """``(digest of the canonical body, model, stream)``, or ``_NOT_CACHEABLE`` for a body we won't key."""
         try:
             data = _DECODER.decode(body)
         except msgspec.DecodeError:  # not JSON, not UTF-8, or JSON's non-standard NaN/Infinity
@@ -194,8 +190,19 @@ class Normalize:
             data = {k: v for k, v in data.items() if k not in self._ignore}
         if self.config.fold_whitespace:
             data = _fold_messages(data)
-        digest = hashlib.blake2b(_CANONICAL.encode(data), digest_size=20).hexdigest()
-        return digest, model if isinstance(model, str) else None, stream
+        tenant = "ns:" + namespace if namespace is not None else self._fingerprint(material)
+        # One digest over newline-separated fields, the canonical body last. No field before the tenant can
+        # contain a raw newline (URL parts are encoded, the rest are constants, a port number and a hex
+        # fingerprint), and canonical JSON never does (msgspec escapes control characters in strings and adds
+        # no whitespace), so the last newline ends the tenant: the fields cannot run together. The query keeps
+        # its "?" (a path cannot contain one), so path and query cannot trade characters; the default port is
+        # "" (the URL parser drops an explicit default port).
+        target = path if query is None else path + "?" + query
+        head = "\n".join(
+            (KEY_VERSION, "POST", scheme, host, "" if port is None else str(port), target, tenant, "")
+        )
+        key = hashlib.blake2b(head.encode() + _CANONICAL.encode(data), digest_size=20).hexdigest()
+        return key, model if isinstance(model, str) else None, stream
 
 
 def _fold_messages(data: dict[str, Any]) -> dict[str, Any]:
