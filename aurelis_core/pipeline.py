@@ -42,6 +42,7 @@ from ._plugins import (
     unknown_plugin,
 )
 from ._sse import chunk_stream, is_event_stream, stream_complete
+from ._transports import drive_async, drive_sync, instrument_client, observed_stream, wrap_transport
 from .config import Config, ConfigError, choices_hint, config_from_table, load_config
 from .health import EndpointHealth
 from .stats import Stats
@@ -221,20 +222,14 @@ class Pipeline:
 
     def instrument(self, client: Any) -> Any:
         """Wrap ``client``'s transport and proxy mounts in place with this pipeline; returns the client."""
-        from ._transports import instrument_client
-
         return instrument_client(client, self)
 
     def transport(self, inner: Any) -> Any:
         """A sync transport that runs this pipeline in front of ``inner`` (an httpx/httpx2 transport)."""
-        from ._transports import wrap_transport
-
         return wrap_transport(inner, self, is_async=False)
 
     def async_transport(self, inner: Any) -> Any:
         """An async transport that runs this pipeline in front of ``inner``."""
-        from ._transports import wrap_transport
-
         return wrap_transport(inner, self, is_async=True)
 
     # --- life cycle --------------------------------------------------------------------------------------------
@@ -257,24 +252,18 @@ class Pipeline:
 
     def start(self) -> None:
         """Run the plugins' start hooks for sync use (the first request does it if you don't)."""
-        from ._transports import drive_sync
-
         if not self._started:
             self._started = True
             drive_sync(self._lifecycle(self._start_hooks, False, False), self)
 
     async def astart(self) -> None:
         """Run the plugins' start hooks for async use (the first request does it if you don't)."""
-        from ._transports import drive_async
-
         if not self._started:
             self._started = True
             await drive_async(self._lifecycle(self._start_hooks, True, False))
 
     def close(self) -> None:
         """Flush and release everything the plugins hold. Idempotent."""
-        from ._transports import drive_sync
-
         if self._closed:
             return
         self._closed = True
@@ -286,8 +275,6 @@ class Pipeline:
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`."""
-        from ._transports import drive_async
-
         if self._closed:
             return
         self._closed = True
@@ -424,7 +411,6 @@ class Pipeline:
 
     def _flight_response(self, ctx: RequestContext, flight: Flight, extensions: Mapping[str, Any]) -> Any:
         """A response reading ``flight``'s body through its own cursor; the request ends when it does."""
-
         def on_done(error: BaseException | None) -> None:
             if error is not None:
                 ctx.error = error
@@ -625,7 +611,6 @@ class Pipeline:
 
     def _pass_through(self, ctx: RequestContext, upstream: Any, attempt: Attempt) -> Any:
         """Hand the upstream response over unbuffered; end the attempt and the request when its body ends."""
-        from ._transports import observed_stream
 
         def on_end(error: BaseException | None) -> None:
             if error is not None:
