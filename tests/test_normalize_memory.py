@@ -82,6 +82,43 @@ def test_tenant_scope() -> None:
     assert other != key_of(BASE, config=shared)
 
 
+def test_namespace_cannot_run_into_the_body() -> None:
+    # The tenant is followed by the canonical body, which never holds a raw newline: a namespace that does
+    # cannot make two requests' digested fields equal.
+    moved = key_of({"model": "m"}, controls=RequestControls(namespace='x\n{"a":1}'))
+    plain = key_of({"a": 1}, controls=RequestControls(namespace="x"))
+    assert moved != plain
+    assert key_of({"model": "m"}, controls=RequestControls(namespace="x\n")) != key_of(
+        {"model": "m"}, controls=RequestControls(namespace="x")
+    )
+
+
+def test_memo_gives_the_fresh_key_and_stays_bounded() -> None:
+    import aurelis_plugins.normalize as normalize
+
+    small = {**BASE, "messages": [{"role": "user", "content": "hi"}]}
+    large = {**BASE, "messages": [{"role": "user", "content": "x" * (normalize.MEMO_INLINE_BYTES + 1)}]}
+    plugin = Normalize(NormalizeConfig(), None)
+
+    def key(body: Any, on: Normalize) -> str | None:
+        request = httpx.Request("POST", URL, json=body)
+        return on.aurelis_normalize(RequestContext(request, None, httpx, False, RequestControls()))
+
+    for body in (small, large):
+        first = key(body, plugin)
+        assert first is not None
+        assert key(body, plugin) == first == key(body, Normalize(NormalizeConfig(), None))  # memo hit, fresh
+    # A large body's slot holds its digest, a small body's the body itself; the bodies held stay bounded.
+    held = [request_id[0] for request_id in plugin._memo]
+    assert any(isinstance(body_id, tuple) for body_id in held)
+    assert any(isinstance(body_id, bytes) for body_id in held)
+    big = "y" * 4000
+    for i in range(2 * normalize.MEMO_BYTES // 4000):
+        key({**BASE, "messages": [{"role": "user", "content": f"{i}{big}"}]}, plugin)
+        assert plugin._memo_bytes <= normalize.MEMO_BYTES
+    assert len(plugin._memo) < normalize.MEMO_BYTES // 4000
+
+
 def test_fingerprint_depends_on_secret() -> None:
     headers = {"authorization": "Bearer a"}
     assert key_of(BASE, headers=headers, config=NormalizeConfig(secret="s1")) != key_of(
