@@ -1,4 +1,5 @@
-"""Core overhead: an L1 hit against the client's own floor, the miss path against the raw client, import time.
+"""Core overhead: an L1 hit against the client's own floor, the miss path against the raw client (its CPU cost
+over an instant transport, and the whole of it against a loopback upstream), import time.
 
 Run: ``.venv/bin/python -m pytest benchmarks/bench_core.py -s``
 
@@ -108,6 +109,45 @@ def test_l1_hit_vs_instant_transport(http: Any, benchmark: Any) -> None:
     assert ratio <= 1.25
 
 
+def fresh_bodies() -> Callable[[], dict[str, Any]]:
+    """A new chat body on every call (one more user turn, numbered), so every wrapped request misses."""
+    counter = itertools.count()
+
+    def body() -> dict[str, Any]:
+        return {**BODY, "messages": [*BODY["messages"], {"role": "user", "content": f"#{next(counter)}"}]}
+
+    return body
+
+
+@pytest.mark.parametrize("http", [httpx, httpx2], ids=["httpx", "httpx2"])
+def test_miss_path_cpu_overhead(http: Any, benchmark: Any) -> None:
+    """The miss path's own CPU cost: both clients over the instant transport, so no socket is involved.
+
+    No target of its own (the target is on the loopback figure below); it tells how much of that figure is
+    the pipeline's work, and how much the network round trip adds to it.
+    """
+    raw = http.Client(transport=instant_transport(http))
+    wrapped = aurelis_core.instrument(http.Client(transport=instant_transport(http)), CONFIG)
+    url = "https://api.example/v1/chat/completions"
+    body = fresh_bodies()
+
+    def miss() -> None:
+        wrapped.post(url, json=body()).read()
+
+    def bare() -> None:
+        raw.post(url, json=body()).read()
+
+    assert wrapped.post(url, json=body()).headers["x-aurelis-cache"] == "miss"
+    miss_p50, raw_p50 = interleaved(miss, bare, rounds=300, batch=10, warmup=300)
+    overhead_us = (miss_p50 - raw_p50) * 1e6
+    print(
+        f"\n[{http.__name__}] instant transport: miss p50 {miss_p50 * 1e6:.1f} us, raw p50 {raw_p50 * 1e6:.1f} us, "
+        f"CPU overhead {overhead_us:+.1f} us"
+    )
+    benchmark.extra_info["overhead_us"] = overhead_us
+    benchmark.pedantic(miss, rounds=200)
+
+
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[tuple[str, str]]:
     """nginx in its own process when installed (see ``_upstreams``), else the in-process simulator."""
@@ -122,10 +162,7 @@ def test_miss_path_overhead(http: Any, upstream: tuple[str, str], benchmark: Any
     raw = http.Client()
     wrapped = aurelis_core.instrument(http.Client(), CONFIG)
     url = base + "/v1/chat/completions"
-    counter = itertools.count()
-
-    def body() -> dict[str, Any]:
-        return {**BODY, "messages": [*BODY["messages"], {"role": "user", "content": f"#{next(counter)}"}]}
+    body = fresh_bodies()
 
     def miss() -> None:
         response = wrapped.post(url, json=body())
