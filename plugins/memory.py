@@ -89,15 +89,12 @@ class _HeaderTable:
         self.names: dict[bytes, list[Any]] = {}
         self.pairs: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
 
-    def intern(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[tuple[bytes, bytes], ...], int]:
-        """``headers`` as a tuple of equal pairs, in the same order, sharing the table's where it has them; and
-        the bytes of their names and values (what ``CacheEntry.size`` counts for them), summed on the way."""
+    def intern(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+        """``headers`` as a tuple of equal pairs, in the same order, sharing the table's where it has them."""
         names = self.names
         pairs = self.pairs
         out: list[tuple[bytes, bytes]] = []
-        size = 0
         for name, value in headers:
-            size += len(name) + len(value)
             known = names.get(name)
             if known is None:
                 if len(names) >= _MAX_NAMES:
@@ -125,7 +122,7 @@ class _HeaderTable:
                 pairs.clear()
             pairs[pair] = pair
             out.append(pair)
-        return tuple(out), size
+        return tuple(out)
 
 
 class MemoryCache:
@@ -140,7 +137,6 @@ class MemoryCache:
         # Unbounded in items: the tier evicts by bytes itself (see the module docstring).
         self._cache: cachetools.Cache[str, CacheEntry] = cache_cls(maxsize=sys.maxsize)
         self._bytes = 0
-        self._ttl = config.ttl
         self._headers = _HeaderTable(max(_MIN_PAIRS, min(_MAX_PAIRS, config.max_bytes // _BYTES_PER_PAIR)))
         # cachetools caches are not thread-safe, and sync clients may be shared across threads. An uncontended
         # lock costs ~50 ns.
@@ -163,8 +159,7 @@ class MemoryCache:
             entry = self._cache.get(key)  # type: ignore[arg-type]
             if entry is None:
                 return None
-            ttl = entry.ttl if entry.ttl is not None else self._ttl  # entry.expired(), inlined: every hit pays it
-            if ttl is not None and time.time() - entry.created >= ttl:
+            if entry.expired(time.time(), self.config.ttl):
                 del self._cache[key]  # type: ignore[arg-type]
                 self._bytes -= _charge(entry)
                 return None
@@ -181,18 +176,13 @@ class MemoryCache:
         The entry's headers are replaced by their interned equivalent (equal pairs, in the same order): the
         entry may be shared with other tiers and the response, which read the same headers either way.
         """
-        # entry.expired() and entry.size, inlined: every miss pays for this method (size comes from interning).
-        ttl = entry.ttl if entry.ttl is not None else self._ttl
-        if ttl is not None and time.time() - entry.created >= ttl:
+        if entry.expired(time.time(), self.config.ttl):
             return False
+        charge = entry.size + ENTRY_OVERHEAD  # _charge(entry), without the call: every put pays this
+        if charge > self.budget:
+            return False  # larger than the whole tier: storing it would evict everything else for nothing
         with self._lock:
-            headers, charge = self._headers.intern(entry.headers)
-            charge += len(entry.body) + ENTRY_OVERHEAD
-            if entry.chunks is not None:
-                charge += sum(map(len, entry.chunks))
-            if charge > self.budget:
-                return False  # larger than the whole tier: storing it would evict everything else for nothing
-            entry.headers = headers
+            entry.headers = self._headers.intern(entry.headers)
             cache = self._cache
             # cachetools' methods are Python code: each call here costs ~0.2 us, so a new key (the usual put)
             # makes one membership test and one store.
