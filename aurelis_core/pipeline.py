@@ -411,6 +411,7 @@ class Pipeline:
 
     def _flight_response(self, ctx: RequestContext, flight: Flight, extensions: Mapping[str, Any]) -> Any:
         """A response reading ``flight``'s body through its own cursor; the request ends when it does."""
+
         def on_done(error: BaseException | None) -> None:
             if error is not None:
                 ctx.error = error
