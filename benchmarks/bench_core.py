@@ -112,20 +112,30 @@ def test_l1_hit_vs_instant_transport(http: Any, benchmark: Any) -> None:
 def miss_overhead(raw: Any, wrapped: Any, url: str, benchmark: Any, label: str, rounds: int) -> float:
     """Microseconds the median request of ``wrapped`` takes over ``raw``'s, both posting a new chat body each
     time (one more user turn, numbered), so every wrapped request misses. Prints both medians under ``label``
-    and benchmarks the miss."""
+    and benchmarks the miss.
+
+    The medians are of single requests (batches of one): p50 is a per-request figure, and the timer's own
+    cost (~0.1 us a reading) is small beside a request's. That every wrapped request missed is checked on
+    the pipeline's counters afterwards rather than on each response, so the timed call does only what the
+    raw client's does.
+    """
     counter = itertools.count()
+    pipeline = aurelis_core.pipeline_of(wrapped)
+    assert pipeline is not None
 
     def body() -> dict[str, Any]:
         return {**BODY, "messages": [*BODY["messages"], {"role": "user", "content": f"#{next(counter)}"}]}
 
     def miss() -> None:
-        response = wrapped.post(url, json=body())
-        assert response.headers["x-aurelis-cache"] == "miss"
+        wrapped.post(url, json=body())
 
     def bare() -> None:
         raw.post(url, json=body()).read()
 
-    miss_p50, raw_p50 = interleaved(miss, bare, rounds=rounds, batch=10, warmup=rounds)
+    pipeline.stats.reset()
+    miss_p50, raw_p50 = interleaved(miss, bare, rounds=rounds, batch=1, warmup=300)
+    counters = pipeline.stats.counters
+    assert counters["miss"] == counters["requests"] == rounds + 300, dict(counters)
     overhead_us = (miss_p50 - raw_p50) * 1e6
     print(f"\n{label}: miss p50 {miss_p50 * 1e6:.1f} us, raw p50 {raw_p50 * 1e6:.1f} us, "
           f"overhead {overhead_us:+.1f} us")
@@ -144,7 +154,7 @@ def test_miss_path_cpu_overhead(http: Any, benchmark: Any) -> None:
     raw = http.Client(transport=instant_transport(http))
     wrapped = aurelis_core.instrument(http.Client(transport=instant_transport(http)), CONFIG)
     url = "https://api.example/v1/chat/completions"
-    miss_overhead(raw, wrapped, url, benchmark, f"[{http.__name__}] instant transport (CPU only)", rounds=300)
+    miss_overhead(raw, wrapped, url, benchmark, f"[{http.__name__}] instant transport (CPU only)", rounds=4000)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +171,7 @@ def test_miss_path_overhead(http: Any, upstream: tuple[str, str], benchmark: Any
     raw = http.Client()
     wrapped = aurelis_core.instrument(http.Client(), CONFIG)
     label = f"[{http.__name__}] upstream: {kind} (target: overhead <= +30 us)"
-    overhead_us = miss_overhead(raw, wrapped, base + "/v1/chat/completions", benchmark, label, rounds=200)
+    overhead_us = miss_overhead(raw, wrapped, base + "/v1/chat/completions", benchmark, label, rounds=4000)
     assert overhead_us <= 30
 
 
