@@ -261,6 +261,40 @@ def test_cache_control_headers(wired: tuple[httpx.Client, Upstream]) -> None:
     assert upstream.calls == 2
 
 
+def test_an_answer_marked_no_store_is_not_kept() -> None:
+    calls = 0
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(200, json={"n": calls}, headers={"Cache-Control": "private, No-Store"})
+
+    client = Pipeline({"plugins": ["normalize", "memory"]}).instrument(
+        httpx.Client(transport=httpx.MockTransport(upstream))
+    )
+    assert post(client).json() == {"n": 1}
+    second = post(client)
+    assert second.headers["x-aurelis-cache"] == "miss" and second.json() == {"n": 2}
+
+
+def test_a_stored_answer_keeps_its_own_headers_not_per_call_ones() -> None:
+    per_call = {
+        "set-cookie": "session=abc", "date": "Fri, 27 Nov 2026 09:00:00 GMT", "age": "3",
+        "x-ratelimit-remaining-requests": "41", "connection": "keep-alive",
+    }
+    own = {"content-type": "application/json", "x-request-id": "req-1", "openai-processing-ms": "12"}
+    client = Pipeline({"plugins": ["normalize", "memory"]}).instrument(httpx.Client(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, content=b"{}", headers={**own, **per_call}))
+    ))
+    first = post(client)
+    assert all(first.headers[name] == value for name, value in per_call.items())  # the caller's own answer
+    replay = post(client)
+    assert replay.headers["x-aurelis-cache"] == "hit"
+    assert all(replay.headers[name] == value for name, value in own.items())
+    assert not [name for name in per_call if name != "age" and name in replay.headers]
+    assert replay.headers["age"] != "3"  # the replay's own age, not the stored one
+
+
 def test_control_headers_are_read_and_stripped(wired: tuple[httpx.Client, Upstream]) -> None:
     client, upstream = wired
     post(client, headers={"x-aurelis-namespace": "team-a"})
