@@ -28,17 +28,20 @@ small flow, driven in the caller's own mode.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
-from typing import Any
-
-import anyio
-import anyio.lowlevel
+from typing import TYPE_CHECKING, Any
 
 from ._compat import header_items
 from ._sse import stream_complete
+
+if TYPE_CHECKING:
+    import anyio
+
+# anyio (and asyncio) are imported where an async caller first needs them, not here: a sync-only process
+# would pay ~20-30 ms of `import aurelis_core` for them. An async caller has them imported already.
 
 __all__ = ["COALESCED", "Flight", "FlightStream", "Flights", "flight_stream"]
 
@@ -57,11 +60,19 @@ EndCallback = Callable[[BaseException | None, bool], Generator[Awaitable[Any], A
 
 
 def _domain() -> object:
-    """The event loop of the running task, as a hashable token (asyncio's loop, or anyio's for others)."""
-    try:
-        return asyncio.get_running_loop()  # ~50 ns: the common case
-    except RuntimeError:
-        return anyio.lowlevel.current_token()
+    """The event loop of the running task, as a hashable token (asyncio's loop, or anyio's for others).
+
+    asyncio is looked up, not imported: where it was never imported, no asyncio loop can be running.
+    """
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None:
+        try:
+            return asyncio.get_running_loop()  # ~50 ns: the common case
+        except RuntimeError:
+            pass
+    import anyio.lowlevel
+
+    return anyio.lowlevel.current_token()
 
 
 class Flights:
@@ -177,6 +188,8 @@ class Flight:
                     cond.notify_all()
 
     async def _await_change(self) -> None:
+        import anyio
+
         event = self._event
         if event is None:
             event = self._event = anyio.Event()
@@ -277,6 +290,8 @@ class Flight:
             self.pulling = True
             try:
                 if self.consumers > 1:
+                    import anyio
+
                     # Others share this read: one caller's cancellation must not cut the stream for them.
                     with anyio.CancelScope(shield=True):
                         chunk = await self._iter.__anext__()
@@ -314,6 +329,8 @@ class Flight:
             self.flights.remove(self)  # last: until the answer is stored, newcomers read it from here
 
     async def _end_async(self, error: BaseException | None) -> None:
+        import anyio
+
         from ._transports import drive_async
 
         # Shielded: closing the connection and storing the answer must finish even when the caller that
@@ -362,6 +379,8 @@ class Flight:
         return None
 
     async def _aleave(self, complete: bool) -> None:
+        import anyio
+
         with anyio.CancelScope(shield=True):
             if complete:
                 try:

@@ -6,7 +6,6 @@ runs it, synchronously or with ``await``, and plugs it into httpx's transport AP
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -67,11 +66,16 @@ class _LoopThread:
     """A daemon thread running an event loop, for ``async def`` plugins called from sync clients."""
 
     def __init__(self) -> None:
+        # Imported here: only a sync client with an ``async def`` plugin needs asyncio (~20 ms to import).
+        import asyncio
+
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="aurelis-bridge", daemon=True)
         self.thread.start()
 
     def run(self, awaitable: Awaitable[Any]) -> Any:
+        import asyncio
+
         return asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), self.loop).result()
 
     def stop(self) -> None:

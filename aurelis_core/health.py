@@ -13,7 +13,6 @@ to stay away).
 
 from __future__ import annotations
 
-import email.utils
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -79,6 +78,8 @@ def retry_after(headers: Mapping[str, str] | Any, now: float | None = None) -> f
         except ValueError:
             if scale != 1.0:
                 continue
+            import email.utils  # an HTTP date is the rare form of Retry-After
+
             try:
                 date = email.utils.parsedate_to_datetime(value)
             except (TypeError, ValueError):
