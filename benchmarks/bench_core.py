@@ -11,6 +11,7 @@ alike. Both medians are printed with the figure the target is on.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import statistics
 import subprocess
@@ -175,13 +176,28 @@ def test_miss_path_overhead(http: Any, upstream: tuple[str, str], benchmark: Any
     assert overhead_us <= 30
 
 
-def test_import_time() -> None:
+def import_ms(env: dict[str, str] | None = None) -> float:
+    """Best of 5 ``python -X importtime -c "import aurelis_core"``: the package's cumulative figure, in ms."""
     best = float("inf")
     for _ in range(5):
         out = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", "import aurelis_core"], capture_output=True, text=True
+            [sys.executable, "-X", "importtime", "-c", "import aurelis_core"], capture_output=True, text=True,
+            env=env,
         ).stderr
         line = [x for x in out.splitlines() if re.search(r"\|\s+aurelis_core$", x)][-1]
         best = min(best, int(line.split("|")[1]) / 1000)
-    print(f"\nimport aurelis_core: {best:.1f} ms cumulative (best of 5; target <= 150 ms)")
-    assert best <= 150
+    return best
+
+
+def test_import_time(tmp_path: Path) -> None:
+    """The target is on the import as this environment runs it. Where it forbids writing bytecode
+    (``PYTHONDONTWRITEBYTECODE``), every run compiles the package's sources, which an installed package does
+    not; so the figure with bytecode cached (in a temporary ``PYTHONPYCACHEPREFIX``) is printed beside it."""
+    as_is = import_ms()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(tmp_path)
+    import_ms(env)  # writes the bytecode
+    cached = import_ms(env)
+    print(f"\nimport aurelis_core: {as_is:.1f} ms cumulative as this environment runs it, {cached:.1f} ms with "
+          "bytecode cached (best of 5; target <= 150 ms)")
+    assert as_is <= 150
