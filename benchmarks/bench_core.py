@@ -5,11 +5,13 @@ Run: ``.venv/bin/python -m pytest benchmarks/bench_core.py -s``
 
 Each figure is a ratio or a difference against a baseline measured in the same process, interleaved round by
 round with the subject (which of the two goes first alternates), so the machine's noise and its drift hit both
-alike. Both medians are printed with the figure the target is on.
+alike. Both medians are printed with the figure the target is on. Sync and async clients are measured alike:
+an async client's calls run on one event loop, timed inside it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import re
@@ -17,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,70 +51,125 @@ ANSWER = (
 )
 
 
-def instant_transport(http: Any) -> Any:
+def instant_transport(http: Any, is_async: bool = False) -> Any:
     """The floor: a transport that answers at once with a fresh response, as a cache hit does."""
+
+    def answer() -> Any:
+        return http.Response(200, headers=[(b"content-type", b"application/json")], stream=http.ByteStream(ANSWER))
 
     class Instant(http.BaseTransport):  # type: ignore[misc]
         def handle_request(self, request: Any) -> Any:
-            return http.Response(
-                200, headers=[(b"content-type", b"application/json")], stream=http.ByteStream(ANSWER)
-            )
+            return answer()
 
-    return Instant()
+    class AsyncInstant(http.AsyncBaseTransport):  # type: ignore[misc]
+        async def handle_async_request(self, request: Any) -> Any:
+            return answer()
+
+    return AsyncInstant() if is_async else Instant()
+
+
+def client(http: Any, is_async: bool, transport: Any = None) -> Any:
+    return (http.AsyncClient if is_async else http.Client)(transport=transport)
+
+
+def timed(fn: Callable[[], Any], n: int) -> float:
+    """Seconds ``n`` calls of ``fn`` take."""
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return time.perf_counter() - start
+
+
+def awaited(loop: asyncio.AbstractEventLoop) -> Callable[[Callable[[], Awaitable[Any]], int], float]:
+    """:func:`timed` for an async ``fn``: the ``n`` calls run in one task on ``loop``, timed inside it."""
+
+    async def run(fn: Callable[[], Awaitable[Any]], n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            await fn()
+        return time.perf_counter() - start
+
+    return lambda fn, n: loop.run_until_complete(run(fn, n))
 
 
 def interleaved(
-    a: Callable[[], Any], b: Callable[[], Any], rounds: int, batch: int = 20, warmup: int = 300
+    a: Callable[[], Any], b: Callable[[], Any], rounds: int, batch: int = 20, warmup: int = 300,
+    run: Callable[[Any, int], float] = timed,
 ) -> tuple[list[float], list[float]]:
     """Per-call seconds of ``a`` and ``b`` (one figure per batch: its mean), measured in alternating batches
-    after ``warmup`` calls each.
+    after ``warmup`` calls each; ``run`` makes and times the calls (:func:`timed`, or :func:`awaited`).
 
     The order within a round alternates, so neither side always runs right after the other (a batch that
     follows a slower one inherits its cache and allocator state).
     """
-    for _ in range(warmup):
-        a()
-        b()
+    run(a, warmup)
+    run(b, warmup)
     times_a: list[float] = []
     times_b: list[float] = []
     pairs = ((a, times_a), (b, times_b))
     for round_ in range(rounds):
         for fn, out in pairs if round_ % 2 == 0 else pairs[::-1]:
-            start = time.perf_counter()
-            for _ in range(batch):
-                fn()
-            out.append((time.perf_counter() - start) / batch)
+            out.append(run(fn, batch) / batch)
     return times_a, times_b
 
 
-@pytest.mark.parametrize("http", [httpx, httpx2], ids=["httpx", "httpx2"])
-def test_l1_hit_vs_instant_transport(http: Any, benchmark: Any) -> None:
-    floor = http.Client(transport=instant_transport(http))
-    cached = aurelis_core.instrument(http.Client(transport=instant_transport(http)), CONFIG)
+MODES = pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+FLAVOURS = pytest.mark.parametrize("http", [httpx, httpx2], ids=["httpx", "httpx2"])
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def name(http: Any, is_async: bool) -> str:
+    return f"[{http.__name__} {'async' if is_async else 'sync'}]"
+
+
+@FLAVOURS
+@MODES
+def test_l1_hit_vs_instant_transport(
+    http: Any, is_async: bool, loop: asyncio.AbstractEventLoop, benchmark: Any
+) -> None:
+    floor = client(http, is_async, instant_transport(http, is_async))
+    cached = aurelis_core.instrument(client(http, is_async, instant_transport(http, is_async)), CONFIG)
     url = "https://api.example/v1/chat/completions"
     headers = {"authorization": "Bearer sk-bench"}
-    assert cached.post(url, json=BODY, headers=headers).headers["x-aurelis-cache"] == "miss"
-    assert cached.post(url, json=BODY, headers=headers).headers["x-aurelis-cache"] == "hit"
 
-    def hit() -> None:
-        cached.post(url, json=BODY, headers=headers).json()
+    def hit() -> Any:
+        return cached.post(url, json=BODY, headers=headers).json()
 
-    def bare() -> None:
-        floor.post(url, json=BODY, headers=headers).json()
+    def bare() -> Any:
+        return floor.post(url, json=BODY, headers=headers).json()
 
-    hit_times, floor_times = interleaved(hit, bare, rounds=300)
+    async def ahit() -> Any:
+        return (await cached.post(url, json=BODY, headers=headers)).json()
+
+    async def abare() -> Any:
+        return (await floor.post(url, json=BODY, headers=headers)).json()
+
+    subject, baseline, run = (ahit, abare, awaited(loop)) if is_async else (hit, bare, timed)
+    run(subject, 2)
+    pipeline = aurelis_core.pipeline_of(cached)
+    assert pipeline is not None and pipeline.stats.counters["hit"] == 1
+    hit_times, floor_times = interleaved(subject, baseline, rounds=300, run=run)
+    assert pipeline.stats.counters["miss"] == 1, dict(pipeline.stats.counters)
     hit_p50, floor_p50 = statistics.median(hit_times), statistics.median(floor_times)
     ratio = hit_p50 / floor_p50
     print(
-        f"\n[{http.__name__}] L1 hit p50 {hit_p50 * 1e6:.1f} us, floor p50 {floor_p50 * 1e6:.1f} us, "
+        f"\n{name(http, is_async)} L1 hit p50 {hit_p50 * 1e6:.1f} us, floor p50 {floor_p50 * 1e6:.1f} us, "
         f"ratio {ratio:.3f} (target <= 1.25)"
     )
     benchmark.extra_info["ratio_vs_floor"] = ratio
-    benchmark(hit)
+    benchmark(run, subject, 1)
     assert ratio <= 1.25
 
 
-def miss_overhead(raw: Any, wrapped: Any, url: str, benchmark: Any, label: str, rounds: int) -> float:
+def miss_overhead(
+    raw: Any, wrapped: Any, url: str, loop: asyncio.AbstractEventLoop, benchmark: Any, label: str, rounds: int
+) -> float:
     """Microseconds the median request of ``wrapped`` takes over ``raw``'s, both posting a new chat body each
     time (one more user turn, numbered), so every wrapped request misses. Prints both medians under ``label``
     and benchmarks the miss.
@@ -129,14 +186,22 @@ def miss_overhead(raw: Any, wrapped: Any, url: str, benchmark: Any, label: str, 
     def body() -> dict[str, Any]:
         return {**BODY, "messages": [*BODY["messages"], {"role": "user", "content": f"#{next(counter)}"}]}
 
-    def miss() -> None:
-        wrapped.post(url, json=body())
+    def miss() -> Any:
+        return wrapped.post(url, json=body())
 
-    def bare() -> None:
-        raw.post(url, json=body()).read()
+    def bare() -> Any:
+        return raw.post(url, json=body()).read()
 
+    async def amiss() -> Any:
+        return await wrapped.post(url, json=body())
+
+    async def abare() -> Any:
+        return await (await raw.post(url, json=body())).aread()
+
+    is_async = isinstance(wrapped, (httpx.AsyncClient, httpx2.AsyncClient))
+    subject, baseline, run = (amiss, abare, awaited(loop)) if is_async else (miss, bare, timed)
     pipeline.stats.reset()
-    miss_times, raw_times = interleaved(miss, bare, rounds=rounds, batch=1, warmup=300)
+    miss_times, raw_times = interleaved(subject, baseline, rounds=rounds, batch=1, warmup=300, run=run)
     miss_p50, raw_p50 = statistics.median(miss_times), statistics.median(raw_times)
     counters = pipeline.stats.counters
     assert counters["miss"] == counters["requests"] == rounds + 300, dict(counters)
@@ -150,21 +215,23 @@ def miss_overhead(raw: Any, wrapped: Any, url: str, benchmark: Any, label: str, 
           f"overhead {overhead_us:+.1f} us = {share:.1f}% of the raw request (mean {mean_us:+.1f} us)")
     benchmark.extra_info["overhead_us"] = overhead_us
     benchmark.extra_info["mean_overhead_us"] = mean_us
-    benchmark.pedantic(miss, rounds=200)
+    benchmark.pedantic(run, (subject, 1), rounds=200)
     return overhead_us
 
 
-@pytest.mark.parametrize("http", [httpx, httpx2], ids=["httpx", "httpx2"])
-def test_miss_path_cpu_overhead(http: Any, benchmark: Any) -> None:
+@FLAVOURS
+@MODES
+def test_miss_path_cpu_overhead(http: Any, is_async: bool, loop: asyncio.AbstractEventLoop, benchmark: Any) -> None:
     """The miss path's own CPU cost: both clients over the instant transport, so no socket is involved.
 
     No target of its own (the target is on the loopback figure below); it tells how much of that figure is
     the pipeline's work, and how much the network round trip adds to it.
     """
-    raw = http.Client(transport=instant_transport(http))
-    wrapped = aurelis_core.instrument(http.Client(transport=instant_transport(http)), CONFIG)
+    raw = client(http, is_async, instant_transport(http, is_async))
+    wrapped = aurelis_core.instrument(client(http, is_async, instant_transport(http, is_async)), CONFIG)
     url = "https://api.example/v1/chat/completions"
-    miss_overhead(raw, wrapped, url, benchmark, f"[{http.__name__}] instant transport (CPU only)", rounds=4000)
+    label = f"{name(http, is_async)} instant transport (CPU only)"
+    miss_overhead(raw, wrapped, url, loop, benchmark, label, rounds=4000)
 
 
 @pytest.fixture(scope="module")
@@ -174,14 +241,17 @@ def upstream() -> Iterator[tuple[str, str]]:
         yield found
 
 
-@pytest.mark.parametrize("http", [httpx, httpx2], ids=["httpx", "httpx2"])
-def test_miss_path_overhead(http: Any, upstream: tuple[str, str], benchmark: Any) -> None:
+@FLAVOURS
+@MODES
+def test_miss_path_overhead(
+    http: Any, is_async: bool, upstream: tuple[str, str], loop: asyncio.AbstractEventLoop, benchmark: Any
+) -> None:
     """Every wrapped request is a miss (a fresh body each time): normalize, L1 lookup, read, store."""
     base, kind = upstream
-    raw = http.Client()
-    wrapped = aurelis_core.instrument(http.Client(), CONFIG)
-    label = f"[{http.__name__}] upstream: {kind} (target: overhead <= +30 us)"
-    overhead_us = miss_overhead(raw, wrapped, base + "/v1/chat/completions", benchmark, label, rounds=4000)
+    raw = client(http, is_async)
+    wrapped = aurelis_core.instrument(client(http, is_async), CONFIG)
+    label = f"{name(http, is_async)} upstream: {kind} (target: overhead <= +30 us)"
+    overhead_us = miss_overhead(raw, wrapped, base + "/v1/chat/completions", loop, benchmark, label, rounds=4000)
     assert overhead_us <= 30
 
 
