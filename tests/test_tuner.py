@@ -22,18 +22,15 @@ HOST = "127.0.0.1"
 
 
 async def load(
-    client: httpx.AsyncClient, url: str, workers: int, seconds: float, answered: list[float] | None = None
+    client: httpx.AsyncClient, url: str, workers: int, seconds: float
 ) -> list[int]:
-    """``workers`` callers sending back to back for ``seconds``; returns the status codes (and appends the
-    ``time.time()`` each arrived to ``answered``, if given)."""
+    """``workers`` callers sending back to back for ``seconds``; returns the status codes."""
     statuses: list[int] = []
     deadline = time.monotonic() + seconds
 
     async def worker() -> None:
         while time.monotonic() < deadline:
             statuses.append((await client.post(url, json=BODY)).status_code)
-            if answered is not None:
-                answered.append(time.time())
 
     async with anyio.create_task_group() as tg:
         for _ in range(workers):
@@ -52,8 +49,7 @@ async def test_aimd_backs_off_under_429s_and_recovers(upstream: SimulatedServer)
     tuner = pipeline.plugin("tuner")
     url = upstream.base_url + "/chat/completions"
     async with pipeline.instrument(httpx.AsyncClient(limits=httpx.Limits(max_connections=32))) as client:
-        answered: list[float] = []
-        statuses = await load(client, url, workers=16, seconds=1.5, answered=answered)
+        statuses = await load(client, url, workers=16, seconds=1.5)
         assert 429 in statuses
         lowered = tuner.limit(HOST)
         assert lowered <= 6
@@ -62,9 +58,12 @@ async def test_aimd_backs_off_under_429s_and_recovers(upstream: SimulatedServer)
         assert "overloaded" in decreases[0].reason
         # The lowered limit keeps the upstream nearer its bound: far fewer 429s once the limit has settled than
         # before it first came down. (Split by when the changes happened, not by share of the run: how fast the
-        # first decrease comes depends on the machine's speed, which must not decide the outcome.)
-        before = [s for s, t in zip(statuses, answered, strict=True) if t <= decreases[0].at]
-        settled = [s for s, t in zip(statuses, answered, strict=True) if t > decreases[-1].at]
+        # first decrease comes depends on the machine's speed, which must not decide the outcome. And by when
+        # each request ended as the pipeline recorded it, right after its attempt ended and the tuner learnt from
+        # it: a caller may only resume after a burst of answers has already moved the limit.)
+        ended = [(sample.at, sample.status) for sample in pipeline.stats.samples]
+        before = [status for at, status in ended if at <= decreases[0].at]
+        settled = [status for at, status in ended if at > decreases[-1].at]
         assert before and settled
         assert settled.count(200) / len(settled) > before.count(200) / len(before) + 0.2
         upstream.behavior.max_inflight = None
