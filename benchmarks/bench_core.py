@@ -68,10 +68,6 @@ def instant_transport(http: Any, is_async: bool = False) -> Any:
     return AsyncInstant() if is_async else Instant()
 
 
-def client(http: Any, is_async: bool, transport: Any = None) -> Any:
-    return (http.AsyncClient if is_async else http.Client)(transport=transport)
-
-
 def timed(fn: Callable[[], Any], n: int) -> float:
     """Seconds ``n`` calls of ``fn`` take."""
     start = time.perf_counter()
@@ -124,6 +120,24 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
+@pytest.fixture
+def client(loop: asyncio.AbstractEventLoop) -> Iterator[Callable[..., Any]]:
+    """Makes sync or async clients (``client(http, is_async, transport=None)``) and closes them after the test,
+    an async one on ``loop``, so no connection is left to the event loop's teardown."""
+    made: list[Any] = []
+
+    def make(http: Any, is_async: bool, transport: Any = None) -> Any:
+        made.append((http.AsyncClient if is_async else http.Client)(transport=transport))
+        return made[-1]
+
+    yield make
+    for each in made:
+        if isinstance(each, (httpx.AsyncClient, httpx2.AsyncClient)):
+            loop.run_until_complete(each.aclose())
+        else:
+            each.close()
+
+
 def name(http: Any, is_async: bool) -> str:
     return f"[{http.__name__} {'async' if is_async else 'sync'}]"
 
@@ -131,7 +145,7 @@ def name(http: Any, is_async: bool) -> str:
 @FLAVOURS
 @MODES
 def test_l1_hit_vs_instant_transport(
-    http: Any, is_async: bool, loop: asyncio.AbstractEventLoop, benchmark: Any
+    http: Any, is_async: bool, loop: asyncio.AbstractEventLoop, client: Callable[..., Any], benchmark: Any
 ) -> None:
     floor = client(http, is_async, instant_transport(http, is_async))
     cached = aurelis_core.instrument(client(http, is_async, instant_transport(http, is_async)), CONFIG)
@@ -221,7 +235,9 @@ def miss_overhead(
 
 @FLAVOURS
 @MODES
-def test_miss_path_cpu_overhead(http: Any, is_async: bool, loop: asyncio.AbstractEventLoop, benchmark: Any) -> None:
+def test_miss_path_cpu_overhead(
+    http: Any, is_async: bool, loop: asyncio.AbstractEventLoop, client: Callable[..., Any], benchmark: Any
+) -> None:
     """The miss path's own CPU cost: both clients over the instant transport, so no socket is involved.
 
     No target of its own (the target is on the loopback figure below); it tells how much of that figure is
@@ -244,7 +260,8 @@ def upstream() -> Iterator[tuple[str, str]]:
 @FLAVOURS
 @MODES
 def test_miss_path_overhead(
-    http: Any, is_async: bool, upstream: tuple[str, str], loop: asyncio.AbstractEventLoop, benchmark: Any
+    http: Any, is_async: bool, upstream: tuple[str, str], loop: asyncio.AbstractEventLoop,
+    client: Callable[..., Any], benchmark: Any,
 ) -> None:
     """Every wrapped request is a miss (a fresh body each time): normalize, L1 lookup, read, store."""
     base, kind = upstream
