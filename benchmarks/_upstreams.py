@@ -87,6 +87,7 @@ def nginx_upstream() -> Iterator[str]:
         finally:
             proc.terminate()
             proc.wait(10)
+            proc.stderr.close()  # type: ignore[union-attr]
 
 
 @contextlib.contextmanager
