@@ -265,7 +265,7 @@ class RequestContext:
             if body:
                 try:
                     value = _json.loads(body)
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError), too deep
                     value = None
             self._json = value
         return value

@@ -1,9 +1,10 @@
 """Configuration: where it comes from and how it is checked.
 
-A config has three kinds of top-level key:
+A config has four kinds of top-level key:
 
 - ``plugins``: the names of the plugins to enable, in order (the order tiers are asked, observers called...).
 - ``endpoints``: a list of upstreams to route requests to (may be empty: requests go to their own URL).
+- ``tenant``: who is asking and what scopes an answer (see :mod:`aurelis_core._tenant`), read by every plugin.
 - one table per plugin, named after it, holding that plugin's options.
 
 It is read from a dict, an ``aurelis.toml`` file, or the ``[tool.aurelis]`` table of a ``pyproject.toml``,
@@ -18,19 +19,23 @@ import functools
 import os
 import types
 import typing
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import attrs
 
 from ._models import Endpoint
+from ._tenant import TenantConfig
 
 __all__ = ["Config", "ConfigError", "config_from_table", "load_config"]
 
 T = TypeVar("T")
 
 #: Top-level keys that are not plugin tables.
-RESERVED_KEYS = ("plugins", "endpoints")
+RESERVED_KEYS = ("plugins", "endpoints", "tenant")
+#: Options of the ``normalize`` table that moved to ``[tenant]``: still accepted there, moved on load.
+_MOVED_TO_TENANT = ("namespace", "secret")
 
 
 class ConfigError(ValueError):
@@ -54,6 +59,7 @@ class Config:
     endpoints: tuple[Endpoint, ...] = ()
     tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     source: str = "<dict>"
+    tenant: TenantConfig = attrs.field(factory=TenantConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> Config:
@@ -87,7 +93,32 @@ class Config:
                     f"plugin){choices_hint(key, RESERVED_KEYS)}"
                 )
             tables[key] = dict(value)
-        return cls(plugins=tuple(plugins), endpoints=endpoints, tables=tables, source=source)
+        tenant_table = data.get("tenant", {})
+        if not isinstance(tenant_table, Mapping):
+            raise ConfigError(f"{source}: 'tenant' must be a table ([tenant]), got {tenant_table!r}")
+        tenant_table = dict(tenant_table)
+        normalize = tables.get("normalize")
+        if normalize is not None and any(k in normalize for k in _MOVED_TO_TENANT):
+            normalize = dict(normalize)
+            for option in _MOVED_TO_TENANT:
+                if option not in normalize:
+                    continue
+                value = normalize.pop(option)
+                if option in tenant_table and tenant_table[option] != value:
+                    raise ConfigError(
+                        f"{source}: [normalize] {option} and [tenant] {option} differ; [normalize] {option} is an "
+                        f"old spelling of [tenant] {option}: keep only the latter"
+                    )
+                tenant_table[option] = value
+                warnings.warn(
+                    f"{source}: [normalize] {option} is now [tenant] {option} (read by every plugin that scopes "
+                    "by tenant); the old spelling keeps working",
+                    DeprecationWarning,
+                    stacklevel=4,
+                )
+            tables["normalize"] = normalize
+        tenant = config_from_table(TenantConfig, tenant_table, f"{source}: [tenant]")
+        return cls(plugins=tuple(plugins), endpoints=endpoints, tables=tables, source=source, tenant=tenant)
 
 
 def _endpoint(item: Any, where: str) -> Endpoint:

@@ -42,6 +42,7 @@ from ._plugins import (
     unknown_plugin,
 )
 from ._sse import chunk_stream, is_event_stream, stream_complete
+from ._tenant import Tenant
 from ._transports import drive_async, drive_sync, instrument_client, observed_stream, wrap_transport
 from .config import Config, ConfigError, choices_hint, config_from_table, load_config
 from .health import EndpointHealth
@@ -99,6 +100,8 @@ class Pipeline:
         self.config: Config = load_config(config)
         self.endpoints: tuple[Endpoint, ...] = self.config.endpoints
         self.stats = Stats()
+        #: Who is asking and what scopes an answer: the one definition every plugin scopes by.
+        self.tenant = Tenant(self.config.tenant)
         #: Which endpoints routers may pick (breakers and rate limiters write it).
         self.health = EndpointHealth(self.endpoints)
         #: name -> where the plugin came from, for every plugin this pipeline registered.
@@ -295,11 +298,17 @@ class Pipeline:
             if self._caching:
                 ctx.controls = controls = _controls_of(ctx)
                 if not controls.skip:
-                    for normalize in self._normalize:
-                        key = normalize(ctx)
-                        if key is not None:
-                            ctx.key = key
-                            break
+                    try:
+                        for normalize in self._normalize:
+                            key = normalize(ctx)
+                            if key is not None:
+                                ctx.key = key
+                                break
+                    except Exception:
+                        # The key only optimises: a request it cannot key (a body that breaks a parser) passes
+                        # through uncached rather than failing.
+                        ctx.key = None
+                        self._stage_failed("normalize", normalize)
             key = ctx.key
             if key is not None:
                 if not ctx.controls.refresh:
@@ -467,6 +476,19 @@ class Pipeline:
                 tier, operation, count, exc_info=True,
             )
 
+    def _stage_failed(self, stage: str, implementation: Callable[..., Any]) -> None:
+        # An optimising stage (the key, compression) failed on one request: the request goes on without it.
+        # Counted always; logged with its traceback the first time per stage and plugin, then at DEBUG: a
+        # hostile body repeated a million times must not flood the log.
+        owner = getattr(implementation, "__self__", None)
+        name = f"{stage}.{getattr(owner, 'name', None) or getattr(implementation, '__qualname__', '?')}"
+        count = self.stats.stage_error(name)
+        logger.log(
+            logging.WARNING if count == 1 else logging.DEBUG,
+            "aurelis: %s failed on a request (%d so far); the request goes on without it", name, count,
+            exc_info=True,
+        )
+
     def _attempts(self, ctx: RequestContext) -> Generator[Any, Any, tuple[Any, Attempt]]:
         """Route, admit, compress and send until an attempt succeeds or retry gives up."""
         endpoints = self.endpoints
@@ -488,7 +510,12 @@ class Pipeline:
                 if wait > 0 and (sleeping := _sleep(ctx, wait)) is not None:
                     yield sleeping
                 for compress in self._compress:
-                    compress(ctx, attempt)
+                    before = ctx.request
+                    try:
+                        compress(ctx, attempt)
+                    except Exception:
+                        ctx.request = before  # a body it cannot encode is sent as it is
+                        self._stage_failed("compress", compress)
                 response = self._send(ctx, attempt)
                 # A response is the usual answer for either driver; isawaitable's ABC check costs ~0.15 us.
                 if not isinstance(response, ctx.http.Response) and isawaitable(response):

@@ -52,6 +52,9 @@ class Stats:
         self.counters: Counter[str] = Counter()
         self.hits_by_tier: Counter[str] = Counter()
         self.tier_errors: Counter[str] = Counter()
+        #: Failures of optimising stages (``"normalize.<plugin>"``, ``"compress.<plugin>"``) that the requests
+        #: went on without.
+        self.stage_errors: Counter[str] = Counter()
         self.samples: deque[Sample] = deque(maxlen=max_samples)
         self._lock = threading.Lock()
 
@@ -95,6 +98,11 @@ class Stats:
         self.tier_errors[key] += 1
         return self.tier_errors[key]
 
+    def stage_error(self, name: str) -> int:
+        """Count a failed optimising stage (``"<stage>.<plugin>"``); returns the new count."""
+        self.stage_errors[name] += 1
+        return self.stage_errors[name]
+
     @property
     def hit_rate(self) -> float:
         """Hits over cacheable lookups (hits + misses); bypassed requests do not count."""
@@ -111,6 +119,7 @@ class Stats:
             "counters": dict(self.counters),
             "hits_by_tier": dict(self.hits_by_tier),
             "tier_errors": dict(self.tier_errors),
+            "stage_errors": dict(self.stage_errors),
             "hit_rate": self.hit_rate,
             "latency": {p: percentile(lat, q) for p, q in (("p50", 50), ("p95", 95), ("p99", 99))},
         }
@@ -120,6 +129,7 @@ class Stats:
             self.counters.clear()
             self.hits_by_tier.clear()
             self.tier_errors.clear()
+            self.stage_errors.clear()
             self.samples.clear()
             self.started = time.time()
 

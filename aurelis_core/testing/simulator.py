@@ -669,7 +669,7 @@ class SimulatedUpstream:
             raise _BadRequest(400, f"Could not decode request body: {exc}", "invalid_body") from None
         try:
             payload = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply for the parser
             raise _BadRequest(
                 400,
                 "We could not parse the JSON body of your request. (HINT: This likely means you aren't "

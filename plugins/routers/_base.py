@@ -33,7 +33,6 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
-import json
 import random
 import threading
 import time
@@ -110,20 +109,15 @@ class RequestProfile:
 def request_profile(ctx: RequestContext, default_output_tokens: int) -> RequestProfile:
     """The request's :class:`RequestProfile`, computed on first use and kept in ``ctx.state``.
 
-    Uses ``ctx.json`` when the ``normalize`` stage already parsed the body; otherwise parses the buffered body
-    once (routers need ``max_tokens`` whether or not a cache is enabled). A body that is not JSON, or not yet
-    read (a streamed upload), gets the defaults.
+    Reads ``ctx.json`` (parsed once per request, by the ``normalize`` stage or on first use: routers need
+    ``max_tokens`` whether or not a cache is enabled). A body that is not JSON, or not yet read (a streamed
+    upload), gets the defaults.
     """
     profile: RequestProfile | None = ctx.state.get(STATE_KEY)
     if profile is not None:
         return profile
     body = getattr(ctx.original, "_content", None)
     data = ctx.json
-    if data is None and body:
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
     output = default_output_tokens
     stream = ctx.stream
     if isinstance(data, dict):
