@@ -1,30 +1,36 @@
 """``normalize``: the cache key, over the whole wire request, scoped to a tenant.
 
-The key is one digest over these fields, in an order and encoding that cannot run together:
+The key is one digest over these fields, in an encoding that cannot run together (a JSON array of the fields,
+then a newline, then the canonical body)::
 
-    format version, method, upstream origin, path and query, tenant scope, canonical body
+    format version, method, upstream origin (scheme, host, port), path and query, tenant, scope, canonical body
 
 - **canonical body**: the JSON body parsed and re-encoded with sorted keys and no optional whitespace (by
-  msgspec, in C: ~2 us for a chat body where the standard library's json takes ~6-10 us); numbers are
-  normalised while parsing (a float with an integral value becomes that integer), so ``0`` and ``0.0``, or
-  ``{"a":1,"b":2}`` and ``{"b":2,"a":1.0}``, give the same key. Every field counts (a deny-list,
-  ``ignore_fields``, can drop fields that do not change the answer), so a field that changes the output can
-  never be forgotten by the key.
-- **tenant scope**: an HMAC-SHA256 fingerprint of the credential headers (``Authorization``, ``api-key``,
-  ``x-api-key``), so two API keys never share an entry and no credential is ever stored; or an explicit
-  ``namespace`` from the config or the request.
-- **upstream origin**: the URL the caller addressed (before routing), so two providers never share an entry.
+  msgspec, in C: ~2 us for a chat body where the standard library's json takes ~6-10 us). Numbers are
+  normalised exactly while parsing: a number with an integral value becomes that integer (``0`` and ``0.0``,
+  ``100`` and ``1e2`` share a key), any other keeps its exact decimal value (never rounded through a binary
+  float, so ``0.1`` and ``0.10000000000000000001`` differ, and ``1e400`` is neither infinity nor ``null``).
+  Every field counts (a deny-list, ``ignore_fields``, can drop fields that do not change the answer), so a
+  field that changes the output can never be forgotten by the key.
+- **tenant** and **scope**: defined once for every plugin by the pipeline (``pipeline.tenant``, see
+  :mod:`aurelis_core._tenant` and the ``[tenant]`` table): an HMAC fingerprint of every credential header and
+  credential query parameter (or an explicit namespace), and the answer-scoping headers (organization,
+  project, API version, beta flags, accepted encodings) as they are. No credential is ever part of the key.
+- **upstream origin, path and query**: the URL the caller addressed (before routing), so two providers or two
+  local model servers on different ports never share an entry; credential query parameters (``?key=``) are
+  taken out of the query and into the tenant's fingerprint.
 
-Requests that cannot be keyed safely (not a POST to a configured path, not a UTF-8 JSON object body (RFC 8259
-JSON is UTF-8), a body that is still a stream) get no key: they pass through uncached, never rejected.
+Requests that cannot be keyed safely get no key and pass through uncached, never rejected: not a POST to a
+configured path, not a UTF-8 JSON object body (RFC 8259 JSON is UTF-8), a body that is still a stream, a body
+with a duplicated object key (upstreams disagree on which value wins: some read the first, we would key the
+last), a body nested too deeply to parse, JSON's non-standard ``NaN``/``Infinity``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
-import os
 import re
+from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -32,13 +38,13 @@ import msgspec
 
 from aurelis_core import RequestContext, hookimpl
 from aurelis_core._compat import header_items, url_parts
+from aurelis_core._tenant import Tenant, TenantConfig
 
 __all__ = ["KEY_VERSION", "Normalize", "NormalizeConfig"]
 
 #: Bumped whenever the key's composition changes, so old cache entries are never misread.
-KEY_VERSION = "aurelis-key-3"
+KEY_VERSION = "aurelis-key-4"
 
-CREDENTIAL_HEADERS = frozenset((b"authorization", b"api-key", b"x-api-key"))
 _WHITESPACE = re.compile(r"\s+")
 #: How many requests the memo keeps; it is cleared when full, or when the bodies it holds pass ``MEMO_BYTES``.
 MEMO_ENTRIES = 4096
@@ -48,17 +54,22 @@ MEMO_INLINE_BYTES = 8192
 #: What the memo may hold in inline bodies (~200 B per entry besides).
 MEMO_BYTES = 4 * 1024 * 1024
 _NOT_CACHEABLE: Any = object()
-#: Sorted keys (at every depth), no optional whitespace, UTF-8: one spelling per value.
-_CANONICAL = msgspec.json.Encoder(order="sorted")
+#: Sorted keys (at every depth), no optional whitespace, UTF-8, exact decimals as JSON numbers: one spelling per
+#: value.
+_CANONICAL = msgspec.json.Encoder(order="sorted", decimal_format="number")
+#: Integral values with at most this many digits become ints; longer ones (``1e999999999``) stay decimals, so a
+#: hostile exponent cannot make the parser build a gigantic integer.
+_MAX_INT_DIGITS = 1000
+#: The only way a colon can reach a string without a literal ``:`` in the body (see ``_has_duplicate_keys``).
+_ESCAPED_COLONS = (b"\\u003a", b"\\u003A")
 
 
 @attrs.frozen
 class NormalizeConfig:
-    #: An explicit tenant scope shared by every credential (default: one scope per credential).
+    #: Deprecated spelling of ``[tenant] namespace`` (moved there when the config is loaded).
     namespace: str | None = attrs.field(default=None, validator=attrs.validators.optional(
         attrs.validators.instance_of(str)))
-    #: The HMAC key for credential fingerprints (default: env ``AURELIS_CACHE_SECRET``, else a fixed label;
-    #: set one so fingerprints cannot be correlated across deployments).
+    #: Deprecated spelling of ``[tenant] secret`` (moved there when the config is loaded).
     secret: str | None = attrs.field(default=None, repr=False)
     #: Collapse runs of whitespace in message text (opt-in: it can change what the model sees).
     fold_whitespace: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
@@ -70,14 +81,42 @@ class NormalizeConfig:
     ignore_fields: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
 
-def _parse_float(text: str) -> int | float:
-    # Called by the decoder for every number with a fraction or exponent (given its text): normalising here
-    # costs one call per such number, where walking the parsed tree afterwards would cost a visit per node.
-    value = float(text)
-    return int(value) if value.is_integer() else value
+def _parse_number(text: str) -> int | Decimal:
+    """The canonical value of a JSON number with a fraction or an exponent, given its text.
+
+    Called by the decoder for each such number: normalising here costs one call per number, where walking the
+    parsed tree afterwards would cost a visit per node. ``Decimal(text)`` is exact (the context's precision
+    applies to arithmetic, not to construction) and costs about what ``float(text)`` does (~0.4 us).
+    """
+    value = Decimal(text)
+    if not value:
+        return 0  # 0.0, -0.0, 0e5: zero
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # a JSON number is finite
+    length = len(digits)
+    while digits[length - 1] == 0:  # 1.50 and 1.5 are one number: drop the coefficient's trailing zeros
+        length -= 1
+        exponent += 1
+    if exponent >= 0 and length + exponent <= _MAX_INT_DIGITS:
+        return int(value)  # integral: the same key as the integer literal
+    return Decimal((sign, digits[:length], exponent))
 
 
-_DECODER = msgspec.json.Decoder(float_hook=_parse_float)
+_DECODER = msgspec.json.Decoder(float_hook=_parse_number)
+
+
+def _has_duplicate_keys(body: bytes, canonical: bytes) -> bool:
+    """Whether ``body`` repeats a key in some object, given the canonical encoding of what it parsed to.
+
+    The decoder keeps the last of repeated keys; every member of an object costs one ``:`` in compact JSON, and
+    every ``:`` in the body is a member's or a string's. So when no string in the body spells a colon as
+    ``\\u003a``, the body has exactly as many colons as its canonical encoding unless a key was repeated (which
+    drops a member, and the colons of the strings in its value). Two C-speed counts instead of a Python-level
+    parse that tracks keys; a body that does spell a colon that way is treated as repeating one (not cached).
+    """
+    if _ESCAPED_COLONS[0] in body or _ESCAPED_COLONS[1] in body:
+        return True
+    return body.count(b":") != canonical.count(b":")
 
 
 class Normalize:
@@ -88,38 +127,22 @@ class Normalize:
 
     def __init__(self, config: NormalizeConfig, pipeline: Any) -> None:
         self.config = config
-        secret = config.secret or os.environ.get("AURELIS_CACHE_SECRET") or KEY_VERSION
-        self._secret = secret.encode()
+        # The pipeline's tenant definition; a plugin built on its own (no pipeline) makes one from the
+        # deprecated options, which a pipeline has already moved to its [tenant] table.
+        self._tenant: Tenant = (
+            pipeline.tenant if pipeline is not None
+            else Tenant(TenantConfig(secret=config.secret, namespace=config.namespace))
+        )
+        self._namespace = config.namespace or self._tenant.namespace
         # Matched against the raw (still percent-encoded) path: URL.path decodes on every access.
         self._paths = tuple(p.rstrip("/") for p in config.paths)
         self._ignore = frozenset(config.ignore_fields)
         self._memo: dict[tuple[Any, ...], Any] = {}
         self._memo_bytes = 0
-        # credential bytes -> fingerprint; HMAC costs ~1.5 us, a dict hit ~50 ns, and a process sees few keys.
-        self._fingerprints: dict[bytes, str] = {}
 
     def tenant(self, ctx: RequestContext) -> str:
-        """The tenant scope of a request: ``ns:<namespace>`` or ``key:<fingerprint>`` or ``anonymous``."""
-        namespace = ctx.controls.namespace or self.config.namespace
-        if namespace is not None:
-            return "ns:" + namespace
-        material = b""
-        for _, lower, value in header_items(ctx.original.headers):
-            if lower in CREDENTIAL_HEADERS:
-                material += lower + b"=" + value + b"\x00"
-        return self._fingerprint(material)
-
-    def _fingerprint(self, material: bytes) -> str:
-        """The tenant of a request without a namespace, given its credential headers as ``name=value\\0``."""
-        if not material:
-            return "anonymous"
-        fingerprint = self._fingerprints.get(material)
-        if fingerprint is None:
-            if len(self._fingerprints) >= 4096:
-                self._fingerprints.clear()
-            fingerprint = hmac.new(self._secret, material, hashlib.sha256).hexdigest()[:32]
-            self._fingerprints[material] = fingerprint
-        return "key:" + fingerprint
+        """The tenant of a request (``pipeline.tenant.identify(...).tenant``; kept for existing callers)."""
+        return str(self._tenant.identify(ctx.original, ctx.controls.namespace or self._namespace).tenant)
 
     @hookimpl
     def aurelis_normalize(self, ctx: RequestContext) -> str | None:
@@ -129,13 +152,19 @@ class Normalize:
         scheme, host, port, path, query = url_parts(request.url)
         if not path.rstrip("/").endswith(self._paths):
             return None
-        # One pass over the headers for the content type and the tenant's credentials (not three Headers.get
-        # calls, nor two passes): this runs on every cacheable request.
+        # One pass over the headers for the content type, the tenant's credentials and the answer's scope (not
+        # a Headers.get per name, nor a pass each): this runs on every cacheable request.
+        tenant = self._tenant
+        credential_headers = tenant.credential_headers
+        scope_headers = tenant.scope_headers
         content_type: bytes | None = None
-        material = b""
+        credentials: list[tuple[bytes, bytes]] = []
+        scope: list[tuple[bytes, bytes]] = []
         for _, lower, value in header_items(request.headers):
-            if lower in CREDENTIAL_HEADERS:
-                material += lower + b"=" + value + b"\x00"
+            if lower in credential_headers:
+                credentials.append((lower, value))
+            elif lower in scope_headers:
+                scope.append((lower, value))
             elif lower == b"content-type" and content_type is None:
                 content_type = value
         if content_type is None or b"json" not in content_type:
@@ -144,7 +173,10 @@ class Normalize:
             body = request.content
         except Exception:  # a streaming upload (RequestNotRead): never read it behind the caller's back
             return None
-        namespace = ctx.controls.namespace or self.config.namespace
+        if query:
+            query, in_query = tenant.split_query(query)
+            credentials.extend(in_query)
+        namespace = ctx.controls.namespace or self._namespace
         # Memo: everything the key depends on -> (key, model, stream). A repeated request (every cache hit) is
         # recognised with one hash of its body and a dict lookup, skipping the JSON parse, the canonical
         # re-encoding and the key's digest. A tuple compared field by field, the body itself (or, for a large
@@ -152,10 +184,10 @@ class Normalize:
         # a memo slot, whatever their fields contain.
         size = len(body)
         body_id = body if size <= MEMO_INLINE_BYTES else (hashlib.blake2b(body, digest_size=16).digest(),)
-        request_id = (body_id, scheme, host, port, path, query, material, namespace)
+        request_id = (body_id, scheme, host, port, path, query, tuple(credentials), tuple(scope), namespace)
         memo = self._memo.get(request_id)
         if memo is None:
-            memo = self._key(ctx, body, scheme, host, port, path, query, material, namespace)
+            memo = self._key(ctx, body, scheme, host, port, path, query, credentials, scope, namespace)
             if size > MEMO_INLINE_BYTES:
                 size = 16
             if len(self._memo) >= MEMO_ENTRIES or self._memo_bytes + size > MEMO_BYTES:
@@ -174,34 +206,39 @@ class Normalize:
 
     def _key(
         self, ctx: RequestContext, body: bytes, scheme: str, host: str, port: int | None, path: str,
-        query: str | None, material: bytes, namespace: str | None,
+        query: str | None, credentials: list[tuple[bytes, bytes]], scope: list[tuple[bytes, bytes]],
+        namespace: str | None,
     ) -> Any:
         """``(cache key, model, stream)`` of a request not in the memo, or ``_NOT_CACHEABLE``."""
         try:
             data = _DECODER.decode(body)
-        except msgspec.DecodeError:  # not JSON, not UTF-8, or JSON's non-standard NaN/Infinity
+            if not isinstance(data, dict):
+                return _NOT_CACHEABLE
+            canonical = _CANONICAL.encode(data)
+        except Exception:
+            # Not JSON, not UTF-8, JSON's non-standard NaN/Infinity (DecodeError), a lone surrogate in a string
+            # (an encode error), nested too deeply (RecursionError): no key, the request passes through.
             return _NOT_CACHEABLE
-        if not isinstance(data, dict):
+        if _has_duplicate_keys(body, canonical):
             return _NOT_CACHEABLE
         ctx.json = data
         model = data.get("model")
         stream = data.get("stream") is True
-        if self._ignore:
-            data = {k: v for k, v in data.items() if k not in self._ignore}
-        if self.config.fold_whitespace:
-            data = _fold_messages(data)
-        tenant = "ns:" + namespace if namespace is not None else self._fingerprint(material)
-        # One digest over newline-separated fields, the canonical body last. No field before the tenant can
-        # contain a raw newline (URL parts are encoded, the rest are constants, a port number and a hex
-        # fingerprint), and canonical JSON never does (msgspec escapes control characters in strings and adds
-        # no whitespace), so the last newline ends the tenant: the fields cannot run together. The query keeps
-        # its "?" (a path cannot contain one), so path and query cannot trade characters; the default port is
-        # "" (the URL parser drops an explicit default port).
+        if self._ignore or self.config.fold_whitespace:
+            if self._ignore:
+                data = {k: v for k, v in data.items() if k not in self._ignore}
+            if self.config.fold_whitespace:
+                data = _fold_messages(data)
+            canonical = _CANONICAL.encode(data)
+        tenant = "ns:" + namespace if namespace is not None else self._tenant.fingerprint(credentials)
+        # The fields before the body as one JSON array: each field is a JSON string (or number, null, list)
+        # whatever it contains, so no field can run into the next, and the array ends before the newline that
+        # starts the canonical body. The query keeps its "?" so path and query cannot trade characters.
         target = path if query is None else path + "?" + query
-        head = "\n".join(
-            (KEY_VERSION, "POST", scheme, host, "" if port is None else str(port), target, tenant, "")
+        head = _CANONICAL.encode(
+            [KEY_VERSION, "POST", scheme, host, port, target, tenant, self._tenant.scope_of(scope)]
         )
-        key = hashlib.blake2b(head.encode() + _CANONICAL.encode(data), digest_size=20).hexdigest()
+        key = hashlib.blake2b(head + b"\n" + canonical, digest_size=20).hexdigest()
         return key, model if isinstance(model, str) else None, stream
 
 
