@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._models import Endpoint
+from ._tenant import DEFAULT_CREDENTIAL_HEADERS
 from .config import Config, ConfigError, load_config
 from .report import Report, Targets
 
@@ -40,10 +41,9 @@ if TYPE_CHECKING:
 
 __all__ = ["SimulateOptions", "WorkloadRequest", "example_path", "load_workload", "replay", "simulated"]
 
-#: Header names that carry credentials: never written to, nor accepted from, a workload file.
-CREDENTIAL_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie", "openai-organization"}
-)
+#: Header names that carry credentials: never written to, nor accepted from, a workload file (the default
+#: credential headers of :mod:`aurelis_core._tenant`, and cookies).
+CREDENTIAL_HEADERS = frozenset((*DEFAULT_CREDENTIAL_HEADERS, "cookie"))
 
 
 def example_path(name: str) -> Path:

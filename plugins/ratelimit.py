@@ -4,8 +4,10 @@ Limits, each "so many per ``period`` seconds" (a minute by default):
 
 - per upstream: ``rpm`` / ``tpm`` of each ``[[endpoints]]`` entry, else this table's ``rpm`` / ``tpm`` (which
   also apply per host when no endpoints are configured);
-- per credential (optional): ``credential_rpm`` / ``credential_tpm``, keyed by a fingerprint of the request's
-  ``Authorization`` / ``api-key`` / ``x-api-key`` header (never the credential itself, not even in Redis).
+- per credential (optional): ``credential_rpm`` / ``credential_tpm``, keyed by the HMAC fingerprint of the
+  credentials the attempt sends (every credential header and query parameter of the pipeline's tenant
+  definition, ``[tenant]``; never the credential itself, not even in Redis). Replicas that share limits
+  through Redis must share the ``[tenant] secret`` too, or each counts its own.
 
 Before each attempt (``aurelis_admit``) the plugin reserves one request and an estimate of the tokens: the
 prompt (request body bytes / ``chars_per_token``) plus the completion budget (``max_tokens`` or
@@ -38,7 +40,6 @@ Counters in ``pipeline.stats.counters``: ``ratelimit_waited`` (attempts that had
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Sequence
@@ -48,6 +49,7 @@ import attrs
 from aurelis_plugins._validators import non_negative, positive
 
 from aurelis_core import Attempt, Endpoint, RequestContext, hookimpl
+from aurelis_core._compat import header_items, url_parts
 from aurelis_core.health import EndpointUnavailable, retry_after
 from aurelis_core.stats import usage_tokens
 
@@ -59,7 +61,6 @@ __all__ = ["RateLimit", "RateLimitConfig", "RateLimitTimeout"]
 logger = logging.getLogger("aurelis")
 
 _MAX_TOKENS = re.compile(rb'"max(?:_completion)?_tokens"\s*:\s*(\d+)')
-_CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")
 _REQUESTS, _TOKENS = "requests", "tokens"
 
 
@@ -133,7 +134,8 @@ class RateLimit:
         self.local = LocalGCRA()
         self.shared = None if config.redis_url is None else RedisGCRA(config.redis_url, config.key_prefix)
         self._upstream_limits: dict[str, tuple[_Limit, ...]] = {}
-        self._credential_limits: dict[str, tuple[_Limit, ...]] = {}
+        self._credential_limits: dict[tuple[tuple[bytes, bytes], ...], tuple[_Limit, ...]] = {}
+        self._tenant = pipeline.tenant
 
     # --- limits ------------------------------------------------------------------------------------------------
 
@@ -157,12 +159,13 @@ class RateLimit:
         return limits
 
     def _credential_limits_of(self, request: Any) -> tuple[_Limit, ...]:
-        headers = request.headers
-        credential = next((v for h in _CREDENTIAL_HEADERS if (v := headers.get(h)) is not None), "")
+        tenant = self._tenant
+        credentials, _ = tenant.scan(header_items(request.headers))
+        credential = (*credentials, *tenant.split_query(url_parts(request.url)[4])[1])
         limits = self._credential_limits.get(credential)
         if limits is None:
             # A fingerprint, not the credential: keys are visible to anyone who can read the Redis.
-            fingerprint = hashlib.blake2b(credential.encode(), digest_size=12, person=b"aurelis-rl").hexdigest()
+            fingerprint = tenant.fingerprint(credential).partition(":")[2] or "anonymous"
             config = self.config
             built = []
             if config.credential_rpm is not None:

@@ -6,10 +6,12 @@ an application under ``aurelis record --out workload.jsonl -- python app.py``, w
 
 Every finished request to one of ``paths`` becomes one line (format: :mod:`aurelis_core.replay`), written in
 the order requests finish, with ``at`` = seconds from the plugin's start to the request's start. Credentials
-never reach the file: ``Authorization``, ``api-key`` and every header whose name mentions a key, a token, a
-secret, auth or a cookie are dropped, as are transport headers (``host``, ``content-length``...) that the
-replaying client sets itself. Request bodies that cannot be read without consuming the caller's stream are
-skipped, not read.
+never reach the file: every credential header and credential query parameter of the pipeline's tenant
+definition (``[tenant]``: ``Authorization``, ``api-key``, ``x-goog-api-key``, ``?key=``...) is dropped, and so
+is every other header whose name mentions a key, a token, a secret, auth or a cookie, as are transport headers
+(``host``, ``content-length``...) that the replaying client sets itself. The answer-scoping headers
+(``OpenAI-Organization``, ``anthropic-version``...) are kept: a replay needs them to ask for the same answers.
+Request bodies that cannot be read without consuming the caller's stream are skipped, not read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import IO, Any
 import attrs
 
 from aurelis_core import hookimpl
+from aurelis_core._compat import url_parts
+from aurelis_core._tenant import Tenant
 from aurelis_core.replay import CREDENTIAL_HEADERS, WorkloadRequest
 
 __all__ = ["Record", "RecordConfig"]
@@ -37,13 +41,14 @@ TRANSPORT_HEADERS = frozenset(
 SECRET_MARKERS = ("auth", "key", "token", "secret", "cookie", "session", "password")
 
 
-def recordable_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+def recordable_headers(raw: list[tuple[bytes, bytes]], tenant: Tenant | None = None) -> dict[str, str]:
     """The headers worth replaying: no credentials, no transport headers, no SDK telemetry."""
     kept = {}
     for name, value in raw:
         lname = name.decode("latin-1").lower()
         if (
             lname in CREDENTIAL_HEADERS
+            or (tenant is not None and tenant.is_credential_header(lname))
             or lname in TRANSPORT_HEADERS
             or lname.startswith("x-stainless-")
             or any(marker in lname for marker in SECRET_MARKERS)
@@ -72,6 +77,7 @@ class Record:
 
     def __init__(self, config: RecordConfig, pipeline: Any) -> None:
         self.config = config
+        self._tenant: Tenant = pipeline.tenant
         self.recorded = 0
         self._origin = time.perf_counter()
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
@@ -114,16 +120,19 @@ class Record:
         if content:
             try:
                 body = json.loads(content)
+            except RecursionError:
+                return  # nested too deeply to be a workload line: not recorded
             except ValueError:
                 try:
                     body = content.decode("utf-8")
                 except UnicodeDecodeError:
                     return  # binary bodies do not fit a JSON workload line
-        query = request.url.query
+        # The query without its credential parameters (Gemini's ?key=): a credential never reaches the file.
+        query = self._tenant.split_query(url_parts(request.url)[4])[0]
         if query:
-            path += "?" + (query.decode("ascii") if isinstance(query, bytes) else query)
+            path += "?" + query
         line = WorkloadRequest(
-            path, request.method, body, recordable_headers(request.headers.raw),
+            path, request.method, body, recordable_headers(request.headers.raw, self._tenant),
             round(max(0.0, ctx.started - self._origin), 3),
         ).to_json()
         self._ensure_writer()

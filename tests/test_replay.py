@@ -157,6 +157,25 @@ def test_record_plugin_writes_a_replayable_workload_without_credentials(
     assert all(r.at is not None and r.at >= 0 for r in workload)
 
 
+def test_record_never_writes_a_credential_from_the_query_or_any_credential_header(
+    tmp_path: Path, upstream: SimulatedServer
+) -> None:
+    # Gemini-style ?key= was written into the workload file as it was sent.
+    path = tmp_path / "w.jsonl"
+    config = {"plugins": ["record"], "record": {"path": str(path)},
+              "tenant": {"credential_headers": ["x-gateway-credential"]}}
+    body = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+    headers = {"ocp-apim-subscription-key": "sk-secret-4", "cf-aig-authorization": "sk-secret-5",
+               "x-gateway-credential": "sk-secret-6", "openai-organization": "org-1"}
+    with aurelis_core.instrument(httpx.Client(base_url=upstream.base_url), config) as client:
+        client.post("/chat/completions?key=sk-secret-1&alt=sse&KEY=sk-secret-2", json=body, headers=headers)
+    text = path.read_text()
+    assert "sk-secret" not in text
+    (recorded,) = load_workload(path)
+    assert recorded.path == "/v1/chat/completions?alt=sse"
+    assert recorded.headers == {"openai-organization": "org-1"}  # what scopes the answer is replayed
+
+
 def test_aurelis_record_runs_a_program(tmp_path: Path, upstream: SimulatedServer) -> None:
     program = tmp_path / "app.py"
     program.write_text(

@@ -5,9 +5,11 @@ What is fuzzy, and what is exact
 Only the *text* of the ``user`` and ``assistant`` messages of a ``/chat/completions`` request is compared by
 meaning. Everything else is hashed into an exact **scope**, and entries match only within their own scope:
 
-- the tenant, taken from the ``normalize`` plugin (credential fingerprint or namespace), so two API keys
-  never share an answer;
-- the upstream origin and path, the model and every other body field (temperature, tools, response_format...);
+- the tenant and the answer-scoping headers, as the pipeline defines them for every plugin
+  (``pipeline.tenant``: a credential fingerprint or namespace; organization, project, API version...), so two
+  API keys never share an answer;
+- the upstream origin, path and query (credential parameters taken out), the model and every other body
+  field (temperature, tools, response_format...);
 - the system and developer prompts, tool results and non-text content, verbatim;
 - the conversation's layout: how many messages, in which roles, which carry fuzzy text;
 - the numbers written in the fuzzy text, in order: "population of Tokyo in 2010" and "... in 2020" are worded
@@ -52,7 +54,7 @@ __all__ = ["DEFAULT_THRESHOLD", "SemanticCache", "SemanticConfig"]
 #: threshold with no near-miss hit on the dev split (39/47 paraphrases hit); 0.85 lets 3/54 near-misses in.
 DEFAULT_THRESHOLD = 0.88
 #: Bumped whenever the scope's composition changes.
-SCOPE_VERSION = "aurelis-semantic-1"
+SCOPE_VERSION = "aurelis-semantic-2"
 FUZZY_ROLES = frozenset({"user", "assistant"})
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
@@ -174,10 +176,12 @@ class SemanticCache:
                 layout.append(["exact", message])
         if not texts:
             return None
-        tenant = self.pipeline.plugin("normalize").tenant(ctx)
+        tenant = self.pipeline.tenant
+        identity = tenant.identify(request, ctx.controls.namespace)
+        query, _ = tenant.split_query(url.query.decode("ascii"))  # no credential ever enters the material
         material = json.dumps(
-            [SCOPE_VERSION, request.method, url.scheme, url.netloc.decode("ascii"), url.raw_path.decode("ascii"),
-             tenant, {**body, "messages": layout}],
+            [SCOPE_VERSION, request.method, url.scheme, url.netloc.decode("ascii"), url.path, query,
+             identity.tenant, identity.scope, {**body, "messages": layout}],
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,
