@@ -267,8 +267,8 @@ class Tenant:
 
     @staticmethod
     def scope_of(pairs: Sequence[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
-        """Scope pairs as a canonical, sorted tuple of ``(name, value)`` strings (values stripped)."""
-        return tuple(sorted((n.decode("latin-1"), v.decode("latin-1").strip()) for n, v in pairs))
+        """Scope pairs as a canonical, sorted tuple of ``(name, value)`` strings."""
+        return tuple(sorted((n.decode("latin-1"), v.decode("latin-1")) for n, v in pairs))
 
     # --- a whole request -------------------------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ MEMO_INLINE_BYTES = 8192
 #: What the memo may hold in inline bodies (~200 B per entry besides).
 MEMO_BYTES = 4 * 1024 * 1024
 _NOT_CACHEABLE: Any = object()
+_CREDENTIAL, _SCOPE, _CONTENT_TYPE = "credential", "scope", "content-type"
 #: Sorted keys (at every depth), no optional whitespace, UTF-8, exact decimals as JSON numbers: one spelling per
 #: value.
 _CANONICAL = msgspec.json.Encoder(order="sorted", decimal_format="number")
@@ -89,6 +90,10 @@ def _parse_number(text: str) -> int | Decimal:
     applies to arithmetic, not to construction) and costs about what ``float(text)`` does (~0.4 us).
     """
     value = Decimal(text)
+    if text[-1] != "0" and "e" not in text and "E" not in text:
+        # The usual number ("0.7", "0.95"): a fraction that does not end in zero is neither integral nor
+        # carries trailing zeros, so it is already in the form the general path below would make (~3x cheaper).
+        return value
     if not value:
         return 0  # 0.0, -0.0, 0e5: zero
     sign, digits, exponent = value.as_tuple()
@@ -134,6 +139,12 @@ class Normalize:
             else Tenant(TenantConfig(secret=config.secret, namespace=config.namespace))
         )
         self._namespace = config.namespace or self._tenant.namespace
+        #: lower-cased header name -> what it is to the key (see aurelis_normalize)
+        self._roles: dict[bytes, str] = {
+            **dict.fromkeys(self._tenant.scope_headers, _SCOPE),
+            **dict.fromkeys(self._tenant.credential_headers, _CREDENTIAL),
+            b"content-type": _CONTENT_TYPE,
+        }
         # Matched against the raw (still percent-encoded) path: URL.path decodes on every access.
         self._paths = tuple(p.rstrip("/") for p in config.paths)
         self._ignore = frozenset(config.ignore_fields)
@@ -154,18 +165,20 @@ class Normalize:
             return None
         # One pass over the headers for the content type, the tenant's credentials and the answer's scope (not
         # a Headers.get per name, nor a pass each): this runs on every cacheable request.
-        tenant = self._tenant
-        credential_headers = tenant.credential_headers
-        scope_headers = tenant.scope_headers
+        # One dict lookup per header tells what it is to the key (most headers are nothing to it).
+        roles = self._roles
         content_type: bytes | None = None
         credentials: list[tuple[bytes, bytes]] = []
         scope: list[tuple[bytes, bytes]] = []
         for _, lower, value in header_items(request.headers):
-            if lower in credential_headers:
+            role = roles.get(lower)
+            if role is None:
+                continue
+            if role is _CREDENTIAL:
                 credentials.append((lower, value))
-            elif lower in scope_headers:
+            elif role is _SCOPE:
                 scope.append((lower, value))
-            elif lower == b"content-type" and content_type is None:
+            elif content_type is None:
                 content_type = value
         if content_type is None or b"json" not in content_type:
             return None
@@ -174,7 +187,7 @@ class Normalize:
         except Exception:  # a streaming upload (RequestNotRead): never read it behind the caller's back
             return None
         if query:
-            query, in_query = tenant.split_query(query)
+            query, in_query = self._tenant.split_query(query)
             credentials.extend(in_query)
         namespace = ctx.controls.namespace or self._namespace
         # Memo: everything the key depends on -> (key, model, stream). A repeated request (every cache hit) is
@@ -236,7 +249,8 @@ class Normalize:
         # starts the canonical body. The query keeps its "?" so path and query cannot trade characters.
         target = path if query is None else path + "?" + query
         head = _CANONICAL.encode(
-            [KEY_VERSION, "POST", scheme, host, port, target, tenant, self._tenant.scope_of(scope)]
+            # Scope pairs as they were sent, sorted; bytes encode as base64 strings.
+            [KEY_VERSION, "POST", scheme, host, port, target, tenant, sorted(scope)]
         )
         key = hashlib.blake2b(head + b"\n" + canonical, digest_size=20).hexdigest()
         return key, model if isinstance(model, str) else None, stream
