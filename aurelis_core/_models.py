@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from .stats import usage_tokens
+from .validators import header_table, http_url, label, positive, positive_int, printable
 
 __all__ = [
     "CACHE_BYPASS",
@@ -40,18 +41,19 @@ CACHE_BYPASS = "bypass"
 class Endpoint:
     """One upstream that requests may be routed to (``[[endpoints]]`` in the config).
 
-    ``url`` is the endpoint's base URL; the request's path is kept and moved onto it. ``headers`` are added to
-    every request sent there, and ``api_key`` replaces the caller's ``Authorization`` header, so one client can
-    fan out over deployments that each have their own credential.
+    ``url`` is the endpoint's base URL (absolute http(s), without query or fragment: the request's own are
+    kept); the request's path is kept and moved onto it. ``headers`` are added to every request sent there, and
+    ``api_key`` replaces the caller's ``Authorization`` header, so one client can fan out over deployments that
+    each have their own credential.
     """
 
-    url: str
-    name: str = ""
-    weight: float = 1.0
-    headers: Mapping[str, str] = attrs.field(factory=dict)
-    api_key: str | None = attrs.field(default=None, repr=False)
-    rpm: int | None = None
-    tpm: int | None = None
+    url: str = attrs.field(validator=http_url)
+    name: str = attrs.field(default="", validator=printable)
+    weight: float = attrs.field(default=1.0, validator=positive)
+    headers: Mapping[str, str] = attrs.field(factory=dict, validator=header_table)
+    api_key: str | None = attrs.field(default=None, repr=False, validator=label)
+    rpm: int | None = attrs.field(default=None, validator=positive_int)
+    tpm: int | None = attrs.field(default=None, validator=positive_int)
 
     def __attrs_post_init__(self) -> None:
         if not self.name:

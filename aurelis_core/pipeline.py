@@ -121,9 +121,11 @@ class Pipeline:
         config = self.config
         where = config.source
         known = discover_plugins()
+        # Every table is checked, and every error reported together (ConfigError.errors), not the first only.
+        errors: list[str] = []
         for table_name in config.tables:
             if table_name not in known:
-                raise ConfigError(
+                errors.append(
                     f"{where}: unknown top-level key {table_name!r}: not a plugin or a config key"
                     f"{choices_hint(table_name, [*known, 'plugins', 'endpoints'])}"
                 )
@@ -133,18 +135,27 @@ class Pipeline:
         for name in config.plugins:
             spec = known.get(name)
             if spec is None:
-                raise unknown_plugin(name, known, f"{where}: plugins")
+                errors.extend(unknown_plugin(name, known, f"{where}: plugins").errors)
+                continue
             if name in blocked:
                 logger.warning("aurelis: plugin %r is disabled by AURELIS_DISABLE_PLUGINS", name)
                 continue
-            self._register_spec(spec, config.tables.get(name, {}), where)
+            try:
+                self._register_spec(spec, config.tables.get(name, {}), where)
+            except ConfigError as exc:
+                errors.extend(exc.errors)
         # Tables of known plugins that are not enabled are still checked, so a typo fails now, not the day the
         # plugin is switched on.
         for name, options in config.tables.items():
-            if name not in config.plugins and name not in blocked:
-                config_cls = getattr(known[name].load(), "Config", None)
-                if config_cls is not None:
-                    config_from_table(config_cls, options, f"{where}: [{name}]")
+            if name not in config.plugins and name not in blocked and name in known:
+                try:
+                    config_cls = getattr(known[name].load(), "Config", None)
+                    if config_cls is not None:
+                        config_from_table(config_cls, options, f"{where}: [{name}]")
+                except ConfigError as exc:
+                    errors.extend(exc.errors)
+        if errors:
+            raise ConfigError(*errors)
         for plugin in extra:
             name = getattr(plugin, "name", None) or type(plugin).__name__
             self.plugin_origins[name] = "instance"
