@@ -26,6 +26,7 @@ __all__ = [
     "CacheInfo",
     "Endpoint",
     "RequestContext",
+    "RequestControlError",
     "RequestControls",
 ]
 
@@ -67,8 +68,10 @@ class RequestControls:
     - ``skip``: neither read nor write any cache tier for this request.
     - ``refresh``: do not read the cache, but store the fresh answer (``Cache-Control: no-cache``).
     - ``no_store``: read the cache, but never store this answer (``Cache-Control: no-store``).
-    - ``ttl``: seconds this answer may be served from cache, overriding each tier's default.
-    - ``namespace``: an explicit tenant scope for the cache key, overriding the configured one.
+    - ``ttl``: seconds this answer may be served from cache, overriding each tier's default (a finite number
+      > 0).
+    - ``namespace``: an explicit tenant scope for the cache key, overriding the configured one (a non-empty
+      string without control characters).
     - ``coalesce``: join an identical request already in flight rather than send another (on by default;
       ``False`` sends this one on its own, though it still stores its answer).
     """
@@ -76,12 +79,21 @@ class RequestControls:
     skip: bool = False
     refresh: bool = False
     no_store: bool = False
-    ttl: float | None = None
-    namespace: str | None = None
+    ttl: float | None = attrs.field(default=None, validator=positive)
+    namespace: str | None = attrs.field(default=None, validator=label)
     coalesce: bool = True
 
 
 DEFAULT_CONTROLS = RequestControls()
+
+
+class RequestControlError(ValueError):
+    """A request's cache controls are invalid: an ``x-aurelis-*`` header, or a value in
+    ``request.extensions["aurelis"]``, that the message names with what would be valid.
+
+    Raised to the caller by the request call itself, before any cache is read or anything is sent: a control
+    is never ignored or half-applied (a ``nan`` ttl would store an entry that never expires).
+    """
 
 
 class CacheEntry:

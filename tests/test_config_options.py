@@ -1,7 +1,8 @@
 """Every option of every plugin is checked at build time: walked here from the option classes themselves.
 
 The option classes are found, not listed: the ``Config`` of every built-in plugin (``BUILTIN_PLUGINS``), of the
-contrib plugins (their sources, when their dependencies are installed), plus ``Endpoint``. For each field (nested tables included) the test derives, from its annotation alone,
+contrib plugins (their sources, when their dependencies are installed), plus ``Endpoint`` and
+``RequestControls``. For each field (nested tables included) the test derives, from its annotation alone,
 values of the wrong type and, for numbers, values out of range, and asserts each fails with a
 :class:`ConfigError` that names the key. So an option added without a type the loader can check (``Any``), or a
 number without a range, fails this test. Then a third-party option class, defined here, gets the same checks
@@ -23,7 +24,7 @@ import attrs
 import pytest
 
 import aurelis_core.pipeline
-from aurelis_core import ConfigError, Endpoint, Pipeline, hookimpl
+from aurelis_core import ConfigError, Endpoint, Pipeline, RequestControls, hookimpl
 from aurelis_core._plugins import BUILTIN_PLUGINS, PluginSpec
 from aurelis_core.config import ALLOW_NON_FINITE, config_from_table
 from aurelis_core.validators import in_range
@@ -67,6 +68,7 @@ def _option_classes() -> dict[str, type]:
             classes[name] = config
     classes.update(_contrib_option_classes())
     classes["endpoints"] = Endpoint
+    classes["request controls"] = RequestControls
     return classes
 
 
