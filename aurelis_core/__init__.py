@@ -19,6 +19,7 @@ from ._models import (
     CacheInfo,
     Endpoint,
     RequestContext,
+    RequestControlError,
     RequestControls,
 )
 from .batch import gather
@@ -38,6 +39,7 @@ __all__ = [
     "Endpoint",
     "Pipeline",
     "RequestContext",
+    "RequestControlError",
     "RequestControls",
     "Stats",
     "__version__",

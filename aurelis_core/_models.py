@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from .stats import usage_tokens
+from .validators import header_table, http_url, label, positive, positive_int, printable
 
 __all__ = [
     "CACHE_BYPASS",
@@ -25,6 +26,7 @@ __all__ = [
     "CacheInfo",
     "Endpoint",
     "RequestContext",
+    "RequestControlError",
     "RequestControls",
 ]
 
@@ -40,18 +42,19 @@ CACHE_BYPASS = "bypass"
 class Endpoint:
     """One upstream that requests may be routed to (``[[endpoints]]`` in the config).
 
-    ``url`` is the endpoint's base URL; the request's path is kept and moved onto it. ``headers`` are added to
-    every request sent there, and ``api_key`` replaces the caller's ``Authorization`` header, so one client can
-    fan out over deployments that each have their own credential.
+    ``url`` is the endpoint's base URL (absolute http(s), without query or fragment: the request's own are
+    kept); the request's path is kept and moved onto it. ``headers`` are added to every request sent there, and
+    ``api_key`` replaces the caller's ``Authorization`` header, so one client can fan out over deployments that
+    each have their own credential.
     """
 
-    url: str
-    name: str = ""
-    weight: float = 1.0
-    headers: Mapping[str, str] = attrs.field(factory=dict)
-    api_key: str | None = attrs.field(default=None, repr=False)
-    rpm: int | None = None
-    tpm: int | None = None
+    url: str = attrs.field(validator=http_url)
+    name: str = attrs.field(default="", validator=printable)
+    weight: float = attrs.field(default=1.0, validator=positive)
+    headers: Mapping[str, str] = attrs.field(factory=dict, validator=header_table)
+    api_key: str | None = attrs.field(default=None, repr=False, validator=label)
+    rpm: int | None = attrs.field(default=None, validator=positive_int)
+    tpm: int | None = attrs.field(default=None, validator=positive_int)
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
@@ -65,8 +68,10 @@ class RequestControls:
     - ``skip``: neither read nor write any cache tier for this request.
     - ``refresh``: do not read the cache, but store the fresh answer (``Cache-Control: no-cache``).
     - ``no_store``: read the cache, but never store this answer (``Cache-Control: no-store``).
-    - ``ttl``: seconds this answer may be served from cache, overriding each tier's default.
-    - ``namespace``: an explicit tenant scope for the cache key, overriding the configured one.
+    - ``ttl``: seconds this answer may be served from cache, overriding each tier's default (a finite number
+      > 0).
+    - ``namespace``: an explicit tenant scope for the cache key, overriding the configured one (a non-empty
+      string without control characters).
     - ``coalesce``: join an identical request already in flight rather than send another (on by default;
       ``False`` sends this one on its own, though it still stores its answer).
     """
@@ -74,12 +79,21 @@ class RequestControls:
     skip: bool = False
     refresh: bool = False
     no_store: bool = False
-    ttl: float | None = None
-    namespace: str | None = None
+    ttl: float | None = attrs.field(default=None, validator=positive)
+    namespace: str | None = attrs.field(default=None, validator=label)
     coalesce: bool = True
 
 
 DEFAULT_CONTROLS = RequestControls()
+
+
+class RequestControlError(ValueError):
+    """A request's cache controls are invalid: an ``x-aurelis-*`` header, or a value in
+    ``request.extensions["aurelis"]``, that the message names with what would be valid.
+
+    Raised to the caller by the request call itself, before any cache is read or anything is sent: a control
+    is never ignored or half-applied (a ``nan`` ttl would store an entry that never expires).
+    """
 
 
 class CacheEntry:

@@ -41,6 +41,8 @@ from urllib.parse import unquote_plus
 
 import attrs
 
+from .validators import each, header_name, label
+
 __all__ = [
     "DEFAULT_CREDENTIAL_HEADERS",
     "DEFAULT_CREDENTIAL_PARAMS",
@@ -116,27 +118,12 @@ DEFAULT_SCOPE_HEADERS: tuple[str, ...] = (
 )
 
 
-def _header_names(value: Any) -> tuple[str, ...]:
-    names = tuple(value) if not isinstance(value, str) else None
-    if names is None or not all(isinstance(n, str) and n.strip() for n in names):
-        raise ValueError(f"expected a list of header names, got {value!r}")
-    return tuple(n.strip().lower() for n in names)
-
-
-def _param_names(value: Any) -> tuple[str, ...]:
-    names = tuple(value) if not isinstance(value, str) else None
-    if names is None or not all(isinstance(n, str) and n.strip() for n in names):
-        raise ValueError(f"expected a list of query parameter names, got {value!r}")
-    return tuple(n.strip().lower() for n in names)
-
-
-def _optional_text(instance: Any, attribute: Any, value: Any) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{attribute.name!r} must be a non-empty string, got {value!r}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"{attribute.name!r} must not contain control characters, got {value!r}")
+def _lower(names: Any) -> Any:
+    # Header and parameter names are compared in lower case; what is not a list is left for the annotation's
+    # check to refuse (a bare string is never taken as a list of its characters).
+    if isinstance(names, (list, tuple)):
+        return tuple(n.strip().lower() if isinstance(n, str) else n for n in names)
+    return names
 
 
 @attrs.frozen
@@ -145,16 +132,16 @@ class TenantConfig:
 
     #: The HMAC key of credential fingerprints and of the shared tiers' entry MACs (default: the environment
     #: variable ``AURELIS_CACHE_SECRET``; set one in production, the same on every replica).
-    secret: str | None = attrs.field(default=None, repr=False, validator=_optional_text)
+    secret: str | None = attrs.field(default=None, repr=False, validator=label)
     #: One explicit tenant for every credential: answers are shared across all API keys (default: none, one
     #: tenant per credential).
-    namespace: str | None = attrs.field(default=None, validator=_optional_text)
+    namespace: str | None = attrs.field(default=None, validator=label)
     #: Headers that carry credentials, besides the defaults (``DEFAULT_CREDENTIAL_HEADERS``).
-    credential_headers: tuple[str, ...] = attrs.field(default=(), converter=_header_names)
+    credential_headers: tuple[str, ...] = attrs.field(default=(), converter=_lower, validator=each(header_name))
     #: Query parameters that carry credentials, besides the defaults (``DEFAULT_CREDENTIAL_PARAMS``).
-    credential_params: tuple[str, ...] = attrs.field(default=(), converter=_param_names)
+    credential_params: tuple[str, ...] = attrs.field(default=(), converter=_lower, validator=each(label))
     #: Headers that select which answer a credential gets, besides the defaults (``DEFAULT_SCOPE_HEADERS``).
-    scope_headers: tuple[str, ...] = attrs.field(default=(), converter=_header_names)
+    scope_headers: tuple[str, ...] = attrs.field(default=(), converter=_lower, validator=each(header_name))
 
     def __attrs_post_init__(self) -> None:
         both = sorted(set(self.credential_headers) & set(self.scope_headers) | (

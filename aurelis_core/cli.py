@@ -64,24 +64,89 @@ def add_plugins_commands(subparsers: Subparsers) -> None:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    """Check a config file as a pipeline built from it would, report every error, then probe the outside world.
+
+    Errors (exit 1): the file is read and its top level and endpoints checked (:func:`parse_config`, which goes
+    on past the first problem), then a pipeline is built from what is valid: every plugin's table is checked
+    and every enabled plugin constructed, exactly as ``Pipeline(file)`` does; plugins open no connection and
+    start no server until their first request, so nothing is contacted. Warnings (exit 0): what only the
+    outside world can tell -- a Redis that does not answer, a cache file that cannot be created, a metrics
+    port in use -- from the probes the option classes declare (``aurelis_core.validators.PROBE``).
+    """
+    from .config import parse_config, read_config_file
     from .pipeline import Pipeline
 
     try:
-        pipeline = Pipeline(args.file)  # builds every plugin, so every table and value is checked
-    except (ConfigError, ImportError) as exc:
+        data, source = read_config_file(args.file)
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    pipeline.close()
-    config = pipeline.config
+    config, errors = parse_config(data, source)
+    try:
+        Pipeline(config).close()
+    except ConfigError as exc:
+        errors.extend(exc.errors)
+    except ImportError as exc:
+        errors.append(f"{source}: {exc}")
+    if errors:
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        print(f"{source}: {len(errors)} error{'s' if len(errors) > 1 else ''}", file=sys.stderr)
+        return 1
+    warnings = _probe_config(config)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{config.source}: ok ({len(config.plugins)} plugins: {', '.join(config.plugins) or 'none'}; "
-          f"{len(config.endpoints)} endpoints)")
+          f"{len(config.endpoints)} endpoints"
+          + (f"; {len(warnings)} warning{'s' if len(warnings) > 1 else ''}" if warnings else "") + ")")
     return 0
+
+
+def _probe_config(config: Any) -> list[str]:
+    """The warnings of the probes declared by the options of every enabled plugin (see ``cmd_config_check``)."""
+    from ._plugins import blocked_plugins, discover_plugins
+    from .config import config_from_table
+
+    known = discover_plugins()
+    blocked = blocked_plugins()
+    warnings: list[str] = []
+    for name in config.plugins:
+        config_cls = getattr(known[name].load(), "Config", None) if name not in blocked else None
+        if config_cls is not None:
+            where = f"{config.source}: [{name}]"
+            warnings += _probe_options(config_from_table(config_cls, config.tables.get(name, {}), where), where, "")
+    return warnings
+
+
+def _probe_options(options: Any, where: str, prefix: str) -> list[str]:
+    import attrs
+
+    from .validators import PROBE
+
+    warnings: list[str] = []
+    for field in attrs.fields(type(options)):
+        value = getattr(options, field.name)
+        key = prefix + (getattr(field, "alias", None) or field.name)
+        probe = field.metadata.get(PROBE)
+        if probe is not None:
+            try:
+                problem = probe(options, field, value)
+            except Exception as exc:  # a probe's own failure is a warning too, never the end of the check
+                problem = f"could not be checked: {type(exc).__name__}: {exc}"
+            if problem:
+                warnings.append(f"{where} {key}: {problem}")
+        if attrs.has(type(value)):
+            warnings += _probe_options(value, where, key + ".")
+    return warnings
 
 
 def add_config_commands(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("config", help="work with configuration files")
     sub = parser.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
-    check = sub.add_parser("check", help="validate a config file (aurelis.toml or pyproject.toml)")
+    check = sub.add_parser(
+        "check", help="validate a config file (aurelis.toml or pyproject.toml): every error, then warnings about "
+        "what only the outside world can tell (a Redis that does not answer, a file that cannot be written)",
+    )
     check.add_argument("file", help="the config file")
     check.set_defaults(func=cmd_config_check)
 

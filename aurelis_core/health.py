@@ -122,7 +122,8 @@ class EndpointHealth:
         key = (url.scheme, url.host, url.port)
         endpoint = self._origins.get(key)
         if endpoint is None:
-            origin = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port is not None else "")
+            host = f"[{url.host}]" if ":" in url.host else url.host  # an IPv6 address, as a URL writes it
+            origin = f"{url.scheme}://{host}" + (f":{url.port}" if url.port is not None else "")
             endpoint = self._origins.setdefault(key, Endpoint(url=origin))
         return endpoint
 

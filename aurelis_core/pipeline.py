@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from inspect import isawaitable
 from typing import Any
+
+import attrs
 
 from ._coalesce import COALESCED, Flight, Flights, flight_stream
 from ._compat import build_response, header_items
@@ -31,6 +34,7 @@ from ._models import (
     CacheInfo,
     Endpoint,
     RequestContext,
+    RequestControlError,
     RequestControls,
 )
 from ._plugins import (
@@ -47,6 +51,7 @@ from ._transports import drive_async, drive_sync, instrument_client, observed_st
 from .config import Config, ConfigError, choices_hint, config_from_table, load_config
 from .health import EndpointHealth
 from .stats import Stats
+from .validators import Invalid, describe
 
 __all__ = ["Flow", "Pipeline"]
 
@@ -124,9 +129,11 @@ class Pipeline:
         config = self.config
         where = config.source
         known = discover_plugins()
+        # Every table is checked, and every error reported together (ConfigError.errors), not the first only.
+        errors: list[str] = []
         for table_name in config.tables:
             if table_name not in known:
-                raise ConfigError(
+                errors.append(
                     f"{where}: unknown top-level key {table_name!r}: not a plugin or a config key"
                     f"{choices_hint(table_name, [*known, 'plugins', 'endpoints'])}"
                 )
@@ -136,18 +143,27 @@ class Pipeline:
         for name in config.plugins:
             spec = known.get(name)
             if spec is None:
-                raise unknown_plugin(name, known, f"{where}: plugins")
+                errors.extend(unknown_plugin(name, known, f"{where}: plugins").errors)
+                continue
             if name in blocked:
                 logger.warning("aurelis: plugin %r is disabled by AURELIS_DISABLE_PLUGINS", name)
                 continue
-            self._register_spec(spec, config.tables.get(name, {}), where)
+            try:
+                self._register_spec(spec, config.tables.get(name, {}), where)
+            except ConfigError as exc:
+                errors.extend(exc.errors)
         # Tables of known plugins that are not enabled are still checked, so a typo fails now, not the day the
         # plugin is switched on.
         for name, options in config.tables.items():
-            if name not in config.plugins and name not in blocked:
-                config_cls = getattr(known[name].load(), "Config", None)
-                if config_cls is not None:
-                    config_from_table(config_cls, options, f"{where}: [{name}]")
+            if name not in config.plugins and name not in blocked and name in known:
+                try:
+                    config_cls = getattr(known[name].load(), "Config", None)
+                    if config_cls is not None:
+                        config_from_table(config_cls, options, f"{where}: [{name}]")
+                except ConfigError as exc:
+                    errors.extend(exc.errors)
+        if errors:
+            raise ConfigError(*errors)
         for plugin in extra:
             name = getattr(plugin, "name", None) or type(plugin).__name__
             self.plugin_origins[name] = "instance"
@@ -718,7 +734,11 @@ def _sleep(ctx: RequestContext, seconds: float) -> Awaitable[None] | None:
 
 
 def _controls_of(ctx: RequestContext) -> RequestControls:
-    """Per-request cache controls from ``extensions["aurelis"]``, ``x-aurelis-*`` and ``Cache-Control``."""
+    """Per-request cache controls from ``extensions["aurelis"]``, ``x-aurelis-*`` and ``Cache-Control``.
+
+    Invalid controls raise :class:`RequestControlError` (a ``ValueError``) naming the header or extension key
+    and what is valid, before any cache is read or anything is sent.
+    """
     request = ctx.request
     given = request.extensions.get("aurelis")
     # One pass over the lower-cased header names: this runs on every request of a caching pipeline. The first
@@ -743,23 +763,44 @@ def _controls_of(ctx: RequestContext) -> RequestControls:
             options["refresh"] = True
     if has_control_headers:
         options.update(_control_headers(ctx))
-    if given is not None:
-        if isinstance(given, RequestControls):
-            return given
-        if not isinstance(given, Mapping):
-            raise TypeError("request.extensions['aurelis'] must be a dict of cache controls or RequestControls")
-        options.update(given)
+    if given is None:
+        return RequestControls(**options)  # read from headers: checked, and typed, as they were read
+    if isinstance(given, RequestControls):
+        return given
+    if not isinstance(given, Mapping):
+        raise RequestControlError(
+            f"{_EXTENSION}: expected a dict of cache controls or a RequestControls, got {describe(given)}"
+        )
+    options.update(given)
+    # The same checks as a config table (types from RequestControls' annotations, then its validators): the
+    # header values were checked already, so an error here is about an extension key, and names it.
     try:
-        return config_from_table(RequestControls, options, "request.extensions['aurelis']")
+        return config_from_table(RequestControls, options, _EXTENSION)
     except ConfigError as exc:
-        raise ValueError(str(exc)) from None
+        raise RequestControlError("\n".join(exc.errors)) from None
+
+
+_EXTENSION = "request.extensions['aurelis']"
+#: The control headers, and the modes ``x-aurelis-cache`` takes (-> the RequestControls field they set).
+_CONTROL_HEADERS = ("x-aurelis-cache", "x-aurelis-namespace", "x-aurelis-ttl")
+_CACHE_MODES = {"skip": ("skip", True), "refresh": ("refresh", True), "no-store": ("no_store", True),
+                "no-coalesce": ("coalesce", False)}
+#: A plain decimal number (no sign, no "_" digit separators, no "nan"/"inf", which float() would all take).
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def _control_headers(ctx: RequestContext) -> dict[str, Any]:
-    """Read and strip ``x-aurelis-cache`` (comma-separated: skip, refresh, no-store, no-coalesce),
-    ``x-aurelis-ttl``, ``x-aurelis-namespace``."""
+    """Read, check and strip ``x-aurelis-cache`` (comma-separated: skip, refresh, no-store, no-coalesce),
+    ``x-aurelis-ttl``, ``x-aurelis-namespace``.
+
+    Each value is checked here, with an error naming its header; ttl and namespace go through the validators
+    of their :class:`RequestControls` fields, so a header and an extension key accept exactly the same values.
+    A header repeated with another value is an error (which one was meant?); ``x-aurelis-cache`` may repeat,
+    its modes add up.
+    """
     request = ctx.request
     options: dict[str, Any] = {}
+    given: dict[bytes, str] = {}
     kept = []
     for name, value in request.headers.raw:
         lname = name.lower()
@@ -768,27 +809,45 @@ def _control_headers(ctx: RequestContext) -> dict[str, Any]:
             continue
         text = value.decode("latin-1").strip()
         if lname == b"x-aurelis-cache":
-            for mode in text.lower().replace(" ", "").split(","):
-                if mode == "no-coalesce":
-                    options["coalesce"] = False
-                elif mode in ("skip", "refresh", "no-store"):
-                    options[mode.replace("-", "_")] = True
-                else:
-                    raise ValueError(
+            for mode in text.lower().split(","):
+                setting = _CACHE_MODES.get(mode.strip())
+                if setting is None:
+                    raise RequestControlError(
                         f"x-aurelis-cache: {text!r} is not one of skip, refresh, no-store, no-coalesce "
                         "(or a comma-separated list of them)"
                     )
-        elif lname == b"x-aurelis-ttl":
-            options["ttl"] = float(text)
-        elif lname == b"x-aurelis-namespace":
-            options["namespace"] = text
-        else:
-            raise ValueError(
-                f"unknown request header {name.decode('latin-1')!r}; "
-                "valid: x-aurelis-cache, x-aurelis-namespace, x-aurelis-ttl"
+                options[setting[0]] = setting[1]
+            continue
+        header = lname.decode("latin-1")
+        if header not in _CONTROL_HEADERS:
+            raise RequestControlError(
+                f"unknown request header {name.decode('latin-1')!r}{choices_hint(header, _CONTROL_HEADERS)}"
             )
+        before = given.setdefault(lname, text)
+        if before != text:
+            raise RequestControlError(f"{header}: given twice, with different values ({before!r}, {text!r})")
+        if lname == b"x-aurelis-ttl":
+            # Not a plain number: nan, which the field's validator refuses as it refuses 0, -5 or 1e999 (inf).
+            ttl = float(text) if _DECIMAL.fullmatch(text) else _NAN
+            ttl_field = _CONTROL_FIELDS.ttl
+            try:
+                ttl_field.validator(None, ttl_field, ttl)  # type: ignore[misc]
+            except Invalid:
+                raise RequestControlError(f"{header}: expected a number of seconds > 0, got {text!r}") from None
+            options["ttl"] = ttl
+        else:
+            field = _CONTROL_FIELDS.namespace
+            try:
+                field.validator(None, field, text)  # type: ignore[misc]
+            except Invalid as exc:
+                raise RequestControlError(f"{header}: {exc.detail}") from None
+            options["namespace"] = text
     ctx.request = ctx.original = _with_headers(ctx.http, request, kept)
     return options
+
+
+_CONTROL_FIELDS = attrs.fields(RequestControls)
+_NAN = float("nan")
 
 
 def _with_headers(http: Any, request: Any, headers: list[tuple[bytes, bytes]]) -> Any:

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import positive
+from aurelis_plugins._validators import positive_int
 from aurelis_plugins._warm import copy_into_memory
 from aurelis_plugins._writebehind import HitCounts, WriteBehind
 
@@ -29,8 +29,8 @@ class WarmConfig:
     """``warm = {on_start = true, top = 1000}``: at start-up, copy this tier's ``top`` most hit live entries
     into the ``memory`` tier."""
 
-    on_start: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    top: int = attrs.field(default=1000, validator=[attrs.validators.instance_of(int), positive])
+    on_start: bool = False
+    top: int = attrs.field(default=1000, validator=positive_int)
 
 
 class WriteBehindTier:

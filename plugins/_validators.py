@@ -1,56 +1,76 @@
 """attrs validators shared by the plugins' option classes.
 
+Types are not checked here: the config loader checks every value against its field's annotation (see
+:func:`aurelis_core.config.config_from_table`). These state ranges and formats. The general ones are
+:mod:`aurelis_core.validators`' (public, for third-party plugins too), re-exported so first-party plugins
+import them from one place; the ones below need this package's codecs.
+
 Each accepts ``None`` exactly when the field is annotated as optional (``float | None``), so a required
 option can never be switched off by writing nothing, and an optional one needs no ``optional()`` wrapper.
-Messages name the option and the value, as config errors must.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from aurelis_core.validators import (
+    PROBE,
+    Invalid,
+    at_least,
+    each,
+    existing_file,
+    file_path,
+    host_port,
+    in_range,
+    label,
+    non_empty,
+    non_negative,
+    non_negative_int,
+    one_of,
+    positive,
+    positive_int,
+    probe_bind,
+    probe_redis,
+    probe_tcp,
+    probe_writable_file,
+    redis_url,
+    url_path,
+)
 
-__all__ = ["non_negative", "non_negative_int", "positive", "positive_int"]
+from ._serialize import CODEC_IDS
+
+__all__ = [
+    "PROBE",
+    "Invalid",
+    "at_least",
+    "at_rest_codec",
+    "each",
+    "existing_file",
+    "file_path",
+    "fraction",
+    "host_port",
+    "in_range",
+    "label",
+    "non_empty",
+    "non_negative",
+    "non_negative_int",
+    "one_of",
+    "positive",
+    "positive_int",
+    "probe_bind",
+    "probe_redis",
+    "probe_tcp",
+    "probe_writable_file",
+    "redis_url",
+    "url_path",
+    "writable_file_probe",
+]
+
+#: A codec the cache tiers can store values with (``none``, ``gzip``, ``brotli``, ``lz4``).
+at_rest_codec = one_of(CODEC_IDS, "a codec name")
+
+#: A number strictly between 0 and 1.
+fraction = in_range(0, 1, lo_open=True, hi_open=True)
 
 
-def _none_allowed(attribute: Any) -> bool:
-    return "None" in str(attribute.type)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def positive(instance: Any, attribute: Any, value: Any) -> None:
-    """A number > 0."""
-    if value is None and _none_allowed(attribute):
-        return
-    if not (_number(value) and value > 0):
-        raise ValueError(f"{attribute.name!r} must be a number > 0, got {value!r}")
-
-
-def non_negative(instance: Any, attribute: Any, value: Any) -> None:
-    """A number >= 0."""
-    if value is None and _none_allowed(attribute):
-        return
-    if not (_number(value) and value >= 0):
-        raise ValueError(f"{attribute.name!r} must be a number >= 0, got {value!r}")
-
-
-def positive_int(instance: Any, attribute: Any, value: Any) -> None:
-    """An integer >= 1."""
-    if value is None and _none_allowed(attribute):
-        return
-    if not (_integer(value) and value >= 1):
-        raise ValueError(f"{attribute.name!r} must be an integer >= 1, got {value!r}")
-
-
-def non_negative_int(instance: Any, attribute: Any, value: Any) -> None:
-    """An integer >= 0."""
-    if value is None and _none_allowed(attribute):
-        return
-    if not (_integer(value) and value >= 0):
-        raise ValueError(f"{attribute.name!r} must be an integer >= 0, got {value!r}")
+def writable_file_probe(instance: object, attribute: object, value: str) -> str | None:
+    """Probe for ``metadata={PROBE: ...}`` of a file path option: can the file be created or written?"""
+    return probe_writable_file(value)

@@ -39,7 +39,7 @@ from collections import deque
 from typing import Any, NamedTuple
 
 import attrs
-from aurelis_plugins._validators import non_negative_int, positive, positive_int
+from aurelis_plugins._validators import at_least, in_range, non_negative_int, positive, positive_int
 
 from aurelis_core import Attempt, Endpoint, RequestContext, hookimpl
 from aurelis_core.health import CircuitState, EndpointUnavailable, retry_after
@@ -56,7 +56,7 @@ BUCKETS = 10
 @attrs.frozen
 class BreakerConfig:
     #: Share of failed calls in the window that opens the circuit (0 < rate <= 1).
-    failure_rate: float = attrs.field(default=0.5, validator=positive)
+    failure_rate: float = attrs.field(default=0.5, validator=in_range(0, 1, lo_open=True))
     #: Seconds of the sliding window the failure rate is computed over.
     window: float = attrs.field(default=30.0, validator=positive)
     #: Calls the window must hold before the failure rate may open the circuit.
@@ -66,7 +66,7 @@ class BreakerConfig:
     #: Seconds a circuit stays open after its first trip.
     open_for: float = attrs.field(default=5.0, validator=positive)
     #: Each further trip (a failed probe, or tripping again within ``window`` of closing) multiplies it by this.
-    backoff: float = attrs.field(default=2.0)
+    backoff: float = attrs.field(default=2.0, validator=at_least(1))
     #: ...up to this many seconds.
     max_open_for: float = attrs.field(default=120.0, validator=positive)
     #: Probes allowed in flight at once while half-open.
@@ -77,10 +77,6 @@ class BreakerConfig:
     rate_limited_for: float = attrs.field(default=1.0, validator=positive)
 
     def __attrs_post_init__(self) -> None:
-        if self.failure_rate > 1:
-            raise ValueError(f"'failure_rate' must be in (0, 1], got {self.failure_rate!r}")
-        if self.backoff < 1:
-            raise ValueError(f"'backoff' must be >= 1, got {self.backoff!r}")
         if self.max_open_for < self.open_for:
             raise ValueError(f"'max_open_for' ({self.max_open_for}) must be >= 'open_for' ({self.open_for})")
 

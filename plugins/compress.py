@@ -39,13 +39,13 @@ from typing import Any
 
 import attrs
 import cachetools
-from aurelis_plugins._validators import non_negative
+from aurelis_plugins._validators import each, in_range, label, non_negative_int, positive_int
 
 from aurelis_core import Attempt, ConfigError, RequestContext, hookimpl
 
 from .codecs import Codec, get_codec, wire_codecs
 
-__all__ = ["BrotliCompression", "CompressConfig", "GzipCompression", "Lz4AtRestOnly"]
+__all__ = ["BrotliCompression", "BrotliConfig", "CompressConfig", "GzipCompression", "GzipConfig", "Lz4AtRestOnly"]
 
 #: How many (target, content type) decisions are remembered; least recently used ones are forgotten first.
 MAX_DECISIONS = 4096
@@ -55,22 +55,34 @@ MAX_DECISIONS = 4096
 @attrs.frozen
 class CompressConfig:
     #: Endpoint names or hosts (``host`` or ``host:port``) whose requests are compressed; empty: all.
-    endpoints: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    endpoints: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=each(label))
     #: Bodies smaller than this many bytes are sent as they are (compressing them rarely pays).
-    min_size: int = attrs.field(default=1024, validator=[attrs.validators.instance_of(int), non_negative])
+    min_size: int = attrs.field(default=1024, validator=non_negative_int)
     #: The fraction of the body compression must save (0.1: at least 10% smaller), else send it plain.
-    min_saving: float = attrs.field(default=0.10, validator=attrs.validators.and_(
-        attrs.validators.ge(0.0), attrs.validators.lt(1.0)))
+    min_saving: float = attrs.field(default=0.10, validator=in_range(0, 1, hi_open=True))
     #: Bodies compressed and measured per (target, content type) before deciding.
-    samples: int = attrs.field(default=3, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)])
+    samples: int = attrs.field(default=3, validator=positive_int)
     #: A "does not pay" decision is sampled again after this many requests.
-    resample_after: int = attrs.field(
-        default=1000, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)]
-    )
-    #: The codec's level (gzip 1-9, brotli 0-11); default: the codec registry's choice.
+    resample_after: int = attrs.field(default=1000, validator=positive_int)
+    #: The codec's level (gzip 1-9, brotli 0-11: each plugin's own class below checks its range); default: the
+    #: codec registry's choice.
     level: int | None = None
     #: Add ``Accept-Encoding`` to requests that have none.
-    accept_encoding: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    accept_encoding: bool = True
+
+
+@attrs.frozen
+class GzipConfig(CompressConfig):
+    """Options of ``gzip``: :class:`CompressConfig`'s, with gzip's levels."""
+
+    level: int | None = attrs.field(default=None, validator=in_range(1, 9, integer=True))
+
+
+@attrs.frozen
+class BrotliConfig(CompressConfig):
+    """Options of ``brotli``: :class:`CompressConfig`'s, with brotli's quality levels."""
+
+    level: int | None = attrs.field(default=None, validator=in_range(0, 11, integer=True))
 
 
 class _Decision:
@@ -104,7 +116,7 @@ class _WireCompression:
 
     name: str
     codec_name: str
-    Config = CompressConfig
+    Config: type[CompressConfig] = CompressConfig
 
     def __init__(self, config: CompressConfig, pipeline: Any) -> None:
         self.config = config
@@ -231,6 +243,7 @@ class GzipCompression(_WireCompression):
 
     name = "gzip"
     codec_name = "gzip"
+    Config = GzipConfig
 
 
 class BrotliCompression(_WireCompression):
@@ -238,6 +251,7 @@ class BrotliCompression(_WireCompression):
 
     name = "brotli"
     codec_name = "brotli"
+    Config = BrotliConfig
 
 
 class Lz4AtRestOnly:

@@ -23,10 +23,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import cachetools
+from aurelis_plugins._validators import positive, positive_int
 
 from aurelis_core import CacheEntry, RequestContext, hookimpl
 
@@ -58,19 +59,14 @@ _REPEATS = -1
 _VARIES = -2
 
 
-def _positive(instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
-
-
 @attrs.frozen
 class MemoryConfig:
-    policy: str = attrs.field(default="lru", validator=attrs.validators.in_(("lru", "lfu")))
-    max_bytes: int = attrs.field(
-        default=64 * 1024 * 1024, validator=[attrs.validators.instance_of(int), _positive]
-    )
+    #: Which entry goes when the byte budget is full: least recently (``"lru"``) or least often (``"lfu"``) used.
+    policy: Literal["lru", "lfu"] = "lru"
+    #: The byte budget (payload plus ``ENTRY_OVERHEAD`` per entry).
+    max_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=positive_int)
     #: Seconds an entry is served (a request's own ``ttl`` control overrides it); ``None``: until evicted.
-    ttl: float | None = attrs.field(default=300.0, validator=_positive)
+    ttl: float | None = attrs.field(default=300.0, validator=positive)
 
 
 class _HeaderTable:

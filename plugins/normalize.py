@@ -35,6 +35,7 @@ from typing import Any
 
 import attrs
 import msgspec
+from aurelis_plugins._validators import each, label, url_path
 
 from aurelis_core import RequestContext, hookimpl
 from aurelis_core._compat import header_items, url_parts
@@ -67,19 +68,19 @@ _ESCAPED_COLONS = (b"\\u003a", b"\\u003A")
 
 @attrs.frozen
 class NormalizeConfig:
-    #: Deprecated spelling of ``[tenant] namespace`` (moved there when the config is loaded).
-    namespace: str | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.instance_of(str)))
-    #: Deprecated spelling of ``[tenant] secret`` (moved there when the config is loaded).
-    secret: str | None = attrs.field(default=None, repr=False)
+    #: Deprecated spelling of ``[tenant] namespace`` (copied there when the config is loaded).
+    namespace: str | None = attrs.field(default=None, validator=label)
+    #: Deprecated spelling of ``[tenant] secret`` (copied there when the config is loaded).
+    secret: str | None = attrs.field(default=None, repr=False, validator=label)
     #: Collapse runs of whitespace in message text (opt-in: it can change what the model sees).
-    fold_whitespace: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    #: Paths (suffixes) whose POSTs are cacheable: stateless, deterministic-by-request endpoints only.
+    fold_whitespace: bool = False
+    #: Paths (suffixes) whose POSTs are cacheable: stateless, deterministic-by-request endpoints only. Each
+    #: starts with "/": an empty suffix would make every JSON POST cacheable, side-effecting ones included.
     paths: tuple[str, ...] = attrs.field(
-        default=("/chat/completions", "/completions", "/embeddings"), converter=tuple
+        default=("/chat/completions", "/completions", "/embeddings"), converter=tuple, validator=each(url_path)
     )
     #: Top-level body fields left out of the key (e.g. ``"user"`` to share answers across end users).
-    ignore_fields: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    ignore_fields: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=each(label))
 
 
 def _parse_number(text: str) -> int | Decimal:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import positive_int
+from aurelis_plugins._validators import PROBE, each, in_range, label, non_negative, positive_int, probe_bind
 
 from aurelis_core import Attempt, RequestContext, hookimpl
 
@@ -57,33 +57,23 @@ _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 _TASKS = ((b"/chat/completions", "chat"), (b"/completions", "completion"), (b"/embeddings", "embedding"))
 
 
-def _port(instance: Any, attribute: Any, value: int | None) -> None:
-    if value is not None and (not isinstance(value, int) or not 0 <= value <= 65535):
-        raise ValueError(f"'port' must be an integer in 0..65535 (0: any free port), got {value!r}")
-
-
-
-def _prices(value: Any) -> dict[str, float]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"'prices' must be a table of model = USD per million tokens, got {value!r}")
-    prices = {}
-    for model, price in value.items():
-        if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
-            raise ValueError(f"'prices': {model!r} must be a number >= 0 (USD per million tokens), got {price!r}")
-        prices[str(model)] = float(price)
-    return prices
+def _probe_port(instance: PrometheusConfig, attribute: Any, value: int | None) -> str | None:
+    if not value:  # not serving, or any free port
+        return None
+    return probe_bind(instance.addr, value)
 
 
 @attrs.frozen
 class PrometheusConfig:
     #: Serve ``/metrics`` on this port with prometheus-client's HTTP server (``None``: don't; 0: any free port).
-    port: int | None = attrs.field(default=None, validator=_port)
+    port: int | None = attrs.field(default=None, validator=in_range(0, 65535, integer=True),
+                                   metadata={PROBE: _probe_port})
     #: Address the server binds to. Loopback by default: metrics are not for the whole network.
-    addr: str = attrs.field(default="127.0.0.1", validator=attrs.validators.instance_of(str))
+    addr: str = attrs.field(default="127.0.0.1", validator=label)
     #: Distinct values kept per ``model`` / ``endpoint`` label; later ones are reported as ``"other"``.
     max_label_values: int = attrs.field(default=20, validator=positive_int)
     #: USD per million tokens, by model: turns the tokens cache hits saved into ``aurelis_cost_saved_usd_total``.
-    prices: Mapping[str, float] = attrs.field(factory=dict, converter=_prices)
+    prices: Mapping[str, float] = attrs.field(factory=dict, validator=each(non_negative))
 
 
 def task_type(request: Any) -> str:

@@ -46,7 +46,16 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple
 
 import attrs
-from aurelis_plugins._validators import non_negative, positive
+from aurelis_plugins._validators import (
+    PROBE,
+    in_range,
+    non_negative,
+    non_negative_int,
+    positive,
+    positive_int,
+    probe_redis,
+    redis_url,
+)
 
 from aurelis_core import Attempt, Endpoint, RequestContext, hookimpl
 from aurelis_core._compat import header_items, url_parts
@@ -64,38 +73,32 @@ _MAX_TOKENS = re.compile(rb'"max(?:_completion)?_tokens"\s*:\s*(\d+)')
 _REQUESTS, _TOKENS = "requests", "tokens"
 
 
-def _optional_positive_int(instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-        raise ValueError(f"{attribute.name!r} must be a positive integer, got {value!r}")
-
+def _probe_redis_url(instance: Any, attribute: Any, value: str | None) -> str | None:
+    return None if value is None else probe_redis(value)
 
 
 @attrs.frozen
 class RateLimitConfig:
     #: Requests / tokens per period for each upstream without its own ``rpm`` / ``tpm`` (None: unlimited).
-    rpm: int | None = attrs.field(default=None, validator=_optional_positive_int)
-    tpm: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    rpm: int | None = attrs.field(default=None, validator=positive_int)
+    tpm: int | None = attrs.field(default=None, validator=positive_int)
     #: Requests / tokens per period for each credential, across upstreams (None: unlimited).
-    credential_rpm: int | None = attrs.field(default=None, validator=_optional_positive_int)
-    credential_tpm: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    credential_rpm: int | None = attrs.field(default=None, validator=positive_int)
+    credential_tpm: int | None = attrs.field(default=None, validator=positive_int)
     #: Seconds the limits are counted over (the "minute" of rpm/tpm).
     period: float = attrs.field(default=60.0, validator=positive)
     #: Share of a period's budget that may go at once (1.0: a full period's, as providers' buckets allow).
-    burst: float = attrs.field(default=1.0, validator=positive)
+    burst: float = attrs.field(default=1.0, validator=in_range(0, 1, lo_open=True))
     #: Longest an attempt may wait for capacity; past it, RateLimitTimeout.
     max_wait: float = attrs.field(default=30.0, validator=non_negative)
     #: Share the limits across processes through this Redis (``redis://host:port/db``).
-    redis_url: str | None = None
+    redis_url: str | None = attrs.field(default=None, validator=redis_url, metadata={PROBE: _probe_redis_url})
     #: Prefix of the Redis keys.
     key_prefix: str = "aurelis:ratelimit:"
     #: Completion tokens reserved for a chat/completions request that names no max_tokens.
-    default_max_tokens: int = attrs.field(default=1024, validator=non_negative)
+    default_max_tokens: int = attrs.field(default=1024, validator=non_negative_int)
     #: Request-body bytes per prompt token in the estimate (4 is typical of English JSON for GPT tokenizers).
     chars_per_token: float = attrs.field(default=4.0, validator=positive)
-
-    def __attrs_post_init__(self) -> None:
-        if self.burst > 1:
-            raise ValueError(f"'burst' must be in (0, 1], got {self.burst!r}")
 
 
 class RateLimitTimeout(EndpointUnavailable):

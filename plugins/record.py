@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import attrs
+from aurelis_plugins._validators import PROBE, each, file_path, url_path, writable_file_probe
 
 from aurelis_core import hookimpl
 from aurelis_core._compat import url_parts
@@ -61,10 +62,12 @@ def recordable_headers(raw: list[tuple[bytes, bytes]], tenant: Tenant | None = N
 @attrs.frozen
 class RecordConfig:
     #: The workload file; lines are appended, so several runs (or processes) can add to one file.
-    path: str = attrs.field(default="aurelis-workload.jsonl", validator=attrs.validators.instance_of(str))
+    path: str = attrs.field(
+        default="aurelis-workload.jsonl", validator=file_path, metadata={PROBE: writable_file_probe}
+    )
     #: Path suffixes of the requests to record.
     paths: tuple[str, ...] = attrs.field(
-        default=("/chat/completions", "/completions", "/embeddings"), converter=tuple
+        default=("/chat/completions", "/completions", "/embeddings"), converter=tuple, validator=each(url_path)
     )
 
 

@@ -25,7 +25,19 @@ import time
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import positive
+from aurelis_plugins._validators import (
+    PROBE,
+    at_rest_codec,
+    each,
+    host_port,
+    label,
+    non_empty,
+    positive,
+    positive_int,
+    probe_redis,
+    probe_tcp,
+    redis_url,
+)
 
 from aurelis_core import CacheEntry, RequestContext, hookimpl
 
@@ -55,37 +67,62 @@ TIER_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
 
 
 
-def _host_ports(value: Any) -> tuple[str, ...] | None:
-    if value is None:
+#: Where the tier connects when neither ``url``, ``sentinels`` nor ``cluster_nodes`` is given (as
+#: ``RedisTier._make_client`` does): what ``aurelis config check`` probes then.
+_DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+def _probe_url(instance: RedisConfig, attribute: Any, value: str | None) -> str | None:
+    if value is None and (instance.sentinels is not None or instance.cluster_nodes is not None):
         return None
-    if isinstance(value, str) or not all(isinstance(v, str) and v.rpartition(":")[2].isdigit() for v in value):
-        raise ValueError(f'expected a list of "host:port" strings, got {value!r}')
-    return tuple(value)
+    return probe_redis(value or _DEFAULT_URL, timeout=max(instance.connect_timeout, 1.0))
+
+
+def _probe_nodes(instance: RedisConfig, attribute: Any, value: tuple[str, ...] | None) -> str | None:
+    problems = [p for p in (probe_tcp(node, max(instance.connect_timeout, 1.0)) for node in value or ()) if p]
+    return "; ".join(problems) or None
+
+
+#: The sentinels or cluster nodes: a non-empty list of "host:port".
+_nodes = [non_empty, each(host_port)]
 
 
 @attrs.frozen
 class RedisConfig:
-    url: str | None = None
-    sentinels: tuple[str, ...] | None = attrs.field(default=None, converter=_host_ports)
-    service_name: str = "mymaster"
-    cluster_nodes: tuple[str, ...] | None = attrs.field(default=None, converter=_host_ports)
+    #: A single node: ``redis://[[user]:password@]host[:port][/db]`` (or ``rediss://``, ``unix://``).
+    url: str | None = attrs.field(default=None, validator=redis_url, metadata={PROBE: _probe_url})
+    #: Sentinel: the sentinels' ``"host:port"``, and the monitored master's name.
+    sentinels: tuple[str, ...] | None = attrs.field(default=None, validator=_nodes, metadata={PROBE: _probe_nodes})
+    service_name: str = attrs.field(default="mymaster", validator=label)
+    #: Cluster: some of its nodes' ``"host:port"``.
+    cluster_nodes: tuple[str, ...] | None = attrs.field(
+        default=None, validator=_nodes, metadata={PROBE: _probe_nodes}
+    )
     #: For Sentinel and Cluster (a single node takes it in ``url``). Never logged, never stored.
-    password: str | None = attrs.field(default=None, repr=False)
+    password: str | None = attrs.field(default=None, repr=False, validator=label)
     prefix: str = "aurelis:"
     ttl: float | None = attrs.field(default=3600.0, validator=positive)
-    codec: str = "lz4"
+    codec: str = attrs.field(default="lz4", validator=at_rest_codec)
     socket_timeout: float = attrs.field(default=0.1, validator=positive)
     connect_timeout: float = attrs.field(default=0.05, validator=positive)
-    breaker_failures: int = attrs.field(default=3, validator=[attrs.validators.instance_of(int), positive])
+    breaker_failures: int = attrs.field(default=3, validator=positive_int)
     breaker_reset: float = attrs.field(default=5.0, validator=positive)
-    queue_size: int = attrs.field(default=10_000, validator=[attrs.validators.instance_of(int), positive])
-    track_hits: int = attrs.field(default=100_000, validator=[attrs.validators.instance_of(int), positive])
+    queue_size: int = attrs.field(default=10_000, validator=positive_int)
+    track_hits: int = attrs.field(default=100_000, validator=positive_int)
     warm: WarmConfig = attrs.field(factory=WarmConfig)
 
     def __attrs_post_init__(self) -> None:
         given = [n for n in ("url", "sentinels", "cluster_nodes") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"give one of url, sentinels, cluster_nodes, not {' and '.join(given)}")
+        # Options the chosen topology would silently ignore.
+        if self.password is not None and self.sentinels is None and self.cluster_nodes is None:
+            raise ValueError(
+                "'password': is for sentinels and cluster_nodes; a single node takes it in its url "
+                "(redis://:password@host:6379/0)"
+            )
+        if self.service_name != "mymaster" and self.sentinels is None:
+            raise ValueError("'service_name': is the Sentinel master's name, used only with sentinels")
 
 
 class Breaker:

@@ -49,7 +49,7 @@ import time
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import non_negative
+from aurelis_plugins._validators import each, in_range, non_negative, non_negative_int, positive_int
 
 from aurelis_core import Attempt, RequestContext, hookimpl
 from aurelis_core.health import EndpointUnavailable, retry_after
@@ -58,18 +58,10 @@ __all__ = ["Retry", "RetryConfig", "RetryState"]
 
 
 
-def _statuses(value: Any) -> tuple[int, ...]:
-    codes = tuple(value)
-    for code in codes:
-        if not isinstance(code, int) or not 400 <= code <= 599:
-            raise ValueError(f"'statuses' must hold HTTP error codes (400-599), got {code!r}")
-    return codes
-
-
 @attrs.frozen
 class RetryConfig:
     #: Attempts in all, the first included (1: never retry).
-    max_attempts: int = attrs.field(default=3)
+    max_attempts: int = attrs.field(default=3, validator=positive_int)
     #: Backoff base and cap, seconds: the n-th retry waits uniform(0, min(cap, base * 2**(n-1))).
     base: float = attrs.field(default=0.5, validator=non_negative)
     cap: float = attrs.field(default=8.0, validator=non_negative)
@@ -80,13 +72,11 @@ class RetryConfig:
     #: Most tokens the budget holds, and its initial balance (lets a quiet client still retry a burst).
     budget_burst: float = attrs.field(default=10.0, validator=non_negative)
     #: Statuses retried besides every 5xx.
-    statuses: tuple[int, ...] = attrs.field(default=(408, 409, 429), converter=_statuses)
+    statuses: tuple[int, ...] = attrs.field(
+        default=(408, 409, 429), converter=tuple, validator=each(in_range(400, 599, integer=True))
+    )
     #: Seed for the jitter's random stream (None: from the OS), for reproducible runs.
-    seed: int | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ValueError(f"'max_attempts' must be an integer >= 1, got {self.max_attempts!r}")
+    seed: int | None = attrs.field(default=None, validator=non_negative_int)
 
 
 class RetryState:

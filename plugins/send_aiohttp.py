@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import positive
+from aurelis_plugins._validators import existing_file, positive, positive_int
 
 from aurelis_core import Attempt, RequestContext, hookimpl
 
@@ -55,13 +55,13 @@ _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Cont
 @attrs.frozen
 class AiohttpConfig:
     #: Most connections open at once, over all hosts (per event loop).
-    max_connections: int = attrs.field(default=100, validator=positive)
+    max_connections: int = attrs.field(default=100, validator=positive_int)
     #: Most connections open at once to one host; ``None``: only ``max_connections`` applies.
-    max_connections_per_host: int | None = attrs.field(default=None, validator=positive)
+    max_connections_per_host: int | None = attrs.field(default=None, validator=positive_int)
     #: Seconds an idle connection is kept open for reuse.
     keepalive_expiry: float = attrs.field(default=15.0, validator=positive)
-    #: TLS verification: true, false, or the path of a CA bundle.
-    verify: bool | str = True
+    #: TLS verification: true, false, or the path of a CA bundle (which must exist).
+    verify: bool | str = attrs.field(default=True, validator=existing_file)
 
 
 class AiohttpEngine:

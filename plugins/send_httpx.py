@@ -32,10 +32,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import positive
+from aurelis_plugins._validators import existing_file, non_negative_int, positive, positive_int
 
 from aurelis_core import Attempt, ConfigError, RequestContext, hookimpl
-from aurelis_core.config import config_from_table
+from aurelis_core.config import choices_hint
 
 __all__ = ["HttpxEngine", "HttpxOptions"]
 
@@ -48,16 +48,15 @@ class HttpxOptions:
     #: Negotiate HTTP/2 on https:// origins (extra ``http2``).
     http2: bool | None = None
     #: Most connections open at once (per endpoint transport).
-    max_connections: int | None = attrs.field(default=None, validator=positive)
+    max_connections: int | None = attrs.field(default=None, validator=positive_int)
     #: Most idle connections kept open for reuse.
-    max_keepalive_connections: int | None = attrs.field(default=None, validator=positive)
+    max_keepalive_connections: int | None = attrs.field(default=None, validator=positive_int)
     #: Seconds an idle connection is kept open.
     keepalive_expiry: float | None = attrs.field(default=None, validator=positive)
-    #: TLS verification: true, false, or the path of a CA bundle.
-    verify: bool | str | None = None
+    #: TLS verification: true, false, or the path of a CA bundle (which must exist).
+    verify: bool | str | None = attrs.field(default=None, validator=existing_file)
     #: Times a connection that failed to open is retried, at once (nothing of the request was sent yet).
-    connect_retries: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.ge(0)))
+    connect_retries: int | None = attrs.field(default=None, validator=non_negative_int)
 
     def merged(self, base: HttpxOptions) -> HttpxOptions:
         """These options, with ``base``'s for the ones left unset."""
@@ -73,8 +72,8 @@ class HttpxOptions:
 
 @attrs.frozen
 class HttpxConfig(HttpxOptions):
-    #: Per-endpoint overrides: endpoint name -> options table.
-    endpoints: Mapping[str, Any] = attrs.field(factory=dict)
+    #: Per-endpoint overrides: endpoint name -> options table (its options unset: the ones above apply).
+    endpoints: Mapping[str, HttpxOptions] = attrs.field(factory=dict)
 
 
 class HttpxEngine:
@@ -89,16 +88,10 @@ class HttpxEngine:
         names = {e.name for e in pipeline.endpoints}
         self._default: HttpxOptions | None = None if base.is_default else base
         self._per_endpoint: dict[str, HttpxOptions] = {}
-        for name, table in config.endpoints.items():
+        for name, options in config.endpoints.items():
             if name not in names:
-                raise ConfigError(
-                    f"{where}.endpoints: no endpoint named {name!r}; valid: {', '.join(sorted(names)) or '(none)'}"
-                )
-            if not isinstance(table, Mapping):
-                raise ConfigError(f"{where}.endpoints.{name}: expected a table of options")
-            self._per_endpoint[name] = config_from_table(HttpxOptions, table, f"{where}.endpoints.{name}").merged(
-                base
-            )
+                raise ConfigError(f"{where} endpoints: no endpoint named {name!r}{choices_hint(name, names)}")
+            self._per_endpoint[name] = options.merged(base)
         # Checked now, not at the first https:// request, which is where httpx would fail (it does not check).
         if any(o.http2 for o in (base, *self._per_endpoint.values())):
             try:

@@ -41,7 +41,15 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import positive
+from aurelis_plugins._validators import (
+    PROBE,
+    Invalid,
+    at_rest_codec,
+    file_path,
+    positive,
+    positive_int,
+    writable_file_probe,
+)
 
 from aurelis_core import CacheEntry, ConfigError, RequestContext, hookimpl
 
@@ -90,18 +98,30 @@ PURGE_EVERY = 60.0
 
 
 
+def _encryption_key(instance: Any, attribute: Any, value: str | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise Invalid(attribute.name, "a string", value, secret=True)
+    try:
+        parse_key(value, attribute.name)
+    except ConfigError:
+        raise Invalid(attribute.name, "32 bytes, written as 64 hex digits or as base64", value, secret=True) from None
+
+
 @attrs.frozen
 class SQLiteConfig:
-    path: str = ".aurelis/cache.sqlite3"
-    ttl: float | None = attrs.field(default=86400.0, validator=positive)
-    max_bytes: int = attrs.field(
-        default=512 * 1024 * 1024, validator=[attrs.validators.instance_of(int), positive]
+    #: The cache file (its directory is made on first use). Not a directory.
+    path: str = attrs.field(
+        default=".aurelis/cache.sqlite3", validator=file_path, metadata={PROBE: writable_file_probe}
     )
-    codec: str = "lz4"
+    ttl: float | None = attrs.field(default=86400.0, validator=positive)
+    max_bytes: int = attrs.field(default=512 * 1024 * 1024, validator=positive_int)
+    codec: str = attrs.field(default="lz4", validator=at_rest_codec)
     #: 32 bytes as 64 hex digits or base64; default: ``AURELIS_CACHE_KEY``. Set: values are sealed (AES-GCM).
-    encryption_key: str | None = attrs.field(default=None, repr=False)
+    encryption_key: str | None = attrs.field(default=None, repr=False, validator=_encryption_key)
     busy_timeout: float = attrs.field(default=1.0, validator=positive)
-    queue_size: int = attrs.field(default=10_000, validator=[attrs.validators.instance_of(int), positive])
+    queue_size: int = attrs.field(default=10_000, validator=positive_int)
     warm: WarmConfig = attrs.field(factory=WarmConfig)
 
 

@@ -39,13 +39,13 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import attrs
-from aurelis_plugins._validators import non_negative_int, positive
+from aurelis_plugins._validators import at_least, fraction, in_range, non_negative_int, positive, positive_int
 
 from aurelis_core import Attempt, RequestContext, hookimpl
 from aurelis_core.stats import usage_tokens
@@ -63,21 +63,13 @@ class ConcurrencyLimitError(Exception):
 
 
 
-def _fraction(instance: Any, attribute: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f"{attribute.name!r} must be between 0 and 1 (exclusive), got {value!r}")
-
-
-_int = attrs.validators.instance_of(int)
-
-
 @attrs.frozen
 class TunerConfig:
     #: ``"aimd"`` (back off on 429/5xx/timeouts) or ``"gradient2"`` (also follow the latency gradient).
-    algorithm: str = attrs.field(default="aimd", validator=attrs.validators.in_(("aimd", "gradient2")))
-    initial_limit: int = attrs.field(default=20, validator=[_int, positive])
-    min_limit: int = attrs.field(default=1, validator=[_int, positive])
-    max_limit: int = attrs.field(default=500, validator=[_int, positive])
+    algorithm: Literal["aimd", "gradient2"] = "aimd"
+    initial_limit: int = attrs.field(default=20, validator=positive_int)
+    min_limit: int = attrs.field(default=1, validator=positive_int)
+    max_limit: int = attrs.field(default=500, validator=positive_int)
     #: Attempts that may wait for a slot per endpoint; 0: over the limit fails at once.
     max_queue: int = attrs.field(default=1000, validator=non_negative_int)
     #: Seconds an attempt may wait in the queue (``None``: as long as it takes).
@@ -85,30 +77,29 @@ class TunerConfig:
     #: Seconds between adjustments.
     window: float = attrs.field(default=1.0, validator=positive)
     #: Finished attempts a window needs before it is judged.
-    min_samples: int = attrs.field(default=10, validator=[_int, positive])
+    min_samples: int = attrs.field(default=10, validator=positive_int)
     #: Multiplier applied to the limit after an overloaded window.
-    backoff: float = attrs.field(default=0.9, validator=_fraction)
+    backoff: float = attrs.field(default=0.9, validator=fraction)
     #: Added to the limit after a clean window that reached it (AIMD).
-    increase: int = attrs.field(default=1, validator=[_int, positive])
+    increase: int = attrs.field(default=1, validator=positive_int)
     #: Share of overloaded attempts (429, 5xx, timeouts) a window may have before the limit backs off.
-    overload_tolerance: float = attrs.field(default=0.0, validator=attrs.validators.and_(
-        attrs.validators.ge(0.0), attrs.validators.lt(1.0)))
+    overload_tolerance: float = attrs.field(default=0.0, validator=in_range(0, 1, hi_open=True))
     #: After an increase, a latency this much worse (0.25: +25%) in the next window rolls it back.
     rollback_latency: float = attrs.field(default=0.25, validator=positive)
     #: Windows without an increase after a rollback.
     rollback_hold: int = attrs.field(default=5, validator=non_negative_int)
     #: Gradient2: how far one window moves the limit towards its target.
-    smoothing: float = attrs.field(default=0.2, validator=_fraction)
+    smoothing: float = attrs.field(default=0.2, validator=fraction)
     #: Gradient2: latency may grow this much over the long-term average before the limit shrinks.
-    rtt_tolerance: float = attrs.field(default=1.5, validator=attrs.validators.ge(1.0))
+    rtt_tolerance: float = attrs.field(default=1.5, validator=at_least(1.0))
     #: Resident set size (bytes) above which memory is given back (``None``: never checked).
-    max_rss_bytes: int | None = attrs.field(default=None, validator=positive)
+    max_rss_bytes: int | None = attrs.field(default=None, validator=positive_int)
     #: Seconds between two resident-size checks.
     memory_check_interval: float = attrs.field(default=5.0, validator=positive)
     #: Share of the memory tier's bytes given back per check over ``max_rss_bytes``.
-    shrink_fraction: float = attrs.field(default=0.25, validator=_fraction)
+    shrink_fraction: float = attrs.field(default=0.25, validator=fraction)
     #: Changes kept in :attr:`Tuner.changes`.
-    max_changes: int = attrs.field(default=1000, validator=[_int, positive])
+    max_changes: int = attrs.field(default=1000, validator=positive_int)
 
     def __attrs_post_init__(self) -> None:
         if not self.min_limit <= self.initial_limit <= self.max_limit:

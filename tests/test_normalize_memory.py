@@ -83,14 +83,17 @@ def test_tenant_scope() -> None:
 
 
 def test_namespace_cannot_run_into_the_body() -> None:
+    import attrs
+
     # The tenant is followed by the canonical body, which never holds a raw newline: a namespace that does
-    # cannot make two requests' digested fields equal.
-    moved = key_of({"model": "m"}, controls=RequestControls(namespace='x\n{"a":1}'))
+    # cannot make two requests' digested fields equal. (Namespaces with control characters are refused by the
+    # controls' own checks; the key must not depend on that, hence built here without them.)
+    with attrs.validators.disabled():
+        moved = key_of({"model": "m"}, controls=RequestControls(namespace='x\n{"a":1}'))
+        newline = key_of({"model": "m"}, controls=RequestControls(namespace="x\n"))
     plain = key_of({"a": 1}, controls=RequestControls(namespace="x"))
     assert moved != plain
-    assert key_of({"model": "m"}, controls=RequestControls(namespace="x\n")) != key_of(
-        {"model": "m"}, controls=RequestControls(namespace="x")
-    )
+    assert newline != key_of({"model": "m"}, controls=RequestControls(namespace="x"))
 
 
 def test_memo_gives_the_fresh_key_and_stays_bounded() -> None:

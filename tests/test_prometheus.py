@@ -162,7 +162,7 @@ def test_wsgi_app_serves_the_same_registry() -> None:
 def test_bad_options_fail_clearly() -> None:
     with pytest.raises(ConfigError, match="port"):
         Pipeline({"plugins": ["prometheus"], "prometheus": {"port": 70000}})
-    with pytest.raises(ConfigError, match="USD per million tokens"):
+    with pytest.raises(ConfigError, match=r"\[prometheus\] prices\['m'\]: expected a number, got 'cheap'"):
         Pipeline({"plugins": ["prometheus"], "prometheus": {"prices": {"m": "cheap"}}})
     with pytest.raises(ConfigError, match="max_label_values"):
         Pipeline({"plugins": ["prometheus"], "prometheus": {"max_labels": 3}})

@@ -16,6 +16,7 @@ def test_public_names() -> None:
             "Endpoint",
             "Pipeline",
             "RequestContext",
+            "RequestControlError",
             "RequestControls",
             "Stats",
             "__version__",

@@ -93,9 +93,9 @@ def test_each_router_is_a_builtin_plugin_with_checked_options(name: str) -> None
 
 def test_decay_options_must_be_positive() -> None:
     base = {"endpoints": ["http://127.0.0.1:1", "http://127.0.0.1:2"]}
-    with pytest.raises(ConfigError, match="'decay' must be a number > 0"):
+    with pytest.raises(ConfigError, match=r"\[ai_optimized\] decay: expected a number > 0, got 0"):
         Pipeline({**base, "plugins": ["ai_optimized"], "ai_optimized": {"decay": 0}})
-    with pytest.raises(ConfigError, match="'blackout' must be a number >= 0"):
+    with pytest.raises(ConfigError, match=r"\[weighted_response_time\] blackout: expected a number >= 0"):
         Pipeline({**base, "plugins": ["weighted_response_time"], "weighted_response_time": {"blackout": -1}})
 
 

@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import attrs
-from aurelis_plugins._validators import positive
+from aurelis_plugins._validators import non_negative_int, positive, positive_int
 
 from aurelis_core import Attempt, Endpoint, RequestContext, hookimpl
 from aurelis_core.health import EndpointHealth
@@ -74,20 +74,15 @@ FAILURE_STATUSES = frozenset({401, 403, 408, 429})
 
 
 
-def _seed(instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"{attribute.name!r} must be an integer or absent, got {value!r}")
-
-
 @attrs.frozen
 class RouterConfig:
     """Options every router takes."""
 
     #: Seed of the router's own random stream (``None``: from the OS, so processes start at different
     #: offsets and do not herd onto the same endpoint). Set it for reproducible tests and simulations.
-    seed: int | None = attrs.field(default=None, validator=_seed)
+    seed: int | None = attrs.field(default=None, validator=non_negative_int)
     #: Output tokens assumed for a request that sets no ``max_tokens`` (see the module docstring).
-    default_output_tokens: int = attrs.field(default=256, validator=positive)
+    default_output_tokens: int = attrs.field(default=256, validator=positive_int)
 
 
 class RequestProfile:

@@ -41,7 +41,7 @@ from statistics import NormalDist
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import positive
+from aurelis_plugins._validators import positive, positive_int
 
 from aurelis_core import Attempt, Endpoint, RequestContext
 
@@ -85,7 +85,7 @@ class AIOptimizedConfig(RouterConfig):
     #: ``1 - 1/outcome_window``. A long memory makes a healthy endpoint's success rate certain (a short one
     #: leaves it a wide posterior whose random dips send traffic to worse endpoints); a change is still seen
     #: within a few attempts because change detection (see the module docstring) drops the old record...
-    outcome_window: int = attrs.field(default=100, validator=[attrs.validators.instance_of(int), positive])
+    outcome_window: int = attrs.field(default=100, validator=positive_int)
     #: ...and by time, with this time constant in seconds (so a failed endpoint is probed again after a while
     #: of silence, and its recovery is seen).
     outcome_decay: float = attrs.field(default=120.0, validator=positive)

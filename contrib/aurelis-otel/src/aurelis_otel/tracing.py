@@ -39,7 +39,7 @@ __version__ = "0.1.0"
 @attrs.frozen
 class OtelConfig:
     #: Add a child span per attempt (off: one span per request, fewer spans to store).
-    attempt_spans: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    attempt_spans: bool = True
 
 
 class OtelTracing:

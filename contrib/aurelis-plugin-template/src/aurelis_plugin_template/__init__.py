@@ -19,8 +19,11 @@ __all__ = ["CounterConfig", "RequestCounter"]
 
 @attrs.frozen
 class CounterConfig:
+    # Options are checked against their annotations when the pipeline is built (a string here fails with
+    # "[request_counter] by_model: expected true or false, got ..."); ranges and formats take a validator from
+    # aurelis_core.validators, e.g. ``attrs.field(default=10, validator=positive_int)``.
     #: Also count per model (the ``model`` field of the body).
-    by_model: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    by_model: bool = False
 
 
 class RequestCounter:

@@ -30,6 +30,7 @@ cheaper, and a semantic hit is promoted into the tiers before it under the new r
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import re
 import threading
@@ -43,6 +44,7 @@ import cachetools
 import numpy as np
 
 from aurelis_core import CacheEntry, Pipeline, RequestContext, hookimpl
+from aurelis_core.validators import Invalid, in_range, positive, positive_int
 
 from .embedders import BACKENDS, Embedder, Vectors, load_embedder
 from .guards import Analysis, analyse, conflict
@@ -59,36 +61,38 @@ FUZZY_ROLES = frozenset({"user", "assistant"})
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
-def _positive(instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name!r} must be > 0, got {value!r}")
-
-
-def _unit_interval(instance: Any, attribute: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError(f"{attribute.name!r} must be a number in (0, 1], got {value!r}")
-
-
 def _backend(instance: Any, attribute: Any, value: Any) -> None:
-    if not isinstance(value, str) or (value not in BACKENDS and ":" not in value):
-        raise ValueError(
-            f"{attribute.name!r} must be one of {', '.join(BACKENDS)} or 'package.module:Factory', got {value!r}"
-        )
+    """A built-in backend's name, or ``"package.module:Factory"`` naming a callable that can be imported now
+    (the plugin imports it when it is built: an import error is a config error, not a failure later)."""
+    expected = f"one of {', '.join(BACKENDS)} or 'package.module:Factory'"
+    if not isinstance(value, str):
+        raise Invalid(attribute.name, expected, value)
+    if value in BACKENDS:
+        return
+    module_name, sep, name = value.partition(":")
+    if not sep or not module_name or not name:
+        raise Invalid(attribute.name, expected, value)
+    try:
+        factory = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise Invalid(attribute.name, expected, value, hint=f": cannot import it ({exc})") from None
+    if not callable(factory):
+        raise Invalid(attribute.name, expected, value, hint=": it is not callable")
 
 
 @attrs.frozen
 class SemanticConfig:
     #: Lowest cosine similarity (per fuzzy turn) that counts as the same question.
-    threshold: float = attrs.field(default=DEFAULT_THRESHOLD, validator=_unit_interval)
+    threshold: float = attrs.field(default=DEFAULT_THRESHOLD, validator=in_range(0, 1, lo_open=True))
     #: The embedding backend: ``"minilm"``, ``"hashing"`` or ``"package.module:Factory"``.
     backend: str = attrs.field(default="minilm", validator=_backend)
     #: Seconds an entry is served (a request's own ``ttl`` control overrides it); ``None``: until evicted.
-    ttl: float | None = attrs.field(default=3600.0, validator=_positive)
+    ttl: float | None = attrs.field(default=3600.0, validator=positive)
     #: Entries held in all scopes together; the least recently used goes first.
-    max_entries: int = attrs.field(default=10_000, validator=[attrs.validators.instance_of(int), _positive])
+    max_entries: int = attrs.field(default=10_000, validator=positive_int)
     #: Veto matches whose words say the opposite (negation, antonym, reversed order, another name). English
     #: word lists: for other languages they rarely fire, and ``false`` leaves only the threshold.
-    guards: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    guards: bool = True
 
 
 class SemanticCache:
