@@ -7,6 +7,7 @@ construction cost is part of every request's overhead and is kept to a handful o
 from __future__ import annotations
 
 import json as _json
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ __all__ = [
     "CACHE_BYPASS",
     "CACHE_HIT",
     "CACHE_MISS",
+    "CLOCK_SKEW",
     "Attempt",
     "CacheEntry",
     "CacheInfo",
@@ -82,16 +84,25 @@ class RequestControls:
 DEFAULT_CONTROLS = RequestControls()
 
 
+#: Seconds by which an entry's ``created`` stamp may lie in the future before its age counts as unknown (and the
+#: entry as expired): the clocks of processes that share a Redis or a SQLite file differ by a little, never by
+#: more than this when they are synchronised (NTP keeps them within milliseconds).
+CLOCK_SKEW = 5.0
+
+
 class CacheEntry:
     """A stored response: status, headers and the raw body bytes exactly as the upstream sent them.
 
     The body keeps the upstream's ``Content-Encoding``; it is decoded only when the caller reads it.
     ``chunks`` is set for a stored event stream, one item per chunk as it arrived, so a replay can
-    hand the caller the same chunk boundaries. ``created`` is a ``time.time()`` stamp, ``ttl`` in seconds
-    (``None``: the tier's default applies).
+    hand the caller the same chunk boundaries. ``created`` is a ``time.time()`` stamp (what the ``Age`` header
+    and the shared tiers count from), ``ttl`` in seconds (``None``: the tier's default applies).
+
+    ``expires_at`` belongs to the ``memory`` tier that holds the entry: the ``time.monotonic()`` deadline it
+    computed when it stored it (a step of the wall clock does not move it). ``None`` until then.
     """
 
-    __slots__ = ("_tokens", "body", "chunks", "created", "headers", "hits", "status_code", "ttl")
+    __slots__ = ("_tokens", "body", "chunks", "created", "expires_at", "headers", "hits", "status_code", "ttl")
 
     def __init__(
         self,
@@ -111,6 +122,7 @@ class CacheEntry:
         self.created = time.time() if created is None else created
         self.ttl = ttl
         self.hits = hits
+        self.expires_at: float | None = None
         self._tokens: int | None = _UNSET
 
     @property
@@ -132,9 +144,36 @@ class CacheEntry:
             size += len(name) + len(value)
         return size if self.chunks is None else size + sum(map(len, self.chunks))
 
-    def expired(self, now: float, default_ttl: float | None) -> bool:
+    def remaining(self, now: float, default_ttl: float | None) -> float:
+        """Seconds this entry may still be served at wall-clock time ``now`` (``math.inf`` without a TTL).
+
+        Its own ``ttl`` first, else ``default_ttl``. Zero or less when it has expired, and ``-inf`` when its age
+        is unknown: ``created`` is NaN, or lies in the future by more than ``CLOCK_SKEW`` (a stamp from a clock
+        that was wrong, or stepped back since): such an entry could otherwise be served for as long as the
+        error, so it counts as expired.
+        """
+        age = now - self.created
+        if not age >= -CLOCK_SKEW:  # NaN fails every comparison
+            return -math.inf
         ttl = self.ttl if self.ttl is not None else default_ttl
-        return ttl is not None and now - self.created >= ttl
+        if ttl is None:
+            return math.inf
+        left = ttl - max(age, 0.0)
+        return left if left == left else -math.inf
+
+    def expired(self, now: float, default_ttl: float | None) -> bool:
+        """True when the entry may no longer be served at wall-clock time ``now`` (see :meth:`remaining`)."""
+        return not self.remaining(now, default_ttl) > 0
+
+    def copy(self) -> CacheEntry:
+        """A new entry sharing this one's body, chunks and headers (a tier that keeps its own per-entry state
+        stores a copy of an entry another tier holds)."""
+        entry = CacheEntry(
+            self.status_code, self.headers, self.body, chunks=self.chunks, created=self.created, ttl=self.ttl,
+            hits=self.hits,
+        )
+        entry._tokens = self._tokens
+        return entry
 
     def __repr__(self) -> str:
         return f"<CacheEntry {self.status_code} {len(self.body)}B>"

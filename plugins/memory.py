@@ -15,6 +15,12 @@ one tuple per distinct (name, value) pair and one bytes object per name, and hol
 rather than a list (no over-allocation). Only the values that differ per answer (``x-request-id``, ``cf-ray``)
 stay per entry. The tier also sizes entries itself instead of through cachetools' ``getsizeof``, which would
 keep a second dict of sizes and an int object per entry (~70 B).
+
+Expiry runs on a monotonic clock (``clock``, default ``time.monotonic``): when an entry is stored, its deadline
+is the clock's now plus what is left of its lifetime (its TTL less its age, from ``CacheEntry.created`` on the
+wall clock, so an entry promoted from a lower tier keeps only the lifetime it had left there), and from then on
+only the monotonic clock decides. A wall clock stepped by NTP or a resumed VM neither expires the whole tier at
+once nor keeps stale answers alive.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -126,13 +132,24 @@ class _HeaderTable:
 
 
 class MemoryCache:
-    """The ``memory`` plugin."""
+    """The ``memory`` plugin. ``clock`` (default ``time.monotonic``) times expiry; ``wall_clock`` (default
+    ``time.time``) is what an entry's age (``CacheEntry.created``) is read against when it is stored. Both are
+    attributes, so a test may swap them for a fake clock."""
 
     name = "memory"
     Config = MemoryConfig
 
-    def __init__(self, config: MemoryConfig, pipeline: Any) -> None:
+    def __init__(
+        self,
+        config: MemoryConfig,
+        pipeline: Any,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
+        self.pipeline = pipeline
+        self.clock = clock
+        self.wall_clock = wall_clock
         cache_cls = cachetools.LRUCache if config.policy == "lru" else cachetools.LFUCache
         # Unbounded in items: the tier evicts by bytes itself (see the module docstring).
         self._cache: cachetools.Cache[str, CacheEntry] = cache_cls(maxsize=sys.maxsize)
@@ -159,7 +176,7 @@ class MemoryCache:
             entry = self._cache.get(key)  # type: ignore[arg-type]
             if entry is None:
                 return None
-            if entry.expired(time.time(), self.config.ttl):
+            if entry.expires_at <= self.clock():  # type: ignore[operator]
                 del self._cache[key]  # type: ignore[arg-type]
                 self._bytes -= _charge(entry)
                 return None
@@ -173,14 +190,21 @@ class MemoryCache:
         """Store ``entry`` under cache key ``key``; ``False`` if it has already expired here or is larger than
         the tier. ``aurelis_cache_set`` and warming from a lower tier both store through it.
 
-        The entry's headers are replaced by their interned equivalent (equal pairs, in the same order): the
-        entry may be shared with other tiers and the response, which read the same headers either way.
+        What is left of the entry's lifetime (its ``ttl``, else the tier's, less its age) becomes a deadline on
+        the monotonic ``clock`` (see the module docstring). The entry's headers are replaced by their interned
+        equivalent (equal pairs, in the same order): the entry may be shared with other tiers and the response,
+        which read the same headers either way. An entry that a memory tier holds already (it has a deadline)
+        is stored as a copy, so each tier keeps its own deadline.
         """
-        if entry.expired(time.time(), self.config.ttl):
+        left = entry.remaining(self.wall_clock(), self.config.ttl)
+        if not left > 0:
             return False
         charge = entry.size + ENTRY_OVERHEAD  # _charge(entry), without the call: every put pays this
         if charge > self.budget:
             return False  # larger than the whole tier: storing it would evict everything else for nothing
+        if entry.expires_at is not None:
+            entry = entry.copy()
+        entry.expires_at = self.clock() + left
         with self._lock:
             entry.headers = self._headers.intern(entry.headers)
             cache = self._cache
