@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from inspect import isawaitable
 from typing import Any
 
-from ._coalesce import COALESCED, Flight, Flights, flight_stream
+from ._coalesce import COALESCED, Flight, Flights, flight_stream, tail
 from ._compat import build_response, header_items
 from ._models import (
     CACHE_HIT,
@@ -204,6 +204,14 @@ class Pipeline:
         self._start_hooks = [f for _, f in stages["aurelis_start"]]
         self._close_hooks = [f for _, f in stages["aurelis_close"]]
         self._caching = bool(self._tiers_get)
+        # The largest entry any tier stores (a tier's ``max_entry_bytes``; ``None`` when one sets no limit): an
+        # answer announced larger is not buffered at all (see _fetch).
+        limits: list[int | None] = [
+            getattr(self.pm.get_plugin(name), "max_entry_bytes", None) for name, _ in self._tiers_set
+        ]
+        self._entry_limit: int | None = None
+        if limits and None not in limits:
+            self._entry_limit = max(limit for limit in limits if limit is not None)
 
     def register(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin instance at run time; it takes effect on the next request."""
@@ -341,10 +349,15 @@ class Pipeline:
             ctx.response_status = response.status_code
             if key is not None and ctx.stream:
                 return self._tee(ctx, response, attempt, flight or self._flights.solo(ctx.is_async))
+            # Larger than any tier stores: not buffered, only shared with the followers (if any) as it streams.
+            large = key is not None and self._too_large(response)
             # The headers an entry keeps, or None when the answer may not be stored.
-            stored = _stored_headers(ctx, response) if key is not None else None
+            stored = _stored_headers(ctx, response) if key is not None and not large else None
             if flight is None and stored is None:
                 return self._pass_through(ctx, response, attempt)
+            if large:
+                assert flight is not None
+                return self._tee(ctx, response, attempt, flight, storable=False)
             # Read whole: to store it, or (not storable, e.g. an error status) to hand followers the same.
             body = yield from self._read(ctx, response, attempt)
         except BaseException as exc:
@@ -394,26 +407,37 @@ class Pipeline:
         self._finish(ctx)
         return response
 
-    def _tee(self, ctx: RequestContext, upstream: Any, attempt: Attempt, flight: Flight) -> Any:
-        """Hand an event stream over chunk by chunk, shared with ``flight``'s followers; store it at its end
-        if it completed cleanly (see :mod:`._sse`)."""
-        stored = _stored_headers(ctx, upstream) if is_event_stream(upstream.headers) else None
+    def _too_large(self, response: Any) -> bool:
+        """The answer announces (``Content-Length``) more bytes than any tier would store."""
+        limit = self._entry_limit
+        if limit is None:
+            return False
+        length = response.headers.get("content-length")
+        return length is not None and length.isdigit() and int(length) > limit
+
+    def _tee(
+        self, ctx: RequestContext, upstream: Any, attempt: Attempt, flight: Flight, storable: bool = True
+    ) -> Any:
+        """Hand a body over chunk by chunk, shared with ``flight``'s followers. An event stream is stored at its
+        end if it completed cleanly (see :mod:`._sse`) and fits a tier; it is held once, as the chunks the
+        callers were handed (the entry's body is joined only if someone reads it)."""
+        if storable and self._too_large(upstream):
+            storable = False
+        stored = _stored_headers(ctx, upstream) if storable and is_event_stream(upstream.headers) else None
 
         def on_end(error: BaseException | None, complete: bool) -> Flow | None:
             if error is not None:
                 attempt.error = error
             self._end_attempt(ctx, attempt)
-            if stored is None or not complete:
+            if stored is None or not complete or not flight.kept:
                 return None
-            body = b"".join(flight.chunks)
-            if not stream_complete(body):
+            chunks = tuple(flight.chunks)
+            if not stream_complete(tail(chunks)):
                 return None
-            entry = CacheEntry(
-                upstream.status_code, stored, body, chunks=tuple(flight.chunks), ttl=ctx.controls.ttl
-            )
+            entry = CacheEntry(upstream.status_code, stored, b"", chunks=chunks, ttl=ctx.controls.ttl)
             return self._cache_store(ctx, entry, self._tiers_set, promote=False)
 
-        flight.start_stream(upstream, upstream.extensions, on_end)
+        flight.start_stream(upstream, upstream.extensions, on_end, self._entry_limit if storable else 0)
         return self._flight_response(ctx, flight, upstream.extensions)
 
     def _flight_response(self, ctx: RequestContext, flight: Flight, extensions: Mapping[str, Any]) -> Any:
