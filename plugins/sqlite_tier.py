@@ -1,8 +1,8 @@
 """``sqlite``: the L3 cache tier, one file on local disk, shared by every process on the machine.
 
 One table, one row per entry: the entry in the compact format of :mod:`aurelis_plugins._serialize`
-(lz4-compressed by default, optionally sealed with AES-GCM), its expiry time, its size, and its hit count and
-last hit (what eviction and warming rank by).
+(lz4-compressed by default, tagged with a MAC, or sealed with AES-GCM), its expiry time, its size, and its hit
+count and last hit (what eviction and warming rank by).
 
 Performance choices:
 
@@ -16,15 +16,25 @@ Performance choices:
 - **writes** (stores and hit counts) are written behind (:mod:`aurelis_plugins._writebehind`): many per
   transaction, never on the response's path. The async worker runs the same batch function in a worker
   thread (``asyncio.to_thread``): one thread hop and one transaction per batch, where ``aiosqlite`` would
-  need a round trip per statement.
+  need a round trip per statement. A value over 1 MiB is written piece by piece through incremental blob I/O
+  (the body or the stream's chunks as they are held), so storing a large answer never copies it whole.
 - **size cap**: when the stored bytes exceed ``max_bytes``, expired rows go first, then the least hit (oldest
-  last hit among equals) until 90% of the cap is left, so the next writes do not evict again at once.
+  last hit among equals) until 90% of the cap is left, so the next writes do not evict again at once. Entries
+  larger than ``max_entry_bytes`` (default 32 MiB, 1/16 of the default cap; a write that size holds the file's
+  write lock for tens of milliseconds) are not stored: ``stats.counters["sqlite.too_large"]``.
 
 Encryption at rest: with ``encryption_key`` (or ``AURELIS_CACHE_KEY`` in the environment), each value is
 sealed with AES-256-GCM, a random 96-bit nonce and the row's key as associated data (a value moved to another
 row does not open). A value that does not open with the key (another key, tampering, a plaintext row) is a
-miss, warned about once, never served. A file that is not a readable database is moved aside as
-``<name>.corrupt-<timestamp>`` and a fresh one is made: a broken cache file is never fatal.
+miss, counted as ``sqlite.unauthenticated`` and warned about once, never served. Plain values carry a MAC under
+the deployment's secret instead (:mod:`aurelis_plugins._serialize`). A sealed value needs no second MAC: AES-GCM
+is authenticated encryption, so a value that opens under the key, with the row's cache key as associated data,
+was sealed by a holder of the key for that very key, unaltered and whole; the encryption key is a deployment
+secret like the MAC's, so a second tag would guard against nobody new. A file that is not a readable database
+is moved aside as ``<name>.corrupt-<timestamp>`` and a fresh one is made: a broken cache file is never fatal.
+
+Lifetimes are wall-clock (``expires`` is ``created`` + TTL, compared with ``wall_clock``, default
+``time.time``); an entry whose ``created`` lies in the future beyond ``CLOCK_SKEW``, or is unknown, is expired.
 """
 
 from __future__ import annotations
@@ -33,10 +43,12 @@ import asyncio
 import base64
 import binascii
 import logging
+import math
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +57,7 @@ from aurelis_plugins._validators import positive
 
 from aurelis_core import CacheEntry, ConfigError, RequestContext, hookimpl
 
-from ._serialize import SerializeError, codec_named, dumps, loads
+from ._serialize import LARGE, Piece, SerializeError, Unauthenticated, codec_named, dumps_parts, loads
 from ._tier import WarmConfig, WriteBehindTier
 from ._writebehind import HitCounts, WriteBehind
 
@@ -54,14 +66,18 @@ try:
 except ImportError:  # pragma: no cover - depends on the installed extras
     raise ImportError("the sqlite plugin needs: pip install 'aurelis[sqlite]'") from None
 
-__all__ = ["SQLiteConfig", "SQLiteTier", "WarmConfig"]
+__all__ = ["MAX_ENTRY_BYTES", "SQLiteConfig", "SQLiteTier", "WarmConfig"]
 
 logger = logging.getLogger("aurelis")
 
 KEY_ENV = "AURELIS_CACHE_KEY"
-#: First byte of a sealed value; a plain value starts with the serialize format version (1), never this.
+#: First byte of a sealed value; a plain value starts with the serialize format version, never this.
 SEALED = 0xE1
 _NONCE = 12
+_GCM_TAG = 16
+
+#: Default ``max_entry_bytes`` (see the module docstring).
+MAX_ENTRY_BYTES = 32 * 1024 * 1024
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS aurelis_entries (
@@ -79,6 +95,12 @@ GET = "SELECT value FROM aurelis_entries WHERE key = ? AND (expires IS NULL OR e
 UPSERT = (
     "INSERT INTO aurelis_entries (key, value, expires, size, hits, last_hit) VALUES (?, ?, ?, ?, 0, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires, size = excluded.size"
+)
+#: A large value: room made with zeroblob(), then written piece by piece through the blob handle.
+UPSERT_BLOB = (
+    "INSERT INTO aurelis_entries (key, value, expires, size, hits, last_hit) VALUES (?, zeroblob(?), ?, ?, 0, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires, size = excluded.size "
+    "RETURNING rowid"
 )
 HIT = "UPDATE aurelis_entries SET hits = hits + ?, last_hit = ? WHERE key = ?"
 TOP = (
@@ -103,6 +125,10 @@ class SQLiteConfig:
     busy_timeout: float = attrs.field(default=1.0, validator=positive)
     queue_size: int = attrs.field(default=10_000, validator=[attrs.validators.instance_of(int), positive])
     warm: WarmConfig = attrs.field(factory=WarmConfig)
+    #: Largest entry (body and headers, in bytes) stored; larger answers are passed through.
+    max_entry_bytes: int = attrs.field(
+        default=MAX_ENTRY_BYTES, validator=[attrs.validators.instance_of(int), positive]
+    )
 
 
 def parse_key(text: str, where: str) -> bytes:
@@ -135,17 +161,37 @@ class _Sealer:
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         except ImportError:
             raise ImportError("the sqlite plugin's encryption needs: pip install 'aurelis[encryption]'") from None
+        self._key = key
         self._aead = AESGCM(key)
 
     def seal(self, key: str, value: bytes) -> bytes:
         nonce = os.urandom(_NONCE)
         return bytes((SEALED,)) + nonce + self._aead.encrypt(nonce, value, key.encode())
 
+    def seal_parts(self, key: str, parts: list[Piece], length: int) -> tuple[Iterable[Piece], int]:
+        """The sealed value of ``parts`` as pieces: in one call for a small value, encrypted piece by piece as it
+        is written for a large one (the same format: nonce, ciphertext, then the 16-byte GCM tag)."""
+        if length <= LARGE:
+            return [self.seal(key, b"".join(parts))], 1 + _NONCE + length + _GCM_TAG
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        nonce = os.urandom(_NONCE)
+        encryptor = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(key.encode())
+
+        def pieces() -> Iterator[Piece]:
+            yield bytes((SEALED,)) + nonce
+            for part in parts:
+                yield encryptor.update(part)
+            yield encryptor.finalize() + encryptor.tag
+
+        return pieces(), 1 + _NONCE + length + _GCM_TAG
+
     def open(self, key: str, sealed: bytes) -> bytes | None:
         """The value, or ``None`` if it does not open with this key (or was never sealed)."""
         from cryptography.exceptions import InvalidTag
 
-        if len(sealed) < 1 + _NONCE + 16 or sealed[0] != SEALED:
+        if len(sealed) < 1 + _NONCE + _GCM_TAG or sealed[0] != SEALED:
             return None
         try:
             return self._aead.decrypt(sealed[1 : 1 + _NONCE], sealed[1 + _NONCE :], key.encode())
@@ -158,7 +204,8 @@ Op = tuple[Any, ...]
 
 
 class SQLiteTier(WriteBehindTier):
-    """The ``sqlite`` plugin."""
+    """The ``sqlite`` plugin. ``wall_clock`` (default ``time.time``) is what lifetimes are counted on (an
+    attribute, for tests to swap)."""
 
     name = "sqlite"
     Config = SQLiteConfig
@@ -167,6 +214,10 @@ class SQLiteTier(WriteBehindTier):
         self.config = config
         self.pipeline = pipeline
         self.path = Path(config.path)
+        self.wall_clock: Callable[[], float] = time.time
+        #: Largest entry stored (bytes); the pipeline does not buffer an answer no tier would take.
+        self.max_entry_bytes = config.max_entry_bytes
+        self._mac = pipeline.tenant.entry_mac
         self._codec = codec_named(config.codec, "[sqlite]")
         key_text = config.encryption_key if config.encryption_key is not None else os.environ.get(KEY_ENV)
         self._sealer = None if key_text is None else _Sealer(
@@ -261,44 +312,59 @@ class SQLiteTier(WriteBehindTier):
         key: str = ctx.key  # type: ignore[assignment]
         if ctx.is_async:
             return self._aget(key)
-        row = self._conn().execute(GET, (key, time.time())).fetchone()
+        row = self._conn().execute(GET, (key, self.wall_clock())).fetchone()
         return None if row is None else self._found(key, row[0], False)
 
     async def _aget(self, key: str) -> CacheEntry | None:
         db = await self._adb_of_loop()
-        rows = await db.execute_fetchall(GET, (key, time.time()))
+        rows = await db.execute_fetchall(GET, (key, self.wall_clock()))
         return self._found(key, rows[0][0], True) if rows else None
 
     def _found(self, key: str, value: bytes, is_async: bool) -> CacheEntry | None:
         entry = self._decode(key, value)
-        if entry is not None:
-            self.hits.add(key, is_async)
+        if entry is None or not entry.remaining(self.wall_clock(), self.config.ttl) > 0:
+            return None
+        self.hits.add(key, is_async)
         return entry
 
     def _decode(self, key: str, value: bytes) -> CacheEntry | None:
-        if self._sealer is not None:
-            opened = self._sealer.open(key, value)
-            if opened is None:
-                if not self._warned_unopenable:
-                    self._warned_unopenable = True
-                    logger.warning(
-                        "aurelis: cache file %s holds entries that do not decrypt with the configured key "
-                        "(another key, or written unencrypted); they are treated as misses", self.path,
-                    )
-                return None
-            value = opened
         try:
-            return loads(value)
+            if self._sealer is None:
+                return loads(value, key, self._mac)
+            opened = self._sealer.open(key, value)
+            if opened is not None:
+                return loads(opened, key, None)  # the seal authenticated it (see the module docstring)
+        except Unauthenticated:
+            pass
         except SerializeError:
-            return None
+            return None  # another format version: a miss
+        count = self.pipeline.stats.tier_error(self.name, "unauthenticated")
+        if not self._warned_unopenable:
+            self._warned_unopenable = True
+            logger.warning(
+                "aurelis: cache file %s holds entries that do not %s (another key or secret, altered, moved from "
+                "another key, or planted); they are misses (%d so far, counted as sqlite.unauthenticated)",
+                self.path, "decrypt with the configured key" if self._sealer else "verify", count,
+            )
+        return None
 
     @hookimpl
     def aurelis_cache_set(self, ctx: RequestContext, entry: CacheEntry, promote: bool) -> None:
-        ttl = entry.ttl if entry.ttl is not None else self.config.ttl
-        expires = None if ttl is None else entry.created + ttl
-        if expires is not None and expires <= time.time():
+        if entry.size > self.max_entry_bytes:
+            self.pipeline.stats.counters["sqlite.too_large"] += 1
+            return
+        expires = self._expires(entry)
+        if expires is not None and expires <= 0:
             return
         self.queue.put(("set", ctx.key, entry, expires), ctx.is_async)
+
+    def _expires(self, entry: CacheEntry) -> float | None:
+        """The entry's expiry on the wall clock (``None``: no TTL; 0: expired, or of unknown age)."""
+        now = self.wall_clock()
+        left = entry.remaining(now, self.config.ttl)
+        if left == math.inf:
+            return None
+        return now + left if left > 0 else 0.0
 
     async def _aclose_async(self) -> None:
         db, self._adb, self._aloop = self._adb, None, None
@@ -320,27 +386,41 @@ class SQLiteTier(WriteBehindTier):
 
     def _write(self, batch: list[Op]) -> None:
         """Write a batch in one transaction, then keep the file under ``max_bytes``."""
-        now = time.time()
+        now = self.wall_clock()
         rows: list[tuple[Any, ...]] = []
+        large: list[tuple[Any, ...]] = []
         hits: list[tuple[Any, ...]] = []
         for op in batch:
             if op[0] == "set":
                 key, entry, expires = op[1], op[2], op[3]
-                value = dumps(entry, self._codec)
-                if self._sealer is not None:
-                    value = self._sealer.seal(key, value)
-                rows.append((key, value, expires, len(value), now))
-                self._stored_bytes += len(value)
+                pieces, length = self._encode(key, entry)
+                if length <= LARGE:
+                    rows.append((key, b"".join(pieces), expires, length, now))
+                else:
+                    large.append((key, pieces, expires, length, now))
+                self._stored_bytes += length
             else:
                 hits.extend((count, op[2], key) for key, count in op[1].items())
         conn = self._conn()
         with conn:
             if rows:
                 conn.executemany(UPSERT, rows)
+            for key, pieces, expires, length, stamp in large:
+                (rowid,) = conn.execute(UPSERT_BLOB, (key, length, expires, length, stamp)).fetchone()
+                with conn.blobopen("aurelis_entries", "value", rowid) as blob:
+                    for piece in pieces:
+                        blob.write(piece)
             if hits:
                 conn.executemany(HIT, hits)
             if self._stored_bytes > self.config.max_bytes or time.monotonic() - self._last_purge > PURGE_EVERY:
                 self._evict(conn, now)
+
+    def _encode(self, key: str, entry: CacheEntry) -> tuple[Iterable[Piece], int]:
+        """The stored value of ``entry`` as pieces and its length: tagged with the MAC, or sealed."""
+        if self._sealer is None:
+            return dumps_parts(entry, self._codec, key, self._mac)
+        parts, length = dumps_parts(entry, self._codec, key, None)
+        return self._sealer.seal_parts(key, parts, length)
 
     async def _awrite(self, batch: list[Op]) -> None:
         await asyncio.to_thread(self._write, batch)
@@ -368,26 +448,27 @@ class SQLiteTier(WriteBehindTier):
 
     def top(self, count: int) -> list[tuple[str, CacheEntry]]:
         """The ``count`` most hit live entries, most hit first, as (cache key, entry)."""
-        rows = self._conn().execute(TOP, (time.time(), count)).fetchall()
+        rows = self._conn().execute(TOP, (self.wall_clock(), count)).fetchall()
         return self._decode_rows(rows)
 
     async def atop(self, count: int) -> list[tuple[str, CacheEntry]]:
         db = await self._adb_of_loop()
-        return self._decode_rows(await db.execute_fetchall(TOP, (time.time(), count)))
+        return self._decode_rows(await db.execute_fetchall(TOP, (self.wall_clock(), count)))
 
     def _decode_rows(self, rows: Any) -> list[tuple[str, CacheEntry]]:
         found = []
+        now = self.wall_clock()
         for key, value in rows:
             entry = self._decode(key, value)
-            if entry is not None:
+            if entry is not None and entry.remaining(now, self.config.ttl) > 0:
                 found.append((key, entry))
         return found
 
     def put(self, key: str, entry: CacheEntry) -> bool:
-        """Store ``entry`` under cache key ``key`` now (not written behind); ``False`` if it has expired."""
-        ttl = entry.ttl if entry.ttl is not None else self.config.ttl
-        expires = None if ttl is None else entry.created + ttl
-        if expires is not None and expires <= time.time():
+        """Store ``entry`` under cache key ``key`` now (not written behind); ``False`` if it has expired or is
+        larger than ``max_entry_bytes``."""
+        expires = self._expires(entry)
+        if (expires is not None and expires <= 0) or entry.size > self.max_entry_bytes:
             return False
         self._write([("set", key, entry, expires)])
         return True
@@ -395,7 +476,7 @@ class SQLiteTier(WriteBehindTier):
     def stats(self) -> dict[str, Any]:
         """What the file holds: live and expired entries, stored bytes, hits, the file's size on disk."""
         conn = self._conn()
-        now = time.time()
+        now = self.wall_clock()
         entries, stored, hits = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(hits), 0) FROM aurelis_entries "
             "WHERE expires IS NULL OR expires > ?", (now,),

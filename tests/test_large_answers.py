@@ -75,6 +75,14 @@ def ask(**content: Any) -> dict[str, Any]:
     return body
 
 
+def limits(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "plugins": ["normalize", "memory", "sqlite"],
+        "memory": {"max_entry_bytes": 50_000},
+        "sqlite": {"path": str(tmp_path / "c.sqlite3"), "max_entry_bytes": 100_000},
+    }
+
+
 @pytest.mark.parametrize("coalesce", [True, False], ids=["coalescing", "no-coalesce"])
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_an_answer_announced_larger_than_every_tier_is_not_buffered(
@@ -108,12 +116,33 @@ def test_an_answer_announced_larger_than_every_tier_is_not_buffered(
     assert len(pipeline.plugin("memory")) == 0
 
 
+def test_each_tier_stores_up_to_its_own_limit(sized: tuple[SizedUpstream, str], tmp_path: Path) -> None:
+    app, url = sized
+    pipeline = Pipeline(limits(tmp_path))
+    with httpx.Client(timeout=30) as client:
+        pipeline.instrument(client)
+        statuses = []
+        for size in (40_000, 80_000, 40_000, 80_000):  # memory takes 50 KB, sqlite 100 KB
+            response = client.post(url, json=ask(size=size))
+            assert len(response.content) == size
+            statuses.append((response.headers["x-aurelis-cache"], response.headers.get("x-aurelis-cache-tier")))
+            pipeline.plugin("sqlite").flush()
+    pipeline.close()
+    assert statuses == [("miss", None), ("miss", None), ("hit", "memory"), ("hit", "sqlite")]
+    counters = pipeline.stats.counters
+    assert counters["memory.too_large"] == 2  # stored in sqlite only, then not promoted either
+    assert counters["sqlite.too_large"] == 0
+    assert app.calls == 2
+
+
 @pytest.mark.parametrize(
     "table, options, key",
     [
         ("memory", {"max_entry_bytes": 0}, "max_entry_bytes"),
         ("memory", {"max_entry_bytes": "big"}, "max_entry_bytes"),
         ("memory", {"max_bytes": 1000, "max_entry_bytes": 2000}, "max_entry_bytes"),
+        ("redis", {"max_entry_bytes": -1}, "max_entry_bytes"),
+        ("sqlite", {"max_entry_bytes": 1.5}, "max_entry_bytes"),
     ],
 )
 def test_max_entry_bytes_is_validated(table: str, options: dict[str, Any], key: str, tmp_path: Path) -> None:

@@ -91,16 +91,21 @@ def test_default_path_and_wal(upstream: SimulatedServer, tmp_path: Path, monkeyp
 
 
 def test_ttl_and_per_request_override(upstream: SimulatedServer, tmp_path: Path) -> None:
-    cfg = config(tmp_path / "c.sqlite3", ttl=1)
+    cfg = config(tmp_path / "c.sqlite3", ttl=60)
     pipeline = Pipeline(cfg)
+    tier = pipeline.plugin("sqlite")
+    offset = [0.0]
+    tier.wall_clock = lambda: time.time() + offset[0]  # lifetimes run on the tier's wall clock: step it
     with httpx.Client() as client:
         pipeline.instrument(client)
         url = upstream.base_url + "/chat/completions"
         auth = {"authorization": f"Bearer {API_KEY}"}
         client.post(url, json=chat("short"), headers=auth)
-        client.post(url, json=chat("long"), headers={**auth, "x-aurelis-ttl": "60"})
-        pipeline.plugin("sqlite").flush()
-        time.sleep(1.1)
+        client.post(url, json=chat("long"), headers={**auth, "x-aurelis-ttl": "600"})
+        tier.flush()
+        offset[0] = 59
+        assert client.post(url, json=chat("short"), headers=auth).headers["x-aurelis-cache"] == "hit"
+        offset[0] = 61
         assert client.post(url, json=chat("short"), headers=auth).headers["x-aurelis-cache"] == "miss"
         assert client.post(url, json=chat("long"), headers=auth).headers["x-aurelis-cache"] == "hit"
     pipeline.close()
