@@ -71,6 +71,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except (ConfigError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    # What only the outside world can tell, from plugins that can look without changing anything (a cache file
+    # the sqlite tier would refuse): warnings, not errors.
+    for name in pipeline.plugin_origins:
+        for problem in getattr(pipeline.plugin(name), "problems", list)():
+            print(f"warning: {pipeline.config.source}: [{name}] {problem}", file=sys.stderr)
     pipeline.close()
     config = pipeline.config
     print(f"{config.source}: ok ({len(config.plugins)} plugins: {', '.join(config.plugins) or 'none'}; "
