@@ -817,16 +817,18 @@ class SQLiteTier(WriteBehindTier):
     # --- warming, stats, clearing (also used by ``aurelis cache``) ----------------------------------------------
 
     def top(self, count: int) -> list[tuple[str, CacheEntry]]:
-        """The ``count`` most hit live entries, most hit first, as (cache key, entry)."""
-        if self._refused is not None:
+        """The ``count`` most hit live entries, most hit first, as (cache key, entry); none from a refused file."""
+        try:
+            rows = self._conn().execute(TOP, (self.wall_clock(), count)).fetchall()
+        except _Refused:
             return []
-        rows = self._conn().execute(TOP, (self.wall_clock(), count)).fetchall()
         return self._decode_rows(rows)
 
     async def atop(self, count: int) -> list[tuple[str, CacheEntry]]:
-        if self._refused is not None:
+        try:
+            db = await self._adb_of_loop()
+        except _Refused:
             return []
-        db = await self._adb_of_loop()
         return self._decode_rows(await db.execute_fetchall(TOP, (self.wall_clock(), count)))
 
     def _decode_rows(self, rows: Any) -> list[tuple[str, CacheEntry]]:
@@ -848,10 +850,12 @@ class SQLiteTier(WriteBehindTier):
         return self._refused is None
 
     def stats(self) -> dict[str, Any]:
-        """What the file holds: live and expired entries, stored bytes, hits, the file's size on disk."""
-        if self._refused is not None:
-            return {"refused": self._refused}
-        conn = self._conn()
+        """What the file holds: live and expired entries, stored bytes, hits, the file's size on disk (or, for a
+        file the tier refuses, why)."""
+        try:
+            conn = self._conn()
+        except _Refused as exc:
+            return {"refused": exc.reason}
         now = self.wall_clock()
         entries, stored, hits = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(hits), 0) FROM aurelis_entries "

@@ -217,6 +217,21 @@ def test_cache_clear_does_not_touch_a_refused_file(tmp_path: Path, capsys: pytes
     assert digest_of(path) == before
 
 
+def test_a_refused_file_has_no_stats_and_warms_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "cache.sqlite3"
+    path.mkdir()
+    cfg = {"plugins": ["normalize", "memory", "sqlite"],
+           "sqlite": {"path": str(path), "warm": {"on_start": True}}}
+    pipeline = Pipeline(cfg)
+    with caplog.at_level(logging.WARNING, logger="aurelis"):
+        pipeline.start()  # warming from a refused file: nothing, and no failure to report besides the refusal
+        assert pipeline.plugin("sqlite").stats() == {"refused": "is a directory"}
+    pipeline.close()
+    assert len(pipeline.plugin("memory")) == 0
+    assert len(refusals(caplog)) == 1
+    assert not any("warming" in r.getMessage() and "failed" in r.getMessage() for r in caplog.records)
+
+
 # --- 2. a file that turns corrupt while the process runs ----------------------------------------------------------
 
 
