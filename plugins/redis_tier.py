@@ -404,43 +404,88 @@ class RedisTier(WriteBehindTier):
         return True
 
     def stats(self) -> dict[str, Any]:
-        """What the tier holds: entries and bytes under the prefix, hit counts (scans: for the CLI, not hot)."""
+        """What the tier holds: its entries and their bytes, hit counts, and how many other keys live under the
+        prefix (another plugin's, another version's or another deployment's). Scans and reads every key under
+        the prefix: for the CLI, not hot."""
         client = self.sync_client()
-        entries = 0
-        stored = 0
-        for key in client.scan_iter(match=self._prefix + "*", count=1000):
-            if key != self._hits_key.encode():
-                entries += 1
-                stored += client.strlen(key)
+        entries = stored = others = 0
+        for keys, values in self._scan(client):
+            for key, value in zip(keys, values, strict=True):
+                if self._is_entry(key, value):
+                    entries += 1
+                    stored += len(value)
+                else:
+                    others += 1
         scores = client.zrange(self._hits_key, 0, -1, withscores=True)
         return {
             "entries": entries,
             "bytes": stored,
             "hits": int(sum(score for _, score in scores)),
             "tracked_keys": len(scores),
+            "other_keys": others,
         }
 
     def clear(self) -> int:
-        """Delete every key under the prefix; returns how many entries were deleted."""
+        """Delete the tier's entries and hit counts; returns how many entries were deleted.
+
+        Only values this tier wrote (they verify under the deployment's secret) are deleted: other keys under the
+        prefix, such as the ``ratelimit`` plugin's shared state (``aurelis:ratelimit:*`` by default), are left as
+        they are, and counted in a warning.
+        """
         client = self.sync_client()
-        deleted = 0
+        deleted = others = 0
+        for keys, values in self._scan(client):
+            ours = [key for key, value in zip(keys, values, strict=True) if self._is_entry(key, value)]
+            others += len(keys) - len(ours)
+            deleted += self._unlink(client, ours)
+        self._unlink(client, [self._hits_key.encode()])
+        if others:
+            logger.warning(
+                "aurelis: cache tier 'redis' left %d keys under the prefix %r that are not entries it wrote "
+                "(another plugin's, an older version's, or written under another secret)", others, self._prefix,
+            )
+        return deleted
+
+    def _scan(self, client: Any) -> Any:
+        """Batches of (keys, values) under the prefix, the hit-count set left out."""
+        hits_key = self._hits_key.encode()
         batch: list[bytes] = []
         for key in client.scan_iter(match=self._prefix + "*", count=1000):
+            if key == hits_key:
+                continue
             batch.append(key)
             if len(batch) >= 500:
-                deleted += self._unlink(client, batch)
+                yield batch, self._get_all(client, batch)
                 batch = []
         if batch:
-            deleted += self._unlink(client, batch)
-        return deleted
+            yield batch, self._get_all(client, batch)
+
+    def _get_all(self, client: Any, keys: list[bytes]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        # A key of another type answers WRONGTYPE: an error object in its place, not an exception.
+        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+    def _is_entry(self, key: bytes, value: Any) -> bool:
+        """Whether ``value``, read at ``key``, is an entry this tier wrote: it verifies under the secret."""
+        if not isinstance(value, bytes):
+            return False  # gone since the scan, or not a string
+        try:
+            loads(value, key.decode()[len(self._prefix):], self._mac)
+        except (SerializeError, UnicodeDecodeError):
+            return False
+        return True
 
     def _unlink(self, client: Any, keys: list[bytes]) -> int:
         # One UNLINK per key in a pipeline: in a cluster the keys live in different slots.
+        if not keys:
+            return 0
         pipe = client.pipeline(transaction=False)
         for key in keys:
             pipe.unlink(key)
         pipe.execute()
-        return sum(1 for k in keys if k != self._hits_key.encode())
+        return len(keys)
 
 
 def _split(host_port: str) -> tuple[str, int]:

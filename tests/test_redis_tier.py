@@ -357,3 +357,30 @@ def test_entry_round_trip_keeps_chunks_and_ttl() -> None:
         assert (back.status_code, back.headers, back.body, back.chunks, back.ttl, back.created) == (
             entry.status_code, entry.headers, entry.body, entry.chunks, entry.ttl, entry.created
         )
+
+
+def test_clear_and_stats_touch_only_the_tiers_own_entries(upstream: SimulatedServer, redis_flush: str) -> None:
+    # The ratelimit plugin keeps its shared state under the tier's default prefix (aurelis:ratelimit:*), and
+    # anything else may live there too: the tier counts and deletes only the values it wrote.
+    cfg = {
+        "plugins": ["normalize", "redis", "ratelimit"],
+        "redis": {"url": redis_flush},
+        "ratelimit": {"rpm": 1000, "redis_url": redis_flush},
+    }
+    raw = redis.Redis.from_url(redis_flush)
+    raw.hset("aurelis:someone-else", "field", "value")
+    with httpx.Client() as client:
+        pipeline = Pipeline(cfg)
+        pipeline.instrument(client)
+        post(client, upstream, chat(1))
+        post(client, upstream, chat(2))
+        tier = pipeline.plugin("redis")
+        tier.flush()
+        others = sorted(k for k in raw.keys("aurelis:*") if k.startswith((b"aurelis:ratelimit:", b"aurelis:some")))
+        assert len(others) >= 2  # the rate limiter's state, and the hash
+        assert tier.clear() == 2
+        assert sorted(raw.keys("aurelis:*")) == others  # left as they were
+        stats = tier.stats()
+        assert (stats["entries"], stats["other_keys"]) == (0, len(others))
+        pipeline.close()
+    assert raw.hget("aurelis:someone-else", "field") == b"value"
