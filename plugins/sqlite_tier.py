@@ -251,14 +251,15 @@ def inspect_file(path: str | os.PathLike[str]) -> tuple[str, str]:
     - ``"ours"``: a SQLite database carrying the tier's mark; ``"damaged"``: the mark, but not SQLite's header;
     - ``"unmarked"``: a SQLite database without any application's mark (another tool's, or this tier's from
       before it marked its files); ``"foreign"``: anything else (a directory, another application's database,
-      a file that is not a database), ``why`` saying which.
+      a file that is not a database), ``why`` saying which;
+    - ``"unreadable"``: it cannot be looked at now (no permission...): nothing to judge yet.
     """
     try:
         info = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (or a file where a directory should be)
         return "absent", ""
     except OSError as exc:
-        return "foreign", f"cannot be inspected ({exc.strerror or exc})"
+        return "unreadable", f"cannot be inspected ({exc.strerror or exc})"
     if stat.S_ISDIR(info.st_mode):
         return "foreign", "is a directory"
     if not stat.S_ISREG(info.st_mode):
@@ -269,7 +270,7 @@ def inspect_file(path: str | os.PathLike[str]) -> tuple[str, str]:
         with open(path, "rb") as file:
             header = file.read(100)
     except OSError as exc:
-        return "foreign", f"cannot be read ({exc.strerror or exc})"
+        return "unreadable", f"cannot be read ({exc.strerror or exc})"
     marked = len(header) >= 72 and header[68:72] == _MARK
     if header.startswith(_MAGIC):
         if marked:
@@ -386,17 +387,16 @@ class SQLiteTier(WriteBehindTier):
         for _ in range(5):  # a file another process creates, or moves aside, meanwhile is looked at again
             kind, why = inspect_file(path)
             if kind == "absent":
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise _Refused(f"cannot be created: its directory cannot be made ({exc})") from None
+                # An OSError here (a directory that cannot be written) is not a refusal: the file is not there to
+                # be judged. It fails this use only, counted as the tier's error, and the next use tries again.
+                path.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
                 except FileExistsError:
                     continue
-                except OSError as exc:
-                    raise _Refused(f"cannot be created ({exc.strerror or exc})") from None
                 kind = "empty"
+            if kind == "unreadable":
+                raise OSError(f"{path} {why}")  # this use fails, the next one looks again
             if kind == "damaged":
                 self._move_aside(why)
                 continue
@@ -489,6 +489,8 @@ class SQLiteTier(WriteBehindTier):
         them as warnings)."""
         kind, why = inspect_file(self.path)
         refused = "the tier would refuse it and be bypassed (every lookup a miss)"
+        if kind == "unreadable":
+            return [f"path {str(self.path)!r} {why}: the tier cannot use it until it can"]
         if kind == "foreign" or (kind == "unmarked" and not _written_by_an_earlier_version(self.path)):
             return [f"path {str(self.path)!r} {why}: {refused}"]
         if kind == "damaged":

@@ -217,6 +217,20 @@ def test_cache_clear_does_not_touch_a_refused_file(tmp_path: Path, capsys: pytes
     assert digest_of(path) == before
 
 
+def test_a_path_that_cannot_be_created_yet_is_retried_not_refused(
+    upstream: SimulatedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache directory should be")
+    pipeline = Pipeline(config(blocker / "cache.sqlite3"))
+    with caplog.at_level(logging.WARNING, logger="aurelis"):
+        assert ask(pipeline, upstream, [chat(0)]) == ["miss"]  # nothing is there to judge: an error, not a refusal
+        assert pipeline.stats.tier_errors["sqlite.get"] == 1 and not refusals(caplog)
+        blocker.unlink()  # the directory can be made now: the next request uses the tier
+        assert ask(pipeline, upstream, [chat(0), chat(0)]) == ["miss", "hit"]
+    pipeline.close()
+
+
 def test_a_refused_file_has_no_stats_and_warms_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "cache.sqlite3"
     path.mkdir()
