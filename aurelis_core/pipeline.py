@@ -349,15 +349,15 @@ class Pipeline:
             ctx.response_status = response.status_code
             if key is not None and ctx.stream:
                 return self._tee(ctx, response, attempt, flight or self._flights.solo(ctx.is_async))
-            # Larger than any tier stores: not buffered, only shared with the followers (if any) as it streams.
-            large = key is not None and self._too_large(response)
-            # The headers an entry keeps, or None when the answer may not be stored.
-            stored = _stored_headers(ctx, response) if key is not None and not large else None
+            # The headers an entry keeps, None when the answer may not be stored, TOO_LARGE when it announces more
+            # bytes than any tier stores: then it is not buffered, only shared with followers as it streams.
+            stored = _stored_headers(ctx, response, self._entry_limit) if key is not None else None
+            if stored is TOO_LARGE:
+                if flight is None:
+                    return self._pass_through(ctx, response, attempt)
+                return self._tee(ctx, response, attempt, flight, storable=False)
             if flight is None and stored is None:
                 return self._pass_through(ctx, response, attempt)
-            if large:
-                assert flight is not None
-                return self._tee(ctx, response, attempt, flight, storable=False)
             # Read whole: to store it, or (not storable, e.g. an error status) to hand followers the same.
             body = yield from self._read(ctx, response, attempt)
         except BaseException as exc:
@@ -407,23 +407,17 @@ class Pipeline:
         self._finish(ctx)
         return response
 
-    def _too_large(self, response: Any) -> bool:
-        """The answer announces (``Content-Length``) more bytes than any tier would store."""
-        limit = self._entry_limit
-        if limit is None:
-            return False
-        length = response.headers.get("content-length")
-        return length is not None and length.isdigit() and int(length) > limit
-
     def _tee(
         self, ctx: RequestContext, upstream: Any, attempt: Attempt, flight: Flight, storable: bool = True
     ) -> Any:
         """Hand a body over chunk by chunk, shared with ``flight``'s followers. An event stream is stored at its
         end if it completed cleanly (see :mod:`._sse`) and fits a tier; it is held once, as the chunks the
         callers were handed (the entry's body is joined only if someone reads it)."""
-        if storable and self._too_large(upstream):
-            storable = False
-        stored = _stored_headers(ctx, upstream) if storable and is_event_stream(upstream.headers) else None
+        stored = None
+        if storable and is_event_stream(upstream.headers):
+            stored = _stored_headers(ctx, upstream, self._entry_limit)
+        if stored is TOO_LARGE:
+            stored, storable = None, False
 
         def on_end(error: BaseException | None, complete: bool) -> Flow | None:
             if error is not None:
@@ -884,12 +878,17 @@ def _head_extensions(extensions: Mapping[str, Any]) -> dict[str, Any]:
     return {name: extensions[name] for name in ("http_version", "reason_phrase") if name in extensions}
 
 
-def _stored_headers(ctx: RequestContext, response: Any) -> list[tuple[bytes, bytes]] | None:
+#: What ``_stored_headers`` returns for an answer whose ``Content-Length`` exceeds what any tier stores.
+TOO_LARGE: Any = object()
+
+
+def _stored_headers(ctx: RequestContext, response: Any, limit: int | None = None) -> Any:
     """The headers a cache entry of ``response`` keeps, or ``None`` when the answer may not be stored (not a
-    2xx, ``no-store`` asked by the request or the response).
+    2xx, ``no-store`` asked by the request or the response), or ``TOO_LARGE`` when its ``Content-Length`` is over
+    ``limit`` (the largest entry any tier stores; ``None``: no limit).
 
     One pass over the lower-cased names the ``Headers`` already holds (no ``.raw`` copy, no ``lower()`` per
-    header, no ``Headers.get``: ~0.7 us each) serves both the decision and the copy.
+    header, no ``Headers.get``: ~0.7 us each) serves the decisions and the copy.
     """
     if not 200 <= response.status_code < 300 or ctx.controls.no_store:
         return None
@@ -899,5 +898,7 @@ def _stored_headers(ctx: RequestContext, response: Any) -> list[tuple[bytes, byt
             continue
         if lower == b"cache-control" and b"no-store" in value.lower():
             return None
+        if lower == b"content-length" and limit is not None and value.isdigit() and int(value) > limit:
+            return TOO_LARGE
         kept.append((name, value))
     return kept
