@@ -140,6 +140,15 @@ class Flights:
         if flight.token is not None and self._flights.get(flight.token) is flight:
             del self._flights[flight.token]
 
+    def release_alone(self, flight: Flight) -> bool:
+        """If nobody joined ``flight`` yet, take it out so nobody will, and return True: its leader hands its
+        answer over on its own (an answer too large to share or store is passed through untouched)."""
+        with self._lock:
+            if flight.consumers != 1:
+                return False
+            self._remove(flight)
+            return True
+
     def leave(self, flight: Flight) -> bool:
         """A caller stopped reading ``flight`` early; true when it was the last one (the flight is dead)."""
         with self._lock:

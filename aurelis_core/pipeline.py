@@ -353,7 +353,7 @@ class Pipeline:
             # bytes than any tier stores: then it is not buffered, only shared with followers as it streams.
             stored = _stored_headers(ctx, response, self._entry_limit) if key is not None else None
             if stored is TOO_LARGE:
-                if flight is None:
+                if flight is None or self._flights.release_alone(flight):
                     return self._pass_through(ctx, response, attempt)
                 return self._tee(ctx, response, attempt, flight, storable=False)
             if flight is None and stored is None:

@@ -4,6 +4,7 @@ too large to store is not kept. Real loopback servers, real clients."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import threading
@@ -113,6 +114,31 @@ def test_an_answer_announced_larger_than_every_tier_is_not_buffered(
     assert app.released == [True]
     assert len(data) == size and status == "miss"
     pipeline.close()
+    assert len(pipeline.plugin("memory")) == 0
+
+
+def test_a_large_answer_is_shared_with_followers_as_it_streams(sized: tuple[SizedUpstream, str]) -> None:
+    app, url = sized
+    pipeline = Pipeline({"plugins": ["normalize", "memory"]})
+    size = 5 * 1024 * 1024
+    body = ask(size=size, hold=True)
+
+    async def one(client: httpx.AsyncClient) -> tuple[int, str]:
+        async with client.stream("POST", url, json=body) as response:
+            app.release.set()  # the first head to arrive releases the rest of the body
+            data = await response.aread()
+            return len(data), response.headers.get("x-aurelis-cache-tier", "-")
+
+    async def main() -> list[tuple[int, str]]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            pipeline.instrument(client)
+            # Both start in one loop step: the second joins the first's flight before any answer arrives.
+            return list(await asyncio.gather(one(client), one(client)))
+
+    results = anyio.run(main)
+    pipeline.close()
+    assert app.released == [True] and app.calls == 1
+    assert sorted(results) == [(size, "-"), (size, "coalesced")]
     assert len(pipeline.plugin("memory")) == 0
 
 
