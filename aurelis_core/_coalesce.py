@@ -20,6 +20,11 @@ Flights are kept per *domain*: sync callers (threads) share flights with each ot
 them within one event loop. An async stream belongs to the loop that opened it, so callers on two loops (or a
 sync and an async client on one pipeline) do not wait on each other; each domain makes its own call.
 
+Memory: a flight keeps the chunks it has pulled, for late joiners and for the cache store at the end, up to its
+``limit`` (the largest entry any cache tier takes). Past it, nothing of it will be stored: the flight stops taking
+joiners and, once a single caller reads it, drops each chunk as soon as it was handed over, so an answer too
+large to cache costs no more memory than the caller's own reading of it.
+
 Waiting is the only I/O here, and it is kept at the edges: the pipeline's sans-I/O flow calls
 :meth:`Flight.wait_head`, which blocks a sync caller on a condition variable, or returns an awaitable for the
 async driver to await. The end of a stream (store it, end the attempt) comes back from the pipeline as a
@@ -43,7 +48,7 @@ if TYPE_CHECKING:
 # anyio (and asyncio) are imported where an async caller first needs them, not here: a sync-only process
 # would pay ~20-30 ms of `import aurelis_core` for them. An async caller has them imported already.
 
-__all__ = ["COALESCED", "Flight", "FlightStream", "Flights", "flight_stream"]
+__all__ = ["COALESCED", "Flight", "FlightStream", "Flights", "flight_stream", "tail"]
 
 logger = logging.getLogger("aurelis")
 
@@ -54,9 +59,23 @@ COALESCED = "coalesced"
 #: it was not over after all, and the caller who stopped reading did not have the whole answer.
 DRAIN_LIMIT = 4096
 
+#: Bytes at the end of a stream that tell whether it is complete (its last events): see :func:`tail`.
+TAIL = 64 * 1024
+
 #: Called once when a stream flight's upstream body is over: ``(error, complete)``; ``complete`` is true when
 #: the body was read to its end without error. It may return a flow (the cache store) to drive.
 EndCallback = Callable[[BaseException | None, bool], Generator[Awaitable[Any], Any, Any] | None]
+
+
+def tail(chunks: list[bytes] | tuple[bytes, ...], count: int = TAIL) -> bytes:
+    """The last chunks joined, at least ``count`` bytes of them (all, if fewer): enough to find a stream's end
+    marker (``_sse.stream_complete`` scans from the end) without joining a large stream whole."""
+    start = len(chunks)
+    held = 0
+    while start and held < count:
+        start -= 1
+        held += len(chunks[start])
+    return b"".join(chunks[start:])
 
 
 def _domain() -> object:
@@ -121,6 +140,15 @@ class Flights:
         if flight.token is not None and self._flights.get(flight.token) is flight:
             del self._flights[flight.token]
 
+    def release_alone(self, flight: Flight) -> bool:
+        """If nobody joined ``flight`` yet, take it out so nobody will, and return True: its leader hands its
+        answer over on its own (an answer too large to share or store is passed through untouched)."""
+        with self._lock:
+            if flight.consumers != 1:
+                return False
+            self._remove(flight)
+            return True
+
     def leave(self, flight: Flight) -> bool:
         """A caller stopped reading ``flight`` early; true when it was the last one (the flight is dead)."""
         with self._lock:
@@ -137,11 +165,15 @@ class Flight:
     State moves one way: no head -> head (``status``, ``headers``) -> finished (``error`` set, or the body
     complete in ``chunks``). ``retry`` instead of a head means the leader gave up before an answer (it was
     cancelled): followers start over and one of them leads.
+
+    ``chunks[i]`` is chunk ``base + i`` of the body: ``base`` moves on when a flight that no longer keeps its
+    chunks (``kept`` false, see the module docstring) drops the ones its only reader has had.
     """
 
     __slots__ = (
-        "_cond", "_event", "_iter", "_on_end", "_upstream", "chunks", "consumers", "error", "extensions",
-        "finished", "flights", "headers", "is_async", "pulling", "retry", "status", "streaming", "token",
+        "_cond", "_event", "_iter", "_on_end", "_upstream", "base", "chunks", "consumers", "error", "extensions",
+        "finished", "flights", "headers", "is_async", "kept", "limit", "pulling", "retry", "size", "status",
+        "streaming", "token",
     )
 
     def __init__(self, flights: Flights, token: tuple[object, str] | None, is_async: bool) -> None:
@@ -155,6 +187,11 @@ class Flight:
         self.extensions: dict[str, Any] = {}
         self.streaming = False
         self.chunks: list[bytes] = []
+        self.base = 0
+        #: Bytes pulled so far, and how many the flight keeps (``None``: all); ``kept``: it has kept them all.
+        self.size = 0
+        self.limit: int | None = None
+        self.kept = True
         self.finished = False
         self.retry = False
         self.error: BaseException | None = None
@@ -218,8 +255,16 @@ class Flight:
         self.finished = True
         self._notify()
 
-    def start_stream(self, upstream: Any, extensions: dict[str, Any], on_end: EndCallback) -> None:
-        """The leader's answer has arrived, its body still to be read: followers may start reading it."""
+    def start_stream(
+        self, upstream: Any, extensions: dict[str, Any], on_end: EndCallback, limit: int | None = None
+    ) -> None:
+        """The leader's answer has arrived, its body still to be read: followers may start reading it.
+
+        ``limit``: bytes of it worth keeping (``None``: all; 0: none, so nobody joins from now on).
+        """
+        self.limit = limit
+        if limit == 0:
+            self._stop_keeping()
         self._upstream = upstream
         self._iter = upstream.stream.__aiter__() if self.is_async else iter(upstream.stream)
         self._on_end = on_end
@@ -227,6 +272,33 @@ class Flight:
         self.streaming = True
         self.status = upstream.status_code  # last: followers read the rest once they see a status
         self._notify()
+
+    def _pulled(self, chunk: bytes) -> None:
+        """A chunk arrived from the upstream: keep it for everyone (and count it against ``limit``)."""
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        if self.kept and self.limit is not None and self.size > self.limit:
+            self._stop_keeping()
+
+    def _stop_keeping(self) -> None:
+        # From now on nothing of this answer is stored, and a late joiner could not be given its start.
+        self.kept = False
+        self.flights.remove(self)
+
+    def _chunk(self, index: int) -> bytes | None:
+        """Chunk ``index`` if it has arrived (``None`` if not yet). A flight that no longer keeps its chunks
+        drops the ones before it when its reader is alone (``index`` only grows for each reader)."""
+        at = index - self.base
+        chunks = self.chunks
+        if at >= len(chunks):
+            return None
+        if at < 0:
+            raise RuntimeError(f"chunk {index} of the shared stream was already released")
+        if at and not self.kept and self.consumers == 1:
+            del chunks[:at]
+            self.base = index
+            at = 0
+        return chunks[at]
 
     # --- the followers' side ---------------------------------------------------------------------------------
 
@@ -252,8 +324,9 @@ class Flight:
         while True:
             with cond:
                 while True:
-                    if index < len(self.chunks):
-                        return self.chunks[index]
+                    have = self._chunk(index)
+                    if have is not None:
+                        return have
                     if self.finished:
                         if self.error is not None:
                             raise self.error
@@ -271,15 +344,16 @@ class Flight:
                 self._end_sync(exc)
                 raise
             else:
-                self.chunks.append(chunk)
+                self._pulled(chunk)
                 self.pulling = False
                 self._notify()
 
     async def anext_chunk(self, index: int) -> bytes | None:
         """Async twin of :meth:`next_chunk` (all callers of an async flight run on one event loop)."""
         while True:
-            if index < len(self.chunks):
-                return self.chunks[index]
+            have = self._chunk(index)
+            if have is not None:
+                return have
             if self.finished:
                 if self.error is not None:
                     raise self.error
@@ -303,7 +377,7 @@ class Flight:
                 await self._end_async(exc)
                 raise
             else:
-                self.chunks.append(chunk)
+                self._pulled(chunk)
                 self.pulling = False
                 self._notify()
 
@@ -356,13 +430,14 @@ class Flight:
         at ``data: [DONE]``): then it had the whole answer, and the last bytes are read so it can be stored."""
         if not self.flights.leave(self) or self._upstream is None:
             return None
-        complete = stream_complete(b"".join(self.chunks))
+        # Only the end of the stream tells (no whole join); a flight that dropped chunks stores nothing anyway.
+        complete = self.kept and stream_complete(tail(self.chunks))
         if self.is_async:
             return self._aleave(complete)
         if complete:
             try:
                 for chunk in self._iter:
-                    self.chunks.append(chunk)
+                    self._pulled(chunk)
                     if len(chunk) > DRAIN_LIMIT:
                         break
                 else:
@@ -385,7 +460,7 @@ class Flight:
             if complete:
                 try:
                     async for chunk in self._iter:
-                        self.chunks.append(chunk)
+                        self._pulled(chunk)
                         if len(chunk) > DRAIN_LIMIT:
                             break
                     else:

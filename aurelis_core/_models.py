@@ -7,6 +7,7 @@ construction cost is part of every request's overhead and is kept to a handful o
 from __future__ import annotations
 
 import json as _json
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ __all__ = [
     "CACHE_BYPASS",
     "CACHE_HIT",
     "CACHE_MISS",
+    "CLOCK_SKEW",
     "Attempt",
     "CacheEntry",
     "CacheInfo",
@@ -96,16 +98,33 @@ class RequestControlError(ValueError):
     """
 
 
+#: Seconds by which an entry's ``created`` stamp may lie in the future before its age counts as unknown (and the
+#: entry as expired): the clocks of processes that share a Redis or a SQLite file differ by a little, never by
+#: more than this when they are synchronised (NTP keeps them within milliseconds).
+CLOCK_SKEW = 5.0
+
+#: Bytes at the end of a stored event stream joined to find its usage (``stats.usage_tokens`` reads 512).
+_TAIL = 512
+
+
 class CacheEntry:
     """A stored response: status, headers and the raw body bytes exactly as the upstream sent them.
 
     The body keeps the upstream's ``Content-Encoding``; it is decoded only when the caller reads it.
     ``chunks`` is set for a stored event stream, one item per chunk as it arrived, so a replay can
-    hand the caller the same chunk boundaries. ``created`` is a ``time.time()`` stamp, ``ttl`` in seconds
-    (``None``: the tier's default applies).
+    hand the caller the same chunk boundaries. ``created`` is a ``time.time()`` stamp (what the ``Age`` header
+    and the shared tiers count from), ``ttl`` in seconds (``None``: the tier's default applies).
+
+    An event stream is held once, as its chunks: its ``body`` is those chunks joined, made on each read of
+    ``body`` (the pipeline itself never asks for it), so a 64 MiB stream costs 64 MiB, not twice that, and the
+    chunks are the very objects the caller was handed. ``CacheEntry(status, headers, body, chunks=chunks)``
+    takes ``body`` as the chunks joined (it is then dropped) or ``b""``.
+
+    ``expires_at`` belongs to the ``memory`` tier that holds the entry: the ``time.monotonic()`` deadline it
+    computed when it stored it (a step of the wall clock does not move it). ``None`` until then.
     """
 
-    __slots__ = ("_tokens", "body", "chunks", "created", "headers", "hits", "status_code", "ttl")
+    __slots__ = ("_body", "_chunks", "_tokens", "created", "expires_at", "headers", "hits", "status_code", "ttl")
 
     def __init__(
         self,
@@ -113,19 +132,58 @@ class CacheEntry:
         headers: Sequence[tuple[bytes, bytes]],
         body: bytes,
         *,
-        chunks: tuple[bytes, ...] | None = None,
+        chunks: Sequence[bytes] | None = None,
         created: float | None = None,
         ttl: float | None = None,
         hits: int = 0,
     ) -> None:
         self.status_code = status_code
         self.headers = headers
-        self.body = body
-        self.chunks = chunks
+        if chunks is None:
+            self._body: bytes | None = body
+            self._chunks: tuple[bytes, ...] | None = None
+        else:
+            chunks = tuple(chunks)
+            if body and len(body) != sum(map(len, chunks)):
+                raise ValueError("CacheEntry: body must be the chunks joined, or b\"\" (it is joined on use)")
+            self._body = None
+            self._chunks = chunks
         self.created = time.time() if created is None else created
         self.ttl = ttl
         self.hits = hits
+        self.expires_at: float | None = None
         self._tokens: int | None = _UNSET
+
+    @property
+    def body(self) -> bytes:
+        """The whole body (for an event stream: its chunks joined, on each read)."""
+        body = self._body
+        return b"".join(self._chunks) if body is None else body  # type: ignore[arg-type]
+
+    @property
+    def chunks(self) -> tuple[bytes, ...] | None:
+        """The chunks of a stored event stream as they arrived, or ``None`` for a whole answer."""
+        return self._chunks
+
+    @property
+    def length(self) -> int:
+        """Bytes of the body (without joining a stream's chunks)."""
+        body = self._body
+        return sum(map(len, self._chunks)) if body is None else len(body)  # type: ignore[arg-type]
+
+    def tail(self, count: int) -> bytes:
+        """The body's last ``count`` bytes or more (a stream's last chunks joined), without joining all of it."""
+        body = self._body
+        if body is not None:
+            return body[-count:] if count < len(body) else body
+        chunks = self._chunks
+        assert chunks is not None
+        start = len(chunks)
+        held = 0
+        while start and held < count:
+            start -= 1
+            held += len(chunks[start])
+        return b"".join(chunks[start:])
 
     @property
     def tokens(self) -> int | None:
@@ -135,23 +193,56 @@ class CacheEntry:
         """
         tokens = self._tokens
         if tokens is _UNSET:
-            tokens = self._tokens = usage_tokens(self.body)
+            tokens = self._tokens = usage_tokens(self.tail(_TAIL))
         return tokens
 
     @property
     def size(self) -> int:
-        """Bytes this entry holds (body, chunks, headers): what byte-bounded tiers charge for it."""
-        size = len(self.body)
+        """Bytes this entry holds (body, headers): what byte-bounded tiers charge for it and limit it by."""
+        size = self.length
         for name, value in self.headers:  # a loop, not sum() over a generator: a few headers, ~2x faster
             size += len(name) + len(value)
-        return size if self.chunks is None else size + sum(map(len, self.chunks))
+        return size
+
+    def remaining(self, now: float, default_ttl: float | None) -> float:
+        """Seconds this entry may still be served at wall-clock time ``now`` (``math.inf`` without a TTL).
+
+        Its own ``ttl`` first, else ``default_ttl``. Zero or less when it has expired, and ``-inf`` when its age
+        is unknown: ``created`` is NaN, or lies in the future by more than ``CLOCK_SKEW`` (a stamp from a clock
+        that was wrong, or stepped back since): such an entry could otherwise be served for as long as the
+        error, so it counts as expired.
+        """
+        age = now - self.created
+        if not age >= -CLOCK_SKEW:  # NaN fails every comparison
+            return -math.inf
+        ttl = self.ttl if self.ttl is not None else default_ttl
+        if ttl is None:
+            return math.inf
+        left = ttl - max(age, 0.0)
+        return left if left == left else -math.inf
 
     def expired(self, now: float, default_ttl: float | None) -> bool:
-        ttl = self.ttl if self.ttl is not None else default_ttl
-        return ttl is not None and now - self.created >= ttl
+        """True when the entry may no longer be served at wall-clock time ``now`` (see :meth:`remaining`)."""
+        return not self.remaining(now, default_ttl) > 0
+
+    def copy(self) -> CacheEntry:
+        """A new entry sharing this one's body, chunks and headers (a tier that keeps its own per-entry state
+        stores a copy of an entry another tier holds)."""
+        entry = CacheEntry.__new__(CacheEntry)
+        entry.status_code = self.status_code
+        entry.headers = self.headers
+        entry._body = self._body
+        entry._chunks = self._chunks
+        entry.created = self.created
+        entry.ttl = self.ttl
+        entry.hits = self.hits
+        entry.expires_at = None
+        entry._tokens = self._tokens
+        return entry
 
     def __repr__(self) -> str:
-        return f"<CacheEntry {self.status_code} {len(self.body)}B>"
+        kind = "" if self._chunks is None else f" in {len(self._chunks)} chunks"
+        return f"<CacheEntry {self.status_code} {self.length}B{kind}>"
 
 
 class Attempt:

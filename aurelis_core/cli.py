@@ -82,8 +82,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     config, errors = parse_config(data, source)
+    pipeline = None
     try:
-        Pipeline(config).close()
+        pipeline = Pipeline(config)
     except ConfigError as exc:
         errors.extend(exc.errors)
     except ImportError as exc:
@@ -93,7 +94,14 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
         print(f"{source}: {len(errors)} error{'s' if len(errors) > 1 else ''}", file=sys.stderr)
         return 1
+    assert pipeline is not None
     warnings = _probe_config(config)
+    # What only the outside world can tell, from plugins that can look without changing anything (a cache file
+    # the sqlite tier would refuse): warnings, not errors.
+    for name in pipeline.plugin_origins:
+        for problem in getattr(pipeline.plugin(name), "problems", list)():
+            warnings.append(f"{source}: [{name}] {problem}")
+    pipeline.close()
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{config.source}: ok ({len(config.plugins)} plugins: {', '.join(config.plugins) or 'none'}; "

@@ -61,6 +61,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     except (ConfigError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    status = 0
     try:
         tiers = _persistent_tiers(pipeline)
         if args.cache_command == "stats":
@@ -86,10 +87,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
             chosen = set(args.tier or [name for name, _ in tiers])
             for name, tier in tiers:
                 if name in chosen:
-                    print(f"{name}: deleted {tier.clear()} entries")
+                    try:
+                        print(f"{name}: deleted {tier.clear()} entries")
+                    except RuntimeError as exc:  # the tier refuses its store (a file it did not create...)
+                        print(f"error: {name}: {exc}", file=sys.stderr)
+                        status = 1
     finally:
         pipeline.close()
-    return 0
+    return status
 
 
 def add_cache_commands(subparsers: Subparsers) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from ._coalesce import COALESCED, Flight, Flights, flight_stream
+from ._coalesce import COALESCED, Flight, Flights, flight_stream, tail
 from ._compat import build_response, header_items
 from ._models import (
     CACHE_HIT,
@@ -220,6 +220,14 @@ class Pipeline:
         self._start_hooks = [f for _, f in stages["aurelis_start"]]
         self._close_hooks = [f for _, f in stages["aurelis_close"]]
         self._caching = bool(self._tiers_get)
+        # The largest entry any tier stores (a tier's ``max_entry_bytes``; ``None`` when one sets no limit): an
+        # answer announced larger is not buffered at all (see _fetch).
+        limits: list[int | None] = [
+            getattr(self.pm.get_plugin(name), "max_entry_bytes", None) for name, _ in self._tiers_set
+        ]
+        self._entry_limit: int | None = None
+        if limits and None not in limits:
+            self._entry_limit = max(limit for limit in limits if limit is not None)
 
     def register(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin instance at run time; it takes effect on the next request."""
@@ -357,8 +365,13 @@ class Pipeline:
             ctx.response_status = response.status_code
             if key is not None and ctx.stream:
                 return self._tee(ctx, response, attempt, flight or self._flights.solo(ctx.is_async))
-            # The headers an entry keeps, or None when the answer may not be stored.
-            stored = _stored_headers(ctx, response) if key is not None else None
+            # The headers an entry keeps, None when the answer may not be stored, TOO_LARGE when it announces more
+            # bytes than any tier stores: then it is not buffered, only shared with followers as it streams.
+            stored = _stored_headers(ctx, response, self._entry_limit) if key is not None else None
+            if stored is TOO_LARGE:
+                if flight is None or self._flights.release_alone(flight):
+                    return self._pass_through(ctx, response, attempt)
+                return self._tee(ctx, response, attempt, flight, storable=False)
             if flight is None and stored is None:
                 return self._pass_through(ctx, response, attempt)
             # Read whole: to store it, or (not storable, e.g. an error status) to hand followers the same.
@@ -410,26 +423,31 @@ class Pipeline:
         self._finish(ctx)
         return response
 
-    def _tee(self, ctx: RequestContext, upstream: Any, attempt: Attempt, flight: Flight) -> Any:
-        """Hand an event stream over chunk by chunk, shared with ``flight``'s followers; store it at its end
-        if it completed cleanly (see :mod:`._sse`)."""
-        stored = _stored_headers(ctx, upstream) if is_event_stream(upstream.headers) else None
+    def _tee(
+        self, ctx: RequestContext, upstream: Any, attempt: Attempt, flight: Flight, storable: bool = True
+    ) -> Any:
+        """Hand a body over chunk by chunk, shared with ``flight``'s followers. An event stream is stored at its
+        end if it completed cleanly (see :mod:`._sse`) and fits a tier; it is held once, as the chunks the
+        callers were handed (the entry's body is joined only if someone reads it)."""
+        stored = None
+        if storable and is_event_stream(upstream.headers):
+            stored = _stored_headers(ctx, upstream, self._entry_limit)
+        if stored is TOO_LARGE:
+            stored, storable = None, False
 
         def on_end(error: BaseException | None, complete: bool) -> Flow | None:
             if error is not None:
                 attempt.error = error
             self._end_attempt(ctx, attempt)
-            if stored is None or not complete:
+            if stored is None or not complete or not flight.kept:
                 return None
-            body = b"".join(flight.chunks)
-            if not stream_complete(body):
+            chunks = tuple(flight.chunks)
+            if not stream_complete(tail(chunks)):
                 return None
-            entry = CacheEntry(
-                upstream.status_code, stored, body, chunks=tuple(flight.chunks), ttl=ctx.controls.ttl
-            )
+            entry = CacheEntry(upstream.status_code, stored, b"", chunks=chunks, ttl=ctx.controls.ttl)
             return self._cache_store(ctx, entry, self._tiers_set, promote=False)
 
-        flight.start_stream(upstream, upstream.extensions, on_end)
+        flight.start_stream(upstream, upstream.extensions, on_end, self._entry_limit if storable else 0)
         return self._flight_response(ctx, flight, upstream.extensions)
 
     def _flight_response(self, ctx: RequestContext, flight: Flight, extensions: Mapping[str, Any]) -> Any:
@@ -919,12 +937,17 @@ def _head_extensions(extensions: Mapping[str, Any]) -> dict[str, Any]:
     return {name: extensions[name] for name in ("http_version", "reason_phrase") if name in extensions}
 
 
-def _stored_headers(ctx: RequestContext, response: Any) -> list[tuple[bytes, bytes]] | None:
+#: What ``_stored_headers`` returns for an answer whose ``Content-Length`` exceeds what any tier stores.
+TOO_LARGE: Any = object()
+
+
+def _stored_headers(ctx: RequestContext, response: Any, limit: int | None = None) -> Any:
     """The headers a cache entry of ``response`` keeps, or ``None`` when the answer may not be stored (not a
-    2xx, ``no-store`` asked by the request or the response).
+    2xx, ``no-store`` asked by the request or the response), or ``TOO_LARGE`` when its ``Content-Length`` is over
+    ``limit`` (the largest entry any tier stores; ``None``: no limit).
 
     One pass over the lower-cased names the ``Headers`` already holds (no ``.raw`` copy, no ``lower()`` per
-    header, no ``Headers.get``: ~0.7 us each) serves both the decision and the copy.
+    header, no ``Headers.get``: ~0.7 us each) serves the decisions and the copy.
     """
     if not 200 <= response.status_code < 300 or ctx.controls.no_store:
         return None
@@ -934,5 +957,7 @@ def _stored_headers(ctx: RequestContext, response: Any) -> list[tuple[bytes, byt
             continue
         if lower == b"cache-control" and b"no-store" in value.lower():
             return None
+        if lower == b"content-length" and limit is not None and value.isdigit() and int(value) > limit:
+            return TOO_LARGE
         kept.append((name, value))
     return kept

@@ -8,6 +8,10 @@ Run: ``.venv/bin/python -m pytest benchmarks/bench_tiers.py -s``
   <= raw + 50 us at p50.
 - **SQLite L3 hit**: the same, against a raw ``sqlite3`` read (sync) and a raw ``aiosqlite``
   ``execute_fetchall`` (async) of the same row.
+- **Authentication per hit**: what checking a value's tag (``_serialize.loads`` with the MAC, against the same
+  call without it) costs, in-process (no network noise), for this chat answer (target <= 50 us) and, for
+  information, a 64 KiB one (one SHA-256 pass over its bytes). It is part of the tier figures above; shown
+  alone because on a loaded machine their noise is larger than it.
 - **L1 memory**: tracemalloc over 100k OpenAI chat completion answers (pretty-printed bodies of 0.9-2.1 KB and
   the 15 headers the API sends, as fresh objects per answer) stored in the ``memory`` tier, as a ratio of the
   payload bytes (``CacheEntry.size``: body + header names and values). Target: <= 1.2x payload; and no more
@@ -222,6 +226,26 @@ def test_sqlite_hit_vs_raw_read(benchmark: Any, tmp_path: Path) -> None:
     raw.close()
     assert tier_us - raw_us <= BUDGET_US
     assert atier_us - araw_us <= BUDGET_US
+
+
+# --- authentication ----------------------------------------------------------------------------------------------
+
+
+def test_tag_check_cost_per_hit() -> None:
+    """The tag check alone: loads() verifying the MAC against loads() skipping it (all else is the same)."""
+    from aurelis_plugins._serialize import codec_named, dumps, loads
+
+    from aurelis_core._tenant import Tenant, TenantConfig
+
+    mac = Tenant(TenantConfig(secret="bench")).entry_mac
+    for name, body, codec in (("chat answer", BODY, "lz4"), ("64 KiB answer", BODY * (65536 // len(BODY)), "none")):
+        value = dumps(CacheEntry(200, HEADERS, body), codec_named(codec, "bench"), KEY, mac)
+        assert loads(value, KEY, mac).body == body
+        checked, unchecked = interleaved(lambda v=value: loads(v, KEY, mac), lambda v=value: loads(v, KEY, None))
+        print(f"\ntag check, {name} ({len(value)} B stored): {checked - unchecked:+.2f} us per hit "
+              f"({checked:.2f} us with it, {unchecked:.2f} us without)")
+        if body is BODY:  # the budget is for a chat answer; a larger one costs one hash pass over its bytes
+            assert checked - unchecked <= BUDGET_US
 
 
 # --- L1 memory -------------------------------------------------------------------------------------------------

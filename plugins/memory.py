@@ -15,6 +15,16 @@ one tuple per distinct (name, value) pair and one bytes object per name, and hol
 rather than a list (no over-allocation). Only the values that differ per answer (``x-request-id``, ``cf-ray``)
 stay per entry. The tier also sizes entries itself instead of through cachetools' ``getsizeof``, which would
 keep a second dict of sizes and an int object per entry (~70 B).
+
+Expiry runs on a monotonic clock (``clock``, default ``time.monotonic``): when an entry is stored, its deadline
+is the clock's now plus what is left of its lifetime (its TTL less its age, from ``CacheEntry.created`` on the
+wall clock, so an entry promoted from a lower tier keeps only the lifetime it had left there), and from then on
+only the monotonic clock decides. A wall clock stepped by NTP or a resumed VM neither expires the whole tier at
+once nor keeps stale answers alive.
+
+Entries larger than ``max_entry_bytes`` (default 4 MiB, 1/16 of the default budget) are not stored: one answer
+must not evict a sixteenth of the hot set, and an answer too large for every tier is not even buffered by the
+pipeline (see ``Pipeline``). Counted in ``stats.counters["memory.too_large"]``.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import attrs
@@ -40,6 +50,11 @@ __all__ = ["MemoryCache", "MemoryConfig"]
 #: ~480 B for small answers with three headers, one of them unique per answer; ~300 B for OpenAI answers, whose
 #: ten shared headers offset more. Rounded up from the larger, so ``max_bytes`` bounds what the tier holds.
 ENTRY_OVERHEAD = 512
+#: Bytes charged per chunk of a stored event stream: the chunk's bytes object header (33 B, rounded up by the
+#: allocator) and its slot in the tuple.
+CHUNK_OVERHEAD = 56
+#: Default ``max_entry_bytes``: 1/16 of the default ``max_bytes``, far above any chat answer (~1-10 KB).
+MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 #: The interned header table holds one pair per this many bytes of ``max_bytes`` (at least ``_MIN_PAIRS``, at
 #: most ``_MAX_PAIRS``): ~150 B each for typical values, ~400 B for the longest interned, so it costs ~4% (at
@@ -67,6 +82,15 @@ class MemoryConfig:
     max_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=positive_int)
     #: Seconds an entry is served (a request's own ``ttl`` control overrides it); ``None``: until evicted.
     ttl: float | None = attrs.field(default=300.0, validator=positive)
+    #: Largest entry (body and headers, in bytes) the tier stores; ``None``: 4 MiB, or ``max_bytes`` if smaller.
+    max_entry_bytes: int | None = attrs.field(default=None, validator=positive_int)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_entry_bytes is not None and self.max_entry_bytes > self.max_bytes:
+            raise ValueError(
+                f"'max_entry_bytes' ({self.max_entry_bytes}) must be <= 'max_bytes' ({self.max_bytes}): "
+                "an entry larger than the tier is never stored"
+            )
 
 
 class _HeaderTable:
@@ -122,13 +146,28 @@ class _HeaderTable:
 
 
 class MemoryCache:
-    """The ``memory`` plugin."""
+    """The ``memory`` plugin. ``clock`` (default ``time.monotonic``) times expiry; ``wall_clock`` (default
+    ``time.time``) is what an entry's age (``CacheEntry.created``) is read against when it is stored. Both are
+    attributes, so a test may swap them for a fake clock."""
 
     name = "memory"
     Config = MemoryConfig
 
-    def __init__(self, config: MemoryConfig, pipeline: Any) -> None:
+    def __init__(
+        self,
+        config: MemoryConfig,
+        pipeline: Any,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
+        self.pipeline = pipeline
+        self.clock = clock
+        self.wall_clock = wall_clock
+        #: Largest entry stored (bytes); the pipeline does not buffer an answer no tier would take.
+        self.max_entry_bytes = min(
+            MAX_ENTRY_BYTES if config.max_entry_bytes is None else config.max_entry_bytes, config.max_bytes
+        )
         cache_cls = cachetools.LRUCache if config.policy == "lru" else cachetools.LFUCache
         # Unbounded in items: the tier evicts by bytes itself (see the module docstring).
         self._cache: cachetools.Cache[str, CacheEntry] = cache_cls(maxsize=sys.maxsize)
@@ -155,7 +194,7 @@ class MemoryCache:
             entry = self._cache.get(key)  # type: ignore[arg-type]
             if entry is None:
                 return None
-            if entry.expired(time.time(), self.config.ttl):
+            if entry.expires_at <= self.clock():  # type: ignore[operator]
                 del self._cache[key]  # type: ignore[arg-type]
                 self._bytes -= _charge(entry)
                 return None
@@ -166,17 +205,32 @@ class MemoryCache:
         self.put(ctx.key, entry)  # type: ignore[arg-type]
 
     def put(self, key: str, entry: CacheEntry) -> bool:
-        """Store ``entry`` under cache key ``key``; ``False`` if it has already expired here or is larger than
-        the tier. ``aurelis_cache_set`` and warming from a lower tier both store through it.
+        """Store ``entry`` under cache key ``key``; ``False`` if it has already expired here, or is larger than
+        ``max_entry_bytes`` or the tier. ``aurelis_cache_set`` and warming from a lower tier both store through it.
 
-        The entry's headers are replaced by their interned equivalent (equal pairs, in the same order): the
-        entry may be shared with other tiers and the response, which read the same headers either way.
+        What is left of the entry's lifetime (its ``ttl``, else the tier's, less its age) becomes a deadline on
+        the monotonic ``clock`` (see the module docstring). The entry's headers are replaced by their interned
+        equivalent (equal pairs, in the same order): the entry may be shared with other tiers and the response,
+        which read the same headers either way. An entry that a memory tier holds already (it has a deadline)
+        is stored as a copy, so each tier keeps its own deadline.
         """
-        if entry.expired(time.time(), self.config.ttl):
+        left = entry.remaining(self.wall_clock(), self.config.ttl)
+        if not left > 0:
             return False
-        charge = entry.size + ENTRY_OVERHEAD  # _charge(entry), without the call: every put pays this
+        size = entry.size
+        if size > self.max_entry_bytes:
+            if self.pipeline is not None:
+                self.pipeline.stats.counters["memory.too_large"] += 1
+            return False
+        chunks = entry.chunks
+        charge = size + ENTRY_OVERHEAD  # _charge(entry), without the call: every put pays this
+        if chunks is not None:
+            charge += CHUNK_OVERHEAD * len(chunks)
         if charge > self.budget:
             return False  # larger than the whole tier: storing it would evict everything else for nothing
+        if entry.expires_at is not None:
+            entry = entry.copy()
+        entry.expires_at = self.clock() + left
         with self._lock:
             entry.headers = self._headers.intern(entry.headers)
             cache = self._cache
@@ -222,4 +276,5 @@ class MemoryCache:
 def _charge(entry: CacheEntry) -> int:
     # Recomputed when an entry leaves rather than kept per entry: an entry's body and headers never change
     # once stored (interning keeps every length), so it is the same number.
-    return entry.size + ENTRY_OVERHEAD
+    chunks = entry.chunks
+    return entry.size + ENTRY_OVERHEAD + (0 if chunks is None else CHUNK_OVERHEAD * len(chunks))

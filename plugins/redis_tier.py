@@ -14,14 +14,29 @@ A cache must never cost the caller its request, nor time: timeouts are tight (10
 connect, no retries), every error is a miss, and after ``breaker_failures`` consecutive failures the tier is
 not even tried for ``breaker_reset`` seconds; then one request probes it, and its success closes the breaker.
 So a dead or hung Redis costs a handful of requests one timeout each, then nothing.
+
+Every value carries a tag (:mod:`aurelis_plugins._serialize`): a MAC under the deployment's secret
+(``[tenant] secret``) and the entry's cache key. A value whose tag does not verify -- planted by someone with
+write access to Redis, copied to another key, truncated -- is a miss, counted as ``redis.unauthenticated`` and
+warned about once; a value of another format version (an older release) is a plain miss.
+
+Entries larger than ``max_entry_bytes`` (default 4 MiB) are not stored: Redis serves one command at a time, and
+a value that size already takes ~30 ms on a 1 Gbit/s link, a third of the 100 ms read timeout. Counted in
+``stats.counters["redis.too_large"]``.
+
+Lifetimes: Redis expires each key itself (``PX``: what is left of the entry's TTL when it is written, never
+more than the TTL). A value read back is also checked against ``wall_clock`` (default ``time.time``): one whose
+``created`` stamp lies in the future beyond ``CLOCK_SKEW`` or is unknown is expired, whatever Redis says.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -41,7 +56,7 @@ from aurelis_plugins._validators import (
 
 from aurelis_core import CacheEntry, RequestContext, hookimpl
 
-from ._serialize import SerializeError, codec_named, dumps, loads
+from ._serialize import SerializeError, Unauthenticated, codec_named, dumps, loads
 from ._tier import WarmConfig, WriteBehindTier
 from ._writebehind import HitCounts, WriteBehind
 
@@ -58,12 +73,14 @@ try:
 except ImportError:  # pragma: no cover - depends on the installed extras
     raise ImportError("the redis plugin needs: pip install 'aurelis[redis]'") from None
 
-__all__ = ["Breaker", "RedisConfig", "RedisTier", "WarmConfig"]
+__all__ = ["MAX_ENTRY_BYTES", "Breaker", "RedisConfig", "RedisTier", "WarmConfig"]
 
 logger = logging.getLogger("aurelis")
 
 #: Errors that mean "Redis is not answering properly" (redis-py wraps socket errors, but not all of them).
 TIER_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
+#: Default ``max_entry_bytes`` (see the module docstring).
+MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
 
@@ -110,6 +127,8 @@ class RedisConfig:
     queue_size: int = attrs.field(default=10_000, validator=positive_int)
     track_hits: int = attrs.field(default=100_000, validator=positive_int)
     warm: WarmConfig = attrs.field(factory=WarmConfig)
+    #: Largest entry (body and headers, in bytes) stored; larger answers are passed through.
+    max_entry_bytes: int = attrs.field(default=MAX_ENTRY_BYTES, validator=positive_int)
 
     def __attrs_post_init__(self) -> None:
         given = [n for n in ("url", "sentinels", "cluster_nodes") if getattr(self, n) is not None]
@@ -171,12 +190,13 @@ class Breaker:
             self.open_until = time.monotonic() + self.reset
 
 
-#: A queued write: ("set", redis key, entry, milliseconds to live or None) or ("hits", {redis key: count}, time).
+#: A queued write: ("set", redis key, entry, milliseconds to live or None, cache key) or
+#: ("hits", {redis key: count}, time).
 Op = tuple[Any, ...]
 
 
 class RedisTier(WriteBehindTier):
-    """The ``redis`` plugin."""
+    """The ``redis`` plugin. ``wall_clock`` (default ``time.time``) is what entries' ages are read against."""
 
     name = "redis"
     Config = RedisConfig
@@ -184,6 +204,11 @@ class RedisTier(WriteBehindTier):
     def __init__(self, config: RedisConfig, pipeline: Any) -> None:
         self.config = config
         self.pipeline = pipeline
+        self.wall_clock: Callable[[], float] = time.time
+        #: Largest entry stored (bytes); the pipeline does not buffer an answer no tier would take.
+        self.max_entry_bytes = config.max_entry_bytes
+        #: ``Tenant.entry_mac``: the tag of every value (see the module docstring).
+        self._mac = pipeline.tenant.entry_mac
         self._codec = codec_named(config.codec, "[redis]")
         self._prefix = config.prefix
         self._hits_key = config.prefix + "meta:hits"
@@ -193,6 +218,7 @@ class RedisTier(WriteBehindTier):
         self._aclient: Any = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._unreadable_logged = False
+        self._unauthenticated_logged = False
         self.queue: WriteBehind[Op] = WriteBehind(
             self.name, self._write, self._awrite,
             on_error=self._write_failed, on_drop=self._dropped, maxsize=config.queue_size,
@@ -271,27 +297,46 @@ class RedisTier(WriteBehindTier):
     def _found(self, key: str, data: bytes | None, is_async: bool) -> CacheEntry | None:
         if data is None:
             return None
-        try:
-            entry = loads(data)
-        except SerializeError as exc:
-            # Written by an incompatible version (or not by us): a miss, said once.
-            if not self._unreadable_logged:
-                self._unreadable_logged = True
-                logger.warning("aurelis: cache tier 'redis' holds an unreadable value at %s: %s", key, exc)
+        entry = self._decode(key, data)
+        if entry is None or not entry.remaining(self.wall_clock(), self.config.ttl) > 0:
             return None
         self.hits.add(key, is_async)
         return entry
+
+    def _decode(self, key: str, data: bytes) -> CacheEntry | None:
+        """The entry stored under Redis key ``key``, or ``None`` (counted, said once) if it does not verify or
+        cannot be read."""
+        try:
+            return loads(data, key[len(self._prefix):], self._mac)
+        except Unauthenticated:
+            count = self.pipeline.stats.tier_error(self.name, "unauthenticated")
+            if not self._unauthenticated_logged:
+                self._unauthenticated_logged = True
+                logger.warning(
+                    "aurelis: cache tier 'redis' holds a value at %s whose tag does not verify (written under "
+                    "another secret, altered, moved from another key, or planted); it is a miss (%d so far, "
+                    "counted as redis.unauthenticated)", key, count,
+                )
+        except SerializeError as exc:
+            # Written by another version (or not by us): a miss, said once.
+            if not self._unreadable_logged:
+                self._unreadable_logged = True
+                logger.warning("aurelis: cache tier 'redis' holds an unreadable value at %s: %s", key, exc)
+        return None
 
     @hookimpl
     def aurelis_cache_set(self, ctx: RequestContext, entry: CacheEntry, promote: bool) -> None:
         if self._breaker.is_open:
             self.pipeline.stats.tier_error(self.name, "skipped")
             return
+        if entry.size > self.max_entry_bytes:
+            self.pipeline.stats.counters["redis.too_large"] += 1
+            return
         px = self._milliseconds_left(entry)
         if px is not None and px <= 0:
             return
         # Serialising (and compressing) happens in the writer, off the response's path.
-        self.queue.put(("set", self._prefix + ctx.key, entry, px), ctx.is_async)  # type: ignore[operator]
+        self.queue.put(("set", self._prefix + ctx.key, entry, px, ctx.key), ctx.is_async)  # type: ignore[operator]
 
     async def _aclose_async(self) -> None:
         client, self._aclient, self._aloop = self._aclient, None, None
@@ -306,17 +351,19 @@ class RedisTier(WriteBehindTier):
     # --- writing -----------------------------------------------------------------------------------------------
 
     def _milliseconds_left(self, entry: CacheEntry) -> int | None:
-        ttl = entry.ttl if entry.ttl is not None else self.config.ttl
-        if ttl is None:
+        """What is left of the entry's lifetime, in milliseconds (``None``: no TTL; 0 or less: expired, or of
+        unknown age). Never more than the TTL: an entry stamped in the future does not live longer."""
+        left = entry.remaining(self.wall_clock(), self.config.ttl)
+        if left == math.inf:
             return None
-        return int((ttl - (time.time() - entry.created)) * 1000)
+        return int(left * 1000) if left > 0 else 0
 
     def _fill(self, pipe: Any, batch: list[Op]) -> None:
         codec = self._codec
         counted = False
         for op in batch:
             if op[0] == "set":
-                pipe.set(op[1], dumps(op[2], codec), px=op[3])
+                pipe.set(op[1], dumps(op[2], codec, op[4], self._mac), px=op[3])
             else:
                 for key, count in op[1].items():
                     pipe.zincrby(self._hits_key, count, key)
@@ -372,61 +419,108 @@ class RedisTier(WriteBehindTier):
     def _decode_top(self, keys: list[bytes], values: list[bytes | None]) -> list[tuple[str, CacheEntry]]:
         found = []
         skip = len(self._prefix)
+        now = self.wall_clock()
         for key, value in zip(keys, values, strict=True):
             if value is None:
                 continue  # expired since it was counted
-            try:
-                found.append((key.decode()[skip:], loads(value)))
-            except SerializeError:
-                continue
+            name = key.decode()
+            entry = self._decode(name, value)
+            if entry is not None and entry.remaining(now, self.config.ttl) > 0:
+                found.append((name[skip:], entry))
         return found
 
     def put(self, key: str, entry: CacheEntry) -> bool:
-        """Store ``entry`` under cache key ``key`` now (not written behind); ``False`` if it has expired."""
+        """Store ``entry`` under cache key ``key`` now (not written behind); ``False`` if it has expired or is
+        larger than ``max_entry_bytes``."""
         px = self._milliseconds_left(entry)
-        if px is not None and px <= 0:
+        if (px is not None and px <= 0) or entry.size > self.max_entry_bytes:
             return False
-        self.sync_client().set(self._prefix + key, dumps(entry, self._codec), px=px)
+        self.sync_client().set(self._prefix + key, dumps(entry, self._codec, key, self._mac), px=px)
         return True
 
     def stats(self) -> dict[str, Any]:
-        """What the tier holds: entries and bytes under the prefix, hit counts (scans: for the CLI, not hot)."""
+        """What the tier holds: its entries and their bytes, hit counts, and how many other keys live under the
+        prefix (another plugin's, another version's or another deployment's). Scans and reads every key under
+        the prefix: for the CLI, not hot."""
         client = self.sync_client()
-        entries = 0
-        stored = 0
-        for key in client.scan_iter(match=self._prefix + "*", count=1000):
-            if key != self._hits_key.encode():
-                entries += 1
-                stored += client.strlen(key)
+        entries = stored = others = 0
+        for keys, values in self._scan(client):
+            for key, value in zip(keys, values, strict=True):
+                if self._is_entry(key, value):
+                    entries += 1
+                    stored += len(value)
+                else:
+                    others += 1
         scores = client.zrange(self._hits_key, 0, -1, withscores=True)
         return {
             "entries": entries,
             "bytes": stored,
             "hits": int(sum(score for _, score in scores)),
             "tracked_keys": len(scores),
+            "other_keys": others,
         }
 
     def clear(self) -> int:
-        """Delete every key under the prefix; returns how many entries were deleted."""
+        """Delete the tier's entries and hit counts; returns how many entries were deleted.
+
+        Only values this tier wrote (they verify under the deployment's secret) are deleted: other keys under the
+        prefix, such as the ``ratelimit`` plugin's shared state (``aurelis:ratelimit:*`` by default), are left as
+        they are, and counted in a warning.
+        """
         client = self.sync_client()
-        deleted = 0
+        deleted = others = 0
+        for keys, values in self._scan(client):
+            ours = [key for key, value in zip(keys, values, strict=True) if self._is_entry(key, value)]
+            others += len(keys) - len(ours)
+            deleted += self._unlink(client, ours)
+        self._unlink(client, [self._hits_key.encode()])
+        if others:
+            logger.warning(
+                "aurelis: cache tier 'redis' left %d keys under the prefix %r that are not entries it wrote "
+                "(another plugin's, an older version's, or written under another secret)", others, self._prefix,
+            )
+        return deleted
+
+    def _scan(self, client: Any) -> Any:
+        """Batches of (keys, values) under the prefix, the hit-count set left out."""
+        hits_key = self._hits_key.encode()
         batch: list[bytes] = []
         for key in client.scan_iter(match=self._prefix + "*", count=1000):
+            if key == hits_key:
+                continue
             batch.append(key)
             if len(batch) >= 500:
-                deleted += self._unlink(client, batch)
+                yield batch, self._get_all(client, batch)
                 batch = []
         if batch:
-            deleted += self._unlink(client, batch)
-        return deleted
+            yield batch, self._get_all(client, batch)
+
+    def _get_all(self, client: Any, keys: list[bytes]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        # A key of another type answers WRONGTYPE: an error object in its place, not an exception.
+        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+    def _is_entry(self, key: bytes, value: Any) -> bool:
+        """Whether ``value``, read at ``key``, is an entry this tier wrote: it verifies under the secret."""
+        if not isinstance(value, bytes):
+            return False  # gone since the scan, or not a string
+        try:
+            loads(value, key.decode()[len(self._prefix):], self._mac)
+        except (SerializeError, UnicodeDecodeError):
+            return False
+        return True
 
     def _unlink(self, client: Any, keys: list[bytes]) -> int:
         # One UNLINK per key in a pipeline: in a cluster the keys live in different slots.
+        if not keys:
+            return 0
         pipe = client.pipeline(transaction=False)
         for key in keys:
             pipe.unlink(key)
         pipe.execute()
-        return sum(1 for k in keys if k != self._hits_key.encode())
+        return len(keys)
 
 
 def _split(host_port: str) -> tuple[str, int]:

@@ -38,7 +38,7 @@ def test_config_check_good_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
     ("text", "message"),
     [
         ('plugins = ["memory"]\n[memory]\npolicyy = "lru"\n',
-         "unknown key 'policyy'; did you mean 'policy'? valid: max_bytes, policy, ttl"),
+         "unknown key 'policyy'; did you mean 'policy'? valid: max_bytes, max_entry_bytes, policy, ttl"),
         ('plugins = ["normalise"]\n', "unknown plugin 'normalise'; did you mean 'normalize'? valid: "),
         ('plugins = ["memory"]\n[memory]\npolicy = "fifo"\n', "[memory] policy: expected one of 'lru', 'lfu'"),
         ("plugins = [\n", "not valid TOML"),

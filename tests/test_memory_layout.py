@@ -6,8 +6,6 @@ entry, and that the bytes it charges always add up to what it holds.
 
 from __future__ import annotations
 
-import time
-
 import httpx
 from aurelis_plugins.memory import _PROBE, ENTRY_OVERHEAD, MemoryCache, MemoryConfig
 
@@ -52,7 +50,8 @@ def test_interned_table_is_bounded() -> None:
 
 
 def test_charged_bytes_add_up_through_replace_expiry_eviction_and_shrink() -> None:
-    tier = MemoryCache(MemoryConfig(max_bytes=10 * (200 + ENTRY_OVERHEAD), ttl=60), None)
+    now = [1000.0]
+    tier = MemoryCache(MemoryConfig(max_bytes=10 * (200 + ENTRY_OVERHEAD), ttl=60), None, clock=lambda: now[0])
 
     def held() -> int:
         return sum(entry.size + ENTRY_OVERHEAD for entry in tier._cache.values())
@@ -61,9 +60,9 @@ def test_charged_bytes_add_up_through_replace_expiry_eviction_and_shrink() -> No
         tier.put(f"k{i % 15}", answer(i))  # and some keys replaced
         assert tier.currsize == held() <= tier.budget
     stale = answer(99)
-    stale.ttl = 0.01
+    stale.ttl = 10
     tier.put("stale", stale)
-    time.sleep(0.02)
+    now[0] += 11
     tier.put("k0", answer(100, length=300))  # a larger replacement
     assert tier.currsize == held()
     ctx = RequestContext(None, None, httpx, False, RequestControls())

@@ -311,11 +311,17 @@ def test_control_headers_are_read_and_stripped(wired: tuple[httpx.Client, Upstre
         post(client, headers={"x-aurelis-cache": "sometimes"})
 
 
-def test_ttl_control(wired: tuple[httpx.Client, Upstream]) -> None:
-    client, upstream = wired
-    post(client, extensions={"aurelis": {"ttl": 0.05}})
+def test_ttl_control() -> None:
+    upstream = Upstream()
+    pipeline = Pipeline({"plugins": ["normalize", "memory"]})
+    client = pipeline.instrument(httpx.Client(transport=httpx.MockTransport(upstream)))
+    memory = pipeline.plugin("memory")
+    now = [1000.0]
+    memory.clock = lambda: now[0]  # the tier's monotonic clock, moved by hand
+    post(client, extensions={"aurelis": {"ttl": 5}})
+    now[0] += 4.9
     assert post(client).headers["x-aurelis-cache"] == "hit"
-    time.sleep(0.06)
+    now[0] += 0.2
     assert post(client).headers["x-aurelis-cache"] == "miss"
     assert upstream.calls == 2
     with pytest.raises(ValueError, match="unknown key 'tll'"):

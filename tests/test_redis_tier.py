@@ -159,25 +159,28 @@ async def test_async_openai_sdk_hit_and_nothing_secret_stored(upstream: Simulate
     assert len(keys) == 1
     stored = client.get(keys[0])
     assert stored is not None and API_KEY.encode() not in stored
-    entry = loads(stored)
+    entry = loads(stored, keys[0].decode()[len("aurelis:"):], None)
     assert API_KEY.encode() not in b"".join(k + v for k, v in entry.headers) + entry.body
     assert client.zscore("aurelis:meta:hits", keys[0]) == 1  # the hit was counted (written behind)
 
 
 def test_ttl_default_and_per_request_override(upstream: SimulatedServer, redis_flush: str) -> None:
     with httpx.Client() as client:
-        pipeline = Pipeline(config(url=redis_flush, ttl=1))
+        pipeline = Pipeline(config(url=redis_flush, ttl=60))
+        tier = pipeline.plugin("redis")
+        offset = [0.0]
+        tier.wall_clock = lambda: time.time() + offset[0]  # the tier's own clock: stepped, never slept on
         pipeline.instrument(client)
         post(client, upstream, chat("a"))
         client.post(
             upstream.base_url + "/chat/completions", json=chat("b"),
-            headers={"authorization": f"Bearer {API_KEY}", "x-aurelis-ttl": "30"},
+            headers={"authorization": f"Bearer {API_KEY}", "x-aurelis-ttl": "600"},
         )
-        pipeline.plugin("redis").flush()
+        tier.flush()
         raw = redis.Redis.from_url(redis_flush)
         ttls = sorted(raw.pttl(k) for k in raw.keys("aurelis:*") if k != b"aurelis:meta:hits")
-        assert 0 < ttls[0] <= 1000 and 1000 < ttls[1] <= 30_000
-        time.sleep(1.1)
+        assert 0 < ttls[0] <= 60_000 and 60_000 < ttls[1] <= 600_000  # Redis expires them itself...
+        offset[0] = 61  # ...and the tier checks each value's age when it reads it
         assert post(client, upstream, chat("a")).headers["x-aurelis-cache"] == "miss"
         assert post(client, upstream, chat("b")).headers["x-aurelis-cache"] == "hit"
         pipeline.close()
@@ -344,10 +347,40 @@ def test_sentinel(upstream: SimulatedServer, own_redis: tuple[subprocess.Popen[b
 def test_entry_round_trip_keeps_chunks_and_ttl() -> None:
     from aurelis_plugins._serialize import codec_named, dumps
 
+    from aurelis_core._tenant import Tenant
+
+    mac = Tenant().entry_mac
     entry = CacheEntry(200, [(b"content-type", b"text/event-stream")], b"data: x\n\n" * 50,
                        chunks=(b"data: x\n\n",) * 50, ttl=12.5)
     for codec in ("none", "lz4", "gzip"):
-        back = loads(dumps(entry, codec_named(codec, "test")))
+        back = loads(dumps(entry, codec_named(codec, "test"), "key", mac), "key", mac)
         assert (back.status_code, back.headers, back.body, back.chunks, back.ttl, back.created) == (
             entry.status_code, entry.headers, entry.body, entry.chunks, entry.ttl, entry.created
         )
+
+
+def test_clear_and_stats_touch_only_the_tiers_own_entries(upstream: SimulatedServer, redis_flush: str) -> None:
+    # The ratelimit plugin keeps its shared state under the tier's default prefix (aurelis:ratelimit:*), and
+    # anything else may live there too: the tier counts and deletes only the values it wrote.
+    cfg = {
+        "plugins": ["normalize", "redis", "ratelimit"],
+        "redis": {"url": redis_flush},
+        "ratelimit": {"rpm": 1000, "redis_url": redis_flush},
+    }
+    raw = redis.Redis.from_url(redis_flush)
+    raw.hset("aurelis:someone-else", "field", "value")
+    with httpx.Client() as client:
+        pipeline = Pipeline(cfg)
+        pipeline.instrument(client)
+        post(client, upstream, chat(1))
+        post(client, upstream, chat(2))
+        tier = pipeline.plugin("redis")
+        tier.flush()
+        others = sorted(k for k in raw.keys("aurelis:*") if k.startswith((b"aurelis:ratelimit:", b"aurelis:some")))
+        assert len(others) >= 2  # the rate limiter's state, and the hash
+        assert tier.clear() == 2
+        assert sorted(raw.keys("aurelis:*")) == others  # left as they were
+        stats = tier.stats()
+        assert (stats["entries"], stats["other_keys"]) == (0, len(others))
+        pipeline.close()
+    assert raw.hget("aurelis:someone-else", "field") == b"value"

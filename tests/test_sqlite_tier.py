@@ -91,16 +91,21 @@ def test_default_path_and_wal(upstream: SimulatedServer, tmp_path: Path, monkeyp
 
 
 def test_ttl_and_per_request_override(upstream: SimulatedServer, tmp_path: Path) -> None:
-    cfg = config(tmp_path / "c.sqlite3", ttl=1)
+    cfg = config(tmp_path / "c.sqlite3", ttl=60)
     pipeline = Pipeline(cfg)
+    tier = pipeline.plugin("sqlite")
+    offset = [0.0]
+    tier.wall_clock = lambda: time.time() + offset[0]  # lifetimes run on the tier's wall clock: step it
     with httpx.Client() as client:
         pipeline.instrument(client)
         url = upstream.base_url + "/chat/completions"
         auth = {"authorization": f"Bearer {API_KEY}"}
         client.post(url, json=chat("short"), headers=auth)
-        client.post(url, json=chat("long"), headers={**auth, "x-aurelis-ttl": "60"})
-        pipeline.plugin("sqlite").flush()
-        time.sleep(1.1)
+        client.post(url, json=chat("long"), headers={**auth, "x-aurelis-ttl": "600"})
+        tier.flush()
+        offset[0] = 59
+        assert client.post(url, json=chat("short"), headers=auth).headers["x-aurelis-cache"] == "hit"
+        offset[0] = 61
         assert client.post(url, json=chat("short"), headers=auth).headers["x-aurelis-cache"] == "miss"
         assert client.post(url, json=chat("long"), headers=auth).headers["x-aurelis-cache"] == "hit"
     pipeline.close()
@@ -121,18 +126,20 @@ def test_size_cap_evicts_least_hit(upstream: SimulatedServer, tmp_path: Path) ->
     assert run_sync(cfg, upstream, [chat(0)]) == ["hit"]
 
 
-def test_corrupt_file_is_moved_aside_and_recreated(
+def test_a_file_the_tier_did_not_create_is_refused_not_moved(
     upstream: SimulatedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Only a damaged file carrying the tier's mark is ever moved aside (tests/test_sqlite_files.py); this one is
+    # somebody's text file: refused, left as it is, and the requests go on without the tier.
     path = tmp_path / "c.sqlite3"
     path.write_bytes(b"this is not a database" * 200)
     cfg = config(path)
     with caplog.at_level(logging.WARNING, logger="aurelis"):
         assert run_sync(cfg, upstream, [chat()]) == ["miss"]
-    assert "moved it to" in caplog.text
-    (aside,) = tmp_path.glob("c.sqlite3.corrupt-*")
-    assert aside.read_bytes().startswith(b"this is not a database")
-    assert run_sync(cfg, upstream, [chat()]) == ["hit"]
+    assert "does not use" in caplog.text and "moved it to" not in caplog.text
+    assert not list(tmp_path.glob("c.sqlite3.corrupt-*"))
+    assert path.read_bytes() == b"this is not a database" * 200
+    assert run_sync(cfg, upstream, [chat()]) == ["miss"]
 
 
 def test_encryption_at_rest_and_wrong_key(
@@ -153,12 +160,14 @@ def test_encryption_at_rest_and_wrong_key(
     # The right key (here from the environment, as hex of the same bytes) reads it back.
     monkeypatch.setenv("AURELIS_CACHE_KEY", (b"A" * 32).hex())
     assert run_sync(config(path), upstream, [chat("enc")]) == ["hit"]
-    # A wrong key: a miss and one clear warning, never garbage; the fresh answer is then stored under it.
+    # A wrong key: the file records its key's check value, so the tier refuses the file (one clear ERROR),
+    # never reads garbage nor seals entries under a second key into it.
     with caplog.at_level(logging.WARNING, logger="aurelis"):
         assert run_sync(config(path, encryption_key=KEY_B), upstream, [chat("enc")]) == ["miss"]
-        assert run_sync(config(path, encryption_key=KEY_B), upstream, [chat("enc")]) == ["hit"]
-    warnings = [r for r in caplog.records if "do not decrypt" in r.getMessage()]
-    assert len(warnings) == 1
+        assert run_sync(config(path, encryption_key=KEY_B), upstream, [chat("enc")]) == ["miss"]
+    errors = [r for r in caplog.records if "another encryption key" in r.getMessage()]
+    assert len(errors) == 2 and all(r.levelno == logging.ERROR for r in errors)  # once per pipeline
+    assert run_sync(config(path), upstream, [chat("enc")]) == ["hit"]  # the right key (still in the env)
 
 
 def test_bad_key_format_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -73,18 +73,32 @@ def test_l3_hit_is_promoted_into_l1_and_l2(upstream: SimulatedServer, redis_flus
 
 
 def test_each_tier_keeps_its_own_ttl(upstream: SimulatedServer, redis_flush: str, tmp_path: Path) -> None:
-    cfg = config(redis_flush, tmp_path / "c.sqlite3", memory={"ttl": 0.4}, redis={"ttl": 0.9})
+    cfg = config(redis_flush, tmp_path / "c.sqlite3", memory={"ttl": 100}, redis={"ttl": 1000})
     pipeline = Pipeline(cfg)
+    # Hand-moved clocks, no sleeps: memory's monotonic one, and every tier's wall clock (offset from the real
+    # time the entries are stamped with; margins of many seconds, so real time passing never matters).
+    mono, offset = [1000.0], [0.0]
+    for name in ("memory", "redis", "sqlite"):
+        pipeline.plugin(name).wall_clock = lambda: time.time() + offset[0]
+    pipeline.plugin("memory").clock = lambda: mono[0]
+
+    def step(seconds: float) -> None:
+        mono[0] += seconds
+        offset[0] += seconds
+
     with httpx.Client() as client:
         pipeline.instrument(client)
-        start = time.time()
         assert send(client, upstream, chat()) == ("miss", "-")
         flush(pipeline)
         assert send(client, upstream, chat()) == ("hit", "memory")
-        time.sleep(max(0.0, start + 0.5 - time.time()))
+        step(150)
         assert send(client, upstream, chat()) == ("hit", "redis")  # L1 expired, L2 still live
-        time.sleep(max(0.0, start + 1.0 - time.time()))
+        # 150 s old: past memory's 100 s, so it was not copied back into L1.
+        assert send(client, upstream, chat()) == ("hit", "redis")
+        step(1000)
         assert send(client, upstream, chat()) == ("hit", "sqlite")  # L2 expired too; L3 lives a day
+        flush(pipeline)
+        assert send(client, upstream, chat()) == ("hit", "sqlite")  # too old for L2 and L1: not promoted
     pipeline.close()
     assert upstream.count("/chat/completions") == 1
 
