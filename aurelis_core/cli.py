@@ -101,6 +101,13 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     for name in pipeline.plugin_origins:
         for problem in getattr(pipeline.plugin(name), "problems", list)():
             warnings.append(f"{source}: [{name}] {problem}")
+    shared = [name for name in ("redis", "sqlite") if name in pipeline.plugin_origins]
+    if shared and not pipeline.tenant.has_secret:
+        warnings.append(
+            f"{source}: [tenant] secret: not set (nor AURELIS_CACHE_SECRET) while {' and '.join(shared)} "
+            "share entries: anyone who can write to the store can plant an answer, and credential fingerprints "
+            "can be compared across deployments; set the same secret on every replica"
+        )
     pipeline.close()
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)

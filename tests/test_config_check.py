@@ -78,6 +78,8 @@ def test_a_good_file_reports_no_warning(
 ) -> None:
     code, out, err = check(capsys, tmp_path / "aurelis.toml", f"""
 plugins = ["normalize", "memory", "redis", "sqlite", "ratelimit", "record"]
+[tenant]
+secret = "a-deployment-secret"
 [redis]
 url = "{redis_url}"
 [ratelimit]
@@ -110,7 +112,7 @@ port = {busy_port}
 path = "{tmp_path}/workload.jsonl"
 """)
     assert code == 0
-    assert len(err) == 4, err
+    assert len(err) == 5, err
     assert err[0].startswith(f"warning: {path}: [redis] url: no Redis answers at "
                              f"'redis://:***@127.0.0.1:{closed_port}/0': ConnectionError")
     assert "hunter2" not in "\n".join(err)
@@ -119,7 +121,9 @@ path = "{tmp_path}/workload.jsonl"
     assert err[2].startswith(f"warning: {path}: [ratelimit] redis_url: no Redis answers at "
                              f"'redis://127.0.0.1:{closed_port}/1'")
     assert err[3].startswith(f"warning: {path}: [prometheus] port: cannot listen on 127.0.0.1:{busy_port}: ")
-    assert out.endswith("; 0 endpoints; 4 warnings)\n")
+    assert err[4].startswith(f"warning: {path}: [tenant] secret: not set (nor AURELIS_CACHE_SECRET) while "
+                             "redis and sqlite share entries")
+    assert out.endswith("; 0 endpoints; 5 warnings)\n")
 
 
 def test_sentinels_and_cluster_nodes_are_probed(
@@ -129,6 +133,8 @@ def test_sentinels_and_cluster_nodes_are_probed(
     path = tmp_path / "aurelis.toml"
     code, _, err = check(capsys, path, f"""
 plugins = ["redis"]
+[tenant]
+secret = "s"
 [redis]
 sentinels = ["{live}", "127.0.0.1:{closed_port}"]
 """)
