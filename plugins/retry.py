@@ -31,31 +31,87 @@ endpoint name to ``ctx.state["retry"].failed`` (a :class:`RetryState`). Routers 
 that set for the next attempt of the same request (and fall back to them if nothing else is left); the health
 registry already hides open circuits and rate-limited endpoints across requests.
 
-Streams and bodies: the pipeline asks this hook only after an attempt raised or answered with a status >= 400,
-before any of its body was handed to the caller, so a stream is never retried after its first byte. A body
-that fails halfway after a 2xx is the caller's error, not retried.
+Which requests (the wrapper re-sends the caller's request byte for byte, so only a request that may safely
+reach the server twice is retried):
 
-POST safety: chat completions and embeddings are stateless, so resending one costs tokens but changes no state
-(a request that timed out may still be billed upstream). Do not enable this plugin for endpoints whose POSTs
-have side effects (creating files, assistants, batches) unless they are idempotent (``Idempotency-Key``).
-If the openai SDK is the client, set its ``max_retries=0``: otherwise both layers retry and multiply.
+- never a request whose body was a one-shot stream (a generator, an iterator, a file, an async iterable) or
+  that is signed for one attempt (SigV4 and the like): the pipeline itself refuses those, before any retry
+  hook is asked (see ``aurelis_core._resend``), and counts ``retry_refused_stream`` / ``retry_refused_signed``;
+- any request whose attempt failed before it reached the server (an endpoint refused it, the connection did not
+  open, the pool had no connection): the server did nothing;
+- any request with an ``Idempotency-Key`` header: the server de-duplicates by it;
+- GET, HEAD and OPTIONS (``methods``) on every path: they change nothing;
+- PUT and DELETE (``methods``) and requests to the generation and embedding operations (``paths``: chat
+  completions, completions, embeddings, responses, Anthropic's messages, Gemini's generate and embed calls)
+  unless the path is under ``exclude`` (files, uploads, batches, fine-tuning, assistants, threads, MCP) or is
+  an MCP call, and for ``paths``, unless the JSON body asks for state (a background response, a
+  conversation, MCP tools, the continuation of a tool run: see :func:`_stateless_body`);
+- nothing else (other POSTs). Refusals for this reason are counted as ``retry_not_idempotent``.
+
+Credentials: the request goes again with the headers it had. A bearer token from a token provider (Azure AD,
+Google) lives minutes to hours, far longer than a retry's ``deadline``, so re-sending it is safe; a client
+that must refresh a credential on every attempt should let its SDK retry instead (its ``max_retries``).
+
+Streams and answers: the pipeline asks this hook only after an attempt raised or answered with a status >= 400,
+before any of its body was handed to the caller, so a streamed answer is never retried after its first byte. A
+body that fails halfway after a 2xx is the caller's error, not retried.
+
+SDK retries: the openai and anthropic SDKs retry by themselves (``max_retries``, default 2), google-genai only
+when given ``retry_options``. With both layers on, attempts multiply (3 x 3 = 9 with the defaults): keep one.
+The SDK's ``x-stainless-retry-count`` header is re-sent as it was (0 on every attempt made here): the wrapper
+never changes request bytes.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 from aurelis_plugins._validators import non_negative
 
 from aurelis_core import Attempt, RequestContext, hookimpl
+from aurelis_core._compat import buffered_body, header_items, url_parts
+from aurelis_core.config import choices_hint
 from aurelis_core.health import EndpointUnavailable, retry_after
 
 __all__ = ["Retry", "RetryConfig", "RetryState"]
 
+#: Methods that change nothing on the server (RFC 9110, 9.2.1): retried on every path when listed in ``methods``.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The method names ``methods`` may hold.
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE")
+
+#: The idempotent methods of HTTP (RFC 9110, 9.2.2) but TRACE: repeating one has the effect of sending it once.
+DEFAULT_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
+#: Generation and embedding operations: each answer is computed from the request alone (the body rules of
+#: ``_stateless_body`` catch the options that make one stateful). Anthropic's is ``/v1/messages``, not
+#: ``/messages``: that shorter ending is also the message endpoint of MCP's HTTP+SSE transport (a tool call)
+#: and of OpenAI's threads (``/threads/{id}/messages``, excluded anyway).
+DEFAULT_PATHS = (
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/responses",
+    "/v1/messages",
+    ":generateContent",
+    ":streamGenerateContent",
+    ":embedContent",
+    ":batchEmbedContents",
+)
+#: Resources whose writes are never repeated without an ``Idempotency-Key``: files and uploads (and their
+#: parts), batches, fine-tuning jobs, assistants and threads (with their messages and runs), MCP endpoints.
+DEFAULT_EXCLUDE = ("/files", "/uploads", "/batches", "/fine_tuning", "/assistants", "/threads", "/mcp")
+
+#: A request carrying this header may be retried whatever its path: the server de-duplicates by it.
+IDEMPOTENCY_KEY = b"idempotency-key"
+#: Headers of the Model Context Protocol's streamable HTTP transport: a request with one is an MCP call.
+MCP_HEADERS = frozenset({b"mcp-session-id", b"mcp-protocol-version"})
 
 
 def _statuses(value: Any) -> tuple[int, ...]:
@@ -64,6 +120,41 @@ def _statuses(value: Any) -> tuple[int, ...]:
         if not isinstance(code, int) or not 400 <= code <= 599:
             raise ValueError(f"'statuses' must hold HTTP error codes (400-599), got {code!r}")
     return codes
+
+
+def _strings(option: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):  # a string too: "GET" is not ["GET"]
+        raise ValueError(f"{option!r} must be a list of strings, got {value!r}")
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"{option!r} must hold strings, got {item!r}")
+    return tuple(value)
+
+
+def _methods(value: Any) -> tuple[str, ...]:
+    methods = tuple(method.upper() for method in _strings("methods", value))
+    for method in methods:
+        if method not in HTTP_METHODS:
+            raise ValueError(f"'methods' must hold HTTP methods, got {method!r}{choices_hint(method, HTTP_METHODS)}")
+    return methods
+
+
+def _paths(value: Any) -> tuple[str, ...]:
+    paths = _strings("paths", value)
+    for path in paths:
+        if len(path) < 2 or path[0] not in "/:" or "?" in path:
+            raise ValueError(
+                f"'paths' must hold path endings such as '/chat/completions' or ':generateContent', got {path!r}"
+            )
+    return paths
+
+
+def _exclude(value: Any) -> tuple[str, ...]:
+    paths = _strings("exclude", value)
+    for path in paths:
+        if len(path) < 2 or path[0] != "/" or "?" in path:
+            raise ValueError(f"'exclude' must hold path segments such as '/files', got {path!r}")
+    return paths
 
 
 @attrs.frozen
@@ -83,6 +174,12 @@ class RetryConfig:
     statuses: tuple[int, ...] = attrs.field(default=(408, 409, 429), converter=_statuses)
     #: Seed for the jitter's random stream (None: from the OS), for reproducible runs.
     seed: int | None = None
+    #: Methods retried on every path outside ``exclude`` (GET, HEAD and OPTIONS on excluded paths too).
+    methods: tuple[str, ...] = attrs.field(default=DEFAULT_METHODS, converter=_methods)
+    #: Path endings whose requests are retried whatever their method, unless their JSON body makes them stateful.
+    paths: tuple[str, ...] = attrs.field(default=DEFAULT_PATHS, converter=_paths)
+    #: Path segments (``/files`` matches ``/v1/files`` and ``/v1/files/abc``) never retried but by safe methods.
+    exclude: tuple[str, ...] = attrs.field(default=DEFAULT_EXCLUDE, converter=_exclude)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
@@ -104,7 +201,12 @@ class RetryState:
 
 
 class Retry:
-    """The ``retry`` plugin."""
+    """The ``retry`` plugin.
+
+    ``clock`` is where "now" comes from when the deadline is checked; it must be the clock of
+    ``RequestContext.started`` (``time.perf_counter``). Tests and simulations replace both with a fake clock.
+    Whether another endpoint is available is read from the health registry, on the registry's own clock.
+    """
 
     name = "retry"
     Config = RetryConfig
@@ -114,9 +216,16 @@ class Retry:
         self.health = pipeline.health
         self.endpoints = pipeline.endpoints
         self.stats = pipeline.stats
+        self.clock: Callable[[], float] = time.perf_counter
         self._random = random.Random(config.seed)
         self._tokens = config.budget_burst
         self._lock = threading.Lock()
+        self._methods = frozenset(config.methods)
+        # One search for all the excluded segments: a segment matches when the path continues with "/" or ":"
+        # after it, or ends there ("/files" matches "/v1/files/abc", not "/v1/filesystem").
+        self._exclude = re.compile(
+            "(?:" + "|".join(re.escape(path) for path in config.exclude) + ")(?=[/:]|$)"
+        ) if config.exclude else None
 
     @property
     def budget(self) -> float:
@@ -134,6 +243,10 @@ class Retry:
         config = self.config
         if attempt.number >= config.max_attempts or not self._retryable(ctx, attempt):
             return None
+        counters = self.stats.counters
+        if not (self._unsent(ctx, attempt) or self._repeatable(ctx)):
+            counters["retry_not_idempotent"] += 1
+            return None
         endpoint = self.health.upstream(ctx, attempt)
         state: RetryState | None = ctx.state.get("retry")
         if state is None:
@@ -149,8 +262,7 @@ class Retry:
                 with self._lock:
                     hint = self._random.uniform(0.0, min(config.cap, config.base * 2 ** (attempt.number - 1)))
             delay = hint
-        counters = self.stats.counters
-        if config.deadline is not None and time.perf_counter() - ctx.started + delay >= config.deadline:
+        if config.deadline is not None and self.clock() - ctx.started + delay >= config.deadline:
             counters["retry_deadline"] += 1
             return None
         with self._lock:
@@ -163,6 +275,7 @@ class Retry:
         return delay
 
     def _retryable(self, ctx: RequestContext, attempt: Attempt) -> bool:
+        """Whether the failure is one that trying again may cure."""
         error = attempt.error
         if error is not None:
             http = ctx.http
@@ -178,7 +291,102 @@ class Retry:
         status = attempt.status_code
         return status is not None and (status >= 500 or status in self.config.statuses)
 
+    def _unsent(self, ctx: RequestContext, attempt: Attempt) -> bool:
+        """Whether the attempt failed before any of the request reached the server, which therefore did nothing:
+        an endpoint refused before sending (an open circuit, a rate limit), a connection that did not open, no
+        free connection in the pool. Any request may then be tried again (its body permitting, which the
+        pipeline checks)."""
+        http = ctx.http
+        return isinstance(
+            attempt.error, (EndpointUnavailable, http.ConnectError, http.ConnectTimeout, http.PoolTimeout)
+        )
+
+    def _repeatable(self, ctx: RequestContext) -> bool:
+        """Whether the server may be sent the request again: doing it twice has the effect of doing it once.
+
+        - an ``Idempotency-Key`` header: the caller asked the server to de-duplicate; any path, any method;
+        - a safe method (GET, HEAD, OPTIONS) listed in ``methods``: on every path;
+        - any other request to a path under ``exclude``, or an MCP call (its session headers): never;
+        - a method listed in ``methods`` (PUT and DELETE by default): yes;
+        - a path ending with one of ``paths``: when its body holds nothing that makes it stateful (see
+          :func:`_stateless_body`);
+        - anything else (POSTs to other paths): never.
+        """
+        request = ctx.original
+        mcp = False
+        for _, lower, value in header_items(request.headers):
+            if lower == IDEMPOTENCY_KEY and value.strip():
+                return True
+            if lower in MCP_HEADERS:
+                mcp = True
+        method = request.method
+        safe = method in SAFE_METHODS
+        path = url_parts(request.url)[3]
+        if not safe and (mcp or (self._exclude is not None and self._exclude.search(path) is not None)):
+            return False
+        if method in self._methods:
+            return True
+        if not path.endswith(self.config.paths):
+            return False
+        return safe or _stateless_body(ctx)
+
     def _has_alternative(self, failed: set[str]) -> bool:
         health = self.health
-        now = time.monotonic()
+        now = health.clock()
         return any(e.name not in failed and health.available(e, now) for e in self.endpoints)
+
+
+#: Responses API input items that hand the server the results of tool calls (``function_call_output``,
+#: ``computer_call_output``, ``shell_call_output``...) end with this; with ``mcp_approval_response`` they make a
+#: request the continuation of a tool run.
+_TOOL_OUTPUT_SUFFIX = "_output"
+_MCP_APPROVAL = "mcp_approval_response"
+
+
+def _stateless_body(ctx: RequestContext) -> bool:
+    """Whether the body of a request to a generation path asks for nothing beyond one answer.
+
+    Creating a chat completion, an embedding, a Gemini or Anthropic message changes no state the caller relies
+    on: resending one costs tokens (a request that timed out may still be billed), nothing else. A Responses
+    API request with ``store`` (its default) is kept as an object of its own; a retry after an attempt the
+    server completed leaves one more stored response that nothing refers to, while the caller goes on from the
+    one it got (``previous_response_id`` names one response, so no chain forks). Retried, unless the body asks
+    for an effect a second run would repeat:
+
+    - ``background: true``: the server queues a job and answers at once; a retry queues a second job that runs
+      (and is billed) to its end, which the caller never sees nor can cancel;
+    - ``conversation``: the turn's items are appended to a conversation; a retry would append them twice;
+    - an ``mcp`` tool (Responses) or ``mcp_servers`` (Anthropic's MCP connector): the server calls remote MCP
+      tools, whose effects a retry would repeat; the openai SDK sends these with its retries off;
+    - ``input`` items that continue a tool run (tool outputs, an ``mcp_approval_response``): an approved MCP
+      call would run twice, and the run's record would no longer match the responses the server made; the
+      openai SDK's tool runner sends these with its retries off too.
+
+    A body that cannot be read as JSON (a caller-compressed one, a multipart form) cannot be checked: not retried.
+    An empty body asks for nothing.
+    """
+    body = buffered_body(ctx.original)
+    if body is None:
+        return False
+    if not body:
+        return True
+    data = ctx.json  # parsed once per request (the cache key may have done it already)
+    if data is None:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return False
+    if not isinstance(data, dict):
+        return False
+    if data.get("background") is True or data.get("conversation") is not None or data.get("mcp_servers"):
+        return False
+    tools = data.get("tools")
+    if isinstance(tools, list) and any(isinstance(tool, dict) and tool.get("type") == "mcp" for tool in tools):
+        return False
+    items = data.get("input")
+    if isinstance(items, list):
+        for item in items:
+            kind = item.get("type") if isinstance(item, dict) else None
+            if isinstance(kind, str) and (kind.endswith(_TOOL_OUTPUT_SUFFIX) or kind == _MCP_APPROVAL):
+                return False
+    return True

@@ -202,6 +202,79 @@ async def test_an_async_chat_completion_is_retried_with_the_same_bytes(recorder:
     await llm.close()
 
 
+# --- operations that are not idempotent --------------------------------------------------------------------------
+
+
+def test_a_file_upload_is_not_retried(recorder: tuple[Upstream, str]) -> None:
+    app, base = recorder
+    pipeline = retrying()
+    llm = sdk(base, pipeline)
+    app.fail(500)
+    with pytest.raises(openai.InternalServerError):
+        llm.files.create(file=("batch.jsonl", b"{}\n", "application/jsonl"), purpose="batch")
+    assert len(app.requests) == 1
+    assert pipeline.stats.counters["retry_not_idempotent"] == 1
+    llm.close()
+
+
+@pytest.mark.anyio
+async def test_an_upload_part_is_not_retried(recorder: tuple[Upstream, str]) -> None:
+    app, base = recorder
+    pipeline = retrying()
+    llm = async_sdk(base, pipeline)
+    app.fail(502)
+    with pytest.raises(openai.InternalServerError):
+        await llm.uploads.parts.create(upload_id="upl_1", data=b"part of a file")
+    assert [(r.method, r.path) for r in app.requests] == [("POST", "/v1/uploads/upl_1/parts")]
+    await llm.close()
+
+
+def test_an_idempotency_key_makes_a_file_upload_retryable(recorder: tuple[Upstream, str]) -> None:
+    app, base = recorder
+    llm = sdk(base, retrying())
+    app.fail(500)
+    created = llm.files.create(
+        file=("batch.jsonl", b"{}\n", "application/jsonl"), purpose="batch",
+        extra_headers={"Idempotency-Key": "upload-7"},
+    )
+    assert created.id == "file-1"
+    first, second = app.requests
+    assert second.headers == first.headers
+    assert second.body == first.body  # the same multipart form, boundary included
+    assert b'filename="batch.jsonl"' in first.body
+    llm.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"background": True},
+        {"conversation": "conv_1"},
+        {"tools": [{"type": "mcp", "server_label": "deploys", "server_url": "https://mcp.example/sse"}]},
+        {"input": [{"type": "function_call_output", "call_id": "call_1", "output": "42"}]},
+        {"input": [{"type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": True}]},
+    ],
+    ids=["background", "conversation", "mcp-tool", "tool-output", "mcp-approval"],
+)
+def test_a_stateful_response_is_not_retried(recorder: tuple[Upstream, str], options: dict[str, Any]) -> None:
+    app, base = recorder
+    llm = sdk(base, retrying())
+    app.fail(500)
+    with pytest.raises(openai.InternalServerError):
+        llm.responses.create(**{"model": "sim-chat", "input": "hi", **options})
+    assert len(app.requests) == 1
+    llm.close()
+
+
+def test_a_plain_response_is_retried(recorder: tuple[Upstream, str]) -> None:
+    app, base = recorder
+    llm = sdk(base, retrying())
+    app.fail(500)
+    assert llm.responses.create(model="sim-chat", input="hi", store=True).id == "resp_1"
+    assert len(app.requests) == 2
+    llm.close()
+
+
 # --- per-attempt signatures --------------------------------------------------------------------------------------
 
 
