@@ -64,6 +64,7 @@ never changes request bytes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -142,7 +143,7 @@ def _methods(value: Any) -> tuple[str, ...]:
 def _paths(value: Any) -> tuple[str, ...]:
     paths = _strings("paths", value)
     for path in paths:
-        if len(path) < 2 or path[0] not in "/:" or "?" in path:
+        if len(path) < 2 or not path.startswith(("/", ":")) or "?" in path:
             raise ValueError(
                 f"'paths' must hold path endings such as '/chat/completions' or ':generateContent', got {path!r}"
             )
@@ -152,7 +153,7 @@ def _paths(value: Any) -> tuple[str, ...]:
 def _exclude(value: Any) -> tuple[str, ...]:
     paths = _strings("exclude", value)
     for path in paths:
-        if len(path) < 2 or path[0] != "/" or "?" in path:
+        if len(path) < 2 or not path.startswith("/") or "?" in path:
             raise ValueError(f"'exclude' must hold path segments such as '/files', got {path!r}")
     return paths
 
@@ -350,8 +351,8 @@ def _stateless_body(ctx: RequestContext) -> bool:
     on: resending one costs tokens (a request that timed out may still be billed), nothing else. A Responses
     API request with ``store`` (its default) is kept as an object of its own; a retry after an attempt the
     server completed leaves one more stored response that nothing refers to, while the caller goes on from the
-    one it got (``previous_response_id`` names one response, so no chain forks). Retried, unless the body asks
-    for an effect a second run would repeat:
+    one it got (a later ``previous_response_id`` names that one). Retried, unless the body asks for an effect a
+    second run would repeat:
 
     - ``background: true``: the server queues a job and answers at once; a retry queues a second job that runs
       (and is billed) to its end, which the caller never sees nor can cancel;
@@ -372,10 +373,8 @@ def _stateless_body(ctx: RequestContext) -> bool:
         return True
     data = ctx.json  # parsed once per request (the cache key may have done it already)
     if data is None:
-        try:
+        with contextlib.suppress(ValueError):  # not JSON: stays None, and is refused below
             data = json.loads(body)
-        except ValueError:
-            return False
     if not isinstance(data, dict):
         return False
     if data.get("background") is True or data.get("conversation") is not None or data.get("mcp_servers"):
