@@ -22,6 +22,8 @@ from openai.types.chat import ChatCompletion
 
 import aurelis_core
 from aurelis_core import Pipeline
+from aurelis_core._compat import buffered_body, replayable_body
+from aurelis_core._resend import resend_refusal, signature_scheme
 from aurelis_core.testing import serve
 
 CHAT = {"model": "sim-chat", "messages": [{"role": "user", "content": "hello there"}]}
@@ -454,3 +456,112 @@ def test_the_httpx_engine_connect_retry_sends_a_one_shot_body_whole(recorder: tu
     assert [r.body for r in app.requests] == [CHAT_BYTES]
     client.close()
     pipeline.close()
+
+
+# --- the re-send rules, one by one, in both flavours -------------------------------------------------------------
+
+
+async def _async_chunks() -> AsyncIterator[bytes]:
+    yield b"a"
+
+
+@pytest.mark.parametrize("http", [httpx, httpx2], ids=["httpx", "httpx2"])
+def test_which_bodies_are_held_in_memory(http: Any) -> None:
+    url = "http://api.test/v1/x"
+    held = {
+        "content": (http.Request("POST", url, content=b"abc"), b"abc"),
+        "text": (http.Request("POST", url, content="abc"), b"abc"),
+        "json": (http.Request("POST", url, json={"a": 1}), b'{"a":1}'),
+        "data": (http.Request("POST", url, data={"a": "1"}), b"a=1"),
+        "none": (http.Request("GET", url), b""),
+        "stream=ByteStream": (http.Request("POST", url, stream=http.ByteStream(b"zz")), b"zz"),
+    }
+    for name, (request, body) in held.items():
+        assert buffered_body(request) == body, name
+        assert replayable_body(request), name
+    read = http.Request("POST", url, content=iter([b"a", b"b"]))
+    assert buffered_body(read) is None and not replayable_body(read)
+    read.read()  # read whole: held from now on
+    assert buffered_body(read) == b"ab" and replayable_body(read)
+
+    forms = {
+        "bytes parts": (http.Request("POST", url, files={"f": ("a.txt", b"hi")}, data={"k": "v"}), True),
+        "str part": (http.Request("POST", url, files={"f": ("a.txt", "hi")}), True),
+        "file object": (http.Request("POST", url, files={"f": ("a.txt", io.BytesIO(b"hi"))}), False),
+        "mixed": (http.Request("POST", url, files=[("f", ("a", b"1")), ("g", ("b", io.BytesIO(b"2")))]), False),
+    }
+    for name, (request, replayable) in forms.items():
+        assert buffered_body(request) is None, name
+        assert replayable_body(request) is replayable, name
+    one_shot = {
+        "generator": http.Request("POST", url, content=_generator()),
+        "iterator": http.Request("POST", url, content=iter([b"a"])),
+        "file": http.Request("POST", url, content=io.BytesIO(b"abc")),
+        "async generator": http.Request("POST", url, content=_async_chunks()),
+    }
+    for name, request in one_shot.items():
+        assert buffered_body(request) is None, name
+        assert not replayable_body(request), name
+        assert resend_refusal(request) == "retry_refused_stream", name
+
+
+def test_a_byte_stream_subclass_proves_nothing() -> None:
+    class Once(httpx.ByteStream):
+        pass
+
+    request = httpx.Request("POST", "http://api.test/", stream=Once(b"x"))
+    assert buffered_body(request) is None and not replayable_body(request)
+
+
+@pytest.mark.parametrize(
+    ("headers", "url", "scheme"),
+    [
+        ({"Authorization": "AWS4-HMAC-SHA256 Credential=a, SignedHeaders=host, Signature=b"}, "", "AWS4-HMAC-SHA256"),
+        ({"Authorization": "AWS4-ECDSA-P256-SHA256 Credential=a"}, "", "AWS4-ECDSA-P256-SHA256"),
+        ({"Authorization": "AWS AKIDEXAMPLE:c2ln"}, "", "AWS"),
+        ({"Authorization": "GOOG4-HMAC-SHA256 Credential=a"}, "", "GOOG4-HMAC-SHA256"),
+        ({"Authorization": "GOOG4-RSA-SHA256 Credential=a"}, "", "GOOG4-RSA-SHA256"),
+        ({"Authorization": "SharedKey account:sig"}, "", "SharedKey"),
+        ({"Authorization": "SharedKeyLite account:sig"}, "", "SharedKeyLite"),
+        ({"Authorization": 'Signature version="1",keyId="k",signature="s"'}, "", "Signature"),
+        ({"Authorization": "TC3-HMAC-SHA256 Credential=a"}, "", "TC3-HMAC-SHA256"),
+        ({"Authorization": 'Digest username="u"'}, "", "Digest"),
+        ({"Authorization": 'Hawk id="i", ts="1", nonce="n", mac="m"'}, "", "Hawk"),
+        ({"Authorization": 'OAuth oauth_nonce="n", oauth_signature="s"'}, "", "OAuth"),
+        ({"authorization": "  aws4-hmac-sha256 Credential=a"}, "", "aws4-hmac-sha256"),
+        ({"X-Amz-Date": "20250101T000000Z"}, "", "X-Amz-Date"),
+        ({"x-goog-date": "20250101T000000Z"}, "", "x-goog-date"),
+        ({"Signature-Input": "sig1=()"}, "", "Signature-Input"),
+        ({}, "?a=1&X-Amz-Signature=abc", "X-Amz-Signature"),
+        ({}, "?X-Goog-Signature=abc", "X-Goog-Signature"),
+        ({}, "?x-amz-signature", "x-amz-signature"),
+        # not signatures: a bearer token, basic credentials, a date alone, names that only look alike
+        ({"Authorization": "Bearer sk-abc"}, "", None),
+        ({"Authorization": "Basic dTpw"}, "", None),
+        ({"Authorization": "AWS4-HMAC-SHA256x Credential=a"}, "", None),
+        ({"Authorization": "Signatures x"}, "", None),
+        ({"x-ms-date": "Wed, 01 Jan 2025 00:00:00 GMT", "x-amz-meta": "1"}, "", None),
+        ({"Signature": "sig1=:YWJj:"}, "", None),
+        ({}, "?signature=abc&x-amz-signaturex=1&b=X-Amz-Signature", None),
+        ({}, "", None),
+    ],
+)
+def test_what_signs_a_request(headers: dict[str, str], url: str, scheme: str | None) -> None:
+    request = httpx2.Request("POST", "http://api.test/v1/chat/completions" + url, headers=headers, json=CHAT)
+    assert signature_scheme(request) == scheme
+    assert resend_refusal(request) == (None if scheme is None else "retry_refused_signed")
+
+
+def test_a_one_shot_body_is_refused_before_its_signature_is_looked_at() -> None:
+    request = httpx.Request("POST", "http://api.test/", content=_generator(), headers={"x-amz-date": "1"})
+    assert resend_refusal(request) == "retry_refused_stream"
+
+
+def test_no_retry_policy_no_refusal_counted(recorder: tuple[Upstream, str]) -> None:
+    app, base = recorder
+    pipeline = Pipeline({"plugins": []})
+    client = pipeline.instrument(httpx.Client(timeout=10))
+    app.fail(500)
+    assert client.post(base + "/v1/chat/completions", content=_generator()).status_code == 500
+    assert "retry_refused_stream" not in pipeline.stats.counters
+    client.close()
