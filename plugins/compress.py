@@ -27,7 +27,9 @@ Servers that do not accept a compressed request body are learnt, per target and 
 Both go through the pipeline's attempt loop: this plugin's ``aurelis_retry`` answers ``0`` (retry now) for
 exactly those cases and ``None`` otherwise, so a general retry policy decides everything else. It is marked
 ``tryfirst`` because ``aurelis_retry`` is first-answer-wins: a general policy listed earlier would otherwise
-answer for the 415 with its own backoff, or give up on it.
+answer for the 415 with its own backoff, or give up on it. The plain copy is the caller's original request, whose
+body is in memory (only such bodies are compressed); like every re-send, it is never made for a request signed
+for one attempt (the pipeline refuses it before asking this hook).
 
 lz4 is a codec for values at rest (the cache tiers), not an HTTP content-coding: enabling an ``lz4`` plugin is
 an error that says so.
