@@ -307,7 +307,7 @@ class Retry:
 
         - an ``Idempotency-Key`` header: the caller asked the server to de-duplicate; any path, any method;
         - a safe method (GET, HEAD, OPTIONS) listed in ``methods``: on every path;
-        - any other request to a path under ``exclude``, or an MCP call (its session headers): never;
+        - any other request to a path under ``exclude``, or an MCP call (its ``Mcp-*`` headers): never;
         - a method listed in ``methods`` (PUT and DELETE by default): yes;
         - a path ending with one of ``paths``: when its body holds nothing that makes it stateful (see
           :func:`_stateless_body`);

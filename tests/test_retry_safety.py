@@ -306,13 +306,13 @@ async def test_an_async_sigv4_signed_request_is_not_retried(recorder: tuple[Upst
     http = aurelis_core.instrument(httpx2.AsyncClient(timeout=10), pipeline=pipeline)
     llm = openai.AsyncBedrockOpenAI(
         aws_region="us-east-1", aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="not-a-secret",
-        aws_session_token="session", base_url=base + "/v1", http_client=http, max_retries=0,
+        aws_session_token="temporary-token", base_url=base + "/v1", http_client=http, max_retries=0,
     )
     app.fail(429)
     with pytest.raises(openai.RateLimitError):
         await llm.chat.completions.create(**CHAT)  # type: ignore[call-overload]
     assert len(app.requests) == 1
-    assert app.requests[0].header("x-amz-security-token") == "session"
+    assert app.requests[0].header("x-amz-security-token") == "temporary-token"
     await llm.close()
 
 
