@@ -11,7 +11,16 @@ import sys
 from types import ModuleType
 from typing import Any
 
-__all__ = ["build_response", "client_flavour", "flavour_of", "header_items", "is_async_client", "url_parts"]
+__all__ = [
+    "buffered_body",
+    "build_response",
+    "client_flavour",
+    "flavour_of",
+    "header_items",
+    "is_async_client",
+    "replayable_body",
+    "url_parts",
+]
 
 _by_type: dict[type, ModuleType] = {}
 
@@ -83,3 +92,41 @@ def build_response(
     response.headers._list = items
     response.extensions = extensions
     return response
+
+
+def buffered_body(request: Any) -> bytes | None:
+    """The request's whole body when it is held in memory as bytes, else ``None``.
+
+    A request built from ``content=`` bytes or str, ``json=``, ``data=`` without files, or one whose body was
+    ``read()``, holds its body as ``Request._content`` and streams it from a ``ByteStream`` (in both flavours).
+    A ``ByteStream`` given as ``stream=`` holds its bytes too, without ``_content``. Anything else (a generator,
+    an iterator, a file object, an async iterable, a multipart form) is streamed as it is sent: ``None``.
+    The body is never read here.
+    """
+    content = getattr(request, "_content", None)
+    if content is not None:
+        return content  # type: ignore[no-any-return]
+    stream = request.stream
+    # The exact class: a subclass may iterate differently (once, say), so it proves nothing.
+    if type(stream) is flavour_of(request).ByteStream:
+        return stream._stream  # type: ignore[no-any-return]
+    return None
+
+
+def replayable_body(request: Any) -> bool:
+    """Whether sending ``request`` again sends the same body bytes.
+
+    True for a body in memory (:func:`buffered_body`) and for a multipart form (``files=``) whose every part is
+    bytes or str: the form's stream renders its parts afresh on each pass, with the boundary it chose once.
+    False for a form with a file object (a second pass re-reads the file, which may have changed, or cannot
+    seek) and for any iterator, generator, file or async-iterable body: httpx reads those once, and a second
+    pass raises ``StreamConsumed`` (generators) or silently yields nothing (iterators, files at their end).
+    """
+    if buffered_body(request) is not None:
+        return True
+    stream = request.stream
+    multipart = sys.modules.get(flavour_of(request).__name__ + "._multipart")
+    if multipart is None or type(stream) is not multipart.MultipartStream:
+        return False
+    data_field = multipart.DataField
+    return all(type(field) is data_field or isinstance(field.file, (bytes, str)) for field in stream.fields)

@@ -156,6 +156,8 @@ def aurelis_retry(ctx: RequestContext, attempt: Attempt) -> float | None:
 
     First answer wins. No I/O, sync only. Called after an attempt that raised or answered with a status
     >= 400, before any of its body reached the caller (so a stream is never retried after its first byte).
+    Not called for a request that may not be sent again: one whose body is a one-shot stream, or one signed
+    for a single attempt (SigV4 and the like); the attempt's error or answer then goes to the caller as it is.
     """
 
 

@@ -45,6 +45,7 @@ from ._plugins import (
     instantiate,
     unknown_plugin,
 )
+from ._resend import resend_refusal
 from ._sse import chunk_stream, is_event_stream, stream_complete
 from ._tenant import Tenant
 from ._transports import drive_async, drive_sync, instrument_client, observed_stream, wrap_transport
@@ -581,7 +582,17 @@ class Pipeline:
             return response, attempt
 
     def _retry_delay(self, ctx: RequestContext, attempt: Attempt) -> float | None:
-        for retry in self._retry:
+        hooks = self._retry
+        if not hooks:
+            return None
+        # Whatever a retry hook would answer, a request whose body was a one-shot stream or that is signed for
+        # one attempt is never sent again (see _resend): the hooks are not asked, and the attempt's own error
+        # or answer goes to the caller.
+        refusal = resend_refusal(ctx.original)
+        if refusal is not None:
+            self.stats.counters[refusal] += 1
+            return None
+        for retry in hooks:
             delay = retry(ctx, attempt)
             if delay is not None:
                 return float(delay)

@@ -27,7 +27,9 @@ Servers that do not accept a compressed request body are learnt, per target and 
 Both go through the pipeline's attempt loop: this plugin's ``aurelis_retry`` answers ``0`` (retry now) for
 exactly those cases and ``None`` otherwise, so a general retry policy decides everything else. It is marked
 ``tryfirst`` because ``aurelis_retry`` is first-answer-wins: a general policy listed earlier would otherwise
-answer for the 415 with its own backoff, or give up on it.
+answer for the 415 with its own backoff, or give up on it. The plain copy is the caller's original request, whose
+body is in memory (only such bodies are compressed); like every re-send, it is never made for a request signed
+for one attempt (the pipeline refuses it before asking this hook).
 
 lz4 is a codec for values at rest (the cache tiers), not an HTTP content-coding: enabling an ``lz4`` plugin is
 an error that says so.
@@ -42,6 +44,7 @@ import cachetools
 from aurelis_plugins._validators import each, in_range, label, non_negative_int, positive_int
 
 from aurelis_core import Attempt, ConfigError, RequestContext, hookimpl
+from aurelis_core._resend import signature_scheme
 
 from .codecs import Codec, get_codec, wire_codecs
 
@@ -178,8 +181,9 @@ class _WireCompression:
     def _compressed_body(self, ctx: RequestContext, request: Any) -> bytes | None:
         """The compressed body if compressing this request pays, else ``None``."""
         content = getattr(request, "_content", None)
-        # A body still held as a stream (an upload, a generator) is never read here: it passes through.
-        if content is None or len(content) < self.config.min_size:
+        # A body still held as a stream (an upload, a generator) is never read here: it passes through. A signed
+        # request (SigV4, SharedKey...) is sent as it was signed: its signature covers the body's bytes.
+        if content is None or len(content) < self.config.min_size or signature_scheme(request) is not None:
             return None
         target = self._target(ctx)
         if target in self.rejected or not self._wanted(target, request):

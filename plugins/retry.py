@@ -31,31 +31,104 @@ endpoint name to ``ctx.state["retry"].failed`` (a :class:`RetryState`). Routers 
 that set for the next attempt of the same request (and fall back to them if nothing else is left); the health
 registry already hides open circuits and rate-limited endpoints across requests.
 
-Streams and bodies: the pipeline asks this hook only after an attempt raised or answered with a status >= 400,
-before any of its body was handed to the caller, so a stream is never retried after its first byte. A body
-that fails halfway after a 2xx is the caller's error, not retried.
+Which requests (the wrapper re-sends the caller's request byte for byte, so only a request that may safely
+reach the server twice is retried):
 
-POST safety: chat completions and embeddings are stateless, so resending one costs tokens but changes no state
-(a request that timed out may still be billed upstream). Do not enable this plugin for endpoints whose POSTs
-have side effects (creating files, assistants, batches) unless they are idempotent (``Idempotency-Key``).
-If the openai SDK is the client, set its ``max_retries=0``: otherwise both layers retry and multiply.
+- never a request whose body was a one-shot stream (a generator, an iterator, a file, an async iterable) or
+  that is signed for one attempt (SigV4 and the like): the pipeline itself refuses those, before any retry
+  hook is asked (see ``aurelis_core._resend``), and counts ``retry_refused_stream`` / ``retry_refused_signed``;
+- any request whose attempt failed before it reached the server (an endpoint refused it, the connection did not
+  open, the pool had no connection): the server did nothing;
+- any request with an ``Idempotency-Key`` header: the server de-duplicates by it;
+- GET, HEAD and OPTIONS (``methods``) on every path: they change nothing;
+- PUT and DELETE (``methods``) and requests to the generation and embedding operations (``paths``: chat
+  completions, completions, embeddings, responses, Anthropic's messages, Gemini's generate and embed calls)
+  unless the path is under ``exclude`` (files, uploads, batches, fine-tuning, assistants, threads, MCP) or is
+  an MCP call, and for ``paths``, unless the JSON body asks for state (a background response, a
+  conversation, MCP tools, the continuation of a tool run: see :func:`_stateless_body`);
+- nothing else (other POSTs). Refusals for this reason are counted as ``retry_not_idempotent``.
+
+Credentials: the request goes again with the headers it had. A bearer token from a token provider (Azure AD,
+Google) lives minutes to hours, far longer than a retry's ``deadline``, so re-sending it is safe; a client
+that must refresh a credential on every attempt should let its SDK retry instead (its ``max_retries``).
+
+Streams and answers: the pipeline asks this hook only after an attempt raised or answered with a status >= 400,
+before any of its body was handed to the caller, so a streamed answer is never retried after its first byte. A
+body that fails halfway after a 2xx is the caller's error, not retried.
+
+SDK retries: the openai and anthropic SDKs retry by themselves (``max_retries``, default 2), google-genai only
+when given ``retry_options``. With both layers on, attempts multiply (3 x 3 = 9 with the defaults): keep one.
+The SDK's ``x-stainless-retry-count`` header is re-sent as it was (0 on every attempt made here): the wrapper
+never changes request bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
+import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import each, in_range, non_negative, non_negative_int, positive_int
+from aurelis_plugins._validators import Invalid, each, in_range, non_negative, non_negative_int, one_of, positive_int
 
 from aurelis_core import Attempt, RequestContext, hookimpl
+from aurelis_core._compat import buffered_body, header_items, url_parts
 from aurelis_core.health import EndpointUnavailable, retry_after
 
 __all__ = ["Retry", "RetryConfig", "RetryState"]
 
+#: Methods that change nothing on the server (RFC 9110, 9.2.1): retried on every path when listed in ``methods``.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The method names ``methods`` may hold.
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE")
+
+#: The idempotent methods of HTTP (RFC 9110, 9.2.2) but TRACE: repeating one has the effect of sending it once.
+DEFAULT_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
+#: Generation and embedding operations: each answer is computed from the request alone (the body rules of
+#: ``_stateless_body`` catch the options that make one stateful). Anthropic's is ``/v1/messages``, not
+#: ``/messages``: that shorter ending is also the message endpoint of MCP's HTTP+SSE transport (a tool call)
+#: and of OpenAI's threads (``/threads/{id}/messages``, excluded anyway).
+DEFAULT_PATHS = (
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/responses",
+    "/v1/messages",
+    ":generateContent",
+    ":streamGenerateContent",
+    ":embedContent",
+    ":batchEmbedContents",
+)
+#: Resources whose writes are never repeated without an ``Idempotency-Key``: files and uploads (and their
+#: parts), batches, fine-tuning jobs, assistants and threads (with their messages and runs), MCP endpoints.
+DEFAULT_EXCLUDE = ("/files", "/uploads", "/batches", "/fine_tuning", "/assistants", "/threads", "/mcp")
+
+#: A request carrying this header may be retried whatever its path: the server de-duplicates by it.
+IDEMPOTENCY_KEY = b"idempotency-key"
+#: Headers of the Model Context Protocol's streamable HTTP transport: a request with one is an MCP call.
+MCP_HEADERS = frozenset({b"mcp-session-id", b"mcp-protocol-version"})
+
+
+def _upper(methods: Any) -> Any:
+    # Methods are compared in upper case; what is not a list is left for the annotation's check to refuse.
+    if not isinstance(methods, (list, tuple)):
+        return methods
+    return tuple(m.upper() if isinstance(m, str) else m for m in methods)
+
+
+def _path_ending(instance: Any, attribute: Any, value: Any) -> None:
+    if not (isinstance(value, str) and len(value) >= 2 and value.startswith(("/", ":")) and "?" not in value):
+        raise Invalid(attribute.name, "a path ending such as '/chat/completions' or ':generateContent'", value)
+
+
+def _path_segment(instance: Any, attribute: Any, value: Any) -> None:
+    if not (isinstance(value, str) and len(value) >= 2 and value.startswith("/") and "?" not in value):
+        raise Invalid(attribute.name, "a path segment such as '/files'", value)
 
 
 @attrs.frozen
@@ -77,6 +150,14 @@ class RetryConfig:
     )
     #: Seed for the jitter's random stream (None: from the OS), for reproducible runs.
     seed: int | None = attrs.field(default=None, validator=non_negative_int)
+    #: Methods retried on every path outside ``exclude`` (GET, HEAD and OPTIONS on excluded paths too).
+    methods: tuple[str, ...] = attrs.field(
+        default=DEFAULT_METHODS, converter=_upper, validator=each(one_of(HTTP_METHODS, "an HTTP method"))
+    )
+    #: Path endings whose requests are retried whatever their method, unless their JSON body makes them stateful.
+    paths: tuple[str, ...] = attrs.field(default=DEFAULT_PATHS, converter=tuple, validator=each(_path_ending))
+    #: Path segments (``/files`` matches ``/v1/files`` and ``/v1/files/abc``) never retried but by safe methods.
+    exclude: tuple[str, ...] = attrs.field(default=DEFAULT_EXCLUDE, converter=tuple, validator=each(_path_segment))
 
 
 class RetryState:
@@ -94,7 +175,12 @@ class RetryState:
 
 
 class Retry:
-    """The ``retry`` plugin."""
+    """The ``retry`` plugin.
+
+    ``clock`` is where "now" comes from when the deadline is checked; it must be the clock of
+    ``RequestContext.started`` (``time.perf_counter``). Tests and simulations replace both with a fake clock.
+    Whether another endpoint is available is read from the health registry, on the registry's own clock.
+    """
 
     name = "retry"
     Config = RetryConfig
@@ -104,9 +190,16 @@ class Retry:
         self.health = pipeline.health
         self.endpoints = pipeline.endpoints
         self.stats = pipeline.stats
+        self.clock: Callable[[], float] = time.perf_counter
         self._random = random.Random(config.seed)
         self._tokens = config.budget_burst
         self._lock = threading.Lock()
+        self._methods = frozenset(config.methods)
+        # One search for all the excluded segments: a segment matches when the path continues with "/" or ":"
+        # after it, or ends there ("/files" matches "/v1/files/abc", not "/v1/filesystem").
+        self._exclude = re.compile(
+            "(?:" + "|".join(re.escape(path) for path in config.exclude) + ")(?=[/:]|$)"
+        ) if config.exclude else None
 
     @property
     def budget(self) -> float:
@@ -124,6 +217,10 @@ class Retry:
         config = self.config
         if attempt.number >= config.max_attempts or not self._retryable(ctx, attempt):
             return None
+        counters = self.stats.counters
+        if not (self._unsent(ctx, attempt) or self._repeatable(ctx)):
+            counters["retry_not_idempotent"] += 1
+            return None
         endpoint = self.health.upstream(ctx, attempt)
         state: RetryState | None = ctx.state.get("retry")
         if state is None:
@@ -139,8 +236,7 @@ class Retry:
                 with self._lock:
                     hint = self._random.uniform(0.0, min(config.cap, config.base * 2 ** (attempt.number - 1)))
             delay = hint
-        counters = self.stats.counters
-        if config.deadline is not None and time.perf_counter() - ctx.started + delay >= config.deadline:
+        if config.deadline is not None and self.clock() - ctx.started + delay >= config.deadline:
             counters["retry_deadline"] += 1
             return None
         with self._lock:
@@ -153,6 +249,7 @@ class Retry:
         return delay
 
     def _retryable(self, ctx: RequestContext, attempt: Attempt) -> bool:
+        """Whether the failure is one that trying again may cure."""
         error = attempt.error
         if error is not None:
             http = ctx.http
@@ -168,7 +265,100 @@ class Retry:
         status = attempt.status_code
         return status is not None and (status >= 500 or status in self.config.statuses)
 
+    def _unsent(self, ctx: RequestContext, attempt: Attempt) -> bool:
+        """Whether the attempt failed before any of the request reached the server, which therefore did nothing:
+        an endpoint refused before sending (an open circuit, a rate limit), a connection that did not open, no
+        free connection in the pool. Any request may then be tried again (its body permitting, which the
+        pipeline checks)."""
+        http = ctx.http
+        return isinstance(
+            attempt.error, (EndpointUnavailable, http.ConnectError, http.ConnectTimeout, http.PoolTimeout)
+        )
+
+    def _repeatable(self, ctx: RequestContext) -> bool:
+        """Whether the server may be sent the request again: doing it twice has the effect of doing it once.
+
+        - an ``Idempotency-Key`` header: the caller asked the server to de-duplicate; any path, any method;
+        - a safe method (GET, HEAD, OPTIONS) listed in ``methods``: on every path;
+        - any other request to a path under ``exclude``, or an MCP call (its ``Mcp-*`` headers): never;
+        - a method listed in ``methods`` (PUT and DELETE by default): yes;
+        - a path ending with one of ``paths``: when its body holds nothing that makes it stateful (see
+          :func:`_stateless_body`);
+        - anything else (POSTs to other paths): never.
+        """
+        request = ctx.original
+        mcp = False
+        for _, lower, value in header_items(request.headers):
+            if lower == IDEMPOTENCY_KEY and value.strip():
+                return True
+            if lower in MCP_HEADERS:
+                mcp = True
+        method = request.method
+        safe = method in SAFE_METHODS
+        path = url_parts(request.url)[3]
+        if not safe and (mcp or (self._exclude is not None and self._exclude.search(path) is not None)):
+            return False
+        if method in self._methods:
+            return True
+        if not path.endswith(self.config.paths):
+            return False
+        return safe or _stateless_body(ctx)
+
     def _has_alternative(self, failed: set[str]) -> bool:
         health = self.health
-        now = time.monotonic()
+        now = health.clock()
         return any(e.name not in failed and health.available(e, now) for e in self.endpoints)
+
+
+#: Responses API input items that hand the server the results of tool calls (``function_call_output``,
+#: ``computer_call_output``, ``shell_call_output``...) end with this; with ``mcp_approval_response`` they make a
+#: request the continuation of a tool run.
+_TOOL_OUTPUT_SUFFIX = "_output"
+_MCP_APPROVAL = "mcp_approval_response"
+
+
+def _stateless_body(ctx: RequestContext) -> bool:
+    """Whether the body of a request to a generation path asks for nothing beyond one answer.
+
+    Creating a chat completion, an embedding, a Gemini or Anthropic message changes no state the caller relies
+    on: resending one costs tokens (a request that timed out may still be billed), nothing else. A Responses
+    API request with ``store`` (its default) is kept as an object of its own; a retry after an attempt the
+    server completed leaves one more stored response that nothing refers to, while the caller goes on from the
+    one it got (a later ``previous_response_id`` names that one). Retried, unless the body asks for an effect a
+    second run would repeat:
+
+    - ``background: true``: the server queues a job and answers at once; a retry queues a second job that runs
+      (and is billed) to its end, which the caller never sees nor can cancel;
+    - ``conversation``: the turn's items are appended to a conversation; a retry would append them twice;
+    - an ``mcp`` tool (Responses) or ``mcp_servers`` (Anthropic's MCP connector): the server calls remote MCP
+      tools, whose effects a retry would repeat; the openai SDK sends these with its retries off;
+    - ``input`` items that continue a tool run (tool outputs, an ``mcp_approval_response``): an approved MCP
+      call would run twice, and the run's record would no longer match the responses the server made; the
+      openai SDK's tool runner sends these with its retries off too.
+
+    A body that cannot be read as JSON (a caller-compressed one, a multipart form) cannot be checked: not retried.
+    An empty body asks for nothing.
+    """
+    body = buffered_body(ctx.original)
+    if body is None:
+        return False
+    if not body:
+        return True
+    data = ctx.json  # parsed once per request (the cache key may have done it already)
+    if data is None:
+        with contextlib.suppress(ValueError):  # not JSON: stays None, and is refused below
+            data = json.loads(body)
+    if not isinstance(data, dict):
+        return False
+    if data.get("background") is True or data.get("conversation") is not None or data.get("mcp_servers"):
+        return False
+    tools = data.get("tools")
+    if isinstance(tools, list) and any(isinstance(tool, dict) and tool.get("type") == "mcp" for tool in tools):
+        return False
+    items = data.get("input")
+    if isinstance(items, list):
+        for item in items:
+            kind = item.get("type") if isinstance(item, dict) else None
+            if isinstance(kind, str) and (kind.endswith(_TOOL_OUTPUT_SUFFIX) or kind == _MCP_APPROVAL):
+                return False
+    return True

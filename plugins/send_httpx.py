@@ -21,7 +21,8 @@ TLS or proxy settings: give ``verify`` (a CA bundle path, or false) here when th
 
 Connections: httpcore, under both transports, drops a pooled connection that the server closed before handing
 it out, so a dead keep-alive connection is replaced without the caller seeing it; ``connect_retries`` (default
-1) retries a connection that failed to open -- before any byte of the request was sent -- at once.
+1) retries a connection that failed to open -- before any byte of the request was sent or any of its body read,
+so a one-shot (generator) body still goes out whole -- at once.
 """
 
 from __future__ import annotations
