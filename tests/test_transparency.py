@@ -427,3 +427,88 @@ def test_a_transport_of_no_flavour_is_refused_with_the_choices() -> None:
 
     with pytest.raises(TypeError, match="expected an httpx or httpx2 object"):
         aurelis_core.Pipeline({}).transport(NotATransport())
+
+
+# --- the response a transport returns is the response the caller gets ------------------------------------------
+
+
+class Prebuilt:
+    """Mixed into a transport base class: answers with responses built with their body in hand
+    (``Response(content=...)``, as ``MockTransport`` handlers and hand-written transports make them), and keeps
+    each one it returned."""
+
+    def __init__(self, http: Any) -> None:
+        self.http = http
+        self.returned: list[Any] = []
+
+    def _answer(self, request: Any) -> Any:
+        status = 500 if request.url.path.endswith("/fail") else 200
+        response = self.http.Response(status, content=b'{"ok": true}', headers={"content-type": "application/json"})
+        self.returned.append(response)
+        return response
+
+    def handle_request(self, request: Any) -> Any:
+        return self._answer(request)
+
+    async def handle_async_request(self, request: Any) -> Any:
+        return self._answer(request)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("http", FLAVOURS)
+def test_the_caller_gets_the_very_response_its_transport_returned(http: Any, config: dict[str, Any]) -> None:
+    class Transport(Prebuilt, http.BaseTransport):  # type: ignore[misc, name-defined]
+        pass
+
+    transport = Transport(http)
+    client = aurelis_core.instrument(http.Client(transport=transport), config)
+    pipeline = aurelis_core.pipeline_of(client)
+    ok = client.post("http://api.example/v1/chat/completions", json={"model": "m"})  # stored on a miss
+    assert ok is transport.returned[0]
+    assert ok.request.url == "http://api.example/v1/chat/completions" and ok.json() == {"ok": True}
+    with pytest.raises(http.HTTPStatusError) as info:
+        client.post("http://api.example/v1/fail", json={"model": "m"}).raise_for_status()
+    assert info.value.response is transport.returned[1]
+    assert info.value.response.request is info.value.request
+    # Both requests were over when their (already read) responses were handed over.
+    assert pipeline.stats.counters["requests"] == 2
+    client.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("http", FLAVOURS)
+async def test_the_async_caller_gets_the_very_response_its_transport_returned(
+    http: Any, config: dict[str, Any]
+) -> None:
+    class Transport(Prebuilt, http.AsyncBaseTransport):  # type: ignore[misc, name-defined]
+        pass
+
+    transport = Transport(http)
+    client = aurelis_core.instrument(http.AsyncClient(transport=transport), config)
+    pipeline = aurelis_core.pipeline_of(client)
+    ok = await client.post("http://api.example/v1/chat/completions", json={"model": "m"})
+    assert ok is transport.returned[0] and ok.request.url == "http://api.example/v1/chat/completions"
+    failed = await client.get("http://api.example/v1/fail")
+    assert failed is transport.returned[1] and failed.status_code == 500
+    assert pipeline.stats.counters["requests"] == 2
+    await client.aclose()
+
+
+@pytest.mark.parametrize("http", FLAVOURS)
+def test_a_streamed_response_is_the_transports_own_object(server: str, http: Any) -> None:
+    """A response read from the network (not pre-read) is handed over too, not copied, on every path."""
+    seen: list[Any] = []
+
+    class Keeping(http.HTTPTransport):  # type: ignore[misc, name-defined]
+        def handle_request(self, request: Any) -> Any:
+            seen.append(super().handle_request(request))
+            return seen[-1]
+
+    for config in ({}, {"plugins": ["normalize", "memory"]}):
+        client = aurelis_core.instrument(http.Client(transport=Keeping()), config)
+        stored = client.post(f"{server}/status/200", json={"model": "m"})
+        passed = client.get(f"{server}/status/503")
+        assert stored is seen[-2] and passed is seen[-1]
+        assert stored.text == passed.text == "status body"
+        client.close()
