@@ -24,24 +24,49 @@ __all__ = [
 
 _by_type: dict[type, ModuleType] = {}
 
-#: The distributions we know how to wrap: the top-level module names of their request/client classes.
+#: The distributions we know how to wrap: the top-level modules of their request/client classes.
 SUPPORTED = ("httpx", "httpx2")
+
+#: The classes every object of a flavour derives from. A flavour is found by identity against these, taken
+#: from the module itself, never by name: ``import openai`` rewrites ``__module__`` on what it re-exports
+#: (``openai.Transport`` *is* ``httpx2.BaseTransport``, whose ``__module__`` then reads ``"openai"``).
+_ROOT_NAMES = (
+    "BaseTransport", "AsyncBaseTransport", "Client", "AsyncClient", "Request", "Response", "SyncByteStream",
+    "AsyncByteStream",
+)
+_roots: dict[str, tuple[type, ...]] = {}
 
 
 def flavour_of(obj: Any) -> ModuleType:
-    """The httpx-like module (``httpx`` or ``httpx2``) that ``obj``'s class belongs to."""
+    """The httpx-like module (``httpx`` or ``httpx2``) that ``obj``'s class belongs to.
+
+    Subclasses resolve too (a custom transport deriving from ``httpx.BaseTransport``, one deriving from
+    ``openai.Transport``). Only modules already imported are asked: an object of a flavour that was never
+    imported cannot exist. The answer is kept per class, so this is one dict lookup after the first call.
+    """
     cls = type(obj)
     module = _by_type.get(cls)
     if module is None:
-        # Walk the MRO so user subclasses (a custom transport deriving from httpx.BaseTransport) resolve too.
-        for base in cls.__mro__:
-            top = base.__module__.partition(".")[0]
-            if top in SUPPORTED:
-                module = _by_type[cls] = sys.modules[top]
-                break
-        else:
-            raise TypeError(f"expected an httpx or httpx2 object, got {cls.__module__}.{cls.__qualname__}")
+        module = _by_type[cls] = _flavour_of_class(cls)
     return module
+
+
+def _flavour_of_class(cls: type) -> ModuleType:
+    for name in SUPPORTED:
+        module = sys.modules.get(name)
+        if module is None:
+            continue
+        roots = _roots.get(name)
+        if roots is None:
+            roots = _roots[name] = tuple(
+                root for root in (getattr(module, attr, None) for attr in _ROOT_NAMES) if isinstance(root, type)
+            )
+        if issubclass(cls, roots):
+            return module
+    raise TypeError(
+        f"expected an httpx or httpx2 object (a client, a transport, a request or a response), "
+        f"got {cls.__module__}.{cls.__qualname__}"
+    )
 
 
 def client_flavour(client: Any) -> tuple[ModuleType, bool]:

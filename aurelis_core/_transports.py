@@ -184,16 +184,41 @@ def _transport_class(http: Any, is_async: bool) -> type:
 
 
 class _PipelineTransport:
+    """What the sync and async wrapping transports share: the inner transport, the pipeline, and the rule
+    that the wrapper is invisible.
+
+    A client given this transport must behave exactly as with the inner one: the context-manager protocol is
+    forwarded call for call (httpx's ``Client.__enter__`` calls its transport's and every mount's
+    ``__enter__``, and ``__exit__`` in place of ``close``), and any attribute the wrapper does not define
+    itself is read from the inner transport (``client._transport._pool``, a custom transport's own fields).
+    ``__getattr__`` is only reached for names the wrapper lacks, so it costs the request path nothing.
+    """
+
     #: Set on every wrapping transport, so wrapping is idempotent and the pipeline can be found from a client.
     aurelis_pipeline: Pipeline
 
-    def __init__(self, inner: Any, pipeline: Pipeline, owns_pipeline: bool) -> None:
+    def __init__(self, inner: Any, pipeline: Pipeline, owns_pipeline: bool, http: Any) -> None:
         self.inner = inner
         self.aurelis_pipeline = pipeline
         self._owns_pipeline = owns_pipeline
-        #: The flavour (httpx or httpx2) of the requests this transport is given: its inner transport's, found
-        #: once here rather than on every request.
-        self._http = flavour_of(inner)
+        #: The flavour (httpx or httpx2) of the requests this transport is expected to be given: its client's
+        #: when instrument() knows it, else its inner transport's. The flavour of what the pipeline builds
+        #: (responses, streams) is that of each request, which this guesses once here rather than looking it
+        #: up per request: a request of another class (an httpx client over an httpx2-based transport, as
+        #: the openai SDK builds for legacy httpx clients) is looked up instead.
+        self._http = http
+        self._request_type = http.Request
+
+    def _flavour(self, request: Any) -> Any:
+        return self._http if type(request) is self._request_type else flavour_of(request)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only names missing from the wrapper get here. Dunder names are not forwarded: protocols (copy,
+        # pickle, async context managers on a sync wrapper) must not be found on the inner transport by a
+        # getattr() probe when the wrapper itself does not take part in them.
+        if name.startswith("__") or name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} around {self.inner!r}>"
@@ -202,8 +227,19 @@ class _PipelineTransport:
 class _SyncPipelineTransport(_PipelineTransport):
     def handle_request(self, request: Any) -> Any:
         pipeline = self.aurelis_pipeline
-        ctx = RequestContext(request, self.inner, self._http, False, DEFAULT_CONTROLS)
+        ctx = RequestContext(request, self.inner, self._flavour(request), False, DEFAULT_CONTROLS)
         return drive_sync(pipeline.flow(ctx), pipeline)
+
+    def __enter__(self) -> Any:
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, exc_type: Any = None, exc_value: Any = None, traceback: Any = None) -> Any:
+        try:
+            return self.inner.__exit__(exc_type, exc_value, traceback)
+        finally:
+            if self._owns_pipeline:
+                self.aurelis_pipeline.close()
 
     def close(self) -> None:
         try:
@@ -216,8 +252,19 @@ class _SyncPipelineTransport(_PipelineTransport):
 class _AsyncPipelineTransport(_PipelineTransport):
     async def handle_async_request(self, request: Any) -> Any:
         pipeline = self.aurelis_pipeline
-        ctx = RequestContext(request, self.inner, self._http, True, DEFAULT_CONTROLS)
+        ctx = RequestContext(request, self.inner, self._flavour(request), True, DEFAULT_CONTROLS)
         return await drive_async(pipeline.flow(ctx))
+
+    async def __aenter__(self) -> Any:
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(self, exc_type: Any = None, exc_value: Any = None, traceback: Any = None) -> Any:
+        try:
+            return await self.inner.__aexit__(exc_type, exc_value, traceback)
+        finally:
+            if self._owns_pipeline:
+                await self.aurelis_pipeline.aclose()
 
     async def aclose(self) -> None:
         try:
@@ -227,11 +274,24 @@ class _AsyncPipelineTransport(_PipelineTransport):
                 await self.aurelis_pipeline.aclose()
 
 
-def wrap_transport(inner: Any, pipeline: Pipeline, *, is_async: bool, owns_pipeline: bool = False) -> Any:
-    """``inner`` wrapped by ``pipeline`` (returned unchanged if it already is)."""
+def wrap_transport(
+    inner: Any, pipeline: Pipeline, *, is_async: bool, owns_pipeline: bool = False, http: Any = None
+) -> Any:
+    """``inner`` wrapped by ``pipeline`` (returned unchanged if it already is).
+
+    ``http`` is the flavour of the client the transport is for, when known. The wrapper derives from the inner
+    transport's own base class (so ``isinstance`` checks on it keep their answer); a duck-typed transport
+    with no httpx base class takes the client's.
+    """
     if isinstance(inner, _PipelineTransport):
         return inner
-    return _transport_class(flavour_of(inner), is_async)(inner, pipeline, owns_pipeline)
+    try:
+        base = flavour_of(inner)
+    except TypeError:
+        if http is None:
+            raise
+        base = http
+    return _transport_class(base, is_async)(inner, pipeline, owns_pipeline, http or base)
 
 
 def instrument_client(client: Any, pipeline: Pipeline, owns_pipeline: bool = False) -> Any:
@@ -241,11 +301,13 @@ def instrument_client(client: Any, pipeline: Pipeline, owns_pipeline: bool = Fal
     only the hop from client to network goes through the pipeline, once per redirect hop or auth retry.
     Calling it again on the same client changes nothing.
     """
-    _, is_async = client_flavour(client)
-    client._transport = wrap_transport(client._transport, pipeline, is_async=is_async, owns_pipeline=owns_pipeline)
+    http, is_async = client_flavour(client)
+    client._transport = wrap_transport(
+        client._transport, pipeline, is_async=is_async, owns_pipeline=owns_pipeline, http=http
+    )
     client._mounts = {
         pattern: (
-            None if transport is None else wrap_transport(transport, pipeline, is_async=is_async)
+            None if transport is None else wrap_transport(transport, pipeline, is_async=is_async, http=http)
         )
         for pattern, transport in client._mounts.items()
     }

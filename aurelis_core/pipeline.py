@@ -681,7 +681,17 @@ class Pipeline:
         )
 
     def _pass_through(self, ctx: RequestContext, upstream: Any, attempt: Attempt) -> Any:
-        """Hand the upstream response over unbuffered; end the attempt and the request when its body ends."""
+        """Hand the upstream response over unbuffered; end the attempt and the request when its body ends.
+
+        A response the transport built with its body in hand (``Response(content=...)``: ``MockTransport``'s,
+        a hand-written transport's) is already read and closed: its caller never reads its stream, so the
+        attempt and the request end here.
+        """
+        if hasattr(upstream, "_content"):
+            self._end_attempt(ctx, attempt)
+            response = self._hand_over(ctx, upstream, None)
+            self._finish(ctx)
+            return response
 
         def on_end(error: BaseException | None) -> None:
             if error is not None:
@@ -695,18 +705,16 @@ class Pipeline:
     def _hand_over(self, ctx: RequestContext, upstream: Any, stream: Any) -> Any:
         """The upstream response itself, reading ``stream``, with the cache headers and extension added.
 
-        Reused rather than copied into a new ``Response`` (~2 us a request): the transport made it for this
-        request alone. Its header list is replaced, not extended, since a flight's followers hold the old one.
-        A response the transport built with its content in hand (``MockTransport``'s, a hand-written
-        transport's) counts as read already, so its caller would never read ``stream``: that one is copied.
+        The very object the transport returned, never a copy: a caller (or a test) may hold it and compare
+        (``exc.response is response``), and it keeps every attribute its transport and client set on it. It
+        is also cheaper than a new ``Response`` (~2 us a request). Its header list is replaced, not extended,
+        since a flight's followers hold the old one. ``stream`` replaces the body the pipeline consumed;
+        ``None`` keeps it, and so does a response whose body was read when it was built (``_content`` set):
+        its caller reads that, never the stream.
         """
+        if stream is not None and not hasattr(upstream, "_content"):
+            upstream.stream = stream
         info = self._info_headers(ctx)
-        if hasattr(upstream, "_content"):
-            return build_response(
-                ctx.http, upstream.status_code, header_items(upstream.headers) + info, stream,
-                self._extensions(ctx, upstream.extensions),
-            )
-        upstream.stream = stream
         if info:
             headers = upstream.headers
             headers._list = header_items(headers) + info

@@ -256,3 +256,259 @@ def test_timeouts_reach_the_inner_transport(server: str) -> None:
         client.post(f"{server}/slow", json={"model": "m"}, timeout=0.2, headers={"x-aurelis-ttl": "5"})
     assert time.perf_counter() - started < 0.9  # the server answers after 1 s: the 0.2 s timeout fired
     client.close()
+
+
+# --- the wrapping transport is invisible to its client --------------------------------------------------------
+
+
+def recording_transport(http: Any, is_async: bool) -> Any:
+    """A transport that records the context-manager and close calls it gets, as httpx's own tests do."""
+    base = http.AsyncBaseTransport if is_async else http.BaseTransport
+
+    class Recording(base):  # type: ignore[misc, valid-type]
+        def __init__(self, name: str, events: list[str]) -> None:
+            self.name = name
+            self.events = events
+            self.custom_setting = f"{name}-setting"
+
+        def close(self) -> None:
+            self.events.append(f"{self.name}.close")
+
+        async def aclose(self) -> None:
+            self.events.append(f"{self.name}.aclose")
+
+        def __enter__(self) -> Any:
+            super().__enter__()
+            self.events.append(f"{self.name}.__enter__")
+            return self
+
+        def __exit__(self, *args: Any) -> None:
+            super().__exit__(*args)
+            self.events.append(f"{self.name}.__exit__")
+
+        async def __aenter__(self) -> Any:
+            await super().__aenter__()
+            self.events.append(f"{self.name}.__aenter__")
+            return self
+
+        async def __aexit__(self, *args: Any) -> None:
+            await super().__aexit__(*args)
+            self.events.append(f"{self.name}.__aexit__")
+
+    return Recording
+
+
+@pytest.mark.parametrize("http", FLAVOURS)
+def test_sync_context_manager_calls_reach_the_transport_and_mounts_in_order(http: Any) -> None:
+    def events(instrumented: bool) -> tuple[list[str], Any]:
+        log: list[str] = []
+        cls = recording_transport(http, is_async=False)
+        client = http.Client(transport=cls("transport", log), mounts={"http://mounted": cls("mount", log)})
+        if instrumented:
+            aurelis_core.instrument(client, {})
+        pipeline = aurelis_core.pipeline_of(client)
+        with client:
+            log.append("body")
+        return log, pipeline
+
+    raw, _ = events(False)
+    wrapped, pipeline = events(True)
+    assert raw == [
+        "transport.__enter__", "mount.__enter__", "body",
+        "transport.close", "transport.__exit__", "mount.close", "mount.__exit__",
+    ]
+    assert wrapped == raw
+    assert pipeline._closed  # the pipeline instrument() made for the client ends with it
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("http", FLAVOURS)
+async def test_async_context_manager_calls_reach_the_transport_and_mounts_in_order(http: Any) -> None:
+    async def events(instrumented: bool) -> tuple[list[str], Any]:
+        log: list[str] = []
+        cls = recording_transport(http, is_async=True)
+        client = http.AsyncClient(transport=cls("transport", log), mounts={"http://mounted": cls("mount", log)})
+        if instrumented:
+            aurelis_core.instrument(client, {})
+        pipeline = aurelis_core.pipeline_of(client)
+        async with client:
+            log.append("body")
+        return log, pipeline
+
+    raw, _ = await events(False)
+    wrapped, pipeline = await events(True)
+    assert raw == [
+        "transport.__aenter__", "mount.__aenter__", "body",
+        "transport.aclose", "transport.__aexit__", "mount.aclose", "mount.__aexit__",
+    ]
+    assert wrapped == raw
+    assert pipeline._closed
+
+
+@pytest.mark.parametrize("http", FLAVOURS)
+def test_attributes_of_the_wrapped_transport_stay_readable(http: Any) -> None:
+    client = aurelis_core.instrument(http.Client(), {})
+    inner = client._transport.inner
+    assert client._transport._pool is inner._pool  # what httpx's and the SDK's own code reach for
+    custom = aurelis_core.instrument(http.Client(transport=recording_transport(http, False)("t", [])), {})
+    assert custom._transport.custom_setting == "t-setting"
+    with pytest.raises(AttributeError):
+        _ = custom._transport.no_such_setting
+    # Protocols are the wrapper's own business: none is found on the inner transport by a getattr() probe.
+    assert not hasattr(client._transport, "__aenter__")
+    client.close()
+    custom.close()
+
+
+# --- flavour: a client's responses are of the client's flavour, whatever its transport derives from ---------
+
+
+class Forwarding:
+    """Mixed into a transport base class: forwards each request to another client's own transport, as the
+    openai SDK's forwarding transports (x509 workload identity, legacy httpx clients) do."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def handle_request(self, request: Any) -> Any:
+        return self.target._transport_for_url(request.url).handle_request(request)
+
+    async def handle_async_request(self, request: Any) -> Any:
+        return await self.target._transport_for_url(request.url).handle_async_request(request)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("client_http", FLAVOURS)
+def test_a_transport_derived_from_openai_transport_is_wrapped(
+    server: str, client_http: Any, config: dict[str, Any]
+) -> None:
+    """``import openai`` renames ``httpx2.BaseTransport``'s module to ``openai``; the SDK builds httpx (legacy)
+    and httpx2 clients on transports deriving from it."""
+    import openai
+
+    class SDKForwarding(Forwarding, openai.Transport):  # type: ignore[misc]
+        pass
+
+    target = client_http.Client()
+    client = aurelis_core.instrument(client_http.Client(transport=SDKForwarding(target)), config)
+    for _ in range(2):
+        response = client.post(f"{server}/status/200", json={"model": "m"})
+        assert type(response) is client_http.Response
+        assert response.text == "status body"
+    with client.stream("GET", f"{server}/stream") as streamed:
+        assert b"".join(streamed.iter_bytes()) == b"chunk0;chunk1;chunk2;chunk3;chunk4;"
+    client.close()
+    target.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("config", CONFIGS)
+async def test_an_httpx_client_over_an_httpx2_transport_gets_httpx_responses(
+    server: str, config: dict[str, Any]
+) -> None:
+    class Httpx2Forwarding(Forwarding, httpx2.AsyncBaseTransport):
+        pass
+
+    target = httpx.AsyncClient()
+    client = aurelis_core.instrument(httpx.AsyncClient(transport=Httpx2Forwarding(target)), config)
+    for _ in range(2):
+        response = await client.post(f"{server}/status/200", json={"model": "m"})
+        assert type(response) is httpx.Response and response.text == "status body"
+    async with client.stream("GET", f"{server}/stream") as streamed:
+        assert b"".join([chunk async for chunk in streamed.aiter_bytes()]) == b"chunk0;chunk1;chunk2;chunk3;chunk4;"
+    await client.aclose()
+    await target.aclose()
+
+
+def test_a_transport_of_no_flavour_is_refused_with_the_choices() -> None:
+    class NotATransport:
+        def handle_request(self, request: Any) -> Any:
+            raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match="expected an httpx or httpx2 object"):
+        aurelis_core.Pipeline({}).transport(NotATransport())
+
+
+# --- the response a transport returns is the response the caller gets ------------------------------------------
+
+
+class Prebuilt:
+    """Mixed into a transport base class: answers with responses built with their body in hand
+    (``Response(content=...)``, as ``MockTransport`` handlers and hand-written transports make them), and keeps
+    each one it returned."""
+
+    def __init__(self, http: Any) -> None:
+        self.http = http
+        self.returned: list[Any] = []
+
+    def _answer(self, request: Any) -> Any:
+        status = 500 if request.url.path.endswith("/fail") else 200
+        response = self.http.Response(status, content=b'{"ok": true}', headers={"content-type": "application/json"})
+        self.returned.append(response)
+        return response
+
+    def handle_request(self, request: Any) -> Any:
+        return self._answer(request)
+
+    async def handle_async_request(self, request: Any) -> Any:
+        return self._answer(request)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("http", FLAVOURS)
+def test_the_caller_gets_the_very_response_its_transport_returned(http: Any, config: dict[str, Any]) -> None:
+    class Transport(Prebuilt, http.BaseTransport):  # type: ignore[misc, name-defined]
+        pass
+
+    transport = Transport(http)
+    client = aurelis_core.instrument(http.Client(transport=transport), config)
+    pipeline = aurelis_core.pipeline_of(client)
+    ok = client.post("http://api.example/v1/chat/completions", json={"model": "m"})  # stored on a miss
+    assert ok is transport.returned[0]
+    assert ok.request.url == "http://api.example/v1/chat/completions" and ok.json() == {"ok": True}
+    with pytest.raises(http.HTTPStatusError) as info:
+        client.post("http://api.example/v1/fail", json={"model": "m"}).raise_for_status()
+    assert info.value.response is transport.returned[1]
+    assert info.value.response.request is info.value.request
+    # Both requests were over when their (already read) responses were handed over.
+    assert pipeline.stats.counters["requests"] == 2
+    client.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("http", FLAVOURS)
+async def test_the_async_caller_gets_the_very_response_its_transport_returned(
+    http: Any, config: dict[str, Any]
+) -> None:
+    class Transport(Prebuilt, http.AsyncBaseTransport):  # type: ignore[misc, name-defined]
+        pass
+
+    transport = Transport(http)
+    client = aurelis_core.instrument(http.AsyncClient(transport=transport), config)
+    pipeline = aurelis_core.pipeline_of(client)
+    ok = await client.post("http://api.example/v1/chat/completions", json={"model": "m"})
+    assert ok is transport.returned[0] and ok.request.url == "http://api.example/v1/chat/completions"
+    failed = await client.get("http://api.example/v1/fail")
+    assert failed is transport.returned[1] and failed.status_code == 500
+    assert pipeline.stats.counters["requests"] == 2
+    await client.aclose()
+
+
+@pytest.mark.parametrize("http", FLAVOURS)
+def test_a_streamed_response_is_the_transports_own_object(server: str, http: Any) -> None:
+    """A response read from the network (not pre-read) is handed over too, not copied, on every path."""
+    seen: list[Any] = []
+
+    class Keeping(http.HTTPTransport):  # type: ignore[misc, name-defined]
+        def handle_request(self, request: Any) -> Any:
+            seen.append(super().handle_request(request))
+            return seen[-1]
+
+    for config in ({}, {"plugins": ["normalize", "memory"]}):
+        client = aurelis_core.instrument(http.Client(transport=Keeping()), config)
+        stored = client.post(f"{server}/status/200", json={"model": "m"})
+        passed = client.get(f"{server}/status/503")
+        assert stored is seen[-2] and passed is seen[-1]
+        assert stored.text == passed.text == "status body"
+        client.close()

@@ -44,10 +44,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def _aurelis_upstream_server() -> Iterator[SimulatedServer]:
+    from aurelis_core.testing import simulated_upstream
+
     try:
-        from aurelis_core.testing import simulated_upstream
-    except ImportError as exc:
-        raise ImportError("the aurelis_upstream fixture needs: pip install 'aurelis[simulate]'") from exc
+        import uvicorn  # noqa: F401  (only asked whether it is there: the server imports it itself)
+    except ImportError:
+        pytest.fail(
+            "the aurelis_upstream and aurelis_pipeline fixtures need uvicorn: pip install 'aurelis[simulate]'",
+            pytrace=False,
+        )
     with simulated_upstream() as server:
         yield server
 

@@ -32,13 +32,23 @@ from collections.abc import Iterator
 from typing import Any
 
 import attrs
-import uvicorn
 
 from aurelis_core.testing.simulator import ASGIApp, Behavior, RecordedRequest, SimulatedUpstream
 
 __all__ = ["RunningServer", "SimulatedServer", "serve", "simulated_upstream"]
 
 _LOOPBACK_NAMES = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1"}
+
+
+def _uvicorn() -> Any:
+    """uvicorn, imported on first use: it is an optional dependency (the ``simulate`` extra)."""
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise ImportError(
+            "aurelis_core.testing.serve() and simulated_upstream() need uvicorn: pip install 'aurelis[simulate]'"
+        ) from exc
+    return uvicorn
 
 
 @attrs.frozen
@@ -74,6 +84,7 @@ def serve(
     bind_host = _LOOPBACK_NAMES.get(host)
     if bind_host is None:
         raise ValueError(f"serve() only binds to 127.0.0.1, not {host!r}")
+    uvicorn = _uvicorn()
 
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose
     # ``proto`` says TCP, and accepted sockets copy it from this one.  Without NODELAY the
