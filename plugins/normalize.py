@@ -250,11 +250,21 @@ class Normalize:
         # starts the canonical body. The query keeps its "?" so path and query cannot trade characters.
         target = path if query is None else path + "?" + query
         head = _CANONICAL.encode(
-            # Scope pairs as they were sent, sorted; bytes encode as base64 strings.
-            [KEY_VERSION, "POST", scheme, host, port, target, tenant, sorted(scope)]
+            # Scope pairs as they were sent (the accepted codings as a set), sorted; bytes encode as base64.
+            [KEY_VERSION, "POST", scheme, host, port, target, tenant, sorted(map(_scope_pair, scope))]
         )
         key = hashlib.blake2b(head + b"\n" + canonical, digest_size=20).hexdigest()
         return key, model if isinstance(model, str) else None, stream
+
+
+def _scope_pair(pair: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    # "gzip, br" and "br,gzip" accept the same encodings: one key. (The encodings are in the key at all because
+    # a stored body keeps its Content-Encoding: a client without a zstd decoder must not get a zstd answer.)
+    name, value = pair
+    if name == b"accept-encoding":
+        codings = {c.split(b";", 1)[0].strip().lower() for c in value.split(b",")}
+        return name, b",".join(sorted(codings))
+    return pair
 
 
 def _fold_messages(data: dict[str, Any]) -> dict[str, Any]:

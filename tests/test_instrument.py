@@ -62,12 +62,18 @@ async def test_async_transport_for_own_clients(upstream: SimulatedServer) -> Non
 
 def test_shared_pipeline_serves_several_clients(upstream: SimulatedServer) -> None:
     pipeline = Pipeline({"plugins": ["normalize", "memory"]})
-    a = aurelis_core.instrument(httpx.Client(), pipeline=pipeline)
-    b = aurelis_core.instrument(httpx2.Client(), pipeline=pipeline)
+    # The same accepted encodings (the answer's Content-Encoding is stored with it, so clients whose decoders
+    # differ do not share entries: httpx with zstandard installed accepts zstd, httpx2 does not).
+    accept = {"accept-encoding": "gzip, deflate"}
+    a = aurelis_core.instrument(httpx.Client(headers=accept), pipeline=pipeline)
+    b = aurelis_core.instrument(httpx2.Client(headers={"Accept-Encoding": "deflate,gzip"}), pipeline=pipeline)
     url = upstream.base_url + "/chat/completions"
     a.post(url, json=BODY)
     hit = b.post(url, json=BODY)
     assert hit.headers["x-aurelis-cache"] == "hit" and isinstance(hit, httpx2.Response)
+    other = aurelis_core.instrument(httpx.Client(headers={"accept-encoding": "gzip, zstd"}), pipeline=pipeline)
+    assert other.post(url, json=BODY).headers["x-aurelis-cache"] == "miss"
+    other.close()
     a.close()
     b.close()
     assert not pipeline._closed  # a pipeline passed in is the caller's to close

@@ -191,7 +191,7 @@ def test_config_check_reports_a_path_the_tier_would_refuse(
     foreign_database(path)
     before = digest_of(path)
     toml = tmp_path / "aurelis.toml"
-    toml.write_text(f'plugins = ["normalize", "sqlite"]\n[sqlite]\npath = "{path}"\n')
+    toml.write_text(f'plugins = ["normalize", "sqlite"]\n[tenant]\nsecret = "s"\n[sqlite]\npath = "{path}"\n')
     assert cli_main(["config", "check", str(toml)]) == 0
     err = capsys.readouterr().err
     assert "warning:" in err and str(path) in err and "refuse" in err
@@ -211,7 +211,7 @@ def test_cache_clear_does_not_touch_a_refused_file(tmp_path: Path, capsys: pytes
     conn.close()
     before = digest_of(path)
     toml = tmp_path / "aurelis.toml"
-    toml.write_text(f'plugins = ["normalize", "sqlite"]\n[sqlite]\npath = "{path}"\n')
+    toml.write_text(f'plugins = ["normalize", "sqlite"]\n[tenant]\nsecret = "s"\n[sqlite]\npath = "{path}"\n')
     assert cli_main(["cache", "clear", "--config", str(toml)]) == 1
     assert "refused" in capsys.readouterr().err
     assert digest_of(path) == before
