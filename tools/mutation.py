@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import signal
@@ -478,13 +479,29 @@ def _verdict(running: Running, exit_code: int | None) -> Result:
     return Result(running.mutant, status, count, seconds, f"pytest exit {exit_code}: {last[0][:80]}")
 
 
+@contextlib.contextmanager
+def _reaping(running: dict[int, Running]) -> Iterator[None]:
+    """On the way out (an interrupt, a termination signal), end the children still running, with their groups."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for pid in running:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
 def run_all(
     plans: list[tuple[str, Mutant, list[str]]], cov: Coverage, jobs: int, factor: float
 ) -> Iterator[tuple[str, Result]]:
     """Run the mutants, ``jobs`` children at a time; yields each result as it comes."""
     pending = list(reversed(plans))
     running: dict[int, Running] = {}
-    with tempfile.TemporaryDirectory(prefix="aurelis-mutants-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="aurelis-mutants-") as tmp, _reaping(running):
         workdir = Path(tmp)
         while pending or running:
             while pending and len(running) < jobs:
