@@ -302,9 +302,18 @@ def _run_in_child(path: str, mutant: Mutant, pytest_args: list[str]) -> int:
             )
 
     sys.meta_path.insert(0, Finder())
+    # Imported now, before pytest puts its assertion-rewriting import hook in front of ours: that hook would
+    # load the module from its file whenever the file is on sys.path (an installed or PYTHONPATH tree).
+    import importlib
+
     import pytest
 
-    return int(pytest.main(pytest_args))
+    module = importlib.import_module(name)
+    code = int(pytest.main(pytest_args))
+    if sys.modules.get(name) is not module or not isinstance(module.__spec__.loader, Loader):
+        print(f"mutation.py: {name} was not the mutated module during the run", flush=True)
+        return 4
+    return code
 
 
 def _fork_mutant(path: str, mutant: Mutant, pytest_args: list[str], output: Path) -> int:
