@@ -238,6 +238,7 @@ def test_probes_must_all_succeed_in_one_half_open_spell(upstream: SimulatedServe
     clock.advance(5.0)
     ok(client, upstream)
     assert breaker.state(upstream.url) == "half_open"  # 1 of 2
+    assert client_pipeline(client).health.status[upstream.url].probes_left == 1  # routers may send the next
     fail(client, upstream)
     assert breaker.state(upstream.url) == "open"
     clock.advance(10.0)
@@ -370,6 +371,28 @@ async def test_a_cancelled_probe_gives_its_slot_back() -> None:
             up.release()
             assert (await client.post(url, json=BODY)).status_code == 200
             assert breaker.state(up.url) == "closed"
+
+
+@pytest.mark.anyio
+async def test_an_attempt_that_ends_after_the_circuit_opened_is_not_counted() -> None:
+    with gated_upstream() as up:
+        pipeline = Pipeline({"plugins": ["breaker"], "breaker": {"consecutive_failures": 1, "open_for": 5.0}})
+        pipeline.health.clock = FakeClock()
+        breaker: Breaker = pipeline.plugin("breaker")
+        async with pipeline.instrument(httpx.AsyncClient(timeout=30)) as client:
+            url = up.url + "/v1/chat/completions"
+            up.hold()
+            early = asyncio.create_task(client.post(url, json=BODY))  # sent while the circuit was closed
+            await anyio.to_thread.run_sync(up.wait_arrivals, 1)
+            up.stop_holding()
+            up.status = 500
+            assert (await client.post(url, json=BODY)).status_code == 500  # opens the circuit
+            up.release()
+            assert (await early).status_code == 500  # ends while open: no verdict on the open circuit
+            assert [t.new for t in breaker.transitions] == ["open"]
+            with pytest.raises(CircuitOpenError) as refused_now:
+                await client.post(url, json=BODY, timeout=5)
+            assert refused_now.value.retry_after == 5.0  # not reopened for longer
 
 
 class RefuseOnce:
