@@ -15,7 +15,8 @@ import pytest
 import redis
 from aurelis_plugins._writebehind import WriteBehind
 
-from aurelis_core import Pipeline
+import aurelis_core
+from aurelis_core import CacheEntry, Pipeline
 from aurelis_core.cli import main as cli_main
 from aurelis_core.testing import SimulatedServer
 
@@ -73,18 +74,34 @@ def test_l3_hit_is_promoted_into_l1_and_l2(upstream: SimulatedServer, redis_flus
 
 
 def test_each_tier_keeps_its_own_ttl(upstream: SimulatedServer, redis_flush: str, tmp_path: Path) -> None:
-    cfg = config(redis_flush, tmp_path / "c.sqlite3", memory={"ttl": 0.4}, redis={"ttl": 0.9})
+    # The same answer, stored in every tier as if it were 30 s old, then 120 s old: memory (ttl 10 s) is past
+    # it both times, redis (ttl 60 s) only the second time, sqlite (a day) never. Ages in tens of seconds, set
+    # on the entries: a slow machine cannot move an entry across a ttl while the test runs.
+    cfg = config(redis_flush, tmp_path / "c.sqlite3", memory={"ttl": 10}, redis={"ttl": 60})
     pipeline = Pipeline(cfg)
     with httpx.Client() as client:
         pipeline.instrument(client)
-        start = time.time()
-        assert send(client, upstream, chat()) == ("miss", "-")
+        response = client.post(upstream.base_url + "/chat/completions", json=chat(),
+                               headers={"authorization": "Bearer sk-a"})
+        info = aurelis_core.cache_info(response)
+        assert info is not None and info.status == "miss" and info.key is not None
         flush(pipeline)
         assert send(client, upstream, chat()) == ("hit", "memory")
-        time.sleep(max(0.0, start + 0.5 - time.time()))
-        assert send(client, upstream, chat()) == ("hit", "redis")  # L1 expired, L2 still live
-        time.sleep(max(0.0, start + 1.0 - time.time()))
-        assert send(client, upstream, chat()) == ("hit", "sqlite")  # L2 expired too; L3 lives a day
+        memory, redis_tier, sqlite_tier = (pipeline.plugin(name) for name in ("memory", "redis", "sqlite"))
+
+        def aged(seconds: float) -> CacheEntry:
+            return CacheEntry(200, [(b"content-type", b"application/json")], response.content,
+                              created=time.time() - seconds)
+
+        memory.clear()
+        assert not memory.put(info.key, aged(30))  # too old for L1
+        assert redis_tier.put(info.key, aged(30)) and sqlite_tier.put(info.key, aged(30))
+        assert send(client, upstream, chat()) == ("hit", "redis")  # and not promoted into L1: too old there
+        assert send(client, upstream, chat()) == ("hit", "redis")
+        redis.Redis.from_url(redis_flush).flushdb()
+        assert not redis_tier.put(info.key, aged(120))  # too old for L2
+        assert sqlite_tier.put(info.key, aged(120))
+        assert send(client, upstream, chat()) == ("hit", "sqlite")
     pipeline.close()
     assert upstream.count("/chat/completions") == 1
 
