@@ -166,20 +166,19 @@ async def test_async_openai_sdk_hit_and_nothing_secret_stored(upstream: Simulate
 
 def test_ttl_default_and_per_request_override(upstream: SimulatedServer, redis_flush: str) -> None:
     with httpx.Client() as client:
-        pipeline = Pipeline(config(url=redis_flush, ttl=1))
+        pipeline = Pipeline(config(url=redis_flush, ttl=600))
         pipeline.instrument(client)
         post(client, upstream, chat("a"))
         client.post(
             upstream.base_url + "/chat/completions", json=chat("b"),
-            headers={"authorization": f"Bearer {API_KEY}", "x-aurelis-ttl": "30"},
+            headers={"authorization": f"Bearer {API_KEY}", "x-aurelis-ttl": "3600"},
         )
         pipeline.plugin("redis").flush()
         raw = redis.Redis.from_url(redis_flush)
         ttls = sorted(raw.pttl(k) for k in raw.keys("aurelis:*") if k != b"aurelis:meta:hits")
-        assert 0 < ttls[0] <= 1000 and 1000 < ttls[1] <= 30_000
-        time.sleep(1.1)
-        assert post(client, upstream, chat("a")).headers["x-aurelis-cache"] == "miss"
-        assert post(client, upstream, chat("b")).headers["x-aurelis-cache"] == "hit"
+        # Redis expires each key after its own ttl (the tier's, or the request's): the keys' ttls show which
+        # applied, with minutes of margin for a slow write-behind (no sleeping through a 1 s ttl).
+        assert 500_000 < ttls[0] <= 600_000 and 3_500_000 < ttls[1] <= 3_600_000
         pipeline.close()
 
 
