@@ -18,7 +18,8 @@ the script
    their boundary or negated (``<`` <-> ``<=``, ``>`` <-> ``>=``, ``==`` <-> ``!=``, ``is`` <-> ``is not``, ``in``
    <-> ``not in``), ``and`` <-> ``or``, arithmetic (``+`` <-> ``-``, ``*`` <-> ``/``, ``//`` -> ``/``, in
    augmented assignments too), ``not x`` -> ``x``, numbers (0 <-> 1, n -> n + 1), ``True`` <-> ``False``,
-   ``return x`` -> ``return None``, and a statement of a function body replaced by ``pass``;
+   ``return x`` -> ``return None``, and a statement of a function body replaced by ``pass`` (but not a trailing
+   ``return None``: without it the function returns None all the same);
 3. runs, for each mutant, only the tests that ran its line (fastest first, stopping at the first failure), in
    a fresh interpreter whose import system loads the mutated module compiled from the changed tree. The
    source files are never written: the work tree stays as it was, and two runs may go on side by side.
@@ -27,7 +28,8 @@ A mutant is *killed* when a test fails, *timed out* when the tests ran longer th
 their normal duration (plus a fixed start-up allowance; a mutant that makes a loop spin is caught by a
 hanging test too), and *survived* when every test passed or no test runs its line. The score is (killed +
 timed out) / (mutants - equivalent). Equivalent mutants (changes that cannot alter behaviour) are listed, each
-with its reason, in ``tools/mutation_equivalents.txt``; they are reported, not run.
+with its reason, in ``tools/mutation_equivalents.txt``; they are reported, not run (``--list`` shows each
+mutant's function, to name one where the same code is equivalent in one place and not in another).
 
 Cost: one coverage run, then per mutant an interpreter start and a pytest start (~1.5 s) plus its tests. A
 module of ~300 lines makes ~150-250 mutants: a few minutes with ``--jobs 2``.
@@ -92,6 +94,8 @@ class Mutant:
     line: int
     end_line: int
     description: str
+    #: The qualified name of the function (or class) the change is in; "" at module level.
+    scope: str = ""
 
     def key(self, path: str, lines: Sequence[str]) -> tuple[str, str, str]:
         """What ``mutation_equivalents.txt`` names a mutant by: file, its line's code, the change."""
@@ -148,6 +152,25 @@ def _in_function(node: ast.AST, parents: dict[int, tuple[ast.AST, str, int | Non
     return False
 
 
+def _scope(node: ast.AST, parents: dict[int, tuple[ast.AST, str, int | None]]) -> str:
+    names = []
+    while id(node) in parents:
+        node = parents[id(node)][0]
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.append(node.name)
+    return ".".join(reversed(names))
+
+
+def _trailing_return_none(node: ast.AST, parents: dict[int, tuple[ast.AST, str, int | None]]) -> bool:
+    """A bare ``return`` or ``return None`` ending a function's body: dropping it changes nothing."""
+    if not isinstance(node, ast.Return) or not (node.value is None or (
+            isinstance(node.value, ast.Constant) and node.value.value is None)):
+        return False
+    parent, name, position = parents[id(node)]
+    return (isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef) and name == "body"
+            and position == len(parent.body) - 1)
+
+
 def _short(node: ast.AST) -> str:
     text = " ".join(ast.unparse(node).split())
     return text if len(text) <= 60 else text[:57] + "..."
@@ -165,9 +188,10 @@ def mutants_of(source: str) -> list[Mutant]:
         line, end = node.lineno, node.end_lineno or node.lineno
 
         def add(
-            kind: str, detail: Any, description: str, node_index: int = index, first: int = line, last: int = end
+            kind: str, detail: Any, description: str, node_index: int = index, first: int = line, last: int = end,
+            node: ast.AST = node,
         ) -> None:
-            found.append(Mutant(node_index, kind, detail, first, last, description))
+            found.append(Mutant(node_index, kind, detail, first, last, description, _scope(node, parents)))
 
         if isinstance(node, ast.Compare):
             for position, op in enumerate(node.ops):
@@ -196,7 +220,8 @@ def mutants_of(source: str) -> list[Mutant]:
             isinstance(node.value, ast.Constant) and node.value.value is None
         ):
             add("return", None, f"`return {_short(node.value)}` -> `return None`", last=line)
-        if isinstance(node, ast.stmt) and not isinstance(node, _KEPT_STATEMENTS) and _in_function(node, parents):
+        if (isinstance(node, ast.stmt) and not isinstance(node, _KEPT_STATEMENTS) and _in_function(node, parents)
+                and not _trailing_return_none(node, parents)):
             # Compound statements (if/for/while/with/try) are dropped whole too, but only their first line
             # decides which tests run: their body's own statements have mutants of their own.
             compound = isinstance(node, ast.If | ast.For | ast.AsyncFor | ast.While | ast.With | ast.AsyncWith
@@ -434,19 +459,31 @@ def collect_coverage(paths: list[str], pytest_args: list[str], workdir: Path) ->
     return result
 
 
-def load_equivalents() -> dict[tuple[str, str, str], str]:
-    """``file | code of the line | mutation | reason`` per line; ``#`` starts a comment line."""
-    found: dict[tuple[str, str, str], str] = {}
+def load_equivalents() -> dict[tuple[str, str, str], tuple[str, str]]:
+    """``file | code of the line | mutation | reason`` per line; ``#`` starts a comment line. The code may be
+    prefixed with ``Qualified.name :: `` to match only mutants in that function (when the same code is
+    equivalent in one place and not in another)."""
+    found: dict[tuple[str, str, str], tuple[str, str]] = {}
     if not EQUIVALENTS.exists():
         return found
     for number, raw in enumerate(EQUIVALENTS.read_text().splitlines(), 1):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
-        parts = [p.strip() for p in raw.split(" | ")]
+        parts = [p.strip() for p in raw.split(" | ", 3)]
         if len(parts) != 4 or not parts[3]:
             raise SystemExit(f"{EQUIVALENTS.name}:{number}: expected 'file | code | mutation | reason'")
-        found[(parts[0], parts[1], parts[2])] = parts[3]
+        scope, _, code = parts[1].rpartition(" :: ")
+        found[(parts[0], code, parts[2])] = (scope, parts[3])
     return found
+
+
+def equivalent(mutant: Mutant, key: tuple[str, str, str],
+               equivalents: dict[tuple[str, str, str], tuple[str, str]]) -> str | None:
+    """The reason ``mutant`` is listed as equivalent, or ``None``."""
+    entry = equivalents.get(key)
+    if entry is None or (entry[0] and entry[0] != mutant.scope):
+        return None
+    return entry[1]
 
 
 @dataclass
@@ -587,9 +624,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if lines_wanted and not lines_wanted[0] <= mutant.line <= lines_wanted[1]:
                 continue
             key = mutant.key(path, lines)
-            if key in equivalents:
+            reason = equivalent(mutant, key, equivalents)
+            if reason is not None:
                 used_equivalents.add(key)
-                results[path].append(Result(mutant, "equivalent", note=equivalents[key]))
+                results[path].append(Result(mutant, "equivalent", note=reason))
                 continue
             plans.append((path, mutant, cov.tests_for(path, mutant.line, mutant.end_line)))
     for key in sorted(set(equivalents) - used_equivalents):
@@ -599,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plans.sort(key=lambda plan: (paths.index(plan[0]), plan[1].line, plan[1].node))
     if options.list:
         for path, mutant, tests in plans:
-            print(f"{path}:{mutant.line}: {mutant.description}  [{len(tests)} test(s)]")
+            print(f"{path}:{mutant.line}: {mutant.scope or '-'} :: {mutant.description}  [{len(tests)} test(s)]")
         return 0
 
     print(f"{len(plans)} mutants to run, {options.jobs} at a time", flush=True)
