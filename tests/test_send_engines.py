@@ -157,14 +157,16 @@ async def test_openai_sdk_over_aiohttp(upstream: Any) -> None:
         assert text == "echo: a b c"
         embedded = await llm.embeddings.create(model="sim-embed", input=["x", "y"])
         assert len(embedded.data) == 2 and len(embedded.data[0].embedding) == 16
-        upstream.behavior.latency = 1.0
-        with pytest.raises(openai.APITimeoutError):
-            await llm.with_options(timeout=0.2, max_retries=0).chat.completions.create(
-                model="sim-chat", messages=HELLO["messages"]
-            )
+        with gated_upstream() as silent:
+            silent.hold()  # never answers while the call waits
+            with pytest.raises(openai.APITimeoutError):
+                await llm.with_options(base_url=silent.url + "/v1", timeout=0.2, max_retries=0).chat.completions.create(
+                    model="sim-chat", messages=HELLO["messages"]
+                )
+            assert silent.arrived == 1
     finally:
         await llm.close()
-    assert upstream.count(CHAT) == 4  # the failed try, its retry, the stream, the timed-out one
+    assert upstream.count(CHAT) == 3  # the failed try, its retry, the stream
 
 
 def test_sync_clients_keep_their_own_transport_under_aiohttp(upstream: Any) -> None:

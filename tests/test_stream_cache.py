@@ -16,6 +16,7 @@ import httpx
 import httpx2
 import openai
 import pytest
+from support import gated_stream, sse
 
 import aurelis_core
 from aurelis_core._sse import stream_complete
@@ -55,17 +56,36 @@ class Streamer:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("http", "is_async"), CLIENT_KINDS)
-async def test_clean_stream_is_replayed_byte_identical(upstream: SimulatedServer, http: Any, is_async: bool) -> None:
-    upstream.behavior.update(chunk_delay=0.01)
+async def test_clean_stream_is_replayed_byte_identical(http: Any, is_async: bool) -> None:
+    events = sse(*(f'{{"choices":[{{"index":0,"delta":{{"content":"w{i}"}},"finish_reason":null}}]}}'
+                   for i in range(3)), '{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}', "[DONE]")
     streamer = Streamer(http, is_async)
-    url = upstream.base_url + "/chat/completions"
-    first, status1 = await streamer.chunks(url)
-    second, status2 = await streamer.chunks(url)
-    assert (status1, status2) == ("miss", "hit")
-    assert upstream.count("/chat/completions") == 1
-    assert len(first) > 3  # chunk_delay makes the upstream's frames arrive one by one
-    assert second == first  # same bytes, same chunk boundaries
-    assert first[-1].endswith(b"data: [DONE]\n\n")
+    with gated_stream(events) as up:
+        url = up.url + "/v1/chat/completions"
+        # The upstream sends one chunk per read: the first call sees exactly its chunks, one by one.
+        if is_async:
+            async with streamer.client.stream("POST", url, json=STREAM) as response:
+                chunks = response.aiter_raw()
+                first = []
+                for _ in events:
+                    up.allow(1)
+                    first.append(await chunks.__anext__())
+                assert [c async for c in chunks] == []
+                status1 = response.headers["x-aurelis-cache"]
+        else:
+            with streamer.client.stream("POST", url, json=STREAM) as response:
+                sync_chunks = response.iter_raw()
+                first = []
+                for _ in events:
+                    up.allow(1)
+                    first.append(next(sync_chunks))
+                assert list(sync_chunks) == []
+                status1 = response.headers["x-aurelis-cache"]
+        second, status2 = await streamer.chunks(url)
+        assert (status1, status2) == ("miss", "hit")
+        assert up.requests == 1
+        assert first == events
+        assert second == first  # same bytes, same chunk boundaries
     await streamer.aclose()
 
 
