@@ -277,7 +277,8 @@ def test_the_interned_names_are_bounded() -> None:
     assert shared(memory, [(b"x-late", b"v")], [(b"x-late", b"v")], ("c", "d")) == [False]
 
 
-@pytest.mark.parametrize(("max_bytes", "pairs"), [(1 << 20, 256), (4096 * 300, 300), (1 << 30, 16384)])
+@pytest.mark.parametrize(("max_bytes", "pairs"), [
+    (1 << 20, 256), (4096 * 300, 300), (4096 * 300 + 4095, 300), (1 << 30, 16384)])
 def test_the_pair_table_holds_one_pair_per_4_kib_of_budget_within_its_bounds(max_bytes: int, pairs: int) -> None:
     memory = tier(max_bytes=max_bytes)
     first = answer(1, headers=[(b"x-n", b"first")])

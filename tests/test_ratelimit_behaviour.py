@@ -269,11 +269,16 @@ def test_none_left_without_a_reset_waits_for_the_local_refill(upstream: Simulate
 
 
 def test_token_headers_correct_the_token_limit(upstream: SimulatedServer) -> None:
-    client, limiter, _ = limited({"rpm": 100, "tpm": 60_000})
+    client, limiter, _ = limited({"rpm": 100, "tpm": 60_000})  # tokens: 1 ms each, 60 s of burst
     upstream.behavior.headers = {"x-ratelimit-remaining-tokens": "1000", "x-ratelimit-remaining-requests": "99"}
     post(client, upstream.url)
     assert limiter.remaining(upstream.url, "tokens") == pytest.approx(1000.0)
     assert limiter.remaining(upstream.url) == pytest.approx(99.0)
+    client.close()
+    client, limiter, _ = limited({"rpm": 100, "tpm": 60_000})
+    upstream.behavior.headers = {"x-ratelimit-remaining-tokens": "59500"}  # a small correction (0.5 s) counts too
+    post(client, upstream.url)
+    assert limiter.remaining(upstream.url, "tokens") == pytest.approx(59_500.0)
     client.close()
 
 
@@ -380,6 +385,57 @@ def test_shared_limits_count_across_pipelines(upstream: SimulatedServer, redis_f
     refused(second, upstream.url)
     first.close()
     second.close()
+
+
+@pytest.mark.redis
+def test_a_shared_limit_refunds_an_unsent_attempt_through_redis(redis_flush: str) -> None:
+    url = dead_url()
+    client, _, _ = limited({"rpm": 1, "max_wait": 0, "redis_url": redis_flush})
+    for _ in range(3):  # each would be refused if the one before had kept its request
+        with pytest.raises(httpx.ConnectError):
+            post(client, url)
+    client.close()
+
+
+def redis_clients(url: str) -> int:
+    probe = redis.Redis.from_url(url)
+    try:
+        return len(probe.client_list()) - 1  # not counting this one
+    finally:
+        probe.close()
+
+
+@pytest.mark.redis
+def test_closing_the_pipeline_releases_its_redis_connections(upstream: SimulatedServer, redis_flush: str) -> None:
+    before = redis_clients(redis_flush)
+    pipeline = Pipeline({"plugins": ["ratelimit"], "ratelimit": {"rpm": 100, "redis_url": redis_flush}})
+    with pipeline.instrument(httpx.Client(timeout=10)) as client:
+        post(client, upstream.url)
+        assert redis_clients(redis_flush) == before + 1
+    pipeline.close()  # a pipeline passed in is closed by its owner, not by the client
+    assert redis_clients(redis_flush) == before
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_closing_an_async_pipeline_releases_its_redis_connections(upstream: SimulatedServer,
+                                                                        redis_flush: str) -> None:
+    before = redis_clients(redis_flush)
+    async with aurelis_core.instrument(httpx.AsyncClient(timeout=10), {"plugins": ["ratelimit"], "ratelimit": {
+            "rpm": 100, "redis_url": redis_flush}}) as client:
+        await client.post(upstream.url + CHAT, json=BODY)
+        assert redis_clients(redis_flush) == before + 1
+    assert redis_clients(redis_flush) == before
+
+
+def test_redis_failures_are_logged_once_per_burst(upstream: SimulatedServer, caplog: Any) -> None:
+    client, _, _ = limited({"rpm": 1000, "redis_url": "redis://127.0.0.1:1/0"})
+    with caplog.at_level(logging.WARNING, logger="aurelis"):
+        for _ in range(101):
+            post(client, upstream.url)
+    counts = [r.getMessage().split("(")[1].split(" ")[0] for r in caplog.records if "Redis failed" in r.getMessage()]
+    assert counts == ["1", "100"]
+    client.close()
 
 
 # --- configuration -------------------------------------------------------------------------------------------
