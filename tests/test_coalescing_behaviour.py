@@ -18,7 +18,7 @@ import anyio
 import httpx
 import httpx2
 import pytest
-from support import GatedStream, GatedUpstream, gated_stream, gated_upstream, joined, sse
+from support import PATIENCE, GatedStream, GatedUpstream, gated_stream, gated_upstream, joined, sse
 
 from aurelis_core import Pipeline, RequestContext, hookimpl
 
@@ -509,6 +509,39 @@ async def test_a_reader_cancelled_while_pulling_for_others_does_not_cut_their_st
     "cancelled puller interrupts the shared stream for the other readers"))
 async def test_a_reader_cancelled_natively_while_pulling_for_others_does_not_cut_their_stream() -> None:
     await cancel_while_pulling(native=True)
+
+
+@pytest.mark.anyio
+async def test_a_lone_reader_cancelled_while_waiting_for_a_chunk_stops_at_once() -> None:
+    with gated_stream(EVENTS) as up:
+        pipeline, _ = pipeline_with_lookups()
+        async with pipeline.instrument(httpx.AsyncClient(timeout=30)) as client:
+            up.allow(1)
+            first = asyncio.Event()
+
+            async def read() -> None:
+                async with client.stream("POST", up.url + CHAT, json=STREAM_BODY) as response:
+                    async for _ in response.aiter_raw():
+                        first.set()  # then waits for a chunk the upstream holds back
+
+            scope = anyio.CancelScope()
+
+            async def cancellable() -> None:
+                with scope:
+                    await read()
+
+            reader = asyncio.create_task(cancellable())
+            await first.wait()
+            for _ in range(50):  # a bounded number of loop turns: the reader reaches its socket read
+                await asyncio.sleep(0)
+            scope.cancel()  # nobody else reads this stream: nothing to shield, it stops without the next chunk
+            with anyio.fail_after(PATIENCE):  # only a reader held up by a shield would take this long
+                await reader
+            assert scope.cancelled_caught
+            await anyio.to_thread.run_sync(up.wait_disconnects, 1)
+            up.allow()
+            async with client.stream("POST", up.url + CHAT, json=STREAM_BODY) as again:
+                assert again.headers["x-aurelis-cache"] == "miss"
 
 
 @pytest.mark.anyio
