@@ -23,6 +23,14 @@ def registry(slow_start: float = 30.0) -> tuple[EndpointHealth, FakeClock]:
 # --- blocks and candidates -----------------------------------------------------------------------------------
 
 
+def test_the_defaults() -> None:
+    import time
+
+    health = EndpointHealth([A])
+    assert (health.slow_start, health.clock) == (30.0, time.monotonic)
+    assert list(health.status) == ["a"]
+
+
 def test_nothing_blocked_hands_back_the_endpoints_themselves() -> None:
     health, _ = registry()
     endpoints = [A, B, C]
