@@ -460,7 +460,8 @@ def collect_coverage(paths: list[str], pytest_args: list[str], workdir: Path) ->
 
 
 def load_equivalents() -> dict[tuple[str, str, str], tuple[str, str]]:
-    """``file | code of the line | mutation | reason`` per line; ``#`` starts a comment line. The code may be
+    """``file || code of the line || mutation || reason`` per line (``||``: code has ``|``, never ``||``);
+    ``#`` starts a comment line. The code may be
     prefixed with ``Qualified.name :: `` to match only mutants in that function (when the same code is
     equivalent in one place and not in another)."""
     found: dict[tuple[str, str, str], tuple[str, str]] = {}
@@ -469,9 +470,9 @@ def load_equivalents() -> dict[tuple[str, str, str], tuple[str, str]]:
     for number, raw in enumerate(EQUIVALENTS.read_text().splitlines(), 1):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
-        parts = [p.strip() for p in raw.split(" | ", 3)]
+        parts = [p.strip() for p in raw.split(" || ", 3)]
         if len(parts) != 4 or not parts[3]:
-            raise SystemExit(f"{EQUIVALENTS.name}:{number}: expected 'file | code | mutation | reason'")
+            raise SystemExit(f"{EQUIVALENTS.name}:{number}: expected 'file || code || mutation || reason'")
         scope, _, code = parts[1].rpartition(" :: ")
         found[(parts[0], code, parts[2])] = (scope, parts[3])
     return found
