@@ -1,4 +1,4 @@
-"""Helpers for tests that must not depend on how fast a loaded machine runs them.
+"""Tools for tests that must not depend on how fast a loaded machine runs them.
 
 ``FakeClock``
     A clock a test moves by hand: pass it wherever a plugin takes a clock (``pipeline.health.clock``, a rate

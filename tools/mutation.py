@@ -60,7 +60,7 @@ EQUIVALENTS = Path(__file__).resolve().parent / "mutation_equivalents.txt"
 PACKAGES = {"aurelis_core": "aurelis_core", "plugins": "aurelis_plugins"}
 
 #: Seconds every mutant's run is allowed on top of its tests' own time: an interpreter and pytest start, the
-#: session's fixtures (a loopback server), on a loaded machine.
+#: test run's shared fixtures (a loopback server), on a loaded machine.
 START_ALLOWANCE = 20.0
 
 
