@@ -24,9 +24,9 @@ the script
    a fresh interpreter whose import system loads the mutated module compiled from the changed tree. The
    source files are never written: the work tree stays as it was, and two runs may go on side by side.
 
-A mutant is *killed* when a test fails, *timed out* when the tests ran longer than ``--timeout-factor`` times
-their normal duration (plus a fixed start-up allowance; a mutant that makes a loop spin is caught by a
-hanging test too), and *survived* when every test passed or no test runs its line. The score is (killed +
+A mutant is *killed* when a test fails, *timed out* when a test ran longer than ``--timeout-factor`` times its
+unmutated duration plus 10 s (a SIGALRM fails it: a mutant that makes a loop spin or a wait never end), or the
+whole run past its deadline, and *survived* when every test passed or no test runs its line. The score is (killed +
 timed out) / (mutants - equivalent). Equivalent mutants (changes that cannot alter behaviour) are listed, each
 with its reason, in ``tools/mutation_equivalents.txt``; they are reported, not run (``--list`` shows each
 mutant's function, to name one where the same code is equivalent in one place and not in another).
@@ -62,6 +62,8 @@ PACKAGES = {"aurelis_core": "aurelis_core", "plugins": "aurelis_plugins"}
 #: Seconds every mutant's run is allowed on top of its tests' own time: an interpreter and pytest start, the
 #: test run's shared fixtures (a loopback server), on a loaded machine.
 START_ALLOWANCE = 20.0
+#: Seconds any one test may run on top of ``--timeout-factor`` times its unmutated duration.
+TEST_ALLOWANCE = 10.0
 
 
 # --- mutants --------------------------------------------------------------------------------------------------
@@ -300,7 +302,30 @@ def _warm_up() -> None:
             del sys.modules[name]
 
 
-def _run_in_child(path: str, mutant: Mutant, pytest_args: list[str]) -> int:
+#: What a test that ran over its own time limit fails with (the verdict then is "timeout").
+HUNG = "mutation.py: the test ran over its time limit"
+
+
+class _TestTimeLimit:
+    """A pytest plugin failing a test that runs far longer than it did unmutated (a mutant that makes it hang):
+    a SIGALRM in the main thread, where the test and an async test's event loop run. Without it a hanging test
+    would hold its mutant until the whole run's deadline."""
+
+    def __init__(self, limits: dict[str, float]) -> None:
+        self.limits = limits
+
+    def _alarm(self, signum: int, frame: Any) -> None:
+        raise TimeoutError(HUNG)
+
+    def pytest_runtest_protocol(self, item: Any, nextitem: Any) -> None:
+        signal.signal(signal.SIGALRM, self._alarm)
+        signal.setitimer(signal.ITIMER_REAL, self.limits.get(item.nodeid, TEST_ALLOWANCE))
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _run_in_child(path: str, mutant: Mutant, pytest_args: list[str], limits: dict[str, float]) -> int:
     """Install an import hook serving the mutated module, then run pytest in this (forked) process."""
     import importlib.abc
     import importlib.util
@@ -334,14 +359,14 @@ def _run_in_child(path: str, mutant: Mutant, pytest_args: list[str]) -> int:
     import pytest
 
     module = importlib.import_module(name)
-    code = int(pytest.main(pytest_args))
+    code = int(pytest.main(pytest_args, plugins=[_TestTimeLimit(limits)]))
     if sys.modules.get(name) is not module or not isinstance(module.__spec__.loader, Loader):
         print(f"mutation.py: {name} was not the mutated module during the run", flush=True)
         return 4
     return code
 
 
-def _fork_mutant(path: str, mutant: Mutant, pytest_args: list[str], output: Path) -> int:
+def _fork_mutant(path: str, mutant: Mutant, pytest_args: list[str], limits: dict[str, float], output: Path) -> int:
     """Start a child running ``mutant``'s tests, its output to ``output``; returns its pid."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -354,7 +379,7 @@ def _fork_mutant(path: str, mutant: Mutant, pytest_args: list[str], output: Path
         fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        code = _run_in_child(path, mutant, pytest_args)
+        code = _run_in_child(path, mutant, pytest_args, limits)
     except BaseException:
         import traceback
 
@@ -502,9 +527,11 @@ def _start(path: str, mutant: Mutant, tests: list[str], cov: Coverage, factor: f
     args = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--no-header", *tests]
     output = workdir / f"mutant-{mutant.node}-{mutant.kind}-{time.monotonic_ns()}.log"
     started = time.monotonic()
-    expected = sum(cov.durations.get(t, 0.0) for t in tests)
-    pid = _fork_mutant(path, mutant, args, output)
-    return Running(pid, path, mutant, tests, output, started, started + START_ALLOWANCE + factor * expected)
+    durations = {t: cov.durations.get(t, 0.0) for t in tests}
+    limits = {t: TEST_ALLOWANCE + factor * d for t, d in durations.items()}
+    pid = _fork_mutant(path, mutant, args, limits, output)
+    deadline = started + START_ALLOWANCE + factor * sum(durations.values())
+    return Running(pid, path, mutant, tests, output, started, deadline)
 
 
 def _verdict(running: Running, exit_code: int | None) -> Result:
@@ -519,6 +546,8 @@ def _verdict(running: Running, exit_code: int | None) -> Result:
         return Result(running.mutant, "survived", count, seconds)
     if exit_code == 1:  # a test failed: the output names it
         failed = next((ln.split()[1] for ln in output.splitlines() if ln.startswith("FAILED ")), "")
+        if HUNG in output:
+            return Result(running.mutant, "timeout", count, seconds, f"{failed} ran over its time limit")
         return Result(running.mutant, "killed", count, seconds, failed)
     # 2: interrupted, e.g. a collection error (the mutated module failed to import); 3+: pytest itself failed.
     last = output.strip().splitlines()[-1:] or [""]
