@@ -506,3 +506,16 @@ def client_pipeline(client: httpx.Client) -> Pipeline:
     pipeline = aurelis_core.pipeline_of(client)
     assert pipeline is not None
     return pipeline
+
+
+def test_the_latest_1000_transitions_are_kept(upstream: SimulatedServer) -> None:
+    client, breaker, clock = breaker_client({"consecutive_failures": 1, "close_after": 1, "open_for": 1.0,
+                                             "max_open_for": 1.0})
+    for _ in range(334):  # open, half-open, closed: three transitions each
+        fail(client, upstream)
+        clock.advance(1.0)
+        ok(client, upstream)
+    assert len(breaker.transitions) == 1000
+    # 1002 changes: the first two (closed -> open -> half_open) went.
+    assert (breaker.transitions[0].old, breaker.transitions[0].new) == ("half_open", "closed")
+    client.close()
