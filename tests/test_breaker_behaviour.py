@@ -519,3 +519,50 @@ def test_the_latest_1000_transitions_are_kept(upstream: SimulatedServer) -> None
     # 1002 changes: the first two (closed -> open -> half_open) went.
     assert (breaker.transitions[0].old, breaker.transitions[0].new) == ("half_open", "closed")
     client.close()
+
+
+class HeadThenHold:
+    """Sends its status and headers at once, and the body only when ``hold_body`` is off."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.hold_body = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": self.status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+        while self.hold_body:
+            await asyncio.sleep(0.001)
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+@pytest.mark.anyio
+async def test_a_probe_cancelled_while_reading_its_answer_gives_no_verdict() -> None:
+    from aurelis_core.testing import serve
+
+    app = HeadThenHold()
+    with serve(app) as server:  # type: ignore[arg-type]
+        pipeline = Pipeline({"plugins": ["breaker"], "breaker": {"consecutive_failures": 1, "close_after": 1}})
+        clock = pipeline.health.clock = FakeClock()
+        breaker: Breaker = pipeline.plugin("breaker")
+        try:
+            async with pipeline.instrument(httpx.AsyncClient(timeout=30)) as client:
+                url = server.url + "/v1/chat/completions"
+                app.status = 500
+                assert (await client.post(url, json=BODY)).status_code == 500
+                clock.advance(5.0)
+                app.status, app.hold_body = 200, True
+                async with client.stream("POST", url, json=BODY) as response:
+                    assert response.status_code == 200  # the probe's answer has begun...
+                    reader = asyncio.create_task(response.aread())
+                    for _ in range(50):  # a bounded number of loop turns: the reader waits for the body
+                        await asyncio.sleep(0)
+                    reader.cancel()  # ...and its reader is cancelled before the body came
+                    with pytest.raises(asyncio.CancelledError):
+                        await reader
+                assert breaker.state(server.url) == "half_open"  # a 200 head is no verdict without its body
+                assert pipeline.health.status[server.url].probes_left == 1
+        finally:
+            app.hold_body = False
