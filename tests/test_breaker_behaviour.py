@@ -566,3 +566,13 @@ async def test_a_probe_cancelled_while_reading_its_answer_gives_no_verdict() -> 
                 assert pipeline.health.status[server.url].probes_left == 1
         finally:
             app.hold_body = False
+
+
+def test_a_failure_that_meets_both_rules_trips_once(upstream: SimulatedServer) -> None:
+    client, breaker, _ = breaker_client({"consecutive_failures": 3, "min_calls": 3, "failure_rate": 0.5})
+    for _ in range(3):
+        fail(client, upstream)  # the 3rd is both the 3rd in a row and 3/3 calls failed
+    assert [(t.old, t.new) for t in breaker.transitions] == [("closed", "open")]
+    assert breaker.transitions[-1].reason == "3 consecutive failures; open for 5s"
+    assert refused(client, upstream).retry_after == 5.0
+    client.close()
