@@ -572,3 +572,23 @@ def test_flights_are_counted_while_in_progress() -> None:
         assert len(pipeline._flights) == 0
         client.close()
 
+
+
+@pytest.mark.anyio
+async def test_a_followers_whole_answer_is_recorded_when_handed_over() -> None:
+    with gated_upstream() as up:
+        pipeline, lookups = pipeline_with_lookups()
+        async with pipeline.instrument(httpx.AsyncClient(timeout=30)) as client:
+            up.hold()
+            leader = asyncio.create_task(client.post(up.url + CHAT, json=BODY))
+            await in_thread(up, 1)()
+            request = client.build_request("POST", up.url + CHAT, json=BODY)
+            follower = asyncio.create_task(client.send(request, stream=True))
+            await looked_up(lookups, 2)
+            up.release()
+            await leader
+            response = await follower
+            # A whole answer: the request is over when it is handed over, body read or not (as for a hit).
+            assert [s.cache for s in pipeline.stats.samples] == ["miss", "hit"]
+            assert await response.aread() == (await leader).content
+            await response.aclose()
