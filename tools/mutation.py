@@ -302,8 +302,10 @@ def _warm_up() -> None:
             del sys.modules[name]
 
 
-#: What a test that ran over its own time limit fails with (the verdict then is "timeout").
+#: What a test that ran over its own time limit fails with (the verdict then is "timeout"); if it cannot even
+#: finish failing, the child exits with HUNG_EXIT.
 HUNG = "mutation.py: the test ran over its time limit"
+HUNG_EXIT = 86
 
 
 class _TestTimeLimit:
@@ -313,11 +315,19 @@ class _TestTimeLimit:
 
     def __init__(self, limits: dict[str, float]) -> None:
         self.limits = limits
+        self.fired = False
 
     def _alarm(self, signum: int, frame: Any) -> None:
+        if self.fired:  # the failed test did not even finish (its teardown waits on a hung thread): give up
+            sys.stdout.write(f"\n{HUNG}\n")
+            sys.stdout.flush()
+            os._exit(HUNG_EXIT)
+        self.fired = True
+        signal.setitimer(signal.ITIMER_REAL, TEST_ALLOWANCE)
         raise TimeoutError(HUNG)
 
     def pytest_runtest_protocol(self, item: Any, nextitem: Any) -> None:
+        self.fired = False
         signal.signal(signal.SIGALRM, self._alarm)
         signal.setitimer(signal.ITIMER_REAL, self.limits.get(item.nodeid, TEST_ALLOWANCE))
 
@@ -530,7 +540,8 @@ def _start(path: str, mutant: Mutant, tests: list[str], cov: Coverage, factor: f
     durations = {t: cov.durations.get(t, 0.0) for t in tests}
     limits = {t: TEST_ALLOWANCE + factor * d for t, d in durations.items()}
     pid = _fork_mutant(path, mutant, args, limits, output)
-    deadline = started + START_ALLOWANCE + factor * sum(durations.values())
+    # Room for one test to hang through both of its alarms (-x: the run stops at its failure).
+    deadline = started + START_ALLOWANCE + 2 * TEST_ALLOWANCE + factor * sum(durations.values())
     return Running(pid, path, mutant, tests, output, started, deadline)
 
 
@@ -542,6 +553,8 @@ def _verdict(running: Running, exit_code: int | None) -> Result:
     running.output.unlink(missing_ok=True)
     if exit_code is None:
         return Result(running.mutant, "timeout", count, seconds, f"over {running.deadline - running.started:.0f} s")
+    if exit_code == HUNG_EXIT:
+        return Result(running.mutant, "timeout", count, seconds, "a test hung, and then its teardown")
     if exit_code == 0:
         return Result(running.mutant, "survived", count, seconds)
     if exit_code == 1:  # a test failed: the output names it
@@ -674,17 +687,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.chdir(ROOT)
     _warm_up()
     started = time.monotonic()
+    partial = Path(options.json + ".partial") if options.json else None
     for done, (path, result) in enumerate(run_all(plans, cov, max(1, options.jobs), options.timeout_factor), 1):
         results[path].append(result)
+        if partial is not None:  # as they come: an interrupted run keeps what it found
+            with partial.open("a") as out:
+                out.write(json.dumps({"path": path, **_row(result)}) + "\n")
         if result.status not in ("killed", "timeout") or done % 25 == 0:
             print(f"  [{done}/{len(plans)} {time.monotonic() - started:.0f} s] {path}:{result.mutant.line} "
                   f"{result.mutant.description}: {result.status}", flush=True)
     report(results)
     if options.json:
-        Path(options.json).write_text(json.dumps(
-            {p: [{**r.mutant.__dict__, "status": r.status, "tests": r.tests, "seconds": round(r.seconds, 2),
-                  "note": r.note} for r in rs] for p, rs in results.items()}, indent=1))
+        Path(options.json).write_text(json.dumps({p: [_row(r) for r in rs] for p, rs in results.items()}, indent=1))
     return 0
+
+
+def _row(result: Result) -> dict[str, Any]:
+    return {**result.mutant.__dict__, "status": result.status, "tests": result.tests,
+            "seconds": round(result.seconds, 2), "note": result.note}
 
 
 def _counts(results: list[Result]) -> dict[str, int]:
