@@ -592,3 +592,18 @@ async def test_a_followers_whole_answer_is_recorded_when_handed_over() -> None:
             assert [s.cache for s in pipeline.stats.samples] == ["miss", "hit"]
             assert await response.aread() == (await leader).content
             await response.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_stream_follower_gets_the_upstreams_headers() -> None:
+    with gated_stream(EVENTS) as up:
+        pipeline, _ = pipeline_with_lookups()
+        async with pipeline.instrument(httpx.AsyncClient(timeout=30)) as client:
+            up.allow(1)
+            async with client.stream("POST", up.url + CHAT, json=STREAM_BODY) as leading:
+                await leading.aiter_raw().__anext__()
+                async with client.stream("POST", up.url + CHAT, json=STREAM_BODY) as following:
+                    assert following.headers["x-aurelis-cache-tier"] == "coalesced"
+                    assert following.headers["content-type"] == leading.headers["content-type"] == "text/event-stream"
+                    up.allow()
+                    assert joined_bytes(await read_all(following)) == joined_bytes(EVENTS)  # from the first chunk
