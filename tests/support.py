@@ -149,6 +149,8 @@ class GatedStream:
     def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = chunks
         self.cut_after: int | None = None
+        #: While set, a request's status and headers wait too (not only its chunks).
+        self.hold_head = False
         self.url = ""
         self._allowed = 0
         self._requests = 0
@@ -201,6 +203,8 @@ class GatedStream:
                     self._cond.notify_all()
 
         watcher = asyncio.ensure_future(watch())
+        while self.hold_head:
+            await asyncio.sleep(0.001)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
         for index, chunk in enumerate(self.chunks):

@@ -607,3 +607,73 @@ async def test_a_stream_follower_gets_the_upstreams_headers() -> None:
                     assert following.headers["content-type"] == leading.headers["content-type"] == "text/event-stream"
                     up.allow()
                     assert joined_bytes(await read_all(following)) == joined_bytes(EVENTS)  # from the first chunk
+
+
+@pytest.mark.anyio
+async def test_stream_followers_get_the_head_as_soon_as_it_arrives() -> None:
+    with gated_stream(EVENTS) as up:
+        up.hold_head = True
+        pipeline, lookups = pipeline_with_lookups()
+        async with pipeline.instrument(httpx.AsyncClient(timeout=30)) as client:
+            request = client.build_request("POST", up.url + CHAT, json=STREAM_BODY)
+            leader = asyncio.create_task(client.send(request, stream=True))
+            await in_thread(up, 1)()
+            follower = asyncio.create_task(client.send(request, stream=True))
+            await looked_up(lookups, 2)
+            up.hold_head = False  # the head comes; no chunk is allowed yet, and nobody reads one
+            with anyio.fail_after(PATIENCE):  # only a follower never told of the head would wait this long
+                leading, following = await leader, await follower
+            assert following.headers["x-aurelis-cache-tier"] == "coalesced" and up.sent == 0
+            up.allow()
+            assert await leading.aread() == await following.aread() == joined_bytes(EVENTS)
+            await leading.aclose()
+            await following.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_async_stream_reader_waiting_on_another_s_pull_gets_each_chunk_as_it_comes() -> None:
+    with gated_stream(EVENTS) as up:
+        pipeline, _ = pipeline_with_lookups()
+        async with pipeline.instrument(httpx.AsyncClient(timeout=30)) as client:
+            request = client.build_request("POST", up.url + CHAT, json=STREAM_BODY)
+            up.allow(1)
+            leading = await client.send(request, stream=True)
+            following = await client.send(request, stream=True)
+            mine, theirs = leading.aiter_raw(), following.aiter_raw()
+            assert await mine.__anext__() == await theirs.__anext__() == EVENTS[0]
+            pulling = asyncio.create_task(mine.__anext__())  # the leader pulls the 2nd chunk...
+            for _ in range(50):  # (a bounded number of loop turns: it reaches its socket read)
+                await asyncio.sleep(0)
+            waiting = asyncio.create_task(theirs.__anext__())  # ...the follower waits for that pull
+            for _ in range(50):
+                await asyncio.sleep(0)
+            up.allow(1)
+            with anyio.fail_after(PATIENCE):  # only a follower never told of the new chunk would wait this long
+                assert await pulling == await waiting == EVENTS[1]
+            assert up.sent == 2  # the rest is still held back: the follower got it live, not at the end
+            up.allow()
+            await leading.aclose()
+            await following.aclose()
+
+
+def test_a_sync_stream_reader_waiting_on_another_s_pull_gets_each_chunk_as_it_comes() -> None:
+    with gated_stream(EVENTS) as up:
+        pipeline, _ = pipeline_with_lookups()
+        client = pipeline.instrument(httpx.Client(timeout=30))
+        request = client.build_request("POST", up.url + CHAT, json=STREAM_BODY)
+        up.allow(1)
+        leading = client.send(request, stream=True)
+        following = client.send(request, stream=True)
+        mine, theirs = leading.iter_raw(), following.iter_raw()
+        assert next(mine) == next(theirs) == EVENTS[0]
+        with ThreadPoolExecutor(2) as pool:
+            pulling = pool.submit(next, mine)  # the leader's thread pulls the 2nd chunk...
+            up.wait_sent(1)
+            waiting = pool.submit(next, theirs)  # ...while the follower's thread waits for it
+            up.allow(1)
+            assert pulling.result(PATIENCE) == waiting.result(PATIENCE) == EVENTS[1]
+            assert up.sent == 2  # the rest is still held back: the follower got it live, not at the end
+            up.allow()
+        leading.close()
+        following.close()
+        client.close()
