@@ -151,6 +151,8 @@ class GatedStream:
         self.cut_after: int | None = None
         #: While set, a request's status and headers wait too (not only its chunks).
         self.hold_head = False
+        #: The (host, port) each request came from: the same port twice is a reused connection.
+        self.clients: list[tuple[Any, ...]] = []
         self.url = ""
         self._allowed = 0
         self._requests = 0
@@ -194,6 +196,7 @@ class GatedStream:
         with self._cond:
             self._requests += 1
             self._sent = 0
+            self.clients.append(tuple(scope.get("client") or ()))
             self._cond.notify_all()
 
         async def watch() -> None:  # the client going away shows as http.disconnect

@@ -677,3 +677,24 @@ def test_a_sync_stream_reader_waiting_on_another_s_pull_gets_each_chunk_as_it_co
         leading.close()
         following.close()
         client.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("is_async", [True, False])
+async def test_a_stream_read_to_its_end_gives_its_connection_back(is_async: bool) -> None:
+    with gated_stream(EVENTS) as up:
+        pipeline, _ = pipeline_with_lookups()
+        up.allow()
+        bodies = [{**STREAM_BODY, "seed": n} for n in range(2)]  # two keys: both go upstream
+        if is_async:
+            async with pipeline.instrument(httpx.AsyncClient(timeout=30)) as client:
+                for body in bodies:
+                    async with client.stream("POST", up.url + CHAT, json=body) as response:
+                        assert await read_all(response)
+        else:
+            with pipeline.instrument(httpx.Client(timeout=30)) as sync_client:
+                for body in bodies:
+                    with sync_client.stream("POST", up.url + CHAT, json=body) as sync_response:
+                        assert list(sync_response.iter_raw())
+        assert up.requests == 2
+        assert up.clients[0] == up.clients[1]  # the second request reused the first one's connection
