@@ -698,3 +698,91 @@ async def test_a_stream_read_to_its_end_gives_its_connection_back(is_async: bool
                         assert list(sync_response.iter_raw())
         assert up.requests == 2
         assert up.clients[0] == up.clients[1]  # the second request reused the first one's connection
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("is_async", [True, False])
+async def test_what_is_drained_after_done_is_stored_with_the_rest(is_async: bool) -> None:
+    chunks = [*EVENTS, trailing(100)]
+    with gated_stream(chunks) as up:
+        pipeline, _ = pipeline_with_lookups()
+        up.allow(len(EVENTS))
+        if is_async:
+            async with pipeline.instrument(httpx.AsyncClient(timeout=30)) as client:
+                async with client.stream("POST", up.url + CHAT, json=STREAM_BODY) as response:
+                    async for chunk in response.aiter_raw():
+                        if chunk.endswith(b"data: [DONE]\n\n"):
+                            up.allow()
+                            await anyio.to_thread.run_sync(up.wait_sent, len(chunks))
+                            break
+                async with client.stream("POST", up.url + CHAT, json=STREAM_BODY) as replay:
+                    assert replay.headers["x-aurelis-cache"] == "hit"
+                    assert joined_bytes(await read_all(replay)) == joined_bytes(chunks)
+        else:
+            with pipeline.instrument(httpx.Client(timeout=30)) as sync_client:
+                with sync_client.stream("POST", up.url + CHAT, json=STREAM_BODY) as sync_response:
+                    for chunk in sync_response.iter_raw():
+                        if chunk.endswith(b"data: [DONE]\n\n"):
+                            up.allow()
+                            up.wait_sent(len(chunks))
+                            break
+                with sync_client.stream("POST", up.url + CHAT, json=STREAM_BODY) as sync_replay:
+                    assert sync_replay.headers["x-aurelis-cache"] == "hit"
+                    assert joined_bytes(list(sync_replay.iter_raw())) == joined_bytes(chunks)
+
+
+class AttemptEnds:
+    """Records how each attempt ended: its status and the type of its error."""
+
+    name = "attempt_ends"
+
+    def __init__(self) -> None:
+        self.ends: list[tuple[int | None, str]] = []
+
+    @hookimpl
+    def aurelis_attempt_end(self, ctx: RequestContext, attempt: Any) -> None:
+        self.ends.append((attempt.status_code, type(attempt.error).__name__))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("is_async", [True, False])
+@pytest.mark.parametrize("complete", [True, False])
+async def test_leaving_a_stream_early_ends_its_attempt_once(is_async: bool, complete: bool) -> None:
+    # complete: the reader stops at [DONE] and the connection is cut while the rest is drained (an error,
+    # nothing stored); else it stops half-way (no error, nothing stored). Either way the attempt ends, once.
+    with gated_stream([*EVENTS, trailing(100)]) as up:
+        ends = AttemptEnds()
+        pipeline = Pipeline({"plugins": ["normalize", "memory"]}, plugins=[ends])
+        stop_after = len(EVENTS) if complete else 2
+        up.cut_after = len(EVENTS) if complete else None
+        up.allow(stop_after)
+
+        def stop_here(read: list[bytes]) -> bool:
+            return joined_bytes(read) == joined_bytes(EVENTS[:stop_after])
+
+        if is_async:
+            async with pipeline.instrument(httpx.AsyncClient(timeout=30)) as client:
+                async with client.stream("POST", up.url + CHAT, json=STREAM_BODY) as response:
+                    read: list[bytes] = []
+                    async for chunk in response.aiter_raw():
+                        read.append(chunk)
+                        if stop_here(read):
+                            up.allow()
+                            break
+                async with client.stream("POST", up.url + CHAT, json=STREAM_BODY) as again:
+                    assert again.headers["x-aurelis-cache"] == "miss"
+        else:
+            with pipeline.instrument(httpx.Client(timeout=30)) as sync_client:
+                with sync_client.stream("POST", up.url + CHAT, json=STREAM_BODY) as sync_response:
+                    read = []
+                    for chunk in sync_response.iter_raw():
+                        read.append(chunk)
+                        if stop_here(read):
+                            up.allow()
+                            break
+                up.cut_after = None
+                with sync_client.stream("POST", up.url + CHAT, json=STREAM_BODY) as sync_again:
+                    assert sync_again.headers["x-aurelis-cache"] == "miss"
+        error = "RemoteProtocolError" if complete else "NoneType"
+        assert ends.ends[0] == (200, error)
+        assert len(ends.ends) == 2  # and the second request's

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -98,6 +99,8 @@ class Mutant:
     description: str
     #: The qualified name of the function (or class) the change is in; "" at module level.
     scope: str = ""
+    #: 1 for the first mutant in ``scope`` with this line code and description (in line order), 2 for the next...
+    occurrence: int = 1
 
     def key(self, path: str, lines: Sequence[str]) -> tuple[str, str, str]:
         """What ``mutation_equivalents.txt`` names a mutant by: file, its line's code, the change."""
@@ -231,7 +234,15 @@ def mutants_of(source: str) -> list[Mutant]:
             first = ast.unparse(node).splitlines()[0] if compound else _short(node)
             if not compound or len(first) <= 60:
                 add("drop", None, f"drop `{' '.join(first.split())}`", last=line if compound else end)
-    return found
+    seen: dict[tuple[str, str, str], int] = defaultdict(int)
+    lines = source.splitlines()
+    numbered = []
+    for mutant in sorted(found, key=lambda m: (m.line, m.node)):
+        group = (mutant.scope, lines[mutant.line - 1].strip(), mutant.description)
+        seen[group] += 1
+        numbered.append(dataclasses.replace(mutant, occurrence=seen[group]))
+    order = {(m.node, m.description): i for i, m in enumerate(found)}
+    return sorted(numbered, key=lambda m: order[(m.node, m.description)])
 
 
 def mutate(source: str, mutant: Mutant) -> ast.Module:
@@ -494,12 +505,12 @@ def collect_coverage(paths: list[str], pytest_args: list[str], workdir: Path) ->
     return result
 
 
-def load_equivalents() -> dict[tuple[str, str, str], tuple[str, str]]:
+def load_equivalents() -> dict[tuple[str, str, str], list[tuple[str, str]]]:
     """``file || code of the line || mutation || reason`` per line (``||``: code has ``|``, never ``||``);
-    ``#`` starts a comment line. The code may be
-    prefixed with ``Qualified.name :: `` to match only mutants in that function (when the same code is
-    equivalent in one place and not in another)."""
-    found: dict[tuple[str, str, str], tuple[str, str]] = {}
+    ``#`` starts a comment line. The code may be prefixed with ``Qualified.name :: `` to match only mutants in
+    that function, and ``Qualified.name#2 :: `` only the second such mutant there (in line order), when the same
+    code is equivalent in one place and not in another."""
+    found: dict[tuple[str, str, str], list[tuple[str, str]]] = defaultdict(list)
     if not EQUIVALENTS.exists():
         return found
     for number, raw in enumerate(EQUIVALENTS.read_text().splitlines(), 1):
@@ -509,17 +520,18 @@ def load_equivalents() -> dict[tuple[str, str, str], tuple[str, str]]:
         if len(parts) != 4 or not parts[3]:
             raise SystemExit(f"{EQUIVALENTS.name}:{number}: expected 'file || code || mutation || reason'")
         scope, _, code = parts[1].rpartition(" :: ")
-        found[(parts[0], code, parts[2])] = (scope, parts[3])
+        found[(parts[0], code, parts[2])].append((scope, parts[3]))
     return found
 
 
 def equivalent(mutant: Mutant, key: tuple[str, str, str],
-               equivalents: dict[tuple[str, str, str], tuple[str, str]]) -> str | None:
+               equivalents: dict[tuple[str, str, str], list[tuple[str, str]]]) -> str | None:
     """The reason ``mutant`` is listed as equivalent, or ``None``."""
-    entry = equivalents.get(key)
-    if entry is None or (entry[0] and entry[0] != mutant.scope):
-        return None
-    return entry[1]
+    for scope, reason in equivalents.get(key, ()):
+        name, _, occurrence = scope.partition("#")
+        if (not name or name == mutant.scope) and (not occurrence or int(occurrence) == mutant.occurrence):
+            return reason
+    return None
 
 
 @dataclass
@@ -680,7 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plans.sort(key=lambda plan: (paths.index(plan[0]), plan[1].line, plan[1].node))
     if options.list:
         for path, mutant, tests in plans:
-            print(f"{path}:{mutant.line}: {mutant.scope or '-'} :: {mutant.description}  [{len(tests)} test(s)]")
+            where = f"{mutant.scope or '-'}" + (f"#{mutant.occurrence}" if mutant.occurrence > 1 else "")
+            print(f"{path}:{mutant.line}: {where} :: {mutant.description}  [{len(tests)} test(s)]")
         return 0
 
     print(f"{len(plans)} mutants to run, {options.jobs} at a time", flush=True)
