@@ -786,3 +786,147 @@ async def test_leaving_a_stream_early_ends_its_attempt_once(is_async: bool, comp
         error = "RemoteProtocolError" if complete else "NoneType"
         assert ends.ends[0] == (200, error)
         assert len(ends.ends) == 2  # and the second request's
+
+
+class Observed:
+    """Records each finished request as the pipeline observes it: its cache status and its error's type."""
+
+    name = "observed"
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+
+    @hookimpl
+    def aurelis_observe(self, ctx: RequestContext) -> None:
+        self.requests.append((ctx.cache_status, type(ctx.error).__name__))
+
+
+def observed_pipeline() -> tuple[Pipeline, Observed]:
+    seen = Observed()
+    return Pipeline({"plugins": ["normalize", "memory"]}, plugins=[seen]), seen
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("is_async", [True, False])
+async def test_each_stream_reader_is_observed_once_when_its_reading_is_over(is_async: bool) -> None:
+    with gated_stream(EVENTS) as up:
+        pipeline, seen = observed_pipeline()
+        up.allow()
+        if is_async:
+            async with pipeline.instrument(httpx.AsyncClient(timeout=30)) as client:
+                request = client.build_request("POST", up.url + CHAT, json=STREAM_BODY)
+                leading = await client.send(request, stream=True)
+                following = await client.send(request, stream=True)
+                assert seen.requests == []  # streams are over when their bodies are
+                await read_all(leading)
+                assert seen.requests == [("miss", "NoneType")]
+                await read_all(following)
+                await leading.aclose()
+                await following.aclose()  # closing after the end observes nothing more
+        else:
+            with pipeline.instrument(httpx.Client(timeout=30)) as sync_client:
+                request = sync_client.build_request("POST", up.url + CHAT, json=STREAM_BODY)
+                sync_leading = sync_client.send(request, stream=True)
+                sync_following = sync_client.send(request, stream=True)
+                assert seen.requests == []
+                list(sync_leading.iter_raw())
+                assert seen.requests == [("miss", "NoneType")]
+                list(sync_following.iter_raw())
+                sync_leading.close()
+                sync_following.close()
+        assert seen.requests == [("miss", "NoneType"), ("hit", "NoneType")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("is_async", [True, False])
+async def test_stream_readers_that_fail_or_stop_are_observed_once(is_async: bool) -> None:
+    with gated_stream(EVENTS) as up:
+        pipeline, seen = observed_pipeline()
+        up.cut_after = 2
+        up.allow()
+        if is_async:
+            async with pipeline.instrument(httpx.AsyncClient(timeout=30)) as client:
+                request = client.build_request("POST", up.url + CHAT, json=STREAM_BODY)
+                leading = await client.send(request, stream=True)
+                following = await client.send(request, stream=True)
+                for response in (leading, following):
+                    with pytest.raises(httpx.RemoteProtocolError):
+                        await response.aread()
+                    await response.aclose()
+                up.cut_after = None
+                async with client.stream("POST", up.url + CHAT, json={**STREAM_BODY, "seed": 1}) as stopped:
+                    await stopped.aiter_raw().__anext__()  # then closed early
+        else:
+            with pipeline.instrument(httpx.Client(timeout=30)) as sync_client:
+                request = sync_client.build_request("POST", up.url + CHAT, json=STREAM_BODY)
+                sync_leading = sync_client.send(request, stream=True)
+                sync_following = sync_client.send(request, stream=True)
+                for sync_response in (sync_leading, sync_following):
+                    with pytest.raises(httpx.RemoteProtocolError):
+                        sync_response.read()
+                    sync_response.close()
+                up.cut_after = None
+                with sync_client.stream("POST", up.url + CHAT, json={**STREAM_BODY, "seed": 1}) as sync_stopped:
+                    next(sync_stopped.iter_raw())
+        assert seen.requests == [
+            ("miss", "RemoteProtocolError"), ("hit", "RemoteProtocolError"), ("miss", "NoneType"),
+        ]
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_stream_reader_is_observed_once_and_its_upstream_closed() -> None:
+    with gated_stream(EVENTS) as up:
+        pipeline, seen = observed_pipeline()
+        async with pipeline.instrument(httpx.AsyncClient(timeout=30)) as client:
+            up.allow(1)
+            first = asyncio.Event()
+
+            async def read() -> None:
+                async with client.stream("POST", up.url + CHAT, json=STREAM_BODY) as response:
+                    async for _ in response.aiter_raw():
+                        first.set()
+
+            reader = asyncio.create_task(read())
+            await first.wait()
+            for _ in range(50):  # a bounded number of loop turns: the reader waits for the next chunk
+                await asyncio.sleep(0)
+            reader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+            await anyio.to_thread.run_sync(up.wait_disconnects, 1)
+            assert seen.requests == [("miss", "CancelledError")]
+
+
+@pytest.mark.anyio
+async def test_a_reader_cancelled_while_waiting_stops_counting_so_the_last_one_closes_the_upstream() -> None:
+    with gated_stream(EVENTS) as up:
+        pipeline, seen = observed_pipeline()
+        async with pipeline.instrument(httpx.AsyncClient(timeout=30)) as client:
+            request = client.build_request("POST", up.url + CHAT, json=STREAM_BODY)
+            up.allow(1)
+            leading = await client.send(request, stream=True)
+            following = await client.send(request, stream=True)
+            mine, theirs = leading.aiter_raw(), following.aiter_raw()
+            assert await mine.__anext__() == await theirs.__anext__() == EVENTS[0]
+            pulling = asyncio.create_task(mine.__anext__())  # the leader pulls the 2nd chunk (held back)...
+            for _ in range(50):  # (a bounded number of loop turns: it reaches its socket read)
+                await asyncio.sleep(0)
+            scope = anyio.CancelScope()
+
+            async def wait_for_it() -> None:
+                with scope:
+                    await theirs.__anext__()  # ...which the follower waits for
+
+            waiting = asyncio.create_task(wait_for_it())
+            for _ in range(50):
+                await asyncio.sleep(0)
+            scope.cancel()
+            await waiting
+            assert seen.requests == [("hit", "CancelledError")]
+            up.allow(1)
+            assert await pulling == EVENTS[1]
+            await leading.aclose()  # now the only reader left: leaving early closes the upstream
+            await anyio.to_thread.run_sync(up.wait_disconnects, 1)
+            assert seen.requests == [("hit", "CancelledError"), ("miss", "NoneType")]
+            up.allow()
+            await following.aclose()
