@@ -203,3 +203,26 @@ def test_redis_reply_parsing_never_gives_a_negative_wait() -> None:
     reply: Any = [1, "-0.5"]
     assert _reservation(reply) == Reservation(True, 0.0)
     assert _reservation([0, "2.25"]) == Reservation(False, 2.25)
+
+
+@pytest.mark.redis
+def test_redis_corrections_are_exact(redis_flush: str) -> None:
+    shared = RedisGCRA(redis_flush, "test:rl:")
+    spec = Spec("exact", 20.0, 20.0, 1.0)  # one unit per 20 s, a burst of one
+    try:
+        assert shared.reserve([spec], 60.0).wait == 0.0
+        shared.correct("exact", delta=-10.0)  # half a unit back
+        # Redis's own clock moves on between the calls: milliseconds, far inside the margin.
+        assert shared.reserve([spec], 60.0).wait == pytest.approx(10.0, abs=0.5)
+        shared.correct("floored", floor=30.0)  # a floor alone moves nothing else
+        assert shared.reserve([Spec("floored", 20.0, 20.0, 1.0)], 60.0).wait == pytest.approx(30.0, abs=0.5)
+    finally:
+        shared.close()
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_an_unused_redis_limiter_closes_cleanly(redis_flush: str) -> None:
+    shared = RedisGCRA(redis_flush, "test:rl:")
+    shared.close()
+    await shared.aclose()

@@ -461,3 +461,20 @@ def test_bad_config_is_refused(bad: dict[str, Any]) -> None:
 
 def test_limits_at_their_bounds_are_accepted() -> None:
     RateLimitConfig(rpm=1, tpm=1, credential_rpm=1, credential_tpm=1, burst=1.0, max_wait=0, default_max_tokens=0)
+
+
+def test_a_tiny_burst_still_holds_one_request(upstream: SimulatedServer) -> None:
+    client, limiter, clock = limited({"rpm": 4, "period": 1.0, "burst": 0.1, "max_wait": 0})
+    post(client, upstream.url)
+    clock.advance(10.0)
+    assert limiter.remaining(upstream.url) == 1.0  # 0.1 of 4 is less than one request: one, not 0.4
+    client.close()
+
+
+def test_upstream_token_headers_never_touch_a_credentials_token_limit(upstream: SimulatedServer) -> None:
+    client, _, _ = limited({"credential_tpm": 100_000, "max_wait": 0})
+    upstream.behavior.headers = {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "30s"}
+    client.headers["authorization"] = "Bearer sk-one"
+    for _ in range(3):
+        assert post(client, upstream.url).status_code == 200
+    client.close()
