@@ -216,6 +216,9 @@ def test_redis_corrections_are_exact(redis_flush: str) -> None:
         assert shared.reserve([spec], 60.0).wait == pytest.approx(10.0, abs=0.5)
         shared.correct("floored", floor=30.0)  # a floor alone moves nothing else
         assert shared.reserve([Spec("floored", 20.0, 20.0, 1.0)], 60.0).wait == pytest.approx(30.0, abs=0.5)
+        # The TAT is 50 s ahead now: a floor below it changes nothing at all.
+        shared.correct("floored", floor=10.0)
+        assert shared.reserve([Spec("floored", 20.0, 20.0, 1.0)], 120.0).wait == pytest.approx(50.0, abs=0.5)
     finally:
         shared.close()
 
