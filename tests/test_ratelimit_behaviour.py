@@ -478,3 +478,12 @@ def test_upstream_token_headers_never_touch_a_credentials_token_limit(upstream: 
     for _ in range(3):
         assert post(client, upstream.url).status_code == 200
     client.close()
+
+
+def test_a_redis_failure_is_logged_with_its_traceback(upstream: SimulatedServer, caplog: Any) -> None:
+    client, _, _ = limited({"rpm": 1000, "redis_url": "redis://127.0.0.1:1/0"})
+    with caplog.at_level(logging.WARNING, logger="aurelis"):
+        post(client, upstream.url)
+    [record] = [r for r in caplog.records if "Redis failed" in r.getMessage()]
+    assert record.exc_info is not None and issubclass(record.exc_info[0], redis.RedisError)  # type: ignore[index]
+    client.close()
