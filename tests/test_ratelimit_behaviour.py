@@ -487,3 +487,9 @@ def test_a_redis_failure_is_logged_with_its_traceback(upstream: SimulatedServer,
     [record] = [r for r in caplog.records if "Redis failed" in r.getMessage()]
     assert record.exc_info is not None and issubclass(record.exc_info[0], redis.RedisError)  # type: ignore[index]
     client.close()
+
+
+def test_closing_a_pipeline_with_local_limits_only(upstream: SimulatedServer) -> None:
+    client = aurelis_core.instrument(httpx.Client(timeout=10), {"plugins": ["ratelimit"], "ratelimit": {"rpm": 10}})
+    assert post(client, upstream.url).status_code == 200
+    client.close()  # closes the pipeline it made: nothing shared to release, and nothing fails
