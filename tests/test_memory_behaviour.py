@@ -309,3 +309,15 @@ def test_bad_config_is_refused(bad: dict[str, object]) -> None:
 def test_ttl_none_and_small_positive_values_are_accepted() -> None:
     assert MemoryConfig(ttl=None, max_bytes=1).ttl is None
     assert MemoryConfig(ttl=0.001).ttl == 0.001
+
+
+@pytest.mark.parametrize(("max_bytes", "pairs"), [(1 << 20, 256), (4096 * 300, 300), (1 << 30, 16384)])
+def test_the_pair_table_keeps_its_first_pair_until_it_is_full(max_bytes: int, pairs: int) -> None:
+    memory = tier(max_bytes=max_bytes)
+    first = answer(1, headers=[(b"x-n", b"first")])
+    memory.put("first", first)
+    for i in range(pairs - 1):  # the table is full now, with the first pair still in it
+        memory.put("filler", answer(1, headers=[(b"x-n", b"%d" % i), (b"x-n", b"%d" % i)]))
+    probe = answer(1, headers=[(b"x-n", b"first")])
+    memory.put("probe", probe)
+    assert probe.headers[0] is first.headers[0]  # shared with the very first entry: the table never started over
