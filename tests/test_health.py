@@ -197,3 +197,10 @@ def test_endpoint_unavailable_carries_the_endpoint_and_when_to_retry() -> None:
     assert (str(error), error.endpoint, error.retry_after) == ("circuit open", "a", 2.5)
     assert EndpointUnavailable("x", "b").retry_after is None
     assert not isinstance(error, httpx.TransportError)
+
+
+def test_a_date_where_milliseconds_belong_is_ignored() -> None:
+    now = 1_800_000_000.0
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert retry_after(httpx.Headers({"retry-after-ms": date}), now=now) is None
+    assert retry_after(httpx.Headers({"x-ms-retry-after-ms": date, "retry-after": "4"}), now=now) == 4.0
