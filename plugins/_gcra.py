@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 __all__ = ["LocalGCRA", "RedisGCRA", "Reservation", "Spec", "duration_seconds"]
@@ -48,15 +48,20 @@ class Reservation(NamedTuple):
 
 
 class LocalGCRA:
-    """The limits of one process, in a dict guarded by a lock (each operation is a few float operations)."""
+    """The limits of one process, in a dict guarded by a lock (each operation is a few float operations).
 
-    def __init__(self) -> None:
+    ``clock`` (default ``time.monotonic``; an attribute, so it can be swapped after construction) is where the
+    TATs' time comes from: a test or a simulation passes a fake clock and moves it instead of sleeping.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._tat: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def reserve(self, specs: Sequence[Spec], max_wait: float) -> Reservation:
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             tats = self._tat
             wait = 0.0
             for key, interval, tolerance, cost in specs:
@@ -77,13 +82,13 @@ class LocalGCRA:
     def correct(self, key: str, delta: float = 0.0, floor: float = NO_FLOOR) -> None:
         """Move ``key``'s TAT by ``delta`` seconds (a refund is negative), then to at least ``now + floor``."""
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             tat = max(self._tat.get(key, now), now) + delta
             self._tat[key] = max(tat, now + floor)
 
     def available(self, key: str, interval: float, tolerance: float) -> float:
         """Units that could be taken right now without waiting (never negative)."""
-        now = time.monotonic()
+        now = self.clock()
         tat = max(self._tat.get(key, now), now)
         return max(0.0, (tolerance - (tat - now)) / interval)
 

@@ -26,6 +26,10 @@ Observability: :meth:`Breaker.state`, :attr:`Breaker.transitions` (the latest 10
 ``stats.counters["breaker_open"]``, ``["breaker_half_open"]``, ``["breaker_closed"]``,
 ``["breaker_rate_limited"]``, and a log line per change (WARNING when a circuit opens, INFO otherwise).
 
+Time: the breaker reads the pipeline's health registry clock (``pipeline.health.clock``, ``time.monotonic`` by
+default), the clock the registry's blocks are kept in. A test or a simulation that sets a fake clock there moves
+the sliding window, the open time and the rate-limited time with it, without sleeping.
+
 Cost: the sliding window is a ring of ten time buckets (no allocation per call, and the failure rate is only
 summed when a failure could trip the circuit); an ``aurelis_admit`` on a closed circuit is one dict lookup.
 """
@@ -153,7 +157,7 @@ class Breaker:
         if circuit is None or circuit.state == "closed":
             return None
         with self._lock:
-            now = time.monotonic()
+            now = self.health.clock()
             if circuit.state == "open":
                 if now < circuit.open_until:
                     wait = circuit.open_until - now
@@ -186,7 +190,7 @@ class Breaker:
             circuit = self._circuits.get(endpoint.name)
             if circuit is None:
                 circuit = self._circuits[endpoint.name] = _Circuit(endpoint)
-            now = time.monotonic()
+            now = self.health.clock()
             if is_probe:
                 circuit.probes_out = max(0, circuit.probes_out - 1)
                 if circuit.state == "half_open":
@@ -282,5 +286,5 @@ class Breaker:
     def _rate_limited(self, endpoint: Endpoint, attempt: Attempt) -> None:
         wait = retry_after(attempt.headers)
         seconds = self.config.rate_limited_for if wait is None else wait
-        self.health.block(endpoint, time.monotonic() + seconds, "rate_limited")
+        self.health.block(endpoint, self.health.clock() + seconds, "rate_limited")
         self.stats.counters["breaker_rate_limited"] += 1

@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Literal
 
 import anyio
@@ -195,6 +196,8 @@ class Tuner:
         # One lock for all endpoints: it is held for a few dict and integer operations, never across a wait.
         self._lock = threading.Lock()
         self._next_memory_check = 0.0
+        #: Where window and memory-check times come from; a test or a simulation sets a fake clock here.
+        self.clock: Callable[[], float] = time.monotonic
 
     # --- reading -------------------------------------------------------------------------------------------
 
@@ -220,7 +223,7 @@ class Tuner:
         with self._lock:
             limiter = self._limiters.get(key)
             if limiter is None:
-                limiter = self._limiters[key] = _Limiter(key, self.config.initial_limit, time.monotonic())
+                limiter = self._limiters[key] = _Limiter(key, self.config.initial_limit, self.clock())
             if limiter.in_flight < limiter.limit and not limiter.queue:
                 limiter.in_flight += 1
                 limiter.peak = max(limiter.peak, limiter.in_flight)
@@ -298,7 +301,7 @@ class Tuner:
         del ctx.state[self.name]
         limiter: _Limiter = held[1]
         overloaded, rtt = _signal(attempt)
-        now = time.monotonic()
+        now = self.clock()
         config = self.config
         with self._lock:
             limiter.in_flight -= 1

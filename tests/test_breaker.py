@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from typing import Any
 
 import httpx
 import pytest
 from aurelis_plugins.breaker import Breaker, CircuitOpenError
+from support import FakeClock, gated_upstream
 
 import aurelis_core
 from aurelis_core import ConfigError, Pipeline
@@ -24,8 +26,10 @@ def dead_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def client_for(config: dict[str, Any]) -> tuple[httpx.Client, Pipeline]:
+def client_for(config: dict[str, Any], clock: FakeClock | None = None) -> tuple[httpx.Client, Pipeline]:
     pipeline = Pipeline(config)
+    if clock is not None:
+        pipeline.health.clock = clock  # the breaker's clock: its open time passes when the test says so
     return pipeline.instrument(httpx.Client(timeout=5)), pipeline
 
 
@@ -34,10 +38,11 @@ def post(client: httpx.Client, base: str) -> httpx.Response:
 
 
 def test_opens_fails_fast_probes_and_closes(upstream: Any) -> None:
+    clock = FakeClock()
     client, pipeline = client_for({
         "plugins": ["breaker"],
         "breaker": {"consecutive_failures": 3, "min_calls": 100, "open_for": 0.3, "close_after": 2},
-    })
+    }, clock)
     breaker: Breaker = pipeline.plugin("breaker")
     origin = upstream.url
     upstream.behavior.status_override = 503
@@ -53,7 +58,7 @@ def test_opens_fails_fast_probes_and_closes(upstream: Any) -> None:
     assert upstream.count() == 3  # failing fast: the upstream never saw it
 
     upstream.behavior.status_override = None
-    time.sleep(0.35)
+    clock.advance(0.35)
     assert post(client, upstream.url).status_code == 200
     assert breaker.state(origin) == "half_open"
     assert post(client, upstream.url).status_code == 200
@@ -66,50 +71,53 @@ def test_opens_fails_fast_probes_and_closes(upstream: Any) -> None:
 
 
 def test_failed_probe_reopens_for_longer(upstream: Any) -> None:
+    clock = FakeClock()
     client, pipeline = client_for({
         "plugins": ["breaker"],
-        "breaker": {"consecutive_failures": 1, "open_for": 0.2, "backoff": 3.0, "max_open_for": 10.0},
-    })
+        "breaker": {"consecutive_failures": 1, "open_for": 0.25, "backoff": 3.0, "max_open_for": 10.0},
+    }, clock)
     breaker: Breaker = pipeline.plugin("breaker")
     upstream.behavior.status_override = 500
     post(client, upstream.url)
     with pytest.raises(CircuitOpenError) as first:
         post(client, upstream.url)
-    assert first.value.retry_after is not None and first.value.retry_after <= 0.2
-    time.sleep(0.25)
+    assert first.value.retry_after == 0.25
+    clock.advance(0.25)
     assert post(client, upstream.url).status_code == 500  # the probe, failing
     with pytest.raises(CircuitOpenError) as second:
         post(client, upstream.url)
-    # The second trip opens for open_for * backoff = 0.6 s.
-    assert second.value.retry_after is not None and 0.2 < second.value.retry_after <= 0.6
+    # The second trip opens for open_for * backoff = 0.75 s.
+    assert second.value.retry_after == 0.75
     assert [t.new for t in breaker.transitions] == ["open", "half_open", "open"]
     assert upstream.count() == 2
     client.close()
 
 
-def test_half_open_admits_a_bounded_number_of_probes(upstream: Any) -> None:
+def test_half_open_admits_a_bounded_number_of_probes() -> None:
     # Probes are bounded while in flight: with one probe slot, a second concurrent attempt fails fast.
-    import threading
-
-    client, pipeline = client_for({
-        "plugins": ["breaker"],
-        "breaker": {"consecutive_failures": 1, "open_for": 0.1, "half_open_probes": 1, "close_after": 1},
-    })
-    upstream.behavior.status_override = 503
-    post(client, upstream.url)
-    upstream.behavior.update(status_override=None, latency=0.3)
-    time.sleep(0.15)
-    results: list[Any] = []
-    probe = threading.Thread(target=lambda: results.append(post(client, upstream.url).status_code))
-    probe.start()
-    time.sleep(0.1)
-    assert pipeline.health.status[upstream.url].probes_left == 0
-    with pytest.raises(CircuitOpenError):
-        post(client, upstream.url)
-    probe.join()
-    assert results == [200]
-    assert pipeline.plugin("breaker").state(upstream.url) == "closed"
-    client.close()
+    clock = FakeClock()
+    with gated_upstream() as up:
+        client, pipeline = client_for({
+            "plugins": ["breaker"],
+            "breaker": {"consecutive_failures": 1, "open_for": 0.1, "half_open_probes": 1, "close_after": 1},
+        }, clock)
+        up.status = 503
+        post(client, up.url)
+        up.status = 200
+        up.hold()  # the probe's answer waits until the test has tried a second attempt
+        clock.advance(0.1)
+        results: list[Any] = []
+        probe = threading.Thread(target=lambda: results.append(post(client, up.url).status_code))
+        probe.start()
+        up.wait_arrivals(2)  # the probe is in flight
+        assert pipeline.health.status[up.url].probes_left == 0
+        with pytest.raises(CircuitOpenError):
+            client.post(up.url + "/v1/chat/completions", json=BODY, timeout=5)  # (fails, not hangs, if sent)
+        up.release()
+        probe.join()
+        assert results == [200]
+        assert pipeline.plugin("breaker").state(up.url) == "closed"
+        client.close()
 
 
 def test_failure_rate_over_the_window_needs_min_calls(upstream: Any) -> None:

@@ -1,5 +1,9 @@
 """Single-flight: identical requests in flight at once make one upstream call. Real clients (httpx, httpx2,
-the openai SDK) against the simulated upstream on 127.0.0.1, sync (threads) and async (tasks)."""
+the openai SDK) against the simulated upstream on 127.0.0.1, sync (threads) and async (tasks).
+
+Async callers gathered at once all join before the first answer can be read (the event loop runs every ready
+task before it polls the network), so those tests need no timing. Cancellations, exceptions and stream hand-overs
+are tested step by step, on upstreams that hold their answers, in test_coalescing_behaviour.py."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import httpx
 import httpx2
 import openai
 import pytest
+from support import gated_upstream, joined
 
 import aurelis_core
 from aurelis_core.testing import SimulatedServer
@@ -47,17 +52,23 @@ async def test_100_concurrent_async_requests_make_one_call(upstream: SimulatedSe
 
 
 @pytest.mark.parametrize("http", FLAVOURS)
-def test_100_concurrent_sync_requests_make_one_call(upstream: SimulatedServer, http: Any) -> None:
-    upstream.behavior.update(latency=0.5)
-    client = aurelis_core.instrument(http.Client(timeout=10), CONFIG)
-    url = upstream.base_url + "/chat/completions"
-    with ThreadPoolExecutor(20) as pool:
-        responses = list(pool.map(lambda _: client.post(url, json=BODY), range(100)))
-    # 20 threads: the first 20 overlap on one call; the other 80 find its stored answer (or join it).
-    assert upstream.count("/chat/completions") == 1
-    assert len({r.json()["id"] for r in responses}) == 1
-    assert _stats(client).counters["coalesced"] >= 19
-    client.close()
+def test_100_concurrent_sync_requests_make_one_call(http: Any) -> None:
+    with gated_upstream() as up:
+        client = aurelis_core.instrument(http.Client(timeout=30), CONFIG)
+        pipeline = aurelis_core.pipeline_of(client)
+        assert pipeline is not None
+        url = up.url + "/v1/chat/completions"
+        up.hold()  # the answer waits until the first 20 callers (one per thread) are in
+        with ThreadPoolExecutor(20) as pool:
+            calls = [pool.submit(client.post, url, json=BODY) for _ in range(100)]
+            joined(pipeline, 20)
+            up.release()
+            responses = [c.result() for c in calls]
+        # The first 20 share one call; the other 80 find its stored answer.
+        assert up.arrived == 1
+        assert len({r.content for r in responses}) == 1
+        assert _stats(client).counters["coalesced"] == 19
+        client.close()
 
 
 @pytest.mark.anyio
@@ -85,66 +96,6 @@ async def test_error_response_reaches_every_follower_and_is_not_stored(upstream:
     assert len({r.headers["x-request-id"] for r in responses}) == 1  # the same answer, headers included
     ok = await client.post(url, json=BODY)  # not cached: goes upstream again
     assert ok.status_code == 200 and ok.headers["x-aurelis-cache"] == "miss"
-    assert upstream.count("/chat/completions") == 2
-    await client.aclose()
-
-
-@pytest.mark.parametrize("http", FLAVOURS)
-def test_exception_reaches_every_sync_follower(upstream: SimulatedServer, http: Any) -> None:
-    upstream.behavior.update(latency=1.0)
-    client = aurelis_core.instrument(http.Client(timeout=0.3), CONFIG)
-    url = upstream.base_url + "/chat/completions"
-
-    def call(_: int) -> BaseException | None:
-        try:
-            client.post(url, json=BODY)
-        except BaseException as exc:
-            return exc
-        return None
-
-    with ThreadPoolExecutor(8) as pool:
-        errors = list(pool.map(call, range(8)))
-    assert all(isinstance(e, http.ReadTimeout) for e in errors), errors
-    assert upstream.count("/chat/completions") == 1
-    upstream.behavior.update(latency=0.0)
-    assert client.post(url, json=BODY).headers["x-aurelis-cache"] == "miss"  # the error was not stored
-    client.close()
-
-
-@pytest.mark.anyio
-async def test_cancelled_follower_does_not_cancel_the_leader(upstream: SimulatedServer) -> None:
-    upstream.behavior.update(latency=0.4)
-    client = aurelis_core.instrument(httpx.AsyncClient(timeout=10), CONFIG)
-    url = upstream.base_url + "/chat/completions"
-    leader = asyncio.create_task(client.post(url, json=BODY))
-    await asyncio.sleep(0.05)
-    follower = asyncio.create_task(client.post(url, json=BODY))
-    other = asyncio.create_task(client.post(url, json=BODY))
-    await asyncio.sleep(0.05)
-    follower.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await follower
-    first, second = await leader, await other
-    assert first.status_code == second.status_code == 200
-    assert first.json()["id"] == second.json()["id"]
-    assert upstream.count("/chat/completions") == 1
-    await client.aclose()
-
-
-@pytest.mark.anyio
-async def test_cancelled_leader_hands_over_to_a_follower(upstream: SimulatedServer) -> None:
-    upstream.behavior.update(latency=0.4)
-    client = aurelis_core.instrument(httpx.AsyncClient(timeout=10), CONFIG)
-    url = upstream.base_url + "/chat/completions"
-    leader = asyncio.create_task(client.post(url, json=BODY))
-    await asyncio.sleep(0.05)
-    follower = asyncio.create_task(client.post(url, json=BODY))
-    await asyncio.sleep(0.05)
-    leader.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await leader
-    response = await follower  # not cancelled with its leader: it sent the request itself
-    assert response.status_code == 200 and response.headers["x-aurelis-cache"] == "miss"
     assert upstream.count("/chat/completions") == 2
     await client.aclose()
 

@@ -65,6 +65,8 @@ class Recorder:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, Any]] = []
+        #: Requests are held until this many have arrived, so the concurrent ones are all in flight at once.
+        self.expected = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -72,8 +74,8 @@ class Recorder:
         self.seen.append((scope["http_version"], tuple(scope["client"])))
         while (await receive()).get("more_body"):
             pass
-        # Every request is held a while, so the concurrent ones are all in flight at once.
-        await asyncio.sleep(0.2)
+        while len(self.seen) < self.expected:
+            await asyncio.sleep(0.001)
         body = json.dumps({"id": "x", "choices": [{"message": {"content": "ok"}}]}).encode()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
@@ -131,6 +133,7 @@ def _ssl(cert: Path) -> Any:
 async def test_concurrent_requests_share_one_http2_connection(h2_server: Any, http: Any) -> None:
     url, cert, app = h2_server
     app.seen.clear()
+    app.expected = 40
     config = {"plugins": ["httpx"], "httpx": {"http2": True, "verify": str(cert)}}
     async with aurelis_core.instrument(http.AsyncClient(), config) as client:
         answers = await asyncio.gather(
@@ -146,6 +149,7 @@ async def test_concurrent_requests_share_one_http2_connection(h2_server: Any, ht
 async def test_without_http2_concurrent_requests_open_many_connections(h2_server: Any) -> None:
     url, cert, app = h2_server
     app.seen.clear()
+    app.expected = 10
     config = {"plugins": ["httpx"], "httpx": {"verify": str(cert)}}
     async with aurelis_core.instrument(httpx.AsyncClient(), config) as client:
         answers = await asyncio.gather(*[client.post(url + "/x", json={"n": i}) for i in range(10)])

@@ -7,9 +7,11 @@ import asyncio
 import threading
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import pytest
+from support import gated_upstream
 
 import aurelis_core
 from aurelis_core import CacheEntry, Pipeline, RequestContext, hookimpl
@@ -196,17 +198,18 @@ async def test_attempt_end_and_observe_once_per_request(upstream: SimulatedServe
 
 
 @pytest.mark.anyio
-async def test_cancelled_request_ends_its_attempt(upstream: SimulatedServer) -> None:
+async def test_cancelled_request_ends_its_attempt() -> None:
     recorder = Recorder()
-    upstream.behavior.update(latency=2.0)
-    client = aurelis_core.instrument(httpx.AsyncClient(), pipeline=Pipeline({}, plugins=[recorder]))
-    task = asyncio.create_task(client.post(upstream.base_url + "/chat/completions", json=BODY))
-    await asyncio.sleep(0.3)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert recorder.events == ["start", "end:None:CancelledError", "observe:bypass"]
-    await client.aclose()
+    with gated_upstream() as up:
+        up.hold()  # no answer until the request was cancelled
+        client = aurelis_core.instrument(httpx.AsyncClient(), pipeline=Pipeline({}, plugins=[recorder]))
+        task = asyncio.create_task(client.post(up.url + "/chat/completions", json=BODY))
+        await anyio.to_thread.run_sync(up.wait_arrivals, 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert recorder.events == ["start", "end:None:CancelledError", "observe:bypass"]
+        await client.aclose()
 
 
 def test_connect_error_ends_attempt_and_reaches_caller() -> None:
@@ -225,13 +228,35 @@ def test_connect_error_ends_attempt_and_reaches_caller() -> None:
 
 def test_closing_the_client_closes_the_pipeline_it_made(upstream: SimulatedServer) -> None:
     recorder = Recorder()
-    client = httpx.Client()
-    pipeline = Pipeline({}, plugins=[recorder])
-    # instrument() with a config makes a pipeline the client owns; emulate with the internal flag.
-    from aurelis_core._transports import instrument_client
+    client = aurelis_core.instrument(httpx.Client(mounts={"http://special.example": httpx.HTTPTransport()}),
+                                     {"plugins": ["normalize", "memory"]})
+    pipeline = aurelis_core.pipeline_of(client)
+    assert pipeline is not None
+    pipeline.register(recorder)  # to see the pipeline's close hooks run
+    client.get(upstream.url + "/v1/models")
+    client.close()  # closes every wrapped transport; the pipeline closes once
+    client.close()
+    assert recorder.events.count("close") == 1
 
-    instrument_client(client, pipeline, owns_pipeline=True)
+
+@pytest.mark.anyio
+async def test_closing_an_async_client_closes_the_pipeline_it_made(upstream: SimulatedServer) -> None:
+    recorder = Recorder()
+    async with aurelis_core.instrument(httpx2.AsyncClient(), {"plugins": ["normalize", "memory"]}) as client:
+        pipeline = aurelis_core.pipeline_of(client)
+        assert pipeline is not None
+        pipeline.register(recorder)
+        await client.get(upstream.url + "/v1/models")
+        assert "close" not in recorder.events
+    assert recorder.events.count("close") == 1
+
+
+def test_closing_the_client_leaves_a_pipeline_passed_in_open(upstream: SimulatedServer) -> None:
+    recorder = Recorder()
+    pipeline = Pipeline({}, plugins=[recorder])
+    client = aurelis_core.instrument(httpx.Client(), pipeline=pipeline)
     client.get(upstream.url + "/v1/models")
     client.close()
-    client.close()
+    assert "close" not in recorder.events  # the caller's to close
+    pipeline.close()
     assert recorder.events.count("close") == 1

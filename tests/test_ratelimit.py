@@ -7,14 +7,17 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from typing import Any
 
 import httpx
 import pytest
 from aurelis_plugins.ratelimit import RateLimit, RateLimitTimeout
+from support import FakeClock
 
 import aurelis_core
-from aurelis_core import ConfigError, Pipeline
+from aurelis_core import Attempt, ConfigError, Pipeline, RequestContext, hookimpl
 
 BODY = {"model": "sim-chat", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 50}
 
@@ -26,8 +29,10 @@ def dead_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def client_for(config: dict[str, Any]) -> tuple[httpx.Client, Pipeline]:
+def client_for(config: dict[str, Any], clock: FakeClock | None = None) -> tuple[httpx.Client, Pipeline]:
     pipeline = Pipeline(config)
+    if clock is not None:
+        pipeline.plugin("ratelimit").local.clock = clock  # the limiter's time passes only when the test says
     return pipeline.instrument(httpx.Client(timeout=10)), pipeline
 
 
@@ -35,15 +40,36 @@ def post(client: httpx.Client, base: str, body: dict[str, Any] = BODY) -> httpx.
     return client.post(base + "/v1/chat/completions", json=body)
 
 
-def test_requests_are_spaced_to_the_limit(upstream: Any) -> None:
-    client, pipeline = client_for({"plugins": ["ratelimit"], "ratelimit": {"rpm": 5, "period": 1.0}})
-    for _ in range(10):
+class SendTimes:
+    """Records the limiter's clock as each attempt is about to be sent (after any wait for capacity)."""
+
+    name = "send_times"
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.times: list[float] = []
+
+    @hookimpl
+    def aurelis_compress(self, ctx: RequestContext, attempt: Attempt) -> None:
+        self.times.append(self.clock())
+
+
+def test_requests_are_spaced_to_the_limit(upstream: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    client, pipeline = client_for({"plugins": ["ratelimit"], "ratelimit": {"rpm": 4, "period": 1.0}}, clock)
+    sent = SendTimes(clock)
+    pipeline.register(sent)
+    # The pipeline waits for capacity with time.sleep: here a wait moves the fake clock instead, so the waits
+    # are exact whatever the machine's load (other threads, the loopback server's, still really sleep).
+    caller, real_sleep = threading.get_ident(), time.sleep
+    monkeypatch.setattr(time, "sleep", lambda s: clock.advance(s) if threading.get_ident() == caller else real_sleep(s))
+    for _ in range(9):
         assert post(client, upstream.url).status_code == 200
-    times = [r.time for r in upstream.requests]
-    # A burst of 5, then one per 0.2 s: the 6th to 10th go 0.2 s apart (compared among requests that all
-    # waited on a warm connection, with 10 ms of slack for the clocks).
-    assert times[9] - times[5] >= 0.8 - 0.01
-    assert pipeline.stats.counters["ratelimit_waited"] >= 4
+    start = sent.times[0]
+    # A burst of 4, then one per 0.25 s.
+    assert [t - start for t in sent.times] == [0.0] * 4 + [0.25, 0.5, 0.75, 1.0, 1.25]
+    assert pipeline.stats.counters["ratelimit_waited"] == 5
+    assert upstream.count() == 9
     client.close()
 
 
@@ -62,14 +88,14 @@ def test_waiting_past_max_wait_raises_and_reserves_nothing(upstream: Any) -> Non
 def test_cache_hits_consume_nothing(upstream: Any) -> None:
     client, pipeline = client_for({
         "plugins": ["normalize", "memory", "ratelimit"], "ratelimit": {"rpm": 2, "max_wait": 0},
-    })
+    }, FakeClock())
     limiter: RateLimit = pipeline.plugin("ratelimit")
     post(client, upstream.url)
     left = limiter.remaining(upstream.url)
     assert left is not None and left < 2
     for _ in range(5):
         assert post(client, upstream.url).headers["x-aurelis-cache"] == "hit"
-    assert limiter.remaining(upstream.url) == pytest.approx(left, abs=0.01)
+    assert limiter.remaining(upstream.url) == left
     post(client, upstream.url, {**BODY, "messages": [{"role": "user", "content": "another"}]})
     with pytest.raises(RateLimitTimeout):  # the limit was live all along
         post(client, upstream.url, {**BODY, "messages": [{"role": "user", "content": "a third"}]})
@@ -81,20 +107,22 @@ def test_tokens_settle_with_usage_when_the_body_was_read(upstream: Any) -> None:
     # A cacheable answer is read whole by the pipeline: its usage replaces the estimate.
     client, pipeline = client_for({
         "plugins": ["normalize", "memory", "ratelimit"], "ratelimit": {"tpm": 10_000, "period": 3600},
-    })
+    }, FakeClock())
     limiter: RateLimit = pipeline.plugin("ratelimit")
     usage = post(client, upstream.url).json()["usage"]["total_tokens"]
-    assert limiter.remaining(upstream.url, "tokens") == pytest.approx(10_000 - usage, abs=1)
+    assert limiter.remaining(upstream.url, "tokens") == pytest.approx(10_000 - usage)
     client.close()
 
 
 def test_streamed_answer_keeps_its_estimate(upstream: Any) -> None:
-    client, pipeline = client_for({"plugins": ["ratelimit"], "ratelimit": {"tpm": 10_000, "period": 3600}})
+    client, pipeline = client_for(
+        {"plugins": ["ratelimit"], "ratelimit": {"tpm": 10_000, "period": 3600}}, FakeClock()
+    )
     limiter: RateLimit = pipeline.plugin("ratelimit")
     request = client.build_request("POST", upstream.url + "/v1/chat/completions", json={**BODY, "stream": True})
     estimate = int(len(request.content) / 4) + 50
     client.send(request).read()
-    assert limiter.remaining(upstream.url, "tokens") == pytest.approx(10_000 - estimate, abs=1)
+    assert limiter.remaining(upstream.url, "tokens") == pytest.approx(10_000 - estimate)
     client.close()
 
 
@@ -168,15 +196,23 @@ def test_redis_down_falls_back_to_local_limits(upstream: Any) -> None:
 
 WORKER = textwrap.dedent(
     """
-    import sys, threading, time, httpx, aurelis_core
-    url, redis_url, until = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    import sys, threading, httpx, aurelis_core
+    url, redis_url, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     config = {"plugins": ["ratelimit"], "ratelimit": {
-        "rpm": 60, "period": 2.0, "burst": 0.1, "max_wait": 30, "redis_url": redis_url}}
-    client = aurelis_core.instrument(httpx.Client(timeout=10), config)
+        "rpm": 60, "period": 2.0, "burst": 0.1, "max_wait": 60, "redis_url": redis_url}}
+    client = aurelis_core.instrument(httpx.Client(timeout=30), config)
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    left = [count]
+    lock = threading.Lock()
     def work():
-        while time.time() < until:
+        while True:
+            with lock:
+                if not left[0]:
+                    return
+                left[0] -= 1
             client.post(url + "/v1/chat/completions", json=body)
+    print("ready", flush=True)
+    sys.stdin.readline()  # start together, whatever each took to start up
     threads = [threading.Thread(target=work) for _ in range(4)]
     [t.start() for t in threads]
     [t.join() for t in threads]
@@ -186,21 +222,31 @@ WORKER = textwrap.dedent(
 
 @pytest.mark.redis
 def test_two_processes_share_one_limit(upstream: Any, redis_flush: str) -> None:
-    import time
-
-    until = time.time() + 6.0  # both start well before this: process start-up takes ~1 s
+    # 60 per 2 s = one request per 1/30 s, a burst of 6, shared through Redis. Two processes of 4 threads send
+    # 40 requests each as fast as the limit lets them. The 80th request cannot be granted sooner than
+    # (80 - 6) / 30 s after the start, whatever the load; two separate limits would have let all 80 through
+    # in about half that.
+    per_process = 40
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     procs = [
-        subprocess.Popen([sys.executable, "-c", WORKER, upstream.url, redis_flush, repr(until)], env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, upstream.url, redis_flush, str(per_process)],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
         for _ in range(2)
     ]
     for proc in procs:
-        assert proc.wait(timeout=60) == 0
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    started = time.time()  # before any request was reserved (Redis runs on this machine's clock)
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0
     times = sorted(r.time for r in upstream.requests)
-    # 60 per 2 s = 30/s, a burst of 6: over the span of the requests the shared limit allows 6 + 30/s * span.
-    # One process alone would make 30/s too, so two with separate limits would make ~60/s.
-    allowed = 6 + 30.0 * (times[-1] - times[0])
-    assert len(times) == pytest.approx(allowed, rel=0.05)
+    assert len(times) == 2 * per_process
+    assert times[-1] - started >= (2 * per_process - 6) / 30.0 - 0.01  # 0.01: the script's µs rounding
 
 
 def test_bad_config_names_the_problem() -> None:

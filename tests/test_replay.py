@@ -119,7 +119,9 @@ def test_failures_and_several_simulated_endpoints(tmp_path: Path) -> None:
 def test_timed_replay_keeps_recorded_order(upstream: SimulatedServer) -> None:
     workload = [
         WorkloadRequest("/embeddings", body={"model": "e", "input": f"t{i}"}, at=at)
-        for i, at in enumerate([0.04, 0.0, 0.02])
+        # Sent 0.1 s apart (at speed 2): each request arrives long before the next is sent, even on a loaded
+        # machine (10 ms apart, a slow connection set-up could overtake the one before).
+        for i, at in enumerate([0.4, 0.0, 0.2])
     ]
     config = {"plugins": ["normalize", "memory"], "endpoints": [upstream.base_url]}
     report = asyncio.run(replay(workload, config, timed=True, speed=2.0))

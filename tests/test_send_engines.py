@@ -9,10 +9,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import openai
 import pytest
+from support import gated_stream, gated_upstream, sse
 
 import aurelis_core
 from aurelis_core import ConfigError, Pipeline
@@ -42,19 +44,18 @@ async def test_engines_answer_like_the_raw_client(upstream: Any, http: Any, engi
 
 
 @pytest.mark.anyio
-async def test_aiohttp_streams_chunk_by_chunk(upstream: Any) -> None:
-    upstream.behavior.chunk_delay = 0.15
-    body = {**HELLO, "stream": True, "messages": [{"role": "user", "content": "one two three"}]}
-    arrivals: list[tuple[float, bytes]] = []
-    async with aurelis_core.instrument(httpx.AsyncClient(), {"plugins": ["aiohttp"]}) as client:
-        async with client.stream("POST", upstream.url + CHAT, json=body) as response:
-            async for chunk in response.aiter_raw():
-                arrivals.append((time.monotonic(), chunk))
-    frames = b"".join(c for _, c in arrivals).count(b"data: ")
-    assert frames == 7  # role, 4 words ("echo:" + 3), finish, [DONE]
-    # Each delayed frame arrived on its own, spread over the stream's duration rather than all at the end.
-    assert len(arrivals) >= 5
-    assert arrivals[-1][0] - arrivals[0][0] >= 0.15 * 4
+async def test_aiohttp_streams_chunk_by_chunk() -> None:
+    body = {**HELLO, "stream": True}
+    events = sse(*(f'{{"choices":[{{"index":0,"delta":{{"content":"w{i}"}}}}]}}' for i in range(3)), "[DONE]")
+    with gated_stream(events) as up:
+        async with aurelis_core.instrument(httpx.AsyncClient(timeout=10), {"plugins": ["aiohttp"]}) as client:
+            async with client.stream("POST", up.url + CHAT, json=body) as response:
+                chunks = response.aiter_raw()
+                # Each chunk is read while the upstream still holds back the next: it was not buffered.
+                for event in events:
+                    up.allow(1)
+                    assert await chunks.__anext__() == event
+                assert [c async for c in chunks] == []
 
 
 @pytest.mark.anyio
@@ -78,22 +79,24 @@ async def test_aiohttp_keeps_content_encoding_raw(upstream: Any) -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("http", FLAVOURS, ids=["httpx", "httpx2"])
 @pytest.mark.parametrize("engine", ["httpx", "aiohttp"])
-async def test_read_timeout_raises_the_clients_own_type(upstream: Any, http: Any, engine: str) -> None:
-    upstream.behavior.latency = 1.0
-    async with aurelis_core.instrument(http.AsyncClient(timeout=0.2), {"plugins": [engine]}) as client:
-        with pytest.raises(http.ReadTimeout):
-            await client.post(upstream.url + CHAT, json=HELLO)
+async def test_read_timeout_raises_the_clients_own_type(http: Any, engine: str) -> None:
+    with gated_upstream() as up:
+        up.hold()  # no answer at all until the test is over
+        async with aurelis_core.instrument(http.AsyncClient(timeout=0.2), {"plugins": [engine]}) as client:
+            with pytest.raises(http.ReadTimeout):
+                await client.post(up.url + CHAT, json=HELLO)
 
 
 @pytest.mark.anyio
-async def test_read_timeout_mid_stream(upstream: Any) -> None:
-    upstream.behavior.chunk_delay = 1.0
+async def test_read_timeout_mid_stream() -> None:
     body = {**HELLO, "stream": True}
-    async with aurelis_core.instrument(httpx2.AsyncClient(timeout=0.3), {"plugins": ["aiohttp"]}) as client:
-        async with client.stream("POST", upstream.url + CHAT, json=body) as response:
-            with pytest.raises(httpx2.ReadTimeout):
-                async for _ in response.aiter_raw():
-                    pass
+    with gated_stream(sse("{}", "[DONE]")) as up:
+        up.allow(1)  # one chunk, then nothing until the test is over
+        async with aurelis_core.instrument(httpx2.AsyncClient(timeout=0.3), {"plugins": ["aiohttp"]}) as client:
+            async with client.stream("POST", up.url + CHAT, json=body) as response:
+                with pytest.raises(httpx2.ReadTimeout):
+                    async for _ in response.aiter_raw():
+                        pass
 
 
 def _closed_port() -> int:
@@ -154,14 +157,16 @@ async def test_openai_sdk_over_aiohttp(upstream: Any) -> None:
         assert text == "echo: a b c"
         embedded = await llm.embeddings.create(model="sim-embed", input=["x", "y"])
         assert len(embedded.data) == 2 and len(embedded.data[0].embedding) == 16
-        upstream.behavior.latency = 1.0
-        with pytest.raises(openai.APITimeoutError):
-            await llm.with_options(timeout=0.2, max_retries=0).chat.completions.create(
-                model="sim-chat", messages=HELLO["messages"]
-            )
+        with gated_upstream() as silent:
+            silent.hold()  # never answers while the call waits
+            with pytest.raises(openai.APITimeoutError):
+                await llm.with_options(base_url=silent.url + "/v1", timeout=0.2, max_retries=0).chat.completions.create(
+                    model="sim-chat", messages=HELLO["messages"]
+                )
+            assert silent.arrived == 1
     finally:
         await llm.close()
-    assert upstream.count(CHAT) == 4  # the failed try, its retry, the stream, the timed-out one
+    assert upstream.count(CHAT) == 3  # the failed try, its retry, the stream
 
 
 def test_sync_clients_keep_their_own_transport_under_aiohttp(upstream: Any) -> None:
@@ -183,13 +188,16 @@ async def test_aiohttp_pools_connections(upstream: Any) -> None:
 
 
 class ClosingServer:
-    """An HTTP/1.1 server that answers with keep-alive, then closes the connection shortly after.
+    """An HTTP/1.1 server that answers with keep-alive, then closes the connection right after.
 
     The client's pool keeps a connection the server has already closed: the next request must not fail.
+    ``wait_closed(n)`` waits until the server has closed ``n`` connections.
     """
 
     def __init__(self) -> None:
         self.connections = 0
+        self.closed = 0
+        self._cond = threading.Condition()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -207,8 +215,15 @@ class ClosingServer:
         await reader.readexactly(length)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok")
         await writer.drain()
-        await asyncio.sleep(0.05)
         writer.close()
+        await writer.wait_closed()
+        with self._cond:
+            self.closed += 1
+            self._cond.notify_all()
+
+    def wait_closed(self, count: int) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.closed >= count, 30), "the server never closed"
 
     def __enter__(self) -> ClosingServer:
         async def start() -> None:
@@ -232,10 +247,10 @@ async def test_dead_pooled_connection_is_replaced(engine: str) -> None:
         config["httpx"] = {"max_keepalive_connections": 4}  # its own pool, built by the engine
     with ClosingServer() as server:
         async with aurelis_core.instrument(httpx.AsyncClient(), config) as client:
-            for _ in range(3):
+            for count in range(1, 4):
                 response = await client.post(f"http://127.0.0.1:{server.port}/v1/x", content=b"{}")
                 assert response.text == "ok"
-                await asyncio.sleep(0.2)  # the server has closed the pooled connection by now
+                await anyio.to_thread.run_sync(server.wait_closed, count)  # the pooled connection is dead now
     assert server.connections == 3
 
 

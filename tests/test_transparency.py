@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -251,10 +250,10 @@ def test_proxy_mounts_go_through_the_pipeline(http: Any) -> None:
 def test_timeouts_reach_the_inner_transport(server: str) -> None:
     """The request's timeout extension is passed through untouched (not dropped by a rebuilt request)."""
     client = aurelis_core.instrument(httpx.Client(), {"plugins": ["normalize", "memory"]})
-    started = time.perf_counter()
+    # The server answers after 1 s, well within the client's default 5 s timeout: only the request's own 0.2 s
+    # can have raised ReadTimeout (no bound on elapsed time: a loaded machine may take longer to raise it).
     with pytest.raises(httpx.ReadTimeout):
         client.post(f"{server}/slow", json={"model": "m"}, timeout=0.2, headers={"x-aurelis-ttl": "5"})
-    assert time.perf_counter() - started < 0.9  # the server answers after 1 s: the 0.2 s timeout fired
     client.close()
 
 
