@@ -2,8 +2,8 @@
 
 Run from the repository root (the script is not part of the test run and no CI job runs it)::
 
-    .venv/bin/python tools/mutation.py plugins/breaker.py aurelis_core/_sse.py -- tests/test_breaker.py
-    .venv/bin/python tools/mutation.py plugins/memory.py --jobs 2 --lines 150-200 -- tests
+    .venv/bin/python benchmarks/mutation.py plugins/breaker.py aurelis_core/_sse.py -- tests/test_breaker.py
+    .venv/bin/python benchmarks/mutation.py plugins/memory.py --jobs 2 --lines 150-200 -- tests
 
 Everything after ``--`` is handed to pytest for the coverage run (default: ``tests``). For each module named,
 the script
@@ -28,7 +28,7 @@ A mutant is *killed* when a test fails, *timed out* when a test ran longer than 
 unmutated duration plus 10 s (a SIGALRM fails it: a mutant that makes a loop spin or a wait never end), or the
 whole run past its deadline, and *survived* when every test passed or no test runs its line. The score is (killed +
 timed out) / (mutants - equivalent). Equivalent mutants (changes that cannot alter behaviour) are listed, each
-with its reason, in ``tools/mutation_equivalents.txt``; they are reported, not run (``--list`` shows each
+with its reason, in ``benchmarks/mutation_equivalents.txt``; they are reported, not run (``--list`` shows each
 mutant's function, to name one where the same code is equivalent in one place and not in another).
 
 Cost: one coverage run, then per mutant an interpreter start and a pytest start (~1.5 s) plus its tests. A
@@ -647,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _collect_child(argv[1], json.loads(argv[2]), pytest_args)
 
     parser = argparse.ArgumentParser(
-        prog="tools/mutation.py", description="Mutation testing of the named modules (see the module docstring)."
+        prog="benchmarks/mutation.py", description="Mutation testing of the named modules (see the module docstring)."
     )
     parser.add_argument("modules", nargs="+", help="source files, e.g. plugins/breaker.py aurelis_core/_sse.py")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
