@@ -7,6 +7,7 @@ import gzip
 import json
 import logging
 import socket
+import uuid
 from typing import Any
 
 import httpx
@@ -400,35 +401,42 @@ def test_a_shared_limit_refunds_an_unsent_attempt_through_redis(redis_flush: str
     client.close()
 
 
+def named(url: str) -> str:
+    """`url` with a client name of its own: other tests' pools may close while this one counts."""
+    return f"{url}?client_name=aurelis-test-{uuid.uuid4().hex}"
+
+
 def redis_clients(url: str) -> int:
-    probe = redis.Redis.from_url(url)
+    """How many connections the server holds under `url`'s client name."""
+    name = url.rsplit("client_name=", 1)[1]
+    probe = redis.Redis.from_url(url.split("?", 1)[0])
     try:
-        return len(probe.client_list()) - 1  # not counting this one
+        return sum(1 for client in probe.client_list() if client.get("name") == name)
     finally:
         probe.close()
 
 
 @pytest.mark.redis
 def test_closing_the_pipeline_releases_its_redis_connections(upstream: SimulatedServer, redis_flush: str) -> None:
-    before = redis_clients(redis_flush)
-    pipeline = Pipeline({"plugins": ["ratelimit"], "ratelimit": {"rpm": 100, "redis_url": redis_flush}})
+    url = named(redis_flush)
+    pipeline = Pipeline({"plugins": ["ratelimit"], "ratelimit": {"rpm": 100, "redis_url": url}})
     with pipeline.instrument(httpx.Client(timeout=10)) as client:
         post(client, upstream.url)
-        assert redis_clients(redis_flush) == before + 1
+        assert redis_clients(url) == 1
     pipeline.close()  # a pipeline passed in is closed by its owner, not by the client
-    assert redis_clients(redis_flush) == before
+    assert redis_clients(url) == 0
 
 
 @pytest.mark.redis
 @pytest.mark.anyio
 async def test_closing_an_async_pipeline_releases_its_redis_connections(upstream: SimulatedServer,
                                                                         redis_flush: str) -> None:
-    before = redis_clients(redis_flush)
+    url = named(redis_flush)
     async with aurelis_core.instrument(httpx.AsyncClient(timeout=10), {"plugins": ["ratelimit"], "ratelimit": {
-            "rpm": 100, "redis_url": redis_flush}}) as client:
+            "rpm": 100, "redis_url": url}}) as client:
         await client.post(upstream.url + CHAT, json=BODY)
-        assert redis_clients(redis_flush) == before + 1
-    assert redis_clients(redis_flush) == before
+        assert redis_clients(url) == 1
+    assert redis_clients(url) == 0
 
 
 def test_redis_failures_are_logged_once_per_burst(upstream: SimulatedServer, caplog: Any) -> None:
