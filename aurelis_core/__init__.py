@@ -6,7 +6,8 @@ stages (normalize, cache tiers, routing, compression, send, observe)::
     import httpx, aurelis_core
     client = aurelis_core.instrument(httpx.AsyncClient(), config="aurelis.toml")
 
-Only this module's names (``__all__``) are public; the ``_``-prefixed modules are private.
+Only this module's names (``__all__``) are public; the ``_``-prefixed modules are private. Plugins import what
+they need besides these names from :mod:`aurelis_core.plugin`, the plugin API.
 """
 
 from __future__ import annotations

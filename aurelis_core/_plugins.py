@@ -28,7 +28,14 @@ import pluggy
 from . import hookspecs
 from .config import ConfigError, choices_hint
 
-__all__ = ["BUILTIN_PLUGINS", "AurelisPluginManager", "PluginSpec", "blocked_plugins", "discover_plugins"]
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "AurelisPluginManager",
+    "PluginSpec",
+    "blocked_plugins",
+    "discover_plugins",
+    "implementers",
+]
 
 logger = logging.getLogger("aurelis")
 
@@ -146,3 +153,21 @@ class AurelisPluginManager(pluggy.PluginManager):
 
 def unknown_plugin(name: str, known: dict[str, PluginSpec], where: str) -> ConfigError:
     return ConfigError(f"{where}: unknown plugin {name!r}{choices_hint(name, known)}")
+
+
+def implementers(hook: str, known: dict[str, PluginSpec]) -> list[str]:
+    """The names, among ``known``, of the plugins whose class implements ``hook`` (a ``@hookimpl`` method).
+
+    Imports every plugin's module: for error messages (which router could be enabled?), never on a hot path. A
+    plugin that cannot be imported here (an extra that is not installed) is left out.
+    """
+    marker = f"{hookspecs.PROJECT_NAME}_impl"  # what pluggy's HookimplMarker sets on each implementation
+    found = []
+    for name, spec in known.items():
+        try:
+            cls = spec.load()
+        except Exception:  # a broken plugin must not hide the error this list helps to explain
+            continue
+        if hasattr(getattr(cls, hook, None), marker):
+            found.append(name)
+    return found

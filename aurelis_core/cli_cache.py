@@ -1,9 +1,10 @@
 """``aurelis cache stats|warm|clear``: look at and manage the cache tiers a config enables.
 
 The commands build the config's pipeline (so they see exactly the tiers, files, prefixes and keys the
-application uses) and talk to each tier that stores outside the process through the tier's own methods:
-``stats()``, ``top(n)``, ``put(key, entry)``, ``clear()``. The ``memory`` tier lives inside each application
-process, so there is nothing of it to show or clear from here.
+application uses) and talk to each tier that can be managed from outside the application's process, a
+:class:`~aurelis_core.plugin.CacheTier` (``stats()``, ``top(n)``, ``put(key, entry)``, ``clear()``), whatever its
+plugin is called: ``redis`` and ``sqlite`` are, a third-party tier may be. The ``memory`` tier lives inside each
+application process, so there is nothing of it to show or clear from here (and it is no ``CacheTier``).
 
 - ``stats``: entries, bytes and hit counts per tier (``--json`` for a machine-readable form).
 - ``warm``: copy each tier's ``--top`` most hit live entries into the persistent tiers above it (e.g. SQLite
@@ -19,21 +20,20 @@ import json
 import sys
 from typing import Any
 
+from ._protocols import CacheTier
 from .config import ConfigError
 
 __all__ = ["add_cache_commands"]
 
 Subparsers = Any  # argparse._SubParsersAction is private; its add_parser is all we use
 
-#: The in-process tier: nothing of it outlives the application process.
-PROCESS_LOCAL = ("memory",)
 
-
-def _persistent_tiers(pipeline: Any) -> list[tuple[str, Any]]:
+def _persistent_tiers(pipeline: Any) -> list[tuple[str, CacheTier]]:
+    """``(name, tier)`` of the pipeline's tiers that are a :class:`CacheTier`, in the order lookups ask them."""
     return [
-        (name, pipeline.plugin(name))
-        for name in pipeline.tiers
-        if name not in PROCESS_LOCAL and hasattr(pipeline.plugin(name), "stats")
+        (name, tier)
+        for name, tier in zip(pipeline.tiers, pipeline.cache_tiers(), strict=True)
+        if isinstance(tier, CacheTier)
     ]
 
 

@@ -24,7 +24,7 @@ would be paid seven times per request, and pluggy cannot await ``async def`` imp
   cache must never fail the caller's request.
 
 Every hook is prefixed ``aurelis_``. A plugin is a class whose instance carries ``@hookimpl`` methods; see
-:mod:`aurelis_core._plugins` for how plugins are declared, configured and found.
+:mod:`aurelis_core.plugin`, the plugin API, for how a plugin is written and everything it may import.
 """
 
 from __future__ import annotations

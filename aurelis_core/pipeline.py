@@ -42,6 +42,7 @@ from ._plugins import (
     PluginSpec,
     blocked_plugins,
     discover_plugins,
+    implementers,
     instantiate,
     unknown_plugin,
 )
@@ -197,9 +198,11 @@ class Pipeline:
                     f"{self.config.source}: only one {SINGLE_STAGES[hook_name]} may be enabled, got: {names}"
                 )
         if len(self.endpoints) > 1 and not stages["aurelis_route"]:
+            # Every plugin that can route, third-party ones included; found (which imports each plugin's module)
+            # only now that the error is certain.
             raise ConfigError(
                 f"{self.config.source}: {len(self.endpoints)} endpoints need a router plugin in 'plugins'; "
-                "choose one of: round_robin, least_connections, weighted_response_time, load_based, ai_optimized"
+                f"choose one of: {', '.join(implementers('aurelis_route', discover_plugins())) or '(none found)'}"
             )
         self._normalize = [f for _, f in stages["aurelis_normalize"]]
         self._tiers_get = stages["aurelis_cache_get"]
@@ -245,6 +248,14 @@ class Pipeline:
         if plugin is None:
             raise KeyError(f"no plugin {name!r} in this pipeline{choices_hint(name, self.plugin_origins)}")
         return plugin
+
+    def cache_tiers(self) -> tuple[object, ...]:
+        """The cache tier plugins (those implementing ``aurelis_cache_get``), in the order of :attr:`tiers`.
+
+        What plugins and tools find a tier by, by capability rather than by name (the Protocols of
+        :mod:`aurelis_core.plugin`): ``[t for t in pipeline.cache_tiers() if isinstance(t, ShrinkableTier)]``.
+        """
+        return tuple(self.pm.get_plugin(name) for name in self.tiers)
 
     # --- wrapping clients --------------------------------------------------------------------------------------
 

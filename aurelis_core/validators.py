@@ -2,10 +2,11 @@
 
 Types need no validator: :func:`aurelis_core.config.config_from_table` checks every value of a config table
 against its field's annotation (``int`` takes no ``True``, ``tuple[str, ...]`` no bare string...). What a
-type cannot say is written with these attrs validators::
+type cannot say is written with these attrs validators, which plugins import from the plugin API,
+:mod:`aurelis_core.plugin` (this module stays importable as it is)::
 
     import attrs
-    from aurelis_core.validators import in_range, positive, redis_url
+    from aurelis_core.plugin import in_range, positive, redis_url
 
     @attrs.frozen
     class MyConfig:
@@ -45,6 +46,7 @@ __all__ = [
     "each",
     "existing_file",
     "file_path",
+    "fraction",
     "header_name",
     "header_table",
     "host_port",
@@ -64,6 +66,7 @@ __all__ = [
     "probe_writable_file",
     "redis_url",
     "url_path",
+    "writable_file_probe",
 ]
 
 #: Field metadata key naming a probe ``(instance, attribute, value) -> warning or None`` that ``aurelis config
@@ -221,6 +224,8 @@ non_negative = in_range(0)
 positive_int = in_range(1, integer=True)
 #: An integer >= 0.
 non_negative_int = in_range(0, integer=True)
+#: A number strictly between 0 and 1 (a share, a smoothing factor).
+fraction = in_range(0, 1, lo_open=True, hi_open=True)
 
 
 class _Format:
@@ -460,6 +465,7 @@ class each:
 
 
 def _non_empty(instance: Any, attribute: Any, value: Any) -> None:
+    """A non-empty list or table."""
     if value is None and _optional(attribute):
         return
     if not value:
@@ -513,6 +519,12 @@ def probe_writable_file(path: str) -> str | None:
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"{path} cannot be created: {parent} is not writable"
     return None
+
+
+def writable_file_probe(instance: Any, attribute: Any, value: str) -> str | None:
+    """A probe for ``metadata={PROBE: writable_file_probe}`` of a file path option: can the file be created
+    or written? (:func:`probe_writable_file` on the option's value.)"""
+    return probe_writable_file(value)
 
 
 def probe_bind(host: str, port: int) -> str | None:

@@ -49,8 +49,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from aurelis_core import CacheEntry
-from aurelis_core.config import ConfigError, choices_hint
+from aurelis_core.plugin import CacheEntry, ConfigError, choices_hint
 
 from .codecs import Codec, get_codec
 

@@ -1,7 +1,7 @@
 """What the slow, shared cache tiers (``redis``, ``sqlite``) have in common.
 
 Both write behind (a :class:`~aurelis_plugins._writebehind.WriteBehind` queue and :class:`HitCounts`), can warm
-the ``memory`` tier at start-up from their most hit entries, count and log failed writes once per burst, and
+the first tier (``memory``) at start-up from their most hit entries, count and log failed writes once per burst, and
 close the same way: hand off pending hit counts, write out the queue, then release their connections. A tier
 subclass provides its own reads and writes, ``top``/``atop`` (the most hit live entries), ``_aclose_async``
 (its async connections) and ``_close_sync`` (its sync ones).
@@ -13,11 +13,10 @@ import logging
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import positive_int
-from aurelis_plugins._warm import copy_into_memory
+from aurelis_plugins._warm import copy_into_first_tier
 from aurelis_plugins._writebehind import HitCounts, WriteBehind
 
-from aurelis_core import CacheEntry, hookimpl
+from aurelis_core.plugin import CacheEntry, hookimpl, positive_int
 
 __all__ = ["WarmConfig", "WriteBehindTier"]
 
@@ -27,7 +26,7 @@ logger = logging.getLogger("aurelis")
 @attrs.frozen
 class WarmConfig:
     """``warm = {on_start = true, top = 1000}``: at start-up, copy this tier's ``top`` most hit live entries
-    into the ``memory`` tier."""
+    into the first tier that can take them (``memory``; see :mod:`aurelis_plugins._warm`)."""
 
     on_start: bool = False
     top: int = attrs.field(default=1000, validator=positive_int)
@@ -51,14 +50,14 @@ class WriteBehindTier:
         if pipeline.is_async:
             return self._awarm(pipeline)
         try:
-            copy_into_memory(pipeline, self.name, self.top(self.config.warm.top))
+            copy_into_first_tier(pipeline, self.name, self.top(self.config.warm.top))
         except Exception as exc:  # warming is an optimisation: never fail the first request over it
             logger.warning("aurelis: warming from cache tier %r failed: %s", self.name, exc)
         return None
 
     async def _awarm(self, pipeline: Any) -> None:
         try:
-            copy_into_memory(pipeline, self.name, await self.atop(self.config.warm.top))
+            copy_into_first_tier(pipeline, self.name, await self.atop(self.config.warm.top))
         except Exception as exc:
             logger.warning("aurelis: warming from cache tier %r failed: %s", self.name, exc)
 

@@ -43,10 +43,21 @@ from collections import deque
 from typing import Any, NamedTuple
 
 import attrs
-from aurelis_plugins._validators import at_least, in_range, non_negative_int, positive, positive_int
 
-from aurelis_core import Attempt, Endpoint, RequestContext, hookimpl
-from aurelis_core.health import CircuitState, EndpointUnavailable, retry_after
+from aurelis_core.plugin import (
+    Attempt,
+    CircuitState,
+    Endpoint,
+    EndpointUnavailable,
+    RequestContext,
+    at_least,
+    hookimpl,
+    in_range,
+    non_negative_int,
+    positive,
+    positive_int,
+    retry_after,
+)
 
 __all__ = ["Breaker", "BreakerConfig", "CircuitOpenError", "Transition"]
 

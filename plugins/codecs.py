@@ -30,7 +30,7 @@ import importlib
 import zlib
 from typing import Any
 
-from aurelis_core.config import ConfigError, choices_hint
+from aurelis_core.plugin import ConfigError, choices_hint
 
 __all__ = ["CODEC_NAMES", "Codec", "codec_for_token", "get_codec", "wire_codecs"]
 

@@ -41,10 +41,19 @@ from typing import Any
 
 import attrs
 import cachetools
-from aurelis_plugins._validators import each, in_range, label, non_negative_int, positive_int
 
-from aurelis_core import Attempt, ConfigError, RequestContext, hookimpl
-from aurelis_core._resend import signature_scheme
+from aurelis_core.plugin import (
+    Attempt,
+    ConfigError,
+    RequestContext,
+    each,
+    hookimpl,
+    in_range,
+    label,
+    non_negative_int,
+    positive_int,
+    signature_scheme,
+)
 
 from .codecs import Codec, get_codec, wire_codecs
 

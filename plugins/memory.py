@@ -37,9 +37,8 @@ from typing import Any, Literal
 
 import attrs
 import cachetools
-from aurelis_plugins._validators import positive, positive_int
 
-from aurelis_core import CacheEntry, RequestContext, hookimpl
+from aurelis_core.plugin import CacheEntry, RequestContext, hookimpl, positive, positive_int
 
 __all__ = ["MemoryCache", "MemoryConfig"]
 

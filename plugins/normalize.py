@@ -35,11 +35,18 @@ from typing import Any
 
 import attrs
 import msgspec
-from aurelis_plugins._validators import each, label, url_path
 
-from aurelis_core import RequestContext, hookimpl
-from aurelis_core._compat import header_items, url_parts
-from aurelis_core._tenant import Tenant, TenantConfig
+from aurelis_core.plugin import (
+    RequestContext,
+    Tenant,
+    TenantConfig,
+    each,
+    header_items,
+    hookimpl,
+    label,
+    url_parts,
+    url_path,
+)
 
 __all__ = ["KEY_VERSION", "Normalize", "NormalizeConfig"]
 

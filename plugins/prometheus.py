@@ -28,9 +28,19 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import PROBE, each, in_range, label, non_negative, positive_int, probe_bind
 
-from aurelis_core import Attempt, RequestContext, hookimpl
+from aurelis_core.plugin import (
+    PROBE,
+    Attempt,
+    RequestContext,
+    each,
+    hookimpl,
+    in_range,
+    label,
+    non_negative,
+    positive_int,
+    probe_bind,
+)
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest

@@ -46,8 +46,15 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple
 
 import attrs
-from aurelis_plugins._validators import (
+
+from aurelis_core.plugin import (
     PROBE,
+    Attempt,
+    Endpoint,
+    EndpointUnavailable,
+    RequestContext,
+    header_items,
+    hookimpl,
     in_range,
     non_negative,
     non_negative_int,
@@ -55,12 +62,10 @@ from aurelis_plugins._validators import (
     positive_int,
     probe_redis,
     redis_url,
+    retry_after,
+    url_parts,
+    usage_tokens,
 )
-
-from aurelis_core import Attempt, Endpoint, RequestContext, hookimpl
-from aurelis_core._compat import header_items, url_parts
-from aurelis_core.health import EndpointUnavailable, retry_after
-from aurelis_core.stats import usage_tokens
 
 from ._gcra import LocalGCRA, RedisGCRA, Reservation, Spec, duration_seconds
 from .codecs import codec_for_token

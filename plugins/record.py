@@ -24,12 +24,19 @@ from pathlib import Path
 from typing import IO, Any
 
 import attrs
-from aurelis_plugins._validators import PROBE, each, file_path, url_path, writable_file_probe
 
-from aurelis_core import hookimpl
-from aurelis_core._compat import url_parts
-from aurelis_core._tenant import Tenant
-from aurelis_core.replay import CREDENTIAL_HEADERS, WorkloadRequest
+from aurelis_core.plugin import (
+    PROBE,
+    WORKLOAD_CREDENTIAL_HEADERS,
+    Tenant,
+    WorkloadRequest,
+    each,
+    file_path,
+    hookimpl,
+    url_parts,
+    url_path,
+    writable_file_probe,
+)
 
 __all__ = ["Record", "RecordConfig"]
 
@@ -48,7 +55,7 @@ def recordable_headers(raw: list[tuple[bytes, bytes]], tenant: Tenant | None = N
     for name, value in raw:
         lname = name.decode("latin-1").lower()
         if (
-            lname in CREDENTIAL_HEADERS
+            lname in WORKLOAD_CREDENTIAL_HEADERS
             or (tenant is not None and tenant.is_credential_header(lname))
             or lname in TRANSPORT_HEADERS
             or lname.startswith("x-stainless-")

@@ -40,10 +40,14 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import (
+from aurelis_plugins._validators import at_rest_codec
+
+from aurelis_core.plugin import (
     PROBE,
-    at_rest_codec,
+    CacheEntry,
+    RequestContext,
     each,
+    hookimpl,
     host_port,
     label,
     non_empty,
@@ -53,8 +57,6 @@ from aurelis_plugins._validators import (
     probe_tcp,
     redis_url,
 )
-
-from aurelis_core import CacheEntry, RequestContext, hookimpl
 
 from ._serialize import SerializeError, Unauthenticated, codec_named, dumps, loads
 from ._tier import WarmConfig, WriteBehindTier

@@ -26,10 +26,11 @@ When to retry:
   So retries add at most ``budget_ratio`` extra load in steady state: a failing upstream sees at most 1.2x its
   normal traffic with the defaults, not ``max_attempts`` x (a retry storm).
 
-Coordination with routers (``ctx.state["retry"]``): before answering, the plugin adds the failed attempt's
-endpoint name to ``ctx.state["retry"].failed`` (a :class:`RetryState`). Routers should prefer endpoints not in
-that set for the next attempt of the same request (and fall back to them if nothing else is left); the health
-registry already hides open circuits and rate-limited endpoints across requests.
+Coordination with routers (:data:`~aurelis_core.plugin.FAILED_ENDPOINTS`): before answering, the plugin adds
+the failed attempt's endpoint name to the request's ``FAILED_ENDPOINTS`` record, a set defined by the core that
+routers read (the same set is ``ctx.state["retry"].failed``, a :class:`RetryState`). Routers prefer endpoints
+not in that set for the next attempt of the same request (and fall back to them if nothing else is left); the
+health registry already hides open circuits and rate-limited endpoints across requests.
 
 Which requests (the wrapper re-sends the caller's request byte for byte, so only a request that may safely
 reach the server twice is retried):
@@ -74,11 +75,25 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import Invalid, each, in_range, non_negative, non_negative_int, one_of, positive_int
 
-from aurelis_core import Attempt, RequestContext, hookimpl
-from aurelis_core._compat import buffered_body, header_items, url_parts
-from aurelis_core.health import EndpointUnavailable, retry_after
+from aurelis_core.plugin import (
+    FAILED_ENDPOINTS,
+    Attempt,
+    EndpointUnavailable,
+    Invalid,
+    RequestContext,
+    buffered_body,
+    each,
+    header_items,
+    hookimpl,
+    in_range,
+    non_negative,
+    non_negative_int,
+    one_of,
+    positive_int,
+    retry_after,
+    url_parts,
+)
 
 __all__ = ["Retry", "RetryConfig", "RetryState"]
 
@@ -161,16 +176,17 @@ class RetryConfig:
 
 
 class RetryState:
-    """``ctx.state["retry"]``: what the retry plugin learnt during one request (read by routers).
+    """``ctx.state["retry"]``: what the retry plugin learnt during one request.
 
-    ``failed``: names of the endpoints whose attempts failed (for requests without endpoints, the origin URL);
-    ``waits``: the seconds waited before each retry.
+    ``failed``: names of the endpoints whose attempts failed (for requests without endpoints, the origin URL):
+    the request's :data:`~aurelis_core.plugin.FAILED_ENDPOINTS` set, which routers read; ``waits``: the seconds
+    waited before each retry.
     """
 
     __slots__ = ("failed", "waits")
 
-    def __init__(self) -> None:
-        self.failed: set[str] = set()
+    def __init__(self, failed: set[str] | None = None) -> None:
+        self.failed: set[str] = set() if failed is None else failed
         self.waits: list[float] = []
 
 
@@ -224,7 +240,8 @@ class Retry:
         endpoint = self.health.upstream(ctx, attempt)
         state: RetryState | None = ctx.state.get("retry")
         if state is None:
-            state = ctx.state["retry"] = RetryState()
+            # One set, two readers: routers find it under the core's key, without knowing this plugin.
+            state = ctx.state["retry"] = RetryState(FAILED_ENDPOINTS.setdefault(ctx, set()))
         state.failed.add(endpoint.name)
         if self._has_alternative(state.failed):
             delay = 0.0

@@ -34,9 +34,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import existing_file, positive, positive_int
 
-from aurelis_core import Attempt, RequestContext, hookimpl
+from aurelis_core.plugin import Attempt, RequestContext, existing_file, hookimpl, positive, positive_int
 
 try:
     import aiohttp

@@ -33,10 +33,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import existing_file, non_negative_int, positive, positive_int
 
-from aurelis_core import Attempt, ConfigError, RequestContext, hookimpl
-from aurelis_core.config import choices_hint
+from aurelis_core.plugin import (
+    Attempt,
+    ConfigError,
+    RequestContext,
+    choices_hint,
+    existing_file,
+    hookimpl,
+    non_negative_int,
+    positive,
+    positive_int,
+)
 
 __all__ = ["HttpxEngine", "HttpxOptions"]
 

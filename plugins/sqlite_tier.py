@@ -76,17 +76,20 @@ from typing import Any
 from urllib.parse import quote
 
 import attrs
-from aurelis_plugins._validators import (
+from aurelis_plugins._validators import at_rest_codec
+
+from aurelis_core.plugin import (
     PROBE,
+    CacheEntry,
+    ConfigError,
     Invalid,
-    at_rest_codec,
+    RequestContext,
     file_path,
+    hookimpl,
     positive,
     positive_int,
     writable_file_probe,
 )
-
-from aurelis_core import CacheEntry, ConfigError, RequestContext, hookimpl
 
 from ._serialize import LARGE, Piece, SerializeError, Unauthenticated, codec_named, dumps_parts, loads
 from ._tier import WarmConfig, WriteBehindTier

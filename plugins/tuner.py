@@ -24,7 +24,8 @@ probation for one window: if that window is overloaded, or its latency is more t
 worse than before, the limit goes back to where it was and stays there for ``rollback_hold`` windows.
 
 Memory: with ``max_rss_bytes`` set, the process's resident size is checked at most every
-``memory_check_interval`` seconds, as attempts end. Over the bound, the L1 ``memory`` tier gives up
+``memory_check_interval`` seconds, as attempts end. Over the bound, every cache tier held in the process that
+can give memory back (a :class:`~aurelis_core.plugin.ShrinkableTier`: the L1 ``memory`` tier) gives up
 ``shrink_fraction`` of what it holds (and keeps the lower budget): the cheapest memory to free, since lower
 tiers still hold the answers. With nothing left there, the concurrency limits are cut instead (fewer answers
 in flight at once). Either way it is logged and recorded as a change.
@@ -46,18 +47,24 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import attrs
-from aurelis_plugins._validators import at_least, fraction, in_range, non_negative_int, positive, positive_int
 
-from aurelis_core import Attempt, RequestContext, hookimpl
-from aurelis_core.stats import usage_tokens
+from aurelis_core.plugin import (
+    Attempt,
+    RequestContext,
+    ShrinkableTier,
+    at_least,
+    fraction,
+    hookimpl,
+    in_range,
+    non_negative_int,
+    positive,
+    positive_int,
+    usage_tokens,
+)
 
 __all__ = ["Change", "ConcurrencyLimitError", "Tuner", "TunerConfig", "rss_bytes"]
 
 logger = logging.getLogger("aurelis")
-
-#: What the memory relief records as the target of its changes.
-MEMORY_TARGET = "memory"
-
 
 class ConcurrencyLimitError(Exception):
     """An attempt could not get a slot: the queue was full, or it waited ``queue_timeout`` seconds."""
@@ -112,8 +119,9 @@ class TunerConfig:
 
 @attrs.frozen
 class Change:
-    """One adjustment: ``at`` is ``time.time()``; ``target`` an endpoint/host, or ``"memory"`` (then ``old`` and
-    ``new`` are the memory tier's byte budget); ``kind`` is increase, decrease, rollback or memory_shrink."""
+    """One adjustment: ``at`` is ``time.time()``; ``target`` an endpoint/host, or for ``memory_shrink`` the cache
+    tier that gave memory back (``"memory"``; then ``old`` and ``new`` are its byte budget); ``kind`` is
+    increase, decrease, rollback or memory_shrink."""
 
     at: float
     target: str
@@ -392,11 +400,15 @@ class Tuner:
         if rss <= max_rss:
             return
         why = f"resident size {rss} bytes > max_rss_bytes {max_rss}"
-        memory = self.pipeline.pm.get_plugin("memory")
-        if memory is not None and memory.currsize > 0:
-            old = memory.budget
-            freed = memory.shrink(self.config.shrink_fraction)
-            self._record(MEMORY_TARGET, "memory_shrink", old, memory.budget, f"{why}: freed {freed} bytes of L1")
+        shrunk = False
+        # Found by what they can do, not by name: any tier that holds memory it can give back.
+        for name, tier in zip(self.pipeline.tiers, self.pipeline.cache_tiers(), strict=True):
+            if isinstance(tier, ShrinkableTier) and tier.currsize > 0:
+                old = tier.budget
+                freed = tier.shrink(self.config.shrink_fraction)
+                self._record(name, "memory_shrink", old, tier.budget, f"{why}: freed {freed} bytes of L1")
+                shrunk = True
+        if shrunk:
             return
         with self._lock:
             for limiter in self._limiters.values():

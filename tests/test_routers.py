@@ -16,6 +16,7 @@ from aurelis_plugins.routers.weighted_response_time import WeightedResponseTime
 from aurelis_core import Attempt, ConfigError, Endpoint, Pipeline, RequestContext
 from aurelis_core._models import DEFAULT_CONTROLS
 from aurelis_core.health import EndpointHealth
+from aurelis_core.plugin import FAILED_ENDPOINTS
 
 ALL = [RoundRobin, LeastConnections, WeightedResponseTime, LoadBased, AIOptimized]
 NAMES = [cls.name for cls in ALL]
@@ -275,8 +276,6 @@ def test_weighted_response_time_gives_new_endpoints_the_mean_weight_during_black
 
 @pytest.mark.parametrize("cls", ALL)
 def test_a_retry_avoids_the_endpoints_that_failed_this_request(cls: Any) -> None:
-    from aurelis_plugins.retry import RetryState
-
     clock = FakeClock()
     eps = endpoints(1, 1, 1)
     for _ in range(30):
@@ -293,14 +292,14 @@ def test_a_retry_avoids_the_endpoints_that_failed_this_request(cls: Any) -> None
         end(router, ctx, third, clock, status=503)
         # Everything failed: any endpoint rather than none.
         assert start(router, ctx, clock).endpoint in eps
-        # With it: its record wins (here it names an endpoint no attempt of this request reached).
+        # With a retry policy's record (the core's FAILED_ENDPOINTS): it wins (here it names an endpoint no
+        # attempt of this request reached).
         ctx = context()
-        ctx.state["retry"] = state = RetryState()
-        state.failed.update({"e0", "e1"})
+        FAILED_ENDPOINTS.set(ctx, {"e0", "e1"})
         ctx.attempts.append(Attempt(1, None))
         assert start(router, ctx, clock).endpoint is eps[2]
         ctx = context()
-        ctx.state["retry"] = "not a RetryState"  # unexpected scratch data is ignored, not trusted
+        FAILED_ENDPOINTS.set(ctx, "not a set")  # type: ignore[arg-type]  # unexpected data: ignored, not trusted
         failed = start(router, ctx, clock)
         end(router, ctx, failed, clock, status=500)
         assert start(router, ctx, clock).endpoint != failed.endpoint

@@ -40,10 +40,18 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import attrs
-from aurelis_plugins._validators import non_negative_int, positive, positive_int
 
-from aurelis_core import Attempt, Endpoint, RequestContext, hookimpl
-from aurelis_core.health import EndpointHealth
+from aurelis_core.plugin import (
+    FAILED_ENDPOINTS,
+    Attempt,
+    Endpoint,
+    EndpointHealth,
+    RequestContext,
+    hookimpl,
+    non_negative_int,
+    positive,
+    positive_int,
+)
 
 __all__ = [
     "Clock",
@@ -145,13 +153,13 @@ def outcome(attempt: Attempt) -> bool | None:
 def failed_endpoints(ctx: RequestContext) -> frozenset[str] | set[str]:
     """Names of the endpoints that already failed during this request (empty for a first attempt).
 
-    The retry plugin's record (``ctx.state["retry"].failed``, a set of names) when there is one: it also
-    holds the endpoints that refused an attempt before the network (an open circuit). Otherwise, e.g. when
-    the caller's own loop or another plugin retries, the endpoints of this request's earlier attempts whose
-    :func:`outcome` was a failure. Read defensively: ``ctx.state`` is shared scratch space.
+    The record a retry policy keeps for routers, :data:`~aurelis_core.plugin.FAILED_ENDPOINTS`, when there is
+    one: it also holds the endpoints that refused an attempt before the network (an open circuit) and those
+    whose answer the policy retried though it does not blame the endpoint (a 409). Otherwise (a retry policy
+    that keeps none), the endpoints of this request's earlier attempts whose :func:`outcome` was a failure.
+    Read defensively: ``ctx.state`` is shared scratch space.
     """
-    state = ctx.state.get("retry")
-    failed = getattr(state, "failed", None)
+    failed = FAILED_ENDPOINTS.get(ctx)
     if isinstance(failed, (set, frozenset)):
         return failed
     return frozenset(

@@ -41,9 +41,8 @@ from statistics import NormalDist
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import positive, positive_int
 
-from aurelis_core import Attempt, Endpoint, RequestContext
+from aurelis_core.plugin import Attempt, Endpoint, RequestContext, positive, positive_int
 
 from ._base import Router, RouterConfig, latency_sample, outcome
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aurelis_core import Endpoint, RequestContext
+from aurelis_core.plugin import Endpoint, RequestContext
 
 from ._base import Router, RouterConfig
 

@@ -25,9 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import positive
 
-from aurelis_core import Attempt, Endpoint, RequestContext
+from aurelis_core.plugin import Attempt, Endpoint, RequestContext, positive
 
 from ._base import Router, RouterConfig
 

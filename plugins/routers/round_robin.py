@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from aurelis_core import Endpoint, RequestContext
+from aurelis_core.plugin import Endpoint, RequestContext
 
 from ._base import EDFScheduler, Router, RouterConfig
 

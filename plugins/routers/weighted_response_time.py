@@ -21,9 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import non_negative, positive
 
-from aurelis_core import Attempt, Endpoint, RequestContext
+from aurelis_core.plugin import Attempt, Endpoint, RequestContext, non_negative, positive
 
 from ._base import EDFScheduler, Router, RouterConfig, latency_sample, outcome
 

@@ -29,7 +29,7 @@ import attrs
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from aurelis_core import Attempt, Pipeline, RequestContext, hookimpl
+from aurelis_core.plugin import Attempt, Pipeline, RequestContext, hookimpl
 
 __all__ = ["OtelConfig", "OtelTracing"]
 

@@ -2,7 +2,8 @@
 
 A plugin is a class with a ``name``, an optional attrs ``Config`` (its ``[request_counter]`` table, checked
 when the pipeline is built), an ``__init__(config, pipeline)``, and ``@hookimpl`` methods named after the
-hooks of ``aurelis_core.hookspecs``. Use only ``aurelis_core``'s public names (its ``__all__``).
+hooks of ``aurelis_core.hookspecs``. Import from ``aurelis_core.plugin`` (the plugin API) and, besides it,
+only ``aurelis_core`` itself.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections import Counter
 
 import attrs
 
-from aurelis_core import Pipeline, RequestContext, hookimpl
+from aurelis_core.plugin import Pipeline, RequestContext, hookimpl
 
 __all__ = ["CounterConfig", "RequestCounter"]
 
@@ -21,7 +22,7 @@ __all__ = ["CounterConfig", "RequestCounter"]
 class CounterConfig:
     # Options are checked against their annotations when the pipeline is built (a string here fails with
     # "[request_counter] by_model: expected true or false, got ..."); ranges and formats take a validator from
-    # aurelis_core.validators, e.g. ``attrs.field(default=10, validator=positive_int)``.
+    # aurelis_core.plugin, e.g. ``attrs.field(default=10, validator=positive_int)``.
     #: Also count per model (the ``model`` field of the body).
     by_model: bool = False
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from aurelis_core import CacheEntry
+from aurelis_core.plugin import CacheEntry
 
 __all__ = ["SemanticIndex"]
 

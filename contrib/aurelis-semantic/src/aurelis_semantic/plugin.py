@@ -43,8 +43,16 @@ import attrs
 import cachetools
 import numpy as np
 
-from aurelis_core import CacheEntry, Pipeline, RequestContext, hookimpl
-from aurelis_core.validators import Invalid, in_range, positive, positive_int
+from aurelis_core.plugin import (
+    CacheEntry,
+    Invalid,
+    Pipeline,
+    RequestContext,
+    hookimpl,
+    in_range,
+    positive,
+    positive_int,
+)
 
 from .embedders import BACKENDS, Embedder, Vectors, load_embedder
 from .guards import Analysis, analyse, conflict

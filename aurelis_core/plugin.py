@@ -1,0 +1,195 @@
+"""The plugin API: everything a plugin may import from Aurelis, besides ``aurelis_core`` itself.
+
+A plugin depends on the names below and on nothing else of ``aurelis_core`` (its ``_private`` modules move and
+change between releases; these names do not without a deprecation). The first-party plugins and the
+``contrib/`` packages are held to this by a test that reads their imports.
+
+Writing a plugin
+----------------
+A plugin is a class. Its instance is made once per pipeline, so it may keep state, and carries ``@hookimpl``
+methods named after the stages it takes part in (:mod:`aurelis_core.hookspecs` says, for each, who runs, in
+which order, and whether it may do I/O)::
+
+    import logging
+
+    import attrs
+    from aurelis_core.plugin import Attempt, Pipeline, RequestContext, StateKey, hookimpl, positive
+
+    logger = logging.getLogger("aurelis.slow_log")    # log under "aurelis"; never print
+    SLOW = StateKey[int]("slow_log.slow_attempts")    # this plugin's note on one request, typed
+
+    @attrs.frozen
+    class SlowLogConfig:                              # the [slow_log] table, checked when the pipeline is built
+        threshold: float = attrs.field(default=2.0, validator=positive)
+
+    class SlowLog:
+        name = "slow_log"                             # what users write in plugins = [...]
+        Config = SlowLogConfig
+
+        def __init__(self, config: SlowLogConfig, pipeline: Pipeline) -> None:
+            self.config, self.stats = config, pipeline.stats
+
+        @hookimpl
+        def aurelis_attempt_end(self, ctx: RequestContext, attempt: Attempt) -> None:
+            if attempt.duration is not None and attempt.duration > self.config.threshold:
+                SLOW.set(ctx, SLOW.get(ctx, 0) + 1)
+
+        @hookimpl
+        def aurelis_observe(self, ctx: RequestContext) -> None:   # once per request, when it is over
+            slow = SLOW.get(ctx, 0)
+            if slow:
+                self.stats.counters["slow_log.requests"] += 1
+                logger.info("%d slow attempt(s) to %s", slow, ctx.endpoint.name if ctx.endpoint else "?")
+
+Publish it with an entry point in the group ``aurelis`` (``slow_log = "my_package:SlowLog"``); it is imported
+only when a config enables it by name.
+
+What is here
+------------
+- **hooks and the request**: :data:`hookimpl`, :class:`RequestContext`, :class:`Attempt`, :class:`CacheEntry`,
+  :class:`Endpoint`, :class:`RequestControls`, :class:`Stats` (``pipeline.stats``), :class:`Config`
+  (``pipeline.config``).
+- **the pipeline, as a plugin sees it**: :class:`Pipeline`, a Protocol (the concrete ``aurelis_core.Pipeline``
+  offers more, which plugins do not use).
+- **what plugins find in each other**, by capability, never by name: :class:`CacheTier` (what ``aurelis cache``
+  manages), :class:`WarmTarget` (a tier warming copies into), :class:`ShrinkableTier` (memory relief),
+  :class:`Router`. Look them up with ``pipeline.cache_tiers()`` and ``isinstance``.
+- **per-request state**: :class:`StateKey` (a typed key into ``ctx.state``) and :data:`FAILED_ENDPOINTS`
+  (the endpoints that failed during this request: retry policies write it, routers read it).
+- **endpoint health**: :class:`EndpointHealth` (``pipeline.health``: breakers and rate limiters write it, routers
+  read it), :class:`EndpointStatus`, :data:`CircuitState`, :class:`EndpointUnavailable` (an attempt refused
+  before the network) and :func:`retry_after` (how long an upstream asked to wait).
+- **who is asking**: :class:`Tenant` (``pipeline.tenant``), :class:`Identity`, :class:`TenantConfig` and the
+  default credential and scope header sets.
+- **requests on the wire**: :func:`header_items`, :func:`url_parts` (one pass over a request's headers or
+  URL), :func:`buffered_body`, :func:`replayable_body`, :func:`signature_scheme`, :func:`resend_refusal`, and
+  :func:`usage_tokens` (the tokens a stored JSON answer spent).
+- **options**: :func:`config_from_table`, :class:`ConfigError`, and every validator of
+  :mod:`aurelis_core.validators` (``positive``, ``in_range(lo, hi)``, ``each(...)``, ``one_of(...)``, ``label``,
+  ``redis_url``..., the probes ``aurelis config check`` runs, :class:`Invalid` for the standard message).
+- **workloads**: :class:`WorkloadRequest` and :func:`load_workload`, the line format ``aurelis record`` writes
+  and ``aurelis replay`` reads, and :data:`WORKLOAD_CREDENTIAL_HEADERS` (headers a workload never holds).
+"""
+
+from ._compat import buffered_body, header_items, replayable_body, url_parts
+from ._models import Attempt, CacheEntry, Endpoint, RequestContext, RequestControls
+from ._protocols import CacheTier, Pipeline, Router, ShrinkableTier, WarmTarget
+from ._resend import resend_refusal, signature_scheme
+from ._state import FAILED_ENDPOINTS, StateKey
+from ._tenant import (
+    DEFAULT_CREDENTIAL_HEADERS,
+    DEFAULT_CREDENTIAL_PARAMS,
+    DEFAULT_SCOPE_HEADERS,
+    Identity,
+    Tenant,
+    TenantConfig,
+)
+from ._workload import CREDENTIAL_HEADERS as WORKLOAD_CREDENTIAL_HEADERS
+from ._workload import WorkloadRequest, load_workload
+from .config import Config, ConfigError, config_from_table
+from .health import CircuitState, EndpointHealth, EndpointStatus, EndpointUnavailable, retry_after
+from .hookspecs import hookimpl
+from .stats import Stats, usage_tokens
+from .validators import (
+    ALLOW_NON_FINITE,
+    PROBE,
+    Invalid,
+    at_least,
+    choices_hint,
+    describe,
+    each,
+    existing_file,
+    file_path,
+    fraction,
+    header_name,
+    header_table,
+    host_port,
+    http_url,
+    in_range,
+    label,
+    non_empty,
+    non_negative,
+    non_negative_int,
+    one_of,
+    positive,
+    positive_int,
+    printable,
+    probe_bind,
+    probe_redis,
+    probe_tcp,
+    probe_writable_file,
+    redis_url,
+    url_path,
+    writable_file_probe,
+)
+
+__all__ = [
+    "ALLOW_NON_FINITE",
+    "DEFAULT_CREDENTIAL_HEADERS",
+    "DEFAULT_CREDENTIAL_PARAMS",
+    "DEFAULT_SCOPE_HEADERS",
+    "FAILED_ENDPOINTS",
+    "PROBE",
+    "WORKLOAD_CREDENTIAL_HEADERS",
+    "Attempt",
+    "CacheEntry",
+    "CacheTier",
+    "CircuitState",
+    "Config",
+    "ConfigError",
+    "Endpoint",
+    "EndpointHealth",
+    "EndpointStatus",
+    "EndpointUnavailable",
+    "Identity",
+    "Invalid",
+    "Pipeline",
+    "RequestContext",
+    "RequestControls",
+    "Router",
+    "ShrinkableTier",
+    "StateKey",
+    "Stats",
+    "Tenant",
+    "TenantConfig",
+    "WarmTarget",
+    "WorkloadRequest",
+    "at_least",
+    "buffered_body",
+    "choices_hint",
+    "config_from_table",
+    "describe",
+    "each",
+    "existing_file",
+    "file_path",
+    "fraction",
+    "header_items",
+    "header_name",
+    "header_table",
+    "hookimpl",
+    "host_port",
+    "http_url",
+    "in_range",
+    "label",
+    "load_workload",
+    "non_empty",
+    "non_negative",
+    "non_negative_int",
+    "one_of",
+    "positive",
+    "positive_int",
+    "printable",
+    "probe_bind",
+    "probe_redis",
+    "probe_tcp",
+    "probe_writable_file",
+    "redis_url",
+    "replayable_body",
+    "resend_refusal",
+    "retry_after",
+    "signature_scheme",
+    "url_parts",
+    "url_path",
+    "usage_tokens",
+    "writable_file_probe",
+]
