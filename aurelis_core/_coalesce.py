@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._compat import header_items
@@ -362,24 +362,24 @@ class Flight:
                 await self._await_change()
                 continue
             self.pulling = True
-            try:
-                if self.consumers > 1:
-                    import anyio
-
-                    # Others share this read: one caller's cancellation must not cut the stream for them.
-                    with anyio.CancelScope(shield=True):
-                        chunk = await self._iter.__anext__()
-                else:
-                    chunk = await self._iter.__anext__()
-            except StopAsyncIteration:
-                await self._end_async(None)
-            except BaseException as exc:
-                await self._end_async(exc)
-                raise
+            if self.consumers > 1:
+                await _shielded(self._apull())
             else:
-                self._pulled(chunk)
-                self.pulling = False
-                self._notify()
+                await self._apull()
+
+    async def _apull(self) -> None:
+        """Pull the next chunk for every reader; the end of the stream or its failure ends the flight."""
+        try:
+            chunk = await self._iter.__anext__()
+        except StopAsyncIteration:
+            await self._end_async(None)
+        except BaseException as exc:
+            await self._end_async(exc)
+            raise
+        else:
+            self._pulled(chunk)
+            self.pulling = False
+            self._notify()
 
     def _finish(self, error: BaseException | None) -> None:
         if error is not None:
@@ -474,6 +474,36 @@ class Flight:
                 await self._upstream.aclose()
             finally:
                 self._end_flow(None, False)
+
+
+async def _shielded(pull: Coroutine[Any, Any, None]) -> None:
+    """Run a pull that others share to its end, whatever happens to the caller that started it.
+
+    An anyio shielded scope holds off anyio's and trio's cancellation, but not asyncio's own ``task.cancel()``
+    (which the openai SDK's and most applications' timeouts use): under asyncio the pull runs in a task of its
+    own and the caller awaits it through ``asyncio.shield``, so a cancelled caller stops waiting while the pull
+    goes on and wakes the other readers. Only reads shared by several readers pay for the task (~20 us).
+    """
+    import asyncio
+
+    import anyio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # trio: its cancellation is all scopes, which a shielded scope holds off
+        with anyio.CancelScope(shield=True):
+            await pull
+        return
+    task = asyncio.ensure_future(pull)
+    # A cancelled caller never reads the task's outcome: the other readers get it from the flight.
+    task.add_done_callback(_consume_outcome)
+    with anyio.CancelScope(shield=True):  # an anyio scope's cancellation waits for the pull, as before
+        await asyncio.shield(task)
+
+
+def _consume_outcome(task: Any) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _interrupted(error: BaseException) -> Exception:

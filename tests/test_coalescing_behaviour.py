@@ -504,9 +504,6 @@ async def test_a_reader_cancelled_while_pulling_for_others_does_not_cut_their_st
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "known defect: anyio's shielded scope does not hold off asyncio's own task.cancel(), so a natively "
-    "cancelled puller interrupts the shared stream for the other readers"))
 async def test_a_reader_cancelled_natively_while_pulling_for_others_does_not_cut_their_stream() -> None:
     await cancel_while_pulling(native=True)
 
