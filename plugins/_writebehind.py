@@ -22,11 +22,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
-__all__ = ["HitCounts", "WriteBehind"]
+__all__ = ["ASYNC", "SYNC", "HitCounts", "WriteBehind"]
 
 logger = logging.getLogger("aurelis")
+
+#: The two values of ``is_async`` (:meth:`WriteBehind.put`), by name: the generated sync twins of the async I/O
+#: modules (``aurelis_core._unasync``) pass ``SYNC`` where their async source passes ``ASYNC``.
+ASYNC: Final = True
+SYNC: Final = False
 
 T = TypeVar("T")
 
