@@ -52,6 +52,12 @@ TWINS: tuple[Twin, ...] = (
         "plugins/_sqlite_sync.py",
         {**_MODE, "_adb_of_loop": "_conn", "_adatabase_error": "_database_error"},
     ),
+    Twin("plugins/_writebehind_async.py", "plugins/_writebehind_sync.py", {"asyncio": "queue", "_awrite": "_write"}),
+    Twin(
+        "plugins/_gcra_async.py",
+        "plugins/_gcra_sync.py",
+        {"_async_script": "_sync_script", "_async_client": "_sync_client", "_async": "_sync", "aclose": "close"},
+    ),
 )
 
 COMMAND = "python -m aurelis_core._unasync"
@@ -59,8 +65,8 @@ COMMAND = "python -m aurelis_core._unasync"
 
 def header(twin: Twin) -> str:
     return (
-        f"# Generated from {twin.source} by aurelis_core._unasync (unasync); do not edit: edit the source, then run\n"
-        f"# {COMMAND}\n"
+        f"# Generated from {twin.source} by aurelis_core._unasync (unasync); do not edit.\n"
+        f"# Edit the source, then run: {COMMAND}\n"
     )
 
 

@@ -1,5 +1,5 @@
-# Generated from plugins/_redis_async.py by aurelis_core._unasync (unasync); do not edit: edit the source, then run
-# python -m aurelis_core._unasync
+# Generated from plugins/_redis_async.py by aurelis_core._unasync (unasync); do not edit.
+# Edit the source, then run: python -m aurelis_core._unasync
 """The ``redis`` tier's reads and writes on the request and write-behind paths, written once.
 
 ``_redis_async`` (for async clients) is the source; ``_redis_sync`` (for sync clients) is generated from it by

@@ -1,5 +1,5 @@
-# Generated from plugins/_sqlite_async.py by aurelis_core._unasync (unasync); do not edit: edit the source, then run
-# python -m aurelis_core._unasync
+# Generated from plugins/_sqlite_async.py by aurelis_core._unasync (unasync); do not edit.
+# Edit the source, then run: python -m aurelis_core._unasync
 """The ``sqlite`` tier's reads, written once.
 
 ``_sqlite_async`` (for async clients) is the source; ``_sqlite_sync`` (for sync clients) is generated from it by
