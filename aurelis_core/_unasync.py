@@ -52,6 +52,7 @@ TWINS: tuple[Twin, ...] = (
         "plugins/_sqlite_sync.py",
         {**_MODE, "_adb_of_loop": "_conn", "_adatabase_error": "_database_error"},
     ),
+    Twin("plugins/_tier_async.py", "plugins/_tier_sync.py", {"atop": "top"}),
     Twin("plugins/_writebehind_async.py", "plugins/_writebehind_sync.py", {"asyncio": "queue", "_awrite": "_write"}),
     Twin(
         "plugins/_gcra_async.py",

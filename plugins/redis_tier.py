@@ -328,6 +328,7 @@ class RedisTier(WriteBehindTier):
         # Serialising (and compressing) happens in the writer, off the response's path.
         self.queue.put(("set", self._prefix + ctx.key, entry, px, ctx.key), ctx.is_async)  # type: ignore[operator]
 
+    # Closing differs by mode on purpose (an asyncio client is forgotten with its loop), so not generated.
     async def _aclose_async(self) -> None:
         client, self._aclient, self._aloop = self._aclient, None, None
         if client is not None:
