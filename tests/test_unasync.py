@@ -60,9 +60,7 @@ def _checkout_copy(tmp_path: Path, twin: Twin) -> Path:
     return tmp_path
 
 
-def test_the_check_fails_on_a_twin_edited_by_hand_and_regenerating_repairs_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_check_fails_on_a_twin_edited_by_hand_and_regenerating_repairs_it(tmp_path: Path) -> None:
     twin = TWINS[0]
     root = _checkout_copy(tmp_path, twin)
     target = root / twin.target
@@ -85,7 +83,7 @@ def test_the_check_fails_when_the_source_changed_and_the_twin_was_not_regenerate
 
 
 def test_the_command_line_check_exits_1_naming_the_stale_twins(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for twin in TWINS:
         _checkout_copy(tmp_path, twin)
