@@ -165,21 +165,29 @@ class RedisGCRA:
             args += [repr(delta), repr(floor)]
         return keys, args
 
-    def reserve(self, specs: Sequence[Spec], max_wait: float) -> Reservation:
+    # The clients come from redis-py's sync and asyncio modules, so they are made here, by hand, per mode; the
+    # calls on them are written once, async, in ``_gcra_async``, and generated for sync callers in ``_gcra_sync``
+    # (see ``aurelis_core._unasync``).
+
+    def _sync_script(self) -> Any:
         if self._sync is None:
             self._sync_client = self._redis.Redis.from_url(self.url)
             self._sync = self._sync_client.register_script(LUA_RESERVE)
-        keys, args = self._args(specs, max_wait)
-        return _reservation(self._sync(keys=keys, args=args))
+        return self._sync
 
-    def areserve(self, specs: Sequence[Spec], max_wait: float) -> Awaitable[Reservation]:
+    def _async_script(self) -> Any:
         if self._async is None:
             import redis.asyncio
 
             self._async_client = redis.asyncio.Redis.from_url(self.url)
             self._async = self._async_client.register_script(LUA_RESERVE)
-        keys, args = self._args(specs, max_wait)
-        return _areservation(self._async(keys=keys, args=args))
+        return self._async
+
+    def reserve(self, specs: Sequence[Spec], max_wait: float) -> Reservation:
+        return _gcra_sync.reserve(self, specs, max_wait)
+
+    def areserve(self, specs: Sequence[Spec], max_wait: float) -> Awaitable[Reservation]:
+        return _gcra_async.reserve(self, specs, max_wait)
 
     def correct(self, key: str, delta: float = 0.0, floor: float = NO_FLOOR) -> None:
         """Queue a correction (see :meth:`LocalGCRA.correct`); it is applied before the next reservation."""
@@ -189,23 +197,15 @@ class RedisGCRA:
             entry[1] = max(entry[1], floor)
 
     def close(self) -> None:
-        if self._sync_client is not None:
-            self._sync_client.close()
-            self._sync_client = self._sync = None
+        _gcra_sync.close(self)
 
     async def aclose(self) -> None:
-        if self._async_client is not None:
-            await self._async_client.aclose()
-            self._async_client = self._async = None
+        await _gcra_async.close(self)
 
 
 def _reservation(reply: Any) -> Reservation:
     granted, wait = reply
     return Reservation(bool(int(granted)), max(0.0, float(wait)))
-
-
-async def _areservation(reply: Awaitable[Any]) -> Reservation:
-    return _reservation(await reply)
 
 
 def duration_seconds(text: str) -> float | None:
@@ -235,3 +235,8 @@ def duration_seconds(text: str) -> float | None:
         number = ""
         index += len(unit)
     return None if number or math.isnan(total) else total
+
+
+# The calls to Redis, written once (async) and generated (sync): imported last, as they use this module's names
+# (``_reservation``) at import time.
+from . import _gcra_async, _gcra_sync  # noqa: E402

@@ -13,10 +13,11 @@ import logging
 from typing import Any
 
 import attrs
-from aurelis_plugins._warm import copy_into_first_tier
 from aurelis_plugins._writebehind import HitCounts, WriteBehind
 
 from aurelis_core.plugin import CacheEntry, hookimpl, positive_int
+
+from . import _tier_async, _tier_sync
 
 __all__ = ["WarmConfig", "WriteBehindTier"]
 
@@ -47,19 +48,11 @@ class WriteBehindTier:
     def aurelis_start(self, pipeline: Any) -> Any:
         if not self.config.warm.on_start:
             return None
+        # Written once, async, in ``_tier_async``; ``_tier_sync`` is generated from it (``aurelis_core._unasync``).
         if pipeline.is_async:
-            return self._awarm(pipeline)
-        try:
-            copy_into_first_tier(pipeline, self.name, self.top(self.config.warm.top))
-        except Exception as exc:  # warming is an optimisation: never fail the first request over it
-            logger.warning("aurelis: warming from cache tier %r failed: %s", self.name, exc)
+            return _tier_async.warm(self, pipeline)
+        _tier_sync.warm(self, pipeline)
         return None
-
-    async def _awarm(self, pipeline: Any) -> None:
-        try:
-            copy_into_first_tier(pipeline, self.name, await self.atop(self.config.warm.top))
-        except Exception as exc:
-            logger.warning("aurelis: warming from cache tier %r failed: %s", self.name, exc)
 
     def top(self, count: int) -> list[tuple[str, CacheEntry]]:
         raise NotImplementedError
@@ -79,6 +72,8 @@ class WriteBehindTier:
         return None
 
     async def _aclose(self) -> None:
+        # Not a twin of the sync close above, on purpose: from async code, the connections opened for sync
+        # clients are closed too (a pipeline used by both kinds of client is closed once).
         await self.queue.aclose()
         await self._aclose_async()
         self._close_sync()

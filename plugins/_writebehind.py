@@ -20,13 +20,17 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
-__all__ = ["HitCounts", "WriteBehind"]
+__all__ = ["ASYNC", "SYNC", "HitCounts", "WriteBehind"]
 
 logger = logging.getLogger("aurelis")
+
+#: The two values of ``is_async`` (:meth:`WriteBehind.put`), by name: the generated sync twins of the async I/O
+#: modules (``aurelis_core._unasync``) pass ``SYNC`` where their async source passes ``ASYNC``.
+ASYNC: Final = True
+SYNC: Final = False
 
 T = TypeVar("T")
 
@@ -34,14 +38,12 @@ _STOP = object()
 
 
 class _LoopWorker(Generic[T]):
-    """The async worker of one event loop: a deque, a wake-up event and the task draining them."""
+    """The async worker of one event loop: its queue (bounded: a full queue drops, never waits) and the task
+    draining it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, maxsize: int) -> None:
         self.loop = loop
-        self.pending: deque[T] = deque()
-        self.wake = asyncio.Event()
-        #: Set while nothing is queued or being written: what ``aflush`` waits for.
-        self.idle = asyncio.Event()
+        self.items: asyncio.Queue[Any] = asyncio.Queue(maxsize)
         self.closing = False
         self.task: asyncio.Task[None] | None = None
 
@@ -84,12 +86,10 @@ class WriteBehind(Generic[T]):
             worker = self._worker
             if worker is None or worker.loop is not asyncio.get_running_loop() or worker.closing:
                 worker = self._start_task()
-            if len(worker.pending) >= self.maxsize:
+            try:
+                worker.items.put_nowait(item)
+            except asyncio.QueueFull:
                 self._drop()
-                return
-            worker.pending.append(item)
-            worker.idle.clear()
-            worker.wake.set()
             return
         if self._thread is None:
             self._start_thread()
@@ -103,41 +103,19 @@ class WriteBehind(Generic[T]):
         for _ in range(count):
             self._on_drop()
 
+    # The workers' loop is written once, async (``_writebehind_async.drain``), its thread twin generated
+    # (``_writebehind_sync.drain``); starting and stopping them differs by mode on purpose and is written here.
+
     # --- sync worker -------------------------------------------------------------------------------------------
 
     def _start_thread(self) -> None:
         with self._thread_lock:
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._run_thread, name=f"aurelis-{self.name}-writer", daemon=True
+                    target=_writebehind_sync.drain, args=(self, self._queue),
+                    name=f"aurelis-{self.name}-writer", daemon=True,
                 )
                 self._thread.start()
-
-    def _run_thread(self) -> None:
-        get = self._queue.get
-        get_nowait = self._queue.get_nowait
-        while True:
-            item = get()
-            stop = item is _STOP
-            batch = [] if stop else [item]
-            while not stop and len(batch) < self.batch:
-                try:
-                    item = get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                else:
-                    batch.append(item)
-            if batch:
-                try:
-                    self._write(batch)
-                except Exception as exc:
-                    self._on_error(exc)
-            for _ in range(len(batch) + stop):
-                self._queue.task_done()
-            if stop:
-                return
 
     def flush(self) -> None:
         """Wait until everything queued by sync callers is written."""
@@ -148,30 +126,15 @@ class WriteBehind(Generic[T]):
 
     def _start_task(self) -> _LoopWorker[T]:
         old = self._worker
-        if old is not None and old.pending and old.loop.is_closed():
+        if old is not None and old.loop.is_closed() and old.items.qsize():
             # Its loop is gone (``asyncio.run`` per call, say): those writes cannot happen any more.
-            self._drop(len(old.pending))
-            old.pending.clear()
-        worker: _LoopWorker[T] = _LoopWorker(asyncio.get_running_loop())
-        worker.task = worker.loop.create_task(self._run_task(worker), name=f"aurelis-{self.name}-writer")
+            self._drop(old.items.qsize())
+        worker: _LoopWorker[T] = _LoopWorker(asyncio.get_running_loop(), self.maxsize)
+        worker.task = worker.loop.create_task(
+            _writebehind_async.drain(self, worker.items), name=f"aurelis-{self.name}-writer"
+        )
         self._worker = worker
         return worker
-
-    async def _run_task(self, worker: _LoopWorker[T]) -> None:
-        pending = worker.pending
-        while True:
-            if not pending:
-                worker.idle.set()
-                if worker.closing:
-                    return
-                await worker.wake.wait()
-                worker.wake.clear()
-                continue
-            batch = [pending.popleft() for _ in range(min(self.batch, len(pending)))]
-            try:
-                await self._awrite(batch)
-            except Exception as exc:
-                self._on_error(exc)
 
     async def aflush(self) -> None:
         """Wait until everything queued by async callers on this loop is written."""
@@ -179,15 +142,17 @@ class WriteBehind(Generic[T]):
         if worker is None or worker.task is None or worker.loop is not asyncio.get_running_loop():
             return
         if not worker.task.done():
-            await worker.idle.wait()
+            await worker.items.join()
 
     # --- closing -----------------------------------------------------------------------------------------------
 
     async def _stop_worker(self, worker: _LoopWorker[T]) -> None:
         worker.closing = True
-        worker.wake.set()
-        if worker.task is not None:
-            await worker.task
+        if worker.task is None or worker.task.done():  # cancelled with its loop: nothing will write the rest
+            self._drop(worker.items.qsize())
+            return
+        await worker.items.put(_STOP)  # waits for room, if it must, while the worker writes out the queue
+        await worker.task
 
     def close(self, timeout: float = 5.0) -> None:
         """Write out what is queued and stop the workers (sync side; an async worker is stopped on its loop
@@ -201,9 +166,9 @@ class WriteBehind(Generic[T]):
                 except Exception:
                     logger.warning("aurelis: %s: write-behind queue not flushed on close", self.name)
             else:
-                self._drop(len(worker.pending))
+                self._drop(worker.items.qsize())
         elif worker is not None:
-            self._drop(len(worker.pending))
+            self._drop(worker.items.qsize())
         self._close_thread(timeout)
 
     async def aclose(self, timeout: float = 5.0) -> None:
@@ -216,7 +181,7 @@ class WriteBehind(Generic[T]):
                 future = asyncio.run_coroutine_threadsafe(self._stop_worker(worker), worker.loop)
                 await asyncio.wrap_future(future)
             else:
-                self._drop(len(worker.pending))
+                self._drop(worker.items.qsize())
         if self._thread is not None:
             await asyncio.to_thread(self._close_thread, timeout)
 
@@ -261,3 +226,8 @@ class HitCounts:
         self.last = time.monotonic()
         if counts:
             self.queue.put(("hits", counts, time.time()), is_async)
+
+
+# The workers' loop, written once (async) and generated (sync): imported last, as it uses this module's names
+# (``_STOP``) at import time.
+from . import _writebehind_async, _writebehind_sync  # noqa: E402

@@ -228,6 +228,9 @@ class RedisTier(WriteBehindTier):
         self.hits = HitCounts(self.queue)
 
     # --- clients -----------------------------------------------------------------------------------------------
+    # Made and closed differently on purpose (one sync client behind a lock; an asyncio client per event loop),
+    # so hand-written here. The reads and writes that use them are written once, async, in ``_redis_async``; the
+    # sync ones in ``_redis_sync`` are generated from it (see ``aurelis_core._unasync``).
 
     def _options(self) -> dict[str, Any]:
         config = self.config
@@ -278,23 +281,8 @@ class RedisTier(WriteBehindTier):
             return None
         key = self._prefix + ctx.key  # type: ignore[operator]
         if ctx.is_async:
-            return self._aget(key)
-        try:
-            data = self.sync_client().get(key)
-        except TIER_ERRORS:
-            self._breaker.failure()
-            raise
-        self._breaker.success()
-        return self._found(key, data, False)
-
-    async def _aget(self, key: str) -> CacheEntry | None:
-        try:
-            data = await self.async_client().get(key)
-        except TIER_ERRORS:
-            self._breaker.failure()
-            raise
-        self._breaker.success()
-        return self._found(key, data, True)
+            return _redis_async.get(self, key)
+        return _redis_sync.get(self, key)
 
     def _found(self, key: str, data: bytes | None, is_async: bool) -> CacheEntry | None:
         if data is None:
@@ -340,6 +328,7 @@ class RedisTier(WriteBehindTier):
         # Serialising (and compressing) happens in the writer, off the response's path.
         self.queue.put(("set", self._prefix + ctx.key, entry, px, ctx.key), ctx.is_async)  # type: ignore[operator]
 
+    # Closing differs by mode on purpose (an asyncio client is forgotten with its loop), so not generated.
     async def _aclose_async(self) -> None:
         client, self._aclient, self._aloop = self._aclient, None, None
         if client is not None:
@@ -375,22 +364,10 @@ class RedisTier(WriteBehindTier):
             pipe.zremrangebyrank(self._hits_key, 0, -(self.config.track_hits + 1))
 
     def _write(self, batch: list[Op]) -> None:
-        if self._breaker.is_open:
-            self._skip_batch(batch)
-            return
-        pipe = self.sync_client().pipeline(transaction=False)
-        self._fill(pipe, batch)
-        pipe.execute()
-        self._breaker.success()
+        _redis_sync.write(self, batch)
 
     async def _awrite(self, batch: list[Op]) -> None:
-        if self._breaker.is_open:
-            self._skip_batch(batch)
-            return
-        pipe = self.async_client().pipeline(transaction=False)
-        self._fill(pipe, batch)
-        await pipe.execute()
-        self._breaker.success()
+        await _redis_async.write(self, batch)
 
     def _skip_batch(self, batch: list[Op]) -> None:
         self.pipeline.stats.tier_error(self.name, "skipped")
@@ -403,20 +380,10 @@ class RedisTier(WriteBehindTier):
 
     def top(self, count: int) -> list[tuple[str, CacheEntry]]:
         """The ``count`` most hit live entries, most hit first, as (cache key, entry)."""
-        client = self.sync_client()
-        keys = client.zrevrange(self._hits_key, 0, count - 1)
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-        return self._decode_top(keys, pipe.execute())
+        return _redis_sync.top(self, count)
 
     async def atop(self, count: int) -> list[tuple[str, CacheEntry]]:
-        client = self.async_client()
-        keys = await client.zrevrange(self._hits_key, 0, count - 1)
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-        return self._decode_top(keys, await pipe.execute())
+        return await _redis_async.top(self, count)
 
     def _decode_top(self, keys: list[bytes], values: list[bytes | None]) -> list[tuple[str, CacheEntry]]:
         found = []
@@ -528,3 +495,8 @@ class RedisTier(WriteBehindTier):
 def _split(host_port: str) -> tuple[str, int]:
     host, _, port = host_port.rpartition(":")
     return host, int(port)
+
+
+# The reads and writes, written once (async) and generated (sync): imported last, as they use this module's
+# names (``TIER_ERRORS``) at import time.
+from . import _redis_async, _redis_sync  # noqa: E402

@@ -70,7 +70,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -341,6 +341,14 @@ def _seal_problem(theirs: str, mine: str, holds_entries: bool) -> str | None:
 Op = tuple[Any, ...]
 
 
+class _Connection(sqlite3.Connection):
+    """A ``sqlite3`` connection that also has aiosqlite's ``execute_fetchall``, so that the reads, written once for
+    both modes (``_sqlite_async``), call the same method on either connection."""
+
+    def execute_fetchall(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        return self.execute(sql, parameters).fetchall()
+
+
 class SQLiteTier(WriteBehindTier):
     """The ``sqlite`` plugin. ``wall_clock`` (default ``time.time``) is what lifetimes are counted on,
     ``clock`` (default ``time.monotonic``) what spaces recoveries; both attributes, for tests to swap."""
@@ -532,16 +540,23 @@ class SQLiteTier(WriteBehindTier):
 
     # --- connections and recovery ------------------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
+    # Opening and closing connections differs by mode on purpose (a connection per thread; one aiosqlite
+    # connection per event loop, opened once by concurrent first callers), so it is hand-written here. The reads
+    # that use them are written once, async, in ``_sqlite_async``; ``_sqlite_sync`` is generated from it (see
+    # ``aurelis_core._unasync``).
+
+    def _conn(self) -> _Connection:
         """This thread's connection (sqlite3 connections are cheap to keep, costly to share across threads)."""
         local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        conn: _Connection | None = getattr(local, "conn", None)
         if conn is None or local.generation != self._generation:
             if conn is not None:
                 self._discard(conn)
             generation = self._generation
             self._prepare()
-            conn = sqlite3.connect(self.path, timeout=self.config.busy_timeout, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=self.config.busy_timeout, check_same_thread=False, factory=_Connection
+            )
             conn.execute("PRAGMA synchronous=NORMAL")
             local.conn = conn
             local.generation = generation
@@ -573,6 +588,10 @@ class SQLiteTier(WriteBehindTier):
             logger.warning("aurelis: cache file %s: %s (%d so far, counted as sqlite.corrupt)", self.path, exc, count)
         self._reopen(generation, exc)
         return True
+
+    async def _adatabase_error(self, exc: sqlite3.DatabaseError, generation: int) -> bool:
+        """:meth:`_database_error` for async callers: on a worker thread, as a recovery moves files and opens one."""
+        return await asyncio.to_thread(self._database_error, exc, generation)
 
     def _reopen(self, generation: int, damage: sqlite3.DatabaseError | None) -> None:
         """Drop the connections of ``generation`` and open the file at the path again; first move it aside when
@@ -647,32 +666,8 @@ class SQLiteTier(WriteBehindTier):
             return None
         key: str = ctx.key  # type: ignore[assignment]
         if ctx.is_async:
-            return self._aget(key)
-        generation = self._generation
-        try:
-            row = self._conn().execute(GET, (key, self.wall_clock())).fetchone()
-        except _Refused:
-            self._bypassed()
-            return None
-        except sqlite3.DatabaseError as exc:
-            if self._database_error(exc, generation):
-                return None
-            raise
-        return None if row is None else self._found(key, row[0], False)
-
-    async def _aget(self, key: str) -> CacheEntry | None:
-        generation = self._generation
-        try:
-            db = await self._adb_of_loop()
-            rows = await db.execute_fetchall(GET, (key, self.wall_clock()))
-        except _Refused:
-            self._bypassed()
-            return None
-        except sqlite3.DatabaseError as exc:
-            if await asyncio.to_thread(self._database_error, exc, generation):
-                return None
-            raise
-        return self._found(key, rows[0][0], True) if rows else None
+            return _sqlite_async.get(self, key)
+        return _sqlite_sync.get(self, key)
 
     def _found(self, key: str, value: bytes, is_async: bool) -> CacheEntry | None:
         entry = self._decode(key, value)
@@ -816,6 +811,8 @@ class SQLiteTier(WriteBehindTier):
         return self._sealer.seal_parts(key, parts, length)
 
     async def _awrite(self, batch: list[Op]) -> None:
+        # Deliberately not an aiosqlite twin of ``_write``: aiosqlite costs a thread round trip per statement, so
+        # the async worker runs the same one-transaction batch on a worker thread.
         await asyncio.to_thread(self._write, batch)
 
     def _evict(self, conn: sqlite3.Connection, now: float) -> None:
@@ -841,18 +838,10 @@ class SQLiteTier(WriteBehindTier):
 
     def top(self, count: int) -> list[tuple[str, CacheEntry]]:
         """The ``count`` most hit live entries, most hit first, as (cache key, entry); none from a refused file."""
-        try:
-            rows = self._conn().execute(TOP, (self.wall_clock(), count)).fetchall()
-        except _Refused:
-            return []
-        return self._decode_rows(rows)
+        return _sqlite_sync.top(self, count)
 
     async def atop(self, count: int) -> list[tuple[str, CacheEntry]]:
-        try:
-            db = await self._adb_of_loop()
-        except _Refused:
-            return []
-        return self._decode_rows(await db.execute_fetchall(TOP, (self.wall_clock(), count)))
+        return await _sqlite_async.top(self, count)
 
     def _decode_rows(self, rows: Any) -> list[tuple[str, CacheEntry]]:
         found = []
@@ -911,3 +900,8 @@ def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
         text = str(exc)
         return "file is not a database" in text or "malformed" in text
     return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+# The reads, written once (async) and generated (sync): imported last, as they use this module's names (``GET``,
+# ``_Refused``) at import time.
+from . import _sqlite_async, _sqlite_sync  # noqa: E402

@@ -1,0 +1,30 @@
+"""The shared rate limiter's calls to Redis, written once.
+
+``_gcra_async`` (for async clients) is the source; ``_gcra_sync`` (for sync clients) is generated from it by
+``python -m aurelis_core._unasync``. Each mode has its own redis-py client (the sync module's or the asyncio
+one's), made on first use by :class:`~aurelis_plugins._gcra.RedisGCRA`, which is hand-written for that reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ._gcra import _reservation
+
+if TYPE_CHECKING:
+    from ._gcra import RedisGCRA, Reservation, Spec
+
+
+async def reserve(limiter: RedisGCRA, specs: Sequence[Spec], max_wait: float) -> Reservation:
+    """Reserve ``specs`` in one script call, which also applies the corrections queued since the last one."""
+    script = limiter._async_script()
+    keys, args = limiter._args(specs, max_wait)
+    return _reservation(await script(keys=keys, args=args))
+
+
+async def close(limiter: RedisGCRA) -> None:
+    """Close the client (a later reservation makes a new one)."""
+    client, limiter._async_client, limiter._async = limiter._async_client, None, None
+    if client is not None:
+        await client.aclose()

@@ -1,0 +1,32 @@
+# Generated from plugins/_gcra_async.py by aurelis_core._unasync (unasync); do not edit.
+# Edit the source, then run: python -m aurelis_core._unasync
+"""The shared rate limiter's calls to Redis, written once.
+
+``_gcra_async`` (for async clients) is the source; ``_gcra_sync`` (for sync clients) is generated from it by
+``python -m aurelis_core._unasync``. Each mode has its own redis-py client (the sync module's or the asyncio
+one's), made on first use by :class:`~aurelis_plugins._gcra.RedisGCRA`, which is hand-written for that reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ._gcra import _reservation
+
+if TYPE_CHECKING:
+    from ._gcra import RedisGCRA, Reservation, Spec
+
+
+def reserve(limiter: RedisGCRA, specs: Sequence[Spec], max_wait: float) -> Reservation:
+    """Reserve ``specs`` in one script call, which also applies the corrections queued since the last one."""
+    script = limiter._sync_script()
+    keys, args = limiter._args(specs, max_wait)
+    return _reservation(script(keys=keys, args=args))
+
+
+def close(limiter: RedisGCRA) -> None:
+    """Close the client (a later reservation makes a new one)."""
+    client, limiter._sync_client, limiter._sync = limiter._sync_client, None, None
+    if client is not None:
+        client.close()

@@ -1,0 +1,52 @@
+"""The ``redis`` tier's reads and writes on the request and write-behind paths, written once.
+
+``_redis_async`` (for async clients) is the source; ``_redis_sync`` (for sync clients) is generated from it by
+``python -m aurelis_core._unasync``. What differs between the modes on purpose stays in
+:class:`~aurelis_plugins.redis_tier.RedisTier`: how clients are made (one sync client, one asyncio client per
+event loop) and closed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._writebehind import ASYNC
+from .redis_tier import TIER_ERRORS
+
+if TYPE_CHECKING:
+    from aurelis_core.plugin import CacheEntry
+
+    from .redis_tier import Op, RedisTier
+
+
+async def get(tier: RedisTier, key: str) -> CacheEntry | None:
+    """The live entry at Redis key ``key``, or ``None``; an error counts against the breaker and is raised (the
+    pipeline counts it as a miss)."""
+    try:
+        data = await tier.async_client().get(key)
+    except TIER_ERRORS:
+        tier._breaker.failure()
+        raise
+    tier._breaker.success()
+    return tier._found(key, data, ASYNC)
+
+
+async def write(tier: RedisTier, batch: list[Op]) -> None:
+    """Write a batch of queued operations in one pipeline (not a transaction: each write stands alone)."""
+    if tier._breaker.is_open:
+        tier._skip_batch(batch)
+        return
+    pipe = tier.async_client().pipeline(transaction=False)
+    tier._fill(pipe, batch)
+    await pipe.execute()
+    tier._breaker.success()
+
+
+async def top(tier: RedisTier, count: int) -> list[tuple[str, CacheEntry]]:
+    """The ``count`` most hit live entries, most hit first, as (cache key, entry)."""
+    client = tier.async_client()
+    keys = await client.zrevrange(tier._hits_key, 0, count - 1)
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+    return tier._decode_top(keys, await pipe.execute())

@@ -1,0 +1,28 @@
+# Generated from plugins/_tier_async.py by aurelis_core._unasync (unasync); do not edit.
+# Edit the source, then run: python -m aurelis_core._unasync
+"""Warming the first tier from a write-behind tier (``redis``, ``sqlite``) at start-up, written once.
+
+``_tier_async`` (for async pipelines) is the source; ``_tier_sync`` (for sync ones) is generated from it by
+``python -m aurelis_core._unasync``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aurelis_plugins._warm import copy_into_first_tier
+
+if TYPE_CHECKING:
+    from ._tier import WriteBehindTier
+
+logger = logging.getLogger("aurelis")
+
+
+def warm(tier: WriteBehindTier, pipeline: Any) -> None:
+    """Copy the tier's most hit live entries into the first tier that takes them (``memory``). A failure is logged,
+    never raised: warming is an optimisation, and must not fail the first request."""
+    try:
+        copy_into_first_tier(pipeline, tier.name, tier.top(tier.config.warm.top))
+    except Exception as exc:
+        logger.warning("aurelis: warming from cache tier %r failed: %s", tier.name, exc)
