@@ -36,7 +36,9 @@ import pluggy
 
 if TYPE_CHECKING:
     from ._models import Attempt, CacheEntry, Endpoint, RequestContext
-    from .pipeline import Pipeline
+    # The pipeline as plugins see it (the Protocol): the concrete class would tie this module into a circle
+    # through the pipeline, which imports the plugin registry, which imports this module.
+    from ._protocols import Pipeline
 
 __all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
 
