@@ -25,6 +25,7 @@ import attrs
 
 from ._coalesce import COALESCED, Flight, Flights, flight_stream, tail
 from ._compat import build_response, header_items
+from ._drivers import Flow, LoopBridge, drive_async, drive_sync
 from ._models import (
     CACHE_HIT,
     CACHE_MISS,
@@ -49,7 +50,6 @@ from ._plugins import (
 from ._resend import resend_refusal
 from ._sse import chunk_stream, is_event_stream, stream_complete
 from ._tenant import Tenant
-from ._drivers import Flow, LoopBridge, drive_async, drive_sync
 from ._transports import instrument_client, observed_stream, wrap_transport
 from .config import Config, ConfigError, choices_hint, config_from_table, load_config
 from .health import EndpointHealth
