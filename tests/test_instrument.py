@@ -116,6 +116,19 @@ async def test_async_def_plugins_work_for_sync_and_async_clients(upstream: Simul
     sync_client.close()
     await async_client.aclose()
     pipeline.close()
+    # Closing the pipeline stops its loop thread (a daemon, but one per pipeline would pile up).
+    assert "aurelis-bridge" not in {thread.name for thread in threading.enumerate()}
+
+
+def test_a_pipeline_starts_no_loop_thread_until_an_async_plugin_runs_for_a_sync_client(
+    upstream: SimulatedServer,
+) -> None:
+    before = sum(thread.name == "aurelis-bridge" for thread in threading.enumerate())
+    pipeline = Pipeline({"plugins": ["normalize", "memory"]})
+    with aurelis_core.instrument(httpx.Client(), pipeline=pipeline) as client:
+        client.post(upstream.base_url + "/chat/completions", json=BODY)
+    assert sum(thread.name == "aurelis-bridge" for thread in threading.enumerate()) == before
+    pipeline.close()
 
 
 class BrokenTier:
