@@ -12,7 +12,7 @@ they need besides these names from :mod:`aurelis_core.plugin`, the plugin API.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from ._models import (
     Attempt,
@@ -82,7 +82,8 @@ def pipeline_of(client: Any) -> Pipeline | None:
     """The pipeline ``client`` was instrumented with, or ``None``."""
     from ._transports import pipeline_of as _pipeline_of
 
-    return _pipeline_of(client)
+    # Only instrument() wraps transports, always with a Pipeline; the transports know it by a Protocol alone.
+    return cast("Pipeline | None", _pipeline_of(client))
 
 
 def cache_info(response: Any) -> CacheInfo | None:

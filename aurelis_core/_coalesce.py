@@ -28,7 +28,7 @@ large to cache costs no more memory than the caller's own reading of it.
 Waiting is the only I/O here, and it is kept at the edges: the pipeline's sans-I/O flow calls
 :meth:`Flight.wait_head`, which blocks a sync caller on a condition variable, or returns an awaitable for the
 async driver to await. The end of a stream (store it, end the attempt) comes back from the pipeline as a
-small flow, driven in the caller's own mode.
+small flow, driven in the caller's own mode (:mod:`aurelis_core._drivers`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Gener
 from typing import TYPE_CHECKING, Any
 
 from ._compat import header_items
+from ._drivers import LoopBridge, drive_async, drive_sync
 from ._sse import stream_complete
 
 if TYPE_CHECKING:
@@ -97,8 +98,9 @@ def _domain() -> object:
 class Flights:
     """The in-flight calls of one pipeline, by (domain, cache key)."""
 
-    def __init__(self, pipeline: Any) -> None:
-        self.pipeline = pipeline
+    def __init__(self, bridge: LoopBridge) -> None:
+        #: The pipeline's loop bridge, which the sync driver of a stream's end flow is handed.
+        self.bridge = bridge
         # One lock for joining and leaving, so that "the last caller left, close the upstream" and "a new
         # caller joins" cannot interleave. Held for a dict operation and a counter, never across I/O.
         self._lock = threading.Lock()
@@ -391,21 +393,17 @@ class Flight:
         self._notify()
 
     def _end_sync(self, error: BaseException | None) -> None:
-        from ._transports import drive_sync
-
         try:
             self._upstream.close()
         finally:
             self._finish(error)
             flow = self._end_flow(error, error is None)
             if flow is not None:
-                drive_sync(flow, self.flights.pipeline)
+                drive_sync(flow, self.flights.bridge)
             self.flights.remove(self)  # last: until the answer is stored, newcomers read it from here
 
     async def _end_async(self, error: BaseException | None) -> None:
         import anyio
-
-        from ._transports import drive_async
 
         # Shielded: closing the connection and storing the answer must finish even when the caller that
         # happened to read the last chunk is being cancelled.

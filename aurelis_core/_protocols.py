@@ -147,11 +147,3 @@ class Router(Protocol):
     def aurelis_route(self, ctx: RequestContext) -> Endpoint | None:
         """The endpoint for the next attempt, or ``None`` to send the request to its own URL."""
 
-
-if TYPE_CHECKING:
-    from .pipeline import Pipeline as _ConcretePipeline
-
-    def _the_pipeline_keeps_the_contract(pipeline: _ConcretePipeline) -> Pipeline:
-        # mypy checks, on every run over aurelis_core, that the concrete pipeline offers everything the Protocol
-        # promises plugins, with compatible types.
-        return pipeline

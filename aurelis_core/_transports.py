@@ -1,103 +1,35 @@
-"""The thin I/O layers: drivers for the pipeline's flow, the wrapping transports, and ``instrument``.
+"""The thin I/O layer: the wrapping transports, and ``instrument``.
 
 Everything that decides *what* happens to a request is in :mod:`aurelis_core.pipeline`; this module only
-runs it, synchronously or with ``await``, and plugs it into httpx's transport API.
+runs it, synchronously or with ``await`` (through :mod:`aurelis_core._drivers`), and plugs it into httpx's
+transport API. It never imports the pipeline module: what a transport uses of its pipeline is the small
+:class:`FlowSource` Protocol below, so the request path has no import circle.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Protocol
 
 from ._compat import client_flavour, flavour_of
+from ._drivers import Flow, LoopBridge, drive_async, drive_sync
 from ._models import DEFAULT_CONTROLS, RequestContext
 
-if TYPE_CHECKING:
-    from .pipeline import Flow, Pipeline
-
-__all__ = ["ObservedStream", "drive_async", "drive_sync", "instrument_client", "wrap_transport"]
+__all__ = ["FlowSource", "ObservedStream", "instrument_client", "wrap_transport"]
 
 
-# --- drivers -------------------------------------------------------------------------------------------------
+class FlowSource(Protocol):
+    """What a wrapping transport uses of its pipeline (:class:`aurelis_core.Pipeline` is one): the flow of a
+    request, the loop bridge a sync driver needs, and closing when the transport owns the pipeline."""
 
+    @property
+    def bridge(self) -> LoopBridge: ...
 
-def drive_sync(flow: Flow, pipeline: Pipeline) -> Any:
-    """Run a flow to its return value, in this thread.
+    def flow(self, ctx: RequestContext) -> Flow: ...
 
-    A flow only yields when something returned an awaitable; under a sync client that is an ``async def``
-    plugin (or a deliberate no-op awaitable), which runs on the pipeline's private loop thread.
-    """
-    send = flow.send
-    try:
-        awaitable = send(None)
-        while True:
-            try:
-                result = _bridge(pipeline).run(awaitable)
-            except BaseException as exc:
-                awaitable = flow.throw(exc)
-            else:
-                awaitable = send(result)
-    except StopIteration as stop:
-        return stop.value
+    def close(self) -> None: ...
 
-
-async def drive_async(flow: Flow) -> Any:
-    """Run a flow to its return value, awaiting each awaitable it yields.
-
-    Cancellation is thrown into the flow at the ``await`` it interrupted, so the flow's ``finally`` and
-    ``except`` blocks (ending the attempt, releasing in-flight counts) run before the task unwinds.
-    """
-    send = flow.send
-    try:
-        awaitable = send(None)
-        while True:
-            try:
-                result = await awaitable
-            except BaseException as exc:
-                awaitable = flow.throw(exc)
-            else:
-                awaitable = send(result)
-    except StopIteration as stop:
-        return stop.value
-
-
-class _LoopThread:
-    """A daemon thread running an event loop, for ``async def`` plugins called from sync clients."""
-
-    def __init__(self) -> None:
-        # Imported here: only a sync client with an ``async def`` plugin needs asyncio (~20 ms to import).
-        import asyncio
-
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="aurelis-bridge", daemon=True)
-        self.thread.start()
-
-    def run(self, awaitable: Awaitable[Any]) -> Any:
-        import asyncio
-
-        return asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), self.loop).result()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-
-
-async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
-
-
-_bridge_lock = threading.Lock()
-
-
-def _bridge(pipeline: Pipeline) -> _LoopThread:
-    bridge = pipeline._bridge
-    if bridge is None:
-        with _bridge_lock:
-            bridge = pipeline._bridge
-            if bridge is None:
-                bridge = pipeline._bridge = _LoopThread()
-    return bridge  # type: ignore[no-any-return]
+    async def aclose(self) -> None: ...
 
 
 # --- streams -------------------------------------------------------------------------------------------------
@@ -195,9 +127,9 @@ class _PipelineTransport:
     """
 
     #: Set on every wrapping transport, so wrapping is idempotent and the pipeline can be found from a client.
-    aurelis_pipeline: Pipeline
+    aurelis_pipeline: FlowSource
 
-    def __init__(self, inner: Any, pipeline: Pipeline, owns_pipeline: bool, http: Any) -> None:
+    def __init__(self, inner: Any, pipeline: FlowSource, owns_pipeline: bool, http: Any) -> None:
         self.inner = inner
         self.aurelis_pipeline = pipeline
         self._owns_pipeline = owns_pipeline
@@ -228,7 +160,7 @@ class _SyncPipelineTransport(_PipelineTransport):
     def handle_request(self, request: Any) -> Any:
         pipeline = self.aurelis_pipeline
         ctx = RequestContext(request, self.inner, self._flavour(request), False, DEFAULT_CONTROLS)
-        return drive_sync(pipeline.flow(ctx), pipeline)
+        return drive_sync(pipeline.flow(ctx), pipeline.bridge)
 
     def __enter__(self) -> Any:
         self.inner.__enter__()
@@ -275,7 +207,7 @@ class _AsyncPipelineTransport(_PipelineTransport):
 
 
 def wrap_transport(
-    inner: Any, pipeline: Pipeline, *, is_async: bool, owns_pipeline: bool = False, http: Any = None
+    inner: Any, pipeline: FlowSource, *, is_async: bool, owns_pipeline: bool = False, http: Any = None
 ) -> Any:
     """``inner`` wrapped by ``pipeline`` (returned unchanged if it already is).
 
@@ -294,7 +226,7 @@ def wrap_transport(
     return _transport_class(base, is_async)(inner, pipeline, owns_pipeline, http or base)
 
 
-def instrument_client(client: Any, pipeline: Pipeline, owns_pipeline: bool = False) -> Any:
+def instrument_client(client: Any, pipeline: FlowSource, owns_pipeline: bool = False) -> Any:
     """Replace ``client``'s transport and every proxy mount with pipeline-wrapped ones, in place.
 
     The client keeps building requests exactly as before (auth, redirects, cookies, event hooks, timeouts):
@@ -314,7 +246,7 @@ def instrument_client(client: Any, pipeline: Pipeline, owns_pipeline: bool = Fal
     return client
 
 
-def pipeline_of(client: Any) -> Pipeline | None:
+def pipeline_of(client: Any) -> FlowSource | None:
     """The pipeline an instrumented client runs through, or ``None``."""
     transport = getattr(client, "_transport", None)
     return getattr(transport, "aurelis_pipeline", None)

@@ -34,9 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+# ``Pipeline`` is the pipeline as plugins see it (the Protocol): the concrete class would tie this module into a
+# circle through the pipeline, which imports the plugin registry, which imports this module.
 if TYPE_CHECKING:
     from ._models import Attempt, CacheEntry, Endpoint, RequestContext
-    from .pipeline import Pipeline
+    from ._protocols import Pipeline
 
 __all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
 

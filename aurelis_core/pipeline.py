@@ -19,12 +19,13 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from inspect import isawaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._coalesce import COALESCED, Flight, Flights, flight_stream, tail
 from ._compat import build_response, header_items
+from ._drivers import Flow, LoopBridge, drive_async, drive_sync
 from ._models import (
     CACHE_HIT,
     CACHE_MISS,
@@ -49,7 +50,7 @@ from ._plugins import (
 from ._resend import resend_refusal
 from ._sse import chunk_stream, is_event_stream, stream_complete
 from ._tenant import Tenant
-from ._transports import drive_async, drive_sync, instrument_client, observed_stream, wrap_transport
+from ._transports import instrument_client, observed_stream, wrap_transport
 from .config import Config, ConfigError, choices_hint, config_from_table, load_config
 from .health import EndpointHealth
 from .stats import Stats
@@ -58,9 +59,6 @@ from .validators import Invalid, describe
 __all__ = ["Flow", "Pipeline"]
 
 logger = logging.getLogger("aurelis")
-
-#: What :meth:`Pipeline.flow` is: yields awaitables, is sent their results, returns the response.
-Flow = Generator[Awaitable[Any], Any, Any]
 
 #: Stages that take exactly one implementation.
 SINGLE_STAGES = {"aurelis_route": "router", "aurelis_send": "send engine"}
@@ -116,9 +114,11 @@ class Pipeline:
         self.is_async: bool | None = None
         self._started = False
         self._closed = False
-        self._bridge: Any = None
+        #: Runs ``async def`` plugins for sync clients on a loop thread of this pipeline's own, started on
+        #: first use; the sync drivers of its flows are handed it.
+        self.bridge = LoopBridge()
         #: Upstream calls in flight that identical requests join (single-flight, see ``_coalesce``).
-        self._flights = Flights(self)
+        self._flights = Flights(self.bridge)
         self._building = True
         self.pm = AurelisPluginManager(self._rebuild)
         self._load_plugins(list(plugins))
@@ -293,7 +293,7 @@ class Pipeline:
         """Run the plugins' start hooks for sync use (the first request does it if you don't)."""
         if not self._started:
             self._started = True
-            drive_sync(self._lifecycle(self._start_hooks, False, False), self)
+            drive_sync(self._lifecycle(self._start_hooks, False, False), self.bridge)
 
     async def astart(self) -> None:
         """Run the plugins' start hooks for async use (the first request does it if you don't)."""
@@ -307,10 +307,9 @@ class Pipeline:
             return
         self._closed = True
         try:
-            drive_sync(self._lifecycle(self._close_hooks, False, True), self)
+            drive_sync(self._lifecycle(self._close_hooks, False, True), self.bridge)
         finally:
-            if self._bridge is not None:
-                self._bridge.stop()
+            self.bridge.stop()
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`."""
@@ -320,8 +319,7 @@ class Pipeline:
         try:
             await drive_async(self._lifecycle(self._close_hooks, True, True))
         finally:
-            if self._bridge is not None:
-                self._bridge.stop()
+            self.bridge.stop()
 
     # --- the request path --------------------------------------------------------------------------------------
 
@@ -991,3 +989,13 @@ def _stored_headers(ctx: RequestContext, response: Any, limit: int | None = None
             return TOO_LARGE
         kept.append((name, value))
     return kept
+
+
+if TYPE_CHECKING:
+    from ._protocols import Pipeline as PluginView
+
+    def _the_pipeline_keeps_the_contract(pipeline: Pipeline) -> PluginView:
+        # mypy checks, on every run over aurelis_core, that the concrete pipeline offers everything the Protocol
+        # promises plugins, with compatible types. Kept here, beside the class, so the Protocol's module never
+        # imports this one.
+        return pipeline

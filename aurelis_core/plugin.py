@@ -47,8 +47,8 @@ only when a config enables it by name.
 What is here
 ------------
 - **hooks and the request**: :data:`hookimpl`, :class:`RequestContext`, :class:`Attempt`, :class:`CacheEntry`,
-  :class:`Endpoint`, :class:`RequestControls`, :class:`Stats` (``pipeline.stats``), :class:`Config`
-  (``pipeline.config``).
+  :class:`Endpoint`, :class:`RequestControls`, :class:`Stats` (``pipeline.stats``; its samples are
+  :class:`Sample` records, which :func:`percentile` reads), :class:`Config` (``pipeline.config``).
 - **the pipeline, as a plugin sees it**: :class:`Pipeline`, a Protocol (the concrete ``aurelis_core.Pipeline``
   offers more, which plugins do not use).
 - **what plugins find in each other**, by capability, never by name: :class:`CacheTier` (what ``aurelis cache``
@@ -68,11 +68,16 @@ What is here
   :mod:`aurelis_core.validators` (``positive``, ``in_range(lo, hi)``, ``each(...)``, ``one_of(...)``, ``label``,
   ``redis_url``..., the probes ``aurelis config check`` runs, :class:`Invalid` for the standard message).
 - **workloads**: :class:`WorkloadRequest` and :func:`load_workload`, the line format ``aurelis record`` writes
-  and ``aurelis replay`` reads, and :data:`WORKLOAD_CREDENTIAL_HEADERS` (headers a workload never holds).
+  and ``aurelis replay`` reads, :func:`join_url` (where a line's path goes on a base URL) and
+  :data:`WORKLOAD_CREDENTIAL_HEADERS` (headers a workload never holds).
+- **installed plugins**: :func:`discover_plugins` (every plugin that can be enabled, by name, as a
+  :class:`PluginSpec`: where it comes from, ``load()``) and :func:`blocked_plugins` (``AURELIS_DISABLE_PLUGINS``),
+  what ``aurelis plugins`` and ``aurelis config check`` read.
 """
 
 from ._compat import buffered_body, header_items, replayable_body, url_parts
-from ._models import Attempt, CacheEntry, Endpoint, RequestContext, RequestControls
+from ._models import Attempt, CacheEntry, Endpoint, RequestContext, RequestControls, usage_tokens
+from ._plugins import PluginSpec, blocked_plugins, discover_plugins
 from ._protocols import CacheTier, Pipeline, Router, ShrinkableTier, WarmTarget
 from ._resend import resend_refusal, signature_scheme
 from ._state import FAILED_ENDPOINTS, StateKey
@@ -85,11 +90,11 @@ from ._tenant import (
     TenantConfig,
 )
 from ._workload import CREDENTIAL_HEADERS as WORKLOAD_CREDENTIAL_HEADERS
-from ._workload import WorkloadRequest, load_workload
+from ._workload import WorkloadRequest, join_url, load_workload
 from .config import Config, ConfigError, config_from_table
 from .health import CircuitState, EndpointHealth, EndpointStatus, EndpointUnavailable, retry_after
 from .hookspecs import hookimpl
-from .stats import Stats, usage_tokens
+from .stats import Sample, Stats, percentile
 from .validators import (
     ALLOW_NON_FINITE,
     PROBE,
@@ -144,9 +149,11 @@ __all__ = [
     "Identity",
     "Invalid",
     "Pipeline",
+    "PluginSpec",
     "RequestContext",
     "RequestControls",
     "Router",
+    "Sample",
     "ShrinkableTier",
     "StateKey",
     "Stats",
@@ -155,10 +162,12 @@ __all__ = [
     "WarmTarget",
     "WorkloadRequest",
     "at_least",
+    "blocked_plugins",
     "buffered_body",
     "choices_hint",
     "config_from_table",
     "describe",
+    "discover_plugins",
     "each",
     "existing_file",
     "file_path",
@@ -170,12 +179,14 @@ __all__ = [
     "host_port",
     "http_url",
     "in_range",
+    "join_url",
     "label",
     "load_workload",
     "non_empty",
     "non_negative",
     "non_negative_int",
     "one_of",
+    "percentile",
     "positive",
     "positive_int",
     "printable",

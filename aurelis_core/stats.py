@@ -14,15 +14,14 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
+# usage_tokens lives with the cache entries that need it (``CacheEntry.tokens``); it is re-exported here, where
+# it was first published, so the models never import this module and this one imports them.
+from ._models import usage_tokens as usage_tokens
+
 if TYPE_CHECKING:
     from ._models import CacheEntry, RequestContext
 
 __all__ = ["Sample", "Stats", "percentile", "usage_tokens"]
-
-#: Bytes at the end of a body searched for the usage block: providers put ``usage`` last, and a bounded
-#: search keeps the cost per hit constant (~0.5 us: ``rfind`` is a C scan) whatever the size of the answer.
-_USAGE_TAIL = 512
-
 
 class Sample(NamedTuple):
     """One finished request. ``at`` is wall-clock ``time.time()``; ``latency`` seconds as the pipeline saw it
@@ -132,16 +131,6 @@ class Stats:
             self.stage_errors.clear()
             self.samples.clear()
             self.started = time.time()
-
-
-def usage_tokens(body: bytes) -> int | None:
-    """``usage.total_tokens`` of a stored JSON answer, or ``None`` (no usage block, or a content-encoded body)."""
-    at = body.rfind(b'"total_tokens"', max(0, len(body) - _USAGE_TAIL))
-    if at < 0:
-        return None
-    # The value: what follows the key up to the next ``,`` or ``}``, minus the ``:`` and whitespace.
-    value = body[at + 14 : at + 48].split(b",", 1)[0].split(b"}", 1)[0].strip(b" \t\r\n:")
-    return int(value) if value.isdigit() else None
 
 
 def percentile(sorted_values: Iterable[float], q: float) -> float | None:

@@ -4,9 +4,9 @@ Enable it like any plugin (``plugins = ["normalize", "memory", "record"]``, ``[r
 an application under ``aurelis record --out workload.jsonl -- python app.py``, which enables it through
 ``AURELIS_CONFIG`` for every client the application instruments without an explicit config.
 
-Every finished request to one of ``paths`` becomes one line (format: :mod:`aurelis_core.replay`), written in
-the order requests finish, with ``at`` = seconds from the plugin's start to the request's start. Credentials
-never reach the file: every credential header and credential query parameter of the pipeline's tenant
+Every finished request to one of ``paths`` becomes one line (format: the plugin API's ``WorkloadRequest``),
+written in the order requests finish, with ``at`` = seconds from the plugin's start to the request's start.
+Credentials never reach the file: every credential header and credential query parameter of the pipeline's tenant
 definition (``[tenant]``: ``Authorization``, ``api-key``, ``x-goog-api-key``, ``?key=``...) is dropped, and so
 is every other header whose name mentions a key, a token, a secret, auth or a cookie, as are transport headers
 (``host``, ``content-length``...) that the replaying client sets itself. The answer-scoping headers

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aurelis_core.cli import main
+from aurelis_core.tools.cli import main
 
 
 def check(capsys: pytest.CaptureFixture[str], path: Path, text: str) -> tuple[int, str, list[str]]:

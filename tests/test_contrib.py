@@ -69,7 +69,7 @@ def env_with(site: Path, **extra: str) -> dict[str, str]:
 
 def test_cli_lists_them(contrib_site: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "aurelis_core.cli", "plugins"],
+        [sys.executable, "-m", "aurelis_core.tools.cli", "plugins"],
         env=env_with(contrib_site), capture_output=True, text=True, check=True,
     ).stdout
     rows = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}

@@ -115,6 +115,40 @@ async def test_async_def_plugins_work_for_sync_and_async_clients(upstream: Simul
     assert upstream.count() == 1
     sync_client.close()
     await async_client.aclose()
+    bridges = sum(thread.name == "aurelis-bridge" for thread in threading.enumerate())
+    pipeline.close()
+    # Closing the pipeline stops its loop thread (a daemon, but one per pipeline would pile up).
+    assert sum(thread.name == "aurelis-bridge" for thread in threading.enumerate()) == bridges - 1
+
+
+def test_a_sync_request_after_close_still_runs_async_plugins(upstream: SimulatedServer) -> None:
+    """A flow that needs the loop bridge after ``close()`` stopped it starts it again (it used to wait forever
+    on the stopped loop)."""
+    url = upstream.base_url + "/chat/completions"
+    tier = AsyncTier()
+    pipeline = Pipeline({"plugins": ["normalize"]}, plugins=[tier])
+    client = aurelis_core.instrument(httpx.Client(), pipeline=pipeline)
+    assert client.post(url, json=BODY).headers["x-aurelis-cache"] == "miss"
+    pipeline.close()
+    answers: list[str] = []
+    sender = threading.Thread(
+        target=lambda: answers.append(client.post(url, json=BODY).headers["x-aurelis-cache"]), daemon=True
+    )
+    sender.start()
+    sender.join(timeout=10)
+    assert answers == ["hit"]
+    client.close()
+    pipeline.bridge.stop()  # close() ran already: the thread started again is stopped by hand
+
+
+def test_a_pipeline_starts_no_loop_thread_until_an_async_plugin_runs_for_a_sync_client(
+    upstream: SimulatedServer,
+) -> None:
+    before = sum(thread.name == "aurelis-bridge" for thread in threading.enumerate())
+    pipeline = Pipeline({"plugins": ["normalize", "memory"]})
+    with aurelis_core.instrument(httpx.Client(), pipeline=pipeline) as client:
+        client.post(upstream.base_url + "/chat/completions", json=BODY)
+    assert sum(thread.name == "aurelis-bridge" for thread in threading.enumerate()) == before
     pipeline.close()
 
 

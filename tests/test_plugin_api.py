@@ -21,8 +21,8 @@ import pytest
 import aurelis_core
 import aurelis_core.plugin as api
 from aurelis_core import ConfigError, Pipeline
-from aurelis_core.cli import main as cli_main
 from aurelis_core.testing import SimulatedServer
+from aurelis_core.tools.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = {"model": "m", "messages": [{"role": "user", "content": "plugin api"}]}
@@ -70,15 +70,19 @@ def test_the_names_are_pinned() -> None:
         "positive_int", "printable", "probe_bind", "probe_redis", "probe_tcp", "probe_writable_file", "redis_url",
         "url_path", "writable_file_probe",
         # workloads
-        "WorkloadRequest", "load_workload", "WORKLOAD_CREDENTIAL_HEADERS",
+        "WorkloadRequest", "load_workload", "join_url", "WORKLOAD_CREDENTIAL_HEADERS",
+        # installed plugins
+        "discover_plugins", "blocked_plugins", "PluginSpec",
+        # the samples of Stats
+        "Sample", "percentile",
     ])
 
 
 def test_it_re_exports_and_copies_nothing() -> None:
     """Each name is the very object users meet elsewhere: a plugin and the core never hold two versions."""
     import aurelis_core.health
-    import aurelis_core.replay
     import aurelis_core.stats
+    import aurelis_core.tools.replay
     import aurelis_core.validators
 
     for name in aurelis_core.__all__:
@@ -90,10 +94,13 @@ def test_it_re_exports_and_copies_nothing() -> None:
     for name in aurelis_core.health.__all__:
         if name in api.__all__:
             assert getattr(api, name) is getattr(aurelis_core.health, name), name
-    assert api.usage_tokens is aurelis_core.stats.usage_tokens
-    assert api.WorkloadRequest is aurelis_core.replay.WorkloadRequest
-    assert api.load_workload is aurelis_core.replay.load_workload
-    assert api.WORKLOAD_CREDENTIAL_HEADERS is aurelis_core.replay.CREDENTIAL_HEADERS
+    for name in ("Sample", "Stats", "percentile", "usage_tokens"):
+        assert getattr(api, name) is getattr(aurelis_core.stats, name), name
+    replay = aurelis_core.tools.replay
+    assert api.WorkloadRequest is replay.WorkloadRequest
+    assert api.load_workload is replay.load_workload
+    assert api.join_url is replay.join_url
+    assert api.WORKLOAD_CREDENTIAL_HEADERS is replay.CREDENTIAL_HEADERS
 
 
 def test_every_name_is_documented() -> None:
@@ -114,7 +121,8 @@ def test_importing_it_costs_only_its_own_small_modules() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     added = json.loads(out.replace("'", '"'))
     assert added and all(name.startswith("aurelis_core.") for name in added), added
-    assert not {"aurelis_core.replay", "aurelis_core.report", "aurelis_core.testing"} & set(added)
+    assert not {"aurelis_core.testing", "aurelis_core.tools"} & {name.rsplit(".", 1)[0] for name in added}
+    assert not {"aurelis_core.replay", "aurelis_core.report"} & set(added)
 
 
 def test_the_docstring_example_is_a_working_plugin(upstream: SimulatedServer) -> None:

@@ -14,7 +14,8 @@ import pytest
 
 import aurelis_core
 from aurelis_core.config import load_config
-from aurelis_core.replay import (
+from aurelis_core.testing import SimulatedServer
+from aurelis_core.tools.replay import (
     SimulateOptions,
     WorkloadRequest,
     example_path,
@@ -23,7 +24,6 @@ from aurelis_core.replay import (
     replay,
     simulated,
 )
-from aurelis_core.testing import SimulatedServer
 
 AURELIS = Path(sys.executable).with_name("aurelis")
 

@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from aurelis_core import Pipeline
-from aurelis_core.cli import main as cli_main
 from aurelis_core.testing import SimulatedServer
+from aurelis_core.tools.cli import main as cli_main
 
 API_KEY = "sk-test-files"
 KEY_A = base64.b64encode(b"A" * 32).decode()

@@ -16,8 +16,8 @@ import redis
 from aurelis_plugins._writebehind import WriteBehind
 
 from aurelis_core import Pipeline
-from aurelis_core.cli import main as cli_main
 from aurelis_core.testing import SimulatedServer
+from aurelis_core.tools.cli import main as cli_main
 
 pytestmark = pytest.mark.redis
 

@@ -1,0 +1,424 @@
+"""The ``aurelis`` command.
+
+Subcommands are added by ``add_*_commands(subparsers)`` functions listed in :data:`COMMAND_GROUPS`; each
+registers its parsers and sets ``func`` (``args -> exit code``) on them. A module that brings commands of its
+own (``aurelis cache ...``) writes such a function and is listed there.
+
+Exit codes: 0 success, 1 invalid input (config, workload, report file), 2 bad usage (argparse's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aurelis_core.config import ConfigError, load_config
+
+from .cli_cache import add_cache_commands
+
+__all__ = ["COMMAND_GROUPS", "main"]
+
+Subparsers = Any  # argparse._SubParsersAction is private; its add_parser is all we use
+
+
+# --- plugins ---------------------------------------------------------------------------------------------------
+
+
+def _hooks_of(cls: type) -> list[str]:
+    # pluggy's HookimplMarker("aurelis") tags each implementation with an ``aurelis_impl`` attribute.
+    return sorted(name for name in dir(cls) if hasattr(getattr(cls, name, None), "aurelis_impl"))
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from aurelis_core.plugin import discover_plugins
+
+    rows = []
+    for name, spec in sorted(discover_plugins().items()):
+        try:
+            hooks = ", ".join(h.removeprefix("aurelis_") for h in _hooks_of(spec.load()))
+        except ConfigError as exc:  # an optional extra is not installed: say so, keep listing
+            hooks = f"(cannot load: {exc})"
+        rows.append((name, spec.origin, hooks))
+    width = max((len(n) for n, _, _ in rows), default=4) + 2
+    origin_width = max((len(o) for _, o, _ in rows), default=6) + 2
+    print(f"{'name':<{width}}{'origin':<{origin_width}}hooks")
+    for name, origin, hooks in rows:
+        print(f"{name:<{width}}{origin:<{origin_width}}{hooks}")
+    return 0
+
+
+def add_plugins_commands(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("plugins", help="list every plugin that can be enabled, with its hooks")
+    parser.set_defaults(func=cmd_plugins)
+
+
+# --- config ----------------------------------------------------------------------------------------------------
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Check a config file as a pipeline built from it would, report every error, then probe the outside world.
+
+    Errors (exit 1): the file is read and its top level and endpoints checked (:func:`parse_config`, which goes
+    on past the first problem), then a pipeline is built from what is valid: every plugin's table is checked
+    and every enabled plugin constructed, exactly as ``Pipeline(file)`` does; plugins open no connection and
+    start no server until their first request, so nothing is contacted. Warnings (exit 0): what only the
+    outside world can tell -- a Redis that does not answer, a cache file that cannot be created, a metrics
+    port in use -- from the probes the option classes declare (``aurelis_core.validators.PROBE``).
+    """
+    from aurelis_core import Pipeline
+    from aurelis_core.config import parse_config, read_config_file
+
+    try:
+        data, source = read_config_file(args.file)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    config, errors = parse_config(data, source)
+    pipeline = None
+    try:
+        pipeline = Pipeline(config)
+    except ConfigError as exc:
+        errors.extend(exc.errors)
+    except ImportError as exc:
+        errors.append(f"{source}: {exc}")
+    if errors:
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        print(f"{source}: {len(errors)} error{'s' if len(errors) > 1 else ''}", file=sys.stderr)
+        return 1
+    assert pipeline is not None
+    warnings = _probe_config(config)
+    # What only the outside world can tell, from plugins that can look without changing anything (a cache file
+    # the sqlite tier would refuse): warnings, not errors.
+    for name in pipeline.plugin_origins:
+        for problem in getattr(pipeline.plugin(name), "problems", list)():
+            warnings.append(f"{source}: [{name}] {problem}")
+    shared = [name for name in ("redis", "sqlite") if name in pipeline.plugin_origins]
+    if shared and not pipeline.tenant.has_secret:
+        warnings.append(
+            f"{source}: [tenant] secret: not set (nor AURELIS_CACHE_SECRET) while {' and '.join(shared)} "
+            "share entries: anyone who can write to the store can plant an answer, and credential fingerprints "
+            "can be compared across deployments; set the same secret on every replica"
+        )
+    pipeline.close()
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{config.source}: ok ({len(config.plugins)} plugins: {', '.join(config.plugins) or 'none'}; "
+          f"{len(config.endpoints)} endpoints"
+          + (f"; {len(warnings)} warning{'s' if len(warnings) > 1 else ''}" if warnings else "") + ")")
+    return 0
+
+
+def _probe_config(config: Any) -> list[str]:
+    """The warnings of the probes declared by the options of every enabled plugin (see ``cmd_config_check``)."""
+    from aurelis_core.plugin import blocked_plugins, config_from_table, discover_plugins
+
+    known = discover_plugins()
+    blocked = blocked_plugins()
+    warnings: list[str] = []
+    for name in config.plugins:
+        config_cls = getattr(known[name].load(), "Config", None) if name not in blocked else None
+        if config_cls is not None:
+            where = f"{config.source}: [{name}]"
+            warnings += _probe_options(config_from_table(config_cls, config.tables.get(name, {}), where), where, "")
+    return warnings
+
+
+def _probe_options(options: Any, where: str, prefix: str) -> list[str]:
+    import attrs
+
+    from aurelis_core.plugin import PROBE
+
+    warnings: list[str] = []
+    for field in attrs.fields(type(options)):
+        value = getattr(options, field.name)
+        key = prefix + (getattr(field, "alias", None) or field.name)
+        probe = field.metadata.get(PROBE)
+        if probe is not None:
+            try:
+                problem = probe(options, field, value)
+            except Exception as exc:  # a probe's own failure is a warning too, never the end of the check
+                problem = f"could not be checked: {type(exc).__name__}: {exc}"
+            if problem:
+                warnings.append(f"{where} {key}: {problem}")
+        if attrs.has(type(value)):
+            warnings += _probe_options(value, where, key + ".")
+    return warnings
+
+
+def add_config_commands(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("config", help="work with configuration files")
+    sub = parser.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    check = sub.add_parser(
+        "check", help="validate a config file (aurelis.toml or pyproject.toml): every error, then warnings about "
+        "what only the outside world can tell (a Redis that does not answer, a file that cannot be written)",
+    )
+    check.add_argument("file", help="the config file")
+    check.set_defaults(func=cmd_config_check)
+
+
+# --- report options (shared by replay and report) ----------------------------------------------------------------
+
+
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    from .report import Targets
+
+    defaults = Targets()
+    group = parser.add_argument_group("score targets")
+    group.add_argument("--target-p50", type=float, default=defaults.p50, metavar="S", help="seconds (%(default)s)")
+    group.add_argument("--target-p95", type=float, default=defaults.p95, metavar="S", help="seconds (%(default)s)")
+    group.add_argument("--target-p99", type=float, default=defaults.p99, metavar="S", help="seconds (%(default)s)")
+    group.add_argument("--target-rps", type=float, default=defaults.rps, metavar="N",
+                       help="requests/s (%(default)s)")
+    group.add_argument("--target-hit-rate", type=float, default=defaults.hit_rate, metavar="R",
+                       help="0..1 (%(default)s)")
+
+
+def _targets(args: argparse.Namespace) -> Any:
+    from .report import Targets
+
+    return Targets(args.target_p50, args.target_p95, args.target_p99, args.target_rps, args.target_hit_rate)
+
+
+def _write_report(report: Any, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    (out / "report.html").write_text(report.html(), encoding="utf-8")
+    (out / "report.txt").write_text(report.text(), encoding="utf-8")
+
+
+# --- replay ----------------------------------------------------------------------------------------------------
+
+
+def _progress(total: int) -> Callable[[int, Any], None] | None:
+    """A one-line progress bar on stderr, or ``None`` when stderr is not a terminal (CI logs, pipes)."""
+    if not sys.stderr.isatty():
+        return None
+    done = 0
+    errors = 0
+
+    def update(index: int, result: Any) -> None:
+        nonlocal done, errors
+        done += 1
+        if isinstance(result, BaseException) or getattr(result, "status_code", 200) >= 400:
+            errors += 1
+        filled = done * 30 // total
+        end = "\n" if done == total else ""
+        print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} ({errors} errors)", end=end,
+              file=sys.stderr, flush=True)
+
+    return update
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import SimulateOptions, example_path, load_workload, replay, simulated
+
+    workload_path = args.workload
+    if workload_path is None:
+        if not args.simulate:
+            print("error: give a WORKLOAD file (the shipped example is only replayed with --simulate)",
+                  file=sys.stderr)
+            return 2
+        workload_path = example_path("workload.jsonl")
+    try:
+        workload = load_workload(workload_path)
+        config = load_config(args.config or os.environ.get("AURELIS_CONFIG") or example_path("aurelis.toml"))
+        targets = _targets(args)
+    except (ValueError, OSError) as exc:  # ConfigError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    options = dict(
+        concurrency=args.concurrency, rate=args.rate, timed=args.timed, speed=args.speed, timeout=args.timeout,
+        targets=targets, on_result=_progress(len(workload)),
+    )
+    try:
+        if args.simulate:
+            sim = SimulateOptions(
+                endpoints=args.sim_endpoints, latency=args.sim_latency, jitter=args.sim_jitter,
+                latency_per_token=args.sim_latency_per_token, failure_rate=args.sim_failure_rate,
+                rpm=args.sim_rpm, tpm=args.sim_tpm,
+            )
+            with simulated(config, sim) as (sim_config, servers):
+                print(f"simulating {len(servers)} upstream(s) on 127.0.0.1: "
+                      f"{', '.join(s.base_url for s in servers)}", file=sys.stderr)
+                report = asyncio.run(replay(workload, sim_config, **options))
+        else:
+            credential = os.environ.get(args.api_key_env) if args.api_key_env else None
+            report = asyncio.run(
+                replay(workload, config, base_url=args.base_url, credential=credential, **options)
+            )
+    except (ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.text(), end="")
+    _write_report(report, Path(args.out))
+    print(f"\nreport written to {args.out}/report.{{txt,json,html}}")
+    return 0
+
+
+def add_replay_commands(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "replay", help="send a recorded workload through the pipeline and report how it performed",
+        description="Replay a JSONL workload through the configured pipeline, print the report and write it "
+        "as text, JSON and HTML. The workload format is documented in aurelis_core/tools/replay.py and the README.",
+    )
+    parser.add_argument("workload", nargs="?", help="workload .jsonl (default with --simulate: the shipped example)")
+    parser.add_argument("--config", help="config file (default: $AURELIS_CONFIG, else the shipped aurelis.toml: "
+                        "normalize + embedded tiers)")
+    parser.add_argument("--out", default=".aurelis/report", help="where to write report.{txt,json,html} "
+                        "(%(default)s)")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (%(default)s)")
+    parser.add_argument("--rate", type=float, help="at most this many requests started per second")
+    parser.add_argument("--timed", action="store_true", help="send each request at its recorded 'at' offset")
+    parser.add_argument("--speed", type=float, default=1.0, help="with --timed: replay this many times faster")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (%(default)s)")
+    parser.add_argument("--base-url", help="where to address requests (default: the first endpoint's URL)")
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                        help="environment variable holding the API key sent as a bearer token (%(default)s); "
+                        "unused with --simulate")
+    sim = parser.add_argument_group("simulation (--simulate: local upstreams on 127.0.0.1, no key, no network)")
+    sim.add_argument("--simulate", action="store_true", help="point the endpoints at simulated upstreams")
+    sim.add_argument("--sim-endpoints", type=int, metavar="N",
+                     help="how many upstreams (default: one per configured endpoint; >1 needs a router plugin)")
+    sim.add_argument("--sim-latency", type=float, default=0.05, metavar="S", help="seconds (%(default)s)")
+    sim.add_argument("--sim-jitter", type=float, default=0.05, metavar="S", help="extra random seconds "
+                     "(%(default)s)")
+    sim.add_argument("--sim-latency-per-token", type=float, default=0.0, metavar="S",
+                     help="seconds per completion word (%(default)s)")
+    sim.add_argument("--sim-failure-rate", type=float, default=0.0, metavar="P", help="share of 500s (%(default)s)")
+    sim.add_argument("--sim-rpm", type=int, metavar="N", help="requests per minute per upstream, then 429")
+    sim.add_argument("--sim-tpm", type=int, metavar="N", help="tokens per minute per upstream, then 429")
+    _add_target_options(parser)
+    parser.set_defaults(func=cmd_replay)
+
+
+# --- record ----------------------------------------------------------------------------------------------------
+
+
+def _raw_config(path: str) -> dict[str, Any]:
+    """The config file's table as written (what ``AURELIS_CONFIG`` will point the child at, plus ``record``)."""
+    load_config(path)  # fail here, with the usual message, rather than inside the recorded program
+    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    if Path(path).name == "pyproject.toml":
+        data = data["tool"]["aurelis"]
+    return data
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    try:
+        import tomli_w
+    except ImportError:  # pragma: no cover - a core dependency; guards a broken install
+        print("error: aurelis record needs tomli-w: pip install tomli-w", file=sys.stderr)
+        return 1
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("error: give the command to run after --, e.g. aurelis record --out w.jsonl -- python app.py",
+              file=sys.stderr)
+        return 2
+    base = args.config or os.environ.get("AURELIS_CONFIG")
+    try:
+        data = _raw_config(base) if base else {}
+    except (ConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    plugins = [p for p in data.get("plugins", []) if p != "record"]
+    data["plugins"] = [*plugins, "record"]
+    data["record"] = {**data.get("record", {}), "path": str(Path(args.out).resolve())}
+    with tempfile.TemporaryDirectory(prefix="aurelis-record-") as tmp:
+        config_path = Path(tmp) / "aurelis.toml"
+        config_path.write_text(tomli_w.dumps(data), encoding="utf-8")
+        env = {**os.environ, "AURELIS_CONFIG": str(config_path)}
+        print(f"recording requests to {args.out}", file=sys.stderr)
+        return subprocess.call(command, env=env)
+
+
+def add_record_commands(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "record", help="run a program and record the requests its instrumented clients send",
+        description="Runs COMMAND with AURELIS_CONFIG pointing at your config plus the record plugin, so every "
+        "client the program instruments without an explicit config appends its requests to --out. "
+        "Credentials are never written.",
+    )
+    parser.add_argument("--out", default="aurelis-workload.jsonl", help="workload file to append to "
+                        "(%(default)s)")
+    parser.add_argument("--config", help="the config to record under (default: $AURELIS_CONFIG, else none)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    parser.set_defaults(func=cmd_record)
+
+
+# --- report ----------------------------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import Report
+
+    try:
+        report = Report.from_dict(json.loads(Path(args.file).read_text(encoding="utf-8")))
+        report = report.rescored(_targets(args))
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        output = json.dumps(report.to_dict(), indent=2) + "\n"
+    else:
+        output = report.html() if args.format == "html" else report.text()
+    if args.out:
+        Path(args.out).write_text(output, encoding="utf-8")
+    else:
+        sys.stdout.write(output)
+    return 0
+
+
+def add_report_commands(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("report", help="render a saved report.json as text, JSON or HTML",
+                                   description="Re-render (and re-score against other targets) a report "
+                                   "written by aurelis replay.")
+    parser.add_argument("file", help="a report.json")
+    parser.add_argument("--format", choices=("text", "json", "html"), default="text")
+    parser.add_argument("--out", help="write here instead of stdout")
+    _add_target_options(parser)
+    parser.set_defaults(func=cmd_report)
+
+
+# --- entry point -----------------------------------------------------------------------------------------------
+
+#: Each adds its subcommands to the ``aurelis`` parser. Commands from other modules are listed here too.
+COMMAND_GROUPS: list[Callable[[Subparsers], None]] = [
+    add_plugins_commands,
+    add_config_commands,
+    add_replay_commands,
+    add_record_commands,
+    add_report_commands,
+    add_cache_commands,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from aurelis_core import __version__
+
+    parser = argparse.ArgumentParser(prog="aurelis", description="Aurelis: performance middleware for AI-model "
+                                     "API calls.")
+    parser.add_argument("--version", action="version", version=f"aurelis {__version__}")
+    subparsers = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
+    for add in COMMAND_GROUPS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,442 @@
+"""Performance reports: the figures a pipeline's :class:`~aurelis_core.stats.Stats` samples add up to.
+
+>>> report = Report.from_stats(pipeline.stats)
+>>> print(report.text())                 # or report.to_dict() (JSON-able), report.html()
+
+What is computed, all from the samples (one per finished request):
+
+- **latency**: average, p50/p95/p99 (nearest rank) and max, in seconds, as the pipeline saw each request
+  (cache hits included: that is the latency callers got).
+- **throughput**: requests over the window's duration: the wall time of a replay when one is given, else from
+  the first request's start to the last one's end.
+- **cache**: hit rate = hits / (hits + misses) (requests that bypass the cache do not count), hits per tier.
+- **errors**: error rate = requests that raised or answered with a status >= 400, over all requests.
+- **tokens saved**: the ``usage.total_tokens`` of every answer served from cache.
+- **per model** and **per endpoint**: requests, share, average and p95 latency, hit rate, errors.
+- **recommendations**: hit rate below 70% (warm the cache, raise TTLs); p95 above 2 s (optimise requests);
+  a model averaging above 3 s (route it elsewhere).
+- **score**: how close the figures come to :class:`Targets`. Each target gives a ratio capped at 1: for the
+  latencies ``min(1, target / achieved)`` (lower is better), for requests/s and hit rate
+  ``min(1, achieved / target)`` (higher is better). The score is the mean of the ratios times 100, so 100 means
+  every target was met. A figure that cannot be measured (no cacheable request: no hit rate) is left out of
+  the mean rather than counted as a failure.
+
+A report round-trips through JSON (:meth:`Report.to_dict` / :meth:`Report.from_dict`), so ``aurelis report``
+can re-render a saved one as text or HTML, and re-score it against other targets. The HTML page is
+self-contained: its plots are inline SVG written here, with no script and nothing fetched.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from aurelis_core import Stats
+from aurelis_core.plugin import Sample, percentile
+
+__all__ = ["Report", "Targets", "build_report", "score"]
+
+#: The recommendations' thresholds.
+LOW_HIT_RATE = 0.7
+SLOW_P95 = 2.0
+SLOW_MODEL_AVERAGE = 3.0
+
+#: Bins of the latency histogram (log-spaced: hits and upstream calls differ by orders of magnitude).
+HISTOGRAM_BINS = 24
+#: Points of the hit-rate-over-time series.
+TIME_BUCKETS = 30
+
+
+@attrs.frozen
+class Targets:
+    """What the score measures against (``--target-*`` options of ``aurelis replay`` / ``aurelis report``)."""
+
+    p50: float = 0.5
+    p95: float = 1.0
+    p99: float = 2.0
+    rps: float = 1000.0
+    hit_rate: float = 0.7
+
+    def __attrs_post_init__(self) -> None:
+        for name, value in attrs.asdict(self).items():
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"target {name!r} must be a number > 0, got {value!r}")
+
+
+def score(figures: Mapping[str, float | None], targets: Targets) -> tuple[float | None, dict[str, float]]:
+    """``(score, ratio per target)`` for achieved ``figures`` (keys as in :class:`Targets`).
+
+    See the module docstring for the formula. The score is ``None`` when no figure could be measured.
+    """
+    ratios: dict[str, float] = {}
+    for name in ("p50", "p95", "p99"):
+        achieved = figures.get(name)
+        if achieved is not None:
+            target = getattr(targets, name)
+            ratios[name] = 1.0 if achieved <= target else target / achieved
+    for name in ("rps", "hit_rate"):
+        achieved = figures.get(name)
+        if achieved is not None:
+            ratios[name] = min(1.0, achieved / getattr(targets, name))
+    if not ratios:
+        return None, ratios
+    return 100.0 * sum(ratios.values()) / len(ratios), ratios
+
+
+def _is_error(sample: Sample) -> bool:
+    return sample.error is not None or (sample.status is not None and sample.status >= 400)
+
+
+def _hit_rate(samples: Iterable[Sample]) -> float | None:
+    hits = misses = 0
+    for s in samples:
+        if s.cache == "hit":
+            hits += 1
+        elif s.cache == "miss":
+            misses += 1
+    return hits / (hits + misses) if hits + misses else None
+
+
+def _group(samples: list[Sample], total: int) -> dict[str, Any]:
+    latencies = sorted(s.latency for s in samples)
+    errors = sum(1 for s in samples if _is_error(s))
+    return {
+        "requests": len(samples),
+        "share": len(samples) / total if total else 0.0,
+        "avg": sum(latencies) / len(latencies),
+        "p95": percentile(latencies, 95),
+        "hit_rate": _hit_rate(samples),
+        "errors": errors,
+        "error_rate": errors / len(samples),
+    }
+
+
+def _histogram(latencies: Sequence[float]) -> list[list[float]]:
+    """``[[low, high, count], ...]`` over log-spaced bins from the smallest to the largest latency."""
+    if not latencies:
+        return []
+    low = max(min(latencies), 1e-6)
+    high = max(max(latencies), low * 1.0001)
+    ratio = math.log(high / low)
+    edges = [low * math.exp(ratio * i / HISTOGRAM_BINS) for i in range(HISTOGRAM_BINS + 1)]
+    counts = [0] * HISTOGRAM_BINS
+    for value in latencies:
+        index = int(math.log(max(value, low) / low) / ratio * HISTOGRAM_BINS) if ratio else 0
+        counts[min(index, HISTOGRAM_BINS - 1)] += 1
+    return [[edges[i], edges[i + 1], counts[i]] for i in range(HISTOGRAM_BINS)]
+
+
+def _hit_rate_over_time(samples: Sequence[Sample], start: float, duration: float) -> list[list[float | None]]:
+    """``[[seconds since start, hit rate or None], ...]``, one point per time bucket (by request end)."""
+    if not samples:
+        return []
+    width = max(duration, 1e-9) / TIME_BUCKETS
+    buckets: list[Counter[str]] = [Counter() for _ in range(TIME_BUCKETS)]
+    for s in samples:
+        buckets[min(TIME_BUCKETS - 1, max(0, int((s.at - start) / width)))][s.cache] += 1
+    series: list[list[float | None]] = []
+    for i, counts in enumerate(buckets):
+        lookups = counts["hit"] + counts["miss"]
+        series.append([(i + 0.5) * width, counts["hit"] / lookups if lookups else None])
+    return series
+
+
+@attrs.define
+class Report:
+    """The figures of one run; see the module docstring for what each means. Latencies are in seconds."""
+
+    requests: int
+    duration: float
+    rps: float | None
+    latency: dict[str, float | None]
+    hit_rate: float | None
+    cache: dict[str, int]
+    hits_by_tier: dict[str, int]
+    errors: int
+    error_rate: float | None
+    tokens_saved: int
+    models: dict[str, dict[str, Any]]
+    endpoints: dict[str, dict[str, Any]]
+    series: dict[str, Any]
+    targets: Targets = Targets()
+    score: float | None = None
+    score_ratios: dict[str, float] = attrs.field(factory=dict)
+    recommendations: list[str] = attrs.field(factory=list)
+
+    @classmethod
+    def from_stats(cls, stats: Stats, *, duration: float | None = None, targets: Targets | None = None) -> Report:
+        """The report of everything ``stats`` holds (its bounded window of recent samples)."""
+        return build_report(list(stats.samples), duration=duration, targets=targets)
+
+    # --- scoring and advice --------------------------------------------------------------------------------
+
+    def rescored(self, targets: Targets) -> Report:
+        """This report's figures scored against other targets."""
+        figures = {**{k: self.latency.get(k) for k in ("p50", "p95", "p99")}, "rps": self.rps,
+                   "hit_rate": self.hit_rate}
+        value, ratios = score(figures, targets)
+        return attrs.evolve(self, targets=targets, score=value, score_ratios=ratios)
+
+    def _advise(self) -> list[str]:
+        advice = []
+        if self.hit_rate is not None and self.hit_rate < LOW_HIT_RATE:
+            advice.append(
+                f"Cache hit rate is {self.hit_rate:.0%} (below {LOW_HIT_RATE:.0%}): warm the cache with your "
+                "common prompts (replay a recorded workload at start-up) or raise the tiers' ttl."
+            )
+        p95 = self.latency.get("p95")
+        if p95 is not None and p95 > SLOW_P95:
+            advice.append(
+                f"p95 latency is {p95:.2f} s (above {SLOW_P95:.0f} s): optimise the requests: shorter prompts, "
+                "a lower max_tokens, streaming for long answers, request compression."
+            )
+        for model, figures in sorted(self.models.items()):
+            if figures["avg"] > SLOW_MODEL_AVERAGE:
+                advice.append(
+                    f"Model {model} averages {figures['avg']:.2f} s (above {SLOW_MODEL_AVERAGE:.0f} s): route it "
+                    "to faster endpoints (a latency-aware router) or use a smaller model for it."
+                )
+        return advice
+
+    # --- JSON ------------------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict; :meth:`from_dict` reads it back."""
+        data = attrs.asdict(self, recurse=True)
+        data["format"] = "aurelis-report-1"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Report:
+        if data.get("format") != "aurelis-report-1":
+            raise ValueError("not an Aurelis report (expected \"format\": \"aurelis-report-1\")")
+        fields = {f.name for f in attrs.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["targets"] = Targets(**values.get("targets", {}))
+        return cls(**values)
+
+    # --- text ------------------------------------------------------------------------------------------------
+
+    def text(self) -> str:
+        """The report as plain text, for a terminal."""
+        lat = self.latency
+        lines = [
+            "Aurelis performance report",
+            "",
+            f"  requests        {self.requests} in {self.duration:.2f} s ({_num(self.rps, '.1f')} req/s)",
+            f"  latency         avg {_ms(lat.get('avg'))}  p50 {_ms(lat.get('p50'))}  p95 {_ms(lat.get('p95'))}"
+            f"  p99 {_ms(lat.get('p99'))}  max {_ms(lat.get('max'))}",
+            f"  cache hit rate  {_pct(self.hit_rate)}  (hits {self.cache.get('hit', 0)}, misses "
+            f"{self.cache.get('miss', 0)}, bypass {self.cache.get('bypass', 0)})",
+        ]
+        lookups = self.cache.get("hit", 0) + self.cache.get("miss", 0)
+        for tier, hits in self.hits_by_tier.items():
+            lines.append(f"    {tier:<14}{hits} hits ({_pct(hits / lookups if lookups else None)} of lookups)")
+        lines += [
+            f"  errors          {self.errors} ({_pct(self.error_rate)})",
+            f"  tokens saved    {self.tokens_saved}",
+            "",
+        ]
+        for title, groups in (("model", self.models), ("endpoint", self.endpoints)):
+            if not groups:
+                continue
+            lines.append(f"  {'per ' + title:<24}{'requests':>9}{'share':>8}{'avg':>10}{'p95':>10}{'hit rate':>10}"
+                         f"{'errors':>8}")
+            for name, g in sorted(groups.items(), key=lambda item: -item[1]["requests"]):
+                lines.append(
+                    f"    {name[:22]:<22}{g['requests']:>9}{_pct(g['share']):>8}{_ms(g['avg']):>10}"
+                    f"{_ms(g['p95']):>10}{_pct(g['hit_rate']):>10}{g['errors']:>8}"
+                )
+            lines.append("")
+        t = self.targets
+        lines.append(
+            f"  score           {_num(self.score, '.0f')}/100 against targets p50 {_ms(t.p50)}, p95 {_ms(t.p95)}, "
+            f"p99 {_ms(t.p99)}, {t.rps:g} req/s, hit rate {t.hit_rate:.0%}"
+        )
+        if self.score_ratios:
+            parts = ", ".join(f"{name} {ratio:.0%}" for name, ratio in self.score_ratios.items())
+            lines.append(f"                  ({parts} of target)")
+        lines.append("")
+        if self.recommendations:
+            lines.append("  recommendations")
+            lines += [f"    - {advice}" for advice in self.recommendations]
+        else:
+            lines.append("  recommendations: none, every figure is within the recommended bounds")
+        return "\n".join(lines) + "\n"
+
+    # --- HTML ------------------------------------------------------------------------------------------------
+
+    def html(self) -> str:
+        """A self-contained HTML page: the text figures plus three inline-SVG plots."""
+        histogram = self.series.get("latency_histogram", [])
+        over_time = self.series.get("hit_rate_over_time", [])
+        share = self.series.get("traffic_share", {})
+        plots = [
+            ("Latency distribution (log-spaced bins)",
+             _svg_columns([f"{_ms(lo)}" for lo, _, _ in histogram], [c for _, _, c in histogram], "requests")),
+            ("Cache hit rate over time", _svg_line(over_time)),
+            ("Traffic share per endpoint", _svg_hbars(list(share), list(share.values()))),
+        ]
+        figures = "".join(f"<section><h2>{html.escape(title)}</h2>{svg}</section>" for title, svg in plots)
+        return (
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Aurelis report</title>"
+            "<style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:60rem;color:#222}"
+            "pre{background:#f6f6f6;padding:1rem;overflow-x:auto}svg{background:#fcfcfc;border:1px solid #ddd}"
+            "text{font-size:11px;fill:#333}</style></head><body><h1>Aurelis performance report</h1>"
+            f"<pre>{html.escape(self.text())}</pre>{figures}</body></html>\n"
+        )
+
+
+def build_report(
+    samples: Sequence[Sample], *, duration: float | None = None, targets: Targets | None = None
+) -> Report:
+    """The :class:`Report` of ``samples``; ``duration`` (seconds) overrides the window the samples span."""
+    targets = targets or Targets()
+    samples = sorted(samples, key=lambda s: s.at)
+    total = len(samples)
+    latencies = sorted(s.latency for s in samples)
+    start = min((s.at - s.latency for s in samples), default=0.0)
+    if duration is None:
+        duration = (samples[-1].at - start) if samples else 0.0
+    cache = Counter(s.cache for s in samples)
+    errors = sum(1 for s in samples if _is_error(s))
+    by_model: dict[str, list[Sample]] = defaultdict(list)
+    by_endpoint: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_model[s.model or "(none)"].append(s)
+        if s.endpoint is not None:
+            by_endpoint[s.endpoint].append(s)
+    share: Counter[str] = Counter()
+    for s in samples:
+        share[s.endpoint if s.endpoint is not None else "cache hit" if s.cache == "hit" else "direct"] += 1
+    report = Report(
+        requests=total,
+        duration=duration,
+        rps=total / duration if duration > 0 else None,
+        latency={
+            "avg": sum(latencies) / total if total else None,
+            "p50": percentile(latencies, 50),
+            "p95": percentile(latencies, 95),
+            "p99": percentile(latencies, 99),
+            "max": latencies[-1] if latencies else None,
+        },
+        hit_rate=_hit_rate(samples),
+        cache={k: cache.get(k, 0) for k in ("hit", "miss", "bypass")},
+        hits_by_tier=dict(Counter(s.tier for s in samples if s.cache == "hit" and s.tier is not None)),
+        errors=errors,
+        error_rate=errors / total if total else None,
+        tokens_saved=sum(s.tokens or 0 for s in samples if s.cache == "hit"),
+        models={name: _group(group, total) for name, group in by_model.items()},
+        endpoints={name: _group(group, total) for name, group in by_endpoint.items()},
+        series={
+            "latency_histogram": _histogram(latencies),
+            "hit_rate_over_time": _hit_rate_over_time(samples, start, duration),
+            "traffic_share": {name: count / total for name, count in share.most_common()},
+        },
+    )
+    report = report.rescored(targets)
+    report.recommendations = report._advise()
+    return report
+
+
+# --- formatting ------------------------------------------------------------------------------------------------
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+# --- inline SVG plots ------------------------------------------------------------------------------------------
+# Hand-written because they are three simple shapes and the page must need nothing from the network: a
+# plotting library would either pull a JS runtime from a CDN or a heavy dependency for a few rectangles.
+
+_W, _H, _PAD = 640, 220, 36
+
+
+def _svg(body: str, height: int = _H) -> str:
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{height}" viewBox="0 0 {_W} {height}">' \
+           f"{body}</svg>"
+
+
+def _axes(y_label: str) -> str:
+    return (
+        f'<line x1="{_PAD}" y1="{_H - _PAD}" x2="{_W - 8}" y2="{_H - _PAD}" stroke="#888"/>'
+        f'<line x1="{_PAD}" y1="8" x2="{_PAD}" y2="{_H - _PAD}" stroke="#888"/>'
+        f'<text x="4" y="16">{html.escape(y_label)}</text>'
+    )
+
+
+def _svg_columns(labels: Sequence[str], values: Sequence[float], y_label: str) -> str:
+    if not values:
+        return _svg('<text x="20" y="40">no data</text>')
+    top = max(values) or 1
+    width = (_W - _PAD - 8) / len(values)
+    parts = [_axes(y_label), f'<text x="{_PAD - 4}" y="14" text-anchor="end">{top:g}</text>']
+    for i, (label, value) in enumerate(zip(labels, values, strict=True)):
+        h = (value / top) * (_H - _PAD - 12)
+        x = _PAD + i * width
+        parts.append(
+            f'<rect x="{x + 1:.1f}" y="{_H - _PAD - h:.1f}" width="{max(width - 2, 1):.1f}" height="{h:.1f}" '
+            f'fill="#4c78a8"><title>{html.escape(label)}: {value:g}</title></rect>'
+        )
+        if i % max(1, len(values) // 6) == 0:
+            parts.append(f'<text x="{x:.1f}" y="{_H - _PAD + 14}">{html.escape(label)}</text>')
+    return _svg("".join(parts))
+
+
+def _svg_line(points: Sequence[Sequence[float | None]]) -> str:
+    known = [(float(t), float(v)) for t, v in points if t is not None and v is not None]
+    if not known:
+        return _svg('<text x="20" y="40">no cacheable requests</text>')
+    span = max(t for t, _ in points if t is not None) or 1.0
+    plot_w, plot_h = _W - _PAD - 8, _H - _PAD - 12
+
+    def xy(t: float, v: float) -> str:
+        return f"{_PAD + t / span * plot_w:.1f},{_H - _PAD - v * plot_h:.1f}"
+
+    path = " ".join(xy(t, v) for t, v in known)
+    dots = "".join(
+        f'<circle cx="{xy(t, v).split(",")[0]}" cy="{xy(t, v).split(",")[1]}" r="2.5" fill="#f58518">'
+        f"<title>{t:.2f} s: {v:.0%}</title></circle>"
+        for t, v in known
+    )
+    return _svg(
+        _axes("hit rate")
+        + f'<text x="{_PAD - 4}" y="{_H - _PAD - plot_h + 4:.0f}" text-anchor="end">100%</text>'
+        + f'<text x="{_PAD - 4}" y="{_H - _PAD}" text-anchor="end">0%</text>'
+        + f'<text x="{_W - 8}" y="{_H - _PAD + 14}" text-anchor="end">{span:.1f} s</text>'
+        + f'<polyline points="{path}" fill="none" stroke="#f58518" stroke-width="2"/>{dots}'
+    )
+
+
+def _svg_hbars(labels: Sequence[str], shares: Sequence[float]) -> str:
+    if not labels:
+        return _svg('<text x="20" y="40">no data</text>')
+    row = 22
+    height = row * len(labels) + 16
+    label_w = 180
+    parts = []
+    for i, (label, value) in enumerate(zip(labels, shares, strict=True)):
+        y = 8 + i * row
+        w = value * (_W - label_w - 70)
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">{html.escape(label[:28])}</text>'
+            f'<rect x="{label_w}" y="{y + 2}" width="{w:.1f}" height="{row - 6}" fill="#54a24b"/>'
+            f'<text x="{label_w + w + 6:.1f}" y="{y + 14}">{value:.1%}</text>'
+        )
+    return _svg("".join(parts), height)
