@@ -11,12 +11,15 @@ import math
 import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .stats import usage_tokens
 from .validators import header_table, http_url, label, positive, positive_int, printable
+
+if TYPE_CHECKING:
+    from ._plugins import Stages
 
 __all__ = [
     "CACHE_BYPASS",
@@ -312,6 +315,7 @@ class RequestContext:
     __slots__ = (
         "_json",
         "_model",
+        "_stages",
         "attempts",
         "cache_status",
         "cache_tier",
@@ -329,6 +333,9 @@ class RequestContext:
         "stream",
         "transport",
     )
+
+    #: The pipeline's stage snapshot this request runs with, set when its flow starts (not a plugin's business).
+    _stages: Stages
 
     def __init__(self, request: Any, transport: Any, http: Any, is_async: bool, controls: RequestControls) -> None:
         self.request = request
