@@ -10,7 +10,8 @@ A request flows through::
 Calling conventions
 -------------------
 pluggy only declares these hooks; the pipeline calls the implementations itself, from per-stage lists that it
-rebuilds whenever a plugin is registered or unregistered. pluggy's own call machinery (about 1-2 us per hook)
+builds anew, as one immutable snapshot, whenever a plugin is registered or unregistered (a request keeps the
+snapshot it started with). pluggy's own call machinery (about 1-2 us per hook)
 would be paid seven times per request, and pluggy cannot await ``async def`` implementations. So:
 
 - **the table**: :data:`STAGES` has one row per hook: which implementations run (:data:`ALL`,
@@ -25,9 +26,10 @@ would be paid seven times per request, and pluggy cannot await ``async def`` imp
   directly and runs an awaitable on the pipeline's private event-loop thread (which works, but costs a thread
   hop: a plugin that serves sync clients well returns a plain value when ``ctx.is_async`` is false).
 - **no-I/O hooks** are plain ``def`` and must return quickly: they run on the event loop of async clients.
-- A hook raising an exception fails the request, except in the cache tiers: a tier that raises is treated as a
-  miss (for ``cache_get``) or a dropped write (for ``cache_set``), counted in the stats and logged, because a
-  cache must never fail the caller's request.
+- A hook raising an exception fails the request, except where a stage only optimises or records: a cache tier
+  that raises is treated as a miss (for ``cache_get``) or a dropped write (for ``cache_set``), counted in the
+  stats and logged, because a cache must never fail the caller's request; a ``normalize`` or ``compress`` that
+  raises leaves the request uncached or uncoded (``stats.stage_errors``); an ``observe`` that raises is logged.
 
 Every hook is prefixed ``aurelis_``. A plugin is a class whose instance carries ``@hookimpl`` methods; see
 :mod:`aurelis_core.plugin`, the plugin API, for how a plugin is written and everything it may import.
