@@ -216,9 +216,21 @@ class Pipeline:
         return self._stages.tiers
 
     def register(self, plugin: object, name: str | None = None) -> None:
-        """Register a plugin instance at run time; it takes effect on the next request."""
-        self.plugin_origins[name or type(plugin).__name__] = "instance"
-        self.pm.register(plugin, name)
+        """Register a plugin instance at run time; it takes effect on the next request.
+
+        A plugin the pipeline refuses (a second router) raises :class:`ConfigError` and is not registered.
+        """
+        key = name or type(plugin).__name__
+        before = self.plugin_origins.get(key)
+        self.plugin_origins[key] = "instance"
+        try:
+            self.pm.register(plugin, name)
+        except BaseException:
+            if before is None:
+                del self.plugin_origins[key]
+            else:
+                self.plugin_origins[key] = before
+            raise
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)

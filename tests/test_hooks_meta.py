@@ -103,7 +103,8 @@ def test_a_stage_the_table_says_exactly_one_refuses_a_second_plugin(row: Stage) 
     with pytest.raises(ConfigError, match=f"only one {row.role}"):
         pipeline.register(plugin("two"), "two")
     # Refused whole: not left registered, and the stages the requests run are the ones before.
-    assert pipeline.pm.get_plugin("two") is None and pipeline._stages is before
+    assert pipeline.pm.get_plugin("two") is None and "two" not in pipeline.plugin_origins
+    assert pipeline._stages is before
 
 
 def test_readme_hook_table_is_the_one_stages_generates() -> None:
