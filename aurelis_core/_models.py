@@ -327,6 +327,7 @@ class RequestContext:
     __slots__ = (
         "_json",
         "_model",
+        "_stages",
         "attempts",
         "cache_status",
         "cache_tier",
@@ -344,6 +345,11 @@ class RequestContext:
         "stream",
         "transport",
     )
+
+    #: The pipeline's stage snapshot this request runs with (an ``aurelis_core._plugins.Stages``), set when its
+    #: flow starts; not a plugin's business. Typed ``Any``: naming the registry's class here would make this
+    #: bottom floor import the registry, which imports it (a circle, even if only for the type checker).
+    _stages: Any
 
     def __init__(self, request: Any, transport: Any, http: Any, is_async: bool, controls: RequestControls) -> None:
         self.request = request

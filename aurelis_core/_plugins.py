@@ -12,6 +12,9 @@ Plugins come from two places: the built-in set below (this package's ``aurelis_p
 the group ``aurelis`` of any installed distribution (``mytier = "my_pkg.tier:MyTier"``). Both are found by name
 and imported only when enabled, which keeps ``import aurelis_core`` cheap. ``AURELIS_DISABLE_PLUGINS`` (comma
 separated names) blocks plugins even if the config enables them.
+
+The registry also turns the registered plugins into the pipeline's :class:`Stages`: one immutable snapshot of
+every stage's implementation functions, built from :data:`aurelis_core.hookspecs.STAGES`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -32,7 +36,9 @@ __all__ = [
     "BUILTIN_PLUGINS",
     "AurelisPluginManager",
     "PluginSpec",
+    "Stages",
     "blocked_plugins",
+    "build_stages",
     "discover_plugins",
     "implementers",
 ]
@@ -129,26 +135,142 @@ def instantiate(cls: type, table: Any, pipeline: Any, where: str) -> Any:
 class AurelisPluginManager(pluggy.PluginManager):
     """A pluggy manager that tells its pipeline when the set of plugins changes.
 
-    The pipeline keeps per-stage lists of implementation functions (calling them directly is ~10x cheaper than
-    pluggy's hook call); ``on_change`` rebuilds those lists, so plugins registered or unregistered at any time,
-    through the pipeline or directly on this manager, take effect on the next request.
+    The pipeline keeps a :class:`Stages` snapshot of the implementation functions (calling them directly is
+    ~10x cheaper than pluggy's hook call); ``on_change`` builds a new one, so plugins registered or unregistered
+    at any time, through the pipeline or directly on this manager, take effect on the next request.
+
+    A change and the snapshot built after it happen under one lock: two threads (un)registering at once would
+    otherwise let the one that read the plugins first store its snapshot last, and a plugin registered in
+    between would be left out of it. A change the pipeline refuses (a second router) is undone before the
+    error is raised, so the registered plugins and the snapshot never disagree.
     """
 
     def __init__(self, on_change: Callable[[], None]) -> None:
         super().__init__(hookspecs.PROJECT_NAME)
         self.add_hookspecs(hookspecs)
         self._on_change = on_change
+        self._changing = threading.RLock()
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
-        result = super().register(plugin, name)
-        self.check_pending()
-        self._on_change()
-        return result
+        with self._changing:
+            result = super().register(plugin, name)
+            try:
+                self.check_pending()
+                self._on_change()
+            except BaseException:
+                if result is not None:  # None: a blocked name, nothing was registered
+                    super().unregister(plugin)
+                raise
+            return result
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
-        result = super().unregister(plugin, name)
-        self._on_change()
-        return result
+        with self._changing:
+            if name is None and plugin is not None:
+                name = self.get_name(plugin)
+            result = super().unregister(plugin, name)
+            try:
+                self._on_change()
+            except BaseException:
+                if result is not None:
+                    super().register(result, name)
+                raise
+            return result
+
+
+#: What a stage list holds: a plugin's bound ``@hookimpl`` method.
+Impl = Callable[..., Any]
+
+
+@attrs.frozen
+class Stages:
+    """The implementation functions of every stage, as one immutable snapshot.
+
+    Built in one go by :func:`build_stages`, stored in one attribute of the pipeline and replaced whole when a
+    plugin is registered or unregistered. A request reads it once, when it starts, and keeps it to its end (a
+    stream's end included): it never runs one stage with the old plugins and the next with the new ones.
+
+    Its hook fields are named after the rows of :data:`~aurelis_core.hookspecs.STAGES` (the hook without its
+    ``aurelis_`` prefix); a row without a field here fails the first pipeline built. Their shape follows the
+    row: a tuple of functions in call order; ``(tier name, function)`` pairs for cache tiers (a tier's failures
+    are counted under its name); one function or ``None`` for an ``EXACTLY_ONE`` stage.
+    """
+
+    start: tuple[Impl, ...]
+    close: tuple[Impl, ...]
+    normalize: tuple[Impl, ...]
+    cache_get: tuple[tuple[str, Impl], ...]
+    cache_set: tuple[tuple[str, Impl], ...]
+    route: Impl | None
+    admit: tuple[Impl, ...]
+    compress: tuple[Impl, ...]
+    send: Impl | None
+    attempt_end: tuple[Impl, ...]
+    retry: tuple[Impl, ...]
+    observe: tuple[Impl, ...]
+    # --- derived once here, so the request path does not ---
+    #: The cache tiers' names, in lookup order.
+    tiers: tuple[str, ...]
+    #: The cache tier plugins, in the same order.
+    tier_plugins: tuple[object, ...]
+    #: For promotion: for each tier of ``cache_get``, the setters of the tiers listed before it.
+    setters_above: tuple[tuple[tuple[str, Impl], ...], ...]
+    #: Whether any cache tier is enabled (without one, no key is computed).
+    caching: bool
+    #: The largest entry any tier stores (a tier's ``max_entry_bytes``); ``None`` when one sets no limit or
+    #: there is no tier: an answer announced larger is not buffered at all.
+    entry_limit: int | None
+
+
+def build_stages(
+    pm: pluggy.PluginManager, where: str, endpoints: int = 0, defaults: Mapping[str, Impl] | None = None
+) -> Stages:
+    """The :class:`Stages` of the plugins registered on ``pm``, following :data:`~aurelis_core.hookspecs.STAGES`.
+
+    ``defaults`` maps an ``EXACTLY_ONE`` stage's name to what runs when no plugin implements it (the send
+    engine: the wrapped client's own transport). Raises :class:`ConfigError` (naming ``where``) when two plugins
+    implement an ``EXACTLY_ONE`` stage, or ``endpoints`` > 1 and no router is enabled.
+    """
+    defaults = defaults or {}
+    fields: dict[str, Any] = {}
+    named: dict[str, list[tuple[str, Impl]]] = {}
+    for row in hookspecs.STAGES:
+        impls = getattr(pm.hook, row.hook).get_hookimpls()
+        # pluggy keeps registration order with tryfirst/trylast moved to the ends, and calls in reverse.
+        # We call in config order: registration order, tryfirst first.
+        ordered = sorted(impls, key=lambda i: 0 if i.tryfirst else 2 if i.trylast else 1)
+        pairs = named[row.name] = [(i.plugin_name, i.function) for i in ordered]
+        if row.runs is hookspecs.EXACTLY_ONE:
+            if len(pairs) > 1:
+                raise ConfigError(
+                    f"{where}: only one {row.role} may be enabled, got: {', '.join(n for n, _ in pairs)}"
+                )
+            fields[row.name] = pairs[0][1] if pairs else defaults.get(row.name)
+        elif row.role == "cache tier":
+            fields[row.name] = tuple(pairs)
+        else:
+            fields[row.name] = tuple(f for _, f in pairs)
+    if endpoints > 1 and fields["route"] is None:
+        # Every plugin that can route, third-party ones included; found (which imports each plugin's module)
+        # only now that the error is certain.
+        raise ConfigError(
+            f"{where}: {endpoints} endpoints need a router plugin in 'plugins'; "
+            f"choose one of: {', '.join(implementers('aurelis_route', discover_plugins())) or '(none found)'}"
+        )
+    tiers = tuple(name for name, _ in named["cache_get"])
+    setters = named["cache_set"]
+    order = {name: i for i, name in enumerate(tiers)}
+    limits: list[int | None] = [getattr(pm.get_plugin(name), "max_entry_bytes", None) for name, _ in setters]
+    return Stages(
+        **fields,
+        tiers=tiers,
+        tier_plugins=tuple(pm.get_plugin(name) for name in tiers),
+        setters_above=tuple(
+            tuple((name, fn) for name, fn in setters if order.get(name, len(order)) < index)
+            for index in range(len(tiers))
+        ),
+        caching=bool(tiers),
+        entry_limit=max(limit for limit in limits if limit is not None) if limits and None not in limits else None,
+    )
 
 
 def unknown_plugin(name: str, known: dict[str, PluginSpec], where: str) -> ConfigError:

@@ -10,18 +10,26 @@ A request flows through::
 Calling conventions
 -------------------
 pluggy only declares these hooks; the pipeline calls the implementations itself, from per-stage lists that it
-rebuilds whenever a plugin is registered or unregistered. pluggy's own call machinery (about 1-2 us per hook)
+builds anew, as one immutable snapshot, whenever a plugin is registered or unregistered (a request keeps the
+snapshot it started with). pluggy's own call machinery (about 1-2 us per hook)
 would be paid seven times per request, and pluggy cannot await ``async def`` implementations. So:
 
+- **the table**: :data:`STAGES` has one row per hook: which implementations run (:data:`ALL`,
+  :data:`FIRST_ANSWER`, :data:`EXACTLY_ONE`, or a rule of its own: :data:`UNTIL_HIT`, :data:`LARGEST_WAIT`),
+  whether it may do I/O, and what it is for. It is the single source: the pipeline builds its per-stage lists
+  from it, pluggy's ``firstresult`` markers below are derived from it, and tests check each docstring and the
+  README's hook table against it. Adding a hook means a row here, a hookspec below, and a field of the
+  pipeline's ``Stages`` snapshot (``aurelis_core._plugins``) named after it.
 - **order**: implementations run in the order their plugins are listed in the config's ``plugins``.
 - **I/O hooks** (marked *may do I/O*) may be written as ``def`` or ``async def``, or return an awaitable only
   when ``ctx.is_async`` is true. An async client awaits the result. A sync client calls ``def`` implementations
   directly and runs an awaitable on the pipeline's private event-loop thread (which works, but costs a thread
   hop: a plugin that serves sync clients well returns a plain value when ``ctx.is_async`` is false).
 - **no-I/O hooks** are plain ``def`` and must return quickly: they run on the event loop of async clients.
-- A hook raising an exception fails the request, except in the cache tiers: a tier that raises is treated as a
-  miss (for ``cache_get``) or a dropped write (for ``cache_set``), counted in the stats and logged, because a
-  cache must never fail the caller's request.
+- A hook raising an exception fails the request, except where a stage only optimises or records: a cache tier
+  that raises is treated as a miss (for ``cache_get``) or a dropped write (for ``cache_set``), counted in the
+  stats and logged, because a cache must never fail the caller's request; a ``normalize`` or ``compress`` that
+  raises leaves the request uncached or uncoded (``stats.stage_errors``); an ``observe`` that raises is logged.
 
 Every hook is prefixed ``aurelis_``. A plugin is a class whose instance carries ``@hookimpl`` methods; see
 :mod:`aurelis_core.plugin`, the plugin API, for how a plugin is written and everything it may import.
@@ -29,8 +37,8 @@ Every hook is prefixed ``aurelis_``. A plugin is a class whose instance carries 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import pluggy
 
@@ -40,7 +48,22 @@ if TYPE_CHECKING:
     from ._models import Attempt, CacheEntry, Endpoint, RequestContext
     from ._protocols import Pipeline
 
-__all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
+__all__ = [
+    "ALL",
+    "ASYNC_OR_SYNC",
+    "EXACTLY_ONE",
+    "FIRST_ANSWER",
+    "LARGEST_WAIT",
+    "PROJECT_NAME",
+    "STAGES",
+    "SYNC_ONLY",
+    "UNTIL_HIT",
+    "Rule",
+    "Stage",
+    "hookimpl",
+    "hookspec",
+    "stage",
+]
 
 PROJECT_NAME = "aurelis"
 
@@ -49,32 +72,144 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
+# --- the stage table -------------------------------------------------------------------------------------------
+
+
+class Rule(NamedTuple):
+    """Which implementations of a hook run, and how their answers combine."""
+
+    #: How README's hook table says it.
+    text: str
+    #: The words the hook's docstring states it with (a test checks).
+    says: str
+    #: pluggy's marker: a call stops at the first non-``None`` answer. The pipeline calls the implementations
+    #: itself (in config order, where pluggy calls the last registered first); the marker says the same rule.
+    firstresult: bool
+
+
+#: Every implementation runs, in order.
+ALL = Rule("all, in order", "All implementations run", False)
+#: In order until one returns something other than ``None``: that answer is the stage's.
+FIRST_ANSWER = Rule("first non-`None` answer wins", "First answer wins", True)
+#: At most one plugin may implement it (a second is refused when it is registered); without one, a default.
+EXACTLY_ONE = Rule("exactly one", "Exactly one", True)
+#: Cache tiers, in order, until one returns an entry; the entry is then copied into the tiers before it.
+UNTIL_HIT = Rule("tiers in order until a hit", "stops at the first hit", True)
+#: Every implementation runs; the stage waits for the largest answer (pluggy cannot say this: it is the
+#: pipeline's own rule).
+LARGEST_WAIT = Rule("all; the largest wait wins", "largest wait wins", False)
+
+
+class Style(NamedTuple):
+    """How an implementation may be written."""
+
+    text: str
+    says: str
+
+
+#: May be ``def`` or ``async def`` (or return an awaitable only when ``ctx.is_async``): an I/O hook.
+ASYNC_OR_SYNC = Style("`def` or `async def`", "``def`` or ``async def``")
+#: A plain ``def`` that returns quickly: it runs on the event loop of async clients.
+SYNC_ONLY = Style("`def`", "sync only")
+
+
+class Stage(NamedTuple):
+    """One hook of the request path or the life cycle: a row of :data:`STAGES`."""
+
+    #: The hook's name (``aurelis_`` + the pipeline's name for the stage).
+    hook: str
+    #: Which implementations run.
+    runs: Rule
+    #: When, and how often, it is called.
+    when: str
+    #: ``def`` or ``async def``.
+    style: Style
+    #: Whether an implementation may do I/O.
+    io: bool
+    #: What it is for, in one line.
+    purpose: str
+    #: What one implementation is called in messages ("only one router may be enabled").
+    role: str = "plugin"
+
+    @property
+    def name(self) -> str:
+        """The stage's name without the ``aurelis_`` prefix: the field of the pipeline's snapshot."""
+        return self.hook[len(PROJECT_NAME) + 1:]
+
+
+#: The hooks in the order a pipeline meets them: the single source for the pipeline's stage lists, the pluggy
+#: markers, the docstring tests and README's hook table.
+STAGES: tuple[Stage, ...] = (
+    Stage("aurelis_start", ALL, "once, before the first request", ASYNC_OR_SYNC, True,
+          "prepare: open connections, warm caches, start background work"),
+    Stage("aurelis_close", ALL, "once, at close; the others still run if one raises", ASYNC_OR_SYNC, True,
+          "release: flush write-behind queues, close pools"),
+    Stage("aurelis_normalize", FIRST_ANSWER, "per request, when a cache tier is enabled", SYNC_ONLY, False,
+          "the request's cache key, or `None`: not cacheable"),
+    Stage("aurelis_cache_get", UNTIL_HIT, "per request with a key; a hit is promoted upward", ASYNC_OR_SYNC,
+          True, "look the key up in one cache tier", "cache tier"),
+    Stage("aurelis_cache_set", ALL, "per storable answer, and per promotion", ASYNC_OR_SYNC, True,
+          "store an answer in one cache tier", "cache tier"),
+    Stage("aurelis_route", EXACTLY_ONE, "per attempt, when endpoints are configured", SYNC_ONLY, False,
+          "pick the endpoint of the next attempt", "router"),
+    Stage("aurelis_admit", LARGEST_WAIT, "per attempt", ASYNC_OR_SYNC, True,
+          "seconds the attempt must wait: rate limits, concurrency"),
+    Stage("aurelis_compress", ALL, "per attempt", SYNC_ONLY, False,
+          "transform the outgoing request (content coding)"),
+    Stage("aurelis_send", EXACTLY_ONE, "per attempt; without one, the client's own transport", ASYNC_OR_SYNC,
+          True, "send the request, return the response once its headers arrived", "send engine"),
+    Stage("aurelis_attempt_end", ALL, "exactly once per attempt (also on cancel, timeout, stream end)",
+          SYNC_ONLY, False, "learn an attempt's outcome: routers, breakers, rate limiters"),
+    Stage("aurelis_retry", FIRST_ANSWER, "after a failed attempt that may be sent again", SYNC_ONLY, False,
+          "seconds to wait before another attempt, or `None`: no retry"),
+    Stage("aurelis_observe", ALL, "exactly once per request (streams: when they end)", SYNC_ONLY, False,
+          "record the finished request: metrics, reports"),
+)
+
+_BY_HOOK = {row.hook: row for row in STAGES}
+
+
+def stage(hook: str) -> Stage:
+    """The row of :data:`STAGES` for ``hook`` (``KeyError`` if it is not a hook)."""
+    return _BY_HOOK[hook]
+
+
+_Spec = TypeVar("_Spec", bound=Callable[..., Any])
+
+
+def _spec(function: _Spec) -> _Spec:
+    """``@hookspec`` with the markers :data:`STAGES` says for this hook, so the two cannot disagree."""
+    marked: _Spec = hookspec(firstresult=_BY_HOOK[function.__name__].runs.firstresult)(function)
+    return marked
+
+
 # --- life cycle ----------------------------------------------------------------------------------------------
 
 
-@hookspec
+@_spec
 def aurelis_start(pipeline: Pipeline) -> Awaitable[None] | None:
     """Prepare before the first request: open connections, warm caches, start background work.
 
-    All implementations run, in order. May do I/O. Called once per pipeline, by ``Pipeline.start()`` /
-    ``Pipeline.astart()``, or by the first request (in the client's own mode: sync or async) if the user did
-    not call either. ``pipeline.is_async`` tells which mode it is started in.
+    All implementations run, in order. May do I/O (``def`` or ``async def``). Called once per pipeline, by
+    ``Pipeline.start()`` / ``Pipeline.astart()``, or by the first request (in the client's own mode: sync or
+    async) if the user did not call either. ``pipeline.is_async`` tells which mode it is started in.
     """
 
 
-@hookspec
+@_spec
 def aurelis_close(pipeline: Pipeline) -> Awaitable[None] | None:
     """Release what ``aurelis_start`` or the requests acquired: flush write-behind queues, close pools.
 
-    All implementations run, in order, even if one raises (the first error is re-raised after). May do I/O.
-    Called once, by ``Pipeline.close()`` / ``Pipeline.aclose()`` (which closing an instrumented client calls).
+    All implementations run, in order, even if one raises (the first error is re-raised after). May do I/O
+    (``def`` or ``async def``). Called once, by ``Pipeline.close()`` / ``Pipeline.aclose()`` (which closing an
+    instrumented client calls).
     """
 
 
 # --- per request ---------------------------------------------------------------------------------------------
 
 
-@hookspec(firstresult=True)
+@_spec
 def aurelis_normalize(ctx: RequestContext) -> str | None:
     """Return the request's cache key, or ``None`` if the request must not be cached.
 
@@ -86,27 +221,29 @@ def aurelis_normalize(ctx: RequestContext) -> str | None:
     """
 
 
-@hookspec
+@_spec
 def aurelis_cache_get(ctx: RequestContext) -> CacheEntry | Awaitable[CacheEntry | None] | None:
     """Look ``ctx.key`` up in this cache tier: return the entry, or ``None`` on a miss.
 
     One implementation per tier; the pipeline asks the tiers in order and stops at the first hit, then
     promotes the entry into the tiers before the one that answered (``aurelis_cache_set`` with
-    ``promote=True``). May do I/O. An expired entry is a miss. An exception counts as a miss.
+    ``promote=True``). May do I/O (``def`` or ``async def``). An expired entry is a miss. An exception counts
+    as a miss.
     """
 
 
-@hookspec
+@_spec
 def aurelis_cache_set(ctx: RequestContext, entry: CacheEntry, promote: bool) -> Awaitable[None] | None:
     """Store ``entry`` under ``ctx.key`` in this cache tier.
 
-    All tiers run, in order (``promote`` is true when the entry was found in a lower tier and is copied up).
-    May do I/O; slow tiers should not hold up the response (queue the write). An exception is counted and
-    dropped. Only complete 2xx responses that the request allows to be stored ever reach this hook.
+    All implementations run (one per tier), in order (``promote`` is true when the entry was found in a lower
+    tier and is copied up). May do I/O (``def`` or ``async def``); slow tiers should not hold up the response
+    (queue the write). An exception is counted and dropped. Only complete 2xx responses that the request
+    allows to be stored ever reach this hook.
     """
 
 
-@hookspec(firstresult=True)
+@_spec
 def aurelis_route(ctx: RequestContext) -> Endpoint | None:
     """Pick the endpoint for the next attempt (``len(ctx.attempts)`` attempts were made before it).
 
@@ -117,16 +254,17 @@ def aurelis_route(ctx: RequestContext) -> Endpoint | None:
     """
 
 
-@hookspec
+@_spec
 def aurelis_admit(ctx: RequestContext, attempt: Attempt) -> float | Awaitable[float | None] | None:
     """Return how many seconds this attempt must wait before it may be sent, or ``None`` to send now.
 
-    All implementations run; the pipeline waits for the largest answer. May do I/O (a shared limit in Redis).
+    All implementations run and the largest wait wins: the pipeline waits for the largest answer. May do I/O
+    (``def`` or ``async def``: a shared limit in Redis).
     An implementation that cannot admit the attempt within its bound raises an error for the caller.
     """
 
 
-@hookspec
+@_spec
 def aurelis_compress(ctx: RequestContext, attempt: Attempt) -> None:
     """Transform the outgoing request (content coding): replace ``ctx.request`` if it changes it.
 
@@ -134,16 +272,17 @@ def aurelis_compress(ctx: RequestContext, attempt: Attempt) -> None:
     """
 
 
-@hookspec(firstresult=True)
+@_spec
 def aurelis_send(ctx: RequestContext, attempt: Attempt) -> Any:
     """Send ``ctx.request`` and return the response (headers received; the body may still be streaming).
 
     Exactly one send engine may be enabled; without one the wrapped client's own transport sends.
-    May do I/O: return the response, or an awaitable of it when ``ctx.is_async``. Raise httpx's exception types.
+    May do I/O (``def`` or ``async def``): return the response, or an awaitable of it when ``ctx.is_async``.
+    Raise httpx's exception types.
     """
 
 
-@hookspec
+@_spec
 def aurelis_attempt_end(ctx: RequestContext, attempt: Attempt) -> None:
     """An attempt is over: ``attempt.error`` is set, or its response's body was read or closed.
 
@@ -152,7 +291,7 @@ def aurelis_attempt_end(ctx: RequestContext, attempt: Attempt) -> None:
     """
 
 
-@hookspec(firstresult=True)
+@_spec
 def aurelis_retry(ctx: RequestContext, attempt: Attempt) -> float | None:
     """Decide whether to try again after a failed attempt: seconds to wait before the next one, or ``None``.
 
@@ -163,7 +302,7 @@ def aurelis_retry(ctx: RequestContext, attempt: Attempt) -> float | None:
     """
 
 
-@hookspec
+@_spec
 def aurelis_observe(ctx: RequestContext) -> None:
     """The request is over (for a streamed body: when the stream ended or was closed). Record what happened.
 

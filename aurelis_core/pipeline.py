@@ -8,7 +8,11 @@ it: the async one awaits what is yielded, the sync one gets plain values from pl
 and the sync path pays nothing for the async one: a sync send never yields at all.
 
 Cost matters here: a cache hit is one dict lookup away, so every per-request step avoids allocations and
-pluggy's call machinery (the stage lists below hold the plain implementation functions).
+pluggy's call machinery (the stage lists hold the plain implementation functions).
+
+The stage lists are one immutable snapshot (:class:`~aurelis_core._plugins.Stages`), replaced whole when a
+plugin is (un)registered. A request reads it once, when it starts, into ``ctx._stages`` and locals: it runs all
+its stages with the plugins of that moment, even while another thread changes them.
 """
 
 from __future__ import annotations
@@ -41,9 +45,10 @@ from ._models import (
 from ._plugins import (
     AurelisPluginManager,
     PluginSpec,
+    Stages,
     blocked_plugins,
+    build_stages,
     discover_plugins,
-    implementers,
     instantiate,
     unknown_plugin,
 )
@@ -60,8 +65,21 @@ __all__ = ["Flow", "Pipeline"]
 
 logger = logging.getLogger("aurelis")
 
-#: Stages that take exactly one implementation.
-SINGLE_STAGES = {"aurelis_route": "router", "aurelis_send": "send engine"}
+def __getattr__(name: str) -> Any:
+    # SINGLE_STAGES was a hand-kept copy of what hookspecs.STAGES now says (rule EXACTLY_ONE, and the role).
+    if name == "SINGLE_STAGES":
+        import warnings
+
+        from .hookspecs import EXACTLY_ONE, STAGES
+
+        warnings.warn(
+            "aurelis_core.pipeline.SINGLE_STAGES is deprecated: read aurelis_core.hookspecs.STAGES "
+            "(rows whose runs is EXACTLY_ONE; their role)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return {row.hook: row.role for row in STAGES if row.runs is EXACTLY_ONE}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: Response headers a cache entry does not keep: per-connection, per-client or per-call, not per-answer.
 UNSTORED_HEADERS = frozenset(
@@ -120,6 +138,8 @@ class Pipeline:
         #: Upstream calls in flight that identical requests join (single-flight, see ``_coalesce``).
         self._flights = Flights(self.bridge)
         self._building = True
+        #: Every stage's implementations: one immutable snapshot, replaced whole (see ``_rebuild``).
+        self._stages: Stages
         self.pm = AurelisPluginManager(self._rebuild)
         self._load_plugins(list(plugins))
         self._building = False
@@ -178,65 +198,38 @@ class Pipeline:
         self.pm.register(plugin, spec.name)
 
     def _rebuild(self) -> None:
-        """Refresh the per-stage lists of implementation functions (called on every (un)register)."""
+        """Build a new stage snapshot from the registered plugins (called on every (un)register).
+
+        The snapshot is built whole, then stored with one assignment: a request that read the old one goes on
+        with it, the next request gets the new one, and none sees a mixture.
+        """
         if self._building:
             return
-        stages: dict[str, list[tuple[str, Callable[..., Any]]]] = {}
-        for hook_name in (
-            "aurelis_normalize", "aurelis_cache_get", "aurelis_cache_set", "aurelis_route", "aurelis_admit",
-            "aurelis_compress", "aurelis_send", "aurelis_attempt_end", "aurelis_retry", "aurelis_observe",
-            "aurelis_start", "aurelis_close",
-        ):
-            impls = getattr(self.pm.hook, hook_name).get_hookimpls()
-            # pluggy keeps registration order with tryfirst/trylast moved to the ends, and calls in reverse.
-            # We call in config order: registration order, tryfirst first.
-            ordered = sorted(impls, key=lambda i: 0 if i.tryfirst else 2 if i.trylast else 1)
-            stages[hook_name] = [(i.plugin_name, i.function) for i in ordered]
-            if hook_name in SINGLE_STAGES and len(ordered) > 1:
-                names = ", ".join(n for n, _ in stages[hook_name])
-                raise ConfigError(
-                    f"{self.config.source}: only one {SINGLE_STAGES[hook_name]} may be enabled, got: {names}"
-                )
-        if len(self.endpoints) > 1 and not stages["aurelis_route"]:
-            # Every plugin that can route, third-party ones included; found (which imports each plugin's module)
-            # only now that the error is certain.
-            raise ConfigError(
-                f"{self.config.source}: {len(self.endpoints)} endpoints need a router plugin in 'plugins'; "
-                f"choose one of: {', '.join(implementers('aurelis_route', discover_plugins())) or '(none found)'}"
-            )
-        self._normalize = [f for _, f in stages["aurelis_normalize"]]
-        self._tiers_get = stages["aurelis_cache_get"]
-        self._tiers_set = stages["aurelis_cache_set"]
-        self.tiers: tuple[str, ...] = tuple(n for n, _ in self._tiers_get)
-        # For promotion: the setters of the tiers listed before each getter's tier.
-        order = {name: i for i, name in enumerate(self.tiers)}
-        self._setters_above = [
-            [(name, fn) for name, fn in self._tiers_set if order.get(name, len(order)) < index]
-            for index in range(len(self.tiers))
-        ]
-        self._route = stages["aurelis_route"][0][1] if stages["aurelis_route"] else None
-        self._admit = [f for _, f in stages["aurelis_admit"]]
-        self._compress = [f for _, f in stages["aurelis_compress"]]
-        self._send = stages["aurelis_send"][0][1] if stages["aurelis_send"] else _send_with_inner
-        self._attempt_end = [f for _, f in stages["aurelis_attempt_end"]]
-        self._retry = [f for _, f in stages["aurelis_retry"]]
-        self._observe = [f for _, f in stages["aurelis_observe"]]
-        self._start_hooks = [f for _, f in stages["aurelis_start"]]
-        self._close_hooks = [f for _, f in stages["aurelis_close"]]
-        self._caching = bool(self._tiers_get)
-        # The largest entry any tier stores (a tier's ``max_entry_bytes``; ``None`` when one sets no limit): an
-        # answer announced larger is not buffered at all (see _fetch).
-        limits: list[int | None] = [
-            getattr(self.pm.get_plugin(name), "max_entry_bytes", None) for name, _ in self._tiers_set
-        ]
-        self._entry_limit: int | None = None
-        if limits and None not in limits:
-            self._entry_limit = max(limit for limit in limits if limit is not None)
+        self._stages = build_stages(
+            self.pm, self.config.source, len(self.endpoints), defaults={"send": _send_with_inner}
+        )
+
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        """The names of the cache tier plugins, in the order a lookup asks them."""
+        return self._stages.tiers
 
     def register(self, plugin: object, name: str | None = None) -> None:
-        """Register a plugin instance at run time; it takes effect on the next request."""
-        self.plugin_origins[name or type(plugin).__name__] = "instance"
-        self.pm.register(plugin, name)
+        """Register a plugin instance at run time; it takes effect on the next request.
+
+        A plugin the pipeline refuses (a second router) raises :class:`ConfigError` and is not registered.
+        """
+        key = name or type(plugin).__name__
+        before = self.plugin_origins.get(key)
+        self.plugin_origins[key] = "instance"
+        try:
+            self.pm.register(plugin, name)
+        except BaseException:
+            if before is None:
+                del self.plugin_origins[key]
+            else:
+                self.plugin_origins[key] = before
+            raise
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
@@ -255,7 +248,7 @@ class Pipeline:
         What plugins and tools find a tier by, by capability rather than by name (the Protocols of
         :mod:`aurelis_core.plugin`): ``[t for t in pipeline.cache_tiers() if isinstance(t, ShrinkableTier)]``.
         """
-        return tuple(self.pm.get_plugin(name) for name in self.tiers)
+        return self._stages.tier_plugins
 
     # --- wrapping clients --------------------------------------------------------------------------------------
 
@@ -273,7 +266,7 @@ class Pipeline:
 
     # --- life cycle --------------------------------------------------------------------------------------------
 
-    def _lifecycle(self, hooks: list[Callable[..., Any]], is_async: bool, collect_errors: bool) -> Flow:
+    def _lifecycle(self, hooks: Sequence[Callable[..., Any]], is_async: bool, collect_errors: bool) -> Flow:
         self.is_async = is_async
         first_error: BaseException | None = None
         for hook in hooks:
@@ -293,13 +286,13 @@ class Pipeline:
         """Run the plugins' start hooks for sync use (the first request does it if you don't)."""
         if not self._started:
             self._started = True
-            drive_sync(self._lifecycle(self._start_hooks, False, False), self.bridge)
+            drive_sync(self._lifecycle(self._stages.start, False, False), self.bridge)
 
     async def astart(self) -> None:
         """Run the plugins' start hooks for async use (the first request does it if you don't)."""
         if not self._started:
             self._started = True
-            await drive_async(self._lifecycle(self._start_hooks, True, False))
+            await drive_async(self._lifecycle(self._stages.start, True, False))
 
     def close(self) -> None:
         """Flush and release everything the plugins hold. Idempotent."""
@@ -307,7 +300,7 @@ class Pipeline:
             return
         self._closed = True
         try:
-            drive_sync(self._lifecycle(self._close_hooks, False, True), self.bridge)
+            drive_sync(self._lifecycle(self._stages.close, False, True), self.bridge)
         finally:
             self.bridge.stop()
 
@@ -317,7 +310,7 @@ class Pipeline:
             return
         self._closed = True
         try:
-            await drive_async(self._lifecycle(self._close_hooks, True, True))
+            await drive_async(self._lifecycle(self._stages.close, True, True))
         finally:
             self.bridge.stop()
 
@@ -325,15 +318,18 @@ class Pipeline:
 
     def flow(self, ctx: RequestContext) -> Flow:
         """Run one request through every stage. See the module docstring for how it is driven."""
+        # The one read of the stage snapshot for this request: every stage, down to the end of a stream, runs
+        # the implementations of this moment (the helpers read ctx._stages, or are handed ``stages``).
+        ctx._stages = stages = self._stages
         try:
             if not self._started:
                 self._started = True
-                yield from self._lifecycle(self._start_hooks, ctx.is_async, False)
-            if self._caching:
+                yield from self._lifecycle(stages.start, ctx.is_async, False)
+            if stages.caching:
                 ctx.controls = controls = _controls_of(ctx)
                 if not controls.skip:
                     try:
-                        for normalize in self._normalize:
+                        for normalize in stages.normalize:
                             key = normalize(ctx)
                             if key is not None:
                                 ctx.key = key
@@ -346,7 +342,7 @@ class Pipeline:
             key = ctx.key
             if key is not None:
                 if not ctx.controls.refresh:
-                    entry = yield from self._cache_lookup(ctx)
+                    entry = yield from self._cache_lookup(ctx, stages)
                     if entry is not None:
                         response = self._replay(ctx, entry)
                         self._finish(ctx, entry)
@@ -377,7 +373,7 @@ class Pipeline:
                 return self._tee(ctx, response, attempt, flight or self._flights.solo(ctx.is_async))
             # The headers an entry keeps, None when the answer may not be stored, TOO_LARGE when it announces more
             # bytes than any tier stores: then it is not buffered, only shared with followers as it streams.
-            stored = _stored_headers(ctx, response, self._entry_limit) if key is not None else None
+            stored = _stored_headers(ctx, response, ctx._stages.entry_limit) if key is not None else None
             if stored is TOO_LARGE:
                 if flight is None or self._flights.release_alone(flight):
                     return self._pass_through(ctx, response, attempt)
@@ -395,7 +391,7 @@ class Pipeline:
                 flight.publish(response.status_code, header_items(response.headers), response.extensions, body)
             if stored is not None:
                 entry = CacheEntry(response.status_code, stored, body, ttl=ctx.controls.ttl)
-                yield from self._cache_store(ctx, entry, self._tiers_set, promote=False)
+                yield from self._cache_store(ctx, entry, ctx._stages.cache_set, promote=False)
         finally:
             if flight is not None:
                 self._flights.remove(flight)
@@ -439,9 +435,10 @@ class Pipeline:
         """Hand a body over chunk by chunk, shared with ``flight``'s followers. An event stream is stored at its
         end if it completed cleanly (see :mod:`._sse`) and fits a tier; it is held once, as the chunks the
         callers were handed (the entry's body is joined only if someone reads it)."""
+        stages = ctx._stages
         stored = None
         if storable and is_event_stream(upstream.headers):
-            stored = _stored_headers(ctx, upstream, self._entry_limit)
+            stored = _stored_headers(ctx, upstream, stages.entry_limit)
         if stored is TOO_LARGE:
             stored, storable = None, False
 
@@ -455,9 +452,9 @@ class Pipeline:
             if not stream_complete(tail(chunks)):
                 return None
             entry = CacheEntry(upstream.status_code, stored, b"", chunks=chunks, ttl=ctx.controls.ttl)
-            return self._cache_store(ctx, entry, self._tiers_set, promote=False)
+            return self._cache_store(ctx, entry, stages.cache_set, promote=False)
 
-        flight.start_stream(upstream, upstream.extensions, on_end, self._entry_limit if storable else 0)
+        flight.start_stream(upstream, upstream.extensions, on_end, stages.entry_limit if storable else 0)
         return self._flight_response(ctx, flight, upstream.extensions)
 
     def _flight_response(self, ctx: RequestContext, flight: Flight, extensions: Mapping[str, Any]) -> Any:
@@ -475,8 +472,8 @@ class Pipeline:
             self._extensions(ctx, extensions),
         )
 
-    def _cache_lookup(self, ctx: RequestContext) -> Generator[Any, Any, CacheEntry | None]:
-        for index, (tier, get) in enumerate(self._tiers_get):
+    def _cache_lookup(self, ctx: RequestContext, stages: Stages) -> Generator[Any, Any, CacheEntry | None]:
+        for index, (tier, get) in enumerate(stages.cache_get):
             try:
                 entry = get(ctx)
                 # The type check first: isawaitable's ABC check on a plain entry costs ~0.15 us.
@@ -491,7 +488,7 @@ class Pipeline:
                 ctx.entry = entry
                 entry.hits += 1
                 if index:
-                    yield from self._cache_store(ctx, entry, self._setters_above[index], promote=True)
+                    yield from self._cache_store(ctx, entry, stages.setters_above[index], promote=True)
                 return entry  # type: ignore[no-any-return]
         return None
 
@@ -499,7 +496,7 @@ class Pipeline:
         self,
         ctx: RequestContext,
         entry: CacheEntry,
-        setters: list[tuple[str, Callable[..., Any]]],
+        setters: Sequence[tuple[str, Callable[..., Any]]],
         promote: bool,
     ) -> Flow:
         for tier, store in setters:
@@ -536,16 +533,19 @@ class Pipeline:
     def _attempts(self, ctx: RequestContext) -> Generator[Any, Any, tuple[Any, Attempt]]:
         """Route, admit, compress and send until an attempt succeeds or retry gives up."""
         endpoints = self.endpoints
+        stages = ctx._stages
+        route, send = stages.route, stages.send
+        assert send is not None  # the default engine fills it (see _rebuild)
         while True:
             endpoint: Endpoint | None = None
             if endpoints:
-                endpoint = self._route(ctx) if self._route is not None else endpoints[0]
+                endpoint = route(ctx) if route is not None else endpoints[0]
             attempt = Attempt(len(ctx.attempts) + 1, endpoint)
             ctx.attempts.append(attempt)
             try:
                 ctx.request = _rewrite(ctx, endpoint, endpoints) if endpoint is not None else ctx.original
                 wait = 0.0
-                for admit in self._admit:
+                for admit in stages.admit:
                     answer = admit(ctx, attempt)
                     if answer is not None and isawaitable(answer):
                         answer = yield answer
@@ -553,14 +553,14 @@ class Pipeline:
                         wait = max(wait, answer)
                 if wait > 0 and (sleeping := _sleep(ctx, wait)) is not None:
                     yield sleeping
-                for compress in self._compress:
+                for compress in stages.compress:
                     before = ctx.request
                     try:
                         compress(ctx, attempt)
                     except Exception:
                         ctx.request = before  # a body it cannot encode is sent as it is
                         self._stage_failed("compress", compress)
-                response = self._send(ctx, attempt)
+                response = send(ctx, attempt)
                 # A response is the usual answer for either driver; isawaitable's ABC check costs ~0.15 us.
                 if not isinstance(response, ctx.http.Response) and isawaitable(response):
                     response = yield response
@@ -576,7 +576,7 @@ class Pipeline:
             attempt.first_byte = time.perf_counter()
             attempt.status_code = response.status_code
             attempt.headers = response.headers
-            if response.status_code >= 400 and self._retry:
+            if response.status_code >= 400 and stages.retry:
                 delay = self._retry_delay(ctx, attempt)
                 if delay is not None:
                     try:
@@ -591,7 +591,7 @@ class Pipeline:
             return response, attempt
 
     def _retry_delay(self, ctx: RequestContext, attempt: Attempt) -> float | None:
-        hooks = self._retry
+        hooks = ctx._stages.retry
         if not hooks:
             return None
         # Whatever a retry hook would answer, a request whose body was a one-shot stream or that is signed for
@@ -611,7 +611,7 @@ class Pipeline:
         if attempt.finished is not None:
             return
         attempt.finished = time.perf_counter()
-        for end in self._attempt_end:
+        for end in ctx._stages.attempt_end:
             end(ctx, attempt)
 
     def _read(self, ctx: RequestContext, response: Any, attempt: Attempt) -> Generator[Any, Any, bytes]:
@@ -640,7 +640,7 @@ class Pipeline:
         ``hit`` is the cache entry that answered, so the stats can count the tokens it saved.
         """
         self.stats.record(ctx, time.perf_counter(), hit)
-        for observe in self._observe:
+        for observe in ctx._stages.observe:
             try:
                 observe(ctx)
             except Exception:
@@ -653,7 +653,7 @@ class Pipeline:
 
         A few (status, tier) pairs occur, so each list is made once; callers concatenate it, never mutate it.
         """
-        if not self._caching:
+        if not ctx._stages.caching:
             return []
         status, tier = ctx.cache_status, ctx.cache_tier
         headers = _INFO_HEADERS.get((status, tier))
