@@ -23,7 +23,8 @@ then a newline, then the canonical body)::
 Requests that cannot be keyed safely get no key and pass through uncached, never rejected: not a POST to a
 configured path, not a UTF-8 JSON object body (RFC 8259 JSON is UTF-8), a body that is still a stream, a body
 with a duplicated object key (upstreams disagree on which value wins: some read the first, we would key the
-last), a body nested too deeply to parse, JSON's non-standard ``NaN``/``Infinity``.
+last), a body that nests objects and arrays more than ``MAX_DEPTH`` (100) levels deep, JSON's non-standard
+``NaN``/``Infinity``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ _CANONICAL = msgspec.json.Encoder(order="sorted", decimal_format="number")
 #: Integral values with at most this many digits become ints; longer ones (``1e999999999``) stay decimals, so a
 #: hostile exponent cannot make the parser build a gigantic integer.
 _MAX_INT_DIGITS = 1000
+#: Bodies that nest objects and arrays deeper than this are not cached. Without a fixed bound, whether a deep
+#: body got a key would depend on how much stack the caller had left (the parser stops at Python's recursion
+#: limit), so the same request could be cached in one process and not in another. Chat bodies with nested tool
+#: schemas stay well within it.
+MAX_DEPTH = 100
 #: The only way a colon can reach a string without a literal ``:`` in the body (see ``_has_duplicate_keys``).
 _ESCAPED_COLONS = (b"\\u003a", b"\\u003A")
 
@@ -240,7 +246,7 @@ class Normalize:
             # Not JSON, not UTF-8, JSON's non-standard NaN/Infinity (DecodeError), a lone surrogate in a string
             # (an encode error), nested too deeply (RecursionError): no key, the request passes through.
             return _NOT_CACHEABLE
-        if _has_duplicate_keys(body, canonical):
+        if _has_duplicate_keys(body, canonical) or _too_deep(body, data):
             return _NOT_CACHEABLE
         ctx.json = data
         model = data.get("model")
@@ -262,6 +268,25 @@ class Normalize:
         )
         key = hashlib.blake2b(head + b"\n" + canonical, digest_size=20).hexdigest()
         return key, model if isinstance(model, str) else None, stream
+
+
+def _too_deep(body: bytes, data: Any) -> bool:
+    """Whether ``data`` (parsed from ``body``) nests deeper than :data:`MAX_DEPTH`."""
+    # Two C-speed counts first: a body with fewer brackets than the bound cannot nest beyond it, which spares
+    # the usual request the walk below.
+    if body.count(b"{") + body.count(b"[") <= MAX_DEPTH:
+        return False
+    level: list[Any] = [data]
+    for _ in range(MAX_DEPTH):  # breadth first, one level a turn: no recursion, whatever the depth
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _scope_pair(pair: tuple[bytes, bytes]) -> tuple[bytes, bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from fractions import Fraction
@@ -150,7 +151,8 @@ def test_decimals_are_exact_and_integral_values_are_integers() -> None:
 
 
 @pytest.mark.parametrize("raw", [b'{"model":"a","model":"b"}', b'{"m":{"t":1,"t":1}}',
-                                 b'{"a":[{"x":":","x":2}]}', b'{"a":"\\u003a","a":1}', b'{"a":"\\u003A"}'])
+                                 b'{"a":[{"x":":","x":2}]}', b'{"a":"\\u003a","a":1}', b'{"a":"\\u003A"}',
+                                 b'{"a":"b","a":"\\u003a"}'])
 def test_bodies_with_a_repeated_key_are_not_cached(raw: bytes) -> None:
     # Upstreams disagree on which of the repeated values wins; a key of either could serve the wrong answer.
     assert key_of(raw) is None
@@ -164,6 +166,35 @@ def test_colons_inside_strings_do_not_look_like_repeated_keys() -> None:
                                  b'{"a":' * 5000 + b"1" + b"}" * 5000])
 def test_bodies_that_cannot_be_keyed_safely_get_no_key(raw: bytes) -> None:
     assert key_of(raw) is None
+
+
+def nested(depth: int) -> bytes:
+    """An object ``depth`` containers deep, objects and arrays in turn, beside a shallow field."""
+    opening = b"".join(b'{"a":' if level % 2 == 0 else b"[" for level in range(depth))
+    closing = b"".join(b"}" if level % 2 == 0 else b"]" for level in reversed(range(depth)))
+    return b'{"model":"m","deep":' + opening + b"1" + closing + b"}"
+
+
+def test_the_depth_bound_is_fixed_not_the_stack_left() -> None:
+    from aurelis_plugins.normalize import MAX_DEPTH
+
+    within, beyond = nested(MAX_DEPTH - 1), nested(MAX_DEPTH)  # the top object is one level more
+    assert key_of(within) is not None and key_of(beyond) is None
+    # However much stack the caller has, the answer is the same.
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)
+    try:
+        assert key_of(beyond) is None and key_of(nested(3000)) is None and key_of(within) is not None
+    finally:
+        sys.setrecursionlimit(old)
+
+
+def test_whitespace_is_kept_in_the_key_unless_folding_is_asked_for() -> None:
+    spaced = {"model": "m", "messages": [{"role": "user", "content": "a  b"}]}
+    single = {"model": "m", "messages": [{"role": "user", "content": "a b"}]}
+    assert key_of(spaced) != key_of(single)
+    folding = normalizer({"normalize": {"fold_whitespace": True}})
+    assert key_of(spaced, plugin=folding) == key_of(single, plugin=folding)
 
 
 class DeepBodyUpstream:
