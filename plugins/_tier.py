@@ -13,10 +13,11 @@ import logging
 from typing import Any
 
 import attrs
-from aurelis_plugins._warm import copy_into_first_tier
-from aurelis_plugins._writebehind import HitCounts, WriteBehind
 
 from aurelis_core.plugin import CacheEntry, hookimpl, positive_int
+
+from ._warm import copy_into_first_tier
+from ._writebehind import HitCounts, WriteBehind
 
 __all__ = ["WarmConfig", "WriteBehindTier"]
 

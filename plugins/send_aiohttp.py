@@ -50,7 +50,6 @@ __all__ = ["AiohttpConfig", "AiohttpEngine"]
 _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 
 
-
 @attrs.frozen
 class AiohttpConfig:
     #: Most connections open at once, over all hosts (per event loop).

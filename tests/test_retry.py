@@ -14,12 +14,12 @@ import httpx
 import httpx2
 import openai
 import pytest
-from aurelis_plugins import retry as retry_module
-from aurelis_plugins.retry import Retry, RetryConfig, RetryState
 
 import aurelis_core
 from aurelis_core import Attempt, ConfigError, Endpoint, Pipeline, RequestContext, RequestControls, hookimpl
 from aurelis_core.health import EndpointUnavailable, retry_after
+from aurelis_plugins import retry as retry_module
+from aurelis_plugins.retry import Retry, RetryConfig, RetryState
 
 BODY = {"model": "sim-chat", "messages": [{"role": "user", "content": "hello there"}]}
 

@@ -49,7 +49,6 @@ from aurelis_core.plugin import (
     RequestContext,
     hookimpl,
     non_negative_int,
-    positive,
     positive_int,
 )
 
@@ -61,7 +60,6 @@ __all__ = [
     "failed_endpoints",
     "latency_sample",
     "outcome",
-    "positive",
     "request_profile",
 ]
 
@@ -77,9 +75,6 @@ BYTES_PER_TOKEN = 4
 
 #: Statuses that count against the endpoint (the rest of 4xx blame the request, not where it was sent).
 FAILURE_STATUSES = frozenset({401, 403, 408, 429})
-
-
-
 
 
 @attrs.frozen
