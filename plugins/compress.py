@@ -63,7 +63,6 @@ __all__ = ["BrotliCompression", "BrotliConfig", "CompressConfig", "GzipCompressi
 MAX_DECISIONS = 4096
 
 
-
 @attrs.frozen
 class CompressConfig:
     #: Endpoint names or hosts (``host`` or ``host:port``) whose requests are compressed; empty: all.
@@ -136,7 +135,10 @@ class _WireCompression:
             self.codec: Codec = get_codec(self.codec_name, config.level)
         except ImportError as exc:
             raise ConfigError(f"plugin {self.name!r}: {exc}") from None
-        self.token = self.codec.http_token.encode()  # type: ignore[union-attr]
+        token = self.codec.http_token
+        if token is None:  # a codec for values at rest only (lz4): no server would decode it
+            raise ConfigError(f"plugin {self.name!r}: codec {self.codec_name!r} cannot be sent on the wire")
+        self.token = token.encode()
         self.accept_encoding = ", ".join(
             {"gzip": "gzip", "brotli": "br"}[n] for n in reversed(wire_codecs())
         ).encode()
