@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from ._coalesce import COALESCED, Flight, Flights, flight_stream, tail
-from ._compat import build_response, header_items
+from ._compat import build_response, copy_request, extend_header_items, header_items, is_read
 from ._models import (
     CACHE_HIT,
     CACHE_MISS,
@@ -52,7 +52,7 @@ from ._tenant import Tenant
 from ._transports import drive_async, drive_sync, instrument_client, observed_stream, wrap_transport
 from .config import Config, ConfigError, choices_hint, config_from_table, load_config
 from .health import EndpointHealth
-from .stats import Stats
+from .stats import Stats, worth_logging
 from .validators import Invalid, describe
 
 __all__ = ["Flow", "Pipeline"]
@@ -513,10 +513,10 @@ class Pipeline:
                 self._tier_failed(tier, "set")
 
     def _tier_failed(self, tier: str, operation: str) -> None:
-        # Logged with its traceback once per burst (the 1st, 100th, 10000th...), counted always: a dead tier
-        # must neither fail requests nor flood the log.
+        # Counted always, logged with its traceback once per burst: a dead tier must neither fail requests nor
+        # flood the log.
         count = self.stats.tier_error(tier, operation)
-        if count in (1, 100, 10_000) or count % 100_000 == 0:
+        if worth_logging(count):
             logger.warning(
                 "aurelis: cache tier %r failed on %s (%d so far); treating it as a miss",
                 tier, operation, count, exc_info=True,
@@ -698,7 +698,7 @@ class Pipeline:
         a hand-written transport's) is already read and closed: its caller never reads its stream, so the
         attempt and the request end here.
         """
-        if hasattr(upstream, "_content"):
+        if is_read(upstream):
             self._end_attempt(ctx, attempt)
             response = self._hand_over(ctx, upstream, None)
             self._finish(ctx)
@@ -723,12 +723,11 @@ class Pipeline:
         ``None`` keeps it, and so does a response whose body was read when it was built (``_content`` set):
         its caller reads that, never the stream.
         """
-        if stream is not None and not hasattr(upstream, "_content"):
+        if stream is not None and not is_read(upstream):
             upstream.stream = stream
         info = self._info_headers(ctx)
         if info:
-            headers = upstream.headers
-            headers._list = header_items(headers) + info
+            extend_header_items(upstream.headers, info)
         attempts = ctx.attempts
         endpoint = attempts[-1].endpoint if attempts else None
         # The response's own dict (Response() copies the mapping it is given), so adding a key touches no other.
@@ -890,21 +889,12 @@ def _control_headers(ctx: RequestContext) -> dict[str, Any]:
             except Invalid as exc:
                 raise RequestControlError(f"{header}: {exc.detail}") from None
             options["namespace"] = text
-    ctx.request = ctx.original = _with_headers(ctx.http, request, kept)
+    ctx.request = ctx.original = copy_request(ctx.http, request, request.url, kept)
     return options
 
 
 _CONTROL_FIELDS = attrs.fields(RequestControls)
 _NAN = float("nan")
-
-
-def _with_headers(http: Any, request: Any, headers: list[tuple[bytes, bytes]]) -> Any:
-    new = http.Request(
-        request.method, request.url, headers=headers, stream=request.stream, extensions=request.extensions
-    )
-    if hasattr(request, "_content"):
-        new._content = request._content
-    return new
 
 
 @functools.lru_cache(maxsize=256)
@@ -943,12 +933,7 @@ def _rewrite(ctx: RequestContext, endpoint: Endpoint, endpoints: Sequence[Endpoi
             override[b"authorization"] = b"Bearer " + endpoint.api_key.encode()
         headers = [(k, v) for k, v in headers if k.lower() not in override]
         headers.extend(override.items())
-    new = http.Request(
-        original.method, url, headers=headers, stream=original.stream, extensions=original.extensions
-    )
-    if hasattr(original, "_content"):
-        new._content = original._content
-    return new
+    return copy_request(http, original, url, headers)
 
 
 def _caller_base(url: Any, path: bytes, endpoints: Sequence[Endpoint], http: Any) -> bytes | None:

@@ -46,6 +46,8 @@ from aurelis_core.plugin import (
     Attempt,
     ConfigError,
     RequestContext,
+    buffered_body,
+    copy_request,
     each,
     hookimpl,
     in_range,
@@ -177,11 +179,7 @@ class _WireCompression:
         if add_accept:
             headers.append((b"Accept-Encoding", self.accept_encoding))
         if body is None:
-            new = ctx.http.Request(
-                request.method, request.url, headers=headers, stream=request.stream, extensions=request.extensions
-            )
-            if hasattr(request, "_content"):
-                new._content = request._content
+            new = copy_request(ctx.http, request, request.url, headers)
         else:
             headers.append((b"Content-Encoding", self.token))
             new = ctx.http.Request(
@@ -191,7 +189,7 @@ class _WireCompression:
 
     def _compressed_body(self, ctx: RequestContext, request: Any) -> bytes | None:
         """The compressed body if compressing this request pays, else ``None``."""
-        content = getattr(request, "_content", None)
+        content = buffered_body(request)
         # A body still held as a stream (an upload, a generator) is never read here: it passes through. A signed
         # request (SigV4, SharedKey...) is sent as it was signed: its signature covers the body's bytes.
         if content is None or len(content) < self.config.min_size or signature_scheme(request) is not None:

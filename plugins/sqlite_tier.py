@@ -87,6 +87,7 @@ from aurelis_core.plugin import (
     hookimpl,
     positive,
     positive_int,
+    worth_logging,
     writable_file_probe,
 )
 
@@ -569,7 +570,7 @@ class SQLiteTier(WriteBehindTier):
         if not _is_corrupt(exc):
             return False
         count = self.pipeline.stats.tier_error(self.name, "corrupt")
-        if count in (1, 100, 10_000) or count % 100_000 == 0:
+        if worth_logging(count):
             logger.warning("aurelis: cache file %s: %s (%d so far, counted as sqlite.corrupt)", self.path, exc, count)
         self._reopen(generation, exc)
         return True

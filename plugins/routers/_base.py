@@ -47,6 +47,7 @@ from aurelis_core.plugin import (
     Endpoint,
     EndpointHealth,
     RequestContext,
+    buffered_body,
     hookimpl,
     non_negative_int,
     positive_int,
@@ -114,7 +115,7 @@ def request_profile(ctx: RequestContext, default_output_tokens: int) -> RequestP
     profile: RequestProfile | None = ctx.state.get(STATE_KEY)
     if profile is not None:
         return profile
-    body = getattr(ctx.original, "_content", None)
+    body = buffered_body(ctx.original)
     data = ctx.json
     output = default_output_tokens
     stream = ctx.stream
