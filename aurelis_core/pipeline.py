@@ -401,7 +401,8 @@ class Pipeline:
         finally:
             if flight is not None:
                 self._flights.remove(flight)
-        response = self._hand_over(ctx, response, ctx.http.ByteStream(body))
+        # A response read when it was built keeps its body: its caller reads that, never the stream.
+        response = self._hand_over(ctx, response, None if is_read(response) else ctx.http.ByteStream(body))
         self._finish(ctx)
         return response
 
@@ -720,10 +721,10 @@ class Pipeline:
         (``exc.response is response``), and it keeps every attribute its transport and client set on it. It
         is also cheaper than a new ``Response`` (~2 us a request). Its header list is replaced, not extended,
         since a flight's followers hold the old one. ``stream`` replaces the body the pipeline consumed;
-        ``None`` keeps it, and so does a response whose body was read when it was built (``_content`` set):
-        its caller reads that, never the stream.
+        ``None`` keeps it (the callers pass ``None`` for a response whose body was read when it was built:
+        its caller reads that, never the stream; they know, so the check is made once per response).
         """
-        if stream is not None and not is_read(upstream):
+        if stream is not None:
             upstream.stream = stream
         info = self._info_headers(ctx)
         if info:
