@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from ._compat import buffered_body
 from .validators import header_table, http_url, label, positive, positive_int, printable
 
 __all__ = [
@@ -387,7 +388,7 @@ class RequestContext:
         value = self._json
         if value is _UNSET:
             value = None
-            body = getattr(self.original, "_content", None)  # never read a streaming upload behind the caller
+            body = buffered_body(self.original)  # never read a streaming upload behind the caller
             if body:
                 try:
                     value = _json.loads(body)
@@ -414,7 +415,7 @@ class RequestContext:
                 # parse the whole body for one label (a JSON parse here was ~half the cost of a request that
                 # no plugin looks into). A "model" string inside message text is escaped (\"model\"), so it
                 # cannot match; a nested object's "model" key could, which a label can live with.
-                body = getattr(self.original, "_content", None)
+                body = buffered_body(self.original)
                 match = _MODEL_FIELD.search(body) if body else None
                 model = match.group(1).decode("utf-8", "replace") if match is not None else None
             self._model = model

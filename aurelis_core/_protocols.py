@@ -146,4 +146,3 @@ class Router(Protocol):
 
     def aurelis_route(self, ctx: RequestContext) -> Endpoint | None:
         """The endpoint for the next attempt, or ``None`` to send the request to its own URL."""
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
-from ._compat import client_flavour, flavour_of
+from ._compat import client_flavour, client_transports, flavour_of, set_client_transports
 from ._drivers import Flow, LoopBridge, drive_async, drive_sync
 from ._models import DEFAULT_CONTROLS, RequestContext
 
@@ -234,19 +234,18 @@ def instrument_client(client: Any, pipeline: FlowSource, owns_pipeline: bool = F
     Calling it again on the same client changes nothing.
     """
     http, is_async = client_flavour(client)
-    client._transport = wrap_transport(
-        client._transport, pipeline, is_async=is_async, owns_pipeline=owns_pipeline, http=http
+    transport, mounts = client_transports(client)
+    set_client_transports(
+        client,
+        wrap_transport(transport, pipeline, is_async=is_async, owns_pipeline=owns_pipeline, http=http),
+        {
+            pattern: None if mount is None else wrap_transport(mount, pipeline, is_async=is_async, http=http)
+            for pattern, mount in mounts.items()
+        },
     )
-    client._mounts = {
-        pattern: (
-            None if transport is None else wrap_transport(transport, pipeline, is_async=is_async, http=http)
-        )
-        for pattern, transport in client._mounts.items()
-    }
     return client
 
 
 def pipeline_of(client: Any) -> FlowSource | None:
     """The pipeline an instrumented client runs through, or ``None``."""
-    transport = getattr(client, "_transport", None)
-    return getattr(transport, "aurelis_pipeline", None)
+    return getattr(client_transports(client)[0], "aurelis_pipeline", None)

@@ -681,4 +681,3 @@ def read_config_file(path: str | os.PathLike[str]) -> tuple[Any, str]:
             raise ConfigError(f"{path}: no [tool.aurelis] table")
         return section, f"{path} [tool.aurelis]"
     return data, str(path)
-

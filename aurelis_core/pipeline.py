@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._coalesce import COALESCED, Flight, Flights, flight_stream, tail
-from ._compat import build_response, header_items
+from ._compat import build_response, copy_request, extend_header_items, header_items, is_read
 from ._drivers import Flow, LoopBridge, drive_async, drive_sync
 from ._models import (
     CACHE_HIT,
@@ -58,12 +58,13 @@ from ._tenant import Tenant
 from ._transports import instrument_client, observed_stream, wrap_transport
 from .config import Config, ConfigError, choices_hint, config_from_table, load_config
 from .health import EndpointHealth
-from .stats import Stats
+from .stats import Stats, worth_logging
 from .validators import Invalid, describe
 
 __all__ = ["Flow", "Pipeline"]
 
 logger = logging.getLogger("aurelis")
+
 
 def __getattr__(name: str) -> Any:
     # SINGLE_STAGES was a hand-kept copy of what hookspecs.STAGES now says (rule EXACTLY_ONE, and the role).
@@ -80,6 +81,7 @@ def __getattr__(name: str) -> Any:
         )
         return {row.hook: row.role for row in STAGES if row.runs is EXACTLY_ONE}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: Response headers a cache entry does not keep: per-connection, per-client or per-call, not per-answer.
 UNSTORED_HEADERS = frozenset(
@@ -395,7 +397,8 @@ class Pipeline:
         finally:
             if flight is not None:
                 self._flights.remove(flight)
-        response = self._hand_over(ctx, response, ctx.http.ByteStream(body))
+        # A response read when it was built keeps its body: its caller reads that, never the stream.
+        response = self._hand_over(ctx, response, None if is_read(response) else ctx.http.ByteStream(body))
         self._finish(ctx)
         return response
 
@@ -508,10 +511,10 @@ class Pipeline:
                 self._tier_failed(tier, "set")
 
     def _tier_failed(self, tier: str, operation: str) -> None:
-        # Logged with its traceback once per burst (the 1st, 100th, 10000th...), counted always: a dead tier
-        # must neither fail requests nor flood the log.
+        # Counted always, logged with its traceback once per burst: a dead tier must neither fail requests nor
+        # flood the log.
         count = self.stats.tier_error(tier, operation)
-        if count in (1, 100, 10_000) or count % 100_000 == 0:
+        if worth_logging(count):
             logger.warning(
                 "aurelis: cache tier %r failed on %s (%d so far); treating it as a miss",
                 tier, operation, count, exc_info=True,
@@ -696,7 +699,7 @@ class Pipeline:
         a hand-written transport's) is already read and closed: its caller never reads its stream, so the
         attempt and the request end here.
         """
-        if hasattr(upstream, "_content"):
+        if is_read(upstream):
             self._end_attempt(ctx, attempt)
             response = self._hand_over(ctx, upstream, None)
             self._finish(ctx)
@@ -718,15 +721,14 @@ class Pipeline:
         (``exc.response is response``), and it keeps every attribute its transport and client set on it. It
         is also cheaper than a new ``Response`` (~2 us a request). Its header list is replaced, not extended,
         since a flight's followers hold the old one. ``stream`` replaces the body the pipeline consumed;
-        ``None`` keeps it, and so does a response whose body was read when it was built (``_content`` set):
-        its caller reads that, never the stream.
+        ``None`` keeps it (the callers pass ``None`` for a response whose body was read when it was built:
+        its caller reads that, never the stream; they know, so the check is made once per response).
         """
-        if stream is not None and not hasattr(upstream, "_content"):
+        if stream is not None:
             upstream.stream = stream
         info = self._info_headers(ctx)
         if info:
-            headers = upstream.headers
-            headers._list = header_items(headers) + info
+            extend_header_items(upstream.headers, info)
         attempts = ctx.attempts
         endpoint = attempts[-1].endpoint if attempts else None
         # The response's own dict (Response() copies the mapping it is given), so adding a key touches no other.
@@ -888,21 +890,12 @@ def _control_headers(ctx: RequestContext) -> dict[str, Any]:
             except Invalid as exc:
                 raise RequestControlError(f"{header}: {exc.detail}") from None
             options["namespace"] = text
-    ctx.request = ctx.original = _with_headers(ctx.http, request, kept)
+    ctx.request = ctx.original = copy_request(ctx.http, request, request.url, kept)
     return options
 
 
 _CONTROL_FIELDS = attrs.fields(RequestControls)
 _NAN = float("nan")
-
-
-def _with_headers(http: Any, request: Any, headers: list[tuple[bytes, bytes]]) -> Any:
-    new = http.Request(
-        request.method, request.url, headers=headers, stream=request.stream, extensions=request.extensions
-    )
-    if hasattr(request, "_content"):
-        new._content = request._content
-    return new
 
 
 @functools.lru_cache(maxsize=256)
@@ -941,12 +934,7 @@ def _rewrite(ctx: RequestContext, endpoint: Endpoint, endpoints: Sequence[Endpoi
             override[b"authorization"] = b"Bearer " + endpoint.api_key.encode()
         headers = [(k, v) for k, v in headers if k.lower() not in override]
         headers.extend(override.items())
-    new = http.Request(
-        original.method, url, headers=headers, stream=original.stream, extensions=original.extensions
-    )
-    if hasattr(original, "_content"):
-        new._content = original._content
-    return new
+    return copy_request(http, original, url, headers)
 
 
 def _caller_base(url: Any, path: bytes, endpoints: Sequence[Endpoint], http: Any) -> bytes | None:

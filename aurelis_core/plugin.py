@@ -62,8 +62,11 @@ What is here
 - **who is asking**: :class:`Tenant` (``pipeline.tenant``), :class:`Identity`, :class:`TenantConfig` and the
   default credential and scope header sets.
 - **requests on the wire**: :func:`header_items`, :func:`url_parts` (one pass over a request's headers or
-  URL), :func:`buffered_body`, :func:`replayable_body`, :func:`signature_scheme`, :func:`resend_refusal`, and
-  :func:`usage_tokens` (the tokens a stored JSON answer spent).
+  URL), :func:`buffered_body`, :func:`replayable_body`, :func:`copy_request` (the request with other headers
+  or URL, its body shared), :func:`signature_scheme`, :func:`resend_refusal`, and :func:`usage_tokens` (the
+  tokens a stored JSON answer spent). Plugins read no private attribute of httpx objects: these helpers do.
+- **failures a request goes on without**: :func:`worth_logging` (count each in ``pipeline.stats``, log once
+  per burst: the 1st, 100th, 10,000th, then every 100,000th).
 - **options**: :func:`config_from_table`, :class:`ConfigError`, and every validator of
   :mod:`aurelis_core.validators` (``positive``, ``in_range(lo, hi)``, ``each(...)``, ``one_of(...)``, ``label``,
   ``redis_url``..., the probes ``aurelis config check`` runs, :class:`Invalid` for the standard message).
@@ -75,7 +78,7 @@ What is here
   what ``aurelis plugins`` and ``aurelis config check`` read.
 """
 
-from ._compat import buffered_body, header_items, replayable_body, url_parts
+from ._compat import buffered_body, copy_request, header_items, replayable_body, url_parts
 from ._models import Attempt, CacheEntry, Endpoint, RequestContext, RequestControls, usage_tokens
 from ._plugins import PluginSpec, blocked_plugins, discover_plugins
 from ._protocols import CacheTier, Pipeline, Router, ShrinkableTier, WarmTarget
@@ -94,7 +97,7 @@ from ._workload import WorkloadRequest, join_url, load_workload
 from .config import Config, ConfigError, config_from_table
 from .health import CircuitState, EndpointHealth, EndpointStatus, EndpointUnavailable, retry_after
 from .hookspecs import hookimpl
-from .stats import Sample, Stats, percentile
+from .stats import Sample, Stats, percentile, worth_logging
 from .validators import (
     ALLOW_NON_FINITE,
     PROBE,
@@ -166,6 +169,7 @@ __all__ = [
     "buffered_body",
     "choices_hint",
     "config_from_table",
+    "copy_request",
     "describe",
     "discover_plugins",
     "each",
@@ -202,5 +206,6 @@ __all__ = [
     "url_parts",
     "url_path",
     "usage_tokens",
+    "worth_logging",
     "writable_file_probe",
 ]

@@ -21,7 +21,8 @@ from ._models import usage_tokens as usage_tokens
 if TYPE_CHECKING:
     from ._models import CacheEntry, RequestContext
 
-__all__ = ["Sample", "Stats", "percentile", "usage_tokens"]
+__all__ = ["Sample", "Stats", "percentile", "usage_tokens", "worth_logging"]
+
 
 class Sample(NamedTuple):
     """One finished request. ``at`` is wall-clock ``time.time()``; ``latency`` seconds as the pipeline saw it
@@ -41,6 +42,16 @@ class Sample(NamedTuple):
 
 
 _new_sample = tuple.__new__
+
+
+def worth_logging(count: int) -> bool:
+    """Whether the ``count``-th failure of one kind is logged: the 1st, 100th and 10,000th, then every 100,000th.
+
+    The rule for failures a request goes on without (a cache tier that cannot read or write): count every one
+    (``stats.tier_error`` returns the count), log once per burst. A dead tier must neither flood the log nor
+    fall silent while it stays dead.
+    """
+    return count in (1, 100, 10_000) or count % 100_000 == 0
 
 
 class Stats:
@@ -92,7 +103,7 @@ class Stats:
         )
 
     def tier_error(self, tier: str, operation: str) -> int:
-        """Count a failed tier operation; returns the new count (callers log the first of a burst)."""
+        """Count a failed tier operation; returns the new count (callers log when :func:`worth_logging`)."""
         key = f"{tier}.{operation}"
         self.tier_errors[key] += 1
         return self.tier_errors[key]

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import pytest
+
 from aurelis_plugins.codecs import CODEC_NAMES, get_codec
 
 SIZES = (1024, 4096, 16384, 65536)

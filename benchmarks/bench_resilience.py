@@ -20,12 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
-from aurelis_plugins.breaker import Breaker
-from aurelis_plugins.ratelimit import RateLimit
 
 from aurelis_core import Attempt, Pipeline, RequestContext
 from aurelis_core._models import DEFAULT_CONTROLS
 from aurelis_core.testing import simulated_upstream
+from aurelis_plugins.breaker import Breaker
+from aurelis_plugins.ratelimit import RateLimit
 
 BODY = {"model": "sim-chat", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 16}
 results: dict[str, float] = {}

@@ -44,10 +44,10 @@ import httpx
 import pytest
 import redis
 import redis.asyncio
-from aurelis_plugins.sqlite_tier import GET
 
 from aurelis_core import CacheEntry, Pipeline, RequestContext
 from aurelis_core._models import DEFAULT_CONTROLS
+from aurelis_plugins.sqlite_tier import GET
 
 BODY = (
     b'{"id":"chatcmpl-1","object":"chat.completion","created":1764200000,"model":"gpt-4.1-mini","choices":'
@@ -233,9 +233,8 @@ def test_sqlite_hit_vs_raw_read(benchmark: Any, tmp_path: Path) -> None:
 
 def test_tag_check_cost_per_hit() -> None:
     """The tag check alone: loads() verifying the MAC against loads() skipping it (all else is the same)."""
-    from aurelis_plugins._serialize import codec_named, dumps, loads
-
     from aurelis_core._tenant import Tenant, TenantConfig
+    from aurelis_plugins._serialize import codec_named, dumps, loads
 
     mac = Tenant(TenantConfig(secret="bench")).entry_mac
     for name, body, codec in (("chat answer", BODY, "lz4"), ("64 KiB answer", BODY * (65536 // len(BODY)), "none")):

@@ -201,12 +201,12 @@ def _streaming(codec: Codec, length: int) -> _Streaming:
         gzip = zlib.compressobj(codec.level, wbits=31)
         return _Streaming(gzip.compress, gzip.flush)
     if codec.name == "brotli":
-        import brotli
+        import brotli  # type: ignore[import-untyped]  # the brotli package ships no type information
 
         compressor = brotli.Compressor(quality=codec.level)
         return _Streaming(lambda data: compressor.process(bytes(data)), compressor.finish)
     if codec.name == "lz4":
-        import lz4.frame
+        import lz4.frame  # type: ignore[import-untyped]  # the lz4 package ships no type information
 
         lz4_frame = lz4.frame.LZ4FrameCompressor(compression_level=codec.level)
         # The frame's header carries the content size, as the one-call ``compress(store_size=True)`` writes it.
@@ -237,7 +237,7 @@ def loads(data: bytes, key: str, mac: Mac | None) -> CacheEntry:
         raise SerializeError(f"unknown codec id {ident}")
     try:
         # The codecs read any buffer: the stored bytes are not copied before they are decompressed.
-        payload = get_codec(name).decompress(view[PREFIX:]) if ident else view[PREFIX:]  # type: ignore[arg-type]
+        payload = get_codec(name).decompress(view[PREFIX:]) if ident else view[PREFIX:]
         view = memoryview(payload)
         status, created, ttl, n_headers, n_chunks = _HEAD.unpack_from(view, 0)
         offset = _HEAD.size

@@ -13,11 +13,11 @@ import logging
 from typing import Any
 
 import attrs
-from aurelis_plugins._writebehind import HitCounts, WriteBehind
 
-from aurelis_core.plugin import CacheEntry, hookimpl, positive_int
+from aurelis_core.plugin import CacheEntry, hookimpl, positive_int, worth_logging
 
 from . import _tier_async, _tier_sync
+from ._writebehind import HitCounts, WriteBehind
 
 __all__ = ["WarmConfig", "WriteBehindTier"]
 
@@ -87,9 +87,9 @@ class WriteBehindTier:
     # --- write-behind bookkeeping --------------------------------------------------------------------------------
 
     def _write_failed(self, exc: BaseException) -> None:
-        # Counted always, logged once per burst (the 1st, 100th, 10000th...): a dead tier must not flood the log.
+        # Counted always, logged once per burst: a dead tier must not flood the log.
         count = self.pipeline.stats.tier_error(self.name, "write")
-        if count in (1, 100, 10_000) or count % 100_000 == 0:
+        if worth_logging(count):
             logger.warning(
                 "aurelis: cache tier %r failed to write (%d so far): %s", self.name, count, exc, exc_info=exc
             )

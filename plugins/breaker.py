@@ -67,7 +67,6 @@ logger = logging.getLogger("aurelis")
 BUCKETS = 10
 
 
-
 @attrs.frozen
 class BreakerConfig:
     #: Share of failed calls in the window that opens the circuit (0 < rate <= 1).

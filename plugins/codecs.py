@@ -28,11 +28,15 @@ from __future__ import annotations
 
 import importlib
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from aurelis_core.plugin import ConfigError, choices_hint
 
-__all__ = ["CODEC_NAMES", "Codec", "codec_for_token", "get_codec", "wire_codecs"]
+__all__ = ["CODEC_NAMES", "BytesLike", "Codec", "codec_for_token", "get_codec", "wire_codecs"]
+
+#: What a codec reads: any bytes-like object (the tiers decompress a ``memoryview`` of the stored value, uncopied).
+BytesLike = bytes | bytearray | memoryview
 
 #: Every codec name ``get_codec`` accepts.
 CODEC_NAMES = ("none", "gzip", "brotli", "lz4")
@@ -55,18 +59,21 @@ class Codec:
 
     __slots__ = ("_compress", "_decompress", "http_token", "level", "name")
 
-    def __init__(self, name: str, http_token: str | None, level: int, compress: Any, decompress: Any) -> None:
+    def __init__(
+        self, name: str, http_token: str | None, level: int, compress: Callable[[BytesLike], bytes],
+        decompress: Callable[[BytesLike], bytes],
+    ) -> None:
         self.name = name
         self.http_token = http_token
         self.level = level
         self._compress = compress
         self._decompress = decompress
 
-    def compress(self, data: bytes) -> bytes:
-        return self._compress(data)  # type: ignore[no-any-return]
+    def compress(self, data: BytesLike) -> bytes:
+        return self._compress(data)
 
-    def decompress(self, data: bytes) -> bytes:
-        return self._decompress(data)  # type: ignore[no-any-return]
+    def decompress(self, data: BytesLike) -> bytes:
+        return self._decompress(data)
 
     def __repr__(self) -> str:
         return f"<Codec {self.name} level={self.level}>"
@@ -80,8 +87,9 @@ def _library(name: str) -> Any:
         raise ImportError(f"the {name} codec needs: pip install 'aurelis[{extra}]'") from None
 
 
-def _identity(data: bytes) -> bytes:
-    return data
+def _identity(data: BytesLike) -> bytes:
+    # Bytes are handed back as they are (no copy); only another buffer is copied, to keep the promise of bytes.
+    return data if type(data) is bytes else bytes(data)
 
 
 def _build(name: str, level: int) -> Codec:

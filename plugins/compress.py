@@ -46,6 +46,8 @@ from aurelis_core.plugin import (
     Attempt,
     ConfigError,
     RequestContext,
+    buffered_body,
+    copy_request,
     each,
     hookimpl,
     in_range,
@@ -61,7 +63,6 @@ __all__ = ["BrotliCompression", "BrotliConfig", "CompressConfig", "GzipCompressi
 
 #: How many (target, content type) decisions are remembered; least recently used ones are forgotten first.
 MAX_DECISIONS = 4096
-
 
 
 @attrs.frozen
@@ -136,7 +137,10 @@ class _WireCompression:
             self.codec: Codec = get_codec(self.codec_name, config.level)
         except ImportError as exc:
             raise ConfigError(f"plugin {self.name!r}: {exc}") from None
-        self.token = self.codec.http_token.encode()  # type: ignore[union-attr]
+        token = self.codec.http_token
+        if token is None:  # a codec for values at rest only (lz4): no server would decode it
+            raise ConfigError(f"plugin {self.name!r}: codec {self.codec_name!r} cannot be sent on the wire")
+        self.token = token.encode()
         self.accept_encoding = ", ".join(
             {"gzip": "gzip", "brotli": "br"}[n] for n in reversed(wire_codecs())
         ).encode()
@@ -175,11 +179,7 @@ class _WireCompression:
         if add_accept:
             headers.append((b"Accept-Encoding", self.accept_encoding))
         if body is None:
-            new = ctx.http.Request(
-                request.method, request.url, headers=headers, stream=request.stream, extensions=request.extensions
-            )
-            if hasattr(request, "_content"):
-                new._content = request._content
+            new = copy_request(ctx.http, request, request.url, headers)
         else:
             headers.append((b"Content-Encoding", self.token))
             new = ctx.http.Request(
@@ -189,7 +189,7 @@ class _WireCompression:
 
     def _compressed_body(self, ctx: RequestContext, request: Any) -> bytes | None:
         """The compressed body if compressing this request pays, else ``None``."""
-        content = getattr(request, "_content", None)
+        content = buffered_body(request)
         # A body still held as a stream (an upload, a generator) is never read here: it passes through. A signed
         # request (SigV4, SharedKey...) is sent as it was signed: its signature covers the body's bytes.
         if content is None or len(content) < self.config.min_size or signature_scheme(request) is not None:

@@ -189,19 +189,23 @@ class MemoryCache:
     @hookimpl
     def aurelis_cache_get(self, ctx: RequestContext) -> CacheEntry | None:
         key = ctx.key
+        if key is None:  # the core asks the tiers only about a request with a key
+            return None
         with self._lock:
-            entry = self._cache.get(key)  # type: ignore[arg-type]
+            entry = self._cache.get(key)
             if entry is None:
                 return None
-            if entry.expires_at <= self.clock():  # type: ignore[operator]
-                del self._cache[key]  # type: ignore[arg-type]
+            expires_at = entry.expires_at  # every entry held here has one (put() sets it)
+            if expires_at is not None and expires_at <= self.clock():
+                del self._cache[key]
                 self._bytes -= _charge(entry)
                 return None
         return entry
 
     @hookimpl
     def aurelis_cache_set(self, ctx: RequestContext, entry: CacheEntry, promote: bool) -> None:
-        self.put(ctx.key, entry)  # type: ignore[arg-type]
+        if ctx.key is not None:  # the core stores only answers to a request with a key
+            self.put(ctx.key, entry)
 
     def put(self, key: str, entry: CacheEntry) -> bool:
         """Store ``entry`` under cache key ``key``; ``False`` if it has already expired here, or is larger than

@@ -62,7 +62,9 @@ MEMO_ENTRIES = 4096
 MEMO_INLINE_BYTES = 8192
 #: What the memo may hold in inline bodies (~200 B per entry besides).
 MEMO_BYTES = 4 * 1024 * 1024
-_NOT_CACHEABLE: Any = object()
+#: What the memo knows of a request: ``(cache key, model, stream)``, or ``()`` (falsy) when it is not cacheable.
+_Memo = tuple[str, str | None, bool] | tuple[()]
+_NOT_CACHEABLE: tuple[()] = ()
 _CREDENTIAL, _SCOPE, _CONTENT_TYPE = "credential", "scope", "content-type"
 #: Sorted keys (at every depth), no optional whitespace, UTF-8, exact decimals as JSON numbers: one spelling per
 #: value.
@@ -162,7 +164,7 @@ class Normalize:
         # Matched against the raw (still percent-encoded) path: URL.path decodes on every access.
         self._paths = tuple(p.rstrip("/") for p in config.paths)
         self._ignore = frozenset(config.ignore_fields)
-        self._memo: dict[tuple[Any, ...], Any] = {}
+        self._memo: dict[tuple[Any, ...], _Memo] = {}
         self._memo_bytes = 0
 
     def tenant(self, ctx: RequestContext) -> str:
@@ -222,20 +224,20 @@ class Normalize:
                 self._memo_bytes = 0
             self._memo[request_id] = memo
             self._memo_bytes += size
-        if memo is _NOT_CACHEABLE:
+        if not memo:  # _NOT_CACHEABLE
             return None
         key, model, stream = memo
         ctx.model = model
         # Keyed like any request: "stream" is part of the body, so a streamed answer and a whole one never
         # share an entry.
         ctx.stream = stream
-        return key  # type: ignore[no-any-return]
+        return key
 
     def _key(
         self, ctx: RequestContext, body: bytes, scheme: str, host: str, port: int | None, path: str,
         query: str | None, credentials: list[tuple[bytes, bytes]], scope: list[tuple[bytes, bytes]],
         namespace: str | None,
-    ) -> Any:
+    ) -> _Memo:
         """``(cache key, model, stream)`` of a request not in the memo, or ``_NOT_CACHEABLE``."""
         try:
             data = _DECODER.decode(body)

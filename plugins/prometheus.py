@@ -33,6 +33,7 @@ from aurelis_core.plugin import (
     PROBE,
     Attempt,
     RequestContext,
+    buffered_body,
     each,
     hookimpl,
     in_range,
@@ -214,7 +215,7 @@ class Prometheus:
         if model is None and ctx.json is None:
             # No normalize stage parsed the body: find the field in the raw bytes (a C-speed scan), rather
             # than parse a JSON body per request just for a label.
-            content = getattr(ctx.original, "_content", None)
+            content = buffered_body(ctx.original)
             if content:
                 match = _MODEL_FIELD.search(content)
                 if match is not None:

@@ -53,6 +53,7 @@ from aurelis_core.plugin import (
     Endpoint,
     EndpointUnavailable,
     RequestContext,
+    buffered_body,
     header_items,
     hookimpl,
     in_range,
@@ -65,6 +66,7 @@ from aurelis_core.plugin import (
     retry_after,
     url_parts,
     usage_tokens,
+    worth_logging,
 )
 
 from ._gcra import LocalGCRA, RedisGCRA, Reservation, Spec, duration_seconds
@@ -188,7 +190,7 @@ class RateLimit:
     def estimate_tokens(self, ctx: RequestContext) -> int:
         """Tokens reserved for the attempt: prompt estimate plus completion budget (see the module docstring)."""
         request = ctx.request
-        body = getattr(request, "_content", None) or b""
+        body = buffered_body(request) or b""
         match = _MAX_TOKENS.search(body)
         if match is not None:
             completion = int(match.group(1))
@@ -244,7 +246,7 @@ class RateLimit:
 
     def _redis_failed(self, specs: Sequence[Spec]) -> Reservation:
         count = self.stats.counters["ratelimit_redis_errors"] = self.stats.counters["ratelimit_redis_errors"] + 1
-        if count in (1, 100, 10_000) or count % 100_000 == 0:
+        if worth_logging(count):
             logger.warning(
                 "aurelis: ratelimit: Redis failed (%d so far); using this process's own limits", count, exc_info=True
             )

@@ -40,7 +40,6 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from aurelis_plugins._validators import at_rest_codec
 
 from aurelis_core.plugin import (
     PROBE,
@@ -60,6 +59,7 @@ from aurelis_core.plugin import (
 
 from ._serialize import SerializeError, Unauthenticated, codec_named, dumps, loads
 from ._tier import WarmConfig, WriteBehindTier
+from ._validators import at_rest_codec
 from ._writebehind import HitCounts, WriteBehind
 
 try:
@@ -85,7 +85,6 @@ TIER_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
-
 #: Where the tier connects when neither ``url``, ``sentinels`` nor ``cluster_nodes`` is given (as
 #: ``RedisTier._make_client`` does): what ``aurelis config check`` probes then.
 _DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -103,7 +102,7 @@ def _probe_nodes(instance: RedisConfig, attribute: Any, value: tuple[str, ...] |
 
 
 #: The sentinels or cluster nodes: a non-empty list of "host:port".
-_nodes = [non_empty, each(host_port)]
+_nodes: list[Callable[[Any, Any, Any], None]] = [non_empty, each(host_port)]
 
 
 @attrs.frozen
@@ -279,7 +278,9 @@ class RedisTier(WriteBehindTier):
         if not self._breaker.allow():
             self.pipeline.stats.tier_error(self.name, "skipped")
             return None
-        key = self._prefix + ctx.key  # type: ignore[operator]
+        if ctx.key is None:  # the core asks the tiers only about a request with a key
+            return None
+        key = self._prefix + ctx.key
         if ctx.is_async:
             return _redis_async.get(self, key)
         return _redis_sync.get(self, key)
@@ -326,7 +327,8 @@ class RedisTier(WriteBehindTier):
         if px is not None and px <= 0:
             return
         # Serialising (and compressing) happens in the writer, off the response's path.
-        self.queue.put(("set", self._prefix + ctx.key, entry, px, ctx.key), ctx.is_async)  # type: ignore[operator]
+        if ctx.key is not None:  # the core stores only answers to a request with a key
+            self.queue.put(("set", self._prefix + ctx.key, entry, px, ctx.key), ctx.is_async)
 
     # Closing differs by mode on purpose (an asyncio client is forgotten with its loop), so not generated.
     async def _aclose_async(self) -> None:
@@ -469,7 +471,8 @@ class RedisTier(WriteBehindTier):
         for key in keys:
             pipe.get(key)
         # A key of another type answers WRONGTYPE: an error object in its place, not an exception.
-        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+        result: list[Any] = pipe.execute(raise_on_error=False)  # redis-py types it as Any
+        return result
 
     def _is_entry(self, key: bytes, value: Any) -> bool:
         """Whether ``value``, read at ``key``, is an entry this tier wrote: it verifies under the secret."""

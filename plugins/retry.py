@@ -65,8 +65,6 @@ never changes request bytes.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import random
 import re
 import threading
@@ -361,10 +359,9 @@ def _stateless_body(ctx: RequestContext) -> bool:
         return False
     if not body:
         return True
-    data = ctx.json  # parsed once per request (the cache key may have done it already)
-    if data is None:
-        with contextlib.suppress(ValueError):  # not JSON: stays None, and is refused below
-            data = json.loads(body)
+    # Parsed once per request, from this same buffered body (the cache key may have done it already); None when
+    # it is not JSON, which is refused below.
+    data = ctx.json
     if not isinstance(data, dict):
         return False
     if data.get("background") is True or data.get("conversation") is not None or data.get("mcp_servers"):

@@ -35,7 +35,7 @@ from typing import Any
 
 import attrs
 
-from aurelis_core.plugin import Attempt, RequestContext, existing_file, hookimpl, positive, positive_int
+from aurelis_core.plugin import Attempt, RequestContext, buffered_body, existing_file, hookimpl, positive, positive_int
 
 try:
     import aiohttp
@@ -48,7 +48,6 @@ __all__ = ["AiohttpConfig", "AiohttpEngine"]
 
 #: Headers aiohttp would add on its own; the httpx request already carries the caller's, or chose to omit them.
 _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
-
 
 
 @attrs.frozen
@@ -124,7 +123,7 @@ class AiohttpEngine:
 
     async def _send(self, http: Any, request: Any) -> Any:
         session = self._session()
-        content = getattr(request, "_content", None)
+        content = buffered_body(request)
         data: Any = content if content else (None if content is not None else _body_of(request.stream))
         headers = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw)
         url = URL(str(request.url), encoded=True)

@@ -49,7 +49,6 @@ from aurelis_core.plugin import (
 __all__ = ["HttpxEngine", "HttpxOptions"]
 
 
-
 @attrs.frozen
 class HttpxOptions:
     """Transport options (all ``None``/unset: httpx's defaults)."""

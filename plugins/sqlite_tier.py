@@ -76,7 +76,6 @@ from typing import Any
 from urllib.parse import quote
 
 import attrs
-from aurelis_plugins._validators import at_rest_codec
 
 from aurelis_core.plugin import (
     PROBE,
@@ -88,11 +87,13 @@ from aurelis_core.plugin import (
     hookimpl,
     positive,
     positive_int,
+    worth_logging,
     writable_file_probe,
 )
 
 from ._serialize import LARGE, Piece, SerializeError, Unauthenticated, codec_named, dumps_parts, loads
 from ._tier import WarmConfig, WriteBehindTier
+from ._validators import at_rest_codec
 from ._writebehind import HitCounts, WriteBehind
 
 try:
@@ -584,7 +585,7 @@ class SQLiteTier(WriteBehindTier):
         if not _is_corrupt(exc):
             return False
         count = self.pipeline.stats.tier_error(self.name, "corrupt")
-        if count in (1, 100, 10_000) or count % 100_000 == 0:
+        if worth_logging(count):
             logger.warning("aurelis: cache file %s: %s (%d so far, counted as sqlite.corrupt)", self.path, exc, count)
         self._reopen(generation, exc)
         return True
@@ -624,7 +625,8 @@ class SQLiteTier(WriteBehindTier):
     async def _adb_of_loop(self) -> Any:
         """The aiosqlite connection of the running loop, opened once (concurrent first callers share it)."""
         loop = asyncio.get_running_loop()
-        if self._aloop is not loop or self._agen != self._generation:
+        connecting = self._aconnecting  # set whenever _aloop is
+        if self._aloop is not loop or self._agen != self._generation or connecting is None:
             stale = self._adb if self._aloop is loop else None
             if stale is None and self._adb is not None and self._aloop is not None and self._aloop.is_closed():
                 # The connection of a loop that is gone (``asyncio.run`` per call): stop its worker thread, which
@@ -633,9 +635,9 @@ class SQLiteTier(WriteBehindTier):
             self._aloop = loop
             self._agen = self._generation
             self._adb = None
-            self._aconnecting = loop.create_task(self._aconnect(stale))
+            connecting = self._aconnecting = loop.create_task(self._aconnect(stale))
         try:
-            return await self._aconnecting  # type: ignore[misc]
+            return await connecting
         except BaseException:
             self._aloop = None  # try again on the next call
             raise
@@ -664,7 +666,9 @@ class SQLiteTier(WriteBehindTier):
         if self._refused is not None:
             self._bypassed()
             return None
-        key: str = ctx.key  # type: ignore[assignment]
+        key = ctx.key
+        if key is None:  # the core asks the tiers only about a request with a key
+            return None
         if ctx.is_async:
             return _sqlite_async.get(self, key)
         return _sqlite_sync.get(self, key)

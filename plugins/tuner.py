@@ -66,9 +66,9 @@ __all__ = ["Change", "ConcurrencyLimitError", "Tuner", "TunerConfig", "rss_bytes
 
 logger = logging.getLogger("aurelis")
 
+
 class ConcurrencyLimitError(Exception):
     """An attempt could not get a slot: the queue was full, or it waited ``queue_timeout`` seconds."""
-
 
 
 @attrs.frozen

@@ -9,11 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-from aurelis_plugins.breaker import Breaker, CircuitOpenError
 from support import FakeClock, gated_upstream
 
 import aurelis_core
 from aurelis_core import ConfigError, Pipeline
+from aurelis_plugins.breaker import Breaker, CircuitOpenError
 
 BODY = {"model": "sim-chat", "messages": [{"role": "user", "content": "hello there"}]}
 

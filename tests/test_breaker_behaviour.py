@@ -14,11 +14,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from aurelis_plugins.breaker import Breaker, BreakerConfig, CircuitOpenError
 from support import FakeClock, gated_upstream
 
 from aurelis_core import Attempt, ConfigError, Endpoint, Pipeline, RequestContext, hookimpl
 from aurelis_core.testing import SimulatedServer
+from aurelis_plugins.breaker import Breaker, BreakerConfig, CircuitOpenError
 
 BODY = {"model": "sim-chat", "messages": [{"role": "user", "content": "hello there"}]}
 

@@ -570,7 +570,6 @@ def test_flights_are_counted_while_in_progress() -> None:
         client.close()
 
 
-
 @pytest.mark.anyio
 async def test_a_followers_whole_answer_is_recorded_when_handed_over() -> None:
     with gated_upstream() as up:

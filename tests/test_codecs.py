@@ -8,10 +8,10 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-from aurelis_plugins.codecs import CODEC_NAMES, Codec, codec_for_token, get_codec, wire_codecs
 
 import aurelis_core
 from aurelis_core import ConfigError, Pipeline
+from aurelis_plugins.codecs import CODEC_NAMES, Codec, codec_for_token, get_codec, wire_codecs
 
 CHAT = "/v1/chat/completions"
 
@@ -193,9 +193,8 @@ def test_415_is_retried_plain_once_and_remembered(upstream: Any) -> None:
 
 @pytest.mark.anyio
 async def test_415_fallback_comes_before_a_general_retry_policy_listed_first(upstream: Any) -> None:
-    from aurelis_plugins.compress import CompressConfig, GzipCompression
-
     from aurelis_core import hookimpl
+    from aurelis_plugins.compress import CompressConfig, GzipCompression
 
     asked: list[int | None] = []
 

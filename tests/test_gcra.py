@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 import redis
-from aurelis_plugins._gcra import LocalGCRA, RedisGCRA, Reservation, Spec, duration_seconds
 from support import FakeClock
+
+from aurelis_plugins._gcra import LocalGCRA, RedisGCRA, Reservation, Spec, duration_seconds
 
 #: 4 per second, a burst of all 4: one unit every 0.25 s (exact in binary, so sums stay exact).
 A = Spec("a", 0.25, 1.0, 1.0)

@@ -17,10 +17,10 @@ import anyio
 import anyio.to_thread
 import httpx
 import pytest
-from aurelis_plugins.memory import ENTRY_OVERHEAD
 
 from aurelis_core import ConfigError, Pipeline, RequestContext, RequestControls
 from aurelis_core.testing import SimulatedServer, serve
+from aurelis_plugins.memory import ENTRY_OVERHEAD
 
 URL_PATH = "/v1/chat/completions"
 

@@ -12,9 +12,9 @@ import time
 
 import httpx
 import pytest
-from aurelis_plugins.memory import MemoryCache, MemoryConfig
 
 from aurelis_core import CacheEntry, ConfigError, Pipeline, RequestContext, RequestControls
+from aurelis_plugins.memory import MemoryCache, MemoryConfig
 
 #: The documented fixed charge per entry (README, "memory — L1 tier").
 OVERHEAD = 512

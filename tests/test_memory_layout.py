@@ -7,9 +7,9 @@ entry, and that the bytes it charges always add up to what it holds.
 from __future__ import annotations
 
 import httpx
-from aurelis_plugins.memory import _PROBE, ENTRY_OVERHEAD, MemoryCache, MemoryConfig
 
 from aurelis_core import CacheEntry, RequestContext, RequestControls
+from aurelis_plugins.memory import _PROBE, ENTRY_OVERHEAD, MemoryCache, MemoryConfig
 
 
 def answer(i: int, length: int = 100) -> CacheEntry:

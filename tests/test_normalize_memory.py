@@ -11,10 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from aurelis_plugins.memory import ENTRY_OVERHEAD, MemoryCache, MemoryConfig
-from aurelis_plugins.normalize import Normalize, NormalizeConfig
 
 from aurelis_core import CacheEntry, Pipeline, RequestContext, RequestControls
+from aurelis_plugins.memory import ENTRY_OVERHEAD, MemoryCache, MemoryConfig
+from aurelis_plugins.normalize import Normalize, NormalizeConfig
 
 URL = "https://api.example/v1/chat/completions"
 

@@ -61,8 +61,10 @@ def test_the_names_are_pinned() -> None:
         "Tenant", "Identity", "TenantConfig", "DEFAULT_CREDENTIAL_HEADERS", "DEFAULT_CREDENTIAL_PARAMS",
         "DEFAULT_SCOPE_HEADERS",
         # requests on the wire
-        "header_items", "url_parts", "buffered_body", "replayable_body", "signature_scheme", "resend_refusal",
-        "usage_tokens",
+        "header_items", "url_parts", "buffered_body", "replayable_body", "copy_request", "signature_scheme",
+        "resend_refusal", "usage_tokens",
+        # failures a request goes on without
+        "worth_logging",
         # options
         "config_from_table", "ConfigError", "ALLOW_NON_FINITE", "PROBE", "Invalid", "at_least", "choices_hint",
         "describe", "each", "existing_file", "file_path", "fraction", "header_name", "header_table", "host_port",

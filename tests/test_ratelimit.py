@@ -13,11 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from aurelis_plugins.ratelimit import RateLimit, RateLimitTimeout
 from support import FakeClock
 
 import aurelis_core
 from aurelis_core import Attempt, ConfigError, Pipeline, RequestContext, hookimpl
+from aurelis_plugins.ratelimit import RateLimit, RateLimitTimeout
 
 BODY = {"model": "sim-chat", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 50}
 
@@ -246,7 +246,7 @@ def test_two_processes_share_one_limit(upstream: Any, redis_flush: str) -> None:
         assert proc.wait(timeout=120) == 0
     times = sorted(r.time for r in upstream.requests)
     assert len(times) == 2 * per_process
-    assert times[-1] - started >= (2 * per_process - 6) / 30.0 - 0.01  # 0.01: the script's µs rounding
+    assert times[-1] - started >= (2 * per_process - 6) / 30.0 - 0.01  # 0.01: the script's microsecond rounding
 
 
 def test_bad_config_names_the_problem() -> None:

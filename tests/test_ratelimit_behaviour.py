@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from aurelis_plugins.ratelimit import RateLimit, RateLimitConfig, RateLimitTimeout
 from support import FakeClock, gated_upstream
 
 import aurelis_core
 from aurelis_core import Attempt, Pipeline, RequestContext, hookimpl
 from aurelis_core.health import EndpointUnavailable
 from aurelis_core.testing import SimulatedServer
+from aurelis_plugins.ratelimit import RateLimit, RateLimitConfig, RateLimitTimeout
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "sim-chat", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 50}

@@ -17,10 +17,10 @@ import httpx2
 import openai
 import pytest
 import redis
-from aurelis_plugins._serialize import loads
 
 from aurelis_core import CacheEntry, ConfigError, Pipeline
 from aurelis_core.testing import SimulatedServer
+from aurelis_plugins._serialize import loads
 
 pytestmark = pytest.mark.redis
 
@@ -345,9 +345,8 @@ def test_sentinel(upstream: SimulatedServer, own_redis: tuple[subprocess.Popen[b
 
 
 def test_entry_round_trip_keeps_chunks_and_ttl() -> None:
-    from aurelis_plugins._serialize import codec_named, dumps
-
     from aurelis_core._tenant import Tenant
+    from aurelis_plugins._serialize import codec_named, dumps
 
     mac = Tenant().entry_mac
     entry = CacheEntry(200, [(b"content-type", b"text/event-stream")], b"data: x\n\n" * 50,

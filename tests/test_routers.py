@@ -7,16 +7,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aurelis_plugins.routers.ai_optimized import AIOptimized
-from aurelis_plugins.routers.least_connections import LeastConnections
-from aurelis_plugins.routers.load_based import LoadBased, parse_duration
-from aurelis_plugins.routers.round_robin import RoundRobin
-from aurelis_plugins.routers.weighted_response_time import WeightedResponseTime
 
 from aurelis_core import Attempt, ConfigError, Endpoint, Pipeline, RequestContext
 from aurelis_core._models import DEFAULT_CONTROLS
 from aurelis_core.health import EndpointHealth
 from aurelis_core.plugin import FAILED_ENDPOINTS
+from aurelis_plugins.routers.ai_optimized import AIOptimized
+from aurelis_plugins.routers.least_connections import LeastConnections
+from aurelis_plugins.routers.load_based import LoadBased, parse_duration
+from aurelis_plugins.routers.round_robin import RoundRobin
+from aurelis_plugins.routers.weighted_response_time import WeightedResponseTime
 
 ALL = [RoundRobin, LeastConnections, WeightedResponseTime, LoadBased, AIOptimized]
 NAMES = [cls.name for cls in ALL]
@@ -361,6 +361,9 @@ def test_parse_duration() -> None:
     assert parse_duration("1.5s") == 1.5
     assert parse_duration("20ms") == pytest.approx(0.02)
     assert parse_duration("1h2m3s") == 3723.0
+    # Microseconds in each spelling Go accepts: "us", MICRO SIGN (what Go writes), GREEK SMALL LETTER MU.
+    for micro in ("us", "\u00b5s", "\u03bcs"):
+        assert parse_duration("250" + micro) == pytest.approx(25e-5)
     assert parse_duration("7") == 7.0
     assert parse_duration("soon") is None
     assert parse_duration("") is None

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aurelis_plugins.memory import MemoryCache, MemoryConfig
 
 from aurelis_core import CacheEntry, Pipeline, RequestContext, RequestControls
 from aurelis_core.testing import SimulatedServer
+from aurelis_plugins.memory import MemoryCache, MemoryConfig
 
 
 class Clocks:

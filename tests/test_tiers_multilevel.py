@@ -13,11 +13,11 @@ import anyio
 import httpx
 import pytest
 import redis
-from aurelis_plugins._writebehind import WriteBehind
 
 from aurelis_core import Pipeline
 from aurelis_core.testing import SimulatedServer
 from aurelis_core.tools.cli import main as cli_main
+from aurelis_plugins._writebehind import WriteBehind
 
 pytestmark = pytest.mark.redis
 

@@ -14,11 +14,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from aurelis_plugins.tuner import ConcurrencyLimitError
 from support import PATIENCE, FakeClock, gated_upstream
 
 from aurelis_core import Attempt, ConfigError, Pipeline, RequestContext, RequestControls
 from aurelis_core.testing import SimulatedServer
+from aurelis_plugins.tuner import ConcurrencyLimitError
 
 BODY = {"model": "sim-chat", "messages": [{"role": "user", "content": "hi"}]}
 HOST = "127.0.0.1"

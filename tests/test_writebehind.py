@@ -7,6 +7,7 @@ import asyncio
 import threading
 
 import pytest
+
 from aurelis_plugins._writebehind import WriteBehind
 
 

@@ -20,14 +20,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import attrs
+
+from aurelis_core import Endpoint
+from aurelis_core.health import EndpointHealth
 from aurelis_plugins.routers.ai_optimized import AIOptimized
 from aurelis_plugins.routers.least_connections import LeastConnections
 from aurelis_plugins.routers.load_based import LoadBased
 from aurelis_plugins.routers.round_robin import RoundRobin
 from aurelis_plugins.routers.weighted_response_time import WeightedResponseTime
-
-from aurelis_core import Endpoint
-from aurelis_core.health import EndpointHealth
 
 from .engine import Clock, EndpointModel, Result, Simulation
 

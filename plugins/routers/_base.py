@@ -47,9 +47,9 @@ from aurelis_core.plugin import (
     Endpoint,
     EndpointHealth,
     RequestContext,
+    buffered_body,
     hookimpl,
     non_negative_int,
-    positive,
     positive_int,
 )
 
@@ -61,7 +61,6 @@ __all__ = [
     "failed_endpoints",
     "latency_sample",
     "outcome",
-    "positive",
     "request_profile",
 ]
 
@@ -77,9 +76,6 @@ BYTES_PER_TOKEN = 4
 
 #: Statuses that count against the endpoint (the rest of 4xx blame the request, not where it was sent).
 FAILURE_STATUSES = frozenset({401, 403, 408, 429})
-
-
-
 
 
 @attrs.frozen
@@ -119,7 +115,7 @@ def request_profile(ctx: RequestContext, default_output_tokens: int) -> RequestP
     profile: RequestProfile | None = ctx.state.get(STATE_KEY)
     if profile is not None:
         return profile
-    body = getattr(ctx.original, "_content", None)
+    body = buffered_body(ctx.original)
     data = ctx.json
     output = default_output_tokens
     stream = ctx.stream

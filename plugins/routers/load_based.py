@@ -32,8 +32,12 @@ from ._base import Router, RouterConfig
 
 __all__ = ["LoadBased", "LoadBasedConfig", "parse_duration"]
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
-_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+# Go's units: microseconds are "us", "\u00b5s" (MICRO SIGN, what Go itself writes) or "\u03bcs" (GREEK SMALL
+# LETTER MU, which Go also accepts); escaped because the two look the same.
+_UNIT = {
+    "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ns": 1e-9,
+}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|\u00b5s|\u03bcs|ns|h|m|s)")
 
 
 def parse_duration(text: str) -> float | None:

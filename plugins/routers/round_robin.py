@@ -38,4 +38,3 @@ class RoundRobin(Router):
 
     def _turn_weight(self, index: int) -> float:
         return self._weight(index, self._now)
-

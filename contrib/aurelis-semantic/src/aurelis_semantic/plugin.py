@@ -205,12 +205,12 @@ class SemanticCache:
         with self._vectors_lock:
             known = [self._vectors.get(t) for t in texts]
         missing = [t for t, v in zip(texts, known, strict=True) if v is None]
+        fresh: dict[str, Vectors] = {}
         if missing:
             fresh = dict(zip(missing, self.embedder.embed(missing), strict=True))
             with self._vectors_lock:
                 self._vectors.update(fresh)
-            known = [v if v is not None else fresh[t] for t, v in zip(texts, known, strict=True)]
-        return np.stack(known)  # type: ignore[arg-type]
+        return np.stack([v if v is not None else fresh[t] for t, v in zip(texts, known, strict=True)])
 
     def _lookup(self, ctx: RequestContext) -> CacheEntry | None:
         state = ctx.state["semantic"]
