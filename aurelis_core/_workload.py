@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 
+from ._rewrite import place_path
 from ._tenant import DEFAULT_CREDENTIAL_HEADERS
 
 __all__ = ["CREDENTIAL_HEADERS", "WorkloadRequest", "join_url", "load_workload"]
@@ -80,9 +81,7 @@ def join_url(base_url: str, path: str) -> str:
     prefix = ("/" + prefix).rstrip("/") if slash else ""
     if not path.startswith("/"):
         path = "/" + path
-    if prefix and not (path == prefix or path.startswith(prefix + "/")):
-        path = prefix + path
-    return f"{scheme}://{host}{path}"
+    return f"{scheme}://{host}{place_path(prefix, path)}"
 
 
 def load_workload(path: str | os.PathLike[str]) -> list[WorkloadRequest]:

@@ -17,30 +17,25 @@ its stages with the plugins of that moment, even while another thread changes th
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from inspect import isawaitable
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from ._coalesce import COALESCED, Flight, Flights, flight_stream, tail
-from ._compat import build_response, copy_request, extend_header_items, header_items, is_read
+from ._compat import build_response, extend_header_items, header_items, is_read
+from ._controls import CONTROL_HEADER_PREFIX as CONTROL_HEADER_PREFIX
+from ._controls import controls_of
 from ._drivers import Flow, LoopBridge, drive_async, drive_sync
 from ._models import (
     CACHE_HIT,
     CACHE_MISS,
-    DEFAULT_CONTROLS,
     Attempt,
     CacheEntry,
     CacheInfo,
     Endpoint,
     RequestContext,
-    RequestControlError,
-    RequestControls,
 )
 from ._plugins import (
     AurelisPluginManager,
@@ -53,13 +48,13 @@ from ._plugins import (
     unknown_plugin,
 )
 from ._resend import resend_refusal
+from ._rewrite import rewrite
 from ._sse import chunk_stream, is_event_stream, stream_complete
 from ._tenant import Tenant
 from ._transports import instrument_client, observed_stream, wrap_transport
 from .config import Config, ConfigError, choices_hint, config_from_table, load_config
 from .health import EndpointHealth
 from .stats import Stats, worth_logging
-from .validators import Invalid, describe
 
 __all__ = ["Flow", "Pipeline"]
 
@@ -99,10 +94,6 @@ UNSTORED_HEADERS = frozenset(
 )
 #: Rate-limit headers describe the upstream's budget at the time of the call; a replay spent none of it.
 UNSTORED_PREFIXES = (b"x-ratelimit-",)
-
-#: Request headers that carry per-request cache controls for callers (like the openai SDK) that can set
-#: headers but not request extensions. They are removed before the request goes upstream.
-CONTROL_HEADER_PREFIX = "x-aurelis-"
 
 
 class Pipeline:
@@ -328,7 +319,7 @@ class Pipeline:
                 self._started = True
                 yield from self._lifecycle(stages.start, ctx.is_async, False)
             if stages.caching:
-                ctx.controls = controls = _controls_of(ctx)
+                ctx.controls = controls = controls_of(ctx)
                 if not controls.skip:
                     try:
                         for normalize in stages.normalize:
@@ -546,7 +537,7 @@ class Pipeline:
             attempt = Attempt(len(ctx.attempts) + 1, endpoint)
             ctx.attempts.append(attempt)
             try:
-                ctx.request = _rewrite(ctx, endpoint, endpoints) if endpoint is not None else ctx.original
+                ctx.request = rewrite(ctx, endpoint, endpoints) if endpoint is not None else ctx.original
                 wait = 0.0
                 for admit in stages.admit:
                     answer = admit(ctx, attempt)
@@ -778,171 +769,6 @@ def _sleep(ctx: RequestContext, seconds: float) -> Awaitable[None] | None:
 
         return anyio.sleep(seconds)
     time.sleep(seconds)
-    return None
-
-
-def _controls_of(ctx: RequestContext) -> RequestControls:
-    """Per-request cache controls from ``extensions["aurelis"]``, ``x-aurelis-*`` and ``Cache-Control``.
-
-    Invalid controls raise :class:`RequestControlError` (a ``ValueError``) naming the header or extension key
-    and what is valid, before any cache is read or anything is sent.
-    """
-    request = ctx.request
-    given = request.extensions.get("aurelis")
-    # One pass over the lower-cased header names: this runs on every request of a caching pipeline. The first
-    # byte ("c", "x") is tested before the whole name: most headers fail it, which saves ~0.3 us a request.
-    # (httpx accepts an empty header name; it is let through here as it is, for the transport to judge.)
-    cache_control: str | None = None
-    has_control_headers = False
-    for _, lower, value in header_items(request.headers):
-        first = lower[0] if lower else 0
-        if first == 99 and lower == b"cache-control":
-            cache_control = value.decode("latin-1")
-        elif first == 120 and lower.startswith(b"x-aurelis-"):
-            has_control_headers = True
-    if given is None and cache_control is None and not has_control_headers:
-        return DEFAULT_CONTROLS
-    options: dict[str, Any] = {}
-    if cache_control is not None:
-        directives = {d.strip().lower() for d in cache_control.split(",")}
-        if "no-store" in directives:
-            options["no_store"] = True
-        if "no-cache" in directives:
-            options["refresh"] = True
-    if has_control_headers:
-        options.update(_control_headers(ctx))
-    if given is None:
-        return RequestControls(**options)  # read from headers: checked, and typed, as they were read
-    if isinstance(given, RequestControls):
-        return given
-    if not isinstance(given, Mapping):
-        raise RequestControlError(
-            f"{_EXTENSION}: expected a dict of cache controls or a RequestControls, got {describe(given)}"
-        )
-    options.update(given)
-    # The same checks as a config table (types from RequestControls' annotations, then its validators): the
-    # header values were checked already, so an error here is about an extension key, and names it.
-    try:
-        return config_from_table(RequestControls, options, _EXTENSION)
-    except ConfigError as exc:
-        raise RequestControlError("\n".join(exc.errors)) from None
-
-
-_EXTENSION = "request.extensions['aurelis']"
-#: The control headers, and the modes ``x-aurelis-cache`` takes (-> the RequestControls field they set).
-_CONTROL_HEADERS = ("x-aurelis-cache", "x-aurelis-namespace", "x-aurelis-ttl")
-_CACHE_MODES = {"skip": ("skip", True), "refresh": ("refresh", True), "no-store": ("no_store", True),
-                "no-coalesce": ("coalesce", False)}
-#: A plain decimal number (no sign, no "_" digit separators, no "nan"/"inf", which float() would all take).
-_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-
-
-def _control_headers(ctx: RequestContext) -> dict[str, Any]:
-    """Read, check and strip ``x-aurelis-cache`` (comma-separated: skip, refresh, no-store, no-coalesce),
-    ``x-aurelis-ttl``, ``x-aurelis-namespace``.
-
-    Each value is checked here, with an error naming its header; ttl and namespace go through the validators
-    of their :class:`RequestControls` fields, so a header and an extension key accept exactly the same values.
-    A header repeated with another value is an error (which one was meant?); ``x-aurelis-cache`` may repeat,
-    its modes add up.
-    """
-    request = ctx.request
-    options: dict[str, Any] = {}
-    given: dict[bytes, str] = {}
-    kept = []
-    for name, value in request.headers.raw:
-        lname = name.lower()
-        if not lname.startswith(b"x-aurelis-"):
-            kept.append((name, value))
-            continue
-        text = value.decode("latin-1").strip()
-        if lname == b"x-aurelis-cache":
-            for mode in text.lower().split(","):
-                setting = _CACHE_MODES.get(mode.strip())
-                if setting is None:
-                    raise RequestControlError(
-                        f"x-aurelis-cache: {text!r} is not one of skip, refresh, no-store, no-coalesce "
-                        "(or a comma-separated list of them)"
-                    )
-                options[setting[0]] = setting[1]
-            continue
-        header = lname.decode("latin-1")
-        if header not in _CONTROL_HEADERS:
-            raise RequestControlError(
-                f"unknown request header {name.decode('latin-1')!r}{choices_hint(header, _CONTROL_HEADERS)}"
-            )
-        before = given.setdefault(lname, text)
-        if before != text:
-            raise RequestControlError(f"{header}: given twice, with different values ({before!r}, {text!r})")
-        if lname == b"x-aurelis-ttl":
-            # Not a plain number: nan, which the field's validator refuses as it refuses 0, -5 or 1e999 (inf).
-            ttl = float(text) if _DECIMAL.fullmatch(text) else _NAN
-            ttl_field = _CONTROL_FIELDS.ttl
-            try:
-                ttl_field.validator(None, ttl_field, ttl)  # type: ignore[misc]
-            except Invalid:
-                raise RequestControlError(f"{header}: expected a number of seconds > 0, got {text!r}") from None
-            options["ttl"] = ttl
-        else:
-            field = _CONTROL_FIELDS.namespace
-            try:
-                field.validator(None, field, text)  # type: ignore[misc]
-            except Invalid as exc:
-                raise RequestControlError(f"{header}: {exc.detail}") from None
-            options["namespace"] = text
-    ctx.request = ctx.original = copy_request(ctx.http, request, request.url, kept)
-    return options
-
-
-_CONTROL_FIELDS = attrs.fields(RequestControls)
-_NAN = float("nan")
-
-
-@functools.lru_cache(maxsize=256)
-def _base_of(http: Any, url: str) -> tuple[bytes, bytes, bytes]:
-    """``(scheme, netloc, base path without trailing slash)`` of an endpoint URL, parsed once."""
-    parsed = http.URL(url)
-    return parsed.raw_scheme, parsed.netloc, parsed.raw_path.rstrip(b"/")
-
-
-def _rewrite(ctx: RequestContext, endpoint: Endpoint, endpoints: Sequence[Endpoint]) -> Any:
-    """The original request moved onto ``endpoint``: its scheme, host, port and base path, then the request's
-    *operation path*; the endpoint's headers and credential applied.
-
-    The operation path (``/chat/completions``) is the request path without the caller's own base path, which
-    is known when the caller addressed one of the configured endpoints (its ``base_url`` is, say,
-    ``https://models.github.ai/inference``: ``/inference`` is dropped before ``/v1`` of another endpoint is put
-    in front), or when the path already starts with the target's base path. Otherwise (a placeholder host)
-    the whole request path is the operation path: give such a client a base URL without a path.
-    """
-    original = ctx.original
-    http = ctx.http
-    base = http.URL(endpoint.url)
-    path = original.url.raw_path
-    prefix = base.raw_path.rstrip(b"/")
-    own = _caller_base(original.url, path, endpoints, http)
-    if own is None and path.startswith(prefix + b"/"):
-        own = prefix
-    if own:
-        path = path[len(own):]
-    url = base.copy_with(raw_path=prefix + path)
-    headers = [(k, v) for k, v in original.headers.raw if k.lower() != b"host"]
-    headers.insert(0, (b"Host", url.netloc))
-    if endpoint.headers or endpoint.api_key:
-        override = {k.lower().encode(): v.encode() for k, v in endpoint.headers.items()}
-        if endpoint.api_key:
-            override[b"authorization"] = b"Bearer " + endpoint.api_key.encode()
-        headers = [(k, v) for k, v in headers if k.lower() not in override]
-        headers.extend(override.items())
-    return copy_request(http, original, url, headers)
-
-
-def _caller_base(url: Any, path: bytes, endpoints: Sequence[Endpoint], http: Any) -> bytes | None:
-    """The base path of the configured endpoint that ``url`` addresses, if it addresses one."""
-    for endpoint in endpoints:
-        scheme, netloc, prefix = _base_of(http, endpoint.url)
-        if url.netloc == netloc and url.raw_scheme == scheme and path.startswith(prefix + b"/"):
-            return prefix
     return None
 
 

@@ -266,3 +266,20 @@ def test_start_runs_once_and_close_runs_async_impls_for_sync_pipelines() -> None
     pipeline.close()
     pipeline.close()
     assert life.events == ["start", "close"]
+
+
+@pytest.mark.parametrize("path", ["/v1", "/v1/", "/v1/chat/completions", "/chat/completions", "/v10/x", "/"])
+def test_routing_and_workload_files_place_a_path_on_a_base_url_alike(path: str) -> None:
+    """One rule for both: a path already under the endpoint's base path stays as it is (the base path itself
+    included), any other goes under it. ``join_url`` is what ``aurelis replay`` sends a workload line to."""
+    from aurelis_core.plugin import join_url
+
+    router = Router()
+    upstream = Upstream(statuses=[200])
+    client = client_for({"endpoints": [{"url": "http://a.internal:8001/v1", "name": "a"}]}, router,
+                        upstream=upstream)
+    router.endpoints = client._transport.aurelis_pipeline.endpoints
+    client.post("http://placeholder" + path, json=BODY)
+    (sent,) = upstream.requests
+    assert str(sent.url) == join_url("http://a.internal:8001/v1", path)
+    assert sent.url.path != "/v1/v1"
