@@ -240,8 +240,10 @@ class Pipeline:
 
         What plugins and tools find a tier by, by capability rather than by name (the Protocols of
         :mod:`aurelis_core.plugin`): ``[t for t in pipeline.cache_tiers() if isinstance(t, ShrinkableTier)]``.
+        Empty while the pipeline's plugins are still being built (a plugin's ``__init__`` may ask).
         """
-        return self._stages.tier_plugins
+        stages: Stages | None = getattr(self, "_stages", None)
+        return () if stages is None else stages.tier_plugins
 
     # --- wrapping clients --------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sized
 from typing import Any
 
 import attrs
@@ -33,6 +33,7 @@ from aurelis_core.plugin import (
     PROBE,
     Attempt,
     RequestContext,
+    ShrinkableTier,
     buffered_body,
     each,
     hookimpl,
@@ -341,7 +342,10 @@ class _ScrapeTimeCollector(Collector):
             tier_errors.add_metric([tier, operation], float(count))
         yield tier_errors
         yield self._resource_usage(pipeline, stats)
-        tuner = pipeline.pm.get_plugin("tuner")
+        try:
+            tuner = pipeline.plugin("tuner")
+        except KeyError:
+            tuner = None
         if tuner is not None:
             limit = GaugeMetricFamily(
                 "aurelis_concurrency_limit", "The tuner's concurrency limit.", labels=["endpoint"]
@@ -370,9 +374,12 @@ class _ScrapeTimeCollector(Collector):
         usage.add_metric(["requests_per_second"], recent / RATE_WINDOW)
         usage.add_metric(["saved_tokens_per_second"], tokens / RATE_WINDOW)
         usage.add_metric(["hit_rate"], stats.hit_rate)
-        memory = pipeline.pm.get_plugin("memory")
+        # The first tier that holds its entries in this process's memory (a ShrinkableTier: it knows its bytes
+        # and budget), whatever plugin provides it; found by what it can do, not by a plugin's name.
+        memory = next((tier for tier in pipeline.cache_tiers() if isinstance(tier, ShrinkableTier)), None)
         if memory is not None:
             usage.add_metric(["memory_cache_bytes"], float(memory.currsize))
-            usage.add_metric(["memory_cache_entries"], float(len(memory)))
+            if isinstance(memory, Sized):  # not part of the protocol: a tier may not count its entries
+                usage.add_metric(["memory_cache_entries"], float(len(memory)))
             usage.add_metric(["memory_cache_budget_bytes"], float(memory.budget))
         return usage

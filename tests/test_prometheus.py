@@ -173,3 +173,43 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "aurelis_plugins.prometheus", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'aurelis\[prometheus\]'"):
         importlib.import_module("aurelis_plugins.prometheus")
+
+
+class OwnMemoryTier:
+    """A third-party in-memory tier: not called ``memory``, found by what it can do (a ShrinkableTier)."""
+
+    name = "own_memory"
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Any] = {}
+        self.budget = 1_000_000
+
+    @property
+    def currsize(self) -> int:
+        return sum(len(entry.body) for entry in self.entries.values())
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def shrink(self, fraction: float) -> int:
+        return 0
+
+    @hookimpl
+    def aurelis_cache_get(self, ctx: RequestContext) -> Any:
+        return self.entries.get(ctx.key)  # type: ignore[arg-type]
+
+    @hookimpl
+    def aurelis_cache_set(self, ctx: RequestContext, entry: Any, promote: bool) -> None:
+        self.entries[ctx.key] = entry  # type: ignore[index]
+
+
+def test_memory_figures_come_from_any_in_memory_tier(upstream: SimulatedServer) -> None:
+    tier = OwnMemoryTier()
+    pipeline = Pipeline({"plugins": ["normalize", "prometheus"]}, plugins=[tier])
+    with pipeline.instrument(httpx.Client()) as client:
+        chat(client, upstream, "one")
+        chat(client, upstream, "two")
+    samples = scrape(pipeline.plugin("prometheus").exposition())
+    assert value(samples, "aurelis_resource_usage", metric="memory_cache_entries") == 2
+    assert value(samples, "aurelis_resource_usage", metric="memory_cache_bytes") == tier.currsize > 0
+    assert value(samples, "aurelis_resource_usage", metric="memory_cache_budget_bytes") == 1_000_000
