@@ -152,7 +152,7 @@ def test_decimals_are_exact_and_integral_values_are_integers() -> None:
 
 @pytest.mark.parametrize("raw", [b'{"model":"a","model":"b"}', b'{"m":{"t":1,"t":1}}',
                                  b'{"a":[{"x":":","x":2}]}', b'{"a":"\\u003a","a":1}', b'{"a":"\\u003A"}',
-                                 b'{"a":"b","a":"\\u003a"}'])
+                                 b'{"a":"b","a":"\\u003a"}', b'{"a":"b","a":"\\u003A"}'])
 def test_bodies_with_a_repeated_key_are_not_cached(raw: bytes) -> None:
     # Upstreams disagree on which of the repeated values wins; a key of either could serve the wrong answer.
     assert key_of(raw) is None
@@ -508,3 +508,21 @@ def test_credentials_never_reach_a_tier(tmp_path: Path, redis_flush: str, upstre
         store.close()
     assert secret.encode() not in path.read_bytes()
     assert upstream.count("/chat/completions") == 1
+
+
+def test_a_repeated_request_is_known_by_its_model_too(upstream: SimulatedServer) -> None:
+    """The key stage remembers requests it has keyed; a repeated one (every hit) still names its model."""
+    pipeline = Pipeline({"plugins": ["normalize", "memory"]})
+    with pipeline.instrument(httpx.Client()) as client:
+        for _ in range(2):
+            client.post(upstream.base_url + "/chat/completions", json={**CHAT, "model": "sim-chat"})
+    assert [(s.cache, s.model) for s in pipeline.stats.samples] == [("miss", "sim-chat"), ("hit", "sim-chat")]
+
+
+def test_the_secret_never_shows_in_a_repr() -> None:
+    from aurelis_core.plugin import TenantConfig
+    from aurelis_plugins.normalize import NormalizeConfig
+
+    assert "s3cr3t" not in repr(NormalizeConfig(secret="s3cr3t"))
+    assert "s3cr3t" not in repr(TenantConfig(secret="s3cr3t"))
+    assert "s3cr3t" not in repr(Pipeline({"plugins": ["normalize"], "tenant": {"secret": "s3cr3t"}}).config)
