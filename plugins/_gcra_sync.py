@@ -19,10 +19,17 @@ if TYPE_CHECKING:
 
 
 def reserve(limiter: RedisGCRA, specs: Sequence[Spec], max_wait: float) -> Reservation:
-    """Reserve ``specs`` in one script call, which also applies the corrections queued since the last one."""
+    """Reserve ``specs`` in one script call, which also applies the corrections queued since the last one. A
+    failure (raised) starts the limiter's cool-off; an answer ends it."""
     script = limiter._sync_script()
     keys, args = limiter._args(specs, max_wait)
-    return _reservation(script(keys=keys, args=args))
+    try:
+        reply = script(keys=keys, args=args)
+    except limiter.errors:
+        limiter._failed()
+        raise
+    limiter._answered()
+    return _reservation(reply)
 
 
 def close(limiter: RedisGCRA) -> None:
