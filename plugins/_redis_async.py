@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._writebehind import ASYNC
-from .redis_tier import TIER_ERRORS
+from .redis_tier import TIER_ERRORS, _busy
 
 if TYPE_CHECKING:
     from aurelis_core.plugin import CacheEntry
@@ -24,7 +24,10 @@ async def get(tier: RedisTier, key: str) -> CacheEntry | None:
     pipeline counts it as a miss)."""
     try:
         data = await tier.async_client().get(key)
-    except TIER_ERRORS:
+    except TIER_ERRORS as exc:
+        if _busy(exc):  # every connection busy: a miss, but Redis did not fail
+            tier.pipeline.stats.tier_error(tier.name, "busy")
+            return None
         tier._breaker.failure()
         raise
     tier._breaker.success()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._writebehind import SYNC
-from .redis_tier import TIER_ERRORS
+from .redis_tier import TIER_ERRORS, _busy
 
 if TYPE_CHECKING:
     from aurelis_core.plugin import CacheEntry
@@ -26,7 +26,10 @@ def get(tier: RedisTier, key: str) -> CacheEntry | None:
     pipeline counts it as a miss)."""
     try:
         data = tier.sync_client().get(key)
-    except TIER_ERRORS:
+    except TIER_ERRORS as exc:
+        if _busy(exc):  # every connection busy: a miss, but Redis did not fail
+            tier.pipeline.stats.tier_error(tier.name, "busy")
+            return None
         tier._breaker.failure()
         raise
     tier._breaker.success()

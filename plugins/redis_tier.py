@@ -15,6 +15,14 @@ connect, no retries), every error is a miss, and after ``breaker_failures`` cons
 not even tried for ``breaker_reset`` seconds; then one request probes it, and its success closes the breaker.
 So a dead or hung Redis costs a handful of requests one timeout each, then nothing.
 
+Connections: each client (the sync one, the asyncio one of each event loop) keeps at most ``pool_size``
+connections (per node on Cluster). On a single node a lookup that finds them all busy waits up to
+``pool_timeout`` for one to come free (redis-py's ``BlockingConnectionPool``); one that still finds none -- or,
+on Sentinel and Cluster, whose pools do not wait, one beyond ``pool_size`` -- is a miss counted as
+``redis.busy``: a busy pool is load, not a failing Redis, so it never opens the breaker. At start-up
+(``aurelis_start``) the tier opens ``open_at_start`` connections (default: all ``pool_size``), so a fresh
+replica's first burst finds them open instead of connecting while its event loop is busiest.
+
 Every value carries a tag (:mod:`aurelis_plugins._serialize`): a MAC under the deployment's secret
 (``[tenant] secret``) and the entry's cache key. A value whose tag does not verify -- planted by someone with
 write access to Redis, copied to another key, truncated -- is a miss, counted as ``redis.unauthenticated`` and
@@ -34,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +60,7 @@ from aurelis_core.plugin import (
     host_port,
     label,
     non_empty,
+    non_negative_int,
     positive,
     positive_int,
     probe_redis,
@@ -75,14 +85,57 @@ try:
 except ImportError:  # pragma: no cover - depends on the installed extras
     raise ImportError("the redis plugin needs: pip install 'aurelis[redis]'") from None
 
-__all__ = ["MAX_ENTRY_BYTES", "Breaker", "RedisConfig", "RedisTier", "WarmConfig"]
+__all__ = ["MAX_ENTRY_BYTES", "Breaker", "PoolBusy", "RedisConfig", "RedisTier", "WarmConfig"]
 
 logger = logging.getLogger("aurelis")
 
+#: Seconds each connection opened at start-up may take to connect (they connect together, maybe on a busy loop).
+START_CONNECT_TIMEOUT = 1.0
 #: Errors that mean "Redis is not answering properly" (redis-py wraps socket errors, but not all of them).
 TIER_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
 #: Default ``max_entry_bytes`` (see the module docstring).
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
+
+
+class PoolBusy(redis.ConnectionError):
+    """Every connection of the tier's pool was busy for ``pool_timeout`` (or, where pools do not wait, the pool
+    was at ``pool_size``): the caller's lookup is a miss, but Redis did not fail, so the breaker is not told."""
+
+
+def _is_pool_wait(exc: BaseException) -> bool:
+    # redis-py raises a plain ConnectionError("No connection available.") when a BlockingConnectionPool's wait
+    # runs out, from queue.Empty (sync) or a TimeoutError (asyncio); connecting errors have other causes or types.
+    cause = exc.__cause__ or exc.__context__
+    return type(exc) is redis.ConnectionError and isinstance(cause, (queue.Empty, TimeoutError))
+
+
+class _SyncPool(redis.BlockingConnectionPool):
+    """redis-py's blocking pool, raising :class:`PoolBusy` when its wait runs out."""
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except redis.ConnectionError as exc:
+            if _is_pool_wait(exc):
+                raise PoolBusy(f"all {self.max_connections} connections busy") from exc
+            raise
+
+
+class _AsyncPool(redis.asyncio.BlockingConnectionPool):
+    """redis-py's asyncio blocking pool, raising :class:`PoolBusy` when its wait runs out."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except redis.ConnectionError as exc:
+            if _is_pool_wait(exc):
+                raise PoolBusy(f"all {self.max_connections} connections busy") from exc
+            raise
+
+
+def _busy(exc: BaseException) -> bool:
+    """Whether ``exc`` says the client's pool is full (load), not that Redis failed."""
+    return isinstance(exc, (PoolBusy, redis.exceptions.MaxConnectionsError))
 
 
 
@@ -131,8 +184,15 @@ class RedisConfig:
     warm: WarmConfig = attrs.field(factory=WarmConfig)
     #: Largest entry (body and headers, in bytes) stored; larger answers are passed through.
     max_entry_bytes: int = attrs.field(default=MAX_ENTRY_BYTES, validator=positive_int)
+    #: Connections per client (per node on Cluster); a lookup finding all busy waits ``pool_timeout`` for one.
+    pool_size: int = attrs.field(default=32, validator=positive_int)
+    pool_timeout: float = attrs.field(default=0.1, validator=positive)
+    #: Connections opened at start-up (None: ``pool_size``; 0: none), so a new replica's first burst finds them.
+    open_at_start: int | None = attrs.field(default=None, validator=non_negative_int)
 
     def __attrs_post_init__(self) -> None:
+        if self.open_at_start is not None and self.open_at_start > self.pool_size:
+            raise ValueError(f"'open_at_start': {self.open_at_start} is more than pool_size ({self.pool_size})")
         given = [n for n in ("url", "sentinels", "cluster_nodes") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"give one of url, sentinels, cluster_nodes, not {' and '.join(given)}")
@@ -219,6 +279,8 @@ class RedisTier(WriteBehindTier):
         self._client_lock = threading.Lock()
         self._aclient: Any = None
         self._aloop: asyncio.AbstractEventLoop | None = None
+        #: The start hook opening the asyncio pool's connections, while it does.
+        self._opening: asyncio.Future[None] | None = None
         self._unreadable_logged = False
         self._unauthenticated_logged = False
         self.queue: WriteBehind[Op] = WriteBehind(
@@ -265,14 +327,85 @@ class RedisTier(WriteBehindTier):
         options = {**self._options(), "retry": retry.Retry(NoBackoff(), 0)}
         if config.cluster_nodes is not None:
             nodes = [cluster.ClusterNode(*_split(n)) for n in config.cluster_nodes]
-            return cluster.RedisCluster(startup_nodes=nodes, password=config.password, **options)
+            return cluster.RedisCluster(
+                startup_nodes=nodes, password=config.password, max_connections=config.pool_size, **options
+            )
         if config.sentinels is not None:
             sentinels = [_split(n) for n in config.sentinels]
             manager = sentinel.Sentinel(sentinels, sentinel_kwargs=self._options(), **self._options())
-            return manager.master_for(config.service_name, password=config.password, **options)
-        return redis_cls.from_url(config.url or "redis://127.0.0.1:6379/0", **options)
+            return manager.master_for(
+                config.service_name, password=config.password, max_connections=config.pool_size, **options
+            )
+        pool_cls = _AsyncPool if redis_cls is redis.asyncio.Redis else _SyncPool
+        pool = pool_cls.from_url(
+            config.url or _DEFAULT_URL, max_connections=config.pool_size, timeout=config.pool_timeout, **options
+        )
+        return redis_cls.from_pool(pool)
 
     # --- hooks -------------------------------------------------------------------------------------------------
+
+    # Opening the pool differs by mode on purpose (threads can connect one after another; an event loop opens
+    # all at once, and its lookups wait for that), so it is hand-written, not generated.
+
+    @hookimpl
+    def aurelis_start(self, pipeline: Any) -> Any:
+        count = self.config.pool_size if self.config.open_at_start is None else self.config.open_at_start
+        if pipeline.is_async:
+            return self._astart(pipeline, count)
+        pool = getattr(self.sync_client(), "connection_pool", None)  # Cluster: a pool per node, opened on use
+        if count and pool is not None:
+            opened = []
+            try:
+                for _ in range(count):
+                    opened.append(pool.get_connection())
+            except TIER_ERRORS as exc:
+                self._open_failed(exc)
+            finally:
+                for connection in opened:
+                    pool.release(connection)
+        return super().aurelis_start(pipeline)
+
+    async def _astart(self, pipeline: Any, count: int) -> None:
+        pool = getattr(self.async_client(), "connection_pool", None)
+        if count and pool is not None:
+            # Lookups made meanwhile (the first request's burst started us) wait for these connections rather
+            # than each opening one of its own with the loop at its busiest.
+            opening = self._opening = asyncio.ensure_future(self._aopen(pool, count))
+            try:
+                await opening
+            finally:
+                self._opening = None
+        warming = super().aurelis_start(pipeline)
+        if warming is not None:
+            await warming
+
+    async def _aopen(self, pool: Any, count: int) -> None:
+        kwargs = pool.connection_kwargs
+        configured = kwargs.get("socket_connect_timeout")
+        # Connecting ``count`` sockets at once on a loop that may already be busy with a burst: each gets
+        # START_CONNECT_TIMEOUT, not the 50 ms meant for one connection made on a request's path.
+        kwargs["socket_connect_timeout"] = max(configured or 0.0, START_CONNECT_TIMEOUT)
+        try:
+            results = await asyncio.gather(*(pool.get_connection() for _ in range(count)), return_exceptions=True)
+        finally:
+            kwargs["socket_connect_timeout"] = configured
+        failed = None
+        for result in results:
+            if isinstance(result, BaseException):
+                failed = result
+                continue
+            result.socket_connect_timeout = configured  # for when it reconnects, on a request's path
+            await pool.release(result)
+        if failed is not None:
+            self._open_failed(failed)
+
+    def _open_failed(self, exc: BaseException) -> None:
+        # Not a failed request: the first lookups will find out (and count) whether Redis is there.
+        logger.warning("aurelis: cache tier 'redis' could not open its connections at start-up: %s", exc)
+
+    async def _get_after_opening(self, opening: asyncio.Future[None], key: str) -> CacheEntry | None:
+        await asyncio.wait([opening])  # its errors are the start hook's to log
+        return await _redis_async.get(self, key)
 
     @hookimpl
     def aurelis_cache_get(self, ctx: RequestContext) -> Any:
@@ -281,6 +414,9 @@ class RedisTier(WriteBehindTier):
             return None
         key = self._prefix + ctx.key  # type: ignore[operator]
         if ctx.is_async:
+            opening = self._opening
+            if opening is not None and not opening.done():
+                return self._get_after_opening(opening, key)
             return _redis_async.get(self, key)
         return _redis_sync.get(self, key)
 
@@ -373,6 +509,9 @@ class RedisTier(WriteBehindTier):
         self.pipeline.stats.tier_error(self.name, "skipped")
 
     def _write_failed(self, exc: BaseException) -> None:
+        if _busy(exc):  # the pool was full: load, not a failing Redis
+            self.pipeline.stats.tier_error(self.name, "busy")
+            return
         self._breaker.failure()
         super()._write_failed(exc)
 

@@ -120,7 +120,9 @@ def redis_cluster(workdir: Path, masters: int = 3) -> Iterator[list[Server]]:
             node = workdir / f"node-{len(servers)}"
             node.mkdir()
             servers.append(_start(node, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                  "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"))
+                                  "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no",
+                                  # The bus port defaults to port + 10000, past 65535 for most free ports.
+                                  "--cluster-port", str(free_port())))
         subprocess.run([cli, "--cluster", "create", *(s.address for s in servers), "--cluster-yes"],
                        check=True, capture_output=True, timeout=30)
         deadline = time.monotonic() + 15

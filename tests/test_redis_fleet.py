@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -111,3 +112,126 @@ async def test_concurrent_async_requests_go_on_while_redis_is_frozen(upstream: S
             await timed()
             after = shared_state(server)
             assert all(after[k] != before[k] for k in after)
+
+
+# --- the cache tier's connection pool ------------------------------------------------------------------------
+
+API_KEY = "sk-test-secret-1234567890"
+
+
+def cached(**redis_options: Any) -> Pipeline:
+    return Pipeline({"plugins": ["normalize", "redis"], "redis": redis_options})
+
+
+def chat(n: int) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": f"question {n}"}]}
+
+
+def connections(server: Server, name: str) -> int:
+    """How many connections ``server`` holds under the client name ``name``."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        return sum(1 for c in client.client_list() if c.get("name") == name)
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_150_concurrent_lookups_through_a_pool_of_4_all_hit(upstream: SimulatedServer, tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        bodies = [chat(n) for n in range(150)]
+        writer = cached(url=server.url)
+        async with writer.instrument(httpx.AsyncClient(timeout=10)) as client:
+            for body in bodies:
+                await client.post(upstream.base_url + "/chat/completions", json=body,
+                                  headers={"authorization": f"Bearer {API_KEY}"})
+        # A replica with a pool of 4 and no memory tier: every lookup waits its turn for a connection.
+        reader = cached(url=server.url, pool_size=4, pool_timeout=2.0)
+        await reader.astart()  # as an application does at start-up: the pool's 4 connections are opened now
+        async with reader.instrument(httpx.AsyncClient(timeout=10)) as client:
+            answers = await asyncio.gather(*(
+                client.post(upstream.base_url + "/chat/completions", json=body,
+                            headers={"authorization": f"Bearer {API_KEY}"}) for body in bodies))
+        assert [a.headers.get("x-aurelis-cache-tier") for a in answers] == ["redis"] * 150
+        assert upstream.count("/chat/completions") == 150  # only the writer's
+        assert not reader.stats.tier_errors
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_a_cold_replicas_first_burst_of_64_is_served_from_redis(upstream: SimulatedServer,
+                                                                      tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        bodies = [chat(n) for n in range(64)]
+        writer = cached(url=server.url)
+        async with writer.instrument(httpx.AsyncClient(timeout=10)) as client:
+            for body in bodies:
+                await client.post(upstream.base_url + "/chat/completions", json=body,
+                                  headers={"authorization": f"Bearer {API_KEY}"})
+        # Nothing started: the burst's first request starts the pipeline, which opens the pool while the other
+        # 63 lookups wait for it instead of each connecting on a loop busy with the burst.
+        fresh = cached(url=server.url)
+        async with fresh.instrument(httpx.AsyncClient(timeout=10)) as client:
+            answers = await asyncio.gather(*(
+                client.post(upstream.base_url + "/chat/completions", json=body,
+                            headers={"authorization": f"Bearer {API_KEY}"}) for body in bodies))
+        assert [a.headers.get("x-aurelis-cache-tier") for a in answers] == ["redis"] * 64
+        assert not fresh.stats.tier_errors
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_a_full_pool_is_a_miss_not_a_failure(upstream: SimulatedServer, tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        pipeline = cached(url=server.url, pool_size=1, pool_timeout=0.05, breaker_failures=1)
+        tier = pipeline.plugin("redis")
+        async with pipeline.instrument(httpx.AsyncClient(timeout=10)) as client:
+
+            async def ask() -> str:
+                response = await client.post(upstream.base_url + "/chat/completions", json=chat(0),
+                                             headers={"authorization": f"Bearer {API_KEY}"})
+                assert response.status_code == 200
+                return response.headers.get("x-aurelis-cache-tier", "none")
+
+            assert await ask() == "none"
+            await tier.aflush()
+            pool = tier.async_client().connection_pool
+            held = await pool.get_connection()  # someone else holds the only connection
+            try:
+                assert await ask() == "none"  # waited 50 ms, then went upstream
+            finally:
+                await pool.release(held)
+            assert pipeline.stats.tier_errors["redis.busy"] == 1
+            assert "redis.get" not in pipeline.stats.tier_errors
+            assert await ask() == "redis"  # the breaker (1 failure opens it) stayed closed
+        await pipeline.aclose()
+
+
+@pytest.mark.redis
+def test_a_new_sync_replica_opens_its_connections_at_start(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        pipeline = cached(url=server.url + "?client_name=fresh-replica", pool_size=12, open_at_start=10)
+        assert connections(server, "fresh-replica") == 0
+        pipeline.start()
+        assert connections(server, "fresh-replica") == 10
+        pipeline.close()
+        assert connections(server, "fresh-replica") == 0
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_a_new_async_replica_opens_its_whole_pool_at_start(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        pipeline = cached(url=server.url + "?client_name=fresh-replica", pool_size=6)
+        await pipeline.astart()
+        assert connections(server, "fresh-replica") == 6  # open_at_start defaults to pool_size
+        await pipeline.aclose()
+        assert connections(server, "fresh-replica") == 0
+
+
+def test_open_at_start_cannot_exceed_the_pool() -> None:
+    from aurelis_core import ConfigError
+
+    with pytest.raises(ConfigError, match="open_at_start"):
+        cached(pool_size=4, open_at_start=5)
