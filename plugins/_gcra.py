@@ -20,6 +20,11 @@ A limiter must never hold a request up for longer than its own arithmetic says, 
 have tight timeouts (``timeout``, connect and read, no retries) and a cool-off of their own: after Redis fails,
 :meth:`RedisGCRA.may_ask` answers ``False`` for ``cooloff`` seconds (the caller uses its local limits without a
 network call), then lets one reservation probe Redis; its answer makes Redis the source of truth again.
+
+Any Redis will do: a single node, a Sentinel-watched master or a Cluster (a
+:class:`~aurelis_core.plugin.RedisConnection`). One script call touches every key of a reservation, and Cluster
+runs a script only on keys of one hash slot, so on Cluster the prefix is made a hash tag (``{aurelis:ratelimit:}``,
+unless it has one already): all the limits live in one slot, on one master, and a reservation stays atomic.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
+
+from aurelis_core.plugin import RedisConnection
 
 __all__ = ["LocalGCRA", "RedisGCRA", "Reservation", "Spec", "duration_seconds"]
 
@@ -144,14 +151,21 @@ class RedisGCRA:
     registered once (``EVALSHA``, re-sent by redis-py if the server lost it).
     """
 
-    def __init__(self, url: str, prefix: str, timeout: float = 0.15, cooloff: float = 2.0) -> None:
+    def __init__(
+        self, connection: str | RedisConnection, prefix: str, timeout: float = 0.15, cooloff: float = 2.0
+    ) -> None:
         try:
             import redis
-            import redis.asyncio
         except ImportError:  # pragma: no cover - depends on the installed extras
-            raise ImportError("the ratelimit plugin's redis_url needs: pip install 'aurelis[redis]'") from None
-        self._redis = redis
-        self.url = url
+            raise ImportError("the ratelimit plugin's shared limits need: pip install 'aurelis[redis]'") from None
+        if isinstance(connection, str):
+            connection = RedisConnection(url=connection)
+        #: Where the limits live.
+        self.connection = connection
+        #: The single node's URL (None for Sentinel and Cluster).
+        self.url = connection.url
+        if connection.is_cluster and not _has_hash_tag(prefix):
+            prefix = "{" + prefix + "}"
         self.prefix = prefix
         #: Seconds to connect, and to wait for each reply (a frozen Redis costs a request this, not its freeze).
         self.timeout = timeout
@@ -184,30 +198,20 @@ class RedisGCRA:
     # calls on them are written once, async, in ``_gcra_async``, and generated for sync callers in ``_gcra_sync``
     # (see ``aurelis_core._unasync``).
 
-    def _options(self, retry: Any) -> dict[str, Any]:
-        from redis.backoff import NoBackoff
+    def _client(self, is_async: bool) -> Any:
+        from ._redis_client import make_client
 
-        # No retries: a failed reservation falls back to the local limits now, not after three more timeouts
-        # (redis-py's default since 6.0 is three retries with backoff).
-        return {
-            "socket_timeout": self.timeout,
-            "socket_connect_timeout": self.timeout,
-            "retry": retry.Retry(NoBackoff(), 0),
-        }
+        return make_client(self.connection, is_async, socket_timeout=self.timeout, connect_timeout=self.timeout)
 
     def _sync_script(self) -> Any:
         if self._sync is None:
-            import redis.retry
-
-            self._sync_client = self._redis.Redis.from_url(self.url, **self._options(redis.retry))
+            self._sync_client = self._client(is_async=False)
             self._sync = self._sync_client.register_script(LUA_RESERVE)
         return self._sync
 
     def _async_script(self) -> Any:
         if self._async is None:
-            import redis.asyncio.retry
-
-            self._async_client = self._redis.asyncio.Redis.from_url(self.url, **self._options(redis.asyncio.retry))
+            self._async_client = self._client(is_async=True)
             self._async = self._async_client.register_script(LUA_RESERVE)
         return self._async
 
@@ -255,6 +259,12 @@ class RedisGCRA:
 
     async def aclose(self) -> None:
         await _gcra_async.close(self)
+
+
+def _has_hash_tag(key: str) -> bool:
+    """Whether Redis Cluster would hash ``key`` by a ``{...}`` tag in it (a non-empty one) rather than whole."""
+    start = key.find("{")
+    return start >= 0 and key.find("}", start + 1) > start + 1
 
 
 def _reservation(reply: Any) -> Reservation:

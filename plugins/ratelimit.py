@@ -29,13 +29,15 @@ After the attempt (``aurelis_attempt_end``) the reservation is settled with what
 
 Cache hits never get here: the pipeline calls ``aurelis_admit`` only for attempts it is about to send.
 
-Local or shared: by default the limits live in this process (a GCRA in a dict). With ``redis_url`` they live
-in Redis (one Lua script per reservation, atomic, on Redis's clock), so any number of processes share one
-limit. If Redis fails, the plugin falls back to its local state (counted in ``stats.counters
-["ratelimit_redis_errors"]`` and logged) rather than failing requests: each call gives up after ``redis_timeout``
-(connect and read, no retries), and after a failure Redis is not asked for ``redis_cooloff`` seconds (those
-reservations are local, counted in ``ratelimit_redis_skipped``); then one reservation probes it, and its answer
-makes the shared limits the ones used again. So a frozen or dead Redis costs one request ``redis_timeout`` per
+Local or shared: by default the limits live in this process (a GCRA in a dict). With a Redis -- ``redis_url``
+(a single node), ``redis = {...}`` (any :class:`~aurelis_core.plugin.RedisConnection`: a node, Sentinel,
+Cluster), else the config's ``[redis_connection]`` unless ``share = false`` -- they live in Redis (one Lua script
+per reservation, atomic, on Redis's clock), so any number of processes share one limit. If Redis fails, the
+plugin falls back to its local state (counted in ``stats.counters["ratelimit_redis_errors"]`` and logged) rather
+than failing requests: each call gives up after ``redis_timeout`` (connect and read, no retries), and after a
+failure Redis is not asked for ``redis_cooloff`` seconds (those reservations are local, counted in
+``ratelimit_redis_skipped``); then one reservation probes it, and its answer makes the shared limits the ones
+used again. So a frozen or dead Redis costs one request ``redis_timeout`` per
 cool-off, not every request its freeze. An attempt is settled (refunded, corrected) where it was reserved.
 
 Counters in ``pipeline.stats.counters``: ``ratelimit_waited`` (attempts that had to wait),
@@ -56,6 +58,7 @@ from aurelis_core.plugin import (
     Attempt,
     Endpoint,
     EndpointUnavailable,
+    RedisConnection,
     RequestContext,
     header_items,
     hookimpl,
@@ -102,6 +105,10 @@ class RateLimitConfig:
     max_wait: float = attrs.field(default=30.0, validator=non_negative)
     #: Share the limits across processes through this Redis (``redis://host:port/db``).
     redis_url: str | None = attrs.field(default=None, validator=redis_url, metadata={PROBE: _probe_redis_url})
+    #: ... or through this one (a table: ``url``, or ``sentinels`` + ``service_name``, or ``cluster_nodes``).
+    redis: RedisConnection | None = None
+    #: Share through the config's ``[redis_connection]`` when neither of the above is given (false: local only).
+    share: bool = True
     #: Prefix of the Redis keys.
     key_prefix: str = "aurelis:ratelimit:"
     #: Seconds a reservation waits for Redis to connect, and for its answer, before using the local limits.
@@ -112,6 +119,19 @@ class RateLimitConfig:
     default_max_tokens: int = attrs.field(default=1024, validator=non_negative_int)
     #: Request-body bytes per prompt token in the estimate (4 is typical of English JSON for GPT tokenizers).
     chars_per_token: float = attrs.field(default=4.0, validator=positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.redis_url is not None and self.redis is not None:
+            raise ValueError("'redis': give redis_url or redis, not both (redis_url is the short form of redis.url)")
+
+
+def _connection(config: RateLimitConfig, shared: RedisConnection | None) -> RedisConnection | None:
+    """The Redis the limits live in: the table's own, else the config's shared one (unless ``share = false``)."""
+    if config.redis_url is not None:
+        return RedisConnection(url=config.redis_url)
+    if config.redis is not None:
+        return config.redis
+    return shared if config.share else None
 
 
 class RateLimitTimeout(EndpointUnavailable):
@@ -151,8 +171,9 @@ class RateLimit:
         self.health = pipeline.health
         self.stats = pipeline.stats
         self.local = LocalGCRA()
-        self.shared = None if config.redis_url is None else RedisGCRA(
-            config.redis_url, config.key_prefix, config.redis_timeout, config.redis_cooloff
+        connection = _connection(config, pipeline.config.redis_connection)
+        self.shared = None if connection is None else RedisGCRA(
+            connection, config.key_prefix, config.redis_timeout, config.redis_cooloff
         )
         self._upstream_limits: dict[str, tuple[_Limit, ...]] = {}
         self._credential_limits: dict[tuple[tuple[bytes, bytes], ...], tuple[_Limit, ...]] = {}

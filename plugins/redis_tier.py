@@ -8,7 +8,9 @@ One Redis string per entry, ``<prefix><cache key>``, holding the entry in the co
 warming reads to find the most wanted entries.
 
 Topologies: a single node (``url``), Sentinel (``sentinels`` + ``service_name``) or Cluster
-(``cluster_nodes``), with redis-py's asyncio client for async callers and its sync client for sync ones.
+(``cluster_nodes``), with redis-py's asyncio client for async callers and its sync client for sync ones. A table
+that names none of them uses the config's ``[redis_connection]`` (the Redis every plugin shares), else
+``redis://127.0.0.1:6379/0``.
 
 A cache must never cost the caller its request, nor time: timeouts are tight (100 ms to read, 50 ms to
 connect, no retries), every error is a miss, and after ``breaker_failures`` consecutive failures the tier is
@@ -54,6 +56,7 @@ from aurelis_plugins._validators import at_rest_codec
 from aurelis_core.plugin import (
     PROBE,
     CacheEntry,
+    RedisConnection,
     RequestContext,
     each,
     hookimpl,
@@ -68,6 +71,7 @@ from aurelis_core.plugin import (
     redis_url,
 )
 
+from ._redis_client import make_client
 from ._serialize import SerializeError, Unauthenticated, codec_named, dumps, loads
 from ._tier import WarmConfig, WriteBehindTier
 from ._writebehind import HitCounts, WriteBehind
@@ -75,13 +79,6 @@ from ._writebehind import HitCounts, WriteBehind
 try:
     import redis
     import redis.asyncio
-    import redis.asyncio.cluster
-    import redis.asyncio.retry
-    import redis.asyncio.sentinel
-    import redis.cluster
-    import redis.retry
-    import redis.sentinel
-    from redis.backoff import NoBackoff
 except ImportError:  # pragma: no cover - depends on the installed extras
     raise ImportError("the redis plugin needs: pip install 'aurelis[redis]'") from None
 
@@ -266,6 +263,8 @@ class RedisTier(WriteBehindTier):
     def __init__(self, config: RedisConfig, pipeline: Any) -> None:
         self.config = config
         self.pipeline = pipeline
+        #: The Redis this tier uses: its own table's, else the config's ``[redis_connection]``, else the default.
+        self.connection = _connection(config, pipeline.config.redis_connection)
         self.wall_clock: Callable[[], float] = time.time
         #: Largest entry stored (bytes); the pipeline does not buffer an answer no tier would take.
         self.max_entry_bytes = config.max_entry_bytes
@@ -294,20 +293,13 @@ class RedisTier(WriteBehindTier):
     # so hand-written here. The reads and writes that use them are written once, async, in ``_redis_async``; the
     # sync ones in ``_redis_sync`` are generated from it (see ``aurelis_core._unasync``).
 
-    def _options(self) -> dict[str, Any]:
-        config = self.config
-        return {
-            "socket_timeout": config.socket_timeout,
-            "socket_connect_timeout": config.connect_timeout,
-        }
-
     def sync_client(self) -> Any:
         """The sync client (made on first use: building a Cluster client already talks to the cluster)."""
         client = self._client
         if client is None:
             with self._client_lock:
                 if self._client is None:
-                    self._client = self._make_client(redis.Redis, redis.sentinel, redis.cluster, redis.retry)
+                    self._client = self._make_client(is_async=False)
                 client = self._client
         return client
 
@@ -315,34 +307,17 @@ class RedisTier(WriteBehindTier):
         """The asyncio client of the running loop (asyncio connections belong to the loop that made them)."""
         loop = asyncio.get_running_loop()
         if self._aloop is not loop:
-            self._aclient = self._make_client(
-                redis.asyncio.Redis, redis.asyncio.sentinel, redis.asyncio.cluster, redis.asyncio.retry
-            )
+            self._aclient = self._make_client(is_async=True)
             self._aloop = loop
         return self._aclient
 
-    def _make_client(self, redis_cls: Any, sentinel: Any, cluster: Any, retry: Any) -> Any:
+    def _make_client(self, is_async: bool) -> Any:
         config = self.config
-        # No retries: a failed call is a miss now, not three timeouts later.
-        options = {**self._options(), "retry": retry.Retry(NoBackoff(), 0)}
-        if config.cluster_nodes is not None:
-            nodes = [cluster.ClusterNode(*_split(n)) for n in config.cluster_nodes]
-            return cluster.RedisCluster(
-                startup_nodes=nodes, password=config.password, max_connections=config.pool_size, **options
-            )
-        if config.sentinels is not None:
-            sentinels = [_split(n) for n in config.sentinels]
-            manager = sentinel.Sentinel(sentinels, sentinel_kwargs=self._options(), **self._options())
-            return manager.master_for(
-                config.service_name, password=config.password, max_connections=config.pool_size, **options
-            )
-        pool_cls = _AsyncPool if redis_cls is redis.asyncio.Redis else _SyncPool
-        pool = pool_cls.from_url(
-            config.url or _DEFAULT_URL, max_connections=config.pool_size, timeout=config.pool_timeout, **options
+        return make_client(
+            self.connection, is_async, socket_timeout=config.socket_timeout, connect_timeout=config.connect_timeout,
+            max_connections=config.pool_size, blocking_pool=_AsyncPool if is_async else _SyncPool,
+            pool_timeout=config.pool_timeout,
         )
-        return redis_cls.from_pool(pool)
-
-    # --- hooks -------------------------------------------------------------------------------------------------
 
     # Opening the pool differs by mode on purpose (threads can connect one after another; an event loop opens
     # all at once, and its lookups wait for that), so it is hand-written, not generated.
@@ -631,9 +606,13 @@ class RedisTier(WriteBehindTier):
         return len(keys)
 
 
-def _split(host_port: str) -> tuple[str, int]:
-    host, _, port = host_port.rpartition(":")
-    return host, int(port)
+def _connection(config: RedisConfig, shared: RedisConnection | None) -> RedisConnection:
+    if config.url is not None or config.sentinels is not None or config.cluster_nodes is not None:
+        return RedisConnection(
+            url=config.url, sentinels=config.sentinels, service_name=config.service_name,
+            cluster_nodes=config.cluster_nodes, password=config.password,
+        )
+    return shared if shared is not None else RedisConnection(url=_DEFAULT_URL)
 
 
 # The reads and writes, written once (async) and generated (sync): imported last, as they use this module's

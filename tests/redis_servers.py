@@ -143,3 +143,20 @@ def redis_cluster(workdir: Path, masters: int = 3) -> Iterator[list[Server]]:
     finally:
         for server in servers:
             server.stop()
+
+
+@contextlib.contextmanager
+def redis_sentinel(workdir: Path, master: Server, name: str = "fleetmaster") -> Iterator[Server]:
+    """One sentinel watching ``master`` under ``name`` (quorum 1)."""
+    port = free_port()
+    conf = workdir / f"sentinel-{port}.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {master.port} 1\n")
+    proc = subprocess.Popen([_binary("redis-server"), str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=workdir)
+    sentinel = Server(proc, port)
+    try:
+        if not _ping(sentinel.url.rsplit("/", 1)[0], proc):
+            pytest.fail("could not start redis-server --sentinel", pytrace=False)
+        yield sentinel
+    finally:
+        sentinel.stop()

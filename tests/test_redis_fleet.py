@@ -235,3 +235,94 @@ def test_open_at_start_cannot_exceed_the_pool() -> None:
 
     with pytest.raises(ConfigError, match="open_at_start"):
         cached(pool_size=4, open_at_start=5)
+
+
+# --- one connection setting for every Redis-using plugin -----------------------------------------------------
+
+
+def keys_on(server: Server) -> list[str]:
+    client = redis.Redis.from_url(server.url)
+    try:
+        return sorted(key.decode() for key in client.scan_iter())
+    finally:
+        client.close()
+
+
+def fleet_config(**tables: Any) -> dict[str, Any]:
+    return {"plugins": ["normalize", "redis", "ratelimit"], "tenant": {"secret": "fleet-secret"},
+            "ratelimit": {"rpm": 1000}, **tables}
+
+
+def one_request(pipeline: Pipeline, upstream: SimulatedServer, n: int = 1) -> None:
+    with pipeline.instrument(httpx.Client(timeout=10)) as client:
+        response = client.post(upstream.base_url + "/chat/completions", json=chat(n),
+                               headers={"authorization": f"Bearer {API_KEY}"})
+        assert response.status_code == 200
+    pipeline.close()
+
+
+@pytest.mark.redis
+def test_one_redis_connection_table_serves_the_cache_tier_and_the_rate_limiter(
+    upstream: SimulatedServer, tmp_path: Path
+) -> None:
+    with redis_server(tmp_path) as server:
+        one_request(Pipeline(fleet_config(redis_connection={"url": server.url})), upstream)
+        keys = keys_on(server)
+        assert any(k.startswith("aurelis:ratelimit:up:") for k in keys)  # the limit
+        assert "aurelis:meta:hits" not in keys and any(not k.startswith("aurelis:ratelimit:") for k in keys)
+
+
+@pytest.mark.redis
+def test_each_plugin_may_name_its_own_redis_or_keep_its_limits_local(
+    upstream: SimulatedServer, tmp_path: Path
+) -> None:
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "own").mkdir()
+    with redis_server(tmp_path / "shared") as shared, redis_server(tmp_path / "own") as own:
+        one_request(Pipeline(fleet_config(
+            redis_connection={"url": shared.url}, redis={"url": own.url},
+            ratelimit={"rpm": 1000, "redis": {"url": own.url}})), upstream)
+        assert keys_on(shared) == []
+        [limit] = [k for k in keys_on(own) if k.startswith("aurelis:ratelimit:")]
+        before = redis.Redis.from_url(own.url).get(limit)
+        local = Pipeline(fleet_config(redis_connection={"url": shared.url}, redis={"url": own.url},
+                                      ratelimit={"rpm": 10, "share": False}))
+        one_request(local, upstream, n=2)  # a new question: a miss, sent, so admitted by the limiter
+        assert local.plugin("ratelimit").remaining(upstream.url) < 9.5  # taken from this process's limit
+        assert keys_on(shared) == []  # the limits stayed in the process
+        assert redis.Redis.from_url(own.url).get(limit) == before
+
+
+@pytest.mark.redis
+def test_rate_limits_are_shared_through_sentinel(upstream: SimulatedServer, tmp_path: Path) -> None:
+    from redis_servers import redis_sentinel
+
+    with redis_server(tmp_path) as master, redis_sentinel(tmp_path, master) as sentinel:
+        table = {"rpm": 2, "max_wait": 0}
+        config = {"plugins": ["ratelimit"], "ratelimit": table,
+                  "redis_connection": {"sentinels": [sentinel.address], "service_name": "fleetmaster"}}
+        first, second = Pipeline(config), Pipeline(config)
+        with first.instrument(httpx.Client(timeout=10)) as a, second.instrument(httpx.Client(timeout=10)) as b:
+            assert a.post(upstream.url + CHAT, json=BODY).status_code == 200
+            assert b.post(upstream.url + CHAT, json=BODY).status_code == 200
+            from aurelis_plugins.ratelimit import RateLimitTimeout
+
+            with pytest.raises(RateLimitTimeout):  # the third of a 2 rpm limit, whichever replica sends it
+                a.post(upstream.url + CHAT, json=BODY)
+        first.close()
+        second.close()
+        assert any(k.startswith("aurelis:ratelimit:") for k in keys_on(master))
+
+
+def test_the_connection_tables_are_checked() -> None:
+    from aurelis_core import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[redis_connection\]: give one of url, sentinels, cluster_nodes"):
+        Pipeline({"redis_connection": {"url": "redis://h:1/0", "cluster_nodes": ["h:2"]}})
+    with pytest.raises(ConfigError, match=r"\[redis_connection\] cluster_nodes\[0\]"):
+        Pipeline({"redis_connection": {"cluster_nodes": ["no-port"]}})
+    with pytest.raises(ConfigError, match="give redis_url or redis, not both"):
+        Pipeline({"plugins": ["ratelimit"], "ratelimit": {
+            "redis_url": "redis://h:1/0", "redis": {"url": "redis://h:1/0"}}})
+    with pytest.raises(ConfigError, match=r"\[ratelimit\] redis.service_name"):
+        Pipeline({"plugins": ["ratelimit"], "ratelimit": {"redis": {"url": "redis://h:1/0", "service_name": "x"}}})
