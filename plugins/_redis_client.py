@@ -21,11 +21,39 @@ try:
     import redis.cluster
     import redis.retry
     import redis.sentinel
+    from redis._parsers import AsyncCommandsParser
     from redis.backoff import NoBackoff
 except ImportError:  # pragma: no cover - depends on the installed extras
     raise ImportError("talking to Redis needs: pip install 'aurelis[redis]'") from None
 
 __all__ = ["make_client", "split_address"]
+
+
+class _AnyMasterCommandsParser(AsyncCommandsParser):
+    """redis-py's asyncio Cluster client reads the command table from the first master of the slot map while it
+    initializes (on its first command), and retries no other: while that master is dead, the client never
+    initializes and every command fails, whichever master holds its key. This parser asks the masters in turn
+    and makes the first that answers the client's default node (where keyless commands go)."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__()
+        self._client = client
+
+    async def initialize(self, node: Any = None) -> None:
+        candidates = [node] if node is not None else []
+        candidates += [n for n in self._client.get_primaries() if n is not node]
+        error: BaseException | None = None
+        for candidate in candidates:
+            try:
+                await super().initialize(candidate)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                error = exc
+                continue
+            self._client.nodes_manager.default_node = candidate
+            return
+        if error is not None:
+            raise error
+        await super().initialize(node)
 
 
 def split_address(host_port: str) -> tuple[str, int]:
@@ -56,10 +84,21 @@ def make_client(
     )
     timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
     options: dict[str, Any] = {**timeouts, "retry": retry.Retry(NoBackoff(), 0)}
-    bound = {} if max_connections is None else {"max_connections": max_connections}
+    bound: dict[str, Any] = {} if max_connections is None else {"max_connections": max_connections}
     if connection.cluster_nodes is not None:
         nodes = [cluster.ClusterNode(*split_address(n)) for n in connection.cluster_nodes]
-        return cluster.RedisCluster(startup_nodes=nodes, password=connection.password, **bound, **options)
+        # The sync client asks one master (the first of the slot map) for the command table as it is built: with
+        # no retry, a dead first master would make every client fail to build. A retry moves to another master.
+        # Then none: a lookup is one attempt, and a dead master's keys are its breaker's business.
+        client = cluster.RedisCluster(
+            startup_nodes=nodes, password=connection.password, **bound,
+            **{**options, "retry": retry.Retry(NoBackoff(), len(nodes))},
+        )
+        if is_async:
+            client.commands_parser = _AnyMasterCommandsParser(client)
+        else:
+            client.set_retry(retry.Retry(NoBackoff(), 0))
+        return client
     if connection.sentinels is not None:
         sentinels = [split_address(n) for n in connection.sentinels]
         manager = sentinel.Sentinel(sentinels, sentinel_kwargs=timeouts, **timeouts)

@@ -15,7 +15,9 @@ that names none of them uses the config's ``[redis_connection]`` (the Redis ever
 A cache must never cost the caller its request, nor time: timeouts are tight (100 ms to read, 50 ms to
 connect, no retries), every error is a miss, and after ``breaker_failures`` consecutive failures the tier is
 not even tried for ``breaker_reset`` seconds; then one request probes it, and its success closes the breaker.
-So a dead or hung Redis costs a handful of requests one timeout each, then nothing.
+So a dead or hung Redis costs a handful of requests one timeout each, then nothing. On Cluster there is a breaker
+per master (found from the key's slot): a dead master costs only the keys of its own slots, the live ones keep
+serving, and write-behind batches are split by master, so a dead one's writes fail alone.
 
 Connections: each client (the sync one, the asyncio one of each event loop) keeps at most ``pool_size``
 connections (per node on Cluster). On a single node a lookup that finds them all busy waits up to
@@ -274,6 +276,9 @@ class RedisTier(WriteBehindTier):
         self._prefix = config.prefix
         self._hits_key = config.prefix + "meta:hits"
         self._breaker = Breaker(self.name, config.breaker_failures, config.breaker_reset)
+        #: On Cluster, a breaker per master ("host:port"), made on first use: one master's failures are its own.
+        self._per_node = self.connection.is_cluster
+        self._node_breakers: dict[str, Breaker] = {}
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._aclient: Any = None
@@ -382,9 +387,36 @@ class RedisTier(WriteBehindTier):
         await asyncio.wait([opening])  # its errors are the start hook's to log
         return await _redis_async.get(self, key)
 
+    def _breaker_for(self, client: Any, key: str) -> Breaker:
+        """The breaker that answers for ``key``: the tier's, or on Cluster that of the master of its slot."""
+        if not self._per_node:
+            return self._breaker
+        try:
+            node = client.get_node_from_key(key).name
+        except Exception:  # the slot map is not loaded yet (a new asyncio client), or does not cover the slot
+            node = "unmapped slots"
+        breaker = self._node_breakers.get(node)
+        if breaker is None:
+            config = self.config
+            breaker = self._node_breakers.setdefault(
+                node, Breaker(f"{self.name} {node}", config.breaker_failures, config.breaker_reset)
+            )
+        return breaker
+
+    def _by_breaker(self, client: Any, batch: list[Op]) -> list[tuple[Breaker, list[Op]]]:
+        """``batch`` split by the breaker of each write's key (one group but on Cluster)."""
+        if not self._per_node:
+            return [(self._breaker, batch)]
+        groups: dict[str, tuple[Breaker, list[Op]]] = {}
+        for op in batch:
+            breaker = self._breaker_for(client, op[1] if op[0] == "set" else self._hits_key)
+            groups.setdefault(breaker.name, (breaker, []))[1].append(op)
+        return list(groups.values())
+
     @hookimpl
     def aurelis_cache_get(self, ctx: RequestContext) -> Any:
-        if not self._breaker.allow():
+        # On Cluster the breaker is the key's master's, asked in ``get`` (it needs the client's slot map).
+        if not self._per_node and not self._breaker.allow():
             self.pipeline.stats.tier_error(self.name, "skipped")
             return None
         key = self._prefix + ctx.key  # type: ignore[operator]
@@ -427,7 +459,7 @@ class RedisTier(WriteBehindTier):
 
     @hookimpl
     def aurelis_cache_set(self, ctx: RequestContext, entry: CacheEntry, promote: bool) -> None:
-        if self._breaker.is_open:
+        if not self._per_node and self._breaker.is_open:
             self.pipeline.stats.tier_error(self.name, "skipped")
             return
         if entry.size > self.max_entry_bytes:
@@ -483,11 +515,11 @@ class RedisTier(WriteBehindTier):
     def _skip_batch(self, batch: list[Op]) -> None:
         self.pipeline.stats.tier_error(self.name, "skipped")
 
-    def _write_failed(self, exc: BaseException) -> None:
+    def _write_failed(self, exc: BaseException, breaker: Breaker | None = None) -> None:
         if _busy(exc):  # the pool was full: load, not a failing Redis
             self.pipeline.stats.tier_error(self.name, "busy")
             return
-        self._breaker.failure()
+        (breaker or self._breaker).failure()
         super()._write_failed(exc)
 
     # --- warming, stats, clearing (also used by ``aurelis cache``) ----------------------------------------------

@@ -326,3 +326,132 @@ def test_the_connection_tables_are_checked() -> None:
             "redis_url": "redis://h:1/0", "redis": {"url": "redis://h:1/0"}}})
     with pytest.raises(ConfigError, match=r"\[ratelimit\] redis.service_name"):
         Pipeline({"plugins": ["ratelimit"], "ratelimit": {"redis": {"url": "redis://h:1/0", "service_name": "x"}}})
+
+
+# --- Cluster: one master dies ----------------------------------------------------------------------------------
+
+
+def node_of(servers: list[Server], key: str) -> Server:
+    """The master that holds ``key`` (each node answers for its own slots only)."""
+    for server in servers:
+        client = redis.Redis.from_url(server.url)
+        try:
+            if client.exists(key):
+                return server
+        finally:
+            client.close()
+    raise AssertionError(f"{key} is on no node")
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+def test_a_dead_cluster_master_costs_only_its_own_keys(upstream: SimulatedServer, tmp_path: Path) -> None:
+    from redis_servers import redis_cluster
+
+    with redis_cluster(tmp_path) as servers:
+        nodes = [s.address for s in servers]
+        config = {"plugins": ["normalize", "redis"], "tenant": {"secret": "fleet-secret"},
+                  "redis": {"cluster_nodes": nodes, "prefix": "fleet:"}}
+        bodies = [chat(n) for n in range(30)]
+        writer = Pipeline(config)
+        with writer.instrument(httpx.Client(timeout=10)) as client:
+            for body in bodies:
+                client.post(upstream.base_url + "/chat/completions", json=body,
+                            headers={"authorization": f"Bearer {API_KEY}"})
+        writer.close()
+        home = {}
+        for server in servers:
+            probe = redis.Redis.from_url(server.url)
+            for key in probe.scan_iter(match="fleet:*"):
+                if key != b"fleet:meta:hits":
+                    home[key] = server
+            probe.close()
+        assert len(home) == 30 and len(set(home.values())) == 3  # spread over the three masters
+        dead = servers[0]
+        dead.kill()
+        on_dead = sum(1 for server in home.values() if server is dead)
+        sent_before = upstream.count("/chat/completions")
+
+        def ask_all(pipeline: Pipeline) -> list[str]:
+            with pipeline.instrument(httpx.Client(timeout=10)) as client:
+                tiers = []
+                for body in bodies * 2:  # twice: after its breaker opens, the dead master is not even asked
+                    response = client.post(upstream.base_url + "/chat/completions", json=body,
+                                           headers={"authorization": f"Bearer {API_KEY}"})
+                    assert response.status_code == 200
+                    tiers.append(response.headers.get("x-aurelis-cache-tier", "none"))
+            return tiers
+
+        async def ask_all_async(pipeline: Pipeline) -> list[str]:
+            async with pipeline.instrument(httpx.AsyncClient(timeout=10)) as client:
+                tiers = []
+                for body in bodies * 2:
+                    response = await client.post(upstream.base_url + "/chat/completions", json=body,
+                                                 headers={"authorization": f"Bearer {API_KEY}"})
+                    assert response.status_code == 200
+                    tiers.append(response.headers.get("x-aurelis-cache-tier", "none"))
+            await pipeline.aclose()
+            return tiers
+
+        import anyio
+
+        for mode in ("sync", "async"):
+            reader = Pipeline(config)
+            tiers = ask_all(reader) if mode == "sync" else anyio.run(ask_all_async, reader)
+            # Every entry on a live master was served from Redis, both times; the dead master's went upstream.
+            assert tiers.count("redis") == 2 * (30 - on_dead), (mode, tiers, on_dead)
+            assert upstream.count("/chat/completions") - sent_before == 2 * on_dead
+            sent_before += 2 * on_dead
+            errors = reader.stats.tier_errors
+            # Failures: the 3 that open the dead master's breaker (a failed write counts too), and maybe one made
+            # before a new asyncio client had loaded its slot map (counted against "unmapped slots").
+            assert errors["redis.get"] <= 4 and errors["redis.skipped"] >= 2 * on_dead - 4, (mode, dict(errors))
+            reader.close()
+
+        # Write-behind batches mixing keys of the dead master and of live ones: the live ones' writes land.
+        lost = [key for key, server in home.items() if server is not dead][:6]
+        for key in lost:
+            probe = redis.Redis.from_url(home[key].url)
+            probe.delete(key)
+            probe.close()
+        index = {key: n for n, key in enumerate(sorted(home))}  # (bodies[n] is stored under some key: find it)
+        writer = Pipeline(config)
+        with writer.instrument(httpx.Client(timeout=10)) as client:
+            for body in bodies:  # the dead master's and the six deleted ones miss; their answers are written
+                client.post(upstream.base_url + "/chat/completions", json=body,
+                            headers={"authorization": f"Bearer {API_KEY}"})
+        writer.close()
+        for key in lost:
+            probe = redis.Redis.from_url(home[key].url)
+            assert probe.exists(key), (key, index[key], dict(writer.stats.tier_errors))
+            probe.close()
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+@pytest.mark.anyio
+async def test_rate_limits_are_shared_through_a_cluster_in_one_hash_slot(
+    upstream: SimulatedServer, tmp_path: Path
+) -> None:
+    from aurelis_plugins.ratelimit import RateLimitTimeout
+    from redis_servers import redis_cluster
+
+    with redis_cluster(tmp_path) as servers:
+        config = {"plugins": ["ratelimit"], "ratelimit": {"rpm": 2, "tpm": 100_000, "max_wait": 0},
+                  "redis_connection": {"cluster_nodes": [servers[1].address]}}
+        first, second = Pipeline(config), Pipeline(config)
+        async with first.instrument(httpx.AsyncClient(timeout=10)) as a, \
+                second.instrument(httpx.AsyncClient(timeout=10)) as b:
+            assert (await a.post(upstream.url + CHAT, json=BODY)).status_code == 200
+            assert (await b.post(upstream.url + CHAT, json=BODY)).status_code == 200
+            with pytest.raises(RateLimitTimeout):
+                await a.post(upstream.url + CHAT, json=BODY)
+        assert first.stats.counters["ratelimit_redis_errors"] == 0
+        keys = []
+        for server in servers:
+            probe = redis.Redis.from_url(server.url)
+            keys += [(server.port, k.decode()) for k in probe.scan_iter()]
+            probe.close()
+        # The request and token limits of the upstream: one slot, so one master, under one hash tag.
+        assert len(keys) == 2 and len({port for port, _ in keys}) == 1, keys
+        assert all(k.startswith("{aurelis:ratelimit:}up:") for _, k in keys)
