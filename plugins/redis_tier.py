@@ -138,15 +138,15 @@ def _busy(exc: BaseException) -> bool:
 
 
 
-#: Where the tier connects when neither ``url``, ``sentinels`` nor ``cluster_nodes`` is given (as
-#: ``RedisTier._make_client`` does): what ``aurelis config check`` probes then.
+#: Where the tier connects when neither its table nor ``[redis_connection]`` names a Redis: what
+#: ``aurelis config check`` probes then (``RedisTier.problems``).
 _DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
 def _probe_url(instance: RedisConfig, attribute: Any, value: str | None) -> str | None:
-    if value is None and (instance.sentinels is not None or instance.cluster_nodes is not None):
-        return None
-    return probe_redis(value or _DEFAULT_URL, timeout=max(instance.connect_timeout, 1.0))
+    # No url: the tier uses [redis_connection] (probed as that table) or the default (probed by
+    # RedisTier.problems, which knows which of the two it is).
+    return None if value is None else probe_redis(value, timeout=max(instance.connect_timeout, 1.0))
 
 
 def _probe_nodes(instance: RedisConfig, attribute: Any, value: tuple[str, ...] | None) -> str | None:
@@ -315,6 +315,14 @@ class RedisTier(WriteBehindTier):
             self._aclient = self._make_client(is_async=True)
             self._aloop = loop
         return self._aclient
+
+    def problems(self) -> list[str]:
+        """What ``aurelis config check`` warns about beyond the table's own probes: the default Redis not
+        answering, when neither the table nor ``[redis_connection]`` names one."""
+        if self.connection.url != _DEFAULT_URL or self.config.url is not None:
+            return []
+        problem = probe_redis(_DEFAULT_URL, timeout=max(self.config.connect_timeout, 1.0))
+        return [] if problem is None else [f"url: {problem}"]
 
     def _make_client(self, is_async: bool) -> Any:
         config = self.config
