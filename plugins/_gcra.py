@@ -171,8 +171,11 @@ class RedisGCRA:
         self.timeout = timeout
         #: Seconds Redis is not asked after it failed (see :meth:`may_ask`).
         self.cooloff = cooloff
-        #: What a failed call raises: redis-py wraps most socket errors, not all of them.
-        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, asyncio.TimeoutError)
+        #: What a failed call raises: redis-py wraps most socket errors, not all of them; and its "no Cluster node
+        #: reachable" is not a RedisError.
+        self.errors: tuple[type[BaseException], ...] = (
+            redis.RedisError, redis.exceptions.RedisClusterException, OSError, asyncio.TimeoutError
+        )
         #: ``time.monotonic()`` until which Redis is not asked; 0 while it answers.
         self._skip_until = 0.0
         self._sync: Any = None

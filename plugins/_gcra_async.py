@@ -19,9 +19,10 @@ if TYPE_CHECKING:
 async def reserve(limiter: RedisGCRA, specs: Sequence[Spec], max_wait: float) -> Reservation:
     """Reserve ``specs`` in one script call, which also applies the corrections queued since the last one. A
     failure (raised) starts the limiter's cool-off; an answer ends it."""
-    script = limiter._async_script()
     keys, args = limiter._args(specs, max_wait)
     try:
+        # Inside: building a Cluster client already talks to the cluster, and may fail like any call.
+        script = limiter._async_script()
         reply = await script(keys=keys, args=args)
     except limiter.errors:
         limiter._failed()

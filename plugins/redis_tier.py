@@ -90,8 +90,9 @@ logger = logging.getLogger("aurelis")
 
 #: Seconds each connection opened at start-up may take to connect (they connect together, maybe on a busy loop).
 START_CONNECT_TIMEOUT = 1.0
-#: Errors that mean "Redis is not answering properly" (redis-py wraps socket errors, but not all of them).
-TIER_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
+#: Errors that mean "Redis is not answering properly" (redis-py wraps socket errors, but not all of them; and its
+#: "no Cluster node reachable" is not a RedisError).
+TIER_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException, OSError, asyncio.TimeoutError)
 #: Default ``max_entry_bytes`` (see the module docstring).
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
@@ -135,7 +136,6 @@ class _AsyncPool(redis.asyncio.BlockingConnectionPool):
 def _busy(exc: BaseException) -> bool:
     """Whether ``exc`` says the client's pool is full (load), not that Redis failed."""
     return isinstance(exc, (PoolBusy, redis.exceptions.MaxConnectionsError))
-
 
 
 #: Where the tier connects when neither its table nor ``[redis_connection]`` names a Redis: what
@@ -340,7 +340,12 @@ class RedisTier(WriteBehindTier):
         count = self.config.pool_size if self.config.open_at_start is None else self.config.open_at_start
         if pipeline.is_async:
             return self._astart(pipeline, count)
-        pool = getattr(self.sync_client(), "connection_pool", None)  # Cluster: a pool per node, opened on use
+        try:
+            # Cluster: a pool per node, opened on use. Building its client already talks to the cluster.
+            pool = getattr(self.sync_client(), "connection_pool", None)
+        except TIER_ERRORS as exc:
+            self._open_failed(exc)
+            pool = None
         if count and pool is not None:
             opened = []
             try:

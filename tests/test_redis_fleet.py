@@ -455,3 +455,28 @@ async def test_rate_limits_are_shared_through_a_cluster_in_one_hash_slot(
         # The request and token limits of the upstream: one slot, so one master, under one hash tag.
         assert len(keys) == 2 and len({port for port, _ in keys}) == 1, keys
         assert all(k.startswith("{aurelis:ratelimit:}up:") for _, k in keys)
+
+
+def test_a_cluster_down_at_start_costs_no_request(upstream: SimulatedServer) -> None:
+    from redis_servers import free_port
+
+    pipeline = cached(cluster_nodes=[f"127.0.0.1:{free_port()}"])  # nobody listens there
+    with pipeline.instrument(httpx.Client(timeout=10)) as client:
+        for n in range(3):
+            response = client.post(upstream.base_url + "/chat/completions", json=chat(n),
+                                   headers={"authorization": f"Bearer {API_KEY}"})
+            assert response.status_code == 200 and response.headers["x-aurelis-cache"] == "miss"
+    pipeline.close()
+
+
+def test_a_cluster_down_costs_the_limiter_one_attempt_per_cooloff(upstream: SimulatedServer) -> None:
+    from redis_servers import free_port
+
+    pipeline = Pipeline({"plugins": ["ratelimit"], "ratelimit": {"rpm": 100, "redis_cooloff": 60},
+                         "redis_connection": {"cluster_nodes": [f"127.0.0.1:{free_port()}"]}})
+    with pipeline.instrument(httpx.Client(timeout=10)) as client:
+        for _ in range(3):
+            assert client.post(upstream.url + CHAT, json=BODY).status_code == 200
+    counters = pipeline.stats.counters
+    assert (counters["ratelimit_redis_errors"], counters["ratelimit_redis_skipped"]) == (1, 2)
+    pipeline.close()
