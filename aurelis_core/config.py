@@ -5,6 +5,8 @@ A config has four kinds of top-level key:
 - ``plugins``: the names of the plugins to enable, in order (the order tiers are asked, observers called...).
 - ``endpoints``: a list of upstreams to route requests to (may be empty: requests go to their own URL).
 - ``tenant``: who is asking and what scopes an answer (see :mod:`aurelis_core._tenant`), read by every plugin.
+- ``redis_connection``: the Redis every Redis-using plugin shares unless it names its own (see
+  :mod:`aurelis_core._redis_connection`).
 - one table per plugin, named after it, holding that plugin's options.
 
 It is read from a dict, an ``aurelis.toml`` file, or the ``[tool.aurelis]`` table of a ``pyproject.toml``,
@@ -33,6 +35,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 import attrs
 
 from ._models import Endpoint
+from ._redis_connection import RedisConnection
 from ._tenant import TenantConfig
 from .validators import ALLOW_NON_FINITE, Invalid, describe
 from .validators import choices_hint as choices_hint
@@ -42,7 +45,7 @@ __all__ = ["ALLOW_NON_FINITE", "Config", "ConfigError", "config_from_table", "lo
 T = TypeVar("T")
 
 #: Top-level keys that are not plugin tables.
-RESERVED_KEYS = ("plugins", "endpoints", "tenant")
+RESERVED_KEYS = ("plugins", "endpoints", "tenant", "redis_connection")
 #: Options of the ``normalize`` table that moved to ``[tenant]``: still accepted there, copied on load.
 _MOVED_TO_TENANT = ("namespace", "secret")
 
@@ -72,6 +75,8 @@ class Config:
     tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     source: str = "<dict>"
     tenant: TenantConfig = attrs.field(factory=TenantConfig)
+    #: The ``[redis_connection]`` table: the Redis plugins share unless they name their own (None: not given).
+    redis_connection: RedisConnection | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> Config:
@@ -132,7 +137,15 @@ def parse_config(data: Any, source: str = "<dict>") -> tuple[Config, list[str]]:
         tables[key] = dict(value)
     tenant, tenant_errors = _tenant(data, tables, source)
     errors.extend(tenant_errors)
-    config = Config(plugins=tuple(plugins), endpoints=tuple(endpoints), tables=tables, source=source, tenant=tenant)
+    redis_connection = None
+    given = data.get("redis_connection")
+    if given is not None:
+        try:
+            redis_connection = config_from_table(RedisConnection, given, f"{source}: [redis_connection]")
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+    config = Config(plugins=tuple(plugins), endpoints=tuple(endpoints), tables=tables, source=source, tenant=tenant,
+                    redis_connection=redis_connection)
     return config, errors
 
 

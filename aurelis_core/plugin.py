@@ -61,6 +61,8 @@ What is here
   before the network) and :func:`retry_after` (how long an upstream asked to wait).
 - **who is asking**: :class:`Tenant` (``pipeline.tenant``), :class:`Identity`, :class:`TenantConfig` and the
   default credential and scope header sets.
+- **shared state**: :class:`RedisConnection`, the Redis every Redis-using plugin shares
+  (``pipeline.config.redis_connection``, from ``[redis_connection]``) unless it names its own.
 - **requests on the wire**: :func:`header_items`, :func:`url_parts` (one pass over a request's headers or
   URL), :func:`buffered_body`, :func:`replayable_body`, :func:`copy_request` (the request with other headers
   or URL, its body shared), :func:`signature_scheme`, :func:`resend_refusal`, and :func:`usage_tokens` (the
@@ -82,6 +84,7 @@ from ._compat import buffered_body, copy_request, header_items, replayable_body,
 from ._models import Attempt, CacheEntry, Endpoint, RequestContext, RequestControls, usage_tokens
 from ._plugins import PluginSpec, blocked_plugins, discover_plugins
 from ._protocols import CacheTier, Pipeline, Router, ShrinkableTier, WarmTarget
+from ._redis_connection import RedisConnection
 from ._resend import resend_refusal, signature_scheme
 from ._state import FAILED_ENDPOINTS, StateKey
 from ._tenant import (
@@ -153,6 +156,7 @@ __all__ = [
     "Invalid",
     "Pipeline",
     "PluginSpec",
+    "RedisConnection",
     "RequestContext",
     "RequestControls",
     "Router",

@@ -15,15 +15,28 @@ waits for a full bucket and then goes, leaving the bucket in debt (it would othe
 (``TIME``), so processes with different monotonic clocks share one limit. Corrections learnt after a request
 (refunds, the actual token usage, a server's ``x-ratelimit-remaining``) only matter to later reservations, so
 they are queued and sent along with the next one: settling never costs a round trip.
+
+A limiter must never hold a request up for longer than its own arithmetic says, so :class:`RedisGCRA`'s clients
+have tight timeouts (``timeout``, connect and read, no retries) and a cool-off of their own: after Redis fails,
+:meth:`RedisGCRA.may_ask` answers ``False`` for ``cooloff`` seconds (the caller uses its local limits without a
+network call), then lets one reservation probe Redis; its answer makes Redis the source of truth again.
+
+Any Redis will do: a single node, a Sentinel-watched master or a Cluster (a
+:class:`~aurelis_core.plugin.RedisConnection`). One script call touches every key of a reservation, and Cluster
+runs a script only on keys of one hash slot, so on Cluster the prefix is made a hash tag (``{aurelis:ratelimit:}``,
+unless it has one already): all the limits live in one slot, on one master, and a reservation stays atomic.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
+
+from aurelis_core.plugin import RedisConnection
 
 __all__ = ["LocalGCRA", "RedisGCRA", "Reservation", "Spec", "duration_seconds"]
 
@@ -138,14 +151,33 @@ class RedisGCRA:
     registered once (``EVALSHA``, re-sent by redis-py if the server lost it).
     """
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(
+        self, connection: str | RedisConnection, prefix: str, timeout: float = 0.15, cooloff: float = 2.0
+    ) -> None:
         try:
             import redis
         except ImportError:  # pragma: no cover - depends on the installed extras
-            raise ImportError("the ratelimit plugin's redis_url needs: pip install 'aurelis[redis]'") from None
-        self._redis = redis
-        self.url = url
+            raise ImportError("the ratelimit plugin's shared limits need: pip install 'aurelis[redis]'") from None
+        if isinstance(connection, str):
+            connection = RedisConnection(url=connection)
+        #: Where the limits live.
+        self.connection = connection
+        #: The single node's URL (None for Sentinel and Cluster).
+        self.url = connection.url
+        if connection.is_cluster and not _has_hash_tag(prefix):
+            prefix = "{" + prefix + "}"
         self.prefix = prefix
+        #: Seconds to connect, and to wait for each reply (a frozen Redis costs a request this, not its freeze).
+        self.timeout = timeout
+        #: Seconds Redis is not asked after it failed (see :meth:`may_ask`).
+        self.cooloff = cooloff
+        #: What a failed call raises: redis-py wraps most socket errors, not all of them; and its "no Cluster node
+        #: reachable" is not a RedisError.
+        self.errors: tuple[type[BaseException], ...] = (
+            redis.RedisError, redis.exceptions.RedisClusterException, OSError, asyncio.TimeoutError
+        )
+        #: ``time.monotonic()`` until which Redis is not asked; 0 while it answers.
+        self._skip_until = 0.0
         self._sync: Any = None
         self._async: Any = None
         self._async_client: Any = None
@@ -169,19 +201,48 @@ class RedisGCRA:
     # calls on them are written once, async, in ``_gcra_async``, and generated for sync callers in ``_gcra_sync``
     # (see ``aurelis_core._unasync``).
 
+    def _client(self, is_async: bool) -> Any:
+        from ._redis_client import make_client
+
+        return make_client(self.connection, is_async, socket_timeout=self.timeout, connect_timeout=self.timeout)
+
     def _sync_script(self) -> Any:
         if self._sync is None:
-            self._sync_client = self._redis.Redis.from_url(self.url)
+            self._sync_client = self._client(is_async=False)
             self._sync = self._sync_client.register_script(LUA_RESERVE)
         return self._sync
 
     def _async_script(self) -> Any:
         if self._async is None:
-            import redis.asyncio
-
-            self._async_client = redis.asyncio.Redis.from_url(self.url)
+            self._async_client = self._client(is_async=True)
             self._async = self._async_client.register_script(LUA_RESERVE)
         return self._async
+
+    # --- the cool-off ------------------------------------------------------------------------------------------
+    # Not locked: under the GIL each step is an attribute store, and a race at worst lets one extra probe through.
+
+    def may_ask(self) -> bool:
+        """Whether a reservation may go to Redis now. ``False`` for ``cooloff`` seconds after a failure; then
+        ``True`` once (the probe), and ``False`` again for the others until the probe's call ends."""
+        until = self._skip_until
+        if not until:
+            return True
+        now = time.monotonic()
+        if now < until:
+            return False
+        self._skip_until = now + self.cooloff
+        return True
+
+    @property
+    def cooling_off(self) -> bool:
+        """Whether Redis is being left alone after a failure."""
+        return bool(self._skip_until)
+
+    def _failed(self) -> None:
+        self._skip_until = time.monotonic() + self.cooloff
+
+    def _answered(self) -> None:
+        self._skip_until = 0.0
 
     def reserve(self, specs: Sequence[Spec], max_wait: float) -> Reservation:
         return _gcra_sync.reserve(self, specs, max_wait)
@@ -201,6 +262,12 @@ class RedisGCRA:
 
     async def aclose(self) -> None:
         await _gcra_async.close(self)
+
+
+def _has_hash_tag(key: str) -> bool:
+    """Whether Redis Cluster would hash ``key`` by a ``{...}`` tag in it (a non-empty one) rather than whole."""
+    start = key.find("{")
+    return start >= 0 and key.find("}", start + 1) > start + 1
 
 
 def _reservation(reply: Any) -> Reservation:

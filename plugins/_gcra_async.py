@@ -17,10 +17,18 @@ if TYPE_CHECKING:
 
 
 async def reserve(limiter: RedisGCRA, specs: Sequence[Spec], max_wait: float) -> Reservation:
-    """Reserve ``specs`` in one script call, which also applies the corrections queued since the last one."""
-    script = limiter._async_script()
+    """Reserve ``specs`` in one script call, which also applies the corrections queued since the last one. A
+    failure (raised) starts the limiter's cool-off; an answer ends it."""
     keys, args = limiter._args(specs, max_wait)
-    return _reservation(await script(keys=keys, args=args))
+    try:
+        # Inside: building a Cluster client already talks to the cluster, and may fail like any call.
+        script = limiter._async_script()
+        reply = await script(keys=keys, args=args)
+    except limiter.errors:
+        limiter._failed()
+        raise
+    limiter._answered()
+    return _reservation(reply)
 
 
 async def close(limiter: RedisGCRA) -> None:

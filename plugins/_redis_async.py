@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._writebehind import ASYNC
-from .redis_tier import TIER_ERRORS
+from .redis_tier import TIER_ERRORS, _busy
 
 if TYPE_CHECKING:
     from aurelis_core.plugin import CacheEntry
@@ -22,24 +22,40 @@ if TYPE_CHECKING:
 async def get(tier: RedisTier, key: str) -> CacheEntry | None:
     """The live entry at Redis key ``key``, or ``None``; an error counts against the breaker and is raised (the
     pipeline counts it as a miss)."""
+    client = tier.async_client()
+    breaker = tier._breaker_for(client, key)
+    # The hook asked the tier's breaker already; a Cluster master's is asked here.
+    if tier._per_node and not breaker.allow():
+        tier.pipeline.stats.tier_error(tier.name, "skipped")
+        return None
     try:
-        data = await tier.async_client().get(key)
-    except TIER_ERRORS:
-        tier._breaker.failure()
+        data = await client.get(key)
+    except TIER_ERRORS as exc:
+        if _busy(exc):  # every connection busy: a miss, but Redis did not fail
+            tier.pipeline.stats.tier_error(tier.name, "busy")
+            return None
+        breaker.failure()
         raise
-    tier._breaker.success()
+    breaker.success()
     return tier._found(key, data, ASYNC)
 
 
 async def write(tier: RedisTier, batch: list[Op]) -> None:
-    """Write a batch of queued operations in one pipeline (not a transaction: each write stands alone)."""
-    if tier._breaker.is_open:
-        tier._skip_batch(batch)
-        return
-    pipe = tier.async_client().pipeline(transaction=False)
-    tier._fill(pipe, batch)
-    await pipe.execute()
-    tier._breaker.success()
+    """Write a batch of queued operations in one pipeline (not a transaction: each write stands alone); on
+    Cluster, one pipeline per master, so a dead master's writes fail (and count against its breaker) alone."""
+    client = tier.async_client()
+    for breaker, ops in tier._by_breaker(client, batch):
+        if breaker.is_open:
+            tier._skip_batch(ops)
+            continue
+        pipe = client.pipeline(transaction=False)
+        tier._fill(pipe, ops)
+        try:
+            await pipe.execute()
+        except TIER_ERRORS as exc:
+            tier._write_failed(exc, breaker)
+            continue
+        breaker.success()
 
 
 async def top(tier: RedisTier, count: int) -> list[tuple[str, CacheEntry]]:

@@ -29,10 +29,16 @@ After the attempt (``aurelis_attempt_end``) the reservation is settled with what
 
 Cache hits never get here: the pipeline calls ``aurelis_admit`` only for attempts it is about to send.
 
-Local or shared: by default the limits live in this process (a GCRA in a dict). With ``redis_url`` they live
-in Redis (one Lua script per reservation, atomic, on Redis's clock), so any number of processes share one
-limit. If Redis fails, the plugin falls back to its local state (counted in ``stats.counters
-["ratelimit_redis_errors"]`` and logged) rather than failing requests.
+Local or shared: by default the limits live in this process (a GCRA in a dict). With a Redis -- ``redis_url``
+(a single node), ``redis = {...}`` (any :class:`~aurelis_core.plugin.RedisConnection`: a node, Sentinel,
+Cluster), else the config's ``[redis_connection]`` unless ``share = false`` -- they live in Redis (one Lua script
+per reservation, atomic, on Redis's clock), so any number of processes share one limit. If Redis fails, the
+plugin falls back to its local state (counted in ``stats.counters["ratelimit_redis_errors"]`` and logged) rather
+than failing requests: each call gives up after ``redis_timeout`` (connect and read, no retries), and after a
+failure Redis is not asked for ``redis_cooloff`` seconds (those reservations are local, counted in
+``ratelimit_redis_skipped``); then one reservation probes it, and its answer makes the shared limits the ones
+used again. So a frozen or dead Redis costs one request ``redis_timeout`` per
+cool-off, not every request its freeze. An attempt is settled (refunded, corrected) where it was reserved.
 
 Counters in ``pipeline.stats.counters``: ``ratelimit_waited`` (attempts that had to wait),
 ``ratelimit_rejected`` (``RateLimitTimeout`` raised).
@@ -52,6 +58,7 @@ from aurelis_core.plugin import (
     Attempt,
     Endpoint,
     EndpointUnavailable,
+    RedisConnection,
     RequestContext,
     buffered_body,
     header_items,
@@ -100,12 +107,33 @@ class RateLimitConfig:
     max_wait: float = attrs.field(default=30.0, validator=non_negative)
     #: Share the limits across processes through this Redis (``redis://host:port/db``).
     redis_url: str | None = attrs.field(default=None, validator=redis_url, metadata={PROBE: _probe_redis_url})
+    #: ... or through this one (a table: ``url``, or ``sentinels`` + ``service_name``, or ``cluster_nodes``).
+    redis: RedisConnection | None = None
+    #: Share through the config's ``[redis_connection]`` when neither of the above is given (false: local only).
+    share: bool = True
     #: Prefix of the Redis keys.
     key_prefix: str = "aurelis:ratelimit:"
+    #: Seconds a reservation waits for Redis to connect, and for its answer, before using the local limits.
+    redis_timeout: float = attrs.field(default=0.15, validator=positive)
+    #: Seconds Redis is left alone after it failed (reservations are local meanwhile); then one probes it.
+    redis_cooloff: float = attrs.field(default=2.0, validator=positive)
     #: Completion tokens reserved for a chat/completions request that names no max_tokens.
     default_max_tokens: int = attrs.field(default=1024, validator=non_negative_int)
     #: Request-body bytes per prompt token in the estimate (4 is typical of English JSON for GPT tokenizers).
     chars_per_token: float = attrs.field(default=4.0, validator=positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.redis_url is not None and self.redis is not None:
+            raise ValueError("'redis': give redis_url or redis, not both (redis_url is the short form of redis.url)")
+
+
+def _connection(config: RateLimitConfig, shared: RedisConnection | None) -> RedisConnection | None:
+    """The Redis the limits live in: the table's own, else the config's shared one (unless ``share = false``)."""
+    if config.redis_url is not None:
+        return RedisConnection(url=config.redis_url)
+    if config.redis is not None:
+        return config.redis
+    return shared if config.share else None
 
 
 class RateLimitTimeout(EndpointUnavailable):
@@ -129,6 +157,9 @@ class _Held(NamedTuple):
     attempt: Attempt
     limits: tuple[_Limit, ...]
     specs: list[Spec]
+    #: Where the units were taken (Redis, or this process's state when Redis failed or cooled off): the
+    #: attempt is settled there.
+    limiter: LocalGCRA | RedisGCRA
 
 
 class RateLimit:
@@ -142,7 +173,10 @@ class RateLimit:
         self.health = pipeline.health
         self.stats = pipeline.stats
         self.local = LocalGCRA()
-        self.shared = None if config.redis_url is None else RedisGCRA(config.redis_url, config.key_prefix)
+        connection = _connection(config, pipeline.config.redis_connection)
+        self.shared = None if connection is None else RedisGCRA(
+            connection, config.key_prefix, config.redis_timeout, config.redis_cooloff
+        )
         self._upstream_limits: dict[str, tuple[_Limit, ...]] = {}
         self._credential_limits: dict[tuple[tuple[bytes, bytes], ...], tuple[_Limit, ...]] = {}
         self._tenant = pipeline.tenant
@@ -220,37 +254,36 @@ class RateLimit:
             return None
         tokens = float(self.estimate_tokens(ctx)) if any(lim.kind == _TOKENS for lim in limits) else 0.0
         specs = [Spec(lim.key, lim.interval, lim.tolerance, 1.0 if lim.kind == _REQUESTS else tokens) for lim in limits]
-        held = _Held(attempt, limits, specs)
         shared = self.shared
+        if shared is not None and not shared.may_ask():
+            self.stats.counters["ratelimit_redis_skipped"] += 1
+            shared = None  # cooling off after a failure: no network call
         if shared is None:
+            held = _Held(attempt, limits, specs, self.local)
             return self._granted(ctx, held, self.local.reserve(specs, self.config.max_wait))
+        held = _Held(attempt, limits, specs, shared)
         if ctx.is_async:
             return self._areserve(ctx, held, shared)
         try:
             reservation = shared.reserve(specs, self.config.max_wait)
-        except self._redis_errors():
-            reservation = self._redis_failed(specs)
+        except shared.errors:
+            held, reservation = self._redis_failed(held)
         return self._granted(ctx, held, reservation)
 
     async def _areserve(self, ctx: RequestContext, held: _Held, shared: RedisGCRA) -> float | None:
         try:
             reservation = await shared.areserve(held.specs, self.config.max_wait)
-        except self._redis_errors():
-            reservation = self._redis_failed(held.specs)
+        except shared.errors:
+            held, reservation = self._redis_failed(held)
         return self._granted(ctx, held, reservation)
 
-    def _redis_errors(self) -> type[BaseException]:
-        import redis
-
-        return redis.RedisError
-
-    def _redis_failed(self, specs: Sequence[Spec]) -> Reservation:
+    def _redis_failed(self, held: _Held) -> tuple[_Held, Reservation]:
         count = self.stats.counters["ratelimit_redis_errors"] = self.stats.counters["ratelimit_redis_errors"] + 1
         if worth_logging(count):
             logger.warning(
                 "aurelis: ratelimit: Redis failed (%d so far); using this process's own limits", count, exc_info=True
             )
-        return self.local.reserve(specs, self.config.max_wait)
+        return held._replace(limiter=self.local), self.local.reserve(held.specs, self.config.max_wait)
 
     def _granted(self, ctx: RequestContext, held: _Held, reservation: Reservation) -> float | None:
         if not reservation.granted:
@@ -274,7 +307,7 @@ class RateLimit:
         if held is None or held.attempt is not attempt:
             return
         del ctx.state["ratelimit"]
-        limiter = self.shared or self.local
+        limiter = held.limiter
         http = ctx.http
         if attempt.status_code is None and isinstance(
             attempt.error, (EndpointUnavailable, http.ConnectError, http.ConnectTimeout, http.PoolTimeout)

@@ -8,12 +8,24 @@ One Redis string per entry, ``<prefix><cache key>``, holding the entry in the co
 warming reads to find the most wanted entries.
 
 Topologies: a single node (``url``), Sentinel (``sentinels`` + ``service_name``) or Cluster
-(``cluster_nodes``), with redis-py's asyncio client for async callers and its sync client for sync ones.
+(``cluster_nodes``), with redis-py's asyncio client for async callers and its sync client for sync ones. A table
+that names none of them uses the config's ``[redis_connection]`` (the Redis every plugin shares), else
+``redis://127.0.0.1:6379/0``.
 
 A cache must never cost the caller its request, nor time: timeouts are tight (100 ms to read, 50 ms to
 connect, no retries), every error is a miss, and after ``breaker_failures`` consecutive failures the tier is
 not even tried for ``breaker_reset`` seconds; then one request probes it, and its success closes the breaker.
-So a dead or hung Redis costs a handful of requests one timeout each, then nothing.
+So a dead or hung Redis costs a handful of requests one timeout each, then nothing. On Cluster there is a breaker
+per master (found from the key's slot): a dead master costs only the keys of its own slots, the live ones keep
+serving, and write-behind batches are split by master, so a dead one's writes fail alone.
+
+Connections: each client (the sync one, the asyncio one of each event loop) keeps at most ``pool_size``
+connections (per node on Cluster). On a single node a lookup that finds them all busy waits up to
+``pool_timeout`` for one to come free (redis-py's ``BlockingConnectionPool``); one that still finds none -- or,
+on Sentinel and Cluster, whose pools do not wait, one beyond ``pool_size`` -- is a miss counted as
+``redis.busy``: a busy pool is load, not a failing Redis, so it never opens the breaker. At start-up
+(``aurelis_start``) the tier opens ``open_at_start`` connections (default: all ``pool_size``), so a fresh
+replica's first burst finds them open instead of connecting while its event loop is busiest.
 
 Every value carries a tag (:mod:`aurelis_plugins._serialize`): a MAC under the deployment's secret
 (``[tenant] secret``) and the entry's cache key. A value whose tag does not verify -- planted by someone with
@@ -34,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -44,12 +57,14 @@ import attrs
 from aurelis_core.plugin import (
     PROBE,
     CacheEntry,
+    RedisConnection,
     RequestContext,
     each,
     hookimpl,
     host_port,
     label,
     non_empty,
+    non_negative_int,
     positive,
     positive_int,
     probe_redis,
@@ -57,6 +72,7 @@ from aurelis_core.plugin import (
     redis_url,
 )
 
+from ._redis_client import make_client
 from ._serialize import SerializeError, Unauthenticated, codec_named, dumps, loads
 from ._tier import WarmConfig, WriteBehindTier
 from ._validators import at_rest_codec
@@ -65,35 +81,72 @@ from ._writebehind import HitCounts, WriteBehind
 try:
     import redis
     import redis.asyncio
-    import redis.asyncio.cluster
-    import redis.asyncio.retry
-    import redis.asyncio.sentinel
-    import redis.cluster
-    import redis.retry
-    import redis.sentinel
-    from redis.backoff import NoBackoff
 except ImportError:  # pragma: no cover - depends on the installed extras
     raise ImportError("the redis plugin needs: pip install 'aurelis[redis]'") from None
 
-__all__ = ["MAX_ENTRY_BYTES", "Breaker", "RedisConfig", "RedisTier", "WarmConfig"]
+__all__ = ["MAX_ENTRY_BYTES", "Breaker", "PoolBusy", "RedisConfig", "RedisTier", "WarmConfig"]
 
 logger = logging.getLogger("aurelis")
 
-#: Errors that mean "Redis is not answering properly" (redis-py wraps socket errors, but not all of them).
-TIER_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
+#: Seconds each connection opened at start-up may take to connect (they connect together, maybe on a busy loop).
+START_CONNECT_TIMEOUT = 1.0
+#: Errors that mean "Redis is not answering properly" (redis-py wraps socket errors, but not all of them; and its
+#: "no Cluster node reachable" is not a RedisError).
+TIER_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException, OSError, asyncio.TimeoutError)
 #: Default ``max_entry_bytes`` (see the module docstring).
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
-#: Where the tier connects when neither ``url``, ``sentinels`` nor ``cluster_nodes`` is given (as
-#: ``RedisTier._make_client`` does): what ``aurelis config check`` probes then.
+class PoolBusy(redis.ConnectionError):
+    """Every connection of the tier's pool was busy for ``pool_timeout`` (or, where pools do not wait, the pool
+    was at ``pool_size``): the caller's lookup is a miss, but Redis did not fail, so the breaker is not told."""
+
+
+def _is_pool_wait(exc: BaseException) -> bool:
+    # redis-py raises a plain ConnectionError("No connection available.") when a BlockingConnectionPool's wait
+    # runs out, from queue.Empty (sync) or a TimeoutError (asyncio); connecting errors have other causes or types.
+    cause = exc.__cause__ or exc.__context__
+    return type(exc) is redis.ConnectionError and isinstance(cause, (queue.Empty, TimeoutError))
+
+
+class _SyncPool(redis.BlockingConnectionPool):
+    """redis-py's blocking pool, raising :class:`PoolBusy` when its wait runs out."""
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except redis.ConnectionError as exc:
+            if _is_pool_wait(exc):
+                raise PoolBusy(f"all {self.max_connections} connections busy") from exc
+            raise
+
+
+class _AsyncPool(redis.asyncio.BlockingConnectionPool):
+    """redis-py's asyncio blocking pool, raising :class:`PoolBusy` when its wait runs out."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except redis.ConnectionError as exc:
+            if _is_pool_wait(exc):
+                raise PoolBusy(f"all {self.max_connections} connections busy") from exc
+            raise
+
+
+def _busy(exc: BaseException) -> bool:
+    """Whether ``exc`` says the client's pool is full (load), not that Redis failed."""
+    return isinstance(exc, (PoolBusy, redis.exceptions.MaxConnectionsError))
+
+
+#: Where the tier connects when neither its table nor ``[redis_connection]`` names a Redis: what
+#: ``aurelis config check`` probes then (``RedisTier.problems``).
 _DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
 def _probe_url(instance: RedisConfig, attribute: Any, value: str | None) -> str | None:
-    if value is None and (instance.sentinels is not None or instance.cluster_nodes is not None):
-        return None
-    return probe_redis(value or _DEFAULT_URL, timeout=max(instance.connect_timeout, 1.0))
+    # No url: the tier uses [redis_connection] (probed as that table) or the default (probed by
+    # RedisTier.problems, which knows which of the two it is).
+    return None if value is None else probe_redis(value, timeout=max(instance.connect_timeout, 1.0))
 
 
 def _probe_nodes(instance: RedisConfig, attribute: Any, value: tuple[str, ...] | None) -> str | None:
@@ -130,8 +183,15 @@ class RedisConfig:
     warm: WarmConfig = attrs.field(factory=WarmConfig)
     #: Largest entry (body and headers, in bytes) stored; larger answers are passed through.
     max_entry_bytes: int = attrs.field(default=MAX_ENTRY_BYTES, validator=positive_int)
+    #: Connections per client (per node on Cluster); a lookup finding all busy waits ``pool_timeout`` for one.
+    pool_size: int = attrs.field(default=32, validator=positive_int)
+    pool_timeout: float = attrs.field(default=0.1, validator=positive)
+    #: Connections opened at start-up (None: ``pool_size``; 0: none), so a new replica's first burst finds them.
+    open_at_start: int | None = attrs.field(default=None, validator=non_negative_int)
 
     def __attrs_post_init__(self) -> None:
+        if self.open_at_start is not None and self.open_at_start > self.pool_size:
+            raise ValueError(f"'open_at_start': {self.open_at_start} is more than pool_size ({self.pool_size})")
         given = [n for n in ("url", "sentinels", "cluster_nodes") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"give one of url, sentinels, cluster_nodes, not {' and '.join(given)}")
@@ -205,6 +265,8 @@ class RedisTier(WriteBehindTier):
     def __init__(self, config: RedisConfig, pipeline: Any) -> None:
         self.config = config
         self.pipeline = pipeline
+        #: The Redis this tier uses: its own table's, else the config's ``[redis_connection]``, else the default.
+        self.connection = _connection(config, pipeline.config.redis_connection)
         self.wall_clock: Callable[[], float] = time.time
         #: Largest entry stored (bytes); the pipeline does not buffer an answer no tier would take.
         self.max_entry_bytes = config.max_entry_bytes
@@ -214,10 +276,15 @@ class RedisTier(WriteBehindTier):
         self._prefix = config.prefix
         self._hits_key = config.prefix + "meta:hits"
         self._breaker = Breaker(self.name, config.breaker_failures, config.breaker_reset)
+        #: On Cluster, a breaker per master ("host:port"), made on first use: one master's failures are its own.
+        self._per_node = self.connection.is_cluster
+        self._node_breakers: dict[str, Breaker] = {}
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._aclient: Any = None
         self._aloop: asyncio.AbstractEventLoop | None = None
+        #: The start hook opening the asyncio pool's connections, while it does.
+        self._opening: asyncio.Future[None] | None = None
         self._unreadable_logged = False
         self._unauthenticated_logged = False
         self.queue: WriteBehind[Op] = WriteBehind(
@@ -231,20 +298,13 @@ class RedisTier(WriteBehindTier):
     # so hand-written here. The reads and writes that use them are written once, async, in ``_redis_async``; the
     # sync ones in ``_redis_sync`` are generated from it (see ``aurelis_core._unasync``).
 
-    def _options(self) -> dict[str, Any]:
-        config = self.config
-        return {
-            "socket_timeout": config.socket_timeout,
-            "socket_connect_timeout": config.connect_timeout,
-        }
-
     def sync_client(self) -> Any:
         """The sync client (made on first use: building a Cluster client already talks to the cluster)."""
         client = self._client
         if client is None:
             with self._client_lock:
                 if self._client is None:
-                    self._client = self._make_client(redis.Redis, redis.sentinel, redis.cluster, redis.retry)
+                    self._client = self._make_client(is_async=False)
                 client = self._client
         return client
 
@@ -252,36 +312,133 @@ class RedisTier(WriteBehindTier):
         """The asyncio client of the running loop (asyncio connections belong to the loop that made them)."""
         loop = asyncio.get_running_loop()
         if self._aloop is not loop:
-            self._aclient = self._make_client(
-                redis.asyncio.Redis, redis.asyncio.sentinel, redis.asyncio.cluster, redis.asyncio.retry
-            )
+            self._aclient = self._make_client(is_async=True)
             self._aloop = loop
         return self._aclient
 
-    def _make_client(self, redis_cls: Any, sentinel: Any, cluster: Any, retry: Any) -> Any:
-        config = self.config
-        # No retries: a failed call is a miss now, not three timeouts later.
-        options = {**self._options(), "retry": retry.Retry(NoBackoff(), 0)}
-        if config.cluster_nodes is not None:
-            nodes = [cluster.ClusterNode(*_split(n)) for n in config.cluster_nodes]
-            return cluster.RedisCluster(startup_nodes=nodes, password=config.password, **options)
-        if config.sentinels is not None:
-            sentinels = [_split(n) for n in config.sentinels]
-            manager = sentinel.Sentinel(sentinels, sentinel_kwargs=self._options(), **self._options())
-            return manager.master_for(config.service_name, password=config.password, **options)
-        return redis_cls.from_url(config.url or "redis://127.0.0.1:6379/0", **options)
+    def problems(self) -> list[str]:
+        """What ``aurelis config check`` warns about beyond the table's own probes: the default Redis not
+        answering, when neither the table nor ``[redis_connection]`` names one."""
+        if self.connection.url != _DEFAULT_URL or self.config.url is not None:
+            return []
+        problem = probe_redis(_DEFAULT_URL, timeout=max(self.config.connect_timeout, 1.0))
+        return [] if problem is None else [f"url: {problem}"]
 
-    # --- hooks -------------------------------------------------------------------------------------------------
+    def _make_client(self, is_async: bool) -> Any:
+        config = self.config
+        return make_client(
+            self.connection, is_async, socket_timeout=config.socket_timeout, connect_timeout=config.connect_timeout,
+            max_connections=config.pool_size, blocking_pool=_AsyncPool if is_async else _SyncPool,
+            pool_timeout=config.pool_timeout,
+        )
+
+    # Opening the pool differs by mode on purpose (threads can connect one after another; an event loop opens
+    # all at once, and its lookups wait for that), so it is hand-written, not generated.
+
+    @hookimpl
+    def aurelis_start(self, pipeline: Any) -> Any:
+        count = self.config.pool_size if self.config.open_at_start is None else self.config.open_at_start
+        if pipeline.is_async:
+            return self._astart(pipeline, count)
+        try:
+            # Cluster: a pool per node, opened on use. Building its client already talks to the cluster.
+            pool = getattr(self.sync_client(), "connection_pool", None)
+        except TIER_ERRORS as exc:
+            self._open_failed(exc)
+            pool = None
+        if count and pool is not None:
+            opened = []
+            try:
+                for _ in range(count):
+                    opened.append(pool.get_connection())
+            except TIER_ERRORS as exc:
+                self._open_failed(exc)
+            finally:
+                for connection in opened:
+                    pool.release(connection)
+        return super().aurelis_start(pipeline)
+
+    async def _astart(self, pipeline: Any, count: int) -> None:
+        pool = getattr(self.async_client(), "connection_pool", None)
+        if count and pool is not None:
+            # Lookups made meanwhile (the first request's burst started us) wait for these connections rather
+            # than each opening one of its own with the loop at its busiest.
+            opening = self._opening = asyncio.ensure_future(self._aopen(pool, count))
+            try:
+                await opening
+            finally:
+                self._opening = None
+        warming = super().aurelis_start(pipeline)
+        if warming is not None:
+            await warming
+
+    async def _aopen(self, pool: Any, count: int) -> None:
+        kwargs = pool.connection_kwargs
+        configured = kwargs.get("socket_connect_timeout")
+        # Connecting ``count`` sockets at once on a loop that may already be busy with a burst: each gets
+        # START_CONNECT_TIMEOUT, not the 50 ms meant for one connection made on a request's path.
+        kwargs["socket_connect_timeout"] = max(configured or 0.0, START_CONNECT_TIMEOUT)
+        try:
+            results = await asyncio.gather(*(pool.get_connection() for _ in range(count)), return_exceptions=True)
+        finally:
+            kwargs["socket_connect_timeout"] = configured
+        failed = None
+        for result in results:
+            if isinstance(result, BaseException):
+                failed = result
+                continue
+            result.socket_connect_timeout = configured  # for when it reconnects, on a request's path
+            await pool.release(result)
+        if failed is not None:
+            self._open_failed(failed)
+
+    def _open_failed(self, exc: BaseException) -> None:
+        # Not a failed request: the first lookups will find out (and count) whether Redis is there.
+        logger.warning("aurelis: cache tier 'redis' could not open its connections at start-up: %s", exc)
+
+    async def _get_after_opening(self, opening: asyncio.Future[None], key: str) -> CacheEntry | None:
+        await asyncio.wait([opening])  # its errors are the start hook's to log
+        return await _redis_async.get(self, key)
+
+    def _breaker_for(self, client: Any, key: str) -> Breaker:
+        """The breaker that answers for ``key``: the tier's, or on Cluster that of the master of its slot."""
+        if not self._per_node:
+            return self._breaker
+        try:
+            node = client.get_node_from_key(key).name
+        except Exception:  # the slot map is not loaded yet (a new asyncio client), or does not cover the slot
+            node = "unmapped slots"
+        breaker = self._node_breakers.get(node)
+        if breaker is None:
+            config = self.config
+            breaker = self._node_breakers.setdefault(
+                node, Breaker(f"{self.name} {node}", config.breaker_failures, config.breaker_reset)
+            )
+        return breaker
+
+    def _by_breaker(self, client: Any, batch: list[Op]) -> list[tuple[Breaker, list[Op]]]:
+        """``batch`` split by the breaker of each write's key (one group but on Cluster)."""
+        if not self._per_node:
+            return [(self._breaker, batch)]
+        groups: dict[str, tuple[Breaker, list[Op]]] = {}
+        for op in batch:
+            breaker = self._breaker_for(client, op[1] if op[0] == "set" else self._hits_key)
+            groups.setdefault(breaker.name, (breaker, []))[1].append(op)
+        return list(groups.values())
 
     @hookimpl
     def aurelis_cache_get(self, ctx: RequestContext) -> Any:
-        if not self._breaker.allow():
+        # On Cluster the breaker is the key's master's, asked in ``get`` (it needs the client's slot map).
+        if not self._per_node and not self._breaker.allow():
             self.pipeline.stats.tier_error(self.name, "skipped")
             return None
         if ctx.key is None:  # the core asks the tiers only about a request with a key
             return None
         key = self._prefix + ctx.key
         if ctx.is_async:
+            opening = self._opening
+            if opening is not None and not opening.done():
+                return self._get_after_opening(opening, key)
             return _redis_async.get(self, key)
         return _redis_sync.get(self, key)
 
@@ -317,7 +474,7 @@ class RedisTier(WriteBehindTier):
 
     @hookimpl
     def aurelis_cache_set(self, ctx: RequestContext, entry: CacheEntry, promote: bool) -> None:
-        if self._breaker.is_open:
+        if not self._per_node and self._breaker.is_open:
             self.pipeline.stats.tier_error(self.name, "skipped")
             return
         if entry.size > self.max_entry_bytes:
@@ -374,8 +531,11 @@ class RedisTier(WriteBehindTier):
     def _skip_batch(self, batch: list[Op]) -> None:
         self.pipeline.stats.tier_error(self.name, "skipped")
 
-    def _write_failed(self, exc: BaseException) -> None:
-        self._breaker.failure()
+    def _write_failed(self, exc: BaseException, breaker: Breaker | None = None) -> None:
+        if _busy(exc):  # the pool was full: load, not a failing Redis
+            self.pipeline.stats.tier_error(self.name, "busy")
+            return
+        (breaker or self._breaker).failure()
         super()._write_failed(exc)
 
     # --- warming, stats, clearing (also used by ``aurelis cache``) ----------------------------------------------
@@ -495,9 +655,13 @@ class RedisTier(WriteBehindTier):
         return len(keys)
 
 
-def _split(host_port: str) -> tuple[str, int]:
-    host, _, port = host_port.rpartition(":")
-    return host, int(port)
+def _connection(config: RedisConfig, shared: RedisConnection | None) -> RedisConnection:
+    if config.url is not None or config.sentinels is not None or config.cluster_nodes is not None:
+        return RedisConnection(
+            url=config.url, sentinels=config.sentinels, service_name=config.service_name,
+            cluster_nodes=config.cluster_nodes, password=config.password,
+        )
+    return shared if shared is not None else RedisConnection(url=_DEFAULT_URL)
 
 
 # The reads and writes, written once (async) and generated (sync): imported last, as they use this module's

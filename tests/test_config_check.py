@@ -151,3 +151,36 @@ def test_a_plugin_that_is_not_enabled_is_checked_but_not_probed(
     assert (code, err) == (0, [])
     code, _, err = check(capsys, path, '[redis]\nurl = "127.0.0.1:6379"\n')
     assert code == 1 and err[0].startswith(f"error: {path}: [redis] url: expected a Redis URL")
+
+
+def test_the_shared_redis_connection_is_probed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], closed_port: int
+) -> None:
+    path = tmp_path / "aurelis.toml"
+    code, _, err = check(capsys, path, f"""
+plugins = ["ratelimit"]
+[redis_connection]
+cluster_nodes = ["127.0.0.1:{closed_port}"]
+[ratelimit]
+rpm = 10
+""")
+    assert code == 0
+    assert len(err) == 1, err
+    assert err[0].startswith(f"warning: {path}: [redis_connection] cluster_nodes: ")
+    assert f"127.0.0.1:{closed_port}" in err[0]
+
+
+def test_the_redis_tier_probes_the_default_only_when_nothing_names_a_redis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_url: str
+) -> None:
+    path = tmp_path / "aurelis.toml"
+    live = redis_url.split("?")[0]
+    code, _, err = check(capsys, path, f"""
+plugins = ["normalize", "redis"]
+[tenant]
+secret = "s"
+[redis_connection]
+url = "{live}"
+""")
+    # The tier uses the shared connection, which answers: nothing about 127.0.0.1:6379.
+    assert code == 0 and err == [], err

@@ -60,6 +60,8 @@ def test_the_names_are_pinned() -> None:
         # who is asking
         "Tenant", "Identity", "TenantConfig", "DEFAULT_CREDENTIAL_HEADERS", "DEFAULT_CREDENTIAL_PARAMS",
         "DEFAULT_SCOPE_HEADERS",
+        # shared state
+        "RedisConnection",
         # requests on the wire
         "header_items", "url_parts", "buffered_body", "replayable_body", "copy_request", "signature_scheme",
         "resend_refusal", "usage_tokens",

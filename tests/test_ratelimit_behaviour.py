@@ -373,7 +373,9 @@ async def test_an_async_client_falls_back_to_local_limits_when_redis_fails(upstr
             assert (await client.post(upstream.url + CHAT, json=BODY)).status_code == 200
             with pytest.raises(RateLimitTimeout):
                 await client.post(upstream.url + CHAT, json=BODY)
-    assert pipeline.stats.counters["ratelimit_redis_errors"] == 2
+    # The first reservation found Redis down; the second did not ask it again (cooling off).
+    assert pipeline.stats.counters["ratelimit_redis_errors"] == 1
+    assert pipeline.stats.counters["ratelimit_redis_skipped"] == 1
     warnings = [r for r in caplog.records if "ratelimit: Redis failed" in r.getMessage()]
     assert len(warnings) == 1 and "(1 so far)" in warnings[0].getMessage()  # logged once per burst
 
@@ -440,7 +442,8 @@ async def test_closing_an_async_pipeline_releases_its_redis_connections(upstream
 
 
 def test_redis_failures_are_logged_once_per_burst(upstream: SimulatedServer, caplog: Any) -> None:
-    client, _, _ = limited({"rpm": 1000, "redis_url": "redis://127.0.0.1:1/0"})
+    # A cool-off this short lets every reservation ask the dead Redis again, so each one fails and is counted.
+    client, _, _ = limited({"rpm": 1000, "redis_url": "redis://127.0.0.1:1/0", "redis_cooloff": 1e-9})
     with caplog.at_level(logging.WARNING, logger="aurelis"):
         for _ in range(101):
             post(client, upstream.url)
@@ -457,6 +460,7 @@ def test_the_defaults_are_the_documented_ones() -> None:
     assert (config.rpm, config.tpm, config.credential_rpm, config.credential_tpm) == (None, None, None, None)
     assert (config.period, config.burst, config.max_wait, config.redis_url) == (60.0, 1.0, 30.0, None)
     assert (config.key_prefix, config.default_max_tokens, config.chars_per_token) == ("aurelis:ratelimit:", 1024, 4.0)
+    assert (config.redis_timeout, config.redis_cooloff) == (0.15, 2.0)
 
 
 @pytest.mark.parametrize("bad", [

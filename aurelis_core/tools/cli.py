@@ -125,6 +125,8 @@ def _probe_config(config: Any) -> list[str]:
     known = discover_plugins()
     blocked = blocked_plugins()
     warnings: list[str] = []
+    if config.redis_connection is not None:
+        warnings += _probe_options(config.redis_connection, f"{config.source}: [redis_connection]", "")
     for name in config.plugins:
         config_cls = getattr(known[name].load(), "Config", None) if name not in blocked else None
         if config_cls is not None:
