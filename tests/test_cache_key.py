@@ -526,3 +526,74 @@ def test_the_secret_never_shows_in_a_repr() -> None:
     assert "s3cr3t" not in repr(NormalizeConfig(secret="s3cr3t"))
     assert "s3cr3t" not in repr(TenantConfig(secret="s3cr3t"))
     assert "s3cr3t" not in repr(Pipeline({"plugins": ["normalize"], "tenant": {"secret": "s3cr3t"}}).config)
+
+
+# --- what the mutation run found untested ------------------------------------------------------------------
+
+
+def test_a_wide_body_is_keyed_however_many_brackets_it_has() -> None:
+    from aurelis_plugins.normalize import MAX_DEPTH
+
+    wide = {"model": "m", "tools": [{"type": "function", "function": {"parameters": {}}}] * (MAX_DEPTH * 2)}
+    assert key_of(wide) is not None
+    # The outer object, its list and nested()'s own top object are three levels besides the nested ones.
+    deep_in_wide = b'{"tools":[' + b"{}," * (MAX_DEPTH * 2) + nested(MAX_DEPTH - 2) + b"]}"
+    deep_enough = b'{"tools":[' + b"{}," * (MAX_DEPTH * 2) + nested(MAX_DEPTH - 3) + b"]}"
+    assert key_of(deep_in_wide) is None and key_of(deep_enough) is not None
+
+
+def test_accepted_encodings_are_keyed_as_a_set() -> None:
+    def with_encoding(value: str) -> str | None:
+        return key_of(CHAT, headers={"accept-encoding": value})
+
+    assert with_encoding("gzip, br") == with_encoding("br,gzip") == with_encoding("BR;q=0.5, gzip")
+    assert with_encoding("gzip") != with_encoding("gzip, br") != with_encoding("zstd, br")
+
+
+def test_folding_whitespace_keeps_different_prompts_apart() -> None:
+    folding = normalizer({"normalize": {"fold_whitespace": True}})
+
+    def prompt(text: str) -> str | None:
+        return key_of({"model": "m", "messages": [{"role": "user", "content": text}, "not a message"]},
+                      plugin=folding)
+
+    assert prompt(" a \n b ") == prompt("a b") != prompt("a c")
+    assert key_of({"model": "m", "messages": "a  b"}, plugin=folding) != key_of(
+        {"model": "m", "messages": "a b"}, plugin=folding)  # not a list of messages: left as it is
+
+
+def test_identify_reads_every_credential_and_the_configured_namespace() -> None:
+    from aurelis_core.plugin import Tenant, TenantConfig
+
+    def request(**headers: str) -> httpx.Request:
+        return httpx.Request("POST", URL, json=CHAT, headers=headers)
+
+    tenant = Tenant(TenantConfig(secret="s"))
+    assert tenant.identify(request()).tenant == "anonymous"
+    a, b = request(**{"x-api-key": "a"}), request(**{"x-api-key": "b"})
+    assert tenant.identify(a).tenant != tenant.identify(b).tenant
+    assert tenant.identify(request(**{"x-api-key": "a"}), namespace="team").tenant == "ns:team"
+    assert Tenant(TenantConfig(namespace="team")).identify(request(**{"x-api-key": "a"})).tenant == "ns:team"
+
+
+def test_the_secret_comes_from_the_environment_when_the_config_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aurelis_core.plugin import Tenant, TenantConfig
+
+    credentials = [(b"authorization", b"Bearer k")]
+    monkeypatch.delenv("AURELIS_CACHE_SECRET", raising=False)
+    unset = Tenant(TenantConfig())
+    monkeypatch.setenv("AURELIS_CACHE_SECRET", "from-env")
+    from_env = Tenant(TenantConfig())
+    assert not unset.has_secret and from_env.has_secret
+    assert from_env.fingerprint(credentials) == Tenant(TenantConfig(secret="from-env")).fingerprint(credentials)
+    assert from_env.fingerprint(credentials) != unset.fingerprint(credentials)
+    assert Tenant(TenantConfig(secret="config")).fingerprint(credentials) != from_env.fingerprint(credentials)
+
+
+def test_an_entry_tag_cannot_be_moved_between_key_and_value() -> None:
+    from aurelis_core.plugin import Tenant, TenantConfig
+
+    tenant = Tenant(TenantConfig(secret="s"))
+    assert tenant.entry_mac("ab", b"c") != tenant.entry_mac("a", b"bc")
+    assert tenant.entry_mac("a", b"b") == Tenant(TenantConfig(secret="s")).entry_mac("a", b"b")
+    assert tenant.entry_mac("a", b"b") != Tenant(TenantConfig(secret="t")).entry_mac("a", b"b")
