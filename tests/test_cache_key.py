@@ -597,3 +597,10 @@ def test_an_entry_tag_cannot_be_moved_between_key_and_value() -> None:
     assert tenant.entry_mac("ab", b"c") != tenant.entry_mac("a", b"bc")
     assert tenant.entry_mac("a", b"b") == Tenant(TenantConfig(secret="s")).entry_mac("a", b"b")
     assert tenant.entry_mac("a", b"b") != Tenant(TenantConfig(secret="t")).entry_mac("a", b"b")
+
+
+def test_the_depth_bound_is_the_documented_one() -> None:
+    from aurelis_plugins.normalize import MAX_DEPTH
+
+    assert MAX_DEPTH == 100  # README: "more than 100 levels deep"
+    assert key_of(nested(99)) is not None and key_of(nested(100)) is None
