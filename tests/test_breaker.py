@@ -202,5 +202,8 @@ def test_failover_routes_around_an_open_circuit(upstream: Any) -> None:
 def test_bad_config_names_the_problem() -> None:
     with pytest.raises(ConfigError, match="failure_rate"):
         Pipeline({"plugins": ["breaker"], "breaker": {"failure_rate": 1.5}})
+    with pytest.raises(ConfigError, match="failure_rate"):  # a rate of 0 would open on no failure at all
+        Pipeline({"plugins": ["breaker"], "breaker": {"failure_rate": 0}})
+    Pipeline({"plugins": ["breaker"], "breaker": {"failure_rate": 1}})
     with pytest.raises(ConfigError, match="valid: "):
         Pipeline({"plugins": ["breaker"], "breaker": {"open_time": 3}})

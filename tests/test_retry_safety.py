@@ -21,7 +21,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 import aurelis_core
-from aurelis_core import Pipeline
+from aurelis_core import ConfigError, Pipeline
 from aurelis_core._compat import buffered_body, replayable_body
 from aurelis_core._resend import resend_refusal, signature_scheme
 from aurelis_core.testing import serve
@@ -578,3 +578,10 @@ def test_no_retry_policy_no_refusal_counted(recorder: tuple[Upstream, str]) -> N
     assert client.post(base + "/v1/chat/completions", content=_generator()).status_code == 500
     assert "retry_refused_stream" not in pipeline.stats.counters
     client.close()
+
+
+@pytest.mark.parametrize("methods", ["POST", "post", b"POST"])
+def test_methods_given_as_one_string_are_refused_not_split_into_letters(methods: Any) -> None:
+    with pytest.raises(ConfigError, match=r"\[retry\].*methods"):
+        Pipeline({"plugins": ["retry"], "retry": {"methods": methods}})
+    assert Pipeline({"plugins": ["retry"], "retry": {"methods": ["post"]}}).plugin("retry").config.methods == ("POST",)
