@@ -12,6 +12,7 @@ they need besides these names from :mod:`aurelis_core.plugin`, the plugin API.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, cast
 
 from ._models import (
@@ -30,6 +31,10 @@ from .pipeline import Pipeline
 from .stats import Stats
 
 __version__ = "0.1.0"
+
+# A library prints nothing unless the application configures logging: without this handler, Python's
+# last-resort handler would print Aurelis's warnings to stderr of every program that never set logging up.
+logging.getLogger("aurelis").addHandler(logging.NullHandler())
 
 __all__ = [
     "Attempt",

@@ -30,6 +30,7 @@ import attrs
 from ._coalesce import COALESCED, Flight, Flights, flight_stream, tail
 from ._compat import build_response, header_items
 from ._drivers import Flow, LoopBridge, drive_async, drive_sync
+from ._logs import component_logger, log_fault
 from ._models import (
     CACHE_HIT,
     CACHE_MISS,
@@ -63,7 +64,7 @@ from .validators import Invalid, describe
 
 __all__ = ["Flow", "Pipeline"]
 
-logger = logging.getLogger("aurelis")
+logger = component_logger("pipeline")
 
 def __getattr__(name: str) -> Any:
     # SINGLE_STAGES was a hand-kept copy of what hookspecs.STAGES now says (rule EXACTLY_ONE, and the role).
@@ -168,7 +169,7 @@ class Pipeline:
                 errors.extend(unknown_plugin(name, known, f"{where}: plugins").errors)
                 continue
             if name in blocked:
-                logger.warning("aurelis: plugin %r is disabled by AURELIS_DISABLE_PLUGINS", name)
+                logger.warning("plugin %r is disabled by AURELIS_DISABLE_PLUGINS", name)
                 continue
             try:
                 self._register_spec(spec, config.tables.get(name, {}), where)
@@ -277,7 +278,7 @@ class Pipeline:
             except Exception as exc:
                 if not collect_errors:
                     raise
-                logger.exception("aurelis: a close hook failed")
+                logger.exception("a close hook failed")
                 first_error = first_error or exc
         if first_error is not None:
             raise first_error
@@ -479,8 +480,8 @@ class Pipeline:
                 # The type check first: isawaitable's ABC check on a plain entry costs ~0.15 us.
                 if entry is not None and type(entry) is not CacheEntry and isawaitable(entry):
                     entry = yield entry
-            except Exception:
-                self._tier_failed(tier, "get")
+            except Exception as exc:
+                self._tier_failed(tier, "get", exc)
                 continue
             if entry is not None:
                 ctx.cache_status = CACHE_HIT
@@ -504,17 +505,20 @@ class Pipeline:
                 result = store(ctx, entry, promote)
                 if result is not None and isawaitable(result):
                     yield result
-            except Exception:
-                self._tier_failed(tier, "set")
+            except Exception as exc:
+                self._tier_failed(tier, "set", exc)
 
-    def _tier_failed(self, tier: str, operation: str) -> None:
-        # Logged with its traceback once per burst (the 1st, 100th, 10000th...), counted always: a dead tier
-        # must neither fail requests nor flood the log.
+    def _tier_failed(self, tier: str, operation: str, error: BaseException) -> None:
+        # Logged once per burst (the 1st, 100th, 10000th...), counted always: a dead tier must neither fail
+        # requests nor flood the log. Under the tier's own logger (aurelis.cache.<tier>), one line for an
+        # expected fault (a refused connection names host:port in its message; the tier adds where it is).
         count = self.stats.tier_error(tier, operation)
         if count in (1, 100, 10_000) or count % 100_000 == 0:
-            logger.warning(
-                "aurelis: cache tier %r failed on %s (%d so far); treating it as a miss",
-                tier, operation, count, exc_info=True,
+            where = getattr(self.pm.get_plugin(tier), "location", None)
+            log_fault(
+                component_logger(f"cache.{tier}"), logging.WARNING,
+                "cache tier %r%s failed on %s (%d so far), treated as a miss",
+                tier, f" at {where}" if where else "", operation, count, error=error,
             )
 
     def _stage_failed(self, stage: str, implementation: Callable[..., Any]) -> None:
@@ -526,7 +530,7 @@ class Pipeline:
         count = self.stats.stage_error(name)
         logger.log(
             logging.WARNING if count == 1 else logging.DEBUG,
-            "aurelis: %s failed on a request (%d so far); the request goes on without it", name, count,
+            "%s failed on a request (%d so far); the request goes on without it", name, count,
             exc_info=True,
         )
 
@@ -644,7 +648,7 @@ class Pipeline:
             try:
                 observe(ctx)
             except Exception:
-                logger.exception("aurelis: an observer failed")
+                logger.exception("an observer failed")
 
     # --- building responses ------------------------------------------------------------------------------------
 

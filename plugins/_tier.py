@@ -15,13 +15,12 @@ from typing import Any
 import attrs
 from aurelis_plugins._writebehind import HitCounts, WriteBehind
 
-from aurelis_core.plugin import CacheEntry, hookimpl, positive_int
+from aurelis_core.plugin import CacheEntry, component_logger, hookimpl, log_fault, positive_int
 
 from . import _tier_async, _tier_sync
 
 __all__ = ["WarmConfig", "WriteBehindTier"]
 
-logger = logging.getLogger("aurelis")
 
 
 @attrs.frozen
@@ -90,8 +89,10 @@ class WriteBehindTier:
         # Counted always, logged once per burst (the 1st, 100th, 10000th...): a dead tier must not flood the log.
         count = self.pipeline.stats.tier_error(self.name, "write")
         if count in (1, 100, 10_000) or count % 100_000 == 0:
-            logger.warning(
-                "aurelis: cache tier %r failed to write (%d so far): %s", self.name, count, exc, exc_info=exc
+            where = getattr(self, "location", None)
+            log_fault(
+                component_logger(f"cache.{self.name}"), logging.WARNING, "cache tier %r%s failed to write (%d so far)",
+                self.name, f" at {where}" if where else "", count, error=exc,
             )
 
     def _dropped(self) -> None:
