@@ -413,7 +413,10 @@ class Pipeline:
             raise
         if flight.retry:
             return None
-        ctx.cache_status = CACHE_HIT
+        # A follower saved an upstream call either way, but only a good answer is a hit: a shared error (an
+        # exception, a status >= 400) counted as a hit made a failing upstream look like a working cache.
+        failed = flight.status is None or flight.status >= 400
+        ctx.cache_status = CACHE_MISS if failed else CACHE_HIT
         ctx.cache_tier = COALESCED
         self.stats.counters[COALESCED] += 1
         if flight.status is None:

@@ -275,6 +275,8 @@ class Retry:
             _not_retrying(ctx, attempt, "the retry budget is spent")
             return None
         counters["retries"] += 1
+        if failover:
+            counters["retry_failovers"] += 1
         state.waits.append(delay)
         if logger.isEnabledFor(logging.DEBUG):
             if failover:

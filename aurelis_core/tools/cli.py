@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -166,6 +167,57 @@ def add_config_commands(subparsers: Subparsers) -> None:
     check.set_defaults(func=cmd_config_check)
 
 
+# --- argument types: a bad value is a usage error before any work starts --------------------------------------
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text}")
+    return value
+
+
+def _hit_rate_target(text: str) -> float:
+    value = _share(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a share > 0 and <= 1, got 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
 # --- report options (shared by replay and report) ----------------------------------------------------------------
 
 
@@ -174,12 +226,13 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
 
     defaults = Targets()
     group = parser.add_argument_group("score targets")
-    group.add_argument("--target-p50", type=float, default=defaults.p50, metavar="S", help="seconds (%(default)s)")
-    group.add_argument("--target-p95", type=float, default=defaults.p95, metavar="S", help="seconds (%(default)s)")
-    group.add_argument("--target-p99", type=float, default=defaults.p99, metavar="S", help="seconds (%(default)s)")
-    group.add_argument("--target-rps", type=float, default=defaults.rps, metavar="N",
-                       help="requests/s (%(default)s)")
-    group.add_argument("--target-hit-rate", type=float, default=defaults.hit_rate, metavar="R",
+    group.add_argument("--target-p50", type=_positive, default=defaults.p50, metavar="S", help="seconds (%(default)s)")
+    group.add_argument("--target-p95", type=_positive, default=defaults.p95, metavar="S", help="seconds (%(default)s)")
+    group.add_argument("--target-p99", type=_positive, default=defaults.p99, metavar="S", help="seconds (%(default)s)")
+    group.add_argument("--target-rps", type=_positive, default=defaults.rps, metavar="N",
+                       help="requests/s, scored against the lower of this and the offered load (--rate, --timed); "
+                       "default: throughput is not scored")
+    group.add_argument("--target-hit-rate", type=_hit_rate_target, default=defaults.hit_rate, metavar="R",
                        help="0..1 (%(default)s)")
 
 
@@ -219,9 +272,24 @@ def _progress(total: int) -> Callable[[int, Any], None] | None:
     return update
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    from .replay import SimulateOptions, example_path, load_workload, replay, simulated
+#: The ``--sim-*`` options, by their SimulateOptions field.
+_SIM_OPTIONS = {"endpoints": "sim_endpoints", "latency": "sim_latency", "jitter": "sim_jitter",
+                "latency_per_token": "sim_latency_per_token", "failure_rate": "sim_failure_rate",
+                "rpm": "sim_rpm", "tpm": "sim_tpm"}
 
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import SIMULATED_BASE_URL, SimulateOptions, example_path, load_workload, replay, simulated
+
+    # Options that would be silently ignored are usage errors, said before anything is loaded or started.
+    if args.speed is not None and not args.timed:
+        print("error: --speed needs --timed (it speeds up the recorded timing)", file=sys.stderr)
+        return 2
+    given_sim = sorted("--" + dest.replace("_", "-") for dest in _SIM_OPTIONS.values()
+                       if getattr(args, dest) is not None)
+    if given_sim and not args.simulate:
+        print(f"error: {', '.join(given_sim)} need{'s' if len(given_sim) == 1 else ''} --simulate", file=sys.stderr)
+        return 2
     workload_path = args.workload
     if workload_path is None:
         if not args.simulate:
@@ -237,20 +305,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     options = dict(
-        concurrency=args.concurrency, rate=args.rate, timed=args.timed, speed=args.speed, timeout=args.timeout,
+        concurrency=args.concurrency, rate=args.rate, timed=args.timed,
+        speed=args.speed if args.speed is not None else 1.0, timeout=args.timeout,
         targets=targets, on_result=_progress(len(workload)),
     )
     try:
         if args.simulate:
-            sim = SimulateOptions(
-                endpoints=args.sim_endpoints, latency=args.sim_latency, jitter=args.sim_jitter,
-                latency_per_token=args.sim_latency_per_token, failure_rate=args.sim_failure_rate,
-                rpm=args.sim_rpm, tpm=args.sim_tpm,
-            )
+            sim = SimulateOptions(**{field: getattr(args, dest) for field, dest in _SIM_OPTIONS.items()
+                                     if getattr(args, dest) is not None})
             with simulated(config, sim) as (sim_config, servers):
                 print(f"simulating {len(servers)} upstream(s) on 127.0.0.1: "
                       f"{', '.join(s.base_url for s in servers)}", file=sys.stderr)
-                report = asyncio.run(replay(workload, sim_config, **options))
+                report = asyncio.run(replay(workload, sim_config, base_url=args.base_url or SIMULATED_BASE_URL,
+                                            **options))
         else:
             credential = os.environ.get(args.api_key_env) if args.api_key_env else None
             report = asyncio.run(
@@ -266,6 +333,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def add_replay_commands(subparsers: Subparsers) -> None:
+    from .replay import SimulateOptions
+
     parser = subparsers.add_parser(
         "replay", help="send a recorded workload through the pipeline and report how it performed",
         description="Replay a JSONL workload through the configured pipeline, print the report and write it "
@@ -276,27 +345,28 @@ def add_replay_commands(subparsers: Subparsers) -> None:
                         "normalize + embedded tiers)")
     parser.add_argument("--out", default=".aurelis/report", help="where to write report.{txt,json,html} "
                         "(%(default)s)")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (%(default)s)")
-    parser.add_argument("--rate", type=float, help="at most this many requests started per second")
+    parser.add_argument("--concurrency", type=_count, default=8, help="requests in flight (%(default)s)")
+    parser.add_argument("--rate", type=_positive, help="at most this many requests started per second")
     parser.add_argument("--timed", action="store_true", help="send each request at its recorded 'at' offset")
-    parser.add_argument("--speed", type=float, default=1.0, help="with --timed: replay this many times faster")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (%(default)s)")
+    parser.add_argument("--speed", type=_positive, help="with --timed: replay this many times faster (1)")
+    parser.add_argument("--timeout", type=_positive, default=60.0, help="seconds per request (%(default)s)")
     parser.add_argument("--base-url", help="where to address requests (default: the first endpoint's URL)")
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
                         help="environment variable holding the API key sent as a bearer token (%(default)s); "
                         "unused with --simulate")
     sim = parser.add_argument_group("simulation (--simulate: local upstreams on 127.0.0.1, no key, no network)")
     sim.add_argument("--simulate", action="store_true", help="point the endpoints at simulated upstreams")
-    sim.add_argument("--sim-endpoints", type=int, metavar="N",
+    defaults = SimulateOptions()
+    sim.add_argument("--sim-endpoints", type=_count, metavar="N",
                      help="how many upstreams (default: one per configured endpoint; >1 needs a router plugin)")
-    sim.add_argument("--sim-latency", type=float, default=0.05, metavar="S", help="seconds (%(default)s)")
-    sim.add_argument("--sim-jitter", type=float, default=0.05, metavar="S", help="extra random seconds "
-                     "(%(default)s)")
-    sim.add_argument("--sim-latency-per-token", type=float, default=0.0, metavar="S",
-                     help="seconds per completion word (%(default)s)")
-    sim.add_argument("--sim-failure-rate", type=float, default=0.0, metavar="P", help="share of 500s (%(default)s)")
-    sim.add_argument("--sim-rpm", type=int, metavar="N", help="requests per minute per upstream, then 429")
-    sim.add_argument("--sim-tpm", type=int, metavar="N", help="tokens per minute per upstream, then 429")
+    sim.add_argument("--sim-latency", type=_non_negative, metavar="S", help=f"seconds ({defaults.latency})")
+    sim.add_argument("--sim-jitter", type=_non_negative, metavar="S", help=f"extra random seconds ({defaults.jitter})")
+    sim.add_argument("--sim-latency-per-token", type=_non_negative, metavar="S",
+                     help=f"seconds per completion word ({defaults.latency_per_token})")
+    sim.add_argument("--sim-failure-rate", type=_share, metavar="P",
+                     help=f"share of 500s, 0..1 ({defaults.failure_rate})")
+    sim.add_argument("--sim-rpm", type=_count, metavar="N", help="requests per minute per upstream, then 429")
+    sim.add_argument("--sim-tpm", type=_count, metavar="N", help="tokens per minute per upstream, then 429")
     _add_target_options(parser)
     parser.set_defaults(func=cmd_replay)
 
