@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
@@ -121,7 +122,7 @@ class Pipeline:
         *,
         plugins: Sequence[object] = (),
     ) -> None:
-        self.config: Config = load_config(config)
+        self.config: Config = _recording(load_config(config))
         self.endpoints: tuple[Endpoint, ...] = self.config.endpoints
         self.stats = Stats()
         #: Who is asking and what scopes an answer: the one definition every plugin scopes by.
@@ -917,6 +918,21 @@ def _base_of(http: Any, url: str) -> tuple[bytes, bytes, bytes]:
     """``(scheme, netloc, base path without trailing slash)`` of an endpoint URL, parsed once."""
     parsed = http.URL(url)
     return parsed.raw_scheme, parsed.netloc, parsed.raw_path.rstrip(b"/")
+
+
+#: Set by ``aurelis record``: every pipeline of the process records its requests to this file, whatever
+#: config it was built with (an application that passes its own config never reads ``AURELIS_CONFIG``).
+RECORD_ENV = "AURELIS_RECORD"
+
+
+def _recording(config: Config) -> Config:
+    """``config`` with the ``record`` plugin writing to ``$AURELIS_RECORD``, when that is set."""
+    path = os.environ.get(RECORD_ENV)
+    if not path:
+        return config
+    plugins = config.plugins if "record" in config.plugins else (*config.plugins, "record")
+    tables = {**config.tables, "record": {**config.tables.get("record", {}), "path": path}}
+    return attrs.evolve(config, plugins=plugins, tables=tables)
 
 
 def _rewrite(ctx: RequestContext, endpoint: Endpoint, endpoints: Sequence[Endpoint]) -> Any:

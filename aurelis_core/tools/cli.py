@@ -16,15 +16,13 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
-import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from aurelis_core.config import ConfigError, load_config
 
-from .cli_cache import add_cache_commands
+from .cli_cache import add_cache_commands, find_config
 
 __all__ = ["COMMAND_GROUPS", "main"]
 
@@ -39,26 +37,53 @@ def _hooks_of(cls: type) -> list[str]:
     return sorted(name for name in dir(cls) if hasattr(getattr(cls, name, None), "aurelis_impl"))
 
 
-def cmd_plugins(args: argparse.Namespace) -> int:
-    from aurelis_core.plugin import discover_plugins
+def _description(name: str, cls: type) -> str:
+    """One line on what a plugin does: its ``description`` attribute, else the first line of its module's
+    docstring when that is about this plugin (``"``name``: ..."``), else the first sentence of its class's."""
+    import inspect
 
+    text = getattr(cls, "description", None)
+    if not isinstance(text, str):
+        module = (inspect.getdoc(sys.modules.get(cls.__module__)) or "").strip()
+        first = module.splitlines()[0] if module else ""
+        if first.startswith(f"``{name}``: "):
+            text = first.removeprefix(f"``{name}``: ")
+        else:
+            doc = inspect.getdoc(cls) or ""
+            text = doc.split("\n\n")[0].replace("\n", " ").split(". ")[0]
+            text = text.removeprefix(f"The ``{name}`` plugin").lstrip(":. ")
+    return text.replace("``", "").rstrip(".")
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from aurelis_core.plugin import blocked_plugins, discover_plugins
+
+    blocked = blocked_plugins()
     rows = []
     for name, spec in sorted(discover_plugins().items()):
         try:
-            hooks = ", ".join(h.removeprefix("aurelis_") for h in _hooks_of(spec.load()))
+            cls = spec.load()
         except ConfigError as exc:  # an optional extra is not installed: say so, keep listing
-            hooks = f"(cannot load: {exc})"
-        rows.append((name, spec.origin, hooks))
+            rows.append((name, spec.origin, f"(cannot load: {exc})"))
+            continue
+        hooks = _hooks_of(cls)
+        if not hooks:
+            continue  # an entry with no stage (lz4: a codec at rest) only exists to explain a mistake
+        about = ", ".join(h.removeprefix("aurelis_") for h in hooks) if args.hooks else _description(name, cls)
+        if name in blocked:
+            about += " (disabled by AURELIS_DISABLE_PLUGINS)"
+        rows.append((name, spec.origin, about))
     width = max((len(n) for n, _, _ in rows), default=4) + 2
     origin_width = max((len(o) for _, o, _ in rows), default=6) + 2
-    print(f"{'name':<{width}}{'origin':<{origin_width}}hooks")
-    for name, origin, hooks in rows:
-        print(f"{name:<{width}}{origin:<{origin_width}}{hooks}")
+    print(f"{'name':<{width}}{'origin':<{origin_width}}{'hooks' if args.hooks else 'what it does'}")
+    for name, origin, about in rows:
+        print(f"{name:<{width}}{origin:<{origin_width}}{about}")
     return 0
 
 
 def add_plugins_commands(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("plugins", help="list every plugin that can be enabled, with its hooks")
+    parser = subparsers.add_parser("plugins", help="list every plugin that can be enabled, with what it does")
+    parser.add_argument("--hooks", action="store_true", help="show the hooks each plugin implements instead")
     parser.set_defaults(func=cmd_plugins)
 
 
@@ -103,6 +128,17 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     for name in pipeline.plugin_origins:
         for problem in getattr(pipeline.plugin(name), "problems", list)():
             warnings.append(f"{source}: [{name}] {problem}")
+    # Configs that are valid but do not do what they say: tiers that are never asked, plugins switched off.
+    keyed = any("aurelis_normalize" in _hooks_of(type(pipeline.plugin(name))) for name in pipeline.plugin_origins)
+    if pipeline.tiers and not keyed:
+        warnings.append(
+            f"{source}: cache tiers ({', '.join(pipeline.tiers)}) are enabled but no plugin makes a cache key: "
+            "every request bypasses them; add \"normalize\" to plugins"
+        )
+    from aurelis_core.plugin import blocked_plugins
+
+    for name in sorted(set(config.plugins) & blocked_plugins()):
+        warnings.append(f"{source}: plugin {name!r} is disabled by AURELIS_DISABLE_PLUGINS: pipelines run without it")
     shared = [name for name in ("redis", "sqlite") if name in pipeline.plugin_origins]
     if shared and not pipeline.tenant.has_secret:
         warnings.append(
@@ -299,7 +335,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         workload_path = example_path("workload.jsonl")
     try:
         workload = load_workload(workload_path)
-        config = load_config(args.config or os.environ.get("AURELIS_CONFIG") or example_path("aurelis.toml"))
+        config = load_config(find_config(args.config))
         targets = _targets(args)
     except (ValueError, OSError) as exc:  # ConfigError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
@@ -374,53 +410,59 @@ def add_replay_commands(subparsers: Subparsers) -> None:
 # --- record ----------------------------------------------------------------------------------------------------
 
 
-def _raw_config(path: str) -> dict[str, Any]:
-    """The config file's table as written (what ``AURELIS_CONFIG`` will point the child at, plus ``record``)."""
-    load_config(path)  # fail here, with the usual message, rather than inside the recorded program
-    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    if Path(path).name == "pyproject.toml":
-        data = data["tool"]["aurelis"]
-    return data
+def _lines(path: Path) -> int:
+    try:
+        with path.open("rb") as file:
+            return sum(1 for line in file if line.strip())
+    except FileNotFoundError:
+        return 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    try:
-        import tomli_w
-    except ImportError:  # pragma: no cover - a core dependency; guards a broken install
-        print("error: aurelis record needs tomli-w: pip install tomli-w", file=sys.stderr)
-        return 1
+    """Run the command with ``AURELIS_RECORD`` set: every pipeline the program builds records, with the config it
+    was given explicitly or with ``AURELIS_CONFIG`` (``--config``, else the inherited one), plus ``record``."""
+    from aurelis_core.pipeline import RECORD_ENV
+
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         print("error: give the command to run after --, e.g. aurelis record --out w.jsonl -- python app.py",
               file=sys.stderr)
         return 2
-    base = args.config or os.environ.get("AURELIS_CONFIG")
+    env = dict(os.environ)
+    if args.config:
+        try:
+            load_config(args.config)  # fail here, with the usual message, rather than inside the recorded program
+        except (ConfigError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        env["AURELIS_CONFIG"] = str(Path(args.config).resolve())
+    out = Path(args.out).resolve()
+    env[RECORD_ENV] = str(out)
+    before = _lines(out)
+    print(f"recording requests to {args.out}", file=sys.stderr)
     try:
-        data = _raw_config(base) if base else {}
-    except (ConfigError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    plugins = [p for p in data.get("plugins", []) if p != "record"]
-    data["plugins"] = [*plugins, "record"]
-    data["record"] = {**data.get("record", {}), "path": str(Path(args.out).resolve())}
-    with tempfile.TemporaryDirectory(prefix="aurelis-record-") as tmp:
-        config_path = Path(tmp) / "aurelis.toml"
-        config_path.write_text(tomli_w.dumps(data), encoding="utf-8")
-        env = {**os.environ, "AURELIS_CONFIG": str(config_path)}
-        print(f"recording requests to {args.out}", file=sys.stderr)
-        return subprocess.call(command, env=env)
+        code = subprocess.call(command, env=env)
+    except FileNotFoundError:
+        print(f"error: command not found: {command[0]}", file=sys.stderr)
+        return 127  # the shell's code for a command it cannot find
+    except PermissionError:
+        print(f"error: cannot run {command[0]}: permission denied", file=sys.stderr)
+        return 126
+    print(f"recorded {_lines(out) - before} requests to {args.out}", file=sys.stderr)
+    return code
 
 
 def add_record_commands(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "record", help="run a program and record the requests its instrumented clients send",
-        description="Runs COMMAND with AURELIS_CONFIG pointing at your config plus the record plugin, so every "
-        "client the program instruments without an explicit config appends its requests to --out. "
-        "Credentials are never written.",
+        description="Runs COMMAND with AURELIS_RECORD set, so every client the program instruments (with "
+        "its own config, or $AURELIS_CONFIG / --config) also runs the record plugin and appends its requests "
+        "to --out. Credentials are never written.",
     )
     parser.add_argument("--out", default="aurelis-workload.jsonl", help="workload file to append to "
                         "(%(default)s)")
-    parser.add_argument("--config", help="the config to record under (default: $AURELIS_CONFIG, else none)")
+    parser.add_argument("--config", help="set AURELIS_CONFIG to this config for the program (default: leave it as "
+                        "it is)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     parser.set_defaults(func=cmd_record)
 
@@ -431,11 +473,27 @@ def add_record_commands(subparsers: Subparsers) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import Report
 
+    not_a_report = "not an Aurelis report (aurelis report reads the report.json that aurelis replay writes)"
     try:
-        report = Report.from_dict(json.loads(Path(args.file).read_text(encoding="utf-8")))
-        report = report.rescored(_targets(args))
-    except (OSError, ValueError, TypeError) as exc:
-        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        text = Path(args.file).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        print(f"error: {args.file}: {not_a_report}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        data = json.loads(text)
+    except ValueError:
+        print(f"error: {args.file}: {not_a_report}: it is not JSON", file=sys.stderr)
+        return 1
+    if not isinstance(data, dict) or data.get("format") != "aurelis-report-1":
+        print(f"error: {args.file}: {not_a_report}", file=sys.stderr)
+        return 1
+    try:
+        report = Report.from_dict(data).rescored(_targets(args))
+    except (ValueError, TypeError) as exc:
+        print(f"error: {args.file}: a damaged report: {exc}", file=sys.stderr)
         return 1
     if args.format == "json":
         output = json.dumps(report.to_dict(), indent=2) + "\n"
