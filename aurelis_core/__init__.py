@@ -79,8 +79,11 @@ def instrument(client: Any, config: Config | Any = None, *, pipeline: Pipeline |
     if pipeline is not None:
         if config is not None:
             raise ValueError("pass either config or pipeline, not both")
+        pipeline._note_base_url(client)
         return instrument_client(client, pipeline)
-    return instrument_client(client, Pipeline(config), owns_pipeline=True)
+    pipeline = Pipeline(config)
+    pipeline._note_base_url(client)
+    return instrument_client(client, pipeline, owns_pipeline=True)
 
 
 def pipeline_of(client: Any) -> Pipeline | None:

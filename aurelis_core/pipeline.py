@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from inspect import isawaitable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -123,6 +124,7 @@ class Pipeline:
         plugins: Sequence[object] = (),
     ) -> None:
         self.config: Config = _recording(load_config(config))
+        self._noted_hosts: set[str] = set()
         self.endpoints: tuple[Endpoint, ...] = self.config.endpoints
         self.stats = Stats()
         #: Who is asking and what scopes an answer: the one definition every plugin scopes by.
@@ -256,7 +258,22 @@ class Pipeline:
 
     def instrument(self, client: Any) -> Any:
         """Wrap ``client``'s transport and proxy mounts in place with this pipeline; returns the client."""
+        self._note_base_url(client)
         return instrument_client(client, self)
+
+    def _note_base_url(self, client: Any) -> None:
+        """Say once per host when a client's ``base_url`` is not where its requests will go: with ``endpoints``
+        configured, routing sends them (and the client's credentials) to the endpoints' hosts."""
+        base = getattr(client, "base_url", None)
+        netloc = urlsplit(str(base)).netloc.lower() if base is not None else ""
+        if not netloc or not self.endpoints:
+            return
+        hosts = sorted({urlsplit(e.url).netloc.lower() for e in self.endpoints})
+        if netloc in hosts or netloc in self._noted_hosts:
+            return
+        self._noted_hosts.add(netloc)
+        logger.warning("requests the client addresses to %s go to the configured endpoints instead: %s",
+                       netloc, ", ".join(hosts))
 
     def transport(self, inner: Any) -> Any:
         """A sync transport that runs this pipeline in front of ``inner`` (an httpx/httpx2 transport)."""
@@ -577,6 +594,7 @@ class Pipeline:
                 self._end_attempt(ctx, attempt)
                 delay = self._retry_delay(ctx, attempt) if isinstance(exc, Exception) else None
                 if delay is None:
+                    _note_target(ctx, exc)
                     raise
                 if delay > 0 and (sleeping := _sleep(ctx, delay)) is not None:
                     yield sleeping
@@ -918,6 +936,22 @@ def _base_of(http: Any, url: str) -> tuple[bytes, bytes, bytes]:
     """``(scheme, netloc, base path without trailing slash)`` of an endpoint URL, parsed once."""
     parsed = http.URL(url)
     return parsed.raw_scheme, parsed.netloc, parsed.raw_path.rstrip(b"/")
+
+
+def _note_target(ctx: RequestContext, error: BaseException) -> None:
+    """Name the host a transport error failed to reach, in a note on the exception (its traceback shows it;
+    its message, which callers may match, stays as the transport wrote it): "Connection refused" alone does not
+    say which of several endpoints refused."""
+    if not isinstance(error, ctx.http.TransportError) or getattr(error, "_aurelis_noted", False):
+        return
+    url = ctx.request.url
+    endpoint = ctx.endpoint
+    where = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+    named = f" (endpoint {endpoint.name!r})" if endpoint is not None else ""
+    attempts = len(ctx.attempts)
+    error.add_note(f"aurelis: {ctx.request.method} {where}{url.path}{named} failed after {attempts} "
+                   f"attempt{'s' if attempts != 1 else ''}")
+    error._aurelis_noted = True  # a follower re-raising it adds no second note
 
 
 #: Set by ``aurelis record``: every pipeline of the process records its requests to this file, whatever

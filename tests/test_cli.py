@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from aurelis_core.stats import Sample
+from aurelis_core.testing import SimulatedServer
 from aurelis_core.tools.cli import main
 from aurelis_core.tools.report import build_report
 
@@ -171,3 +172,25 @@ def test_cache_commands_find_the_config_as_replay_does(
     monkeypatch.setenv("AURELIS_CONFIG", str(config))
     code, _, err = run(capsys, "cache", "stats")
     assert code == 1 and err == f"error: {config}: no persistent cache tier (redis, sqlite) is enabled\n"
+
+
+def test_replay_against_real_endpoints_says_where_and_warns_without_a_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    upstream: SimulatedServer,
+) -> None:
+    workload = tmp_path / "w.jsonl"
+    workload.write_text('{"path": "/embeddings", "body": {"model": "e", "input": "x"}}\n')
+    config = tmp_path / "aurelis.toml"
+    config.write_text(f'plugins = ["normalize"]\n[[endpoints]]\nurl = "{upstream.base_url}"\n')
+    monkeypatch.delenv("AURELIS_TEST_KEY", raising=False)
+    argv = ["replay", str(workload), "--config", str(config), "--out", str(tmp_path / "out"),
+            "--api-key-env", "AURELIS_TEST_KEY"]
+    code, _, err = run(capsys, *argv)
+    host = upstream.url.removeprefix("http://")
+    assert code == 0 and f"replaying 1 requests to {host}\n" in err
+    assert "warning: $AURELIS_TEST_KEY is not set and not every endpoint has an api_key" in err
+    monkeypatch.setenv("AURELIS_TEST_KEY", "sk-test")
+    code, _, err = run(capsys, *argv, "--base-url", "https://api.example/v1")
+    assert code == 0 and "warning" not in err
+    assert f"replaying 1 requests to {host} (addressed to api.example)" in err
+    assert upstream.requests[-1].header("authorization") == "Bearer sk-test"

@@ -232,3 +232,37 @@ def test_nothing_below_warning_reaches_a_warning_handler(
             assert client.post("/chat/completions", json=BODY).status_code == 200
     client.close()
     assert bad.count("/chat/completions") >= 1 and aurelis_records(caplog) == []
+
+
+# --- where requests go ---------------------------------------------------------------------------------------------
+
+
+def test_a_client_whose_requests_go_elsewhere_is_told_once(
+    upstream: SimulatedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = {"plugins": [], "endpoints": [upstream.base_url]}
+    pipeline = Pipeline(config)
+    with caplog.at_level(logging.WARNING, logger="aurelis"):
+        elsewhere = pipeline.instrument(httpx.Client(base_url="https://api.example/v1", timeout=10))
+        pipeline.instrument(httpx.Client(base_url="https://api.example/v2"))  # the same host: said already
+        pipeline.instrument(httpx.Client(base_url=upstream.base_url))  # an endpoint's own host: nothing to say
+        assert elsewhere.post("/embeddings", json={"model": "e", "input": "x"}).status_code == 200
+    host = upstream.url.removeprefix("http://")
+    assert [(r.name, r.getMessage()) for r in aurelis_records(caplog)] == [
+        ("aurelis.pipeline", f"requests the client addresses to api.example go to the configured endpoints "
+                             f"instead: {host}")
+    ]
+    pipeline.close()
+
+
+def test_a_connection_error_names_the_host_it_failed_to_reach() -> None:
+    port = dead_port()
+    config = {"plugins": [], "endpoints": [{"url": f"http://127.0.0.1:{port}/v1", "name": "local"}]}
+    client = aurelis_core.instrument(httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=10), config)
+    with pytest.raises(httpx.ConnectError) as caught:
+        client.post("/chat/completions", json=BODY)
+    assert caught.value.__notes__ == [
+        f"aurelis: POST http://127.0.0.1:{port}/v1/chat/completions (endpoint 'local') failed after 1 attempt"
+    ]
+    assert "aurelis" not in str(caught.value)  # the message callers may match is the transport's own
+    client.close()

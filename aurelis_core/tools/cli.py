@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aurelis_core.config import ConfigError, load_config
 
@@ -356,6 +357,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
                                             **options))
         else:
             credential = os.environ.get(args.api_key_env) if args.api_key_env else None
+            hosts = sorted({urlsplit(e.url).netloc for e in config.endpoints})
+            if hosts:  # where the requests (and the key) go, before they go
+                print(f"replaying {len(workload)} requests to {', '.join(hosts)}"
+                      + (f" (addressed to {urlsplit(args.base_url).netloc})"
+                         if args.base_url and urlsplit(args.base_url).netloc not in hosts else ""), file=sys.stderr)
+            if not credential and not (config.endpoints and all(e.api_key for e in config.endpoints)):
+                print(f"warning: ${args.api_key_env} is not set and not every endpoint has an api_key: requests go "
+                      "without a key (expect 401s); set it, or pass --api-key-env VAR", file=sys.stderr)
             report = asyncio.run(
                 replay(workload, config, base_url=args.base_url, credential=credential, **options)
             )
