@@ -430,8 +430,6 @@ def _lines(path: Path) -> int:
 def cmd_record(args: argparse.Namespace) -> int:
     """Run the command with ``AURELIS_RECORD`` set: every pipeline the program builds records, with the config it
     was given explicitly or with ``AURELIS_CONFIG`` (``--config``, else the inherited one), plus ``record``."""
-    from aurelis_core.pipeline import RECORD_ENV
-
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         print("error: give the command to run after --, e.g. aurelis record --out w.jsonl -- python app.py",
@@ -446,7 +444,7 @@ def cmd_record(args: argparse.Namespace) -> int:
             return 1
         env["AURELIS_CONFIG"] = str(Path(args.config).resolve())
     out = Path(args.out).resolve()
-    env[RECORD_ENV] = str(out)
+    env["AURELIS_RECORD"] = str(out)  # read by every Pipeline (documented: an environment variable, public)
     before = _lines(out)
     print(f"recording requests to {args.out}", file=sys.stderr)
     try:
