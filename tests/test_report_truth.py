@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -177,3 +178,20 @@ def test_the_sqlite_tier_answers_the_next_simulated_run_and_its_file_does_not_gr
         assert sent == 0  # every answer came from the file the first run filled
         assert report.hits_by_tier == {"sqlite": 5, "memory": 15} and report.hit_rate == 1.0
     assert entries(path) == 5
+
+
+def test_a_compression_fallback_is_reported_and_logged(
+    upstream: SimulatedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The upstream refuses gzip-coded bodies (415): the request goes again plain, once, and says so.
+    upstream.behavior.reject_encodings = ("gzip",)
+    text = " ".join(f"token{i % 97} is part of a long prompt" for i in range(400))
+    pipeline = aurelis_core.Pipeline({"plugins": ["gzip"]})
+    with caplog.at_level(logging.DEBUG, logger="aurelis.compress"), pipeline.instrument(httpx.Client()) as client:
+        response = client.post(upstream.url + "/v1/chat/completions",
+                               json={"model": "m", "messages": [{"role": "user", "content": text}]})
+    assert response.status_code == 200
+    assert [r.header("content-encoding") for r in upstream.requests] == ["gzip", None]
+    assert Report.from_stats(pipeline.stats).resilience == {"fallbacks": 1}
+    [line] = [r.getMessage() for r in caplog.records if r.name == "aurelis.compress"]
+    assert line == f"fallback: 127.0.0.1:{upstream.port} answered 415 to a gzip body; sending it again uncompressed"

@@ -15,7 +15,8 @@ What is computed, all from the samples (one per finished request):
   miss, never a hit.
 - **resilience**: what the pipeline did about failures, from its counters: retries, failovers to another
   endpoint, retries refused (not idempotent, past the deadline, budget spent), circuit breaker trips, attempts
-  that waited for a rate limit or were refused by one, requests coalesced onto another's upstream call.
+  that waited for a rate limit or were refused by one, compressed requests sent again plain after a 415/400
+  (fallbacks), requests coalesced onto another's upstream call.
 - **tokens saved**: the ``usage.total_tokens`` of every answer served from cache.
 - **per model** and **per endpoint**: requests, share, average and p95 latency, hit rate, errors.
 - **recommendations**: errors above 1% (what failed, and what to do: retries and failover, a breaker, rate
@@ -65,6 +66,7 @@ RESILIENCE_COUNTERS = {
     "breaker trips": ("breaker_open",),
     "rate-limit waits": ("ratelimit_waited",),
     "rate-limit refusals": ("ratelimit_rejected",),
+    "fallbacks": ("compress_fallbacks",),
     "coalesced": ("coalesced",),
 }
 
