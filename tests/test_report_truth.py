@@ -195,3 +195,22 @@ def test_a_compression_fallback_is_reported_and_logged(
     assert Report.from_stats(pipeline.stats).resilience == {"fallbacks": 1}
     [line] = [r.getMessage() for r in caplog.records if r.name == "aurelis.compress"]
     assert line == f"fallback: 127.0.0.1:{upstream.port} answered 415 to a gzip body; sending it again uncompressed"
+
+
+def test_the_demo_says_when_earlier_runs_answered_and_how_to_start_cold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AURELIS_CONFIG", raising=False)
+    argv = ["replay", "--simulate", "--sim-latency", "0", "--sim-jitter", "0", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    assert "note:" not in capsys.readouterr().err  # a cold start: the upstream answered
+    assert main([*argv, "--sim-failure-rate", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "answers came from what earlier runs stored (sqlite), not from the simulated upstream; " \
+           "`aurelis cache clear` starts cold" in captured.err
+    assert "errors          0 (0.0%)" in captured.out  # every answer from the file: nothing reached the failing sim
+    assert main(["cache", "clear"]) == 0 and capsys.readouterr().out.startswith("sqlite: deleted ")
+    assert main([*argv, "--sim-failure-rate", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "note:" not in captured.err and "errors          220 (100.0%)" in captured.out
