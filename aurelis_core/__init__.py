@@ -12,6 +12,7 @@ they need besides these names from :mod:`aurelis_core.plugin`, the plugin API.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, cast
 
 from ._models import (
@@ -30,6 +31,10 @@ from .pipeline import Pipeline
 from .stats import Stats
 
 __version__ = "0.1.0"
+
+# A library prints nothing unless the application configures logging: without this handler, Python's
+# last-resort handler would print Aurelis's warnings to stderr of every program that never set logging up.
+logging.getLogger("aurelis").addHandler(logging.NullHandler())
 
 __all__ = [
     "Attempt",
@@ -74,8 +79,11 @@ def instrument(client: Any, config: Config | Any = None, *, pipeline: Pipeline |
     if pipeline is not None:
         if config is not None:
             raise ValueError("pass either config or pipeline, not both")
+        pipeline._note_base_url(client)
         return instrument_client(client, pipeline)
-    return instrument_client(client, Pipeline(config), owns_pipeline=True)
+    pipeline = Pipeline(config)
+    pipeline._note_base_url(client)
+    return instrument_client(client, pipeline, owns_pipeline=True)
 
 
 def pipeline_of(client: Any) -> Pipeline | None:

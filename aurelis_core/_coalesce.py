@@ -33,7 +33,6 @@ small flow, driven in the caller's own mode (:mod:`aurelis_core._drivers`).
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
@@ -50,8 +49,6 @@ if TYPE_CHECKING:
 # would pay ~20-30 ms of `import aurelis_core` for them. An async caller has them imported already.
 
 __all__ = ["COALESCED", "Flight", "FlightStream", "Flights", "flight_stream", "tail"]
-
-logger = logging.getLogger("aurelis")
 
 #: ``ctx.cache_tier`` (and ``x-aurelis-cache-tier``) of a follower's response.
 COALESCED = "coalesced"

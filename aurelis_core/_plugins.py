@@ -43,7 +43,7 @@ __all__ = [
     "implementers",
 ]
 
-logger = logging.getLogger("aurelis")
+logger = logging.getLogger("aurelis.plugins")
 
 ENTRY_POINT_GROUP = "aurelis"
 
@@ -104,7 +104,7 @@ def discover_plugins() -> dict[str, PluginSpec]:
         dist = ep.dist.name if ep.dist is not None else "?"
         if ep.name in found:
             logger.warning(
-                "aurelis: entry point %r from %s is ignored: the name is taken by %s",
+                "entry point %r from %s is ignored: the name is taken by %s",
                 ep.name, dist, found[ep.name].origin,
             )
             continue

@@ -18,16 +18,21 @@ its stages with the plugins of that moment, even while another thread changes th
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from inspect import isawaitable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import attrs
 
 from ._coalesce import COALESCED, Flight, Flights, flight_stream, tail
 from ._compat import build_response, extend_header_items, header_items, is_read
 from ._controls import CONTROL_HEADER_PREFIX as CONTROL_HEADER_PREFIX
 from ._controls import controls_of
 from ._drivers import Flow, LoopBridge, drive_async, drive_sync
+from ._logs import component_logger, log_fault
 from ._models import (
     CACHE_HIT,
     CACHE_MISS,
@@ -58,7 +63,7 @@ from .stats import Stats, worth_logging
 
 __all__ = ["Flow", "Pipeline"]
 
-logger = logging.getLogger("aurelis")
+logger = component_logger("pipeline")
 
 
 def __getattr__(name: str) -> Any:
@@ -113,7 +118,8 @@ class Pipeline:
         *,
         plugins: Sequence[object] = (),
     ) -> None:
-        self.config: Config = load_config(config)
+        self.config: Config = _recording(load_config(config))
+        self._noted_hosts: set[str] = set()
         self.endpoints: tuple[Endpoint, ...] = self.config.endpoints
         self.stats = Stats()
         #: Who is asking and what scopes an answer: the one definition every plugin scopes by.
@@ -161,7 +167,7 @@ class Pipeline:
                 errors.extend(unknown_plugin(name, known, f"{where}: plugins").errors)
                 continue
             if name in blocked:
-                logger.warning("aurelis: plugin %r is disabled by AURELIS_DISABLE_PLUGINS", name)
+                logger.warning("plugin %r is disabled by AURELIS_DISABLE_PLUGINS", name)
                 continue
             try:
                 self._register_spec(spec, config.tables.get(name, {}), where)
@@ -249,7 +255,22 @@ class Pipeline:
 
     def instrument(self, client: Any) -> Any:
         """Wrap ``client``'s transport and proxy mounts in place with this pipeline; returns the client."""
+        self._note_base_url(client)
         return instrument_client(client, self)
+
+    def _note_base_url(self, client: Any) -> None:
+        """Say once per host when a client's ``base_url`` is not where its requests will go: with ``endpoints``
+        configured, routing sends them (and the client's credentials) to the endpoints' hosts."""
+        base = getattr(client, "base_url", None)
+        netloc = urlsplit(str(base)).netloc.lower() if base is not None else ""
+        if not netloc or not self.endpoints:
+            return
+        hosts = sorted({urlsplit(e.url).netloc.lower() for e in self.endpoints})
+        if netloc in hosts or netloc in self._noted_hosts:
+            return
+        self._noted_hosts.add(netloc)
+        logger.warning("requests the client addresses to %s go to the configured endpoints instead: %s",
+                       netloc, ", ".join(hosts))
 
     def transport(self, inner: Any) -> Any:
         """A sync transport that runs this pipeline in front of ``inner`` (an httpx/httpx2 transport)."""
@@ -272,7 +293,7 @@ class Pipeline:
             except Exception as exc:
                 if not collect_errors:
                     raise
-                logger.exception("aurelis: a close hook failed")
+                logger.exception("a close hook failed")
                 first_error = first_error or exc
         if first_error is not None:
             raise first_error
@@ -408,7 +429,10 @@ class Pipeline:
             raise
         if flight.retry:
             return None
-        ctx.cache_status = CACHE_HIT
+        # A follower saved an upstream call either way, but only a good answer is a hit: a shared error (an
+        # exception, a status >= 400) counted as a hit made a failing upstream look like a working cache.
+        failed = flight.status is None or flight.status >= 400
+        ctx.cache_status = CACHE_MISS if failed else CACHE_HIT
         ctx.cache_tier = COALESCED
         self.stats.counters[COALESCED] += 1
         if flight.status is None:
@@ -475,8 +499,8 @@ class Pipeline:
                 # The type check first: isawaitable's ABC check on a plain entry costs ~0.15 us.
                 if entry is not None and type(entry) is not CacheEntry and isawaitable(entry):
                     entry = yield entry
-            except Exception:
-                self._tier_failed(tier, "get")
+            except Exception as exc:
+                self._tier_failed(tier, "get", exc)
                 continue
             if entry is not None:
                 ctx.cache_status = CACHE_HIT
@@ -500,17 +524,20 @@ class Pipeline:
                 result = store(ctx, entry, promote)
                 if result is not None and isawaitable(result):
                     yield result
-            except Exception:
-                self._tier_failed(tier, "set")
+            except Exception as exc:
+                self._tier_failed(tier, "set", exc)
 
-    def _tier_failed(self, tier: str, operation: str) -> None:
-        # Counted always, logged with its traceback once per burst: a dead tier must neither fail requests nor
-        # flood the log.
+    def _tier_failed(self, tier: str, operation: str, error: BaseException) -> None:
+        # Logged once per burst (the 1st, 100th, 10000th...), counted always: a dead tier must neither fail
+        # requests nor flood the log. Under the tier's own logger (aurelis.cache.<tier>), one line for an
+        # expected fault (a refused connection names host:port in its message; the tier adds where it is).
         count = self.stats.tier_error(tier, operation)
         if worth_logging(count):
-            logger.warning(
-                "aurelis: cache tier %r failed on %s (%d so far); treating it as a miss",
-                tier, operation, count, exc_info=True,
+            where = getattr(self.pm.get_plugin(tier), "location", None)
+            log_fault(
+                component_logger(f"cache.{tier}"), logging.WARNING,
+                "cache tier %r%s failed on %s (%d so far), treated as a miss",
+                tier, f" at {where}" if where else "", operation, count, error=error,
             )
 
     def _stage_failed(self, stage: str, implementation: Callable[..., Any]) -> None:
@@ -522,7 +549,7 @@ class Pipeline:
         count = self.stats.stage_error(name)
         logger.log(
             logging.WARNING if count == 1 else logging.DEBUG,
-            "aurelis: %s failed on a request (%d so far); the request goes on without it", name, count,
+            "%s failed on a request (%d so far); the request goes on without it", name, count,
             exc_info=True,
         )
 
@@ -565,6 +592,7 @@ class Pipeline:
                 self._end_attempt(ctx, attempt)
                 delay = self._retry_delay(ctx, attempt) if isinstance(exc, Exception) else None
                 if delay is None:
+                    _note_target(ctx, exc)
                     raise
                 if delay > 0 and (sleeping := _sleep(ctx, delay)) is not None:
                     yield sleeping
@@ -640,7 +668,7 @@ class Pipeline:
             try:
                 observe(ctx)
             except Exception:
-                logger.exception("aurelis: an observer failed")
+                logger.exception("an observer failed")
 
     # --- building responses ------------------------------------------------------------------------------------
 
@@ -772,6 +800,37 @@ def _sleep(ctx: RequestContext, seconds: float) -> Awaitable[None] | None:
         return anyio.sleep(seconds)
     time.sleep(seconds)
     return None
+
+
+def _note_target(ctx: RequestContext, error: BaseException) -> None:
+    """Name the host a transport error failed to reach, in a note on the exception (its traceback shows it;
+    its message, which callers may match, stays as the transport wrote it): "Connection refused" alone does not
+    say which of several endpoints refused."""
+    if not isinstance(error, ctx.http.TransportError) or getattr(error, "_aurelis_noted", False):
+        return
+    url = ctx.request.url
+    endpoint = ctx.endpoint
+    where = f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+    named = f" (endpoint {endpoint.name!r})" if endpoint is not None else ""
+    attempts = len(ctx.attempts)
+    error.add_note(f"aurelis: {ctx.request.method} {where}{url.path}{named} failed after {attempts} "
+                   f"attempt{'s' if attempts != 1 else ''}")
+    error._aurelis_noted = True  # a follower re-raising it adds no second note
+
+
+#: Set by ``aurelis record``: every pipeline of the process records its requests to this file, whatever
+#: config it was built with (an application that passes its own config never reads ``AURELIS_CONFIG``).
+RECORD_ENV = "AURELIS_RECORD"
+
+
+def _recording(config: Config) -> Config:
+    """``config`` with the ``record`` plugin writing to ``$AURELIS_RECORD``, when that is set."""
+    path = os.environ.get(RECORD_ENV)
+    if not path:
+        return config
+    plugins = config.plugins if "record" in config.plugins else (*config.plugins, "record")
+    tables = {**config.tables, "record": {**config.tables.get("record", {}), "path": path}}
+    return attrs.evolve(config, plugins=plugins, tables=tables)
 
 
 def _head_extensions(extensions: Mapping[str, Any]) -> dict[str, Any]:

@@ -75,12 +75,17 @@ What is here
 - **workloads**: :class:`WorkloadRequest` and :func:`load_workload`, the line format ``aurelis record`` writes
   and ``aurelis replay`` reads, :func:`join_url` (where a line's path goes on a base URL) and
   :data:`WORKLOAD_CREDENTIAL_HEADERS` (headers a workload never holds).
+- **logs**: :func:`component_logger` (``component_logger("cache.mine")`` is the ``aurelis.cache.mine`` logger)
+  and :func:`log_fault`: an expected fault (a refused connection, a timeout, a locked file:
+  :func:`expected_fault`) as one line with the error (:func:`describe_error`), its traceback at DEBUG only; a
+  bug with its traceback.
 - **installed plugins**: :func:`discover_plugins` (every plugin that can be enabled, by name, as a
   :class:`PluginSpec`: where it comes from, ``load()``) and :func:`blocked_plugins` (``AURELIS_DISABLE_PLUGINS``),
   what ``aurelis plugins`` and ``aurelis config check`` read.
 """
 
 from ._compat import buffered_body, copy_request, header_items, replayable_body, url_parts
+from ._logs import component_logger, describe_error, expected_fault, log_fault
 from ._models import Attempt, CacheEntry, Endpoint, RequestContext, RequestControls, usage_tokens
 from ._plugins import PluginSpec, blocked_plugins, discover_plugins
 from ._protocols import CacheTier, Pipeline, Router, ShrinkableTier, WarmTarget
@@ -172,12 +177,15 @@ __all__ = [
     "blocked_plugins",
     "buffered_body",
     "choices_hint",
+    "component_logger",
     "config_from_table",
     "copy_request",
     "describe",
+    "describe_error",
     "discover_plugins",
     "each",
     "existing_file",
+    "expected_fault",
     "file_path",
     "fraction",
     "header_items",
@@ -190,6 +198,7 @@ __all__ = [
     "join_url",
     "label",
     "load_workload",
+    "log_fault",
     "non_empty",
     "non_negative",
     "non_negative_int",

@@ -73,7 +73,7 @@ class Stats:
         counters["requests"] += 1
         status = ctx.cache_status
         counters[status] += 1
-        if ctx.cache_tier is not None:
+        if ctx.cache_tier is not None and status == "hit":  # a coalesced follower of a failed answer is a miss
             self.hits_by_tier[ctx.cache_tier] += 1
         error = ctx.error
         if error is not None:

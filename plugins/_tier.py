@@ -14,14 +14,12 @@ from typing import Any
 
 import attrs
 
-from aurelis_core.plugin import CacheEntry, hookimpl, positive_int, worth_logging
+from aurelis_core.plugin import CacheEntry, component_logger, hookimpl, log_fault, positive_int, worth_logging
 
 from . import _tier_async, _tier_sync
 from ._writebehind import HitCounts, WriteBehind
 
 __all__ = ["WarmConfig", "WriteBehindTier"]
-
-logger = logging.getLogger("aurelis")
 
 
 @attrs.frozen
@@ -90,8 +88,10 @@ class WriteBehindTier:
         # Counted always, logged once per burst: a dead tier must not flood the log.
         count = self.pipeline.stats.tier_error(self.name, "write")
         if worth_logging(count):
-            logger.warning(
-                "aurelis: cache tier %r failed to write (%d so far): %s", self.name, count, exc, exc_info=exc
+            where = getattr(self, "location", None)
+            log_fault(
+                component_logger(f"cache.{self.name}"), logging.WARNING, "cache tier %r%s failed to write (%d so far)",
+                self.name, f" at {where}" if where else "", count, error=exc,
             )
 
     def _dropped(self) -> None:

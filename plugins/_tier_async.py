@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from aurelis_core.plugin import component_logger, log_fault
 from aurelis_plugins._warm import copy_into_first_tier
 
 if TYPE_CHECKING:
     from ._tier import WriteBehindTier
-
-logger = logging.getLogger("aurelis")
 
 
 async def warm(tier: WriteBehindTier, pipeline: Any) -> None:
@@ -23,4 +22,5 @@ async def warm(tier: WriteBehindTier, pipeline: Any) -> None:
     try:
         copy_into_first_tier(pipeline, tier.name, await tier.atop(tier.config.warm.top))
     except Exception as exc:
-        logger.warning("aurelis: warming from cache tier %r failed: %s", tier.name, exc)
+        log_fault(component_logger(f"cache.{tier.name}"), logging.WARNING, "warming from cache tier %r failed",
+                  tier.name, error=exc)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from aurelis_core.plugin import component_logger, log_fault
 from aurelis_plugins._warm import copy_into_first_tier
 
 if TYPE_CHECKING:
     from ._tier import WriteBehindTier
-
-logger = logging.getLogger("aurelis")
 
 
 def warm(tier: WriteBehindTier, pipeline: Any) -> None:
@@ -25,4 +24,5 @@ def warm(tier: WriteBehindTier, pipeline: Any) -> None:
     try:
         copy_into_first_tier(pipeline, tier.name, tier.top(tier.config.warm.top))
     except Exception as exc:
-        logger.warning("aurelis: warming from cache tier %r failed: %s", tier.name, exc)
+        log_fault(component_logger(f"cache.{tier.name}"), logging.WARNING, "warming from cache tier %r failed",
+                  tier.name, error=exc)

@@ -9,13 +9,9 @@ already tenant-scoped digests, so copying by key keeps every tenant's entries in
 
 from __future__ import annotations
 
-import logging
-
-from aurelis_core.plugin import CacheEntry, Pipeline, WarmTarget
+from aurelis_core.plugin import CacheEntry, Pipeline, WarmTarget, component_logger
 
 __all__ = ["copy_into_first_tier"]
-
-logger = logging.getLogger("aurelis")
 
 
 def copy_into_first_tier(pipeline: Pipeline, tier: str, entries: list[tuple[str, CacheEntry]]) -> int:
@@ -27,9 +23,9 @@ def copy_into_first_tier(pipeline: Pipeline, tier: str, entries: list[tuple[str,
         if isinstance(target, WarmTarget):
             # Least hit first, so with an LRU the most hit end up most recently used.
             copied = sum(1 for key, entry in reversed(entries) if target.put(key, entry))
-            logger.info("aurelis: warmed %r with %d entries from %r", name, copied, tier)
+            component_logger(f"cache.{name}").info("warmed %r with %d entries from %r", name, copied, tier)
             return copied
-    logger.warning(
-        "aurelis: [%s] warm.on_start is set but no tier listed before it can take entries (such as 'memory')", tier
+    component_logger(f"cache.{tier}").warning(
+        "[%s] warm.on_start is set but no tier listed before it can take entries (such as 'memory')", tier
     )
     return 0

@@ -16,16 +16,15 @@ from the tier's ``aurelis_close``) write out what is queued before returning.
 from __future__ import annotations
 
 import asyncio
-import logging
 import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Generic, TypeVar
 
-__all__ = ["ASYNC", "SYNC", "HitCounts", "WriteBehind"]
+from aurelis_core.plugin import component_logger
 
-logger = logging.getLogger("aurelis")
+__all__ = ["ASYNC", "SYNC", "HitCounts", "WriteBehind"]
 
 #: The two values of ``is_async`` (:meth:`WriteBehind.put`), by name: the generated sync twins of the async I/O
 #: modules (``aurelis_core._unasync``) pass ``SYNC`` where their async source passes ``ASYNC``.
@@ -164,7 +163,9 @@ class WriteBehind(Generic[T]):
                     future = asyncio.run_coroutine_threadsafe(self._stop_worker(worker), worker.loop)
                     future.result(timeout)
                 except Exception:
-                    logger.warning("aurelis: %s: write-behind queue not flushed on close", self.name)
+                    component_logger(f"cache.{self.name}").warning(
+                        "%s: write-behind queue not flushed on close", self.name
+                    )
             else:
                 self._drop(worker.items.qsize())
         elif worker is not None:
@@ -192,7 +193,9 @@ class WriteBehind(Generic[T]):
         try:
             self._queue.put(_STOP, timeout=timeout)
         except queue.Full:
-            logger.warning("aurelis: %s: write-behind thread is stuck; queued writes are lost", self.name)
+            component_logger(f"cache.{self.name}").warning(
+                "%s: write-behind thread is stuck; queued writes are lost", self.name
+            )
             return
         thread.join(timeout)
         self._thread = None

@@ -61,7 +61,7 @@ from aurelis_core.plugin import (
 
 __all__ = ["Breaker", "BreakerConfig", "CircuitOpenError", "Transition"]
 
-logger = logging.getLogger("aurelis")
+logger = logging.getLogger("aurelis.breaker")
 
 #: Buckets in the sliding window: finer buckets forget old calls more smoothly, but cost more to sum.
 BUCKETS = 10
@@ -290,7 +290,7 @@ class Breaker:
         self.stats.counters[f"breaker_{new}"] += 1
         logger.log(
             logging.WARNING if new == "open" else logging.INFO,
-            "aurelis: breaker %s -> %s for %s: %s", old, new, name, reason,
+            "breaker %s -> %s for %s: %s", old, new, name, reason,
         )
 
     def _rate_limited(self, endpoint: Endpoint, attempt: Attempt) -> None:

@@ -37,6 +37,7 @@ an error that says so.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import attrs
@@ -60,6 +61,8 @@ from aurelis_core.plugin import (
 from .codecs import Codec, get_codec, wire_codecs
 
 __all__ = ["BrotliCompression", "BrotliConfig", "CompressConfig", "GzipCompression", "GzipConfig", "Lz4AtRestOnly"]
+
+logger = logging.getLogger("aurelis.compress")
 
 #: How many (target, content type) decisions are remembered; least recently used ones are forgotten first.
 MAX_DECISIONS = 4096
@@ -133,6 +136,7 @@ class _WireCompression:
 
     def __init__(self, config: CompressConfig, pipeline: Any) -> None:
         self.config = config
+        self.stats = pipeline.stats
         try:
             self.codec: Codec = get_codec(self.codec_name, config.level)
         except ImportError as exc:
@@ -237,6 +241,9 @@ class _WireCompression:
         else:
             return None
         notes.plain_after = True
+        self.stats.counters["compress_fallbacks"] += 1
+        logger.debug("fallback: %s answered %d to a %s body; sending it again uncompressed", notes.target, status,
+                     self.codec_name)
         return 0.0
 
     @hookimpl

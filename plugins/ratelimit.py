@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple
 
@@ -64,6 +65,7 @@ from aurelis_core.plugin import (
     header_items,
     hookimpl,
     in_range,
+    log_fault,
     non_negative,
     non_negative_int,
     positive,
@@ -81,7 +83,7 @@ from .codecs import codec_for_token
 
 __all__ = ["RateLimit", "RateLimitConfig", "RateLimitTimeout"]
 
-logger = logging.getLogger("aurelis")
+logger = logging.getLogger("aurelis.ratelimit")
 
 _MAX_TOKENS = re.compile(rb'"max(?:_completion)?_tokens"\s*:\s*(\d+)')
 _REQUESTS, _TOKENS = "requests", "tokens"
@@ -280,9 +282,8 @@ class RateLimit:
     def _redis_failed(self, held: _Held) -> tuple[_Held, Reservation]:
         count = self.stats.counters["ratelimit_redis_errors"] = self.stats.counters["ratelimit_redis_errors"] + 1
         if worth_logging(count):
-            logger.warning(
-                "aurelis: ratelimit: Redis failed (%d so far); using this process's own limits", count, exc_info=True
-            )
+            log_fault(logger, logging.WARNING, "Redis failed (%d so far); using this process's own limits", count,
+                      error=sys.exc_info()[1] or RuntimeError("no exception"))
         return held._replace(limiter=self.local), self.local.reserve(held.specs, self.config.max_wait)
 
     def _granted(self, ctx: RequestContext, held: _Held, reservation: Reservation) -> float | None:

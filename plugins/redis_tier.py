@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -63,6 +64,7 @@ from aurelis_core.plugin import (
     hookimpl,
     host_port,
     label,
+    log_fault,
     non_empty,
     non_negative_int,
     positive,
@@ -86,7 +88,7 @@ except ImportError:  # pragma: no cover - depends on the installed extras
 
 __all__ = ["MAX_ENTRY_BYTES", "Breaker", "PoolBusy", "RedisConfig", "RedisTier", "WarmConfig"]
 
-logger = logging.getLogger("aurelis")
+logger = logging.getLogger("aurelis.cache.redis")
 
 #: Seconds each connection opened at start-up may take to connect (they connect together, maybe on a busy loop).
 START_CONNECT_TIMEOUT = 1.0
@@ -236,7 +238,7 @@ class Breaker:
 
     def success(self) -> None:
         if self.open_until:
-            logger.warning("aurelis: cache tier %r is answering again", self.name)
+            logger.warning("cache tier %r is answering again", self.name)
         self.consecutive = 0
         self.open_until = 0.0
 
@@ -245,7 +247,7 @@ class Breaker:
         if self.consecutive >= self.failures:
             if not self.open_until:
                 logger.warning(
-                    "aurelis: cache tier %r failed %d times in a row; skipping it for %g s at a time until it "
+                    "cache tier %r failed %d times in a row; skipping it for %g s at a time until it "
                     "answers again", self.name, self.consecutive, self.reset,
                 )
             self.open_until = time.monotonic() + self.reset
@@ -292,6 +294,20 @@ class RedisTier(WriteBehindTier):
             on_error=self._write_failed, on_drop=self._dropped, maxsize=config.queue_size,
         )
         self.hits = HitCounts(self.queue)
+
+    @property
+    def location(self) -> str:
+        """Where this tier connects, for log lines: ``host:port``, a socket path, or the Sentinel or Cluster
+        nodes. Never the URL itself, which may hold a password."""
+        config = self.config
+        if config.sentinels is not None:
+            return f"sentinels {','.join(config.sentinels)} ({config.service_name})"
+        if config.cluster_nodes is not None:
+            return f"cluster {','.join(config.cluster_nodes)}"
+        parts = urlsplit(config.url or _DEFAULT_URL)
+        if parts.scheme == "unix":
+            return parts.path
+        return f"{parts.hostname}:{parts.port or 6379}"
 
     # --- clients -----------------------------------------------------------------------------------------------
     # Made and closed differently on purpose (one sync client behind a lock; an asyncio client per event loop),
@@ -394,7 +410,9 @@ class RedisTier(WriteBehindTier):
 
     def _open_failed(self, exc: BaseException) -> None:
         # Not a failed request: the first lookups will find out (and count) whether Redis is there.
-        logger.warning("aurelis: cache tier 'redis' could not open its connections at start-up: %s", exc)
+        where = self.location
+        log_fault(logger, logging.WARNING, "cache tier 'redis'%s could not open its connections at start-up",
+                  f" at {where}" if where else "", error=exc)
 
     async def _get_after_opening(self, opening: asyncio.Future[None], key: str) -> CacheEntry | None:
         await asyncio.wait([opening])  # its errors are the start hook's to log
@@ -461,7 +479,7 @@ class RedisTier(WriteBehindTier):
             if not self._unauthenticated_logged:
                 self._unauthenticated_logged = True
                 logger.warning(
-                    "aurelis: cache tier 'redis' holds a value at %s whose tag does not verify (written under "
+                    "cache tier 'redis' holds a value at %s whose tag does not verify (written under "
                     "another secret, altered, moved from another key, or planted); it is a miss (%d so far, "
                     "counted as redis.unauthenticated)", key, count,
                 )
@@ -469,7 +487,7 @@ class RedisTier(WriteBehindTier):
             # Written by another version (or not by us): a miss, said once.
             if not self._unreadable_logged:
                 self._unreadable_logged = True
-                logger.warning("aurelis: cache tier 'redis' holds an unreadable value at %s: %s", key, exc)
+                logger.warning("cache tier 'redis' holds an unreadable value at %s: %s", key, exc)
         return None
 
     @hookimpl
@@ -607,7 +625,7 @@ class RedisTier(WriteBehindTier):
         self._unlink(client, [self._hits_key.encode()])
         if others:
             logger.warning(
-                "aurelis: cache tier 'redis' left %d keys under the prefix %r that are not entries it wrote "
+                "cache tier 'redis' left %d keys under the prefix %r that are not entries it wrote "
                 "(another plugin's, an older version's, or written under another secret)", others, self._prefix,
             )
         return deleted

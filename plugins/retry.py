@@ -65,6 +65,7 @@ never changes request bytes.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import threading
@@ -81,6 +82,7 @@ from aurelis_core.plugin import (
     Invalid,
     RequestContext,
     buffered_body,
+    describe_error,
     each,
     header_items,
     hookimpl,
@@ -94,6 +96,8 @@ from aurelis_core.plugin import (
 )
 
 __all__ = ["Retry", "RetryConfig", "RetryState"]
+
+logger = logging.getLogger("aurelis.retry")
 
 #: Methods that change nothing on the server (RFC 9110, 9.2.1): retried on every path when listed in ``methods``.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -234,6 +238,7 @@ class Retry:
         counters = self.stats.counters
         if not (self._unsent(ctx, attempt) or self._repeatable(ctx)):
             counters["retry_not_idempotent"] += 1
+            _not_retrying(ctx, attempt, "the request may not safely reach the server twice")
             return None
         endpoint = self.health.upstream(ctx, attempt)
         state: RetryState | None = ctx.state.get("retry")
@@ -241,9 +246,11 @@ class Retry:
             # One set, two readers: routers find it under the core's key, without knowing this plugin.
             state = ctx.state["retry"] = RetryState(FAILED_ENDPOINTS.setdefault(ctx, set()))
         state.failed.add(endpoint.name)
-        if self._has_alternative(state.failed):
+        failover = self._has_alternative(state.failed)
+        if failover:
             delay = 0.0
         elif isinstance(attempt.error, EndpointUnavailable):
+            _not_retrying(ctx, attempt, "no other endpoint is available")
             return None  # nothing else to try: the same endpoint would refuse again
         else:
             hint = retry_after(attempt.headers)
@@ -253,14 +260,30 @@ class Retry:
             delay = hint
         if config.deadline is not None and self.clock() - ctx.started + delay >= config.deadline:
             counters["retry_deadline"] += 1
+            _not_retrying(ctx, attempt, f"waiting {delay:.3g} s would pass the {config.deadline:g} s deadline")
             return None
         with self._lock:
             if self._tokens < 1:
                 counters["retry_budget_exhausted"] += 1
-                return None
-            self._tokens -= 1
+                budget_left = False
+            else:
+                self._tokens -= 1
+                budget_left = True
+        if not budget_left:
+            _not_retrying(ctx, attempt, "the retry budget is spent")
+            return None
         counters["retries"] += 1
+        if failover:
+            counters["retry_failovers"] += 1
         state.waits.append(delay)
+        if logger.isEnabledFor(logging.DEBUG):
+            if failover:
+                logger.debug("failover: attempt %d of %s %s to %s failed (%s); the next goes to another endpoint "
+                             "(avoiding %s)", attempt.number, ctx.original.method, _path(ctx), endpoint.name,
+                             _outcome(attempt), ", ".join(sorted(state.failed)))
+            else:
+                logger.debug("retry: attempt %d of %s %s to %s failed (%s); trying again in %.3f s", attempt.number,
+                             ctx.original.method, _path(ctx), endpoint.name, _outcome(attempt), delay)
         return delay
 
     def _retryable(self, ctx: RequestContext, attempt: Attempt) -> bool:
@@ -330,6 +353,21 @@ class Retry:
 #: request the continuation of a tool run.
 _TOOL_OUTPUT_SUFFIX = "_output"
 _MCP_APPROVAL = "mcp_approval_response"
+
+
+def _path(ctx: RequestContext) -> str:
+    return str(url_parts(ctx.original.url)[3])
+
+
+def _outcome(attempt: Attempt) -> str:
+    """What went wrong with an attempt, for a log line: ``status 503`` or ``ConnectError: ...``."""
+    return describe_error(attempt.error) if attempt.error is not None else f"status {attempt.status_code}"
+
+
+def _not_retrying(ctx: RequestContext, attempt: Attempt, why: str) -> None:
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("not retrying attempt %d of %s %s (%s): %s", attempt.number, ctx.original.method, _path(ctx),
+                     _outcome(attempt), why)
 
 
 def _stateless_body(ctx: RequestContext) -> bool:

@@ -85,6 +85,7 @@ from aurelis_core.plugin import (
     RequestContext,
     file_path,
     hookimpl,
+    log_fault,
     positive,
     positive_int,
     worth_logging,
@@ -103,7 +104,7 @@ except ImportError:  # pragma: no cover - depends on the installed extras
 
 __all__ = ["APPLICATION_ID", "MAX_ENTRY_BYTES", "SQLiteConfig", "SQLiteTier", "WarmConfig", "inspect_file"]
 
-logger = logging.getLogger("aurelis")
+logger = logging.getLogger("aurelis.cache.sqlite")
 
 KEY_ENV = "AURELIS_CACHE_KEY"
 #: First byte of a sealed value; a plain value starts with the serialize format version, never this.
@@ -361,6 +362,8 @@ class SQLiteTier(WriteBehindTier):
         self.config = config
         self.pipeline = pipeline
         self.path = Path(config.path)
+        #: Where this tier keeps its entries, for log lines.
+        self.location = str(self.path)
         self.wall_clock: Callable[[], float] = time.time
         self.clock: Callable[[], float] = time.monotonic
         #: Largest entry stored (bytes); the pipeline does not buffer an answer no tier would take.
@@ -497,7 +500,7 @@ class SQLiteTier(WriteBehindTier):
             except FileNotFoundError:
                 pass
         logger.warning(
-            "aurelis: cache file %s is damaged (%s); moved it to %s and started a new one", self.path, why, aside
+            "cache file %s is damaged (%s); moved it to %s and started a new one", self.path, why, aside
         )
 
     def _refuse(self, reason: str) -> None:
@@ -506,7 +509,7 @@ class SQLiteTier(WriteBehindTier):
                 return
             self._refused = reason
         logger.error(
-            "aurelis: cache tier 'sqlite' does not use %s: it %s. The tier is bypassed until the pipeline is "
+            "cache tier 'sqlite' does not use %s: it %s. The tier is bypassed until the pipeline is "
             "rebuilt: every lookup is a miss and every write is dropped (counted as sqlite.refused); nothing at "
             "that path is moved or changed.", self.path, reason,
         )
@@ -586,7 +589,7 @@ class SQLiteTier(WriteBehindTier):
             return False
         count = self.pipeline.stats.tier_error(self.name, "corrupt")
         if worth_logging(count):
-            logger.warning("aurelis: cache file %s: %s (%d so far, counted as sqlite.corrupt)", self.path, exc, count)
+            logger.warning("cache file %s: %s (%d so far, counted as sqlite.corrupt)", self.path, exc, count)
         self._reopen(generation, exc)
         return True
 
@@ -620,7 +623,7 @@ class SQLiteTier(WriteBehindTier):
             except _Refused:
                 pass  # said once by _refuse
             except Exception as exc:  # tried again by the next use
-                logger.warning("aurelis: cache file %s could not be reopened: %s", self.path, exc)
+                log_fault(logger, logging.WARNING, "cache file %s could not be reopened", self.path, error=exc)
 
     async def _adb_of_loop(self) -> Any:
         """The aiosqlite connection of the running loop, opened once (concurrent first callers share it)."""
@@ -695,7 +698,7 @@ class SQLiteTier(WriteBehindTier):
         if not self._warned_unopenable:
             self._warned_unopenable = True
             logger.warning(
-                "aurelis: cache file %s holds entries that do not %s (altered, moved from another key, or planted); "
+                "cache file %s holds entries that do not %s (altered, moved from another key, or planted); "
                 "they are misses (%d so far, counted as sqlite.unauthenticated)",
                 self.path, "decrypt with the configured key" if self._sealer else "verify", count,
             )

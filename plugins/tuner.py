@@ -64,7 +64,7 @@ from aurelis_core.plugin import (
 
 __all__ = ["Change", "ConcurrencyLimitError", "Tuner", "TunerConfig", "rss_bytes"]
 
-logger = logging.getLogger("aurelis")
+logger = logging.getLogger("aurelis.tuner")
 
 
 class ConcurrencyLimitError(Exception):

@@ -300,11 +300,12 @@ def test_state_changes_are_logged_warning_when_opening(upstream: SimulatedServer
         fail(client, upstream)
         clock.advance(5.0)
         ok(client, upstream)
-    changes = [(r.levelno, r.getMessage().split(" for ")[0]) for r in caplog.records if "breaker" in r.getMessage()]
+    changes = [(r.name, r.levelno, r.getMessage().split(" for ")[0]) for r in caplog.records
+               if "breaker" in r.getMessage()]
     assert changes == [
-        (logging.WARNING, "aurelis: breaker closed -> open"),
-        (logging.INFO, "aurelis: breaker open -> half_open"),
-        (logging.INFO, "aurelis: breaker half_open -> closed"),
+        ("aurelis.breaker", logging.WARNING, "breaker closed -> open"),
+        ("aurelis.breaker", logging.INFO, "breaker open -> half_open"),
+        ("aurelis.breaker", logging.INFO, "breaker half_open -> closed"),
     ]
     counters = client_pipeline(client).stats.counters
     assert (counters["breaker_open"], counters["breaker_half_open"], counters["breaker_closed"]) == (1, 1, 1)

@@ -132,7 +132,7 @@ def test_sentinels_and_cluster_nodes_are_probed(
     live = redis_url.split("//")[1].split("/")[0]
     path = tmp_path / "aurelis.toml"
     code, _, err = check(capsys, path, f"""
-plugins = ["redis"]
+plugins = ["normalize", "redis"]
 [tenant]
 secret = "s"
 [redis]

@@ -77,6 +77,8 @@ def test_the_names_are_pinned() -> None:
         "WorkloadRequest", "load_workload", "join_url", "WORKLOAD_CREDENTIAL_HEADERS",
         # installed plugins
         "discover_plugins", "blocked_plugins", "PluginSpec",
+        # logs
+        "component_logger", "log_fault", "expected_fault", "describe_error",
         # the samples of Stats
         "Sample", "percentile",
     ])

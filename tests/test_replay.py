@@ -196,3 +196,38 @@ def test_aurelis_record_runs_a_program(tmp_path: Path, upstream: SimulatedServer
     assert proc.returncode == 0, proc.stderr
     assert [r.body["messages"][0]["content"] for r in load_workload(out)] == ["hi 0", "hi 1", "hi 2"]
     assert "sk-live" not in out.read_text()
+
+
+def test_aurelis_record_records_clients_built_with_an_explicit_config(
+    tmp_path: Path, upstream: SimulatedServer
+) -> None:
+    # The application passes its own config, so it never reads AURELIS_CONFIG: it records all the same.
+    program = tmp_path / "app.py"
+    program.write_text(
+        "import sys, httpx, aurelis_core\n"
+        "config = {'plugins': ['normalize', 'memory']}\n"
+        "client = aurelis_core.instrument(httpx.Client(base_url=sys.argv[1]), config)\n"
+        "for i in range(3):\n"
+        "    body = {'model': 'm', 'messages': [{'role': 'user', 'content': f'q{i}'}]}\n"
+        "    client.post('/chat/completions', json=body)\n"
+        "client.close()\n"
+    )
+    out = tmp_path / "w.jsonl"
+    out.write_text('{"path": "/embeddings", "body": {"model": "e", "input": "earlier"}}\n')  # appended to
+    proc = subprocess.run(
+        [str(AURELIS), "record", "--out", str(out), "--", sys.executable, str(program), upstream.base_url],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [r.path for r in load_workload(out)] == ["/embeddings"] + ["/v1/chat/completions"] * 3
+    assert proc.stderr.splitlines()[-1] == f"recorded 3 requests to {out}"
+
+
+def test_aurelis_record_with_a_missing_command_is_an_error_message(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(AURELIS), "record", "--out", str(tmp_path / "w.jsonl"), "--", "no-such-program-aurelis"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 127
+    assert proc.stderr.splitlines()[-1] == "error: command not found: no-such-program-aurelis"
+    assert "Traceback" not in proc.stderr

@@ -85,24 +85,61 @@ def test_duration_defaults_to_the_samples_window() -> None:
 
 def test_score_formula() -> None:
     report = build_report(ten_samples(), duration=2.0)
-    # p50 0.5 <= 0.5, p95 1.0 <= 1.0, p99 1.0 <= 2.0: 1 each; rps 5/1000; hit rate 0.5/0.7.
-    expected = 100 * (1 + 1 + 1 + 5 / 1000 + 0.5 / 0.7) / 5
+    # p50 0.5 <= 0.5, p95 1.0 <= 1.0, p99 1.0 <= 2.0: 1 each; hit rate 0.5/0.7; requests/s not scored without
+    # a target; the mean times the 80% of requests that succeeded.
+    expected = 100 * (1 + 1 + 1 + 0.5 / 0.7) / 4 * 0.8
     assert report.score == pytest.approx(expected)
-    assert report.score_ratios["rps"] == pytest.approx(0.005)
+    assert "rps" not in report.score_ratios and report.score_ratios["success"] == pytest.approx(0.8)
     # Latency over target: target / achieved.
     value, ratios = score({"p50": 2.0}, Targets(p50=0.5))
     assert ratios == {"p50": 0.25} and value == pytest.approx(25.0)
     # Unmeasurable figures are left out, not counted as failures.
     assert score({"p50": None, "hit_rate": None}, Targets()) == (None, {})
     rescored = report.rescored(Targets(rps=5, hit_rate=0.5))
-    assert rescored.score == pytest.approx(100.0)
+    assert rescored.score == pytest.approx(80.0)  # every target met, 2 of 10 requests failed
     with pytest.raises(ValueError, match="must be a number > 0"):
         Targets(p95=0)
+    with pytest.raises(ValueError, match="at most 1"):
+        Targets(hit_rate=1.5)
+
+
+def test_every_request_failing_scores_zero_however_fast() -> None:
+    failed = [sample(100 + i / 10, 0.01, "miss", status=500) for i in range(10)]
+    report = build_report(failed, duration=1.0)
+    assert report.error_rate == 1.0 and report.score == pytest.approx(0.0)
+    assert report.error_kinds == {"http 500": 10}
+    assert "score           0/100" in report.text()
+
+
+def test_requests_per_second_is_scored_against_the_offered_load() -> None:
+    # 10 requests in 1 s, offered at 10 req/s: a 1000 req/s target is out of the run's reach, so it is the
+    # offered load that is met or missed.
+    samples = [sample(100 + i / 10, 0.1, "miss") for i in range(10)]
+    offered = build_report(samples, duration=1.0, targets=Targets(rps=1000), offered_rps=10.0)
+    assert offered.score_ratios["rps"] == pytest.approx(1.0)
+    unbounded = build_report(samples, duration=1.0, targets=Targets(rps=1000))
+    assert unbounded.score_ratios["rps"] == pytest.approx(0.01)
+    slow = build_report(samples, duration=2.0, targets=Targets(rps=1000), offered_rps=10.0)
+    assert slow.score_ratios["rps"] == pytest.approx(0.5)  # 5 req/s of the 10 offered
+    assert "offered 10.0 req/s" in offered.text()
+
+
+def test_rounding_never_contradicts_the_comparison() -> None:
+    # 6996 hits of 10000 lookups: 69.96%, below 70%: never printed as "70.0% (below 70.0%)".
+    samples = [sample(100 + i / 1e4, 0.1, "hit" if i < 6996 else "miss", tier="memory") for i in range(10_000)]
+    report = build_report(samples, duration=1.0)
+    [advice] = report.recommendations
+    assert advice.startswith("Cache hit rate is 69.9% (below 70.0%)")
+    # A ratio of 99.94% of a target is not "100%" and the score is not "100/100".
+    assert report.score_ratios["hit_rate"] == pytest.approx(0.6996 / 0.7)
+    assert "hit_rate 99%" in report.text() and "score           99/100" in report.text()
 
 
 def test_recommendations() -> None:
     advice = build_report(ten_samples(), duration=2.0).recommendations
-    assert len(advice) == 1 and "hit rate is 50%" in advice[0]
+    assert len(advice) == 2
+    assert advice[0].startswith("2 requests failed (20.0%; http 500: 1, ConnectError: 1)")
+    assert "hit rate is 50.0%" in advice[1]
     slow = [sample(100 + i, 2.5 + (i % 2) * 2.0, "hit", model="big", endpoint=None) for i in range(10)]
     advice = build_report(slow).recommendations
     assert any("p95 latency is 4.50 s" in a for a in advice)
@@ -125,7 +162,7 @@ def test_json_round_trip_and_text() -> None:
         Report.from_dict({"requests": 1})
     text = report.text()
     assert "5.0 req/s" in text
-    assert "p95 1000.0 ms" in text or "p95 1.00 s" in text
+    assert "p95 1.00 s" in text
     assert "hits 4, misses 4, bypass 2" in text
     assert "tokens saved    35" in text
 

@@ -12,18 +12,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
-import tempfile
-import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aurelis_core.config import ConfigError, load_config
 
-from .cli_cache import add_cache_commands
+from .cli_cache import add_cache_commands, find_config
 
 __all__ = ["COMMAND_GROUPS", "main"]
 
@@ -38,26 +38,53 @@ def _hooks_of(cls: type) -> list[str]:
     return sorted(name for name in dir(cls) if hasattr(getattr(cls, name, None), "aurelis_impl"))
 
 
-def cmd_plugins(args: argparse.Namespace) -> int:
-    from aurelis_core.plugin import discover_plugins
+def _description(name: str, cls: type) -> str:
+    """One line on what a plugin does: its ``description`` attribute, else the first line of its module's
+    docstring when that is about this plugin (``"``name``: ..."``), else the first sentence of its class's."""
+    import inspect
 
+    text = getattr(cls, "description", None)
+    if not isinstance(text, str):
+        module = (inspect.getdoc(sys.modules.get(cls.__module__)) or "").strip()
+        first = module.splitlines()[0] if module else ""
+        if first.startswith(f"``{name}``: "):
+            text = first.removeprefix(f"``{name}``: ")
+        else:
+            doc = inspect.getdoc(cls) or ""
+            text = doc.split("\n\n")[0].replace("\n", " ").split(". ")[0]
+            text = text.removeprefix(f"The ``{name}`` plugin").lstrip(":. ")
+    return text.replace("``", "").rstrip(".")
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from aurelis_core.plugin import blocked_plugins, discover_plugins
+
+    blocked = blocked_plugins()
     rows = []
     for name, spec in sorted(discover_plugins().items()):
         try:
-            hooks = ", ".join(h.removeprefix("aurelis_") for h in _hooks_of(spec.load()))
+            cls = spec.load()
         except ConfigError as exc:  # an optional extra is not installed: say so, keep listing
-            hooks = f"(cannot load: {exc})"
-        rows.append((name, spec.origin, hooks))
+            rows.append((name, spec.origin, f"(cannot load: {exc})"))
+            continue
+        hooks = _hooks_of(cls)
+        if not hooks:
+            continue  # an entry with no stage (lz4: a codec at rest) only exists to explain a mistake
+        about = ", ".join(h.removeprefix("aurelis_") for h in hooks) if args.hooks else _description(name, cls)
+        if name in blocked:
+            about += " (disabled by AURELIS_DISABLE_PLUGINS)"
+        rows.append((name, spec.origin, about))
     width = max((len(n) for n, _, _ in rows), default=4) + 2
     origin_width = max((len(o) for _, o, _ in rows), default=6) + 2
-    print(f"{'name':<{width}}{'origin':<{origin_width}}hooks")
-    for name, origin, hooks in rows:
-        print(f"{name:<{width}}{origin:<{origin_width}}{hooks}")
+    print(f"{'name':<{width}}{'origin':<{origin_width}}{'hooks' if args.hooks else 'what it does'}")
+    for name, origin, about in rows:
+        print(f"{name:<{width}}{origin:<{origin_width}}{about}")
     return 0
 
 
 def add_plugins_commands(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("plugins", help="list every plugin that can be enabled, with its hooks")
+    parser = subparsers.add_parser("plugins", help="list every plugin that can be enabled, with what it does")
+    parser.add_argument("--hooks", action="store_true", help="show the hooks each plugin implements instead")
     parser.set_defaults(func=cmd_plugins)
 
 
@@ -102,6 +129,17 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     for name in pipeline.plugin_origins:
         for problem in getattr(pipeline.plugin(name), "problems", list)():
             warnings.append(f"{source}: [{name}] {problem}")
+    # Configs that are valid but do not do what they say: tiers that are never asked, plugins switched off.
+    keyed = any("aurelis_normalize" in _hooks_of(type(pipeline.plugin(name))) for name in pipeline.plugin_origins)
+    if pipeline.tiers and not keyed:
+        warnings.append(
+            f"{source}: cache tiers ({', '.join(pipeline.tiers)}) are enabled but no plugin makes a cache key: "
+            "every request bypasses them; add \"normalize\" to plugins"
+        )
+    from aurelis_core.plugin import blocked_plugins
+
+    for name in sorted(set(config.plugins) & blocked_plugins()):
+        warnings.append(f"{source}: plugin {name!r} is disabled by AURELIS_DISABLE_PLUGINS: pipelines run without it")
     shared = [name for name in ("redis", "sqlite") if name in pipeline.plugin_origins]
     if shared and not pipeline.tenant.has_secret:
         warnings.append(
@@ -168,6 +206,57 @@ def add_config_commands(subparsers: Subparsers) -> None:
     check.set_defaults(func=cmd_config_check)
 
 
+# --- argument types: a bad value is a usage error before any work starts --------------------------------------
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text}")
+    return value
+
+
+def _hit_rate_target(text: str) -> float:
+    value = _share(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a share > 0 and <= 1, got 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
 # --- report options (shared by replay and report) ----------------------------------------------------------------
 
 
@@ -176,12 +265,13 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
 
     defaults = Targets()
     group = parser.add_argument_group("score targets")
-    group.add_argument("--target-p50", type=float, default=defaults.p50, metavar="S", help="seconds (%(default)s)")
-    group.add_argument("--target-p95", type=float, default=defaults.p95, metavar="S", help="seconds (%(default)s)")
-    group.add_argument("--target-p99", type=float, default=defaults.p99, metavar="S", help="seconds (%(default)s)")
-    group.add_argument("--target-rps", type=float, default=defaults.rps, metavar="N",
-                       help="requests/s (%(default)s)")
-    group.add_argument("--target-hit-rate", type=float, default=defaults.hit_rate, metavar="R",
+    group.add_argument("--target-p50", type=_positive, default=defaults.p50, metavar="S", help="seconds (%(default)s)")
+    group.add_argument("--target-p95", type=_positive, default=defaults.p95, metavar="S", help="seconds (%(default)s)")
+    group.add_argument("--target-p99", type=_positive, default=defaults.p99, metavar="S", help="seconds (%(default)s)")
+    group.add_argument("--target-rps", type=_positive, default=defaults.rps, metavar="N",
+                       help="requests/s, scored against the lower of this and the offered load (--rate, --timed); "
+                       "default: throughput is not scored")
+    group.add_argument("--target-hit-rate", type=_hit_rate_target, default=defaults.hit_rate, metavar="R",
                        help="0..1 (%(default)s)")
 
 
@@ -221,9 +311,24 @@ def _progress(total: int) -> Callable[[int, Any], None] | None:
     return update
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    from .replay import SimulateOptions, example_path, load_workload, replay, simulated
+#: The ``--sim-*`` options, by their SimulateOptions field.
+_SIM_OPTIONS = {"endpoints": "sim_endpoints", "latency": "sim_latency", "jitter": "sim_jitter",
+                "latency_per_token": "sim_latency_per_token", "failure_rate": "sim_failure_rate",
+                "rpm": "sim_rpm", "tpm": "sim_tpm"}
 
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import SIMULATED_BASE_URL, SimulateOptions, example_path, load_workload, replay, simulated
+
+    # Options that would be silently ignored are usage errors, said before anything is loaded or started.
+    if args.speed is not None and not args.timed:
+        print("error: --speed needs --timed (it speeds up the recorded timing)", file=sys.stderr)
+        return 2
+    given_sim = sorted("--" + dest.replace("_", "-") for dest in _SIM_OPTIONS.values()
+                       if getattr(args, dest) is not None)
+    if given_sim and not args.simulate:
+        print(f"error: {', '.join(given_sim)} need{'s' if len(given_sim) == 1 else ''} --simulate", file=sys.stderr)
+        return 2
     workload_path = args.workload
     if workload_path is None:
         if not args.simulate:
@@ -233,28 +338,42 @@ def cmd_replay(args: argparse.Namespace) -> int:
         workload_path = example_path("workload.jsonl")
     try:
         workload = load_workload(workload_path)
-        config = load_config(args.config or os.environ.get("AURELIS_CONFIG") or example_path("aurelis.toml"))
+        config = load_config(find_config(args.config))
         targets = _targets(args)
     except (ValueError, OSError) as exc:  # ConfigError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 1
     options = dict(
-        concurrency=args.concurrency, rate=args.rate, timed=args.timed, speed=args.speed, timeout=args.timeout,
+        concurrency=args.concurrency, rate=args.rate, timed=args.timed,
+        speed=args.speed if args.speed is not None else 1.0, timeout=args.timeout,
         targets=targets, on_result=_progress(len(workload)),
     )
     try:
         if args.simulate:
-            sim = SimulateOptions(
-                endpoints=args.sim_endpoints, latency=args.sim_latency, jitter=args.sim_jitter,
-                latency_per_token=args.sim_latency_per_token, failure_rate=args.sim_failure_rate,
-                rpm=args.sim_rpm, tpm=args.sim_tpm,
-            )
+            sim = SimulateOptions(**{field: getattr(args, dest) for field, dest in _SIM_OPTIONS.items()
+                                     if getattr(args, dest) is not None})
             with simulated(config, sim) as (sim_config, servers):
                 print(f"simulating {len(servers)} upstream(s) on 127.0.0.1: "
                       f"{', '.join(s.base_url for s in servers)}", file=sys.stderr)
-                report = asyncio.run(replay(workload, sim_config, **options))
+                report = asyncio.run(replay(workload, sim_config, base_url=args.base_url or SIMULATED_BASE_URL,
+                                            **options))
+            earlier = {tier: n for tier, n in report.hits_by_tier.items() if tier not in ("memory", "coalesced")}
+            if earlier:
+                # A warm file answers what the simulated upstream would have failed or slowed: say so, or a run
+                # with --sim-failure-rate that shows no errors looks like a bug.
+                print(f"note: {sum(earlier.values())} answers came from what earlier runs stored "
+                      f"({', '.join(earlier)}), not from the simulated upstream; `aurelis cache clear` starts cold",
+                      file=sys.stderr)
         else:
             credential = os.environ.get(args.api_key_env) if args.api_key_env else None
+            hosts = sorted({urlsplit(e.url).netloc for e in config.endpoints})
+            if hosts:  # where the requests (and the key) go, before they go
+                print(f"replaying {len(workload)} requests to {', '.join(hosts)}"
+                      + (f" (addressed to {urlsplit(args.base_url).netloc})"
+                         if args.base_url and urlsplit(args.base_url).netloc not in hosts else ""), file=sys.stderr)
+            if not credential and not (config.endpoints and all(e.api_key for e in config.endpoints)):
+                print(f"warning: ${args.api_key_env} is not set and not every endpoint has an api_key: requests go "
+                      "without a key (expect 401s); set it, or pass --api-key-env VAR", file=sys.stderr)
             report = asyncio.run(
                 replay(workload, config, base_url=args.base_url, credential=credential, **options)
             )
@@ -268,6 +387,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def add_replay_commands(subparsers: Subparsers) -> None:
+    from .replay import SimulateOptions
+
     parser = subparsers.add_parser(
         "replay", help="send a recorded workload through the pipeline and report how it performed",
         description="Replay a JSONL workload through the configured pipeline, print the report and write it "
@@ -278,27 +399,28 @@ def add_replay_commands(subparsers: Subparsers) -> None:
                         "normalize + embedded tiers)")
     parser.add_argument("--out", default=".aurelis/report", help="where to write report.{txt,json,html} "
                         "(%(default)s)")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (%(default)s)")
-    parser.add_argument("--rate", type=float, help="at most this many requests started per second")
+    parser.add_argument("--concurrency", type=_count, default=8, help="requests in flight (%(default)s)")
+    parser.add_argument("--rate", type=_positive, help="at most this many requests started per second")
     parser.add_argument("--timed", action="store_true", help="send each request at its recorded 'at' offset")
-    parser.add_argument("--speed", type=float, default=1.0, help="with --timed: replay this many times faster")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (%(default)s)")
+    parser.add_argument("--speed", type=_positive, help="with --timed: replay this many times faster (1)")
+    parser.add_argument("--timeout", type=_positive, default=60.0, help="seconds per request (%(default)s)")
     parser.add_argument("--base-url", help="where to address requests (default: the first endpoint's URL)")
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
                         help="environment variable holding the API key sent as a bearer token (%(default)s); "
                         "unused with --simulate")
     sim = parser.add_argument_group("simulation (--simulate: local upstreams on 127.0.0.1, no key, no network)")
     sim.add_argument("--simulate", action="store_true", help="point the endpoints at simulated upstreams")
-    sim.add_argument("--sim-endpoints", type=int, metavar="N",
+    defaults = SimulateOptions()
+    sim.add_argument("--sim-endpoints", type=_count, metavar="N",
                      help="how many upstreams (default: one per configured endpoint; >1 needs a router plugin)")
-    sim.add_argument("--sim-latency", type=float, default=0.05, metavar="S", help="seconds (%(default)s)")
-    sim.add_argument("--sim-jitter", type=float, default=0.05, metavar="S", help="extra random seconds "
-                     "(%(default)s)")
-    sim.add_argument("--sim-latency-per-token", type=float, default=0.0, metavar="S",
-                     help="seconds per completion word (%(default)s)")
-    sim.add_argument("--sim-failure-rate", type=float, default=0.0, metavar="P", help="share of 500s (%(default)s)")
-    sim.add_argument("--sim-rpm", type=int, metavar="N", help="requests per minute per upstream, then 429")
-    sim.add_argument("--sim-tpm", type=int, metavar="N", help="tokens per minute per upstream, then 429")
+    sim.add_argument("--sim-latency", type=_non_negative, metavar="S", help=f"seconds ({defaults.latency})")
+    sim.add_argument("--sim-jitter", type=_non_negative, metavar="S", help=f"extra random seconds ({defaults.jitter})")
+    sim.add_argument("--sim-latency-per-token", type=_non_negative, metavar="S",
+                     help=f"seconds per completion word ({defaults.latency_per_token})")
+    sim.add_argument("--sim-failure-rate", type=_share, metavar="P",
+                     help=f"share of 500s, 0..1 ({defaults.failure_rate})")
+    sim.add_argument("--sim-rpm", type=_count, metavar="N", help="requests per minute per upstream, then 429")
+    sim.add_argument("--sim-tpm", type=_count, metavar="N", help="tokens per minute per upstream, then 429")
     _add_target_options(parser)
     parser.set_defaults(func=cmd_replay)
 
@@ -306,53 +428,57 @@ def add_replay_commands(subparsers: Subparsers) -> None:
 # --- record ----------------------------------------------------------------------------------------------------
 
 
-def _raw_config(path: str) -> dict[str, Any]:
-    """The config file's table as written (what ``AURELIS_CONFIG`` will point the child at, plus ``record``)."""
-    load_config(path)  # fail here, with the usual message, rather than inside the recorded program
-    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    if Path(path).name == "pyproject.toml":
-        data = data["tool"]["aurelis"]
-    return data
+def _lines(path: Path) -> int:
+    try:
+        with path.open("rb") as file:
+            return sum(1 for line in file if line.strip())
+    except FileNotFoundError:
+        return 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    try:
-        import tomli_w
-    except ImportError:  # pragma: no cover - a core dependency; guards a broken install
-        print("error: aurelis record needs tomli-w: pip install tomli-w", file=sys.stderr)
-        return 1
+    """Run the command with ``AURELIS_RECORD`` set: every pipeline the program builds records, with the config it
+    was given explicitly or with ``AURELIS_CONFIG`` (``--config``, else the inherited one), plus ``record``."""
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         print("error: give the command to run after --, e.g. aurelis record --out w.jsonl -- python app.py",
               file=sys.stderr)
         return 2
-    base = args.config or os.environ.get("AURELIS_CONFIG")
+    env = dict(os.environ)
+    if args.config:
+        try:
+            load_config(args.config)  # fail here, with the usual message, rather than inside the recorded program
+        except (ConfigError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        env["AURELIS_CONFIG"] = str(Path(args.config).resolve())
+    out = Path(args.out).resolve()
+    env["AURELIS_RECORD"] = str(out)  # read by every Pipeline (documented: an environment variable, public)
+    before = _lines(out)
+    print(f"recording requests to {args.out}", file=sys.stderr)
     try:
-        data = _raw_config(base) if base else {}
-    except (ConfigError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    plugins = [p for p in data.get("plugins", []) if p != "record"]
-    data["plugins"] = [*plugins, "record"]
-    data["record"] = {**data.get("record", {}), "path": str(Path(args.out).resolve())}
-    with tempfile.TemporaryDirectory(prefix="aurelis-record-") as tmp:
-        config_path = Path(tmp) / "aurelis.toml"
-        config_path.write_text(tomli_w.dumps(data), encoding="utf-8")
-        env = {**os.environ, "AURELIS_CONFIG": str(config_path)}
-        print(f"recording requests to {args.out}", file=sys.stderr)
-        return subprocess.call(command, env=env)
+        code = subprocess.call(command, env=env)
+    except FileNotFoundError:
+        print(f"error: command not found: {command[0]}", file=sys.stderr)
+        return 127  # the shell's code for a command it cannot find
+    except PermissionError:
+        print(f"error: cannot run {command[0]}: permission denied", file=sys.stderr)
+        return 126
+    print(f"recorded {_lines(out) - before} requests to {args.out}", file=sys.stderr)
+    return code
 
 
 def add_record_commands(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "record", help="run a program and record the requests its instrumented clients send",
-        description="Runs COMMAND with AURELIS_CONFIG pointing at your config plus the record plugin, so every "
-        "client the program instruments without an explicit config appends its requests to --out. "
-        "Credentials are never written.",
+        description="Runs COMMAND with AURELIS_RECORD set, so every client the program instruments (with "
+        "its own config, or $AURELIS_CONFIG / --config) also runs the record plugin and appends its requests "
+        "to --out. Credentials are never written.",
     )
     parser.add_argument("--out", default="aurelis-workload.jsonl", help="workload file to append to "
                         "(%(default)s)")
-    parser.add_argument("--config", help="the config to record under (default: $AURELIS_CONFIG, else none)")
+    parser.add_argument("--config", help="set AURELIS_CONFIG to this config for the program (default: leave it as "
+                        "it is)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     parser.set_defaults(func=cmd_record)
 
@@ -363,11 +489,27 @@ def add_record_commands(subparsers: Subparsers) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import Report
 
+    not_a_report = "not an Aurelis report (aurelis report reads the report.json that aurelis replay writes)"
     try:
-        report = Report.from_dict(json.loads(Path(args.file).read_text(encoding="utf-8")))
-        report = report.rescored(_targets(args))
-    except (OSError, ValueError, TypeError) as exc:
-        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        text = Path(args.file).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        print(f"error: {args.file}: {not_a_report}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        data = json.loads(text)
+    except ValueError:
+        print(f"error: {args.file}: {not_a_report}: it is not JSON", file=sys.stderr)
+        return 1
+    if not isinstance(data, dict) or data.get("format") != "aurelis-report-1":
+        print(f"error: {args.file}: {not_a_report}", file=sys.stderr)
+        return 1
+    try:
+        report = Report.from_dict(data).rescored(_targets(args))
+    except (ValueError, TypeError) as exc:
+        print(f"error: {args.file}: a damaged report: {exc}", file=sys.stderr)
         return 1
     if args.format == "json":
         output = json.dumps(report.to_dict(), indent=2) + "\n"

@@ -17,15 +17,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from aurelis_core.config import ConfigError
 from aurelis_core.plugin import CacheTier
 
-__all__ = ["add_cache_commands"]
+__all__ = ["add_cache_commands", "find_config"]
 
 Subparsers = Any  # argparse._SubParsersAction is private; its add_parser is all we use
+
+
+def find_config(given: str | None) -> str | Path:
+    """The config a command uses: ``--config``, else ``$AURELIS_CONFIG``, else the shipped
+    ``aurelis_core/examples/aurelis.toml`` (what ``aurelis replay`` runs with). One rule for every command, so
+    ``aurelis cache clear`` after ``aurelis replay --simulate`` clears the file that run filled."""
+    if given:
+        return given
+    from_env = os.environ.get("AURELIS_CONFIG")
+    if from_env:
+        return from_env
+    from .replay import example_path
+
+    return example_path("aurelis.toml")
 
 
 def _persistent_tiers(pipeline: Any) -> list[tuple[str, CacheTier]]:
@@ -40,7 +56,7 @@ def _persistent_tiers(pipeline: Any) -> list[tuple[str, CacheTier]]:
 def _open(args: argparse.Namespace) -> Any:
     from aurelis_core import Pipeline
 
-    pipeline = Pipeline(args.config)
+    pipeline = Pipeline(find_config(args.config))
     tiers = _persistent_tiers(pipeline)
     if not tiers:
         pipeline.close()
@@ -109,7 +125,8 @@ def add_cache_commands(subparsers: Subparsers) -> None:
     for name, text in helps.items():
         parser = commands.add_parser(name, help=text)
         parser.add_argument(
-            "--config", default=None, help="aurelis.toml or pyproject.toml (default: $AURELIS_CONFIG)"
+            "--config", default=None, help="aurelis.toml or pyproject.toml (default: $AURELIS_CONFIG, else the "
+            "shipped aurelis.toml that aurelis replay uses)"
         )
         parser.set_defaults(func=cmd_cache)
         if name == "stats":

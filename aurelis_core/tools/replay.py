@@ -18,6 +18,7 @@ no network, no API key and no spend.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -38,7 +39,10 @@ if TYPE_CHECKING:
 #: Headers a workload never holds (the plugin API's ``WORKLOAD_CREDENTIAL_HEADERS``, by its name here).
 CREDENTIAL_HEADERS = WORKLOAD_CREDENTIAL_HEADERS
 
-__all__ = ["SimulateOptions", "WorkloadRequest", "example_path", "load_workload", "replay", "simulated"]
+__all__ = [
+    "SIMULATED_BASE_URL", "SimulateOptions", "WorkloadRequest", "example_path", "load_workload", "offered_rps",
+    "replay", "simulated",
+]
 
 
 def example_path(name: str) -> Path:
@@ -47,6 +51,30 @@ def example_path(name: str) -> Path:
 
 
 # --- simulation ------------------------------------------------------------------------------------------------
+
+
+# Checked when the options are made, so a bad knob fails before any upstream starts (a failure rate of 2 made
+# every request fail, and the report scored the run 74/100).
+def _non_negative(instance: Any, attribute: Any, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"--sim-{attribute.name.replace('_', '-')} must be a number >= 0, got {value!r}")
+
+
+def _share(instance: Any, attribute: Any, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"--sim-{attribute.name.replace('_', '-')} must be between 0 and 1, got {value!r}")
+
+
+def _at_least_one(instance: Any, attribute: Any, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"--sim-{attribute.name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+
+
+#: Where ``aurelis replay --simulate`` addresses its requests (routing sends them to the simulated upstreams).
+#: The cache key holds the URL the caller addressed, so a fixed one makes the keys of simulated runs the same
+#: from run to run: a second run hits the SQLite tier the first one filled, and rewrites its entries instead of
+#: adding new ones. The ``.invalid`` host (RFC 2606) keeps simulated answers apart from any real upstream's.
+SIMULATED_BASE_URL = "http://simulated.aurelis.invalid/v1"
 
 
 @attrs.frozen
@@ -60,13 +88,13 @@ class SimulateOptions:
     (429 with ``retry-after`` beyond them).
     """
 
-    endpoints: int | None = None
-    latency: float = 0.05
-    jitter: float = 0.05
-    latency_per_token: float = 0.0
-    failure_rate: float = 0.0
-    rpm: int | None = None
-    tpm: int | None = None
+    endpoints: int | None = attrs.field(default=None, validator=attrs.validators.optional(_at_least_one))
+    latency: float = attrs.field(default=0.05, validator=_non_negative)
+    jitter: float = attrs.field(default=0.05, validator=_non_negative)
+    latency_per_token: float = attrs.field(default=0.0, validator=_non_negative)
+    failure_rate: float = attrs.field(default=0.0, validator=_share)
+    rpm: int | None = attrs.field(default=None, validator=attrs.validators.optional(_at_least_one))
+    tpm: int | None = attrs.field(default=None, validator=attrs.validators.optional(_at_least_one))
     seed: int = 0
 
     def behavior(self) -> dict[str, Any]:
@@ -78,14 +106,16 @@ class SimulateOptions:
 
 @contextlib.contextmanager
 def simulated(config: Config, options: SimulateOptions) -> Iterator[tuple[Config, list[SimulatedServer]]]:
-    """Start simulated upstreams on 127.0.0.1 and yield ``config`` with its endpoints pointed at them."""
+    """Start simulated upstreams on 127.0.0.1 and yield ``config`` with its endpoints pointed at them.
+
+    Address the replay at :data:`SIMULATED_BASE_URL` (``replay(..., base_url=SIMULATED_BASE_URL)``, as ``aurelis
+    replay --simulate`` does) for cache keys that stay the same from run to run; the upstreams' own URLs change
+    with their ports."""
     try:
         from aurelis_core.testing import simulated_upstream
     except ImportError as exc:
         raise ImportError("--simulate needs: pip install 'aurelis[simulate]'") from exc
     if options.endpoints is not None:
-        if options.endpoints < 1:
-            raise ConfigError(f"--sim-endpoints must be >= 1, got {options.endpoints}")
         shapes = [Endpoint(url="http://127.0.0.1", name=f"sim-{i + 1}") for i in range(options.endpoints)]
     else:
         shapes = list(config.endpoints) or [Endpoint(url="http://127.0.0.1", name="sim-1")]
@@ -100,6 +130,18 @@ def simulated(config: Config, options: SimulateOptions) -> Iterator[tuple[Config
 
 
 # --- replay ----------------------------------------------------------------------------------------------------
+
+
+def offered_rps(
+    workload: Sequence[WorkloadRequest], *, rate: float | None = None, timed: bool = False, speed: float = 1.0
+) -> float | None:
+    """Requests/s a replay offers: its ``rate``, or with ``timed`` the workload over its recorded span (sped up);
+    ``None`` when only the concurrency bounds it (then the throughput is whatever the pipeline achieves)."""
+    if timed:
+        span = max((r.at or 0.0 for r in workload), default=0.0) / speed
+        offered = len(workload) / span if span > 0 else None
+        return min(offered, rate) if offered is not None and rate is not None else offered or rate
+    return rate
 
 
 async def replay(
@@ -127,6 +169,11 @@ async def replay(
 
     from aurelis_core import Pipeline, gather
 
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
+    for name, value in (("rate", rate), ("timeout", timeout)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a number > 0, got {value!r}")
     config = load_config(config)
     if base_url is None:
         if not config.endpoints:
@@ -156,4 +203,7 @@ async def replay(
     finally:
         # Closing flushes write-behind tiers, so everything the run cached is stored before the report.
         await pipeline.aclose()
-    return Report.from_stats(pipeline.stats, duration=duration, targets=targets)
+    return Report.from_stats(
+        pipeline.stats, duration=duration, targets=targets,
+        offered_rps=offered_rps(workload, rate=rate, timed=timed, speed=speed), plugins=config.plugins,
+    )

@@ -33,6 +33,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import logging
 import random
 import threading
 import time
@@ -52,6 +53,9 @@ from aurelis_core.plugin import (
     non_negative_int,
     positive_int,
 )
+
+#: One logger for every router: which endpoint each attempt went to is one story whichever router tells it.
+logger = logging.getLogger("aurelis.router")
 
 __all__ = [
     "Clock",
@@ -221,7 +225,11 @@ class Router:
             index = self._pick(ctx, candidates, now)
             self.inflight[index] += 1
             self._sent(index, ctx, now)
-        return self.endpoints[index]
+        endpoint = self.endpoints[index]
+        if logger.isEnabledFor(logging.DEBUG):  # the check keeps the pick free when nobody listens
+            logger.debug("%s: attempt %d to %s (of %d candidates: %s)", self.name, len(ctx.attempts) + 1,
+                         endpoint.name, len(candidates), ", ".join(e.name for e in candidates))
+        return endpoint
 
     @hookimpl
     def aurelis_attempt_end(self, ctx: RequestContext, attempt: Attempt) -> None:
