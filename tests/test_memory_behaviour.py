@@ -321,3 +321,39 @@ def test_the_pair_table_keeps_its_first_pair_until_it_is_full(max_bytes: int, pa
     probe = answer(1, headers=[(b"x-n", b"first")])
     memory.put("probe", probe)
     assert probe.headers[0] is first.headers[0]  # shared with the very first entry: the table never started over
+
+
+# --- what the mutation run found untested --------------------------------------------------------------------
+
+
+def test_a_streamed_entry_is_charged_per_chunk_too() -> None:
+    from aurelis_plugins.memory import CHUNK_OVERHEAD
+
+    memory = tier()
+    chunks = (b"data: 1\n\n", b"data: 2\n\n", b"data: [DONE]\n\n")
+    streamed = CacheEntry(200, list(HEADERS), b"", chunks=chunks)
+    assert memory.put("s", streamed) is True
+    expected = sum(map(len, chunks)) + 28 + OVERHEAD + CHUNK_OVERHEAD * len(chunks)
+    assert memory.currsize == expected
+    memory.put("s", answer(10))  # replacing it frees exactly what it was charged
+    assert memory.currsize == charge(10)
+
+
+def test_an_answer_over_max_entry_bytes_is_passed_by_and_counted() -> None:
+    pipeline = Pipeline({"plugins": ["normalize", "memory"], "memory": {"max_entry_bytes": 1000}})
+    memory = pipeline.plugin("memory")
+    exact = CacheEntry(200, [], b"x" * 1000)
+    assert memory.put("exact", exact) is True  # as large as allowed
+    assert memory.put("over", CacheEntry(200, [], b"x" * 1001)) is False
+    assert pipeline.stats.counters["memory.too_large"] == 1
+    assert held(memory, "exact", "over") == ["exact"]
+
+
+def test_an_entry_expires_at_its_deadline_exactly() -> None:
+    now = [1000.0]
+    memory = MemoryCache(MemoryConfig(ttl=10.0), None, clock=lambda: now[0], wall_clock=lambda: 5000.0)
+    memory.put("k", answer(10, created=5000.0))
+    now[0] = 1009.999
+    assert get(memory, "k") is not None
+    now[0] = 1010.0
+    assert get(memory, "k") is None and memory.currsize == 0
