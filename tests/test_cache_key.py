@@ -604,3 +604,27 @@ def test_the_depth_bound_is_the_documented_one() -> None:
 
     assert MAX_DEPTH == 100  # README: "more than 100 levels deep"
     assert key_of(nested(99)) is not None and key_of(nested(100)) is None
+
+
+def test_a_tenant_built_without_config_has_the_defaults() -> None:
+    from aurelis_core.plugin import Tenant, TenantConfig
+
+    assert Tenant().config == TenantConfig()
+    assert Tenant().credential_headers == Tenant(TenantConfig()).credential_headers
+
+
+@pytest.mark.parametrize("option", ["credential_headers", "credential_params", "scope_headers"])
+def test_a_list_option_given_as_one_string_is_refused(option: str) -> None:
+    from aurelis_core import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"\[tenant\].*{option}"):
+        Pipeline({"plugins": ["normalize"], "tenant": {option: "x-my-key"}})
+
+
+def test_credential_parameters_are_redacted_for_files_and_logs() -> None:
+    from aurelis_core.plugin import Tenant, TenantConfig
+
+    tenant = Tenant(TenantConfig(credential_params=["key", "sig"]))
+    assert tenant.redact_query("key=SECRET&alt=sse&Sig=x&flag") == "key=REDACTED&alt=sse&Sig=REDACTED&flag"
+    assert tenant.redact_query("alt=sse") == "alt=sse"
+    assert tenant.redact_query("") == "" and tenant.redact_query(None) is None
