@@ -214,19 +214,23 @@ class Breaker:
     probe through.
     """
 
-    def __init__(self, name: str, failures: int, reset: float) -> None:
+    def __init__(
+        self, name: str, failures: int, reset: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.name = name
         self.failures = failures
         self.reset = reset
+        #: What the breaker reads the time from (a test may swap it for a fake clock).
+        self.clock = clock
         self.consecutive = 0
-        #: ``time.monotonic()`` until which calls are skipped; 0 while closed.
+        #: ``clock()`` until which calls are skipped; 0 while closed.
         self.open_until = 0.0
 
     def allow(self) -> bool:
         """May a call be made now? In the open state, the first call after ``reset`` seconds is the probe."""
         if not self.open_until:
             return True
-        now = time.monotonic()
+        now = self.clock()
         if now < self.open_until:
             return False
         self.open_until = now + self.reset  # further calls wait for the probe's outcome
@@ -234,7 +238,7 @@ class Breaker:
 
     @property
     def is_open(self) -> bool:
-        return bool(self.open_until) and time.monotonic() < self.open_until
+        return bool(self.open_until) and self.clock() < self.open_until
 
     def success(self) -> None:
         if self.open_until:
@@ -250,7 +254,7 @@ class Breaker:
                     "cache tier %r failed %d times in a row; skipping it for %g s at a time until it "
                     "answers again", self.name, self.consecutive, self.reset,
                 )
-            self.open_until = time.monotonic() + self.reset
+            self.open_until = self.clock() + self.reset
 
 
 #: A queued write: ("set", redis key, entry, milliseconds to live or None, cache key) or

@@ -383,3 +383,45 @@ def test_clear_and_stats_touch_only_the_tiers_own_entries(upstream: SimulatedSer
         assert (stats["entries"], stats["other_keys"]) == (0, len(others))
         pipeline.close()
     assert raw.hget("aurelis:someone-else", "field") == b"value"
+
+
+def test_the_tier_breaker_opens_after_its_failures_probes_once_and_closes_on_an_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from aurelis_plugins.redis_tier import Breaker
+
+    now = [100.0]
+    breaker = Breaker("redis", failures=3, reset=5.0, clock=lambda: now[0])
+    breaker.failure()
+    breaker.failure()
+    assert breaker.allow() and not breaker.is_open  # two failures: still closed
+    breaker.success()  # an answer in between starts the count again
+    breaker.failure()
+    breaker.failure()
+    assert breaker.allow()
+    with caplog.at_level("WARNING", logger="aurelis.cache.redis"):
+        breaker.failure()  # the third in a row: open for 5 s
+        breaker.failure()  # failing again while open: said once
+    assert [r.getMessage() for r in caplog.records] == [
+        "cache tier 'redis' failed 3 times in a row; skipping it for 5 s at a time until it answers again"
+    ]
+    assert breaker.is_open and not breaker.allow()
+    now[0] = 104.999
+    assert not breaker.allow()
+    now[0] = 105.0
+    assert breaker.allow()  # the probe
+    assert not breaker.allow() and breaker.is_open  # others wait for the probe's outcome
+    now[0] = 106.0
+    breaker.failure()  # the probe failed: open again for a whole reset from now
+    now[0] = 110.999
+    assert not breaker.allow()
+    now[0] = 111.0
+    assert breaker.allow()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="aurelis.cache.redis"):
+        breaker.success()
+    assert [r.getMessage() for r in caplog.records] == ["cache tier 'redis' is answering again"]
+    assert not breaker.is_open and breaker.allow() and breaker.consecutive == 0
+    breaker.failure()
+    breaker.failure()
+    assert breaker.allow()  # closed again: it takes three new failures to open
