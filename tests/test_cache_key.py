@@ -628,3 +628,22 @@ def test_credential_parameters_are_redacted_for_files_and_logs() -> None:
     assert tenant.redact_query("key=SECRET&alt=sse&Sig=x&flag") == "key=REDACTED&alt=sse&Sig=REDACTED&flag"
     assert tenant.redact_query("alt=sse") == "alt=sse"
     assert tenant.redact_query("") == "" and tenant.redact_query(None) is None
+
+
+def test_numbers_reach_plugins_as_ints_when_integral_up_to_a_thousand_digits() -> None:
+    def parsed(raw: bytes) -> Any:
+        request = httpx.Request("POST", URL, content=raw, headers={"content-type": "application/json"})
+        ctx = RequestContext(request, None, httpx, False, RequestControls())
+        assert _DEFAULT.aurelis_normalize(ctx) is not None
+        return ctx.json["t"]
+
+    assert type(parsed(b'{"t":1.0}')) is int and parsed(b'{"t":1.0}') == 1
+    assert type(parsed(b'{"t":1e999}')) is int  # 1000 digits: still an integer
+    assert type(parsed(b'{"t":1e1000}')) is Decimal  # past the bound: never a gigantic int
+    assert key_of(b'{"t":1e999}') == key_of(b'{"t":1' + b"0" * 999 + b"}")
+
+
+def test_folding_leaves_messages_that_are_not_a_list_as_they_are() -> None:
+    folding = normalizer({"normalize": {"fold_whitespace": True}})
+    body = {"model": "m", "messages": "a  b"}
+    assert key_of(body, plugin=folding) == key_of(body)
