@@ -513,9 +513,11 @@ def test_credentials_never_reach_a_tier(tmp_path: Path, redis_flush: str, upstre
 def test_a_repeated_request_is_known_by_its_model_too(upstream: SimulatedServer) -> None:
     """The key stage remembers requests it has keyed; a repeated one (every hit) still names its model."""
     pipeline = Pipeline({"plugins": ["normalize", "memory"]})
+    # A nested "model" key before the body's own: the label is the body's model, not the first one in the bytes.
+    body = {"metadata": {"model": "not-this"}, **CHAT, "model": "sim-chat"}
     with pipeline.instrument(httpx.Client()) as client:
         for _ in range(2):
-            client.post(upstream.base_url + "/chat/completions", json={**CHAT, "model": "sim-chat"})
+            client.post(upstream.base_url + "/chat/completions", json=body)
     assert [(s.cache, s.model) for s in pipeline.stats.samples] == [("miss", "sim-chat"), ("hit", "sim-chat")]
 
 
