@@ -7,6 +7,7 @@ A config has four kinds of top-level key:
 - ``tenant``: who is asking and what scopes an answer (see :mod:`aurelis_core._tenant`), read by every plugin.
 - ``redis_connection``: the Redis every Redis-using plugin shares unless it names its own (see
   :mod:`aurelis_core._redis_connection`).
+- ``pricing``: USD per million tokens by model (see :mod:`aurelis_core.pricing`), read by whatever reports cost.
 - one table per plugin, named after it, holding that plugin's options.
 
 It is read from a dict, an ``aurelis.toml`` file, or the ``[tool.aurelis]`` table of a ``pyproject.toml``,
@@ -37,6 +38,7 @@ import attrs
 from ._models import Endpoint
 from ._redis_connection import RedisConnection
 from ._tenant import TenantConfig
+from .pricing import ModelPrice, Pricing
 from .validators import ALLOW_NON_FINITE, Invalid, describe
 from .validators import choices_hint as choices_hint
 
@@ -45,7 +47,7 @@ __all__ = ["ALLOW_NON_FINITE", "Config", "ConfigError", "config_from_table", "lo
 T = TypeVar("T")
 
 #: Top-level keys that are not plugin tables.
-RESERVED_KEYS = ("plugins", "endpoints", "tenant", "redis_connection")
+RESERVED_KEYS = ("plugins", "endpoints", "tenant", "redis_connection", "pricing")
 #: Options of the ``normalize`` table that moved to ``[tenant]``: still accepted there, copied on load.
 _MOVED_TO_TENANT = ("namespace", "secret")
 
@@ -77,6 +79,8 @@ class Config:
     tenant: TenantConfig = attrs.field(factory=TenantConfig)
     #: The ``[redis_connection]`` table: the Redis plugins share unless they name their own (None: not given).
     redis_connection: RedisConnection | None = None
+    #: The ``[pricing]`` table: model prices (empty: none configured).
+    pricing: Pricing = attrs.field(factory=Pricing)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> Config:
@@ -144,9 +148,30 @@ def parse_config(data: Any, source: str = "<dict>") -> tuple[Config, list[str]]:
             redis_connection = config_from_table(RedisConnection, given, f"{source}: [redis_connection]")
         except ConfigError as exc:
             errors.extend(exc.errors)
+    pricing, pricing_errors = _pricing(data.get("pricing", {}), source)
+    errors.extend(pricing_errors)
     config = Config(plugins=tuple(plugins), endpoints=tuple(endpoints), tables=tables, source=source, tenant=tenant,
-                    redis_connection=redis_connection)
+                    redis_connection=redis_connection, pricing=pricing)
     return config, errors
+
+
+def _pricing(given: Any, source: str) -> tuple[Pricing, list[str]]:
+    """The ``[pricing]`` table: one ``{input, output, cached_input}`` table per model name or glob."""
+    if not isinstance(given, Mapping):
+        return Pricing(), [f"{source}: pricing: expected a table ([pricing]) of model prices, got {describe(given)}"]
+    prices: dict[str, ModelPrice] = {}
+    errors: list[str] = []
+    for model, table in given.items():
+        where = f"{source}: [pricing] {model!r}"
+        if not isinstance(table, Mapping):
+            errors.append(f"{where}: expected a table like {{input = 2.5, output = 10.0}} (USD per million tokens), "
+                          f"got {describe(table)}")
+            continue
+        try:
+            prices[str(model)] = config_from_table(ModelPrice, table, where)
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+    return Pricing(prices), errors
 
 
 def _tenant(

@@ -36,6 +36,7 @@ from ._logs import component_logger, log_fault
 from ._models import (
     CACHE_HIT,
     CACHE_MISS,
+    USAGE_TAIL,
     Attempt,
     CacheEntry,
     CacheInfo,
@@ -457,7 +458,8 @@ class Pipeline:
         callers were handed (the entry's body is joined only if someone reads it)."""
         stages = ctx._stages
         stored = None
-        if storable and is_event_stream(upstream.headers):
+        streamed = is_event_stream(upstream.headers)
+        if storable and streamed:
             stored = _stored_headers(ctx, upstream, stages.entry_limit)
         if stored is TOO_LARGE:
             stored, storable = None, False
@@ -465,6 +467,9 @@ class Pipeline:
         def on_end(error: BaseException | None, complete: bool) -> Flow | None:
             if error is not None:
                 attempt.error = error
+            attempt.tail = tail(flight.chunks, USAGE_TAIL)  # for the observers: the usage block
+            if streamed:
+                attempt.first_chunk = flight.first_chunk  # the time to first token
             self._end_attempt(ctx, attempt)
             if stored is None or not complete or not flight.kept:
                 return None
@@ -721,19 +726,26 @@ class Pipeline:
         attempt and the request end here.
         """
         if is_read(upstream):
+            attempt.tail = upstream.content[-USAGE_TAIL:]
             self._end_attempt(ctx, attempt)
             response = self._hand_over(ctx, upstream, None)
             self._finish(ctx)
             return response
 
+        streamed = is_event_stream(upstream.headers)
+
         def on_end(error: BaseException | None) -> None:
             if error is not None:
                 attempt.error = error
                 ctx.error = error
+            attempt.tail = observed.tail()  # for the observers: the usage block
+            if streamed:
+                attempt.first_chunk = observed.first_chunk  # the time to first token
             self._end_attempt(ctx, attempt)
             self._finish(ctx)
 
-        return self._hand_over(ctx, upstream, observed_stream(ctx.http, upstream.stream, on_end))
+        observed = observed_stream(ctx.http, upstream.stream, on_end)
+        return self._hand_over(ctx, upstream, observed)
 
     def _hand_over(self, ctx: RequestContext, upstream: Any, stream: Any) -> Any:
         """The upstream response itself, reading ``stream``, with the cache headers and extension added.

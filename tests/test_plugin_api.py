@@ -65,6 +65,8 @@ def test_the_names_are_pinned() -> None:
         # requests on the wire
         "header_items", "url_parts", "buffered_body", "replayable_body", "copy_request", "signature_scheme",
         "resend_refusal", "usage_tokens",
+        # tokens and money
+        "Usage", "usage_counts", "Pricing", "ModelPrice",
         # failures a request goes on without
         "worth_logging",
         # options
