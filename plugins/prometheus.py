@@ -202,7 +202,7 @@ class _RequestMetrics:
             plugin.cache_misses.labels(model) if status == "miss" else None
         )
         self.tokens_saved = plugin.tokens_saved.labels(model) if hit else None
-        self.cost_saved = plugin.cost_saved.labels(model) if hit else None
+        self.cost_saved: Any = None  # bound on the first priced hit: no cost series without [pricing]
 
 
 class _AnswerMetrics:
@@ -213,7 +213,7 @@ class _AnswerMetrics:
     def __init__(self, plugin: Prometheus, model: str, endpoint: str) -> None:
         self.input = plugin.tokens.labels(model, endpoint, "input")
         self.output = plugin.tokens.labels(model, endpoint, "output")
-        self.cost = plugin.cost.labels(model, endpoint)
+        self.cost: Any = None  # bound on the first priced answer: no cost series without [pricing]
         self.first_token = plugin.first_token.labels(model, endpoint)
 
 
@@ -401,11 +401,13 @@ class Prometheus:
         if children.cache is not None:  # a hit or a miss
             children.cache.inc()
             entry = ctx.entry
-            saved, cost_saved = children.tokens_saved, children.cost_saved
+            saved = children.tokens_saved
             if entry is not None and saved is not None and (usage := entry.usage) is not None:
                 saved.inc(usage.total)
-                if self.pricing and cost_saved is not None and (price := self.pricing.price(model_name)) is not None:
-                    cost_saved.inc(price.cost(usage))
+                if self.pricing and (price := self.pricing.price(model_name)) is not None:
+                    if children.cost_saved is None:
+                        children.cost_saved = self.cost_saved.labels(model)
+                    children.cost_saved.inc(price.cost(usage))
         error = ctx.error
         if error is not None:
             self.errors.labels(type(error).__name__, model).inc()
@@ -425,13 +427,16 @@ class Prometheus:
             usage = attempt.usage
             if usage is None and attempt.first_chunk is None:
                 continue
-            answer = self._answer_metrics(model, self._endpoint_metrics(ctx, attempt).name)
+            endpoint = self._endpoint_metrics(ctx, attempt).name
+            answer = self._answer_metrics(model, endpoint)
             if attempt.first_chunk is not None:
                 answer.first_token.observe(attempt.first_chunk - ctx.started)
             if usage is not None:
                 answer.input.inc(usage.input)
                 answer.output.inc(usage.output)
                 if self.pricing and (price := self.pricing.price(model_name)) is not None:
+                    if answer.cost is None:
+                        answer.cost = self.cost.labels(model, endpoint)
                     answer.cost.inc(price.cost(usage))
 
     @hookimpl
