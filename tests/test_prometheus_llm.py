@@ -5,6 +5,9 @@ tokens, cost, time to first token, attempts per endpoint, failovers, cache sizes
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import pytest
 
 from aurelis_core import ConfigError, Pipeline
 from aurelis_core.testing import SimulatedServer
+from aurelis_plugins.prometheus import multiprocess_exposition
 from tests.test_prometheus import chat, scrape, value
 
 
@@ -229,3 +233,69 @@ def test_no_created_series_and_the_process_wide_switch_untouched(upstream: Simul
                                                                     "aurelis_requests_created"])
     ).decode()
     assert "aurelis_requests_total{" in filtered and "_created" not in filtered
+
+
+# --- several worker processes, one view ----------------------------------------------------------------------
+
+WORKER = """
+import json, sys
+import httpx
+from aurelis_core import Pipeline
+
+base, name, count, distinct = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+pipeline = Pipeline({"plugins": ["normalize", "memory", "prometheus"], "pricing": {"sim-*": {"input": 3.0,
+                                                                                            "output": 15.0}}})
+output = 0
+with pipeline.instrument(httpx.Client()) as client:
+    for i in range(count):
+        answer = client.post(base + "/chat/completions", json={"model": "sim-chat", "messages": [
+            {"role": "user", "content": f"{name} asks question {i % distinct}"}]})
+        if answer.headers["x-aurelis-cache"] == "miss":
+            output += answer.json()["usage"]["completion_tokens"]
+    if count == 0:  # the scraper: what its plugin serves
+        sys.stdout.write(pipeline.plugin("prometheus").exposition().decode())
+    else:
+        sys.stdout.write(json.dumps({"output_tokens": output}))
+"""
+
+
+def run_workers(upstream: SimulatedServer, directory: Path, *plans: tuple[str, int, int]) -> list[str]:
+    """Run one process per plan (name, requests, distinct prompts) at once, in multiprocess mode; their stdout."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    workers = [
+        subprocess.Popen([sys.executable, "-c", WORKER, upstream.base_url, name, str(count), str(distinct)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, count, distinct in plans
+    ]
+    outputs = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+        outputs.append(out)
+    return outputs
+
+
+def test_worker_processes_are_summed_into_one_view(upstream: SimulatedServer, tmp_path: Path) -> None:
+    # Two workers serve requests at the same time (5 and 4 misses, 3 and 4 hits), each through its own
+    # pipeline; a third process with no traffic of its own serves the metrics, as any worker would.
+    first, second = run_workers(upstream, tmp_path, ("first", 8, 5), ("second", 8, 4))
+    output_tokens = json.loads(first)["output_tokens"] + json.loads(second)["output_tokens"]
+    (served,) = run_workers(upstream, tmp_path, ("scraper", 0, 1))
+    assert "_created" not in served
+    for text in (served, multiprocess_exposition(tmp_path).decode()):
+        s = scrape(text)
+        chat_labels = {"model": "sim-chat", "task_type": "chat"}
+        assert value(s, "aurelis_requests_total", cache="miss", **chat_labels) == 9
+        assert value(s, "aurelis_requests_total", cache="hit", **chat_labels) == 7
+        assert value(s, "aurelis_cache_hits_total", cache_level="memory", model="sim-chat") == 7
+        assert value(s, "aurelis_response_time_seconds_count", cached="false", **chat_labels) == 9
+        assert value(s, "aurelis_response_time_seconds_bucket", le="+Inf", cached="true", **chat_labels) == 7
+        labels = {"model": "sim-chat", "endpoint": "127.0.0.1"}
+        assert value(s, "aurelis_tokens_total", type="output", **labels) == output_tokens
+        assert value(s, "aurelis_upstream_attempts_total", endpoint="127.0.0.1", outcome="ok") == 9
+        assert value(s, "aurelis_upstream_attempt_duration_seconds_count", endpoint="127.0.0.1") == 9
+        # A live gauge is summed over the workers (multiprocess_mode="livesum"), not one series per pid.
+        assert [dict(key) for name, key in s if name == "aurelis_upstream_in_flight"] == [{"endpoint": "127.0.0.1"}]
+        assert value(s, "aurelis_upstream_in_flight", endpoint="127.0.0.1") == 0
+    # The scrape-time figures are the serving process's own (its memory tier holds nothing).
+    assert value(scrape(served), "aurelis_cache_entries", tier="memory") == 0
