@@ -241,6 +241,7 @@ class Prometheus:
         self.pipeline = pipeline
         #: The prices of ``[pricing]``: cost spent and saved are counted for the models it prices.
         self.pricing = pipeline.config.pricing
+        self._priced = bool(self.pricing)
         self._models = _Bounded(config.max_label_values)
         self._endpoints = _Bounded(config.max_label_values)
         self._server: Any = None
@@ -404,7 +405,7 @@ class Prometheus:
             saved = children.tokens_saved
             if entry is not None and saved is not None and (usage := entry.usage) is not None:
                 saved.inc(usage.total)
-                if self.pricing and (price := self.pricing.price(model_name)) is not None:
+                if self._priced and (price := self.pricing.price(model_name)) is not None:
                     if children.cost_saved is None:
                         children.cost_saved = self.cost_saved.labels(model)
                     children.cost_saved.inc(price.cost(usage))
@@ -434,7 +435,7 @@ class Prometheus:
             if usage is not None:
                 answer.input.inc(usage.input)
                 answer.output.inc(usage.output)
-                if self.pricing and (price := self.pricing.price(model_name)) is not None:
+                if self._priced and (price := self.pricing.price(model_name)) is not None:
                     if answer.cost is None:
                         answer.cost = self.cost.labels(model, endpoint)
                     answer.cost.inc(price.cost(usage))
