@@ -299,3 +299,22 @@ def test_worker_processes_are_summed_into_one_view(upstream: SimulatedServer, tm
         assert value(s, "aurelis_upstream_in_flight", endpoint="127.0.0.1") == 0
     # The scrape-time figures are the serving process's own (its memory tier holds nothing).
     assert value(scrape(served), "aurelis_cache_entries", tier="memory") == 0
+
+
+def test_breaker_state_per_endpoint(upstream_factory: Any) -> None:
+    # The real breaker opens the circuit of an endpoint after two failures in a row; the gauge follows.
+    failing, healthy = upstream_factory(), upstream_factory()
+    failing.behavior.fail_next = 2
+    pipeline = Pipeline({
+        "plugins": ["breaker", "round_robin", "prometheus"], "breaker": {"consecutive_failures": 2},
+        "endpoints": [{"url": failing.base_url, "name": "failing"}, {"url": healthy.base_url, "name": "healthy"}],
+    })
+    with pipeline.instrument(httpx.Client()) as client:
+        for _ in range(4):  # round robin: two to each endpoint
+            chat(client, failing, "hi")
+        s = scrape(pipeline.plugin("prometheus").exposition())
+    state = {dict(labels)["state"]: v for (name, labels), v in s.items()
+             if name == "aurelis_endpoint_circuit_state" and dict(labels)["endpoint"] == "failing"}
+    assert state == {"open": 1, "closed": 0, "half_open": 0}
+    assert value(s, "aurelis_endpoint_circuit_state", endpoint="healthy", state="closed") == 1
+    assert value(s, "aurelis_endpoint_available", endpoint="failing") == 0
