@@ -110,16 +110,13 @@ CLOCK_SKEW = 5.0
 #: event, before ``[DONE]``), and a bounded search keeps the cost per answer constant whatever its size.
 USAGE_TAIL = 1024
 #: The token counts of a usage block, in the spellings of the OpenAI chat/completions and Responses APIs and of
-#: Anthropic's Messages API. Only a key right after an unescaped quote matches, so a key quoted inside message
-#: text (``\"prompt_tokens\"``) never does.
-_USAGE_FIELD = re.compile(
-    rb'"(prompt_tokens|input_tokens|completion_tokens|output_tokens|total_tokens|cached_tokens|'
-    rb'cache_read_input_tokens)"\s*:\s*(\d{1,12})'
+#: Anthropic's Messages API, and which count each is (input, output, total, cached input, Anthropic's cache
+#: read). A key is matched with its quotes, so ``"prompt_tokens_details"`` is not ``"prompt_tokens"`` and a key
+#: quoted inside message text (``\"prompt_tokens\"``) is neither.
+_USAGE_KEYS = (
+    (b'"prompt_tokens"', 0), (b'"input_tokens"', 0), (b'"completion_tokens"', 1), (b'"output_tokens"', 1),
+    (b'"total_tokens"', 2), (b'"cached_tokens"', 3), (b'"cache_read_input_tokens"', 4),
 )
-_USAGE_KIND = {
-    b"prompt_tokens": 0, b"input_tokens": 0, b"completion_tokens": 1, b"output_tokens": 1, b"total_tokens": 2,
-    b"cached_tokens": 3, b"cache_read_input_tokens": 4,
-}
 
 
 class Usage:
@@ -148,16 +145,27 @@ class Usage:
 
 
 def usage_counts(tail: bytes) -> Usage | None:
-    """The :class:`Usage` in the last bytes of a JSON answer or an event stream (pass its last
-    :data:`USAGE_TAIL` bytes or more), or ``None`` when no usage block is there (a stream asked without
-    ``stream_options.include_usage``, an embedding without one, a content-encoded body).
+    """The :class:`Usage` of the last ``usage`` block in the last bytes of a JSON answer or an event stream
+    (pass its last :data:`USAGE_TAIL` bytes or more), or ``None`` when no usage block is there (a stream asked
+    without ``stream_options.include_usage``, an embedding without one, a content-encoded body).
 
-    The last value of each count wins: a usage block comes last, and Anthropic's stream repeats its counts,
-    growing, in later events.
+    A usage block comes last in an answer; in a stream, in its last event with one (Anthropic's last
+    ``message_delta`` carries the output tokens; its input tokens, in ``message_start``, are not seen).
     """
+    # From the last "usage" key on: the block itself, not the usage: null of a stream's earlier events, and a
+    # few hundred bytes to scan rather than the whole tail.
+    at = tail.rfind(b'"usage"', max(0, len(tail) - USAGE_TAIL))
+    if at < 0:
+        return None
     counts: list[int | None] = [None, None, None, None, None]
-    for match in _USAGE_FIELD.finditer(tail, max(0, len(tail) - USAGE_TAIL)):
-        counts[_USAGE_KIND[match.group(1)]] = int(match.group(2))
+    for key, kind in _USAGE_KEYS:
+        # A C-speed rfind and a slice per key, as usage_tokens did for total_tokens alone.
+        found = tail.rfind(key, at)
+        if found >= 0 and counts[kind] is None:
+            start = found + len(key)
+            value = tail[start : start + 34].split(b",", 1)[0].split(b"}", 1)[0].strip(b" \t\r\n:")
+            if value.isdigit():
+                counts[kind] = int(value)
     input, output, total, cached, cache_read = counts
     if input is None and output is None and total is None:
         return None
