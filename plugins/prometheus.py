@@ -488,6 +488,7 @@ class _ScrapeTimeCollector(Collector):
     def collect(self) -> Iterator[Any]:
         pipeline = self.pipeline
         stats = pipeline.stats
+        sizes = list(self._cache_sizes(pipeline))  # first: a tier that fails to count shows in tier_errors now
         circuit = GaugeMetricFamily(
             "aurelis_endpoint_circuit_state", "1 for the endpoint's current circuit state (closed, open, "
             "half_open).", labels=["endpoint", "state"],
@@ -519,7 +520,7 @@ class _ScrapeTimeCollector(Collector):
             tier, _, operation = key.rpartition(".")
             tier_errors.add_metric([tier, operation], float(count))
         yield tier_errors
-        yield from self._cache_sizes(pipeline)
+        yield from sizes
         yield self._resource_usage(pipeline, stats)
         try:
             tuner = pipeline.plugin("tuner")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -319,3 +320,36 @@ def test_breaker_state_per_endpoint(upstream_factory: Any) -> None:
     assert state == {"open": 1, "closed": 0, "half_open": 0}
     assert value(s, "aurelis_endpoint_circuit_state", endpoint="healthy", state="closed") == 1
     assert value(s, "aurelis_endpoint_available", endpoint="failing") == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("plugins", [["normalize", "memory", "prometheus"], ["prometheus"]])
+async def test_async_streams_are_counted_too(upstream: SimulatedServer, plugins: list[str]) -> None:
+    # Through the shared-stream path (a cacheable stream) and the pass-through one.
+    upstream.behavior.latency = 0.05
+    pipeline = Pipeline({"plugins": plugins, "pricing": PRICING})
+    body = {"model": "sim-chat", "messages": [{"role": "user", "content": "an async story"}], "stream": True,
+            "stream_options": {"include_usage": True}}
+    async with pipeline.instrument(httpx.AsyncClient()) as client:
+        async with client.stream("POST", upstream.base_url + "/chat/completions", json=body) as response:
+            text = (await response.aread()).decode()
+    usage = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")][-1]["usage"]
+    s = scrape(pipeline.plugin("prometheus").exposition())
+    labels = {"model": "sim-chat", "endpoint": "127.0.0.1"}
+    assert value(s, "aurelis_tokens_total", type="output", **labels) == usage["completion_tokens"]
+    assert value(s, "aurelis_cost_usd_total", **labels) == pytest.approx(usd(usage))
+    assert value(s, "aurelis_time_to_first_token_seconds_count", **labels) == 1
+    assert value(s, "aurelis_time_to_first_token_seconds_sum", **labels) >= 0.05
+
+
+def test_a_shared_tier_that_cannot_count_leaves_its_figures_out(upstream: SimulatedServer) -> None:
+    with socket.socket() as sock:  # a port nobody listens on: the tier's Redis refuses every connection
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    pipeline = Pipeline({"plugins": ["normalize", "redis", "prometheus"],
+                         "redis": {"url": f"redis://127.0.0.1:{dead}/0"}})
+    with pipeline.instrument(httpx.Client()) as client:
+        assert chat(client, upstream, "hello").status_code == 200  # the request is not failed by the tier
+        s = scrape(pipeline.plugin("prometheus").exposition())
+    assert not any(dict(labels).get("tier") == "redis" for name, labels in s if name.startswith("aurelis_cache_e"))
+    assert value(s, "aurelis_cache_tier_errors_total", tier="redis", operation="stats") == 1
