@@ -34,6 +34,7 @@ one of ``chat``, ``completion``, ``embedding``, ``other`` (from the request path
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -577,8 +578,9 @@ class _ScrapeTimeCollector(Collector):
             except Exception as exc:  # a tier that cannot count now (Redis down) leaves its figures out
                 count = self.pipeline.stats.tier_error(name, "stats")
                 if worth_logging(count):
-                    log_fault(logger, 30, "cache tier %r could not count its entries for the metrics (%d so far)",
-                              name, count, error=exc)
+                    log_fault(logger, logging.WARNING,
+                              "cache tier %r could not count its entries for the metrics (%d so far)", name, count,
+                              error=exc)
                 figures = {}
             self._tier_stats[name] = (now, figures)
             return figures
