@@ -62,7 +62,7 @@ from aurelis_core.plugin import (
 )
 
 try:
-    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.exposition import make_asgi_app, make_wsgi_app, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -90,8 +90,6 @@ OTHER = "other"
 UNKNOWN = "unknown"
 #: Seconds of recent samples the per-second rates in ``aurelis_resource_usage`` are computed over.
 RATE_WINDOW = 60.0
-#: The environment variable that turns prometheus-client's multiprocess mode on (read when it is imported).
-MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 _TASKS = ((b"/chat/completions", "chat"), (b"/completions", "completion"), (b"/embeddings", "embedding"))
 
@@ -321,7 +319,9 @@ class Prometheus:
         #: What the plugin serves. In multiprocess mode the values of ``own`` are in the directory's files,
         #: every worker's, and are read from there.
         self.registry = CollectorRegistry(auto_describe=True)
-        self.multiprocess = bool(os.environ.get(MULTIPROC_DIR))
+        #: Whether prometheus-client writes values to ``PROMETHEUS_MULTIPROC_DIR`` (it decides once, when it is
+        #: imported, from the environment then): only then is there a directory of every worker's values to read.
+        self.multiprocess = values.ValueClass is not values.MutexValue
         if self.multiprocess:
             MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         else:
