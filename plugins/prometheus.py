@@ -78,7 +78,7 @@ logger = component_logger("prometheus")
 #: Response-time buckets (seconds), from a memory hit (tens of microseconds) through a Redis hit (about a
 #: millisecond) and a short completion (a second) to a long generation (minutes).
 RESPONSE_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     30.0, 60.0, 120.0, 300.0,
 )
 #: Time-to-first-token buckets (seconds): a local model's tens of milliseconds to a loaded provider's minute.
