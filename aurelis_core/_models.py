@@ -111,11 +111,12 @@ CLOCK_SKEW = 5.0
 USAGE_TAIL = 1024
 #: The token counts of a usage block, in the spellings of the OpenAI chat/completions and Responses APIs and of
 #: Anthropic's Messages API, and which count each is (input, output, total, cached input, Anthropic's cache
-#: read). A key is matched with its quotes, so ``"prompt_tokens_details"`` is not ``"prompt_tokens"`` and a key
-#: quoted inside message text (``\"prompt_tokens\"``) is neither.
+#: read and cache write). A key is matched with its quotes, so ``"prompt_tokens_details"`` is not
+#: ``"prompt_tokens"`` and a key quoted inside message text (``\"prompt_tokens\"``) is neither.
 _USAGE_KEYS = (
     (b'"prompt_tokens"', 0), (b'"input_tokens"', 0), (b'"completion_tokens"', 1), (b'"output_tokens"', 1),
     (b'"total_tokens"', 2), (b'"cached_tokens"', 3), (b'"cache_read_input_tokens"', 4),
+    (b'"cache_creation_input_tokens"', 5),
 )
 
 
@@ -157,7 +158,7 @@ def usage_counts(tail: bytes) -> Usage | None:
     at = tail.rfind(b'"usage"', max(0, len(tail) - USAGE_TAIL))
     if at < 0:
         return None
-    counts: list[int | None] = [None, None, None, None, None]
+    counts: list[int | None] = [None, None, None, None, None, None]
     for key, kind in _USAGE_KEYS:
         # A C-speed rfind and a slice per key, as usage_tokens did for total_tokens alone.
         found = tail.rfind(key, at)
@@ -166,12 +167,16 @@ def usage_counts(tail: bytes) -> Usage | None:
             value = tail[start : start + 34].split(b",", 1)[0].split(b"}", 1)[0].strip(b" \t\r\n:")
             if value.isdigit():
                 counts[kind] = int(value)
-    input, output, total, cached, cache_read = counts
+    input, output, total, cached, cache_read, cache_write = counts
     if input is None and output is None and total is None:
         return None
     if input is None and output is None:  # an embedding's usage: its total is its prompt
         input = total
-    if cache_read is not None:  # Anthropic counts the prompt it read from its cache apart from input_tokens
+    # Anthropic counts the prompt it read from (or wrote to) its cache apart from input_tokens; OpenAI's
+    # cached_tokens are part of its prompt_tokens.
+    if cache_write is not None:
+        input = (input or 0) + cache_write
+    if cache_read is not None:
         input, cached = (input or 0) + cache_read, cache_read
     return Usage(input or 0, output or 0, total, cached or 0)
 

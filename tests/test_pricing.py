@@ -36,9 +36,10 @@ def test_responses_api_and_anthropic_spellings() -> None:
                 b'"total_tokens": 35}}'
     assert usage_counts(responses) == Usage(30, 5, 35, cached_input=10)
     # Anthropic counts the prompt read from its cache apart from input_tokens, and has no total.
-    anthropic = b'{"usage": {"input_tokens": 20, "cache_read_input_tokens": 100, "output_tokens": 7}}'
-    assert usage_counts(anthropic) == Usage(120, 7, cached_input=100)
-    assert usage_counts(anthropic).total == 127  # type: ignore[union-attr]
+    anthropic = b'{"usage": {"input_tokens": 20, "cache_creation_input_tokens": 50, "cache_read_input_tokens": 100, ' \
+                b'"output_tokens": 7}}'
+    assert usage_counts(anthropic) == Usage(170, 7, cached_input=100)
+    assert usage_counts(anthropic).total == 177  # type: ignore[union-attr]
 
 
 def test_embeddings_and_answers_without_usage() -> None:
