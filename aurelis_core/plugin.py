@@ -67,6 +67,8 @@ What is here
   URL), :func:`buffered_body`, :func:`replayable_body`, :func:`copy_request` (the request with other headers
   or URL, its body shared), :func:`signature_scheme`, :func:`resend_refusal`, and :func:`usage_tokens` (the
   tokens a stored JSON answer spent). Plugins read no private attribute of httpx objects: these helpers do.
+  :func:`parse_json` parses a body the way ``ctx.json`` is parsed (integral numbers as ``int``, others as
+  exact ``Decimal``), so a plugin that parses for itself sees the same values.
 - **failures a request goes on without**: :func:`worth_logging` (count each in ``pipeline.stats``, log once
   per burst: the 1st, 100th, 10,000th, then every 100,000th).
 - **options**: :func:`config_from_table`, :class:`ConfigError`, and every validator of
@@ -85,6 +87,7 @@ What is here
 """
 
 from ._compat import buffered_body, copy_request, header_items, replayable_body, url_parts
+from ._json import parse_json
 from ._logs import component_logger, describe_error, expected_fault, log_fault
 from ._models import Attempt, CacheEntry, Endpoint, RequestContext, RequestControls, usage_tokens
 from ._plugins import PluginSpec, blocked_plugins, discover_plugins
@@ -203,6 +206,7 @@ __all__ = [
     "non_negative",
     "non_negative_int",
     "one_of",
+    "parse_json",
     "percentile",
     "positive",
     "positive_int",

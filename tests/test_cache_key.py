@@ -647,6 +647,33 @@ def test_numbers_reach_plugins_as_ints_when_integral_up_to_a_thousand_digits() -
     assert key_of(b'{"t":1e999}') == key_of(b'{"t":1' + b"0" * 999 + b"}")
 
 
+def test_a_repeated_request_shows_plugins_the_same_numbers_as_the_first() -> None:
+    # The second request is recognised from the stage's memo without a parse; ctx.json is then parsed on first
+    # use by the core, which must follow the key stage's number policy (not the standard library's floats).
+    stage = normalizer()
+    raw = b'{"model":"m","t":1.0,"p":0.7,"n":3,"big":1e1001,"messages":[]}'
+
+    def seen() -> Any:
+        request = httpx.Request("POST", URL, content=raw, headers={"content-type": "application/json"})
+        ctx = RequestContext(request, None, httpx, False, RequestControls())
+        assert stage.aurelis_normalize(ctx) is not None
+        return ctx.json
+
+    first, repeat = seen(), seen()
+    assert first == repeat
+    assert [type(first[k]) for k in ("t", "p", "n", "big")] == [int, Decimal, int, Decimal]
+    assert [type(repeat[k]) for k in ("t", "p", "n", "big")] == [int, Decimal, int, Decimal]
+
+
+def test_the_core_parses_bodies_nobody_keyed_with_the_same_number_policy() -> None:
+    request = httpx.Request("POST", URL, content=b'{"t":2.50,"n":1e2}', headers={"content-type": "application/json"})
+    ctx = RequestContext(request, None, httpx, False, RequestControls())
+    assert ctx.json == {"t": Decimal("2.5"), "n": 100} and type(ctx.json["n"]) is int
+    for refused in (b'{"t":NaN}', b"{not json", b"\xff"):
+        ctx = RequestContext(httpx.Request("POST", URL, content=refused), None, httpx, False, RequestControls())
+        assert ctx.json is None
+
+
 def test_folding_leaves_messages_that_are_not_a_list_as_they_are() -> None:
     folding = normalizer({"normalize": {"fold_whitespace": True}})
     body = {"model": "m", "messages": "a  b"}

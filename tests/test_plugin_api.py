@@ -64,7 +64,7 @@ def test_the_names_are_pinned() -> None:
         "RedisConnection",
         # requests on the wire
         "header_items", "url_parts", "buffered_body", "replayable_body", "copy_request", "signature_scheme",
-        "resend_refusal", "usage_tokens",
+        "resend_refusal", "usage_tokens", "parse_json",
         # failures a request goes on without
         "worth_logging",
         # options
