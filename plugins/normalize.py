@@ -40,6 +40,7 @@ from aurelis_core.plugin import (
     RequestContext,
     Tenant,
     TenantConfig,
+    as_tuple,
     each,
     header_items,
     hookimpl,
@@ -96,10 +97,10 @@ class NormalizeConfig:
     #: Paths (suffixes) whose POSTs are cacheable: stateless, deterministic-by-request endpoints only. Each
     #: starts with "/": an empty suffix would make every JSON POST cacheable, side-effecting ones included.
     paths: tuple[str, ...] = attrs.field(
-        default=("/chat/completions", "/completions", "/embeddings"), converter=tuple, validator=each(url_path)
+        default=("/chat/completions", "/completions", "/embeddings"), converter=as_tuple, validator=each(url_path)
     )
     #: Top-level body fields left out of the key (e.g. ``"user"`` to share answers across end users).
-    ignore_fields: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=each(label))
+    ignore_fields: tuple[str, ...] = attrs.field(default=(), converter=as_tuple, validator=each(label))
 
 
 def _has_duplicate_keys(body: bytes, canonical: bytes) -> bool:

@@ -632,6 +632,42 @@ def test_credential_parameters_are_redacted_for_files_and_logs() -> None:
     assert tenant.redact_query("") == "" and tenant.redact_query(None) is None
 
 
+def test_a_credential_parameter_leaves_the_others_in_the_query_as_sent() -> None:
+    from aurelis_core.plugin import Tenant, TenantConfig
+
+    tenant = Tenant(TenantConfig(credential_params=["sig"]))
+    assert tenant.split_query("alt=sse&key=S1&b=%20x&Sig=S2") == (
+        "alt=sse&b=%20x", ((b"?key", b"S1"), (b"?Sig", b"S2"))
+    )
+    assert tenant.split_query("alt=sse") == ("alt=sse", ())
+
+
+def test_credential_headers_are_recognised_by_name_in_any_case() -> None:
+    from aurelis_core.plugin import Tenant, TenantConfig
+
+    tenant = Tenant(TenantConfig(credential_headers=["X-My-Key"]))
+    assert tenant.is_credential_header("Authorization") and tenant.is_credential_header(b"x-my-key")
+    assert tenant.is_credential_header("X-MY-KEY") and not tenant.is_credential_header("accept")
+
+
+def test_fingerprints_stay_right_and_their_memo_bounded_past_many_credentials() -> None:
+    import tracemalloc
+
+    from aurelis_core.plugin import Tenant
+
+    tenant = Tenant()
+    first = tenant.fingerprint([(b"authorization", b"Bearer k0")])
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(20_000):  # a process facing endless fresh keys (a scanner) must not grow without bound
+        tenant.fingerprint([(b"authorization", b"Bearer k%d" % i)])
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 3_000_000  # ~4096 memoised fingerprints are ~1.5 MB; 20,000 would be ~7 MB
+    assert tenant.fingerprint([(b"authorization", b"Bearer k0")]) == first
+    assert tenant.fingerprint([(b"authorization", b"Bearer k1")]) != first
+
+
 def test_numbers_reach_plugins_as_ints_when_integral_up_to_a_thousand_digits() -> None:
     def parsed(raw: bytes) -> Any:
         # A fresh key stage each time: the numbers below are those of the parse that makes the key (a request
