@@ -156,3 +156,12 @@ def test_the_page_in_chromium(browser: Browser, tmp_path: Path, width: int, dark
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert (background == "rgb(15, 18, 22)") == dark
     page.screenshot(tmp_path / f"report-{width}-{'dark' if dark else 'light'}.png")
+
+
+def test_the_browser_check_sees_fetches_and_console_errors(browser: Browser, tmp_path: Path) -> None:
+    page_file = tmp_path / "bad.html"
+    page_file.write_text('<!doctype html><img src="https://cdn.example.com/chart.png">'
+                         '<script>console.error("broken chart"); undefined_function();</script>', encoding="utf-8")
+    problems = " | ".join(browser.open(page_file, width=800).problems)
+    assert "request: https://cdn.example.com/chart.png" in problems
+    assert "console.error: broken chart" in problems and "exception" in problems

@@ -33,6 +33,8 @@ FONT = 12.0
 CHAR_WIDTH = 0.62
 #: Least room between two labels.
 LABEL_GAP = 8.0
+#: Least distance between two ticks, along a vertical and a horizontal axis.
+TICK_SPACING = {False: 28.0, True: 56.0}
 
 
 def text_width(label: str) -> float:
@@ -58,10 +60,11 @@ def nice_step(raw: float) -> float:
 
 def nice_ticks(lo: float, hi: float, max_count: int) -> list[float]:
     """At most ``max_count`` (>= 2) ticks, evenly spaced by 1, 2 or 5 times a power of ten, the first at or
-    below ``lo`` and the last at or above ``hi``: the smallest such step."""
+    below ``lo`` and the last at or above ``hi``: the smallest such step. A range across zero has at least
+    three (two round ticks cannot enclose it)."""
     if hi <= lo:
         hi = lo + (abs(lo) or 1.0)
-    max_count = max(2, max_count)
+    max_count = max(3 if lo < 0 < hi else 2, max_count)
     step = nice_step((hi - lo) / (max_count - 1))
     while True:
         first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
@@ -172,9 +175,9 @@ AxisMaker = Callable[[float, bool], Axis]
 
 def _fitted(make: Callable[[int], tuple[list[float], Callable[[float], str]]], length: float, horizontal: bool,
             log: bool = False) -> Axis:
-    """The axis with the most ticks (from ``make(max_count)``) whose labels do not overlap along ``length``."""
-    smallest = FONT if not horizontal else text_width("0")
-    for count in range(max(2, int(length / (smallest + LABEL_GAP)) + 1), 1, -1):
+    """The axis with the most ticks (from ``make(max_count)``) whose labels do not overlap along ``length``,
+    at most one per ``TICK_SPACING``: a grid line every few pixels would be noise, not a scale."""
+    for count in range(max(2, int(length / TICK_SPACING[horizontal]) + 1), 1, -1):
         ticks, label = make(count)
         axis = Axis(ticks, [label(t) for t in ticks], log)
         positions = [axis.fraction(t) * length for t in ticks]

@@ -125,7 +125,7 @@ def render_html(report: ReportFigures) -> str:
 def _header(report: ReportFigures) -> str:
     offered = f", offered {report.offered_rps:.1f} req/s" if report.offered_rps else ""
     return (f"<header><h1>Aurelis performance report</h1><p class=\"muted\">{report.requests} requests in "
-            f"{report.duration:.2f} s ({_num(report.rps, '.1f')} req/s{offered})</p></header>")
+            f"{report.duration:.3g} s ({_num(report.rps, '.1f')} req/s{offered})</p></header>")
 
 
 def _band(score: float | None) -> str:
@@ -184,14 +184,14 @@ def _tiles(report: ReportFigures) -> str:
 
     hits = report.cache.get("hit", 0)
     tiles = [
-        ("requests", _count(report.requests), f"in {report.duration:.1f} s", ""),
+        ("requests", _count(report.requests), f"in {report.duration:.3g} s", ""),
         ("throughput", f"{_num(report.rps, '.1f')}", "req/s", ""),
         ("p50", _ms(lat.get("p50")), f"target {_ms(t.p50)}", over(lat.get("p50"), t.p50)),
         ("p95", _ms(lat.get("p95")), f"target {_ms(t.p95)}", over(lat.get("p95"), t.p95)),
         ("p99", _ms(lat.get("p99")), f"max {_ms(lat.get('max'))}", over(lat.get("p99"), t.p99)),
         ("cache hit rate", _pct(report.hit_rate), f"{_count(hits)} hits",
          " over" if report.hit_rate is not None and report.hit_rate < t.hit_rate else ""),
-        ("errors", _pct(report.error_rate), f"{_count(report.errors)} requests", " over" if report.errors else ""),
+        ("errors", _pct(report.error_rate), f"{_count(report.errors)} failed", " over" if report.errors else ""),
         ("tokens saved", _count(report.tokens_saved), "served from cache", ""),
     ]
     return '<section class="tiles">' + "".join(
