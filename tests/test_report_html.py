@@ -165,3 +165,38 @@ def test_the_browser_check_sees_fetches_and_console_errors(browser: Browser, tmp
     problems = " | ".join(browser.open(page_file, width=800).problems)
     assert "request: https://cdn.example.com/chart.png" in problems
     assert "console.error: broken chart" in problems and "exception" in problems
+
+
+def odd_run(kind: str) -> list[Sample]:
+    if kind == "one request":
+        return [Sample(100.0, 0.2, "miss", None, "m", "ep", 200, None, 1)]
+    if kind == "every request failing":
+        return [Sample(100 + i / 10, 0.01, "miss", None, "m", "ep", 500, None, 1) for i in range(220)]
+    # A dozen models and endpoints whose names differ only at their ends, over 15 minutes.
+    samples = []
+    for i in range(3000):
+        hit = i % 3 == 0
+        samples.append(Sample(100 + i / 3, 0.05 * (1 + i % 13), "hit" if hit else "miss", "memory" if hit else None,
+                              f"a-very-long-model-name-of-the-support-assistant-{i % 12}",
+                              None if hit else f"endpoint-{i % 5}.example.internal", 200, None, 1))
+    return samples
+
+
+@pytest.mark.parametrize("width", [360, 1400])
+@pytest.mark.parametrize("kind", ["one request", "every request failing", "long names"])
+def test_odd_runs_in_chromium(browser: Browser, tmp_path: Path, kind: str, width: int) -> None:
+    page_file = tmp_path / "report.html"
+    page_file.write_text(build_report(odd_run(kind)).html(), encoding="utf-8")
+    page = browser.open(page_file, width=width)
+    assert page.problems == []
+    layout = page.evaluate(CHECK_LAYOUT % json.dumps(list(CHARTS)))
+    overlapping = {chart: figures["overlaps"] for chart, figures in layout.items()
+                   if isinstance(figures, dict) and figures["overlaps"]}
+    assert overlapping == {}
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    if kind == "long names":
+        # The labels as drawn (a text's last child; its first is the tooltip with the whole name).
+        labels = page.evaluate("[...[...document.querySelectorAll('#traffic-per-model svg')]"
+                               ".find(s => getComputedStyle(s).display !== 'none')"
+                               ".querySelectorAll('text.bar-label')].map(t => t.lastChild.textContent)")
+        assert len(set(labels)) == 12, labels  # cut in the middle, told apart by their ends

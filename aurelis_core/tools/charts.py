@@ -518,8 +518,9 @@ def bar_rows(title: str, rows: Sequence[tuple[str, Sequence[tuple[int, float, st
 
 
 def _truncate(label: str, room: float) -> str:
-    """``label``, cut with an ellipsis to fit ``room``."""
+    """``label``, its middle replaced by an ellipsis to fit ``room``: names that differ only at the end
+    (``endpoint-eu-1``, ``endpoint-eu-2``) stay apart."""
     if text_width(label) <= room:
         return label
-    keep = max(1, int(room / (CHAR_WIDTH * FONT)) - 1)
-    return label[:keep] + "\u2026"
+    keep = max(2, int(room / (CHAR_WIDTH * FONT)) - 1)
+    return label[: (keep + 1) // 2] + "\u2026" + label[len(label) - keep // 2:]

@@ -124,7 +124,8 @@ def render_html(report: ReportFigures) -> str:
 
 def _header(report: ReportFigures) -> str:
     offered = f", offered {report.offered_rps:.1f} req/s" if report.offered_rps else ""
-    return (f"<header><h1>Aurelis performance report</h1><p class=\"muted\">{report.requests} requests in "
+    requests = "1 request" if report.requests == 1 else f"{report.requests} requests"
+    return (f"<header><h1>Aurelis performance report</h1><p class=\"muted\">{requests} in "
             f"{report.duration:.3g} s ({_num(report.rps, '.1f')} req/s{offered})</p></header>")
 
 
