@@ -8,6 +8,7 @@ import json
 import random
 import re
 import xml.dom.minidom
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -129,13 +130,13 @@ CHECK_LAYOUT = """
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Browser:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     if chromium_binary() is None:
         pytest.skip("no Chromium installed (apt-get install chromium, or AURELIS_CHROMIUM=/path/to/chrome): the "
                     "HTML report is not checked in a browser")
     pytest.importorskip("websockets", reason="the browser is driven with websockets (pip install websockets)")
     with Browser(tmp_path_factory.mktemp("browser")) as opened:
-        yield opened  # type: ignore[misc]
+        yield opened
 
 
 @pytest.mark.parametrize("width", [360, 390, 700, 1000, 1400])
