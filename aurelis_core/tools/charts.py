@@ -384,6 +384,10 @@ def line_chart(title: str, xs: Sequence[float], span: float, series: Sequence[Se
 
 
 def _reference(plot: _Plot, value: float, label: str) -> str:
+    """A dashed horizontal line at ``value`` (a target), labelled at its right end; none when ``value`` is off
+    the axis (a line clamped to the edge would point at the wrong value)."""
+    if not plot.y.lo <= value <= plot.y.hi:
+        return ""
     y = plot.py(value)
     x = plot.width - plot.right
     return (f'<line class="ref" x1="{plot.left:.1f}" x2="{x:.1f}" y1="{y:.1f}" y2="{y:.1f}"/>'
