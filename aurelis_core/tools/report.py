@@ -18,7 +18,7 @@ What is computed, all from the samples (one per finished request):
   that waited for a rate limit or were refused by one, compressed requests sent again plain after a 415/400
   (fallbacks), requests coalesced onto another's upstream call.
 - **tokens saved**: the ``usage.total_tokens`` of every answer served from cache.
-- **per model** and **per endpoint**: requests, share, average and p95 latency, hit rate, errors.
+- **per model** and **per endpoint**: requests, share, average and p95 latency, hit rate, hits, errors.
 - **recommendations**: errors above 1% (what failed, and what to do: retries and failover, a breaker, rate
   limits), breaker trips and rate-limit waits; hit rate below 70% (warm the cache, raise TTLs); p95 above 2 s
   (optimise requests); a model averaging above 3 s (route it elsewhere).
@@ -33,13 +33,12 @@ What is computed, all from the samples (one per finished request):
   "99%", never "100%").
 
 A report round-trips through JSON (:meth:`Report.to_dict` / :meth:`Report.from_dict`), so ``aurelis report``
-can re-render a saved one as text or HTML, and re-score it against other targets. The HTML page is
-self-contained: its plots are inline SVG written here, with no script and nothing fetched.
+can re-render a saved one as text or HTML, and re-score it against other targets. The HTML page
+(:mod:`~aurelis_core.tools.report_html`) is self-contained: inline SVG charts, no script, nothing fetched.
 """
 
 from __future__ import annotations
 
-import html
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,6 +48,12 @@ import attrs
 
 from aurelis_core import Stats
 from aurelis_core.plugin import Sample, percentile
+
+from .units import duration as _ms
+from .units import number as _num
+from .units import percent as _pct
+from .units import percent_below as _pct_below
+from .units import rounded_down as _floor
 
 __all__ = ["Report", "Targets", "build_report", "score"]
 
@@ -70,10 +75,13 @@ RESILIENCE_COUNTERS = {
     "coalesced": ("coalesced",),
 }
 
-#: Bins of the latency histogram (log-spaced: hits and upstream calls differ by orders of magnitude).
-HISTOGRAM_BINS = 24
-#: Points of the hit-rate-over-time series.
-TIME_BUCKETS = 30
+#: Points per decade of the latency percentile spectrum (from 0 to 90%, from 90% to 99%, ...).
+SPECTRUM_STEPS = 10
+#: Percentiles the spectrum holds exactly (where the samples reach them): the HTML page marks them.
+MARKED_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9, 99.99)
+#: The over-time series: at most this many buckets, of this many requests on average.
+MAX_TIME_BUCKETS = 60
+REQUESTS_PER_BUCKET = 20
 
 
 @attrs.frozen
@@ -168,39 +176,70 @@ def _group(samples: list[Sample], total: int) -> dict[str, Any]:
         "avg": sum(latencies) / len(latencies),
         "p95": percentile(latencies, 95),
         "hit_rate": _hit_rate(samples),
+        "hits": sum(1 for s in samples if _is_hit(s)),
         "errors": errors,
         "error_rate": errors / len(samples),
     }
 
 
-def _histogram(latencies: Sequence[float]) -> list[list[float]]:
-    """``[[low, high, count], ...]`` over log-spaced bins from the smallest to the largest latency."""
-    if not latencies:
+def _percentile_spectrum(latencies: Sequence[float]) -> list[list[float]]:
+    """``[[percentile, latency], ...]`` of sorted ``latencies``, HdrHistogram's way: points evenly spaced on a
+    log axis of ``1 / (1 - percentile)`` (as many from 90% to 99% as from 0 to 90%), up to the last percentile
+    the samples can tell apart from the maximum (``1 - 1/n``), plus the marked ones (``MARKED_PERCENTILES``)."""
+    count = len(latencies)
+    if not count:
         return []
-    low = max(min(latencies), 1e-6)
-    high = max(max(latencies), low * 1.0001)
-    ratio = math.log(high / low)
-    edges = [low * math.exp(ratio * i / HISTOGRAM_BINS) for i in range(HISTOGRAM_BINS + 1)]
-    counts = [0] * HISTOGRAM_BINS
-    for value in latencies:
-        index = int(math.log(max(value, low) / low) / ratio * HISTOGRAM_BINS) if ratio else 0
-        counts[min(index, HISTOGRAM_BINS - 1)] += 1
-    return [[edges[i], edges[i + 1], counts[i]] for i in range(HISTOGRAM_BINS)]
+    last = 100 * (1 - 1 / count)
+    wanted = {round(last, 10)} | {q for q in MARKED_PERCENTILES if q <= last}
+    step = 0
+    while (q := round(100 * (1 - 10 ** (-step / SPECTRUM_STEPS)), 10)) < last:
+        wanted.add(q)
+        step += 1
+    return [[q, percentile(latencies, q) or 0.0] for q in sorted(wanted)]
 
 
-def _hit_rate_over_time(samples: Sequence[Sample], start: float, duration: float) -> list[list[float | None]]:
-    """``[[seconds since start, hit rate or None], ...]``, one point per time bucket (by request end)."""
+def _timeline(samples: Sequence[Sample], start: float, duration: float) -> dict[str, Any]:
+    """The run over time, in buckets by request end: requests, errors, cache lookups and hits per tier (the
+    hit rate by tier is hits / lookups), and the latency percentiles of the requests that ended in each.
+
+    A bucket holds ``REQUESTS_PER_BUCKET`` requests on average (a short run has fewer, wider buckets), so its
+    percentiles and rates are figures, not the noise of three requests. Lists are per bucket, ``t`` its middle
+    (seconds since the first request started); a percentile is ``None`` where no request ended."""
     if not samples:
-        return []
-    width = max(duration, 1e-9) / TIME_BUCKETS
-    buckets: list[Counter[str]] = [Counter() for _ in range(TIME_BUCKETS)]
+        return {}
+    buckets = max(1, min(MAX_TIME_BUCKETS, len(samples) // REQUESTS_PER_BUCKET))
+    width = max(duration, 1e-9) / buckets
+    groups: list[list[Sample]] = [[] for _ in range(buckets)]
     for s in samples:
-        buckets[min(TIME_BUCKETS - 1, max(0, int((s.at - start) / width)))][_cache_status(s)] += 1
-    series: list[list[float | None]] = []
-    for i, counts in enumerate(buckets):
-        lookups = counts["hit"] + counts["miss"]
-        series.append([(i + 0.5) * width, counts["hit"] / lookups if lookups else None])
-    return series
+        groups[min(buckets - 1, max(0, int((s.at - start) / width)))].append(s)
+    timeline: dict[str, Any] = {
+        "width": width, "t": [(i + 0.5) * width for i in range(buckets)],
+        "requests": [], "errors": [], "lookups": [], "hits": [], "p50": [], "p95": [], "p99": [],
+    }
+    hits_by_tier: list[Counter[str]] = []
+    for group in groups:
+        errors = hits = misses = 0
+        by_tier: Counter[str] = Counter()
+        for s in group:  # one pass, each sample classified once (a live report runs this over 100k samples)
+            failed = _is_error(s)
+            errors += failed
+            if s.cache == "hit" and not failed:
+                hits += 1
+                if s.tier is not None:
+                    by_tier[s.tier] += 1
+            elif s.cache in ("hit", "miss"):
+                misses += 1
+        latencies = sorted(s.latency for s in group)
+        timeline["requests"].append(len(group))
+        timeline["errors"].append(errors)
+        timeline["lookups"].append(hits + misses)
+        timeline["hits"].append(hits)
+        for q in (50, 95, 99):
+            timeline[f"p{q}"].append(percentile(latencies, q))
+        hits_by_tier.append(by_tier)
+    tiers = sum(hits_by_tier, Counter[str]())
+    timeline["tier_hits"] = {tier: [counts[tier] for counts in hits_by_tier] for tier, _ in tiers.most_common()}
+    return timeline
 
 
 @attrs.define
@@ -219,6 +258,9 @@ class Report:
     tokens_saved: int
     models: dict[str, dict[str, Any]]
     endpoints: dict[str, dict[str, Any]]
+    #: What the HTML page plots: ``latency_percentiles`` (the percentile spectrum, ``[[percentile, seconds],
+    #: ...]``), ``timeline`` (per time bucket: requests, errors, lookups, hits per tier, p50/p95/p99; see
+    #: ``_timeline``) and ``traffic_share`` (share of requests per endpoint, cache hits as their own).
     series: dict[str, Any]
     targets: Targets = Targets()
     score: float | None = None
@@ -389,24 +431,11 @@ class Report:
     # --- HTML ------------------------------------------------------------------------------------------------
 
     def html(self) -> str:
-        """A self-contained HTML page: the text figures plus three inline-SVG plots."""
-        histogram = self.series.get("latency_histogram", [])
-        over_time = self.series.get("hit_rate_over_time", [])
-        share = self.series.get("traffic_share", {})
-        plots = [
-            ("Latency distribution (log-spaced bins)",
-             _svg_columns([f"{_ms(lo)}" for lo, _, _ in histogram], [c for _, _, c in histogram], "requests")),
-            ("Cache hit rate over time", _svg_line(over_time)),
-            ("Traffic share per endpoint", _svg_hbars(list(share), list(share.values()))),
-        ]
-        figures = "".join(f"<section><h2>{html.escape(title)}</h2>{svg}</section>" for title, svg in plots)
-        return (
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Aurelis report</title>"
-            "<style>body{font-family:system-ui,sans-serif;margin:2rem;max-width:60rem;color:#222}"
-            "pre{background:#f6f6f6;padding:1rem;overflow-x:auto}svg{background:#fcfcfc;border:1px solid #ddd}"
-            "text{font-size:11px;fill:#333}</style></head><body><h1>Aurelis performance report</h1>"
-            f"<pre>{html.escape(self.text())}</pre>{figures}</body></html>\n"
-        )
+        """A self-contained HTML page of this report: score and advice first, then charts (see
+        :mod:`aurelis_core.tools.report_html`)."""
+        from .report_html import render_html
+
+        return render_html(self)
 
 
 def build_report(
@@ -460,8 +489,8 @@ def build_report(
         models={name: _group(group, total) for name, group in by_model.items()},
         endpoints={name: _group(group, total) for name, group in by_endpoint.items()},
         series={
-            "latency_histogram": _histogram(latencies),
-            "hit_rate_over_time": _hit_rate_over_time(samples, start, duration),
+            "latency_percentiles": _percentile_spectrum(latencies),
+            "timeline": _timeline(samples, start, duration),
             "traffic_share": {name: count / total for name, count in share.most_common()},
         },
         offered_rps=offered_rps,
@@ -472,115 +501,3 @@ def build_report(
     report = report.rescored(targets)
     report.recommendations = report._advise()
     return report
-
-
-# --- formatting ------------------------------------------------------------------------------------------------
-
-
-def _ms(seconds: float | None) -> str:
-    """A duration in the unit that fits: cache hits are microseconds (never "0.0 ms"), upstream calls
-    milliseconds, long generations seconds."""
-    if seconds is None:
-        return "-"
-    if seconds < 0.001:
-        return f"{seconds * 1e6:.0f} \u00b5s"  # the micro sign, as an escape: it looks like the Greek mu
-    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def _pct_below(value: float) -> str:
-    """A share compared with a threshold it is below: rounded down, so 69.96% never prints as "70.0%"."""
-    return f"{math.floor(value * 1000) / 10:.1f}%"
-
-
-def _floor(value: float | None) -> str:
-    """A score or a ratio of a target, rounded down: 99.6 is not "100", which would say the target was met."""
-    return "-" if value is None else f"{math.floor(value + 1e-9):d}"
-
-
-def _num(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-# --- inline SVG plots ------------------------------------------------------------------------------------------
-# Hand-written because they are three simple shapes and the page must need nothing from the network: a
-# plotting library would either pull a JS runtime from a CDN or a heavy dependency for a few rectangles.
-
-_W, _H, _PAD = 640, 220, 36
-
-
-def _svg(body: str, height: int = _H) -> str:
-    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{height}" viewBox="0 0 {_W} {height}">' \
-           f"{body}</svg>"
-
-
-def _axes(y_label: str) -> str:
-    return (
-        f'<line x1="{_PAD}" y1="{_H - _PAD}" x2="{_W - 8}" y2="{_H - _PAD}" stroke="#888"/>'
-        f'<line x1="{_PAD}" y1="8" x2="{_PAD}" y2="{_H - _PAD}" stroke="#888"/>'
-        f'<text x="4" y="16">{html.escape(y_label)}</text>'
-    )
-
-
-def _svg_columns(labels: Sequence[str], values: Sequence[float], y_label: str) -> str:
-    if not values:
-        return _svg('<text x="20" y="40">no data</text>')
-    top = max(values) or 1
-    width = (_W - _PAD - 8) / len(values)
-    parts = [_axes(y_label), f'<text x="{_PAD - 4}" y="14" text-anchor="end">{top:g}</text>']
-    for i, (label, value) in enumerate(zip(labels, values, strict=True)):
-        h = (value / top) * (_H - _PAD - 12)
-        x = _PAD + i * width
-        parts.append(
-            f'<rect x="{x + 1:.1f}" y="{_H - _PAD - h:.1f}" width="{max(width - 2, 1):.1f}" height="{h:.1f}" '
-            f'fill="#4c78a8"><title>{html.escape(label)}: {value:g}</title></rect>'
-        )
-        if i % max(1, len(values) // 6) == 0:
-            parts.append(f'<text x="{x:.1f}" y="{_H - _PAD + 14}">{html.escape(label)}</text>')
-    return _svg("".join(parts))
-
-
-def _svg_line(points: Sequence[Sequence[float | None]]) -> str:
-    known = [(float(t), float(v)) for t, v in points if t is not None and v is not None]
-    if not known:
-        return _svg('<text x="20" y="40">no cacheable requests</text>')
-    span = max(t for t, _ in points if t is not None) or 1.0
-    plot_w, plot_h = _W - _PAD - 8, _H - _PAD - 12
-
-    def xy(t: float, v: float) -> str:
-        return f"{_PAD + t / span * plot_w:.1f},{_H - _PAD - v * plot_h:.1f}"
-
-    path = " ".join(xy(t, v) for t, v in known)
-    dots = "".join(
-        f'<circle cx="{xy(t, v).split(",")[0]}" cy="{xy(t, v).split(",")[1]}" r="2.5" fill="#f58518">'
-        f"<title>{t:.2f} s: {v:.0%}</title></circle>"
-        for t, v in known
-    )
-    return _svg(
-        _axes("hit rate")
-        + f'<text x="{_PAD - 4}" y="{_H - _PAD - plot_h + 4:.0f}" text-anchor="end">100%</text>'
-        + f'<text x="{_PAD - 4}" y="{_H - _PAD}" text-anchor="end">0%</text>'
-        + f'<text x="{_W - 8}" y="{_H - _PAD + 14}" text-anchor="end">{span:.1f} s</text>'
-        + f'<polyline points="{path}" fill="none" stroke="#f58518" stroke-width="2"/>{dots}'
-    )
-
-
-def _svg_hbars(labels: Sequence[str], shares: Sequence[float]) -> str:
-    if not labels:
-        return _svg('<text x="20" y="40">no data</text>')
-    row = 22
-    height = row * len(labels) + 16
-    label_w = 180
-    parts = []
-    for i, (label, value) in enumerate(zip(labels, shares, strict=True)):
-        y = 8 + i * row
-        w = value * (_W - label_w - 70)
-        parts.append(
-            f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">{html.escape(label[:28])}</text>'
-            f'<rect x="{label_w}" y="{y + 2}" width="{w:.1f}" height="{row - 6}" fill="#54a24b"/>'
-            f'<text x="{label_w + w + 6:.1f}" y="{y + 14}">{value:.1%}</text>'
-        )
-    return _svg("".join(parts), height)
