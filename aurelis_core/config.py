@@ -7,6 +7,8 @@ A config has four kinds of top-level key:
 - ``tenant``: who is asking and what scopes an answer (see :mod:`aurelis_core._tenant`), read by every plugin.
 - ``redis_connection``: the Redis every Redis-using plugin shares unless it names its own (see
   :mod:`aurelis_core._redis_connection`).
+- ``report``: the window of recent requests ``pipeline.report()`` reads, and its periodic logging (see
+  :mod:`aurelis_core._live_report`).
 - one table per plugin, named after it, holding that plugin's options.
 
 It is read from a dict, an ``aurelis.toml`` file, or the ``[tool.aurelis]`` table of a ``pyproject.toml``,
@@ -34,6 +36,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import attrs
 
+from ._live_report import ReportConfig
 from ._models import Endpoint
 from ._redis_connection import RedisConnection
 from ._tenant import TenantConfig
@@ -45,7 +48,7 @@ __all__ = ["ALLOW_NON_FINITE", "Config", "ConfigError", "config_from_table", "lo
 T = TypeVar("T")
 
 #: Top-level keys that are not plugin tables.
-RESERVED_KEYS = ("plugins", "endpoints", "tenant", "redis_connection")
+RESERVED_KEYS = ("plugins", "endpoints", "tenant", "redis_connection", "report")
 #: Options of the ``normalize`` table that moved to ``[tenant]``: still accepted there, copied on load.
 _MOVED_TO_TENANT = ("namespace", "secret")
 
@@ -77,6 +80,8 @@ class Config:
     tenant: TenantConfig = attrs.field(factory=TenantConfig)
     #: The ``[redis_connection]`` table: the Redis plugins share unless they name their own (None: not given).
     redis_connection: RedisConnection | None = None
+    #: The ``[report]`` table: the live report's window and periodic logging.
+    report: ReportConfig = attrs.field(factory=ReportConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> Config:
@@ -144,8 +149,15 @@ def parse_config(data: Any, source: str = "<dict>") -> tuple[Config, list[str]]:
             redis_connection = config_from_table(RedisConnection, given, f"{source}: [redis_connection]")
         except ConfigError as exc:
             errors.extend(exc.errors)
+    report = ReportConfig()
+    given = data.get("report")
+    if given is not None:
+        try:
+            report = config_from_table(ReportConfig, given, f"{source}: [report]")
+        except ConfigError as exc:
+            errors.extend(exc.errors)
     config = Config(plugins=tuple(plugins), endpoints=tuple(endpoints), tables=tables, source=source, tenant=tenant,
-                    redis_connection=redis_connection)
+                    redis_connection=redis_connection, report=report)
     return config, errors
 
 

@@ -25,6 +25,7 @@ import pytest
 
 import aurelis_core.pipeline
 from aurelis_core import ConfigError, Endpoint, Pipeline, RequestControls, hookimpl
+from aurelis_core._live_report import ReportConfig
 from aurelis_core._plugins import BUILTIN_PLUGINS, PluginSpec
 from aurelis_core._tenant import TenantConfig
 from aurelis_core.config import ALLOW_NON_FINITE, config_from_table
@@ -71,6 +72,7 @@ def _option_classes() -> dict[str, type]:
     classes["endpoints"] = Endpoint
     classes["request controls"] = RequestControls
     classes["tenant"] = TenantConfig
+    classes["report"] = ReportConfig
     return classes
 
 
