@@ -142,23 +142,24 @@ def parse_config(data: Any, source: str = "<dict>") -> tuple[Config, list[str]]:
         tables[key] = dict(value)
     tenant, tenant_errors = _tenant(data, tables, source)
     errors.extend(tenant_errors)
-    redis_connection = None
-    given = data.get("redis_connection")
-    if given is not None:
-        try:
-            redis_connection = config_from_table(RedisConnection, given, f"{source}: [redis_connection]")
-        except ConfigError as exc:
-            errors.extend(exc.errors)
-    report = ReportConfig()
-    given = data.get("report")
-    if given is not None:
-        try:
-            report = config_from_table(ReportConfig, given, f"{source}: [report]")
-        except ConfigError as exc:
-            errors.extend(exc.errors)
+    redis_connection = _table(RedisConnection, data, "redis_connection", source, errors)
+    report = _table(ReportConfig, data, "report", source, errors) or ReportConfig()
     config = Config(plugins=tuple(plugins), endpoints=tuple(endpoints), tables=tables, source=source, tenant=tenant,
                     redis_connection=redis_connection, report=report)
     return config, errors
+
+
+def _table(cls: type[T], data: Mapping[str, Any], key: str, source: str, errors: list[str]) -> T | None:
+    """The top-level table ``key`` of ``data`` as a ``cls``, ``None`` when it is not given or has errors (added
+    to ``errors``)."""
+    given = data.get(key)
+    if given is None:
+        return None
+    try:
+        return config_from_table(cls, given, f"{source}: [{key}]")
+    except ConfigError as exc:
+        errors.extend(exc.errors)
+        return None
 
 
 def _tenant(
