@@ -25,13 +25,13 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
 
 from ._logs import component_logger
-from .validators import at_least, describe, positive, positive_int
+from .validators import at_least, choices_hint, describe, positive, positive_int
 
 if TYPE_CHECKING:
     from .stats import Sample, Stats
@@ -58,6 +58,25 @@ class ReportConfig:
     window_seconds: float | None = attrs.field(default=None, validator=positive)
     #: Log the report of the window every this many seconds, at INFO on ``aurelis.report`` (default: never).
     log_every: float | None = attrs.field(default=None, validator=at_least(1))
+    #: What the score measures against, by the fields of :class:`~aurelis_core.tools.report.Targets`
+    #: (``{ p95 = 0.8, hit_rate = 0.5 }``); the others keep their defaults.
+    targets: Mapping[str, float] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            self.scored_against()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"'targets': {exc}") from None
+
+    def scored_against(self) -> Targets:
+        """The :class:`~aurelis_core.tools.report.Targets` of ``targets``."""
+        from .tools.report import Targets
+
+        valid = [field.name for field in attrs.fields(Targets)]
+        unknown = sorted(set(self.targets) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown target {unknown[0]!r}{choices_hint(unknown[0], valid)}")
+        return Targets(**self.targets)
 
 
 class LiveReport:
@@ -66,6 +85,7 @@ class LiveReport:
     def __init__(self, stats: Stats, config: ReportConfig, plugins: Sequence[str]) -> None:
         self.stats = stats
         self.config = config
+        self.targets = config.scored_against()
         self.plugins = tuple(plugins)
         self._checkpoints: deque[tuple[float, dict[str, int]]] = deque(maxlen=MAX_CHECKPOINTS)
         self._lock = threading.Lock()
@@ -76,7 +96,7 @@ class LiveReport:
         targets: Targets | None = None,
     ) -> Report:
         """The report of the window: the last ``window_requests`` requests (at most the ring's size) that ended
-        in the last ``window_seconds``; each defaults to the ``[report]`` table's."""
+        in the last ``window_seconds``, scored against ``targets``; each defaults to the ``[report]`` table's."""
         from .tools.report import build_report
 
         count = self.config.window_requests if window_requests is None else window_requests
@@ -104,7 +124,8 @@ class LiveReport:
                 start = max(start, min(s.at - s.latency for s in samples))
             duration = now - start
         counters = self._counters_since(start, now)
-        return build_report(samples, duration=duration, targets=targets, counters=counters, plugins=self.plugins)
+        return build_report(samples, duration=duration, targets=targets or self.targets, counters=counters,
+                            plugins=self.plugins)
 
     def _counters_since(self, start: float, now: float) -> dict[str, int]:
         """The counters' change since the last copy taken at or before ``start`` (or the oldest kept); takes a

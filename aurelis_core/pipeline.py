@@ -351,8 +351,9 @@ class Pipeline:
 
         The window is the last ``window_requests`` requests that ended in the last ``window_seconds`` (defaults:
         the ``[report]`` table's; the requests are at most the ring ``stats.samples`` holds). ``targets`` are
-        what the score measures against. Write the page with ``report.html()``, the JSON with
-        ``report.to_dict()``. Reads a copy of the samples: it costs the request path nothing.
+        what the score measures against (default: the table's ``targets``). Write the page with
+        ``report.html()``, the JSON with ``report.to_dict()``. Reads a copy of the samples: it costs the request
+        path nothing.
         """
         return self._live.report(window_requests=window_requests, window_seconds=window_seconds, targets=targets)
 

@@ -5,6 +5,7 @@ slides, and its periodic logging runs while the pipeline does and stops when the
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -113,12 +114,15 @@ def test_the_window_slides_by_time_and_so_do_its_counters(upstream: SimulatedSer
 
 
 def test_targets_score_the_live_report(upstream: SimulatedServer) -> None:
-    with aurelis_core.instrument(httpx.Client(base_url=upstream.base_url, timeout=10), {}) as client:
+    config = {"report": {"targets": {"p50": 1e-9, "p95": 1e-9, "p99": 1e-9}}}
+    with aurelis_core.instrument(httpx.Client(base_url=upstream.base_url, timeout=10), config) as client:
         client.post("/chat/completions", json=chat("q"))
         pipeline = aurelis_core.pipeline_of(client)
         assert pipeline is not None
-        report = pipeline.report(targets=Targets(p50=1e-9, p95=1e-9, p99=1e-9))
-    assert report.score is not None and report.score < 1
+        strict = pipeline.report()
+        lenient = pipeline.report(targets=Targets(p50=60, p95=60, p99=60))
+    assert strict.targets.p95 == 1e-9 and strict.score is not None and strict.score < 1
+    assert lenient.score == pytest.approx(100.0)
 
 
 # --- periodic logging --------------------------------------------------------------------------------------------
@@ -162,6 +166,17 @@ async def test_an_async_pipeline_logs_from_its_thread_and_stops_on_aclose(upstre
     assert _report_threads() == before
 
 
+def test_the_logging_stops_when_an_unclosed_pipeline_is_collected() -> None:
+    before = _report_threads()
+    pipeline = aurelis_core.Pipeline({"report": {"log_every": 60}})
+    pipeline.start()
+    [thread] = _report_threads() - before
+    del pipeline
+    gc.collect()
+    thread.join(PATIENCE)
+    assert not thread.is_alive()
+
+
 def test_no_logging_thread_unless_asked(upstream: SimulatedServer) -> None:
     before = _report_threads()
     with aurelis_core.instrument(httpx.Client(base_url=upstream.base_url, timeout=10), {}) as client:
@@ -179,6 +194,9 @@ def test_no_logging_thread_unless_asked(upstream: SimulatedServer) -> None:
         ({"window_seconds": -1}, "[report] window_seconds: expected a number > 0, got -1"),
         ({"log_every": 0.5}, "[report] log_every: expected a number >= 1, got 0.5"),
         ({"log_evry": 5}, "[report]: unknown key 'log_evry'; did you mean 'log_every'?"),
+        ({"targets": {"p95": 0}}, "[report] targets: target 'p95' must be a number > 0, got 0"),
+        ({"targets": {"hitrate": 1}}, "[report] targets: unknown target 'hitrate'; did you mean 'hit_rate'?"),
+        ({"targets": {"rps": "fast"}}, "[report] targets['rps']: expected a number, got 'fast'"),
     ],
 )
 def test_the_report_table_is_checked_when_the_pipeline_is_built(table: dict[str, Any], message: str) -> None:
