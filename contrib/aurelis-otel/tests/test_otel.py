@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from aurelis_core import Attempt, Pipeline, RequestContext, hookimpl
-from aurelis_core.testing import SimulatedServer
+from aurelis_core.testing import SimulatedServer, simulated_upstream
 
 PROMPT = "a secret prompt about the quarterly numbers"
 
@@ -181,18 +181,16 @@ def test_retries_are_child_spans(
     assert {a.parent.span_id for a in attempts if a.parent} == {request.context.span_id}
 
 
-def test_a_failover_names_each_attempt_s_server(
-    exporter: InMemorySpanExporter, upstream_factory: Callable[..., SimulatedServer]
-) -> None:
-    bad, good = upstream_factory(failure_rate=1.0), upstream_factory()
+def test_a_failover_names_each_attempt_s_server(exporter: InMemorySpanExporter) -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing = OtelTracing(OtelConfig(provider="azure.ai.openai"), None, tracer_provider=provider)
-    config = {"plugins": ["round_robin", "retry"], "retry": {"base": 0.01},
-              "endpoints": [{"url": bad.base_url, "name": "bad"}, {"url": good.base_url, "name": "good"}]}
-    with Pipeline(config, plugins=[tracing]).instrument(httpx.Client(base_url=bad.base_url)) as client:
-        for _ in range(2):  # round robin: at least one of the two goes to "bad" first, and fails over
-            assert post(client, "").status_code == 200
+    with simulated_upstream(failure_rate=1.0) as bad, simulated_upstream() as good:
+        config = {"plugins": ["round_robin", "retry"], "retry": {"base": 0.01},
+                  "endpoints": [{"url": bad.base_url, "name": "bad"}, {"url": good.base_url, "name": "good"}]}
+        with Pipeline(config, plugins=[tracing]).instrument(httpx.Client(base_url=bad.base_url)) as client:
+            for _ in range(2):  # round robin: at least one of the two goes to "bad" first, and fails over
+                assert post(client, "").status_code == 200
     request = next(r for r in requests_of(exporter) if (r.attributes or {}).get("aurelis.retry_count") == 1)
     attempts = [a for a in attempts_of(exporter) if a.parent and a.parent.span_id == request.context.span_id]
     assert request.attributes is not None
