@@ -8,6 +8,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from aurelis_otel import OtelConfig, OtelTracing, genai
+from aurelis_otel.tracing import DURATION_BUCKETS
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -250,6 +253,40 @@ def test_attempt_spans_can_be_turned_off(exporter: InMemorySpanExporter, upstrea
     with Pipeline({}, plugins=[tracing]).instrument(httpx.Client()) as client:
         post(client, upstream.base_url)
     assert [s.name for s in exporter.get_finished_spans()] == ["chat gpt-test"]
+
+
+def test_genai_client_metrics(exporter: InMemorySpanExporter, upstream: SimulatedServer) -> None:
+    reader = InMemoryMetricReader()
+    tracing = OtelTracing(OtelConfig(), None, tracer_provider=TracerProvider(),
+                          meter_provider=MeterProvider(metric_readers=[reader]))
+    with Pipeline({"plugins": ["normalize", "memory"]}, plugins=[tracing]).instrument(httpx.Client()) as client:
+        usage = post(client, upstream.base_url).json()["usage"]
+        post(client, upstream.base_url)  # a hit: timed, and no tokens spent
+    data = reader.get_metrics_data()
+    assert data is not None
+    found = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    duration, tokens = found["gen_ai.client.operation.duration"], found["gen_ai.client.token.usage"]
+    assert duration.unit == "s" and tokens.unit == "{token}"
+    points = {p.attributes["aurelis.cache.status"]: p for p in duration.data.data_points if p.attributes}
+    assert {status: p.count for status, p in points.items()} == {"miss": 1, "hit": 1}
+    assert points["hit"].sum < points["miss"].sum
+    assert tuple(points["miss"].explicit_bounds) == DURATION_BUCKETS
+    miss = dict(points["miss"].attributes or {})
+    assert miss == {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                    "gen_ai.request.model": "gpt-test", "gen_ai.response.model": "gpt-test",
+                    "server.address": "127.0.0.1", "server.port": _port(upstream), "aurelis.cache.status": "miss"}
+    spent = {p.attributes["gen_ai.token.type"]: (p.count, p.sum) for p in tokens.data.data_points if p.attributes}
+    assert spent == {"input": (1, usage["prompt_tokens"]), "output": (1, usage["completion_tokens"])}
+
+
+def test_metrics_can_be_turned_off(upstream: SimulatedServer) -> None:
+    reader = InMemoryMetricReader()
+    tracing = OtelTracing(OtelConfig(metrics=False), None, tracer_provider=TracerProvider(),
+                          meter_provider=MeterProvider(metric_readers=[reader]))
+    with Pipeline({}, plugins=[tracing]).instrument(httpx.Client()) as client:
+        post(client, upstream.base_url)
+    data = reader.get_metrics_data()
+    assert data is None or not [m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
 
 
 def test_a_request_that_is_no_genai_operation(exporter: InMemorySpanExporter, upstream: SimulatedServer) -> None:

@@ -1,5 +1,6 @@
 """``otel``: one span per request, following the OpenTelemetry GenAI semantic conventions, and under it one
-HTTP client span per attempt (retries and failovers show as siblings), written when the request is over.
+HTTP client span per attempt (retries and failovers show as siblings), written when the request is over; and
+the conventions' client metrics.
 
 The spans are built in the ``observe`` hook from what the pipeline recorded (the request's start, each
 attempt's start, first byte and end), with explicit timestamps, so tracing adds no hook to the hot path and
@@ -30,8 +31,15 @@ kind CLIENT, with ``http.request.method``, ``server.address``, ``server.port``, 
 ``http.request.resend_count`` (on a retry), ``error.type``, ``aurelis.attempt.number``, ``aurelis.endpoint``,
 and an event ``first_byte`` when the response headers arrived. No URL query is recorded (it can carry keys).
 
+Metrics (``metrics = true``, the default), for GenAI operations: ``gen_ai.client.operation.duration`` (s) and
+``gen_ai.client.token.usage`` (``{token}``, ``gen_ai.token.type`` input/output; none for a cache hit), with the
+conventions' bucket boundaries and attributes (operation, provider, request and response model, server,
+``error.type``) plus ``aurelis.cache.status``: a hit's microseconds and an upstream call's seconds are not one
+distribution. They go to the global meter provider unless one is passed to the constructor.
+
 Never any prompt, message or answer text (the conventions' opt-in content attributes are not set), never a
-credential. The bodies are read only for a span that is recorded (a sampled-out span costs no parsing).
+credential. The bodies are read only for a span that is recorded or for the metrics (with ``metrics = false``,
+a sampled-out span costs no parsing).
 Spans go to the global tracer provider (``opentelemetry.trace.set_tracer_provider``) unless one is passed to
 the constructor; export with a ``BatchSpanProcessor``: ``observe`` must not do I/O, and the batch processor
 queues.
@@ -45,7 +53,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from aurelis_core.plugin import Attempt, Pipeline, RequestContext, header_items, hookimpl, label, url_parts
@@ -58,6 +66,13 @@ __version__ = "0.2.0"
 
 #: The default port of each scheme (``server.port`` is required with ``server.address``).
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: The bucket boundaries the conventions recommend for ``gen_ai.client.operation.duration`` (seconds) ...
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+#: ... and for ``gen_ai.client.token.usage`` (tokens).
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+#: The attributes of a request span that its metrics carry too.
+_METRIC_ATTRIBUTES = ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "server.address",
+                      "server.port", "aurelis.cache.status")
 
 
 @attrs.frozen
@@ -67,6 +82,8 @@ class OtelConfig:
     #: ``gen_ai.provider.name`` of every request (default: from each endpoint's host, ``openai`` for hosts that
     #: are none of the well-known providers').
     provider: str | None = attrs.field(default=None, validator=label)
+    #: Record the GenAI client metrics ``gen_ai.client.operation.duration`` and ``gen_ai.client.token.usage``.
+    metrics: bool = True
 
 
 class OtelTracing:
@@ -76,11 +93,21 @@ class OtelTracing:
     Config = OtelConfig
 
     def __init__(
-        self, config: OtelConfig | None, pipeline: Pipeline | None, *, tracer_provider: Any = None
+        self, config: OtelConfig | None, pipeline: Pipeline | None, *, tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         self.config = config or OtelConfig()
-        # Without a provider this is the API's proxy tracer: it follows a global provider set later on.
+        # Without a provider these are the API's proxies: they follow a global provider set later on.
         self.tracer = trace.get_tracer("aurelis-otel", __version__, tracer_provider=tracer_provider)
+        meter = metrics.get_meter("aurelis-otel", __version__, meter_provider=meter_provider)
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}", description="Number of input and output tokens used",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
 
     @hookimpl
     def aurelis_observe(self, ctx: RequestContext) -> None:
@@ -126,18 +153,42 @@ class OtelTracing:
             name = f"{operation_name} {model}" if model is not None else operation_name
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT, start_time=wall(ctx.started),
                                       attributes=attributes)
-        if operation is not None and span.is_recording():
-            span.set_attributes(genai.request_attributes(ctx.json))
-            answer = _answer(ctx)
-            if answer is not None:
-                body, event_stream = answer
-                span.set_attributes(genai.response_attributes(body, event_stream, usage=ctx.entry is None))
-        _set_outcome(span, ctx.error, ctx.response_status)
+        error_type = _error_type(ctx.error, ctx.response_status)
+        if operation is not None:
+            recording, measuring = span.is_recording(), self.config.metrics
+            answered: dict[str, Any] = {}
+            if recording or measuring:
+                answer = _answer(ctx)
+                if answer is not None:
+                    body, event_stream = answer
+                    answered = genai.response_attributes(body, event_stream, usage=ctx.entry is None)
+            if recording:
+                span.set_attributes(genai.request_attributes(ctx.json))
+                span.set_attributes(answered)
+            if measuring:
+                self._measure(attributes, answered, error_type, now_perf - ctx.started)
+        _set_outcome(span, ctx.error, error_type)
         if self.config.attempt_spans:
             parent = trace.set_span_in_context(span)
             for attempt in ctx.attempts:
                 self._attempt_span(ctx, attempt, parent, wall, now_perf)
         span.end(end_time=wall(now_perf))
+
+    def _measure(
+        self, attributes: dict[str, Any], answered: dict[str, Any], error_type: str | None, duration: float
+    ) -> None:
+        """Record the request's GenAI client metrics. ``aurelis.cache.status`` is among their attributes: a
+        cache hit's microseconds and an upstream call's seconds are not one distribution."""
+        labels = {key: attributes[key] for key in _METRIC_ATTRIBUTES if key in attributes}
+        if "gen_ai.response.model" in answered:
+            labels["gen_ai.response.model"] = answered["gen_ai.response.model"]
+        if error_type is not None:
+            labels["error.type"] = error_type
+        self.duration.record(duration, labels)
+        for kind in ("input", "output"):
+            tokens = answered.get(f"gen_ai.usage.{kind}_tokens")
+            if tokens is not None:
+                self.token_usage.record(tokens, {**labels, "gen_ai.token.type": kind})
 
     def _attempt_span(
         self, ctx: RequestContext, attempt: Attempt, parent: Any, wall: Callable[[float], int], now_perf: float
@@ -164,7 +215,7 @@ class OtelTracing:
         )
         if attempt.first_byte is not None:
             span.add_event("first_byte", timestamp=wall(attempt.first_byte))
-        _set_outcome(span, attempt.error, attempt.status_code)
+        _set_outcome(span, attempt.error, _error_type(attempt.error, attempt.status_code))
         span.end(end_time=wall(attempt.finished if attempt.finished is not None else now_perf))
 
 
@@ -212,10 +263,14 @@ def _answer(ctx: RequestContext) -> tuple[bytes, bool] | None:
     return body, content_type.startswith(b"text/event-stream")
 
 
-def _set_outcome(span: Any, error: BaseException | None, status: int | None) -> None:
+def _error_type(error: BaseException | None, status: int | None) -> str | None:
+    """``error.type`` of an outcome: the exception's class, or a status >= 400; ``None`` for a success."""
     if error is not None:
-        span.set_attribute("error.type", type(error).__qualname__)
-        span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
-    elif status is not None and status >= 400:
-        span.set_attribute("error.type", str(status))
-        span.set_status(Status(StatusCode.ERROR))
+        return type(error).__qualname__
+    return str(status) if status is not None and status >= 400 else None
+
+
+def _set_outcome(span: Any, error: BaseException | None, error_type: str | None) -> None:
+    if error_type is not None:
+        span.set_attribute("error.type", error_type)
+        span.set_status(Status(StatusCode.ERROR, error_type if error is not None else None))
