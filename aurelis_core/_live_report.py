@@ -63,6 +63,8 @@ class ReportConfig:
     targets: Mapping[str, float] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
+        if not self.targets:
+            return  # the report module is imported only when there is something to check
         try:
             self.scored_against()
         except (TypeError, ValueError) as exc:
@@ -85,7 +87,8 @@ class LiveReport:
     def __init__(self, stats: Stats, config: ReportConfig, plugins: Sequence[str]) -> None:
         self.stats = stats
         self.config = config
-        self.targets = config.scored_against()
+        #: ``None``: the defaults of :class:`~aurelis_core.tools.report.Targets`.
+        self.targets = config.scored_against() if config.targets else None
         self.plugins = tuple(plugins)
         self._checkpoints: deque[tuple[float, dict[str, int]]] = deque(maxlen=MAX_CHECKPOINTS)
         self._lock = threading.Lock()
