@@ -10,7 +10,7 @@ in opt-in attributes, which this plugin never sets.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -61,9 +61,6 @@ _SETTINGS = {
 }
 #: The keys different APIs give the answer's length limit in.
 _MAX_TOKENS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-#: An event stream's events read for its answer's figures: the first (id, model) and the last few (finish
-#: reasons, usage), not every one of a long generation.
-_STREAM_TAIL = 8
 
 
 def operation(path: str) -> tuple[str, str | None] | None:
@@ -120,35 +117,29 @@ def request_attributes(body: Any) -> dict[str, Any]:
     return attributes
 
 
-def response_attributes(body: bytes, event_stream: bool, usage: bool = True) -> dict[str, Any]:
-    """``gen_ai.response.*`` (id, model, finish reasons) and, with ``usage``, ``gen_ai.usage.*`` of an answer's
-    raw (not content-encoded) ``body``: one JSON document, or with ``event_stream`` a server-sent event stream
-    whose events are JSON chunks. Empty when the body is neither."""
-    documents = list(_stream_events(body)) if event_stream else [_loads(body)]
+def response_attributes(body: bytes) -> dict[str, Any]:
+    """``gen_ai.response.*`` (id, model, finish reasons) and ``gen_ai.usage.*`` of an answer's raw (not
+    content-encoded) JSON ``body``; empty when it is not a JSON object."""
+    document = _loads(body)
+    if not isinstance(document, Mapping):
+        return {}
     attributes: dict[str, Any] = {}
+    for key, name in (("id", "gen_ai.response.id"), ("model", "gen_ai.response.model")):
+        value = document.get(key)
+        if isinstance(value, str):
+            attributes[name] = value
     finish: dict[int, str] = {}
-    for document in documents:
-        if not isinstance(document, Mapping):
-            continue
-        # A Responses API stream ends with the whole response in a "response.completed" event.
-        inner = document.get("response")
-        if isinstance(inner, Mapping) and document.get("type") == "response.completed":
-            document = inner
-        for key, name in (("id", "gen_ai.response.id"), ("model", "gen_ai.response.model")):
-            value = document.get(key)
-            if isinstance(value, str) and name not in attributes:
-                attributes[name] = value
-        for position, choice in enumerate(document.get("choices") or ()):
-            if isinstance(choice, Mapping) and isinstance(choice.get("finish_reason"), str):
-                index = _whole(choice.get("index"))
-                finish[index if index is not None else position] = choice["finish_reason"]
-        stop_reason = document.get("stop_reason")  # Anthropic: one generation
-        if isinstance(stop_reason, str):
-            finish[0] = stop_reason
-        if usage and isinstance(document.get("usage"), Mapping):
-            attributes.update(_usage(document["usage"]))
+    for position, choice in enumerate(document.get("choices") or ()):
+        if isinstance(choice, Mapping) and isinstance(choice.get("finish_reason"), str):
+            index = _whole(choice.get("index"))
+            finish[index if index is not None else position] = choice["finish_reason"]
+    stop_reason = document.get("stop_reason")  # Anthropic: one generation
+    if isinstance(stop_reason, str):
+        finish[0] = stop_reason
     if finish:
         attributes["gen_ai.response.finish_reasons"] = [finish[i] for i in sorted(finish)]
+    if isinstance(document.get("usage"), Mapping):
+        attributes.update(_usage(document["usage"]))
     return attributes
 
 
@@ -177,14 +168,6 @@ def _usage(usage: Mapping[str, Any]) -> dict[str, int]:
     if reasoning is not None:
         attributes["gen_ai.usage.reasoning.output_tokens"] = reasoning
     return attributes
-
-
-def _stream_events(body: bytes) -> Iterable[Any]:
-    """The JSON documents of the first and the last few ``data:`` events of an event stream."""
-    events = [line[5:].strip() for line in body.splitlines() if line.startswith(b"data:")]
-    events = [event for event in events if event and event != b"[DONE]"]
-    chosen = events if len(events) <= _STREAM_TAIL + 1 else [events[0], *events[-_STREAM_TAIL:]]
-    return (_loads(event) for event in chosen)
 
 
 def _loads(data: bytes) -> Any:

@@ -18,10 +18,11 @@ that is no GenAI operation), kind CLIENT, with:
 - the request's settings: ``gen_ai.request.max_tokens``, ``temperature``, ``top_p``, ``top_k``,
   ``frequency_penalty``, ``presence_penalty``, ``seed``, ``stop_sequences``, ``choice.count``, ``stream``,
   ``gen_ai.output.type``, ``gen_ai.request.encoding_formats``, ``gen_ai.embeddings.dimension.count``;
-- from the answer, when the pipeline holds it whole (a cacheable answer, a cache hit, a stored stream):
+- from the upstream's answer, when the pipeline read it whole (a cacheable answer, not content-encoded):
   ``gen_ai.response.id``, ``gen_ai.response.model``, ``gen_ai.response.finish_reasons`` and
   ``gen_ai.usage.input_tokens``, ``output_tokens``, ``cache_read.input_tokens``, ``cache_write.input_tokens``,
-  ``reasoning.output_tokens``. A cache hit spent no tokens: it has no ``gen_ai.usage.*``;
+  ``reasoning.output_tokens``. Not for a cache hit (it spent no tokens; its answer's figures are on the span of
+  the request that fetched it), nor for a stream or an answer handed over as it came;
 - ``error.type`` (the exception's class, or the status code) and status ERROR when the request failed;
 - Aurelis's own: ``aurelis.cache.status``, ``aurelis.cache.tier``, ``aurelis.attempts``, ``aurelis.retry_count``,
   ``aurelis.endpoint``, and ``http.request.method``, ``url.path``, ``http.response.status_code``.
@@ -158,13 +159,12 @@ class OtelTracing:
             recording, measuring = span.is_recording(), self.config.metrics
             answered: dict[str, Any] = {}
             if recording or measuring:
-                answer = _answer(ctx)
-                if answer is not None:
-                    body, event_stream = answer
-                    answered = genai.response_attributes(body, event_stream, usage=ctx.entry is None)
+                body = _answer(ctx)
+                if body is not None:
+                    answered = genai.response_attributes(body)
             if recording:
-                span.set_attributes(genai.request_attributes(ctx.json))
-                span.set_attributes(answered)
+                # One call: the SDK takes a lock and checks each attribute per call (a few us an attribute).
+                span.set_attributes({**genai.request_attributes(ctx.json), **answered})
             if measuring:
                 self._measure(attributes, answered, error_type, now_perf - ctx.started)
         _set_outcome(span, ctx.error, error_type)
@@ -225,42 +225,20 @@ def _server(url: str) -> tuple[str, int | None, str]:
     return parts.hostname or "", parts.port, parts.scheme
 
 
-#: A stored event stream's chunks read for its figures: the first (id, model) and the last ones (finish
-#: reasons, usage); joining every chunk of a long generation would copy all of it.
-_TAIL_CHUNKS = 16
-
-
-def _answer(ctx: RequestContext) -> tuple[bytes, bool] | None:
-    """``(raw body, is an event stream)`` of a good answer the pipeline holds whole: a cache hit's entry, or
-    the last attempt's body read for the cache. ``None`` for anything else, and for a content-encoded body
-    (decoding it here would cost what the caller's own read costs)."""
-    entry = ctx.entry
-    if entry is not None:
-        headers = [(name.lower(), value) for name, value in entry.headers]
-        status = entry.status_code
-        chunks = entry.chunks
-        if chunks is None:
-            body = entry.body
-        elif len(chunks) > _TAIL_CHUNKS + 1:
-            body = chunks[0] + b"\n" + b"".join(chunks[-_TAIL_CHUNKS:])
-        else:
-            body = b"".join(chunks)
-    else:
-        attempt = ctx.attempts[-1] if ctx.attempts else None
-        if attempt is None or attempt.body is None or attempt.headers is None:
-            return None
-        headers = [(lower, value) for _, lower, value in header_items(attempt.headers)]
-        status = attempt.status_code or 0
-        body = attempt.body
-    if not 200 <= status < 300:
+def _answer(ctx: RequestContext) -> bytes | None:
+    """The raw body of a good answer the upstream gave and the pipeline read whole (to cache it), or ``None``:
+    for a cache hit (its answer's figures are on the span of the request that fetched it, and it spent no
+    tokens), a stream or an answer handed over as it came, and a content-encoded body (decoding it would cost
+    what the caller's own read costs)."""
+    attempt = ctx.attempts[-1] if ctx.attempts else None
+    if ctx.entry is not None or attempt is None or attempt.body is None or attempt.headers is None:
         return None
-    content_type = b""
-    for name, value in headers:
+    if not 200 <= (attempt.status_code or 0) < 300:
+        return None
+    for _, name, value in header_items(attempt.headers):
         if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
             return None
-        if name == b"content-type":
-            content_type = value.lower()
-    return body, content_type.startswith(b"text/event-stream")
+    return attempt.body
 
 
 def _error_type(error: BaseException | None, status: int | None) -> str | None:
