@@ -113,6 +113,33 @@ def test_the_window_slides_by_time_and_so_do_its_counters(upstream: SimulatedSer
     assert pipeline.report().requests == 5
 
 
+def test_reports_while_requests_end_on_other_threads(upstream: SimulatedServer) -> None:
+    # The ring is appended to by every request that ends; a report copies it while that goes on.
+    pipeline = aurelis_core.Pipeline({"plugins": ["normalize", "memory"], "report": {"window_requests": 50}})
+    errors: list[BaseException] = []
+    with pipeline.instrument(httpx.Client(base_url=upstream.base_url, timeout=10)) as client:
+
+        def send() -> None:
+            try:
+                for i in range(150):
+                    client.post("/chat/completions", json=chat(f"q{i % 5}"))
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+        senders = [threading.Thread(target=send) for _ in range(4)]
+        for thread in senders:
+            thread.start()
+        reports = 0
+        while any(thread.is_alive() for thread in senders):
+            assert pipeline.report().requests <= 50
+            reports += 1
+        for thread in senders:
+            thread.join()
+        final = pipeline.report(window_requests=50)
+    assert not errors and reports > 0
+    assert final.requests == 50 and pipeline.stats.counters["requests"] == 600
+
+
 def test_targets_score_the_live_report(upstream: SimulatedServer) -> None:
     config = {"report": {"targets": {"p50": 1e-9, "p95": 1e-9, "p99": 1e-9}}}
     with aurelis_core.instrument(httpx.Client(base_url=upstream.base_url, timeout=10), config) as client:
