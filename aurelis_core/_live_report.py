@@ -1,6 +1,6 @@
 """The live report: the figures ``aurelis replay`` reports, over a sliding window of a pipeline's own traffic.
 
-``pipeline.report()`` builds the very :class:`~aurelis_core.tools.report.Report` a replay does (latencies, hit
+``pipeline.report()`` builds the very :class:`~aurelis_core.report.Report` a replay does (latencies, hit
 rate and hits per tier, errors by kind, resilience, per model and endpoint, recommendations, score) from the
 requests the pipeline finished recently, so a running service can be looked at the way a replay is.
 
@@ -34,8 +34,8 @@ from ._logs import component_logger
 from .validators import at_least, choices_hint, describe, positive, positive_int
 
 if TYPE_CHECKING:
+    from .report import Report, Targets
     from .stats import Sample, Stats
-    from .tools.report import Report, Targets
 
 __all__ = ["LiveReport", "ReportConfig"]
 
@@ -58,7 +58,7 @@ class ReportConfig:
     window_seconds: float | None = attrs.field(default=None, validator=positive)
     #: Log the report of the window every this many seconds, at INFO on ``aurelis.report`` (default: never).
     log_every: float | None = attrs.field(default=None, validator=at_least(1))
-    #: What the score measures against, by the fields of :class:`~aurelis_core.tools.report.Targets`
+    #: What the score measures against, by the fields of :class:`~aurelis_core.report.Targets`
     #: (``{ p95 = 0.8, hit_rate = 0.5 }``); the others keep their defaults.
     targets: Mapping[str, float] = attrs.field(factory=dict)
 
@@ -71,8 +71,8 @@ class ReportConfig:
             raise ValueError(f"'targets': {exc}") from None
 
     def scored_against(self) -> Targets:
-        """The :class:`~aurelis_core.tools.report.Targets` of ``targets``."""
-        from .tools.report import Targets
+        """The :class:`~aurelis_core.report.Targets` of ``targets``."""
+        from .report import Targets
 
         valid = [field.name for field in attrs.fields(Targets)]
         unknown = sorted(set(self.targets) - set(valid))
@@ -87,7 +87,7 @@ class LiveReport:
     def __init__(self, stats: Stats, config: ReportConfig, plugins: Sequence[str]) -> None:
         self.stats = stats
         self.config = config
-        #: ``None``: the defaults of :class:`~aurelis_core.tools.report.Targets`.
+        #: ``None``: the defaults of :class:`~aurelis_core.report.Targets`.
         self.targets = config.scored_against() if config.targets else None
         self.plugins = tuple(plugins)
         self._checkpoints: deque[tuple[float, dict[str, int]]] = deque(maxlen=MAX_CHECKPOINTS)
@@ -100,7 +100,7 @@ class LiveReport:
     ) -> Report:
         """The report of the window: the last ``window_requests`` requests (at most the ring's size) that ended
         in the last ``window_seconds``, scored against ``targets``; each defaults to the ``[report]`` table's."""
-        from .tools.report import build_report
+        from .report import build_report
 
         count = self.config.window_requests if window_requests is None else window_requests
         seconds = self.config.window_seconds if window_seconds is None else window_seconds

@@ -63,7 +63,7 @@ from .health import EndpointHealth
 from .stats import Stats, worth_logging
 
 if TYPE_CHECKING:
-    from .tools.report import Report, Targets
+    from .report import Report, Targets
 
 __all__ = ["Flow", "Pipeline"]
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from aurelis_core.tools import charts
-from aurelis_core.tools.charts import (
+from aurelis_core import _charts as charts
+from aurelis_core._charts import (
     duration_axis,
     labels_overlap,
     linear_axis,
@@ -20,7 +20,7 @@ from aurelis_core.tools.charts import (
     time_axis,
     time_ticks,
 )
-from aurelis_core.tools.units import count
+from aurelis_core._units import count
 
 
 def is_nice(step: float) -> bool:

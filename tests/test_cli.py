@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from aurelis_core.report import build_report
 from aurelis_core.stats import Sample
 from aurelis_core.testing import SimulatedServer
 from aurelis_core.tools.cli import main
-from aurelis_core.tools.report import build_report
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

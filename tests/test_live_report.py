@@ -18,8 +18,8 @@ from support import PATIENCE
 
 import aurelis_core
 from aurelis_core import ConfigError
+from aurelis_core.report import Report, Targets
 from aurelis_core.testing import SimulatedServer
-from aurelis_core.tools.report import Report, Targets
 
 
 def chat(question: str, model: str = "m") -> dict[str, Any]:

@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 import aurelis_core
+from aurelis_core.report import Report, Targets, build_report, score
 from aurelis_core.stats import Sample, percentile, usage_tokens
 from aurelis_core.testing import SimulatedServer
-from aurelis_core.tools.report import Report, Targets, build_report, score
 
 
 def sample(at: float, latency: float, cache: str = "miss", *, tier: str | None = None, model: str = "a",

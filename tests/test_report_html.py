@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from chromium import Browser, chromium_binary
 
+from aurelis_core.report import Report, build_report
 from aurelis_core.stats import Sample
-from aurelis_core.tools.report import Report, build_report
 
 CHARTS = ("spectrum", "latency-over-time", "throughput-over-time", "hit-rate-over-time", "traffic-per-endpoint",
           "traffic-per-model")

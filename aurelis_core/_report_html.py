@@ -3,7 +3,7 @@
 From the top: the score and the recommendations, the headline figures, then charts: the latency percentile
 spectrum (HdrHistogram's plot: the tail on a log axis), latency p50/p95/p99, throughput and errors over time,
 the hit rate by cache tier over time, traffic per endpoint and per model; then the tables and the plain-text
-report. One file: inline SVG (see :mod:`~aurelis_core.tools.charts`) and CSS, no script, nothing fetched; light
+report. One file: inline SVG (see :mod:`~aurelis_core._charts`) and CSS, no script, nothing fetched; light
 or dark as the reader's system is; charts redrawn for narrow and wide screens.
 
 Reports saved before the timeline and the percentile spectrum were part of a report (``aurelis report`` on an
@@ -16,13 +16,13 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from . import charts
-from .charts import Series
-from .units import count as _count
-from .units import duration as _ms
-from .units import number as _num
-from .units import percent as _pct
-from .units import rounded_down as _floor
+from . import _charts as charts
+from ._charts import Series
+from ._units import count as _count
+from ._units import duration as _ms
+from ._units import number as _num
+from ._units import percent as _pct
+from ._units import rounded_down as _floor
 
 __all__ = ["ReportFigures", "render_html"]
 
@@ -48,7 +48,7 @@ class TargetFigures(Protocol):
 
 
 class ReportFigures(Protocol):
-    """What the page reads of a :class:`~aurelis_core.tools.report.Report` (typed here, not imported: the
+    """What the page reads of a :class:`~aurelis_core.report.Report` (typed here, not imported: the
     report module imports this one)."""
 
     @property
