@@ -26,7 +26,10 @@ slow requests. Counting a failure as the full timeout makes a 1% error rate alon
 
 ``test_pick_cost`` measures one ``aurelis_route`` + ``aurelis_attempt_end`` pair per router with
 pytest-benchmark (5 endpoints, nothing blocked), against the same pair of calls on a router-less baseline
-(a plain function returning the first endpoint), and prints the ratio.
+(a plain function returning the first endpoint), and prints the ratio. ``test_pick_cost_blocked`` measures
+the same pair per router with 4, 16 and 64 endpoints, first none blocked, then a quarter of them blocked (as
+open circuits, ejections and rate limits are), and prints the ratio of the blocked pick to the unblocked
+one: a pick costs the same however many endpoints there are and whether some are blocked.
 """
 
 from __future__ import annotations
@@ -199,3 +202,29 @@ def test_pick_cost(benchmark: Any, name: str) -> None:
     base = _baseline.get("median")
     extra = f", {median / base:.1f}x the router-less loop ({base * 1e6:.2f} us)" if base else ""
     print(f"\n{name}: route + attempt_end {median * 1e6:.2f} us (median){extra}")
+
+
+# --- cost of a pick while endpoints are blocked ------------------------------------------------------------------
+
+#: (router, endpoints, blocked): each size unblocked first, then with a quarter of its endpoints blocked.
+BLOCKED_CASES = [(name, size, blocked) for name in ROUTERS for size in (4, 16, 64) for blocked in (0, size // 4)]
+_unblocked: dict[tuple[str, int], float] = {}
+
+
+@pytest.mark.parametrize(("name", "size", "blocked"), BLOCKED_CASES)
+def test_pick_cost_blocked(benchmark: Any, name: str, size: int, blocked: int) -> None:
+    endpoints = tuple(Endpoint(url=f"http://127.0.0.1:{8000 + i}", name=f"e{i}") for i in range(size))
+    health = EndpointHealth(endpoints)
+    for endpoint in endpoints[:blocked]:  # open circuits, ejections, rate limits: blocked for the whole run
+        health.block(endpoint, health.clock() + 3600.0, "open")
+    cls = ROUTERS[name]
+    router = cls(cls.Config(seed=1), SimpleNamespace(endpoints=endpoints, health=health))
+    benchmark(_pair(router.aurelis_route, router.aurelis_attempt_end))
+    median = benchmark.stats.stats.median
+    if not blocked:
+        _unblocked[name, size] = median
+        print(f"\n{name}, {size} endpoints: {median * 1e6:.2f} us (median)")
+        return
+    base = _unblocked.get((name, size))
+    ratio = f", {median / base:.2f}x the unblocked pick" if base else ""
+    print(f"\n{name}, {size} endpoints, {blocked} blocked: {median * 1e6:.2f} us (median){ratio}")

@@ -217,6 +217,26 @@ def test_blocked_endpoints_are_not_picked_and_all_blocked_means_panic(cls: Any) 
 
 
 @pytest.mark.parametrize("cls", ALL)
+def test_a_pick_with_blocked_endpoints_reuses_the_candidate_set(cls: Any) -> None:
+    # With endpoints blocked, each pick must not rebuild the candidates from all endpoints: the registry's
+    # list and the router's index set are built once and reused until a status changes.
+    clock = FakeClock()
+    eps = endpoints(*[1] * 16)
+    router = make(cls, eps, clock)
+    for endpoint in eps[:4]:
+        router.health.block(endpoint, clock.now + 60, "open")
+    counts = run_sequential(router, clock, 50)
+    assert not set(counts) & {"e0", "e1", "e2", "e3"}
+    allowed = router._allowed_set
+    assert allowed == frozenset(range(4, 16))
+    run_sequential(router, clock, 50)
+    assert router._allowed_set is allowed
+    router.health.block(eps[4], clock.now + 60, "rate_limited")
+    assert "e4" not in run_sequential(router, clock, 50)
+    assert router._allowed_set == frozenset(range(5, 16))
+
+
+@pytest.mark.parametrize("cls", ALL)
 def test_half_open_endpoint_is_picked_only_while_it_has_probes(cls: Any) -> None:
     clock = FakeClock()
     eps = endpoints(1, 1)
