@@ -6,7 +6,6 @@ construction cost is part of every request's overhead and is kept to a handful o
 
 from __future__ import annotations
 
-import json as _json
 import math
 import re
 import time
@@ -16,6 +15,7 @@ from typing import Any
 import attrs
 
 from ._compat import buffered_body
+from ._json import parse_json
 from .validators import header_table, http_url, label, positive, positive_int, printable
 
 __all__ = [
@@ -466,6 +466,9 @@ class RequestContext:
     def json(self) -> Any:
         """The request's JSON body, parsed on first use (a stage that parsed it already sets it), or ``None``.
 
+        Numbers follow one policy whoever parses (:func:`aurelis_core.plugin.parse_json`): integral values are
+        ``int``, others exact ``Decimal``.
+
         Lazy because most requests never need it: a cache hit whose key came from a memoised body digest
         skips parsing entirely.
         """
@@ -475,8 +478,8 @@ class RequestContext:
             body = buffered_body(self.original)  # never read a streaming upload behind the caller
             if body:
                 try:
-                    value = _json.loads(body)
-                except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError), too deep
+                    value = parse_json(body)
+                except (ValueError, RecursionError):  # not UTF-8 JSON (a DecodeError is a ValueError), too deep
                     value = None
             self._json = value
         return value

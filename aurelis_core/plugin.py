@@ -67,6 +67,8 @@ What is here
   URL), :func:`buffered_body`, :func:`replayable_body`, :func:`copy_request` (the request with other headers
   or URL, its body shared), :func:`signature_scheme`, :func:`resend_refusal`, and :func:`usage_tokens` (the
   tokens a stored JSON answer spent). Plugins read no private attribute of httpx objects: these helpers do.
+  :func:`parse_json` parses a body the way ``ctx.json`` is parsed (integral numbers as ``int``, others as
+  exact ``Decimal``), so a plugin that parses for itself sees the same values.
 - **tokens and money**: :class:`Usage` and :func:`usage_counts` (the input, output and cached-input tokens
   in an answer's usage block; ``attempt.usage`` and ``entry.usage`` read it), :class:`Pricing`
   (``pipeline.config.pricing``, from ``[pricing]``: :meth:`Pricing.cost` of a model's usage) and
@@ -89,6 +91,7 @@ What is here
 """
 
 from ._compat import buffered_body, copy_request, header_items, replayable_body, url_parts
+from ._json import parse_json
 from ._logs import component_logger, describe_error, expected_fault, log_fault
 from ._models import Attempt, CacheEntry, Endpoint, RequestContext, RequestControls, Usage, usage_counts, usage_tokens
 from ._plugins import PluginSpec, blocked_plugins, discover_plugins
@@ -115,6 +118,7 @@ from .validators import (
     ALLOW_NON_FINITE,
     PROBE,
     Invalid,
+    as_tuple,
     at_least,
     choices_hint,
     describe,
@@ -181,6 +185,7 @@ __all__ = [
     "Usage",
     "WarmTarget",
     "WorkloadRequest",
+    "as_tuple",
     "at_least",
     "blocked_plugins",
     "buffered_body",
@@ -211,6 +216,7 @@ __all__ = [
     "non_negative",
     "non_negative_int",
     "one_of",
+    "parse_json",
     "percentile",
     "positive",
     "positive_int",
