@@ -50,6 +50,7 @@ from aurelis_core.plugin import (
     Invalid,
     RequestContext,
     ShrinkableTier,
+    as_tuple,
     component_logger,
     hookimpl,
     in_range,
@@ -103,7 +104,7 @@ def _probe_port(instance: PrometheusConfig, attribute: Any, value: int | None) -
 def _buckets(instance: Any, attribute: Any, value: Sequence[float]) -> None:
     """Histogram bucket bounds: at least one, each a positive finite number, in increasing order."""
     expected = "increasing positive numbers of seconds, e.g. [0.001, 0.1, 1, 10, 60]"
-    if not value:
+    if not isinstance(value, tuple) or not value:
         raise Invalid(attribute.name, expected, value)
     for index, bound in enumerate(value):
         if not 0 < bound < float("inf") or (index and bound <= value[index - 1]):
@@ -121,9 +122,13 @@ class PrometheusConfig:
     max_label_values: int = attrs.field(default=20, validator=positive_int)
     #: Bucket bounds (seconds) of ``aurelis_response_time_seconds`` and
     #: ``aurelis_upstream_attempt_duration_seconds``: increasing, positive.
-    response_time_buckets: tuple[float, ...] = attrs.field(default=RESPONSE_BUCKETS, validator=_buckets)
+    response_time_buckets: tuple[float, ...] = attrs.field(
+        default=RESPONSE_BUCKETS, converter=as_tuple, validator=_buckets
+    )
     #: Bucket bounds (seconds) of ``aurelis_time_to_first_token_seconds``: increasing, positive.
-    first_token_buckets: tuple[float, ...] = attrs.field(default=FIRST_TOKEN_BUCKETS, validator=_buckets)
+    first_token_buckets: tuple[float, ...] = attrs.field(
+        default=FIRST_TOKEN_BUCKETS, converter=as_tuple, validator=_buckets
+    )
     #: Seconds a shared tier's entry and byte counts are reused between scrapes (counting them scans the tier:
     #: every key of a Redis prefix, a query over a SQLite file); 0: never count them.
     tier_stats_interval: float = attrs.field(default=60.0, validator=non_negative)
