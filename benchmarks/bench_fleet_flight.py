@@ -1,0 +1,127 @@
+"""Fleet-wide single-flight: upstream calls per distinct prompt when N replicas get it at once, and what leading
+and following cost in latency.
+
+Run: ``.venv/bin/python -m pytest benchmarks/bench_fleet_flight.py -s``
+
+N worker processes (4, then 16), each with its own pipeline (``normalize`` + ``redis``, the tier's defaults) and a
+sync client, share one ``redis-server`` on 127.0.0.1 and one simulated upstream (fixed latency ``LATENCY``).
+Once every worker has started (connections open), the bench tells them all the same moments; at each, every
+worker sends the same new prompt (``PROMPTS`` distinct prompts, one per moment). Each run is made with
+``fleet_flight`` on and off:
+
+- **upstream calls per distinct prompt**: the upstream's count over ``PROMPTS``. Off, each replica coalesces only
+  its own requests: N. Target on: 1.
+- **latency**: each request's own send-to-answer time, by role. Off, every request is a single-process leader
+  (what local coalescing gives every replica: its own call); on, the fleet's leader goes upstream and the
+  followers read its stored answer from Redis. The added latency is the median of a role on, less the median
+  off; followers wait for the leader's store, then for their next look (2 ms, doubling, up to ``poll`` = 50 ms).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from bench_tiers import redis_server
+
+from aurelis_core.testing import simulated_upstream
+
+__all__ = ["redis_server"]  # the fixture, shared with bench_tiers
+
+LATENCY = 0.2
+PROMPTS = 5
+#: Seconds between two prompts' moments: the answer, its store, and the followers' last look fit in it.
+GAP = 1.0
+
+#: One replica: build, start (open the tier's connections), say "ready", read the moments, send a prompt at
+#: each, print (latency, served by) per request.
+WORKER = textwrap.dedent("""
+    import json, sys, time
+    import httpx
+    from aurelis_core import Pipeline
+    config, url, prompts = json.loads(sys.argv[1])
+    pipeline = Pipeline(config)
+    results = []
+    with pipeline.instrument(httpx.Client(timeout=60)) as client:
+        pipeline.start()
+        print("ready", flush=True)
+        moments = json.loads(sys.stdin.readline())
+        for moment, prompt in zip(moments, prompts):
+            time.sleep(max(0.0, moment - time.time()))
+            sent = time.perf_counter()
+            response = client.post(url, json=prompt)
+            took = time.perf_counter() - sent
+            assert response.status_code == 200, response.status_code
+            results.append([took, response.headers.get("x-aurelis-cache-tier")])
+    print(json.dumps(results), flush=True)
+""")
+
+
+def run_fleet(processes: int, fleet_flight: bool, redis_url: str, run: str) -> dict[str, Any]:
+    """One run: ``processes`` workers, ``PROMPTS`` prompts new to all of them (``run`` makes them new)."""
+    prompts = [{"model": "sim-chat", "max_tokens": 20,
+                "messages": [{"role": "user", "content": f"{run}: popular prompt {i}"}]} for i in range(PROMPTS)]
+    config = {"plugins": ["normalize", "redis"],
+              "redis": {"url": redis_url, "fleet_flight": {"enabled": fleet_flight}}}
+    with simulated_upstream(latency=LATENCY) as upstream:
+        url = upstream.base_url + "/chat/completions"
+        workers = [
+            subprocess.Popen([sys.executable, "-c", WORKER, json.dumps([config, url, prompts])],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            for _ in range(processes)
+        ]
+        try:
+            for worker in workers:
+                assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+            first = time.time() + 0.5
+            moments = json.dumps([first + i * GAP for i in range(PROMPTS)]) + "\n"
+            for worker in workers:
+                assert worker.stdin is not None
+                worker.stdin.write(moments)
+                worker.stdin.flush()
+            results = [json.loads(worker.communicate(timeout=120)[0]) for worker in workers]
+        finally:
+            for worker in workers:
+                worker.kill()
+                worker.wait()
+        calls = upstream.count("/chat/completions")
+    requests = [request for result in results for request in result]
+    upstream_ms = [took * 1000 for took, tier in requests if tier is None]
+    redis_ms = [took * 1000 for took, tier in requests if tier == "redis"]
+    return {"calls_per_prompt": calls / PROMPTS, "upstream_ms": upstream_ms, "follower_ms": redis_ms}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+@pytest.fixture(scope="module")
+def runs(redis_server: str) -> Iterator[dict[tuple[int, bool], dict[str, Any]]]:
+    yield {(n, on): run_fleet(n, on, redis_server, f"n{n}-{'on' if on else 'off'}")
+           for n in (4, 16) for on in (False, True)}
+
+
+@pytest.mark.parametrize("processes", [4, 16])
+def test_upstream_calls_per_distinct_prompt_and_added_latency(
+    runs: dict[tuple[int, bool], dict[str, Any]], processes: int
+) -> None:
+    off, on = runs[(processes, False)], runs[(processes, True)]
+    baseline = median(off["upstream_ms"])
+    leader, follower = median(on["upstream_ms"]), median(on["follower_ms"])
+    print(
+        f"\nN={processes} processes, {PROMPTS} prompts, upstream latency {LATENCY * 1000:.0f} ms:"
+        f"\n  upstream calls per distinct prompt: off {off['calls_per_prompt']:.2f}, on {on['calls_per_prompt']:.2f}"
+        f"\n  off (single-process coalescing, every replica its own call): median {baseline:.1f} ms"
+        f"\n  on, leader:    median {leader:.1f} ms ({leader - baseline:+.1f} ms), {len(on['upstream_ms'])} requests"
+        f"\n  on, followers: median {follower:.1f} ms ({follower - baseline:+.1f} ms), "
+        f"p90 {statistics.quantiles(on['follower_ms'], n=10)[-1]:.1f} ms, {len(on['follower_ms'])} requests"
+    )
+    assert off["calls_per_prompt"] == processes  # the comparison means something: off, the fleet fans out
+    assert on["calls_per_prompt"] == 1
