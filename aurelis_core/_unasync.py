@@ -49,7 +49,10 @@ TWINS: tuple[Twin, ...] = (
     Twin(
         "plugins/_redis_async.py",
         "plugins/_redis_sync.py",
-        {**_MODE, "async_client": "sync_client", "_aflight_script": "_flight_script", "asyncio": "time"},
+        {
+            **_MODE, "async_client": "sync_client", "_aflight_script": "_flight_script", "_alistener": "_listener",
+            "asyncio": "time",
+        },
     ),
     Twin(
         "plugins/_sqlite_async.py",

@@ -9,10 +9,12 @@ tier's lookup of a coalescable request runs one script instead of a ``GET``:
   request goes upstream (and other local requests for the key join its local flight). A thread renews the
   lease every third of ``lease`` seconds while the call runs. When the answer is stored, the write-behind batch
   that writes the entry also drops the lease (if the token still matches);
-- else another replica leads: the request **follows**, looking again (the same script) after 2 ms, 4 ms, ...
-  up to ``poll`` seconds apart, until the entry is there (a hit from this tier), the lease is gone (the leader
-  died: the lease expired unrenewed, and the first follower to look takes it over), the leader gave up, or
-  ``wait`` seconds passed (then it goes upstream on its own; a request is never failed by waiting).
+- else another replica leads: the request **follows**. It subscribes to the lease's channel (the leader's
+  release publishes there) and looks again (the same script) when told, or after 2 ms, 4 ms, ... up to ``poll``
+  seconds apart, until the entry is there (a hit from this tier), the lease is gone (the leader died: the lease
+  expired unrenewed, and the first follower to look takes it over), the leader gave up, or ``wait`` seconds
+  passed (then it goes upstream on its own; a request is never failed by waiting). On Cluster followers only
+  look (a classic channel's messages go to every node).
 
 A leader that ends without storing (an error status or exception, an answer too large or not cacheable, the
 caller gone) marks the lease *given up* for a second, so its followers go upstream at once instead of electing
@@ -26,10 +28,12 @@ goes upstream as it would without this option.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -47,6 +51,8 @@ __all__ = [
     "LUA_RENEW",
     "FleetFlightConfig",
     "Leases",
+    "LoopListener",
+    "ThreadListener",
     "lease_key",
 ]
 
@@ -69,10 +75,15 @@ return {0}
 """
 
 #: KEYS: lease; ARGV: token, milliseconds to keep the given-up mark (0: the answer was stored, drop the lease).
+#: Followers are told on the channel named like the lease key.
 LUA_RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
-redis.call('SET', KEYS[1], '!', 'PX', ARGV[2])
+if ARGV[2] == '0' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], '!', 'PX', ARGV[2])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[2])
 return 1
 """
 
@@ -161,3 +172,135 @@ class Leases:
                     self._renew_failed_logged = True
                     log_fault(logger, logging.WARNING,
                               "fleet_flight could not renew its leases; followers may take over", error=exc)
+
+
+# --- being told: pub/sub ---------------------------------------------------------------------------------------
+# A follower that waits subscribes to its lease's channel (one pub/sub connection per client, shared by every key
+# waited for), so the leader's release wakes it at once instead of at its next look. Looks go on all the same,
+# ``poll`` apart at most: a dead leader publishes nothing (its lease expires), and a message published before the
+# subscription was active is missed. The listener's reader runs while someone waits. Made per mode by hand, like
+# the clients; the look loop that uses them is written once (``_redis_async.look``).
+
+#: Seconds the reader waits for a message at a time (it stops when nobody waits).
+READ_TIMEOUT = 0.05
+
+
+class LoopListener:
+    """The pub/sub listener of one asyncio client: its reader is a task on the client's loop."""
+
+    def __init__(self, client: Any) -> None:
+        self._pubsub = client.pubsub()
+        self._waiting: dict[str, set[asyncio.Event]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def watch(self, channel: str) -> asyncio.Event:
+        """Subscribe to ``channel`` (if nobody here is already); the event set when a message comes."""
+        event = asyncio.Event()
+        waiting = self._waiting.setdefault(channel, set())
+        waiting.add(event)
+        if len(waiting) == 1:
+            try:
+                await self._pubsub.subscribe(channel)
+            except BaseException:
+                self._forget(channel, event)
+                raise
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.ensure_future(self._read())
+        return event
+
+    async def unwatch(self, channel: str, event: asyncio.Event) -> None:
+        if self._forget(channel, event):
+            await self._pubsub.unsubscribe(channel)
+
+    def _forget(self, channel: str, event: asyncio.Event) -> bool:
+        """Drop ``event``; true when nobody waits on ``channel`` any more."""
+        waiting = self._waiting.get(channel)
+        if waiting is None:
+            return False
+        waiting.discard(event)
+        if waiting:
+            return False
+        del self._waiting[channel]
+        return True
+
+    @staticmethod
+    async def pause(event: asyncio.Event, seconds: float) -> None:
+        """Wait ``seconds``, or less if a message comes."""
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except TimeoutError:
+            pass
+        event.clear()
+
+    async def _read(self) -> None:
+        try:
+            while self._waiting:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_TIMEOUT)
+                if message is not None:
+                    for event in self._waiting.get(message["channel"].decode(), ()):
+                        event.set()
+        except Exception as exc:  # the followers' looks carry on, and find out what is wrong
+            log_fault(logger, logging.DEBUG, "fleet_flight stopped listening", error=exc)
+
+
+class ThreadListener:
+    """The pub/sub listener of the sync client: its reader is a daemon thread."""
+
+    def __init__(self, client: Any) -> None:
+        self._pubsub = client.pubsub()
+        self._waiting: dict[str, set[threading.Event]] = {}
+        # Held to subscribe and unsubscribe (one command at a time on the connection) and to start the reader.
+        self._lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+
+    def watch(self, channel: str) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            waiting = self._waiting.setdefault(channel, set())
+            waiting.add(event)
+            if len(waiting) == 1:
+                try:
+                    self._pubsub.subscribe(channel)
+                except BaseException:
+                    self._forget(channel, event)
+                    raise
+            if self._reader is None:
+                self._reader = threading.Thread(target=self._read, name="aurelis-fleet-flight-listener", daemon=True)
+                self._reader.start()
+        return event
+
+    def unwatch(self, channel: str, event: threading.Event) -> None:
+        with self._lock:
+            if self._forget(channel, event):
+                self._pubsub.unsubscribe(channel)
+
+    def _forget(self, channel: str, event: threading.Event) -> bool:
+        waiting = self._waiting.get(channel)
+        if waiting is None:
+            return False
+        waiting.discard(event)
+        if waiting:
+            return False
+        del self._waiting[channel]
+        return True
+
+    @staticmethod
+    def pause(event: threading.Event, seconds: float) -> None:
+        event.wait(seconds)
+        event.clear()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if not self._waiting:
+                        self._reader = None
+                        return
+                message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_TIMEOUT)
+                if message is not None:
+                    for event in list(self._waiting.get(message["channel"].decode(), ())):
+                        event.set()
+        except Exception as exc:
+            with self._lock:
+                self._reader = None
+            log_fault(logger, logging.DEBUG, "fleet_flight stopped listening", error=exc)

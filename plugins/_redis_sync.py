@@ -63,32 +63,49 @@ def look(tier: FleetFlightTier, ctx: RequestContext, key: str) -> CacheEntry | N
     counters = tier.pipeline.stats.counters
     deadline = monotonic() + config.wait
     pause = FIRST_PAUSE
-    while True:
-        try:
-            reply = tier._flight_script()(keys=[key, lease], args=[token, config.lease_ms])
-        except TIER_ERRORS as exc:
-            if _busy(exc):
-                tier.pipeline.stats.tier_error(tier.name, "busy")
+    listener = tier._listener()
+    told = None  # set by the listener when the leader releases the lease
+    try:
+        while True:
+            try:
+                reply = tier._flight_script()(keys=[key, lease], args=[token, config.lease_ms])
+            except TIER_ERRORS as exc:
+                if _busy(exc):
+                    tier.pipeline.stats.tier_error(tier.name, "busy")
+                    return None
+                breaker.failure()
+                raise
+            breaker.success()
+            outcome = reply[0]
+            if outcome == FOUND:
+                if pause != FIRST_PAUSE:
+                    counters["redis.fleet_flight.followed"] += 1
+                return tier._found(key, reply[1], SYNC)
+            if outcome == LEAD:
+                tier._lead(ctx, lease, token)
                 return None
-            breaker.failure()
-            raise
-        breaker.success()
-        outcome = reply[0]
-        if outcome == FOUND:
-            if pause != FIRST_PAUSE:
-                counters["redis.fleet_flight.followed"] += 1
-            return tier._found(key, reply[1], SYNC)
-        if outcome == LEAD:
-            tier._lead(ctx, lease, token)
-            return None
-        if outcome == GAVE_UP:
-            return None
-        left = deadline - monotonic()
-        if left <= 0:
-            counters["redis.fleet_flight.waited_out"] += 1
-            return None
-        time.sleep(min(pause, left))
-        pause = min(pause * 2, config.poll)
+            if outcome == GAVE_UP:
+                return None
+            left = deadline - monotonic()
+            if left <= 0:
+                counters["redis.fleet_flight.waited_out"] += 1
+                return None
+            if told is None and listener is not None:
+                try:
+                    told = listener.watch(lease)
+                except TIER_ERRORS:
+                    listener = None  # looking alone tells too, only later
+            if told is not None and listener is not None:
+                listener.pause(told, min(pause, left))
+            else:
+                time.sleep(min(pause, left))
+            pause = min(pause * 2, config.poll)
+    finally:
+        if told is not None and listener is not None:
+            try:
+                listener.unwatch(lease, told)
+            except TIER_ERRORS:
+                pass  # the listener's connection is gone: its subscriptions with it
 
 
 def write(tier: RedisTier, batch: list[Op]) -> None:

@@ -75,7 +75,16 @@ from aurelis_core.plugin import (
     redis_url,
 )
 
-from ._fleet_flight import GAVE_UP_MS, LUA_LOOK, LUA_RELEASE, LUA_RENEW, FleetFlightConfig, Leases
+from ._fleet_flight import (
+    GAVE_UP_MS,
+    LUA_LOOK,
+    LUA_RELEASE,
+    LUA_RENEW,
+    FleetFlightConfig,
+    Leases,
+    LoopListener,
+    ThreadListener,
+)
 from ._redis_client import make_client
 from ._serialize import SerializeError, Unauthenticated, codec_named, dumps, loads
 from ._tier import WarmConfig, WriteBehindTier
@@ -713,23 +722,37 @@ class FleetFlightTier(RedisTier):
         super().__init__(config, pipeline)
         #: The leases this process holds, renewed while their upstream calls run.
         self.leases = Leases(config.fleet_flight, self._renew)
-        self._look_sync: tuple[Any, Any] = (None, None)
-        self._look_async: tuple[Any, Any] = (None, None)
+        # Per client: (client, look script, pub/sub listener or None).
+        self._sync_flight: tuple[Any, Any, ThreadListener | None] = (None, None, None)
+        self._async_flight: tuple[Any, Any, LoopListener | None] = (None, None, None)
 
-    # The look script of each client (redis-py sends its SHA, and the text again only if the server lost it).
+    # Each client's look script (redis-py sends its SHA, and the text again only if the server lost it) and
+    # pub/sub listener (none on Cluster, where followers only look: a channel's messages would go to every node).
     # Per mode by hand, like the clients; the looks themselves are written once in ``_redis_async``.
 
     def _flight_script(self) -> Any:
-        client = self.sync_client()
-        if self._look_sync[0] is not client:
-            self._look_sync = (client, client.register_script(LUA_LOOK))
-        return self._look_sync[1]
+        return self._sync_flight_of(self.sync_client())[1]
+
+    def _listener(self) -> ThreadListener | None:
+        return self._sync_flight_of(self.sync_client())[2]
+
+    def _sync_flight_of(self, client: Any) -> tuple[Any, Any, ThreadListener | None]:
+        if self._sync_flight[0] is not client:
+            listener = None if self._per_node else ThreadListener(client)
+            self._sync_flight = (client, client.register_script(LUA_LOOK), listener)
+        return self._sync_flight
 
     def _aflight_script(self) -> Any:
-        client = self.async_client()
-        if self._look_async[0] is not client:
-            self._look_async = (client, client.register_script(LUA_LOOK))
-        return self._look_async[1]
+        return self._async_flight_of(self.async_client())[1]
+
+    def _alistener(self) -> LoopListener | None:
+        return self._async_flight_of(self.async_client())[2]
+
+    def _async_flight_of(self, client: Any) -> tuple[Any, Any, LoopListener | None]:
+        if self._async_flight[0] is not client:
+            listener = None if self._per_node else LoopListener(client)
+            self._async_flight = (client, client.register_script(LUA_LOOK), listener)
+        return self._async_flight
 
     @hookimpl
     def aurelis_cache_get(self, ctx: RequestContext) -> Any:

@@ -124,6 +124,47 @@ def test_sync_replicas_make_one_upstream_call(upstream_factory: Any, redis_flush
     assert counter(fleet, "followed") == 3
 
 
+#: With ``poll`` this long, looks after the first ones are 0.5 s, then 1 s apart: a follower's answer at about the
+#: upstream's latency (1.1 s) came from the leader's message, as its next look would be at 2 s.
+TOLD_LATENCY, NEXT_LOOK = 1.1, 2.0
+
+
+@pytest.mark.anyio
+async def test_async_followers_are_told_when_the_answer_is_stored(upstream_factory: Any, redis_flush: str) -> None:
+    upstream: SimulatedServer = upstream_factory(latency=TOLD_LATENCY)
+    fleet = replicas(3, redis_flush, poll=10.0)
+    started = time.monotonic()
+    responses = await ask_all(fleet, upstream.url, body("tell me when"))
+    assert [r.status_code for r in responses] == [200] * 3
+    assert upstream.count(CHAT) == 1
+    assert time.monotonic() - started < NEXT_LOOK
+
+
+def test_sync_followers_are_told_when_the_answer_is_stored(upstream_factory: Any, redis_flush: str) -> None:
+    upstream: SimulatedServer = upstream_factory(latency=TOLD_LATENCY)
+    fleet = replicas(3, redis_flush, poll=10.0)
+    clients = [p.instrument(httpx.Client(timeout=20)) for p in fleet]
+    took: list[float] = []
+    start = threading.Barrier(len(clients))
+
+    def ask(client: httpx.Client) -> None:
+        start.wait()
+        sent = time.monotonic()
+        assert client.post(upstream.url + CHAT, json=body("tell me too")).status_code == 200
+        took.append(time.monotonic() - sent)
+
+    threads = [threading.Thread(target=ask, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for client in clients:
+        client.close()
+    assert len(took) == 3
+    assert upstream.count(CHAT) == 1
+    assert max(took) < NEXT_LOOK
+
+
 @pytest.mark.anyio
 async def test_local_requests_of_the_leading_replica_join_its_local_flight(
     upstream_factory: Any, redis_flush: str
