@@ -82,6 +82,8 @@ def look(tier: FleetFlightTier, ctx: RequestContext, key: str) -> CacheEntry | N
                     counters["redis.fleet_flight.followed"] += 1
                 return tier._found(key, reply[1], SYNC)
             if outcome == LEAD:
+                if pause != FIRST_PAUSE:  # it followed a leader whose lease expired
+                    counters["redis.fleet_flight.took_over"] += 1
                 tier._lead(ctx, lease, token)
                 return None
             if outcome == GAVE_UP:
