@@ -138,7 +138,8 @@ def test_upstream_calls_per_distinct_prompt_and_added_latency(
         f"\n  off, N processes: median {median(off['upstream_ms']):.1f} ms"
         f"\n  on, leader:    median {leader:.1f} ms ({leader - baseline:+.1f} ms), {len(on['upstream_ms'])} requests"
         f"\n  on, followers: median {follower:.1f} ms ({follower - baseline:+.1f} ms), "
-        f"p90 {statistics.quantiles(on['follower_ms'], n=10)[-1]:.1f} ms, {len(on['follower_ms'])} requests"
+        f"p90 {statistics.quantiles(on['follower_ms'], n=10)[-1]:.1f} ms, max {max(on['follower_ms']):.0f} ms, "
+        f"{len(on['follower_ms'])} requests"
     )
     assert off["calls_per_prompt"] == processes  # the comparison means something: off, the fleet fans out
     # Target 1. Counted exceptions: a failed look (a timeout) goes upstream on its own, and a leader starved of

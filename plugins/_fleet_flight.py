@@ -33,7 +33,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 
@@ -184,13 +184,34 @@ class Leases:
 #: Seconds the reader waits for a message at a time (it stops when nobody waits).
 READ_TIMEOUT = 0.05
 
+#: A waiter's event: ``asyncio.Event`` or ``threading.Event``.
+E = TypeVar("E")
 
-class LoopListener:
-    """The pub/sub listener of one asyncio client: its reader is a task on the client's loop."""
+
+class _Listener(Generic[E]):
+    """What both listeners keep: their client's pub/sub connection, and who waits on which channel."""
 
     def __init__(self, client: Any) -> None:
         self._pubsub = client.pubsub()
-        self._waiting: dict[str, set[asyncio.Event]] = {}
+        self._waiting: dict[str, set[E]] = {}
+
+    def _forget(self, channel: str, event: E) -> bool:
+        """Drop ``event``; true when nobody waits on ``channel`` any more (it is to be unsubscribed)."""
+        waiting = self._waiting.get(channel)
+        if waiting is None:
+            return False
+        waiting.discard(event)
+        if waiting:
+            return False
+        del self._waiting[channel]
+        return True
+
+
+class LoopListener(_Listener[asyncio.Event]):
+    """The pub/sub listener of one asyncio client: its reader is a task on the client's loop."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
         self._reader: asyncio.Task[None] | None = None
 
     async def watch(self, channel: str) -> asyncio.Event:
@@ -212,17 +233,6 @@ class LoopListener:
         if self._forget(channel, event):
             await self._pubsub.unsubscribe(channel)
 
-    def _forget(self, channel: str, event: asyncio.Event) -> bool:
-        """Drop ``event``; true when nobody waits on ``channel`` any more."""
-        waiting = self._waiting.get(channel)
-        if waiting is None:
-            return False
-        waiting.discard(event)
-        if waiting:
-            return False
-        del self._waiting[channel]
-        return True
-
     @staticmethod
     async def pause(event: asyncio.Event, seconds: float) -> None:
         """Wait ``seconds``, or less if a message comes."""
@@ -243,12 +253,11 @@ class LoopListener:
             log_fault(logger, logging.DEBUG, "fleet_flight stopped listening", error=exc)
 
 
-class ThreadListener:
+class ThreadListener(_Listener[threading.Event]):
     """The pub/sub listener of the sync client: its reader is a daemon thread."""
 
     def __init__(self, client: Any) -> None:
-        self._pubsub = client.pubsub()
-        self._waiting: dict[str, set[threading.Event]] = {}
+        super().__init__(client)
         # Held to subscribe and unsubscribe (one command at a time on the connection) and to start the reader.
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
@@ -273,16 +282,6 @@ class ThreadListener:
         with self._lock:
             if self._forget(channel, event):
                 self._pubsub.unsubscribe(channel)
-
-    def _forget(self, channel: str, event: threading.Event) -> bool:
-        waiting = self._waiting.get(channel)
-        if waiting is None:
-            return False
-        waiting.discard(event)
-        if waiting:
-            return False
-        del self._waiting[channel]
-        return True
 
     @staticmethod
     def pause(event: threading.Event, seconds: float) -> None:
