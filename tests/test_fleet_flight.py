@@ -123,9 +123,9 @@ def test_sync_replicas_make_one_upstream_call(upstream_factory: Any, redis_flush
     assert counter(fleet, "followed") == 3
 
 
-#: With ``poll`` this long, looks after the first ones are 0.5 s, then 1 s apart: a follower's answer at about the
-#: upstream's latency (1.1 s) came from the leader's message, as its next look would be at 2 s.
-TOLD_LATENCY, NEXT_LOOK = 1.1, 2.0
+#: With ``poll`` this long, a follower's looks are at 2 ms, 6 ms, ... 2.05 s, then 4.09 s: an answer at about the
+#: upstream's latency (2.2 s) came from the leader's message, as its next look would be at 4.09 s.
+TOLD_LATENCY, NEXT_LOOK = 2.2, 3.5
 
 
 @pytest.mark.anyio
@@ -249,8 +249,9 @@ def test_a_cluster_keeps_each_lease_in_its_entrys_slot(upstream_factory: Any, tm
 # --- separate processes ------------------------------------------------------------------------------------------
 
 #: One replica: a process with its own pipeline and a sync client. It says "ready" once built and started (its
-#: connections open), reads the moment (epoch seconds) to send its one request at, and prints its status, what
-#: served it, and its counters.
+#: connections open), reads the moment (epoch seconds) to send its one request at, prints its status, what
+#: served it, and its counters, and lives on (as a replica does: its writes are written behind) until its input
+#: ends.
 REPLICA = textwrap.dedent("""
     import json, sys, time
     import httpx
@@ -265,6 +266,7 @@ REPLICA = textwrap.dedent("""
         stats = pipeline.stats
         print(json.dumps([response.status_code, response.headers.get("x-aurelis-cache-tier"),
                           dict(stats.counters), dict(stats.tier_errors)]), flush=True)
+        sys.stdin.read()
 """)
 
 
@@ -287,10 +289,16 @@ def go(processes: list[subprocess.Popen[str]], delay: float = 0.3) -> None:
 
 
 def outcome(process: subprocess.Popen[str]) -> list[Any]:
-    out, _ = process.communicate(timeout=60)
-    assert process.returncode == 0
-    result: list[Any] = json.loads(out)
+    """What the process printed about its request (it lives on until :func:`end`)."""
+    assert process.stdout is not None
+    result: list[Any] = json.loads(process.stdout.readline())
     return result
+
+
+def end(processes: list[subprocess.Popen[str]]) -> None:
+    for process in processes:
+        process.communicate(timeout=60)
+        assert process.returncode == 0
 
 
 def test_four_processes_arriving_at_once_make_one_upstream_call(upstream_factory: Any, redis_flush: str) -> None:
@@ -300,6 +308,7 @@ def test_four_processes_arriving_at_once_make_one_upstream_call(upstream_factory
     processes = [spawn(config(redis_flush, lease=30.0), upstream.url, body("four processes")) for _ in range(4)]
     go(processes)
     results = [outcome(p) for p in processes]
+    end(processes)
     assert [result[0] for result in results] == [200] * 4
     assert upstream.count(CHAT) == 1, results
     assert [result[1] for result in results].count("redis") == 3  # the followers' answers came from Redis
