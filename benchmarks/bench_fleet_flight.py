@@ -48,7 +48,7 @@ PROMPTS = 8
 GAP = 1.0
 
 #: One replica: build, start (open the tier's connections), say "ready", read the moments, send a prompt at
-#: each, print (latency, served by) per request.
+#: each, print (latency, served by) per request and its counters, then live on until its input ends.
 WORKER = textwrap.dedent("""
     import json, sys, time
     import httpx
@@ -67,8 +67,9 @@ WORKER = textwrap.dedent("""
             took = time.perf_counter() - sent
             assert response.status_code == 200, response.status_code
             results.append([took, response.headers.get("x-aurelis-cache-tier")])
-    counters = {k: v for k, v in pipeline.stats.counters.items() if k.startswith("redis.")}
-    print(json.dumps([results, dict(pipeline.stats.tier_errors), counters]), flush=True)
+        counters = {k: v for k, v in pipeline.stats.counters.items() if k.startswith("redis.")}
+        print(json.dumps([results, dict(pipeline.stats.tier_errors), counters]), flush=True)
+        sys.stdin.read()  # live on until every worker is done, as replicas do (their writes are written behind)
 """)
 
 
@@ -94,7 +95,9 @@ def run_fleet(processes: int, fleet_flight: bool, redis_url: str, run: str) -> d
                 assert worker.stdin is not None
                 worker.stdin.write(moments)
                 worker.stdin.flush()
-            outputs = [json.loads(worker.communicate(timeout=120)[0]) for worker in workers]
+            outputs = [json.loads(worker.stdout.readline()) for worker in workers]
+            for worker in workers:
+                worker.communicate(timeout=60)
         finally:
             for worker in workers:
                 worker.kill()
