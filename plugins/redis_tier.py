@@ -49,7 +49,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -442,9 +442,11 @@ class RedisTier(WriteBehindTier):
         log_fault(logger, logging.WARNING, "cache tier 'redis'%s could not open its connections at start-up",
                   f" at {where}" if where else "", error=exc)
 
-    async def _get_after_opening(self, opening: asyncio.Future[None], key: str) -> CacheEntry | None:
+    async def _after_opening(
+        self, opening: asyncio.Future[None], lookup: Callable[[], Awaitable[CacheEntry | None]]
+    ) -> CacheEntry | None:
         await asyncio.wait([opening])  # its errors are the start hook's to log
-        return await _redis_async.get(self, key)
+        return await lookup()
 
     def _breaker_for(self, client: Any, key: str) -> Breaker:
         """The breaker that answers for ``key``: the tier's, or on Cluster that of the master of its slot."""
@@ -484,7 +486,7 @@ class RedisTier(WriteBehindTier):
         if ctx.is_async:
             opening = self._opening
             if opening is not None and not opening.done():
-                return self._get_after_opening(opening, key)
+                return self._after_opening(opening, lambda: _redis_async.get(self, key))
             return _redis_async.get(self, key)
         return _redis_sync.get(self, key)
 
@@ -765,6 +767,9 @@ class FleetFlightTier(RedisTier):
             return None
         key = self._prefix + ctx.key
         if ctx.is_async:
+            opening = self._opening
+            if opening is not None and not opening.done():
+                return self._after_opening(opening, lambda: _redis_async.look(self, ctx, key))
             return _redis_async.look(self, ctx, key)
         return _redis_sync.look(self, ctx, key)
 
