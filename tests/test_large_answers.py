@@ -193,6 +193,44 @@ def test_each_tier_stores_up_to_its_own_limit(sized: tuple[SizedUpstream, str], 
     assert app.calls == 2
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_late_caller_never_joins_a_stream_that_stopped_keeping_its_start(
+    sized: tuple[SizedUpstream, str], mode: str
+) -> None:
+    """Past the largest tier's limit a stream flight drops the chunks its only reader has had, and must take
+    itself out of the flights at once: the same request arriving then is a call of its own, with the whole
+    answer, not a follower missing the start."""
+    app, url = sized
+    pipeline = Pipeline({"plugins": ["normalize", "memory"], "memory": {"max_entry_bytes": 20_000}})
+    body = ask(events=200)  # 200 events of ~1 KB and [DONE]: ten times what any tier keeps
+    if mode == "sync":
+        with httpx.Client(timeout=30) as client:
+            pipeline.instrument(client)
+            with client.stream("POST", url, json=body) as first:
+                chunks = first.iter_raw()
+                head = b""
+                while len(head) < 60_000:  # well past the limit, however the network cut the stream
+                    head += next(chunks)
+                late = client.post(url, json=body).content
+                whole = head + b"".join(chunks)
+    else:
+        async def main() -> tuple[bytes, bytes]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                pipeline.instrument(client)
+                async with client.stream("POST", url, json=body) as first:
+                    chunks = first.aiter_raw()
+                    head = b""
+                    while len(head) < 60_000:
+                        head += await chunks.__anext__()
+                    late = (await client.post(url, json=body)).content
+                    return head + b"".join([chunk async for chunk in chunks]), late
+
+        whole, late = anyio.run(main)
+    pipeline.close()
+    assert late == whole and whole.endswith(b"data: [DONE]\n\n") and whole.count(b"data: ") == 201
+    assert app.calls == 2
+
+
 @pytest.mark.parametrize(
     "table, options, key",
     [
