@@ -74,7 +74,7 @@ from aurelis_core.plugin import (
     redis_url,
 )
 
-from ._redis_client import make_client
+from ._redis_client import REDIS_ERRORS, make_client
 from ._serialize import SerializeError, Unauthenticated, codec_named, dumps, loads
 from ._tier import WarmConfig, WriteBehindTier
 from ._validators import at_rest_codec
@@ -92,9 +92,8 @@ logger = logging.getLogger("aurelis.cache.redis")
 
 #: Seconds each connection opened at start-up may take to connect (they connect together, maybe on a busy loop).
 START_CONNECT_TIMEOUT = 1.0
-#: Errors that mean "Redis is not answering properly" (redis-py wraps socket errors, but not all of them; and its
-#: "no Cluster node reachable" is not a RedisError).
-TIER_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException, OSError, asyncio.TimeoutError)
+#: Errors that mean "Redis is not answering properly".
+TIER_ERRORS = REDIS_ERRORS
 #: Default ``max_entry_bytes`` (see the module docstring).
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
