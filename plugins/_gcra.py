@@ -154,7 +154,7 @@ class RedisGCRA:
         self, connection: str | RedisConnection, prefix: str, timeout: float = 0.15, cooloff: float = 2.0
     ) -> None:
         try:
-            from ._redis_client import REDIS_ERRORS, Cooloff
+            from ._redis_client import REDIS_ERRORS, Cooloff, one_slot_prefix
         except ImportError:  # pragma: no cover - depends on the installed extras
             raise ImportError("the ratelimit plugin's shared limits need: pip install 'aurelis[redis]'") from None
         if isinstance(connection, str):
@@ -163,9 +163,7 @@ class RedisGCRA:
         self.connection = connection
         #: The single node's URL (None for Sentinel and Cluster).
         self.url = connection.url
-        if connection.is_cluster and not _has_hash_tag(prefix):
-            prefix = "{" + prefix + "}"
-        self.prefix = prefix
+        self.prefix = one_slot_prefix(connection, prefix)
         #: Seconds to connect, and to wait for each reply (a frozen Redis costs a request this, not its freeze).
         self.timeout = timeout
         #: Whether Redis may be asked now (not for ``cooloff`` seconds after it failed).
@@ -230,12 +228,6 @@ class RedisGCRA:
 
     async def aclose(self) -> None:
         await _gcra_async.close(self)
-
-
-def _has_hash_tag(key: str) -> bool:
-    """Whether Redis Cluster would hash ``key`` by a ``{...}`` tag in it (a non-empty one) rather than whole."""
-    start = key.find("{")
-    return start >= 0 and key.find("}", start + 1) > start + 1
 
 
 def _reservation(reply: Any) -> Reservation:

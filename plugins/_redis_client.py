@@ -29,7 +29,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the installed extras
     raise ImportError("talking to Redis needs: pip install 'aurelis[redis]'") from None
 
-__all__ = ["REDIS_ERRORS", "Cooloff", "make_client", "split_address"]
+__all__ = ["REDIS_ERRORS", "Cooloff", "make_client", "one_slot_prefix", "split_address"]
 
 #: What a failed call raises: redis-py wraps most socket errors, not all of them; and its "no Cluster node
 #: reachable" is not a RedisError.
@@ -99,6 +99,17 @@ class _AnyMasterCommandsParser(AsyncCommandsParser):
         if error is not None:
             raise error
         await super().initialize(node)
+
+
+def one_slot_prefix(connection: RedisConnection, prefix: str) -> str:
+    """``prefix``, made a hash tag on Cluster (``{aurelis:ratelimit:}``) unless it has one: every key under it then
+    lives in one slot, so one script may touch them all."""
+    if not connection.is_cluster:
+        return prefix
+    start = prefix.find("{")
+    if start >= 0 and prefix.find("}", start + 1) > start + 1:  # a non-empty tag: Cluster hashes by it already
+        return prefix
+    return "{" + prefix + "}"
 
 
 def split_address(host_port: str) -> tuple[str, int]:
