@@ -260,3 +260,25 @@ def test_circuits_are_shared_through_a_cluster_in_one_hash_slot(upstream: Simula
             probe.close()
         assert {k for _, k in keys} == {"{aurelis:breaker:}circuits"} and first.stats.counters[
             "breaker_redis_errors"] == 0, keys
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_async_replicas_share_their_circuits_too(redis_flush: str, upstream: SimulatedServer) -> None:
+    import anyio
+
+    opener, other = replica(redis_flush), replica(redis_flush)
+    await other.astart()  # reads the fleet's circuits (on the fleet's thread) before its first request
+    async with opener.instrument(httpx.AsyncClient(timeout=5)) as a, \
+            other.instrument(httpx.AsyncClient(timeout=5)) as b:
+        assert (await b.post(upstream.url + CHAT, json=BODY)).status_code == 200
+        upstream.behavior.status_override = 503
+        for _ in range(3):
+            assert (await a.post(upstream.url + CHAT, json=BODY)).status_code == 503
+        deadline = time.monotonic() + 5
+        while other.plugin("breaker").state(upstream.url) != "open":
+            assert time.monotonic() < deadline
+            await anyio.sleep(0.005)
+        with pytest.raises(CircuitOpenError):
+            await b.post(upstream.url + CHAT, json=BODY)
+    assert upstream.count() == 1 + 3
