@@ -196,11 +196,14 @@ class Breaker:
     def state(self, endpoint: Endpoint | str) -> CircuitState:
         """The circuit state of an endpoint (or its name; a host's origin URL when no endpoints are configured).
 
-        An open circuit whose time-out has passed still reads ``"open"`` until an attempt probes it.
+        An open circuit whose time-out has passed still reads ``"open"`` until an attempt probes it. Shared, an
+        endpoint this replica has not used yet reads as the fleet has it.
         """
         name = endpoint if isinstance(endpoint, str) else endpoint.name
         circuit = self._circuits.get(name)
-        return "closed" if circuit is None else circuit.state
+        if circuit is None:
+            return "open" if self.fleet is not None and name in self.fleet.remote else "closed"
+        return circuit.state
 
     # --- hooks -------------------------------------------------------------------------------------------------
 

@@ -73,6 +73,7 @@ def test_an_endpoint_one_replica_opened_is_skipped_by_the_others(redis_flush: st
     # A replica that starts now, and has never sent there, learns it before its first request.
     fresh = replica(redis_flush)
     fresh.start()
+    assert fresh.plugin("breaker").state(upstream.url) == "open"
     with fresh.instrument(httpx.Client(timeout=5)) as client:
         assert send(client, upstream) == "skipped"
     assert upstream.count() == sent
