@@ -184,7 +184,10 @@ class Breaker:
         self.transitions: deque[Transition] = deque(maxlen=1000)
         # Sync clients may share a pipeline across threads; transitions must not interleave. Uncontended: ~50 ns.
         self._lock = threading.Lock()
-        connection = config.redis or (pipeline.config.redis_connection or RedisConnection() if config.share else None)
+        # The table's own Redis; else, if shared, the config's, else the default node.
+        connection = config.redis
+        if connection is None and config.share:
+            connection = pipeline.config.redis_connection or RedisConnection()
         #: The fleet's circuits, when they are shared (see :mod:`aurelis_plugins._fleet_breaker`).
         self.fleet: Fleet | None = None
         if connection is not None:
@@ -215,7 +218,7 @@ class Breaker:
             if self.fleet is None:
                 return None
             with self._lock:  # shared: the fleet may have this endpoint open already
-                circuit = self._circuit_of(endpoint)
+                circuit = self._circuits.get(endpoint.name) or self._circuit_of(endpoint)
         if circuit.state == "closed":
             return None
         with self._lock:
