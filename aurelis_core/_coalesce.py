@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -171,8 +172,8 @@ class Flight:
 
     __slots__ = (
         "_cond", "_event", "_iter", "_on_end", "_upstream", "base", "chunks", "consumers", "error", "extensions",
-        "finished", "flights", "headers", "is_async", "kept", "limit", "pulling", "retry", "size", "status",
-        "streaming", "token",
+        "finished", "first_chunk", "flights", "headers", "is_async", "kept", "limit", "pulling", "retry", "size",
+        "status", "streaming", "token",
     )
 
     def __init__(self, flights: Flights, token: tuple[object, str] | None, is_async: bool) -> None:
@@ -186,6 +187,8 @@ class Flight:
         self.extensions: dict[str, Any] = {}
         self.streaming = False
         self.chunks: list[bytes] = []
+        #: When the first chunk of the body arrived (``time.perf_counter()``), ``None`` before.
+        self.first_chunk: float | None = None
         self.base = 0
         #: Bytes pulled so far, and how many the flight keeps (``None``: all); ``kept``: it has kept them all.
         self.size = 0
@@ -274,6 +277,8 @@ class Flight:
 
     def _pulled(self, chunk: bytes) -> None:
         """A chunk arrived from the upstream: keep it for everyone (and count it against ``limit``)."""
+        if self.first_chunk is None and chunk:
+            self.first_chunk = time.perf_counter()
         self.chunks.append(chunk)
         self.size += len(chunk)
         if self.kept and self.limit is not None and self.size > self.limit:

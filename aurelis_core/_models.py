@@ -6,7 +6,6 @@ construction cost is part of every request's overhead and is kept to a handful o
 
 from __future__ import annotations
 
-import json as _json
 import math
 import re
 import time
@@ -16,6 +15,7 @@ from typing import Any
 import attrs
 
 from ._compat import buffered_body
+from ._json import parse_json
 from .validators import header_table, http_url, label, positive, positive_int, printable
 
 __all__ = [
@@ -30,6 +30,8 @@ __all__ = [
     "RequestContext",
     "RequestControlError",
     "RequestControls",
+    "Usage",
+    "usage_counts",
     "usage_tokens",
 ]
 
@@ -104,23 +106,86 @@ class RequestControlError(ValueError):
 #: more than this when they are synchronised (NTP keeps them within milliseconds).
 CLOCK_SKEW = 5.0
 
-#: Bytes at the end of a body searched for the usage block: providers put ``usage`` last, and a bounded
-#: search keeps the cost per hit constant (~0.5 us: ``rfind`` is a C scan) whatever the size of the answer.
-_USAGE_TAIL = 512
+#: Bytes at the end of a body searched for the usage block: providers put ``usage`` last (a stream: in its last
+#: event, before ``[DONE]``), and a bounded search keeps the cost per answer constant whatever its size.
+USAGE_TAIL = 1024
+#: The token counts of a usage block, in the spellings of the OpenAI chat/completions and Responses APIs and of
+#: Anthropic's Messages API, and which count each is (input, output, total, cached input, Anthropic's cache
+#: read and cache write). A key is matched with its quotes, so ``"prompt_tokens_details"`` is not
+#: ``"prompt_tokens"`` and a key quoted inside message text (``\"prompt_tokens\"``) is neither.
+_USAGE_KEYS = (
+    (b'"prompt_tokens"', 0), (b'"input_tokens"', 0), (b'"completion_tokens"', 1), (b'"output_tokens"', 1),
+    (b'"total_tokens"', 2), (b'"cached_tokens"', 3), (b'"cache_read_input_tokens"', 4),
+    (b'"cache_creation_input_tokens"', 5),
+)
+
+
+class Usage:
+    """The tokens one answer spent, from its ``usage`` block: ``input`` (the prompt, cached part included),
+    ``output`` (the completion), ``cached_input`` (the part of the prompt the provider served from its own
+    prompt cache, 0 when not reported) and ``total`` (``total_tokens`` as reported, else input + output)."""
+
+    __slots__ = ("cached_input", "input", "output", "total")
+
+    def __init__(self, input: int, output: int, total: int | None = None, cached_input: int = 0) -> None:
+        self.input = input
+        self.output = output
+        self.total = input + output if total is None else total
+        self.cached_input = cached_input
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return (self.input, self.output, self.total, self.cached_input) == (
+            other.input, other.output, other.total, other.cached_input)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Usage(input={self.input}, output={self.output}, total={self.total}, cached_input={self.cached_input})"
+
+
+def usage_counts(tail: bytes) -> Usage | None:
+    """The :class:`Usage` of the last ``usage`` block in the last bytes of a JSON answer or an event stream
+    (pass its last :data:`USAGE_TAIL` bytes or more), or ``None`` when no usage block is there (a stream asked
+    without ``stream_options.include_usage``, an embedding without one, a content-encoded body).
+
+    A usage block comes last in an answer; in a stream, in its last event with one (Anthropic's last
+    ``message_delta`` carries the output tokens; its input tokens, in ``message_start``, are not seen).
+    """
+    # From the last "usage" key on: the block itself, not the usage: null of a stream's earlier events, and a
+    # few hundred bytes to scan rather than the whole tail.
+    at = tail.rfind(b'"usage"', max(0, len(tail) - USAGE_TAIL))
+    if at < 0:
+        return None
+    counts: list[int | None] = [None, None, None, None, None, None]
+    for key, kind in _USAGE_KEYS:
+        # A C-speed rfind and a slice per key, as usage_tokens did for total_tokens alone.
+        found = tail.rfind(key, at)
+        if found >= 0 and counts[kind] is None:
+            start = found + len(key)
+            value = tail[start : start + 34].split(b",", 1)[0].split(b"}", 1)[0].strip(b" \t\r\n:")
+            if value.isdigit():
+                counts[kind] = int(value)
+    input, output, total, cached, cache_read, cache_write = counts
+    if input is None and output is None and total is None:
+        return None
+    if input is None and output is None:  # an embedding's usage: its total is its prompt
+        input = total
+    # Anthropic counts the prompt it read from (or wrote to) its cache apart from input_tokens; OpenAI's
+    # cached_tokens are part of its prompt_tokens.
+    if cache_write is not None:
+        input = (input or 0) + cache_write
+    if cache_read is not None:
+        input, cached = (input or 0) + cache_read, cache_read
+    return Usage(input or 0, output or 0, total, cached or 0)
 
 
 def usage_tokens(body: bytes) -> int | None:
-    """``usage.total_tokens`` of a stored JSON answer, or ``None`` (no usage block, or a content-encoded body)."""
-    at = body.rfind(b'"total_tokens"', max(0, len(body) - _USAGE_TAIL))
-    if at < 0:
-        return None
-    # The value: what follows the key up to the next ``,`` or ``}``, minus the ``:`` and whitespace.
-    value = body[at + 14 : at + 48].split(b",", 1)[0].split(b"}", 1)[0].strip(b" \t\r\n:")
-    return int(value) if value.isdigit() else None
-
-
-#: Bytes at the end of a stored event stream joined to find its usage (``usage_tokens`` reads 512).
-_TAIL = 512
+    """``usage.total_tokens`` of a stored JSON answer (else its input + output tokens), or ``None`` (no usage
+    block, or a content-encoded body)."""
+    usage = usage_counts(body)
+    return None if usage is None else usage.total
 
 
 class CacheEntry:
@@ -140,7 +205,7 @@ class CacheEntry:
     computed when it stored it (a step of the wall clock does not move it). ``None`` until then.
     """
 
-    __slots__ = ("_body", "_chunks", "_tokens", "created", "expires_at", "headers", "hits", "status_code", "ttl")
+    __slots__ = ("_body", "_chunks", "_usage", "created", "expires_at", "headers", "hits", "status_code", "ttl")
 
     def __init__(
         self,
@@ -168,7 +233,7 @@ class CacheEntry:
         self.ttl = ttl
         self.hits = hits
         self.expires_at: float | None = None
-        self._tokens: int | None = _UNSET
+        self._usage: Usage | None = _UNSET
 
     @property
     def body(self) -> bytes:
@@ -202,15 +267,21 @@ class CacheEntry:
         return b"".join(chunks[start:])
 
     @property
-    def tokens(self) -> int | None:
-        """``usage.total_tokens`` of the stored answer (what each hit on it saves), or ``None``.
+    def usage(self) -> Usage | None:
+        """The :class:`Usage` of the stored answer (what each hit on it saves), or ``None``.
 
         Found on first use and kept: the stats read it on every hit, and the body never changes.
         """
-        tokens = self._tokens
-        if tokens is _UNSET:
-            tokens = self._tokens = usage_tokens(self.tail(_TAIL))
-        return tokens
+        usage = self._usage
+        if usage is _UNSET:
+            usage = self._usage = usage_counts(self.tail(USAGE_TAIL))
+        return usage
+
+    @property
+    def tokens(self) -> int | None:
+        """``usage.total_tokens`` of the stored answer (what each hit on it saves), or ``None``."""
+        usage = self.usage
+        return None if usage is None else usage.total
 
     @property
     def size(self) -> int:
@@ -253,7 +324,7 @@ class CacheEntry:
         entry.ttl = self.ttl
         entry.hits = self.hits
         entry.expires_at = None
-        entry._tokens = self._tokens
+        entry._usage = self._usage
         return entry
 
     def __repr__(self) -> str:
@@ -269,10 +340,14 @@ class Attempt:
     (the response's headers once they arrived: ``x-ratelimit-*``, ``retry-after``) from here. ``body`` is the
     raw (still content-encoded) response body, set only when the pipeline read it whole before handing it over
     (a cacheable answer), so rate limiters can settle with its ``usage``; ``None`` for pass-through streams.
+    For a body handed over as it arrives, ``tail`` is its last bytes once it ended (:data:`USAGE_TAIL`, where
+    its usage block is) and, for an event stream, ``first_chunk`` when its first chunk reached the pipeline
+    (``time.perf_counter()``: the time to first token); :attr:`usage` reads ``body``, else ``tail``.
     """
 
     __slots__ = (
-        "body", "endpoint", "error", "finished", "first_byte", "headers", "number", "started", "status_code",
+        "body", "endpoint", "error", "finished", "first_byte", "first_chunk", "headers", "number", "started",
+        "status_code", "tail",
     )
 
     def __init__(self, number: int, endpoint: Endpoint | None) -> None:
@@ -284,11 +359,20 @@ class Attempt:
         self.status_code: int | None = None
         self.headers: Any = None
         self.body: bytes | None = None
+        self.first_chunk: float | None = None
+        self.tail: bytes | None = None
         self.error: BaseException | None = None
 
     @property
     def duration(self) -> float | None:
         return None if self.finished is None else self.finished - self.started
+
+    @property
+    def usage(self) -> Usage | None:
+        """The tokens the answer spent, from its usage block (see :func:`usage_counts`); ``None`` when the
+        pipeline did not see the answer's end or it reports none. Parsed on each read: read it once."""
+        body = self.body if self.body is not None else self.tail
+        return None if body is None else usage_counts(body)
 
     @property
     def ok(self) -> bool:
@@ -382,6 +466,9 @@ class RequestContext:
     def json(self) -> Any:
         """The request's JSON body, parsed on first use (a stage that parsed it already sets it), or ``None``.
 
+        Numbers follow one policy whoever parses (:func:`aurelis_core.plugin.parse_json`): integral values are
+        ``int``, others exact ``Decimal``.
+
         Lazy because most requests never need it: a cache hit whose key came from a memoised body digest
         skips parsing entirely.
         """
@@ -391,8 +478,8 @@ class RequestContext:
             body = buffered_body(self.original)  # never read a streaming upload behind the caller
             if body:
                 try:
-                    value = _json.loads(body)
-                except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError), too deep
+                    value = parse_json(body)
+                except (ValueError, RecursionError):  # not UTF-8 JSON (a DecodeError is a ValueError), too deep
                     value = None
             self._json = value
         return value

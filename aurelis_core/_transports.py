@@ -8,12 +8,13 @@ transport API. It never imports the pipeline module: what a transport uses of it
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
 from ._compat import client_flavour, client_transports, flavour_of, set_client_transports
 from ._drivers import Flow, LoopBridge, drive_async, drive_sync
-from ._models import DEFAULT_CONTROLS, RequestContext
+from ._models import DEFAULT_CONTROLS, USAGE_TAIL, RequestContext
 
 __all__ = ["FlowSource", "ObservedStream", "instrument_client", "wrap_transport"]
 
@@ -41,14 +42,32 @@ class ObservedStream:
     ``on_end(error)`` is called exactly once: when the body was read to the end (``None``), when reading it
     failed (the exception), or when it was closed early (``None``: the caller chose to stop). It is both a
     sync and an async stream, like the transport streams it wraps; ``close``/``aclose`` are forwarded.
+
+    It notes when the first chunk passed (``first_chunk``, ``time.perf_counter()``) and keeps the last two
+    chunks (:meth:`tail`): a stream's time to first token and an answer's usage block, for the observers.
     """
 
-    __slots__ = ("_ended", "_on_end", "_stream")
+    __slots__ = ("_ended", "_on_end", "_previous", "_stream", "first_chunk", "last")
 
     def __init__(self, stream: Any, on_end: Callable[[BaseException | None], None]) -> None:
         self._stream = stream
         self._on_end = on_end
         self._ended = False
+        self.first_chunk: float | None = None
+        self._previous = self.last = b""
+
+    def tail(self) -> bytes:
+        """The last :data:`USAGE_TAIL` bytes that passed (fewer if the body was shorter): where an answer's
+        usage block is."""
+        last = self.last
+        if len(last) >= USAGE_TAIL:
+            return last[-USAGE_TAIL:]
+        return self._previous[len(last) - USAGE_TAIL:] + last
+
+    def _passed(self, chunk: bytes) -> None:
+        if self.first_chunk is None and chunk:
+            self.first_chunk = time.perf_counter()
+        self._previous, self.last = self.last, chunk
 
     def _end(self, error: BaseException | None) -> None:
         if not self._ended:
@@ -57,7 +76,9 @@ class ObservedStream:
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            yield from self._stream
+            for chunk in self._stream:
+                self._passed(chunk)
+                yield chunk
         except BaseException as exc:
             self._end(exc)
             raise
@@ -66,6 +87,7 @@ class ObservedStream:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._stream:
+                self._passed(chunk)
                 yield chunk
         except BaseException as exc:
             self._end(exc)

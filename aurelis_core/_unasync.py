@@ -46,7 +46,14 @@ class Twin(NamedTuple):
 _MODE = {"ASYNC": "SYNC"}
 
 TWINS: tuple[Twin, ...] = (
-    Twin("plugins/_redis_async.py", "plugins/_redis_sync.py", {**_MODE, "async_client": "sync_client"}),
+    Twin(
+        "plugins/_redis_async.py",
+        "plugins/_redis_sync.py",
+        {
+            **_MODE, "async_client": "sync_client", "_aflight_script": "_flight_script", "_alistener": "_listener",
+            "asyncio": "time",
+        },
+    ),
     Twin(
         "plugins/_sqlite_async.py",
         "plugins/_sqlite_sync.py",

@@ -7,6 +7,9 @@ A config has four kinds of top-level key:
 - ``tenant``: who is asking and what scopes an answer (see :mod:`aurelis_core._tenant`), read by every plugin.
 - ``redis_connection``: the Redis every Redis-using plugin shares unless it names its own (see
   :mod:`aurelis_core._redis_connection`).
+- ``pricing``: USD per million tokens by model (see :mod:`aurelis_core.pricing`), read by whatever reports cost.
+- ``report``: the window of recent requests ``pipeline.report()`` reads, and its periodic logging (see
+  :mod:`aurelis_core._live_report`).
 - one table per plugin, named after it, holding that plugin's options.
 
 It is read from a dict, an ``aurelis.toml`` file, or the ``[tool.aurelis]`` table of a ``pyproject.toml``,
@@ -34,9 +37,11 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import attrs
 
+from ._live_report import ReportConfig
 from ._models import Endpoint
 from ._redis_connection import RedisConnection
 from ._tenant import TenantConfig
+from .pricing import ModelPrice, Pricing
 from .validators import ALLOW_NON_FINITE, Invalid, describe
 from .validators import choices_hint as choices_hint
 
@@ -45,7 +50,7 @@ __all__ = ["ALLOW_NON_FINITE", "Config", "ConfigError", "config_from_table", "lo
 T = TypeVar("T")
 
 #: Top-level keys that are not plugin tables.
-RESERVED_KEYS = ("plugins", "endpoints", "tenant", "redis_connection")
+RESERVED_KEYS = ("plugins", "endpoints", "tenant", "redis_connection", "report", "pricing")
 #: Options of the ``normalize`` table that moved to ``[tenant]``: still accepted there, copied on load.
 _MOVED_TO_TENANT = ("namespace", "secret")
 
@@ -77,6 +82,10 @@ class Config:
     tenant: TenantConfig = attrs.field(factory=TenantConfig)
     #: The ``[redis_connection]`` table: the Redis plugins share unless they name their own (None: not given).
     redis_connection: RedisConnection | None = None
+    #: The ``[report]`` table: the live report's window and periodic logging.
+    report: ReportConfig = attrs.field(factory=ReportConfig)
+    #: The ``[pricing]`` table: model prices (empty: none configured).
+    pricing: Pricing = attrs.field(factory=Pricing)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> Config:
@@ -137,16 +146,46 @@ def parse_config(data: Any, source: str = "<dict>") -> tuple[Config, list[str]]:
         tables[key] = dict(value)
     tenant, tenant_errors = _tenant(data, tables, source)
     errors.extend(tenant_errors)
-    redis_connection = None
-    given = data.get("redis_connection")
-    if given is not None:
+    redis_connection = _table(RedisConnection, data, "redis_connection", source, errors)
+    report = _table(ReportConfig, data, "report", source, errors) or ReportConfig()
+    pricing, pricing_errors = _pricing(data.get("pricing", {}), source)
+    errors.extend(pricing_errors)
+    config = Config(plugins=tuple(plugins), endpoints=tuple(endpoints), tables=tables, source=source, tenant=tenant,
+                    redis_connection=redis_connection, report=report, pricing=pricing)
+    return config, errors
+
+
+def _table(cls: type[T], data: Mapping[str, Any], key: str, source: str, errors: list[str]) -> T | None:
+    """The top-level table ``key`` of ``data`` as a ``cls``, ``None`` when it is not given or has errors (added
+    to ``errors``)."""
+    given = data.get(key)
+    if given is None:
+        return None
+    try:
+        return config_from_table(cls, given, f"{source}: [{key}]")
+    except ConfigError as exc:
+        errors.extend(exc.errors)
+        return None
+
+
+def _pricing(given: Any, source: str) -> tuple[Pricing, list[str]]:
+    """The ``[pricing]`` table: one ``{input, output, cached_input}`` table per model name or glob (its keys are
+    model names, not options, so it is not a ``_table``)."""
+    if not isinstance(given, Mapping):
+        return Pricing(), [f"{source}: pricing: expected a table ([pricing]) of model prices, got {describe(given)}"]
+    prices: dict[str, ModelPrice] = {}
+    errors: list[str] = []
+    for model, table in given.items():
+        where = f"{source}: [pricing] {model!r}"
+        if not isinstance(table, Mapping):
+            errors.append(f"{where}: expected a table like {{input = 2.5, output = 10.0}} (USD per million tokens), "
+                          f"got {describe(table)}")
+            continue
         try:
-            redis_connection = config_from_table(RedisConnection, given, f"{source}: [redis_connection]")
+            prices[str(model)] = config_from_table(ModelPrice, table, where)
         except ConfigError as exc:
             errors.extend(exc.errors)
-    config = Config(plugins=tuple(plugins), endpoints=tuple(endpoints), tables=tables, source=source, tenant=tenant,
-                    redis_connection=redis_connection)
-    return config, errors
+    return Pricing(prices), errors
 
 
 def _tenant(

@@ -13,6 +13,7 @@ to stay away).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -111,6 +112,10 @@ class EndpointHealth:
         self.slow_start = slow_start
         self.clock = clock
         self._any_blocked = False
+        #: Bumped by every change of a status, so cached candidates know when they are stale.
+        self._version = 0
+        #: The last candidates handed out: (endpoints asked about, version, computed at, valid until, result).
+        self._cached: tuple[Sequence[Endpoint], int, float, float, Sequence[Endpoint]] | None = None
         self._origins: dict[tuple[Any, Any, Any], Endpoint] = {}
 
     def upstream(self, ctx: RequestContext, attempt: Attempt) -> Endpoint:
@@ -138,17 +143,30 @@ class EndpointHealth:
     def candidates(self, endpoints: Sequence[Endpoint], now: float | None = None) -> Sequence[Endpoint]:
         """The endpoints a router may pick now; all of them ("panic mode") if none is available.
 
-        The common case, nothing blocked, returns ``endpoints`` itself without building a list.
+        The common case, nothing blocked, returns ``endpoints`` itself without building a list. Otherwise the
+        list is built once and handed out again (the same object) until a status changes or the earliest
+        block ends, so a pick while some endpoints are blocked costs O(1), not a scan of all endpoints.
         """
         if not self._any_blocked:
             return endpoints
         now = self.clock() if now is None else now
+        cached = self._cached
+        if (cached is not None and cached[0] is endpoints and cached[1] == self._version
+                and cached[2] <= now < cached[3]):
+            return cached[4]
         usable = [e for e in endpoints if self.available(e, now)]
         if len(usable) == len(endpoints):
             self._any_blocked = any(
                 s.blocked_until > now or s.circuit != "closed" for s in self.status.values()
             )
-        return usable or endpoints
+            if not self._any_blocked:
+                self._cached = None
+                return endpoints
+        # Until the earliest block still running ends, the same endpoints stay usable (unless a status changes).
+        until = min((s.blocked_until for s in self.status.values() if s.blocked_until > now), default=math.inf)
+        result = usable or endpoints
+        self._cached = (endpoints, self._version, now, until, result)
+        return result
 
     def block(self, endpoint: Endpoint, until: float, reason: str) -> None:
         """Keep ``endpoint`` out of the candidates until ``until`` (seconds of the registry's clock)."""
@@ -156,6 +174,7 @@ class EndpointHealth:
         if until > status.blocked_until:
             status.blocked_until = until
             status.reason = reason
+            self._version += 1
         self._any_blocked = True
 
     def set_circuit(self, endpoint: Endpoint, state: CircuitState, probes: int = 0) -> None:
@@ -164,6 +183,7 @@ class EndpointHealth:
             status.recovered_at = self.clock()
         status.circuit = state
         status.probes_left = probes
+        self._version += 1
         if state != "closed":
             self._any_blocked = True
 

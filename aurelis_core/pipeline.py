@@ -32,10 +32,12 @@ from ._compat import build_response, extend_header_items, header_items, is_read
 from ._controls import CONTROL_HEADER_PREFIX as CONTROL_HEADER_PREFIX
 from ._controls import controls_of
 from ._drivers import Flow, LoopBridge, drive_async, drive_sync
+from ._live_report import LiveReport
 from ._logs import component_logger, log_fault
 from ._models import (
     CACHE_HIT,
     CACHE_MISS,
+    USAGE_TAIL,
     Attempt,
     CacheEntry,
     CacheInfo,
@@ -60,6 +62,9 @@ from ._transports import instrument_client, observed_stream, wrap_transport
 from .config import Config, ConfigError, choices_hint, config_from_table, load_config
 from .health import EndpointHealth
 from .stats import Stats, worth_logging
+
+if TYPE_CHECKING:
+    from .report import Report, Targets
 
 __all__ = ["Flow", "Pipeline"]
 
@@ -121,7 +126,9 @@ class Pipeline:
         self.config: Config = _recording(load_config(config))
         self._noted_hosts: set[str] = set()
         self.endpoints: tuple[Endpoint, ...] = self.config.endpoints
-        self.stats = Stats()
+        #: Its ring of samples is the live report's window by count (``[report] window_requests``).
+        self.stats = Stats(max_samples=self.config.report.window_requests)
+        self._live = LiveReport(self.stats, self.config.report, self.config.plugins)
         #: Who is asking and what scopes an answer: the one definition every plugin scopes by.
         self.tenant = Tenant(self.config.tenant)
         #: Which endpoints routers may pick (breakers and rate limiters write it).
@@ -302,12 +309,14 @@ class Pipeline:
         """Run the plugins' start hooks for sync use (the first request does it if you don't)."""
         if not self._started:
             self._started = True
+            self._live.start_logging(self)
             drive_sync(self._lifecycle(self._stages.start, False, False), self.bridge)
 
     async def astart(self) -> None:
         """Run the plugins' start hooks for async use (the first request does it if you don't)."""
         if not self._started:
             self._started = True
+            self._live.start_logging(self)
             await drive_async(self._lifecycle(self._stages.start, True, False))
 
     def close(self) -> None:
@@ -315,6 +324,7 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
+        self._live.stop_logging()
         try:
             drive_sync(self._lifecycle(self._stages.close, False, True), self.bridge)
         finally:
@@ -325,10 +335,28 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
+        self._live.stop_logging()
         try:
             await drive_async(self._lifecycle(self._stages.close, True, True))
         finally:
             self.bridge.stop()
+
+    # --- the live report ---------------------------------------------------------------------------------------
+
+    def report(
+        self, *, window_requests: int | None = None, window_seconds: float | None = None,
+        targets: Targets | None = None,
+    ) -> Report:
+        """The performance report of this pipeline's recent requests: what ``aurelis replay`` reports for a
+        workload (figures, per model / endpoint / tier, recommendations, score), over a sliding window.
+
+        The window is the last ``window_requests`` requests that ended in the last ``window_seconds`` (defaults:
+        the ``[report]`` table's; the requests are at most the ring ``stats.samples`` holds). ``targets`` are
+        what the score measures against (default: the table's ``targets``). Write the page with
+        ``report.html()``, the JSON with ``report.to_dict()``. Reads a copy of the samples: it costs the request
+        path nothing.
+        """
+        return self._live.report(window_requests=window_requests, window_seconds=window_seconds, targets=targets)
 
     # --- the request path --------------------------------------------------------------------------------------
 
@@ -340,6 +368,7 @@ class Pipeline:
         try:
             if not self._started:
                 self._started = True
+                self._live.start_logging(self)
                 yield from self._lifecycle(stages.start, ctx.is_async, False)
             if stages.caching:
                 ctx.controls = controls = controls_of(ctx)
@@ -457,7 +486,8 @@ class Pipeline:
         callers were handed (the entry's body is joined only if someone reads it)."""
         stages = ctx._stages
         stored = None
-        if storable and is_event_stream(upstream.headers):
+        streamed = is_event_stream(upstream.headers)
+        if storable and streamed:
             stored = _stored_headers(ctx, upstream, stages.entry_limit)
         if stored is TOO_LARGE:
             stored, storable = None, False
@@ -465,6 +495,9 @@ class Pipeline:
         def on_end(error: BaseException | None, complete: bool) -> Flow | None:
             if error is not None:
                 attempt.error = error
+            attempt.tail = tail(flight.chunks, USAGE_TAIL)  # for the observers: the usage block
+            if streamed:
+                attempt.first_chunk = flight.first_chunk  # the time to first token
             self._end_attempt(ctx, attempt)
             if stored is None or not complete or not flight.kept:
                 return None
@@ -721,19 +754,26 @@ class Pipeline:
         attempt and the request end here.
         """
         if is_read(upstream):
+            attempt.tail = upstream.content[-USAGE_TAIL:]
             self._end_attempt(ctx, attempt)
             response = self._hand_over(ctx, upstream, None)
             self._finish(ctx)
             return response
 
+        streamed = is_event_stream(upstream.headers)
+
         def on_end(error: BaseException | None) -> None:
             if error is not None:
                 attempt.error = error
                 ctx.error = error
+            attempt.tail = observed.tail()  # for the observers: the usage block
+            if streamed:
+                attempt.first_chunk = observed.first_chunk  # the time to first token
             self._end_attempt(ctx, attempt)
             self._finish(ctx)
 
-        return self._hand_over(ctx, upstream, observed_stream(ctx.http, upstream.stream, on_end))
+        observed = observed_stream(ctx.http, upstream.stream, on_end)
+        return self._hand_over(ctx, upstream, observed)
 
     def _hand_over(self, ctx: RequestContext, upstream: Any, stream: Any) -> Any:
         """The upstream response itself, reading ``stream``, with the cache headers and extension added.

@@ -67,6 +67,12 @@ What is here
   URL), :func:`buffered_body`, :func:`replayable_body`, :func:`copy_request` (the request with other headers
   or URL, its body shared), :func:`signature_scheme`, :func:`resend_refusal`, and :func:`usage_tokens` (the
   tokens a stored JSON answer spent). Plugins read no private attribute of httpx objects: these helpers do.
+  :func:`parse_json` parses a body the way ``ctx.json`` is parsed (integral numbers as ``int``, others as
+  exact ``Decimal``), so a plugin that parses for itself sees the same values.
+- **tokens and money**: :class:`Usage` and :func:`usage_counts` (the input, output and cached-input tokens
+  in an answer's usage block; ``attempt.usage`` and ``entry.usage`` read it), :class:`Pricing`
+  (``pipeline.config.pricing``, from ``[pricing]``: :meth:`Pricing.cost` of a model's usage) and
+  :class:`ModelPrice`.
 - **failures a request goes on without**: :func:`worth_logging` (count each in ``pipeline.stats``, log once
   per burst: the 1st, 100th, 10,000th, then every 100,000th).
 - **options**: :func:`config_from_table`, :class:`ConfigError`, and every validator of
@@ -85,8 +91,9 @@ What is here
 """
 
 from ._compat import buffered_body, copy_request, header_items, replayable_body, url_parts
+from ._json import parse_json
 from ._logs import component_logger, describe_error, expected_fault, log_fault
-from ._models import Attempt, CacheEntry, Endpoint, RequestContext, RequestControls, usage_tokens
+from ._models import Attempt, CacheEntry, Endpoint, RequestContext, RequestControls, Usage, usage_counts, usage_tokens
 from ._plugins import PluginSpec, blocked_plugins, discover_plugins
 from ._protocols import CacheTier, Pipeline, Router, ShrinkableTier, WarmTarget
 from ._redis_connection import RedisConnection
@@ -105,11 +112,13 @@ from ._workload import WorkloadRequest, join_url, load_workload
 from .config import Config, ConfigError, config_from_table
 from .health import CircuitState, EndpointHealth, EndpointStatus, EndpointUnavailable, retry_after
 from .hookspecs import hookimpl
+from .pricing import ModelPrice, Pricing
 from .stats import Sample, Stats, percentile, worth_logging
 from .validators import (
     ALLOW_NON_FINITE,
     PROBE,
     Invalid,
+    as_tuple,
     at_least,
     choices_hint,
     describe,
@@ -159,8 +168,10 @@ __all__ = [
     "EndpointUnavailable",
     "Identity",
     "Invalid",
+    "ModelPrice",
     "Pipeline",
     "PluginSpec",
+    "Pricing",
     "RedisConnection",
     "RequestContext",
     "RequestControls",
@@ -171,8 +182,10 @@ __all__ = [
     "Stats",
     "Tenant",
     "TenantConfig",
+    "Usage",
     "WarmTarget",
     "WorkloadRequest",
+    "as_tuple",
     "at_least",
     "blocked_plugins",
     "buffered_body",
@@ -203,6 +216,7 @@ __all__ = [
     "non_negative",
     "non_negative_int",
     "one_of",
+    "parse_json",
     "percentile",
     "positive",
     "positive_int",
@@ -218,6 +232,7 @@ __all__ = [
     "signature_scheme",
     "url_parts",
     "url_path",
+    "usage_counts",
     "usage_tokens",
     "worth_logging",
     "writable_file_probe",

@@ -40,6 +40,7 @@ __all__ = [
     "ALLOW_NON_FINITE",
     "PROBE",
     "Invalid",
+    "as_tuple",
     "at_least",
     "choices_hint",
     "describe",
@@ -440,9 +441,19 @@ class _Item:
         self.type = ""  # an item is never optional
 
 
+def as_tuple(value: Any) -> Any:
+    """The converter of list options: a list, tuple or set becomes a tuple; anything else is kept as it is, for
+    :class:`each` (or the annotation's check) to refuse with the option's name.
+
+    Not ``tuple`` itself: ``tuple("user")`` is ``('u', 's', 'e', 'r')``, a list of valid one-letter items, so an
+    option class built in code with a string where a list belongs would be accepted and mean something else.
+    """
+    return tuple(value) if isinstance(value, (list, tuple, set, frozenset)) else value
+
+
 class each:
     """Apply ``validator`` to every item of a list, or every value of a table; errors name the item
-    (``statuses[2]``, ``prices['gpt-4o']``)."""
+    (``statuses[2]``, ``prices['gpt-4o']``). Anything else (a string where a list belongs) is refused."""
 
     __slots__ = ("validator",)
 
@@ -459,6 +470,9 @@ class each:
         elif isinstance(value, (list, tuple, set, frozenset)):
             for index, item in enumerate(value):
                 self.validator(instance, _Item(f"{attribute.name}[{index}]", secret), item)
+        else:
+            hint = f" (a list of one: [{value!r}])" if isinstance(value, str) else ""
+            raise Invalid(attribute.name, "a list", value, secret=secret, hint=hint)
 
     def __repr__(self) -> str:
         return f"<each {self.validator!r}>"

@@ -3,7 +3,9 @@
 - ``prometheus``: its ``aurelis_observe`` for a cache hit (the most frequent and the cheapest request, so the
   one where an observer's cost shows most), against the core's own per-request bookkeeping
   (``Stats.record``) measured the same way; and a whole cache hit through an instrumented httpx client with
-  and without the plugin (its admit/attempt_end do not run on hits).
+  and without the plugin (its admit/attempt_end do not run on hits). With ``[pricing]`` set, the same for a
+  hit (which then counts the cost it saved) and for a miss (which reads its answer's usage block and counts
+  tokens and cost).
 - ``tuner``: ``aurelis_admit`` + ``aurelis_attempt_end`` for one attempt that gets a slot at once.
 
 Run: ``.venv/bin/python -m pytest benchmarks/bench_observe.py`` (prints the per-request figures and ratios).
@@ -42,8 +44,9 @@ def upstream(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, content=ANSWER, headers={"content-type": "application/json"})
 
 
-def hit_context(pipeline: Pipeline) -> RequestContext:
-    """A context exactly as a memory-tier hit leaves it, by running one hit through the pipeline."""
+def contexts(pipeline: Pipeline) -> tuple[RequestContext, RequestContext]:
+    """Contexts exactly as a miss and then a memory-tier hit leave them, by running both through the
+    pipeline."""
     seen: list[RequestContext] = []
 
     class Capture:
@@ -58,19 +61,27 @@ def hit_context(pipeline: Pipeline) -> RequestContext:
         for _ in range(2):
             client.post("http://127.0.0.1:9/v1/chat/completions", json={"model": "sim-chat", "messages": []})
     pipeline.unregister("capture")
-    assert seen[-1].cache_status == "hit"
-    return seen[-1]
+    assert [ctx.cache_status for ctx in seen] == ["miss", "hit"]
+    return seen[0], seen[1]
 
 
 def test_observe_cost() -> None:
     pipeline = Pipeline({"plugins": ["normalize", "memory", "prometheus"]})
-    ctx = hit_context(pipeline)
+    _, ctx = contexts(pipeline)
     metrics = pipeline.plugin("prometheus")
     stats = pipeline.stats
     baseline = per_call_us(lambda: stats.record(ctx, time.perf_counter()))
     observe = per_call_us(lambda: metrics.aurelis_observe(ctx))
     print(f"\nprometheus observe (hit): {observe:.2f} us/request; core Stats.record: {baseline:.2f} us "
           f"(ratio {observe / baseline:.2f}x)")
+    priced = Pipeline({"plugins": ["normalize", "memory", "prometheus"],
+                       "pricing": {"sim-*": {"input": 3.0, "output": 15.0}}})
+    priced_metrics = priced.plugin("prometheus")
+    for status, priced_ctx in zip(("miss", "hit"), contexts(priced), strict=True):
+        record = per_call_us(lambda c=priced_ctx: priced.stats.record(c, time.perf_counter()))
+        observed = per_call_us(lambda c=priced_ctx: priced_metrics.aurelis_observe(c))
+        print(f"prometheus observe ({status}, with [pricing]): {observed:.2f} us/request; core Stats.record: "
+              f"{record:.2f} us (ratio {observed / record:.2f}x)")
 
     body = {"model": "sim-chat", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -12,6 +12,8 @@ Run: ``.venv/bin/python -m pytest benchmarks/bench_tiers.py -s``
   call without it) costs, in-process (no network noise), for this chat answer (target <= 50 us) and, for
   information, a 64 KiB one (one SHA-256 pass over its bytes). It is part of the tier figures above; shown
   alone because on a loaded machine their noise is larger than it.
+- **Redis memory** (information, for the deployment guide): `used_memory` over 20k entries stored by the
+  `redis` tier, small and typical answers, lz4 and uncompressed, as MiB per million entries.
 - **L1 memory**: tracemalloc over 100k OpenAI chat completion answers (pretty-printed bodies of 0.9-2.1 KB and
   the 15 headers the API sends, as fresh objects per answer) stored in the ``memory`` tier, as a ratio of the
   payload bytes (``CacheEntry.size``: body + header names and values). Target: <= 1.2x payload; and no more
@@ -390,3 +392,41 @@ def test_memory_tier_bytes_per_stored_byte() -> None:
     # The byte budget is an honest bound on what the tier really holds.
     assert used <= charged
     assert small_used <= small_charged
+
+
+def redis_footprint(url: str, count: int, words: tuple[int, int], openai: bool, codec: str) -> tuple[int, int]:
+    """(Redis ``used_memory`` bytes, payload bytes) of ``count`` answers stored by the ``redis`` tier, through
+    its own write (``put``: the value it writes behind, with its TTL), into an emptied database."""
+    raw = redis.Redis.from_url(url)
+    raw.flushdb()
+    before = int(raw.info("memory")["used_memory"])
+    pipeline = Pipeline({"plugins": ["normalize", "redis"], "redis": {"url": url, "codec": codec}})
+    tier = pipeline.plugin("redis")
+    rng = random.Random(20251127)
+    payload = 0
+    for i in range(count):
+        headers, body = chat_answer(rng, i, words, openai)
+        entry = CacheEntry(200, headers, body)
+        payload += entry.size
+        assert tier.put(hashlib.blake2b(b"%d" % i, digest_size=20).hexdigest(), entry)  # type: ignore[union-attr]
+    pipeline.close()
+    assert raw.dbsize() == count
+    used = int(raw.info("memory")["used_memory"]) - before
+    raw.flushdb()
+    raw.close()
+    return used, payload
+
+
+def test_redis_memory_per_million_entries(redis_server: str) -> None:
+    """For the deployment guide: Redis memory per million entries, as the tier stores them (one string per
+    entry, ``<prefix><40-hex key>``, with a TTL), for small compact answers (~480 B payload: a minimal server's
+    body and three headers) and for typical OpenAI answers (~1.9 KB payload), at the default codec (lz4) and
+    uncompressed. Information, not a target: sized from ``used_memory`` over 20k entries."""
+    count = 20_000
+    for label, words, openai in (("small answers", (2, 40), False), ("OpenAI answers", (8, 200), True)):
+        for codec in ("lz4", "none"):
+            used, payload = redis_footprint(redis_server, count, words, openai, codec)
+            print(f"\nRedis memory, {label} ({payload / count:.0f} B payload each), codec {codec}: "
+                  f"{used / count:.0f} B per entry, {used / count * 1e6 / 2**20:.0f} MiB per million entries, "
+                  f"{used / payload:.2f}x payload")
+            assert used > 0

@@ -24,11 +24,12 @@ the script
    a fresh interpreter whose import system loads the mutated module compiled from the changed tree. The
    source files are never written: the work tree stays as it was, and two runs may go on side by side.
 
-A mutant is *killed* when a test fails, *timed out* when a test ran longer than ``--timeout-factor`` times its
-unmutated duration plus 10 s (a SIGALRM fails it: a mutant that makes a loop spin or a wait never end), or the
-whole run past its deadline, and *survived* when every test passed or no test runs its line. The score is (killed +
-timed out) / (mutants - equivalent). Equivalent mutants (changes that cannot alter behaviour) are listed, each
-with its reason, in ``benchmarks/mutation_equivalents.txt``; they are reported, not run (``--list`` shows each
+A mutant is *killed* when a test fails or pytest cannot start or collect with it, *timed out* when a test ran
+longer than ``--timeout-factor`` times its unmutated duration plus 10 s (a SIGALRM fails it: a mutant that makes
+a loop spin or a wait never end), or the whole run past its deadline, and *survived* when every test passed or
+no test runs its line. The score is (killed + timed out) / (mutants - equivalent). Equivalent mutants (changes
+that cannot alter behaviour) are listed, each with its reason, in ``benchmarks/mutation_equivalents.txt``; they
+are reported, not run (``--list`` shows each
 mutant's function, to name one where the same code is equivalent in one place and not in another).
 
 Cost: one coverage run, then per mutant an interpreter start and a pytest start (~1.5 s) plus its tests. A
@@ -574,9 +575,12 @@ def _verdict(running: Running, exit_code: int | None) -> Result:
         if HUNG in output:
             return Result(running.mutant, "timeout", count, seconds, f"{failed} ran over its time limit")
         return Result(running.mutant, "killed", count, seconds, failed)
-    # 2: interrupted, e.g. a collection error (the mutated module failed to import); 3+: pytest itself failed.
+    # 2: interrupted, e.g. a collection error (the mutated module failed to import); 3: an internal error, 4: a
+    # usage error (pytest could not start: its aurelis plugin imports the core, so a core module that fails to
+    # import stops pytest before any test). The unmutated run passed, so the mutant made the test command fail:
+    # killed, as a user's test run would catch it. 5 (no test ran) or a signal says nothing about the mutant.
     last = output.strip().splitlines()[-1:] or [""]
-    status = "killed" if exit_code == 2 else "error"
+    status = "killed" if exit_code in (2, 3, 4) else "error"
     return Result(running.mutant, status, count, seconds, f"pytest exit {exit_code}: {last[0][:80]}")
 
 

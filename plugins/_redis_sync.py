@@ -10,15 +10,18 @@ event loop) and closed.
 
 from __future__ import annotations
 
+import time
+from time import monotonic
 from typing import TYPE_CHECKING
 
+from ._fleet_flight import FIRST_PAUSE, FOUND, GAVE_UP, LEAD, lease_key
 from ._writebehind import SYNC
 from .redis_tier import TIER_ERRORS, _busy
 
 if TYPE_CHECKING:
-    from aurelis_core.plugin import CacheEntry
+    from aurelis_core.plugin import CacheEntry, RequestContext
 
-    from .redis_tier import Op, RedisTier
+    from .redis_tier import FleetFlightTier, Op, RedisTier
 
 
 def get(tier: RedisTier, key: str) -> CacheEntry | None:
@@ -40,6 +43,71 @@ def get(tier: RedisTier, key: str) -> CacheEntry | None:
         raise
     breaker.success()
     return tier._found(key, data, SYNC)
+
+
+def look(tier: FleetFlightTier, ctx: RequestContext, key: str) -> CacheEntry | None:
+    """The live entry at Redis key ``key``, waiting for the fleet's leader to store it if another replica
+    leads; ``None`` when this request is to go upstream (it leads, its leader gave up or died and another
+    took over, or ``wait`` passed). Errors are the tier's, as in :func:`get`: a follower stops waiting."""
+    lease = lease_key(key)
+    leases = tier.leases
+    if leases.holds(lease):
+        return None  # a request of this process leads: this one joins its local flight
+    client = tier.sync_client()
+    breaker = tier._breaker_for(client, key)
+    if tier._per_node and not breaker.allow():
+        tier.pipeline.stats.tier_error(tier.name, "skipped")
+        return None
+    config = leases.config
+    token = leases.new_token()
+    counters = tier.pipeline.stats.counters
+    deadline = monotonic() + config.wait
+    pause = FIRST_PAUSE
+    listener = tier._listener()
+    told = None  # set by the listener when the leader releases the lease
+    try:
+        while True:
+            try:
+                reply = tier._flight_script()(keys=[key, lease], args=[token, config.lease_ms])
+            except TIER_ERRORS as exc:
+                if _busy(exc):
+                    tier.pipeline.stats.tier_error(tier.name, "busy")
+                    return None
+                breaker.failure()
+                raise
+            breaker.success()
+            outcome = reply[0]
+            if outcome == FOUND:
+                if pause != FIRST_PAUSE:
+                    counters["redis.fleet_flight.followed"] += 1
+                return tier._found(key, reply[1], SYNC)
+            if outcome == LEAD:
+                if pause != FIRST_PAUSE:  # it followed a leader whose lease expired
+                    counters["redis.fleet_flight.took_over"] += 1
+                tier._lead(ctx, lease, token)
+                return None
+            if outcome == GAVE_UP:
+                return None
+            left = deadline - monotonic()
+            if left <= 0:
+                counters["redis.fleet_flight.waited_out"] += 1
+                return None
+            if told is None and listener is not None:
+                try:
+                    told = listener.watch(lease)
+                except TIER_ERRORS:
+                    listener = None  # looking alone tells too, only later
+            if told is not None and listener is not None:
+                listener.pause(told, min(pause, left))
+            else:
+                time.sleep(min(pause, left))
+            pause = min(pause * 2, config.poll)
+    finally:
+        if told is not None and listener is not None:
+            try:
+                listener.unwatch(lease, told)
+            except TIER_ERRORS:
+                pass  # the listener's connection is gone: its subscriptions with it
 
 
 def write(tier: RedisTier, batch: list[Op]) -> None:

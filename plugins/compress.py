@@ -47,6 +47,7 @@ from aurelis_core.plugin import (
     Attempt,
     ConfigError,
     RequestContext,
+    as_tuple,
     buffered_body,
     copy_request,
     each,
@@ -71,7 +72,7 @@ MAX_DECISIONS = 4096
 @attrs.frozen
 class CompressConfig:
     #: Endpoint names or hosts (``host`` or ``host:port``) whose requests are compressed; empty: all.
-    endpoints: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=each(label))
+    endpoints: tuple[str, ...] = attrs.field(default=(), converter=as_tuple, validator=each(label))
     #: Bodies smaller than this many bytes are sent as they are (compressing them rarely pays).
     min_size: int = attrs.field(default=1024, validator=non_negative_int)
     #: The fraction of the body compression must save (0.1: at least 10% smaller), else send it plain.

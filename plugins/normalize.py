@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -41,10 +40,12 @@ from aurelis_core.plugin import (
     RequestContext,
     Tenant,
     TenantConfig,
+    as_tuple,
     each,
     header_items,
     hookimpl,
     label,
+    parse_json,
     url_parts,
     url_path,
 )
@@ -76,9 +77,6 @@ _CREDENTIAL, _SCOPE, _CONTENT_TYPE = "credential", "scope", "content-type"
 #: Sorted keys (at every depth), no optional whitespace, UTF-8, exact decimals as JSON numbers: one spelling per
 #: value.
 _CANONICAL = msgspec.json.Encoder(order="sorted", decimal_format="number")
-#: Integral values with at most this many digits become ints; longer ones (``1e999999999``) stay decimals, so a
-#: hostile exponent cannot make the parser build a gigantic integer.
-_MAX_INT_DIGITS = 1000
 #: Bodies that nest objects and arrays deeper than this are not cached. Without a fixed bound, whether a deep
 #: body got a key would depend on how much stack the caller had left (the parser stops at Python's recursion
 #: limit), so the same request could be cached in one process and not in another. Chat bodies with nested tool
@@ -99,38 +97,10 @@ class NormalizeConfig:
     #: Paths (suffixes) whose POSTs are cacheable: stateless, deterministic-by-request endpoints only. Each
     #: starts with "/": an empty suffix would make every JSON POST cacheable, side-effecting ones included.
     paths: tuple[str, ...] = attrs.field(
-        default=("/chat/completions", "/completions", "/embeddings"), converter=tuple, validator=each(url_path)
+        default=("/chat/completions", "/completions", "/embeddings"), converter=as_tuple, validator=each(url_path)
     )
     #: Top-level body fields left out of the key (e.g. ``"user"`` to share answers across end users).
-    ignore_fields: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=each(label))
-
-
-def _parse_number(text: str) -> int | Decimal:
-    """The canonical value of a JSON number with a fraction or an exponent, given its text.
-
-    Called by the decoder for each such number: normalising here costs one call per number, where walking the
-    parsed tree afterwards would cost a visit per node. ``Decimal(text)`` is exact (the context's precision
-    applies to arithmetic, not to construction) and costs about what ``float(text)`` does (~0.4 us).
-    """
-    value = Decimal(text)
-    if text[-1] != "0" and "e" not in text and "E" not in text:
-        # The usual number ("0.7", "0.95"): a fraction that does not end in zero is neither integral nor
-        # carries trailing zeros, so it is already in the form the general path below would make (~3x cheaper).
-        return value
-    if not value:
-        return 0  # 0.0, -0.0, 0e5: zero
-    sign, digits, exponent = value.as_tuple()
-    assert isinstance(exponent, int)  # a JSON number is finite
-    length = len(digits)
-    while digits[length - 1] == 0:  # 1.50 and 1.5 are one number: drop the coefficient's trailing zeros
-        length -= 1
-        exponent += 1
-    if exponent >= 0 and length + exponent <= _MAX_INT_DIGITS:
-        return int(value)  # integral: the same key as the integer literal
-    return Decimal((sign, digits[:length], exponent))
-
-
-_DECODER = msgspec.json.Decoder(float_hook=_parse_number)
+    ignore_fields: tuple[str, ...] = attrs.field(default=(), converter=as_tuple, validator=each(label))
 
 
 def _has_duplicate_keys(body: bytes, canonical: bytes) -> bool:
@@ -246,7 +216,7 @@ class Normalize:
     def _key(self, ctx: RequestContext, body: bytes, head_id: HeadId) -> _Memo:
         """``(cache key, model, stream)`` of a request not in the memo, or ``_NOT_CACHEABLE``."""
         try:
-            data = _DECODER.decode(body)
+            data = parse_json(body)
             if not isinstance(data, dict):
                 return _NOT_CACHEABLE
             canonical = _CANONICAL.encode(data)

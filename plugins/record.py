@@ -30,6 +30,7 @@ from aurelis_core.plugin import (
     WORKLOAD_CREDENTIAL_HEADERS,
     Tenant,
     WorkloadRequest,
+    as_tuple,
     each,
     file_path,
     hookimpl,
@@ -74,7 +75,7 @@ class RecordConfig:
     )
     #: Path suffixes of the requests to record.
     paths: tuple[str, ...] = attrs.field(
-        default=("/chat/completions", "/completions", "/embeddings"), converter=tuple, validator=each(url_path)
+        default=("/chat/completions", "/completions", "/embeddings"), converter=as_tuple, validator=each(url_path)
     )
 
 

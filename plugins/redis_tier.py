@@ -51,7 +51,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,6 +62,7 @@ from aurelis_core.plugin import (
     CacheEntry,
     RedisConnection,
     RequestContext,
+    StateKey,
     each,
     hookimpl,
     host_port,
@@ -76,6 +77,16 @@ from aurelis_core.plugin import (
     redis_url,
 )
 
+from ._fleet_flight import (
+    GAVE_UP_MS,
+    LUA_LOOK,
+    LUA_RELEASE,
+    LUA_RENEW,
+    FleetFlightConfig,
+    Leases,
+    LoopListener,
+    ThreadListener,
+)
 from ._redis_client import REDIS_ERRORS, make_client
 from ._serialize import SerializeError, Unauthenticated, codec_named, dumps, loads
 from ._tier import WarmConfig, WriteBehindTier
@@ -88,7 +99,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the installed extras
     raise ImportError("the redis plugin needs: pip install 'aurelis[redis]'") from None
 
-__all__ = ["MAX_ENTRY_BYTES", "Breaker", "PoolBusy", "RedisConfig", "RedisTier", "WarmConfig"]
+__all__ = ["MAX_ENTRY_BYTES", "Breaker", "FleetFlightTier", "PoolBusy", "RedisConfig", "RedisTier", "WarmConfig"]
 
 logger = logging.getLogger("aurelis.cache.redis")
 
@@ -194,6 +205,9 @@ class RedisConfig:
     pool_timeout: float = attrs.field(default=0.1, validator=positive)
     #: Connections opened at start-up (None: ``pool_size``; 0: none), so a new replica's first burst finds them.
     open_at_start: int | None = attrs.field(default=None, validator=non_negative_int)
+    #: Fleet-wide single-flight (opt-in): one replica calls the upstream for a prompt new to the fleet, the
+    #: others wait for its stored answer (see :mod:`aurelis_plugins._fleet_flight`).
+    fleet_flight: FleetFlightConfig = attrs.field(factory=FleetFlightConfig)
 
     def __attrs_post_init__(self) -> None:
         if self.open_at_start is not None and self.open_at_start > self.pool_size:
@@ -276,9 +290,12 @@ class Breaker:
             self.open_until = now + min(self.reset, max(self.first_probe, (now - self.opened_at) / 2))
 
 
-#: A queued write: ("set", redis key, entry, milliseconds to live or None, cache key) or
-#: ("hits", {redis key: count}, time).
+#: A queued write: ("set", redis key, entry, milliseconds to live or None, cache key),
+#: ("hits", {redis key: count}, time) or, with ``fleet_flight``, ("release", lease key, token, given-up mark ms).
 Op = tuple[Any, ...]
+
+#: The lease (lease key, token) a request of this process took as the fleet's leader for its key.
+LEASE: StateKey[tuple[str, str]] = StateKey("redis.fleet_flight.lease")
 
 
 class RedisTier(WriteBehindTier):
@@ -286,6 +303,13 @@ class RedisTier(WriteBehindTier):
 
     name = "redis"
     Config = RedisConfig
+
+    def __new__(cls, config: RedisConfig, pipeline: Any) -> RedisTier:
+        # With ``fleet_flight`` on, the tier is a :class:`FleetFlightTier`, whose hooks take part in the fleet's
+        # flights. Chosen here, not tested on every request, so a tier without the option pays nothing for it.
+        if config.fleet_flight.enabled and cls is RedisTier:
+            cls = FleetFlightTier
+        return super().__new__(cls)
 
     def __init__(self, config: RedisConfig, pipeline: Any) -> None:
         self.config = config
@@ -437,9 +461,11 @@ class RedisTier(WriteBehindTier):
         log_fault(logger, logging.WARNING, "cache tier 'redis'%s could not open its connections at start-up",
                   f" at {where}" if where else "", error=exc)
 
-    async def _get_after_opening(self, opening: asyncio.Future[None], key: str) -> CacheEntry | None:
+    async def _after_opening(
+        self, opening: asyncio.Future[None], lookup: Callable[[], Awaitable[CacheEntry | None]]
+    ) -> CacheEntry | None:
         await asyncio.wait([opening])  # its errors are the start hook's to log
-        return await _redis_async.get(self, key)
+        return await lookup()
 
     def _new_breaker(self, name: str) -> Breaker:
         config = self.config
@@ -464,7 +490,7 @@ class RedisTier(WriteBehindTier):
             return [(self._breaker, batch)]
         groups: dict[str, tuple[Breaker, list[Op]]] = {}
         for op in batch:
-            breaker = self._breaker_for(client, op[1] if op[0] == "set" else self._hits_key)
+            breaker = self._breaker_for(client, self._hits_key if op[0] == "hits" else op[1])
             groups.setdefault(breaker.name, (breaker, []))[1].append(op)
         return list(groups.values())
 
@@ -480,7 +506,7 @@ class RedisTier(WriteBehindTier):
         if ctx.is_async:
             opening = self._opening
             if opening is not None and not opening.done():
-                return self._get_after_opening(opening, key)
+                return self._after_opening(opening, lambda: _redis_async.get(self, key))
             return _redis_async.get(self, key)
         return _redis_sync.get(self, key)
 
@@ -516,18 +542,24 @@ class RedisTier(WriteBehindTier):
 
     @hookimpl
     def aurelis_cache_set(self, ctx: RequestContext, entry: CacheEntry, promote: bool) -> None:
+        self._store(ctx, entry)
+
+    def _store(self, ctx: RequestContext, entry: CacheEntry) -> bool:
+        """Queue ``entry``'s write; whether it was queued (not skipped: breaker open, too large, expired)."""
         if not self._per_node and self._breaker.is_open:
             self.pipeline.stats.tier_error(self.name, "skipped")
-            return
+            return False
         if entry.size > self.max_entry_bytes:
             self.pipeline.stats.counters["redis.too_large"] += 1
-            return
+            return False
         px = self._milliseconds_left(entry)
         if px is not None and px <= 0:
-            return
+            return False
         # Serialising (and compressing) happens in the writer, off the response's path.
-        if ctx.key is not None:  # the core stores only answers to a request with a key
-            self.queue.put(("set", self._prefix + ctx.key, entry, px, ctx.key), ctx.is_async)
+        if ctx.key is None:  # the core stores only answers to a request with a key
+            return False
+        self.queue.put(("set", self._prefix + ctx.key, entry, px, ctx.key), ctx.is_async)
+        return True
 
     # Closing differs by mode on purpose (an asyncio client is forgotten with its loop), so not generated.
     async def _aclose_async(self) -> None:
@@ -556,6 +588,8 @@ class RedisTier(WriteBehindTier):
         for op in batch:
             if op[0] == "set":
                 pipe.set(op[1], dumps(op[2], codec, op[4], self._mac), px=op[3])
+            elif op[0] == "release":  # after the entry's own "set", queued before it
+                pipe.eval(LUA_RELEASE, 1, op[1], op[2], op[3])
             else:
                 for key, count in op[1].items():
                     pipe.zincrby(self._hits_key, count, key)
@@ -695,6 +729,108 @@ class RedisTier(WriteBehindTier):
             pipe.unlink(key)
         pipe.execute()
         return len(keys)
+
+
+class FleetFlightTier(RedisTier):
+    """The ``redis`` tier with ``fleet_flight`` on (see :mod:`aurelis_plugins._fleet_flight`).
+
+    A coalescable request's lookup is a *look* (one script: the entry, or the key's lease, or who holds it),
+    and a follower keeps looking until it has the answer or goes upstream. The leader's store queues the
+    lease's release behind the entry's write; a leader that ends without storing gives its lease up when the
+    request is observed.
+    """
+
+    def __init__(self, config: RedisConfig, pipeline: Any) -> None:
+        super().__init__(config, pipeline)
+        #: The leases this process holds, renewed while their upstream calls run.
+        self.leases = Leases(config.fleet_flight, self._renew)
+        # Per client: (client, look script, pub/sub listener or None).
+        self._sync_flight: tuple[Any, Any, ThreadListener | None] = (None, None, None)
+        self._async_flight: tuple[Any, Any, LoopListener | None] = (None, None, None)
+
+    # Each client's look script (redis-py sends its SHA, and the text again only if the server lost it) and
+    # pub/sub listener (none on Cluster, where followers only look: a channel's messages would go to every node).
+    # Per mode by hand, like the clients; the looks themselves are written once in ``_redis_async``.
+
+    def _flight_script(self) -> Any:
+        return self._sync_flight_of(self.sync_client())[1]
+
+    def _listener(self) -> ThreadListener | None:
+        return self._sync_flight_of(self.sync_client())[2]
+
+    def _sync_flight_of(self, client: Any) -> tuple[Any, Any, ThreadListener | None]:
+        if self._sync_flight[0] is not client:
+            listener = None if self._per_node else ThreadListener(client)
+            self._sync_flight = (client, client.register_script(LUA_LOOK), listener)
+        return self._sync_flight
+
+    def _aflight_script(self) -> Any:
+        return self._async_flight_of(self.async_client())[1]
+
+    def _alistener(self) -> LoopListener | None:
+        return self._async_flight_of(self.async_client())[2]
+
+    def _async_flight_of(self, client: Any) -> tuple[Any, Any, LoopListener | None]:
+        if self._async_flight[0] is not client:
+            listener = None if self._per_node else LoopListener(client)
+            self._async_flight = (client, client.register_script(LUA_LOOK), listener)
+        return self._async_flight
+
+    @hookimpl
+    def aurelis_cache_get(self, ctx: RequestContext) -> Any:
+        controls = ctx.controls
+        # Only a request that may share its answer (coalescable, stored) leads or follows a fleet flight.
+        if ctx.key is None or not controls.coalesce or controls.no_store:
+            return super().aurelis_cache_get(ctx)
+        if not self._per_node and not self._breaker.allow():
+            self.pipeline.stats.tier_error(self.name, "skipped")
+            return None
+        key = self._prefix + ctx.key
+        if ctx.is_async:
+            opening = self._opening
+            if opening is not None and not opening.done():
+                return self._after_opening(opening, lambda: _redis_async.look(self, ctx, key))
+            return _redis_async.look(self, ctx, key)
+        return _redis_sync.look(self, ctx, key)
+
+    def _lead(self, ctx: RequestContext, lease: str, token: str) -> None:
+        """This request took ``lease``: it goes upstream for the fleet."""
+        self.leases.took(lease, token)
+        LEASE.set(ctx, (lease, token))
+        self.pipeline.stats.counters["redis.fleet_flight.led"] += 1
+
+    @hookimpl
+    def aurelis_cache_set(self, ctx: RequestContext, entry: CacheEntry, promote: bool) -> None:
+        stored = self._store(ctx, entry)
+        lease = LEASE.pop(ctx)
+        if lease is not None:
+            # Queued after the entry's write: followers find the entry before the lease is gone.
+            self._release(ctx, lease, stored)
+
+    @hookimpl
+    def aurelis_observe(self, ctx: RequestContext) -> None:
+        lease = LEASE.pop(ctx)
+        if lease is not None:  # the leader's request ended without storing an answer
+            self._release(ctx, lease, stored=False)
+
+    def _release(self, ctx: RequestContext, lease: tuple[str, str], stored: bool) -> None:
+        key, token = lease
+        self.leases.drop(key)
+        if not stored:
+            self.pipeline.stats.counters["redis.fleet_flight.gave_up"] += 1
+        self.queue.put(("release", key, token, 0 if stored else GAVE_UP_MS), ctx.is_async)
+
+    def _renew(self, held: dict[str, str]) -> None:
+        pipe = self.sync_client().pipeline(transaction=False)
+        lease_ms = self.config.fleet_flight.lease_ms
+        for key, token in held.items():
+            pipe.eval(LUA_RENEW, 1, key, token, lease_ms)
+        pipe.execute()
+
+    @hookimpl
+    def aurelis_close(self, pipeline: Any) -> Any:
+        self.leases.close()
+        return super().aurelis_close(pipeline)
 
 
 def _connection(config: RedisConfig, shared: RedisConnection | None) -> RedisConnection:

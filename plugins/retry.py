@@ -81,6 +81,7 @@ from aurelis_core.plugin import (
     EndpointUnavailable,
     Invalid,
     RequestContext,
+    as_tuple,
     buffered_body,
     describe_error,
     each,
@@ -163,7 +164,7 @@ class RetryConfig:
     budget_burst: float = attrs.field(default=10.0, validator=non_negative)
     #: Statuses retried besides every 5xx.
     statuses: tuple[int, ...] = attrs.field(
-        default=(408, 409, 429), converter=tuple, validator=each(in_range(400, 599, integer=True))
+        default=(408, 409, 429), converter=as_tuple, validator=each(in_range(400, 599, integer=True))
     )
     #: Seed for the jitter's random stream (None: from the OS), for reproducible runs.
     seed: int | None = attrs.field(default=None, validator=non_negative_int)
@@ -172,9 +173,9 @@ class RetryConfig:
         default=DEFAULT_METHODS, converter=_upper, validator=each(one_of(HTTP_METHODS, "an HTTP method"))
     )
     #: Path endings whose requests are retried whatever their method, unless their JSON body makes them stateful.
-    paths: tuple[str, ...] = attrs.field(default=DEFAULT_PATHS, converter=tuple, validator=each(_path_ending))
+    paths: tuple[str, ...] = attrs.field(default=DEFAULT_PATHS, converter=as_tuple, validator=each(_path_ending))
     #: Path segments (``/files`` matches ``/v1/files`` and ``/v1/files/abc``) never retried but by safe methods.
-    exclude: tuple[str, ...] = attrs.field(default=DEFAULT_EXCLUDE, converter=tuple, validator=each(_path_segment))
+    exclude: tuple[str, ...] = attrs.field(default=DEFAULT_EXCLUDE, converter=as_tuple, validator=each(_path_segment))
 
 
 class RetryState:

@@ -632,6 +632,42 @@ def test_credential_parameters_are_redacted_for_files_and_logs() -> None:
     assert tenant.redact_query("") == "" and tenant.redact_query(None) is None
 
 
+def test_a_credential_parameter_leaves_the_others_in_the_query_as_sent() -> None:
+    from aurelis_core.plugin import Tenant, TenantConfig
+
+    tenant = Tenant(TenantConfig(credential_params=["sig"]))
+    assert tenant.split_query("alt=sse&key=S1&b=%20x&Sig=S2") == (
+        "alt=sse&b=%20x", ((b"?key", b"S1"), (b"?Sig", b"S2"))
+    )
+    assert tenant.split_query("alt=sse") == ("alt=sse", ())
+
+
+def test_credential_headers_are_recognised_by_name_in_any_case() -> None:
+    from aurelis_core.plugin import Tenant, TenantConfig
+
+    tenant = Tenant(TenantConfig(credential_headers=["X-My-Key"]))
+    assert tenant.is_credential_header("Authorization") and tenant.is_credential_header(b"x-my-key")
+    assert tenant.is_credential_header("X-MY-KEY") and not tenant.is_credential_header("accept")
+
+
+def test_fingerprints_stay_right_and_their_memo_bounded_past_many_credentials() -> None:
+    import tracemalloc
+
+    from aurelis_core.plugin import Tenant
+
+    tenant = Tenant()
+    first = tenant.fingerprint([(b"authorization", b"Bearer k0")])
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(20_000):  # a process facing endless fresh keys (a scanner) must not grow without bound
+        tenant.fingerprint([(b"authorization", b"Bearer k%d" % i)])
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 3_000_000  # ~4096 memoised fingerprints are ~1.5 MB; 20,000 would be ~7 MB
+    assert tenant.fingerprint([(b"authorization", b"Bearer k0")]) == first
+    assert tenant.fingerprint([(b"authorization", b"Bearer k1")]) != first
+
+
 def test_numbers_reach_plugins_as_ints_when_integral_up_to_a_thousand_digits() -> None:
     def parsed(raw: bytes) -> Any:
         # A fresh key stage each time: the numbers below are those of the parse that makes the key (a request
@@ -645,6 +681,33 @@ def test_numbers_reach_plugins_as_ints_when_integral_up_to_a_thousand_digits() -
     assert type(parsed(b'{"t":1e999}')) is int  # 1000 digits: still an integer
     assert type(parsed(b'{"t":1e1000}')) is Decimal  # past the bound: never a gigantic int
     assert key_of(b'{"t":1e999}') == key_of(b'{"t":1' + b"0" * 999 + b"}")
+
+
+def test_a_repeated_request_shows_plugins_the_same_numbers_as_the_first() -> None:
+    # The second request is recognised from the stage's memo without a parse; ctx.json is then parsed on first
+    # use by the core, which must follow the key stage's number policy (not the standard library's floats).
+    stage = normalizer()
+    raw = b'{"model":"m","t":1.0,"p":0.7,"n":3,"big":1e1001,"messages":[]}'
+
+    def seen() -> Any:
+        request = httpx.Request("POST", URL, content=raw, headers={"content-type": "application/json"})
+        ctx = RequestContext(request, None, httpx, False, RequestControls())
+        assert stage.aurelis_normalize(ctx) is not None
+        return ctx.json
+
+    first, repeat = seen(), seen()
+    assert first == repeat
+    assert [type(first[k]) for k in ("t", "p", "n", "big")] == [int, Decimal, int, Decimal]
+    assert [type(repeat[k]) for k in ("t", "p", "n", "big")] == [int, Decimal, int, Decimal]
+
+
+def test_the_core_parses_bodies_nobody_keyed_with_the_same_number_policy() -> None:
+    request = httpx.Request("POST", URL, content=b'{"t":2.50,"n":1e2}', headers={"content-type": "application/json"})
+    ctx = RequestContext(request, None, httpx, False, RequestControls())
+    assert ctx.json == {"t": Decimal("2.5"), "n": 100} and type(ctx.json["n"]) is int
+    for refused in (b'{"t":NaN}', b"{not json", b"\xff"):
+        ctx = RequestContext(httpx.Request("POST", URL, content=refused), None, httpx, False, RequestControls())
+        assert ctx.json is None
 
 
 def test_folding_leaves_messages_that_are_not_a_list_as_they_are() -> None:

@@ -25,6 +25,7 @@ import pytest
 
 import aurelis_core.pipeline
 from aurelis_core import ConfigError, Endpoint, Pipeline, RequestControls, hookimpl
+from aurelis_core._live_report import ReportConfig
 from aurelis_core._plugins import BUILTIN_PLUGINS, PluginSpec
 from aurelis_core._tenant import TenantConfig
 from aurelis_core.config import ALLOW_NON_FINITE, config_from_table
@@ -71,6 +72,7 @@ def _option_classes() -> dict[str, type]:
     classes["endpoints"] = Endpoint
     classes["request controls"] = RequestControls
     classes["tenant"] = TenantConfig
+    classes["report"] = ReportConfig
     return classes
 
 
@@ -243,6 +245,32 @@ def problems_of(cls: type, where: str = "[t]") -> list[str]:
 @pytest.mark.parametrize("name", sorted(OPTION_CLASSES))
 def test_every_option_refuses_wrong_values_naming_its_key(name: str) -> None:
     assert problems_of(OPTION_CLASSES[name]) == []
+
+
+def _list_options(cls: type) -> Iterator[str]:
+    """The top-level options of ``cls`` that hold a list (tuple or list annotations)."""
+    hints = typing.get_type_hints(cls)
+    for field in attrs.fields(cls):
+        if field.init and typing.get_origin(_strip_none(hints.get(field.name, Any))) in (tuple, list):
+            yield field.alias or field.name
+
+
+LIST_OPTIONS = [(name, key) for name, cls in sorted(OPTION_CLASSES.items()) for key in _list_options(cls)]
+
+
+def test_the_walk_finds_list_options() -> None:
+    assert {("normalize", "ignore_fields"), ("tenant", "credential_headers"), ("retry", "methods")} <= set(
+        LIST_OPTIONS
+    )
+
+
+@pytest.mark.parametrize(("name", "key"), LIST_OPTIONS)
+def test_an_option_class_built_in_code_refuses_a_string_for_a_list(name: str, key: str) -> None:
+    """Built in code (a plugin author's, a test's), not from a config file whose annotation check comes first:
+    ``tuple("user")`` would have made a list of valid one-letter items that means something else."""
+    cls = OPTION_CLASSES[name]
+    with pytest.raises((ValueError, TypeError), match=key):
+        cls(**{**REQUIRED.get(cls, {}), key: "user"})
 
 
 def test_the_walk_finds_unchecked_options() -> None:

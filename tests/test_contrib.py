@@ -166,7 +166,8 @@ def test_otel_from_config_uses_the_global_tracer_provider(contrib_site: Path, up
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
         for _ in range(2):
             client.post(upstream.base_url + "/chat/completions", json=body)
-    requests = [s for s in exporter.get_finished_spans() if s.name == "aurelis.request"]
+    requests = [s for s in exporter.get_finished_spans() if s.attributes and "aurelis.cache.status" in s.attributes]
+    assert [s.name for s in requests] == ["chat m", "chat m"]
     assert [s.attributes["aurelis.cache.status"] for s in requests] == ["miss", "hit"]
     exporter.shutdown()
 

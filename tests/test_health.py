@@ -109,6 +109,33 @@ def test_an_open_circuit_keeps_the_slow_path_even_with_no_time_block() -> None:
     assert health.candidates(endpoints) == [A]
 
 
+def test_candidates_are_built_once_while_nothing_changes() -> None:
+    # A router asks on every pick: while the blocks stay as they are, the registry hands back the list it
+    # built before (the same object, no scan of the endpoints), and builds a new one when a block ends or any
+    # status changes.
+    health, clock = registry()
+    endpoints = [A, B, C]
+    health.block(A, clock.now + 10.0, "open")
+    health.block(B, clock.now + 20.0, "ejected")
+    first = health.candidates(endpoints)
+    assert first == [C]
+    clock.advance(9.999)
+    assert health.candidates(endpoints) is first
+    assert health.candidates([A, B, C]) == [C] and health.candidates([A, B, C]) is not first  # another list
+    clock.advance(0.001)  # A's block ended
+    second = health.candidates(endpoints)
+    assert second == [A, C]
+    assert health.candidates(endpoints) is second
+    health.block(C, clock.now + 5.0, "rate_limited")  # a new block: built again at once
+    assert health.candidates(endpoints) == [A]
+    health.set_circuit(C, "half_open", 1)  # a probe may go: built again
+    assert health.candidates(endpoints) == [A, C]
+    health.set_circuit(C, "half_open", 0)  # the probe was spent
+    assert health.candidates(endpoints) == [A]
+    # An earlier time is never served from the cache: A was still blocked then, so nothing was usable (panic).
+    assert health.candidates(endpoints, now=clock.now - 1.0) == [A, B, C]
+
+
 # --- slow start ----------------------------------------------------------------------------------------------
 
 

@@ -142,6 +142,38 @@ def test_a_large_answer_is_shared_with_followers_as_it_streams(sized: tuple[Size
     assert len(pipeline.plugin("memory")) == 0
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_large_answer_handed_over_alone_leaves_no_flight_behind(sized: tuple[SizedUpstream, str], mode: str) -> None:
+    """The leader of a too-large answer nobody joined passes it through untouched and takes its flight out:
+    the same request again is a new call, not a follower waiting for an answer that will never be shared."""
+    app, url = sized
+    pipeline = Pipeline({"plugins": ["normalize", "memory"]})
+    size = 5 * 1024 * 1024
+    body = ask(size=size)
+    sizes: list[int] = []
+
+    def run() -> None:
+        if mode == "sync":
+            with httpx.Client(timeout=30) as client:
+                pipeline.instrument(client)
+                sizes.extend(len(client.post(url, json=body).content) for _ in range(3))
+        else:
+            async def main() -> None:
+                async with httpx.AsyncClient(timeout=30) as client:
+                    pipeline.instrument(client)
+                    for _ in range(3):
+                        sizes.append(len((await client.post(url, json=body)).content))
+
+            anyio.run(main)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(120)  # a hang detector, not a speed bound: a repeat waiting on a stale flight never returns
+    assert not worker.is_alive(), "a repeated request waited on the flight of an answer handed over alone"
+    pipeline.close()
+    assert sizes == [size] * 3 and app.calls == 3
+
+
 def test_each_tier_stores_up_to_its_own_limit(sized: tuple[SizedUpstream, str], tmp_path: Path) -> None:
     app, url = sized
     pipeline = Pipeline(limits(tmp_path))

@@ -20,11 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "aurelis_core"
 
 #: The old homes of the application wing's modules: aliases of the new ones, importing them by design.
-DEPRECATED_SHIMS = ("cli", "cli_cache", "replay", "report")
+DEPRECATED_SHIMS = ("cli", "cli_cache", "replay")
 
-#: What the application wing may import of ``aurelis_core`` (the public API, and the testing helpers that
-#: ``aurelis replay --simulate`` runs), besides its own modules.
-TOOLS_MAY_IMPORT = {"aurelis_core", "aurelis_core.plugin", "aurelis_core.config", "aurelis_core.testing"}
+#: What the application wing may import of ``aurelis_core`` (the public API, the report that ``pipeline.report()``
+#: and replays share, and the testing helpers that ``aurelis replay --simulate`` runs), besides its own modules.
+TOOLS_MAY_IMPORT = {
+    "aurelis_core", "aurelis_core.plugin", "aurelis_core.config", "aurelis_core.report", "aurelis_core.testing"
+}
 
 
 # --- reading imports ---------------------------------------------------------------------------------------------
@@ -183,7 +185,7 @@ def test_the_tools_use_only_the_public_api() -> None:
     ``aurelis_core``, ``aurelis_core.plugin``, ``aurelis_core.config`` (and the testing helpers), by their public
     names; nothing ``_private``."""
     files = sorted((CORE / "tools").glob("*.py"))
-    assert {f.stem for f in files} >= {"cli", "cli_cache", "replay", "report"}
+    assert {f.stem for f in files} >= {"cli", "cli_cache", "replay"}
     violations = [
         v for path in files for v in tools_violations(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
     ]

@@ -64,15 +64,17 @@ def test_the_names_are_pinned() -> None:
         "RedisConnection",
         # requests on the wire
         "header_items", "url_parts", "buffered_body", "replayable_body", "copy_request", "signature_scheme",
-        "resend_refusal", "usage_tokens",
+        "resend_refusal", "usage_tokens", "parse_json",
+        # tokens and money
+        "Usage", "usage_counts", "Pricing", "ModelPrice",
         # failures a request goes on without
         "worth_logging",
         # options
-        "config_from_table", "ConfigError", "ALLOW_NON_FINITE", "PROBE", "Invalid", "at_least", "choices_hint",
-        "describe", "each", "existing_file", "file_path", "fraction", "header_name", "header_table", "host_port",
-        "http_url", "in_range", "label", "non_empty", "non_negative", "non_negative_int", "one_of", "positive",
-        "positive_int", "printable", "probe_bind", "probe_redis", "probe_tcp", "probe_writable_file", "redis_url",
-        "url_path", "writable_file_probe",
+        "config_from_table", "ConfigError", "ALLOW_NON_FINITE", "PROBE", "Invalid", "as_tuple", "at_least",
+        "choices_hint", "describe", "each", "existing_file", "file_path", "fraction", "header_name", "header_table",
+        "host_port", "http_url", "in_range", "label", "non_empty", "non_negative", "non_negative_int", "one_of",
+        "positive", "positive_int", "printable", "probe_bind", "probe_redis", "probe_tcp", "probe_writable_file",
+        "redis_url", "url_path", "writable_file_probe",
         # workloads
         "WorkloadRequest", "load_workload", "join_url", "WORKLOAD_CREDENTIAL_HEADERS",
         # installed plugins

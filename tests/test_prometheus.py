@@ -39,7 +39,8 @@ def chat(client: httpx.Client, upstream: SimulatedServer, prompt: str, model: st
 
 def test_values_after_hits_misses_and_errors(upstream: SimulatedServer) -> None:
     pipeline = Pipeline(
-        {"plugins": ["normalize", "memory", "prometheus"], "prometheus": {"prices": {"sim-chat": 2_000_000}}}
+        {"plugins": ["normalize", "memory", "prometheus"],
+         "pricing": {"sim-*": {"input": 2_000_000, "output": 2_000_000}}}
     )
     metrics = pipeline.plugin("prometheus")
     with pipeline.instrument(httpx.Client()) as client:
@@ -162,8 +163,8 @@ def test_wsgi_app_serves_the_same_registry() -> None:
 def test_bad_options_fail_clearly() -> None:
     with pytest.raises(ConfigError, match="port"):
         Pipeline({"plugins": ["prometheus"], "prometheus": {"port": 70000}})
-    with pytest.raises(ConfigError, match=r"\[prometheus\] prices\['m'\]: expected a number, got 'cheap'"):
-        Pipeline({"plugins": ["prometheus"], "prometheus": {"prices": {"m": "cheap"}}})
+    with pytest.raises(ConfigError, match=r"\[prometheus\] response_time_buckets\[1\]: expected increasing"):
+        Pipeline({"plugins": ["prometheus"], "prometheus": {"response_time_buckets": [1, 0.5]}})
     with pytest.raises(ConfigError, match="max_label_values"):
         Pipeline({"plugins": ["prometheus"], "prometheus": {"max_labels": 3}})
 

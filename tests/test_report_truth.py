@@ -20,11 +20,11 @@ import pytest
 
 import aurelis_core
 from aurelis_core.config import load_config
+from aurelis_core.report import Report, build_report
 from aurelis_core.stats import Sample
 from aurelis_core.testing import SimulatedServer
 from aurelis_core.tools.cli import main
 from aurelis_core.tools.replay import SIMULATED_BASE_URL, SimulateOptions, WorkloadRequest, replay, simulated
-from aurelis_core.tools.report import Report, build_report
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "the same question"}]}
 

@@ -217,6 +217,26 @@ def test_blocked_endpoints_are_not_picked_and_all_blocked_means_panic(cls: Any) 
 
 
 @pytest.mark.parametrize("cls", ALL)
+def test_a_pick_with_blocked_endpoints_reuses_the_candidate_set(cls: Any) -> None:
+    # With endpoints blocked, each pick must not rebuild the candidates from all endpoints: the registry's
+    # list and the router's index set are built once and reused until a status changes.
+    clock = FakeClock()
+    eps = endpoints(*[1] * 16)
+    router = make(cls, eps, clock)
+    for endpoint in eps[:4]:
+        router.health.block(endpoint, clock.now + 60, "open")
+    counts = run_sequential(router, clock, 50)
+    assert not set(counts) & {"e0", "e1", "e2", "e3"}
+    allowed = router._allowed_set
+    assert allowed == frozenset(range(4, 16))
+    run_sequential(router, clock, 50)
+    assert router._allowed_set is allowed
+    router.health.block(eps[4], clock.now + 60, "rate_limited")
+    assert "e4" not in run_sequential(router, clock, 50)
+    assert router._allowed_set == frozenset(range(5, 16))
+
+
+@pytest.mark.parametrize("cls", ALL)
 def test_half_open_endpoint_is_picked_only_while_it_has_probes(cls: Any) -> None:
     clock = FakeClock()
     eps = endpoints(1, 1)
@@ -334,6 +354,48 @@ def test_ai_optimized_explores_an_endpoint_again_after_its_record_fades() -> Non
     clock.now += 600.0  # ten minutes of silence: the evidence decayed away
     counts = run_sequential(router, clock, 200)
     assert counts["e0"] > 20, counts
+
+
+def test_ai_optimized_does_not_forget_a_slow_endpoint_between_sparse_requests() -> None:
+    # One replica of many sees little traffic: a request every 3 s. e0 is 20x slower than the others, and
+    # long attempts there are cut off by the caller's timeout (a censored observation: at least that slow).
+    # The process must not forget what it learned between two of its requests and probe e0 again and again
+    # (a thin estimate used to fade back to the others' mean within seconds).
+    clock = FakeClock()
+    router = make(AIOptimized, endpoints(1, 1, 1), clock)
+    counts: collections.Counter[str] = collections.Counter()
+    for i in range(600):
+        ctx = context(max_tokens=(50, 200)[i % 2])
+        attempt = start(router, ctx, clock)
+        name = attempt.endpoint.name  # type: ignore[union-attr]
+        if i >= 100:  # after the first few minutes
+            counts[name] += 1
+        if name != "e0":
+            clock.now += 0.1 * (1 + i % 2)
+            end(router, ctx, attempt, clock)
+        elif i % 2 == 0:
+            clock.now += 2.0
+            end(router, ctx, attempt, clock)
+        else:
+            clock.now += 2.5  # the caller gave up: 2.5 s or more
+            end(router, ctx, attempt, clock, status=None, error=TimeoutError("timed out"))
+        clock.now += 3.0
+    assert counts["e0"] <= 5, counts  # under 1% of 500 requests
+
+
+def test_ai_optimized_gives_an_endpoint_its_share_back_soon_after_a_brownout() -> None:
+    clock = FakeClock()
+    router = make(AIOptimized, endpoints(1, 1, 1), clock)
+    run_sequential(router, clock, 600)
+    failed = iter(range(10**6))
+    # Brownout: e0 fails 3 requests in 5 for two minutes (~1100 requests); then it is healthy again.
+    run_sequential(router, clock, 1100, status=lambda name: 503 if name == "e0" and next(failed) % 5 < 3 else 200)
+    ended = clock.now
+    shares = []
+    while clock.now < ended + 120.0:
+        counts = run_sequential(router, clock, 90)  # ~10 s
+        shares.append(counts["e0"] / 90)
+    assert max(shares[:6]) >= 0.15, shares  # within a minute, a 10 s stretch with at least half its share
 
 
 def test_latency_is_normalised_per_output_token() -> None:

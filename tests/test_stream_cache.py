@@ -228,3 +228,15 @@ def test_stream_complete_needs_an_end_marker() -> None:
     assert not stream_complete(head + head)
     assert not stream_complete(b"")
     assert not stream_complete(head + b"data: {not json\n\n")
+
+
+def test_the_tail_of_a_stream_is_its_last_chunks_holding_at_least_the_bytes_asked() -> None:
+    # What the completeness check reads of a long stream: whole chunks from the end, no more than needed.
+    from aurelis_core._coalesce import tail
+
+    chunks = [b"%d" % i * 10 for i in range(10)]  # ten chunks of ten bytes
+    assert tail(chunks, 30) == b"".join(chunks[7:])  # exactly enough: three chunks, not a fourth
+    assert tail(chunks, 31) == b"".join(chunks[6:])  # one byte more takes the whole chunk before
+    assert tail(chunks, 1) == chunks[9]
+    assert tail(chunks, 1000) == b"".join(chunks)  # fewer bytes than asked: all of them
+    assert tail((), 10) == b""

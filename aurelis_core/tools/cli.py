@@ -261,7 +261,7 @@ def _count(text: str) -> int:
 
 
 def _add_target_options(parser: argparse.ArgumentParser) -> None:
-    from .report import Targets
+    from aurelis_core.report import Targets
 
     defaults = Targets()
     group = parser.add_argument_group("score targets")
@@ -276,7 +276,7 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _targets(args: argparse.Namespace) -> Any:
-    from .report import Targets
+    from aurelis_core.report import Targets
 
     return Targets(args.target_p50, args.target_p95, args.target_p99, args.target_rps, args.target_hit_rate)
 
@@ -487,7 +487,7 @@ def add_record_commands(subparsers: Subparsers) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import Report
+    from aurelis_core.report import Report
 
     not_a_report = "not an Aurelis report (aurelis report reads the report.json that aurelis replay writes)"
     try:

@@ -30,8 +30,7 @@ from aurelis_core import Endpoint
 from aurelis_core.config import Config, ConfigError, load_config
 from aurelis_core.plugin import WORKLOAD_CREDENTIAL_HEADERS, WorkloadRequest, load_workload
 from aurelis_core.plugin import join_url as join_url
-
-from .report import Report, Targets
+from aurelis_core.report import Report, Targets
 
 if TYPE_CHECKING:
     from aurelis_core.testing import SimulatedServer

@@ -6,9 +6,9 @@ so months of traffic patterns run in seconds and every run is reproducible from 
 """
 
 from .engine import Clock, EndpointModel, Result, Simulation
-from .scenarios import ROUTERS, SCENARIOS, Scenario, bad_capacity_share, run_scenario
+from .scenarios import CLIENTS, ROUTERS, SCENARIOS, Scenario, bad_capacity_share, recovery_time, run_scenario
 
 __all__ = [
-    "ROUTERS", "SCENARIOS", "Clock", "EndpointModel", "Result", "Scenario", "Simulation", "bad_capacity_share",
-    "run_scenario",
+    "CLIENTS", "ROUTERS", "SCENARIOS", "Clock", "EndpointModel", "Result", "Scenario", "Simulation",
+    "bad_capacity_share", "recovery_time", "run_scenario",
 ]

@@ -35,7 +35,10 @@ from aurelis_core import Attempt, Endpoint, RequestContext
 from aurelis_core._models import DEFAULT_CONTROLS
 from aurelis_core.health import EndpointHealth
 
-__all__ = ["Clock", "EndpointModel", "Result", "Simulation"]
+__all__ = ["BIN", "Clock", "EndpointModel", "Result", "Simulation"]
+
+#: Seconds per bin of :attr:`Result.timeline`.
+BIN = 5.0
 
 
 class Clock:
@@ -116,6 +119,12 @@ class Result:
     #: Attempts per endpoint from ``settle`` seconds after the measurement window opened (once routers had
     #: time to react to a change made when it opened).
     settled_attempts_to: dict[str, int] = attrs.field(factory=dict)
+    #: Attempts per endpoint in each ``BIN`` seconds of the run (from time 0, measured or not), to see how a
+    #: share evolves after a change.
+    timeline: list[dict[str, int]] = attrs.field(factory=list)
+    #: Per run (one entry each, kept by :meth:`merge`): seconds from a scenario's recovery until the
+    #: recovered endpoint got its share back (``inf``: not within the run). Filled by the scenario runner.
+    recoveries: list[float] = attrs.field(factory=list)
 
     @property
     def count(self) -> int:
@@ -136,6 +145,7 @@ class Result:
             self.attempts_to[name] = self.attempts_to.get(name, 0) + n
         for name, n in other.settled_attempts_to.items():
             self.settled_attempts_to[name] = self.settled_attempts_to.get(name, 0) + n
+        self.recoveries.extend(other.recoveries)
 
 
 class Client:
@@ -234,6 +244,11 @@ class Simulation:
         attempt = Attempt(len(ctx.attempts) + 1, endpoint)
         attempt.started = now
         ctx.attempts.append(attempt)
+        timeline = self.result.timeline
+        bin_ = int(now / BIN)
+        while len(timeline) <= bin_:
+            timeline.append({})
+        timeline[bin_][endpoint.name] = timeline[bin_].get(endpoint.name, 0) + 1
         if now >= self.measure_from:
             self.result.attempts_to[endpoint.name] = self.result.attempts_to.get(endpoint.name, 0) + 1
             if now >= self.settled_from:

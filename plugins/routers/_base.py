@@ -210,6 +210,9 @@ class Router:
         #: Cumulative weights for drawing candidates; ``None`` when all are equal (uniform draws are cheaper).
         self._cumulative = list(itertools.accumulate(weights)) if len(set(weights)) > 1 else None
         self._lock = threading.Lock()
+        # The last candidates :meth:`_allowed` saw and their indices (holding the list keeps its id unique).
+        self._allowed_for: Sequence[Endpoint] = self.endpoints
+        self._allowed_set: frozenset[int] = frozenset()
 
     # --- hooks -------------------------------------------------------------------------------------------------
 
@@ -308,10 +311,17 @@ class Router:
         return self._index[candidates[int(random_() * len(candidates))].name]
 
     def _allowed(self, candidates: Sequence[Endpoint]) -> frozenset[int] | None:
-        """Indices of the candidates, or ``None`` when every endpoint is one (the common case, O(1))."""
+        """Indices of the candidates, or ``None`` when every endpoint is one (the common case, O(1)).
+
+        The set is kept for the candidates it was built from: the health registry hands out the same list
+        until a status changes, so while endpoints stay blocked a pick does not rebuild it (O(1), not O(n)).
+        """
         if candidates is self.endpoints or len(candidates) == len(self.endpoints):
             return None
-        return frozenset(self._index[e.name] for e in candidates)
+        if candidates is not self._allowed_for:
+            self._allowed_set = frozenset(self._index[e.name] for e in candidates)
+            self._allowed_for = candidates
+        return self._allowed_set
 
 
 class EDFScheduler:

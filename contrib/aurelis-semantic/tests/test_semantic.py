@@ -85,6 +85,16 @@ def test_only_message_text_is_fuzzy(upstream: SimulatedServer, change: dict[str,
     assert upstream.count("/chat/completions") == 2
 
 
+def test_requests_with_fractional_parameters_are_answered_too(upstream: SimulatedServer) -> None:
+    # Parameters parsed as exact decimals (0.5, 0.95) are part of the scope, not a reason to give up on it.
+    with client_for(threshold=0.5) as client:
+        chat(client, upstream, PASSWORD, temperature=0.5, top_p=0.95)
+        reworded = chat(client, upstream, PASSWORD + "?", temperature=0.5, top_p=0.95)
+        other = chat(client, upstream, PASSWORD + "?", temperature=0.6, top_p=0.95)
+    assert reworded.headers["x-aurelis-cache"] == "hit"
+    assert other.headers["x-aurelis-cache"] == "miss"
+
+
 def test_numbers_are_exact(upstream: SimulatedServer) -> None:
     with client_for(threshold=0.5) as client:
         chat(client, upstream, "What was the population of Tokyo in 2010?")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import re
 import threading
 import time
@@ -41,6 +40,7 @@ from typing import Any
 import anyio.to_thread
 import attrs
 import cachetools
+import msgspec
 import numpy as np
 
 from aurelis_core.plugin import (
@@ -64,7 +64,10 @@ __all__ = ["DEFAULT_THRESHOLD", "SemanticCache", "SemanticConfig"]
 #: threshold with no near-miss hit on the dev split (39/47 paraphrases hit); 0.85 lets 3/54 near-misses in.
 DEFAULT_THRESHOLD = 0.88
 #: Bumped whenever the scope's composition changes.
-SCOPE_VERSION = "aurelis-semantic-2"
+SCOPE_VERSION = "aurelis-semantic-3"
+#: The scope material's encoding: sorted keys, and the body's numbers as they were parsed (``ctx.json`` holds
+#: exact ``Decimal``s, which the standard library's json cannot write), so 0.5 and 0.50000000000000001 differ.
+_MATERIAL = msgspec.json.Encoder(order="sorted", decimal_format="number")
 FUZZY_ROLES = frozenset({"user", "assistant"})
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
@@ -191,14 +194,11 @@ class SemanticCache:
         tenant = self.pipeline.tenant
         identity = tenant.identify(request, ctx.controls.namespace)
         query, _ = tenant.split_query(url.query.decode("ascii"))  # no credential ever enters the material
-        material = json.dumps(
+        material = _MATERIAL.encode(
             [SCOPE_VERSION, request.method, url.scheme, url.netloc.decode("ascii"), url.path, query,
-             identity.tenant, identity.scope, {**body, "messages": layout}],
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
+             identity.tenant, identity.scope, {**body, "messages": layout}]
         )
-        return hashlib.blake2b(material.encode(), digest_size=20).hexdigest(), texts
+        return hashlib.blake2b(material, digest_size=20).hexdigest(), texts
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         """One unit vector per text, from the backend or from the vectors of recently seen texts."""
