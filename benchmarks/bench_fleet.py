@@ -19,8 +19,9 @@ what they counted and what the upstream received:
   were half-open probes (the rest: replicas' failures in flight before they learnt of the open), and how many
   open periods passed; target (shared): at most one probe per open period fleet-wide.
 
-Fleet-wide single-flight (upstream calls per distinct prompt under simultaneous arrival) is measured in its own
-file, on the same scaffolding: :func:`run_fleet`, :class:`Replica` and the ``fleet_redis`` fixture.
+Fleet-wide single-flight (upstream calls per distinct prompt under simultaneous arrival) is measured in
+``bench_fleet_flight.py``. A further section needs only a job (a function of a :class:`Replica` returning what
+it counted) and :func:`run_fleet`, with the ``fleet_redis`` and ``upstream`` fixtures.
 """
 
 from __future__ import annotations
