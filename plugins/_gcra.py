@@ -18,8 +18,8 @@ they are queued and sent along with the next one: settling never costs a round t
 
 A limiter must never hold a request up for longer than its own arithmetic says, so :class:`RedisGCRA`'s clients
 have tight timeouts (``timeout``, connect and read, no retries) and a cool-off of their own: after Redis fails,
-:meth:`RedisGCRA.may_ask` answers ``False`` for ``cooloff`` seconds (the caller uses its local limits without a
-network call), then lets one reservation probe Redis; its answer makes Redis the source of truth again.
+``RedisGCRA.cooloff.may_ask()`` answers ``False`` for ``cooloff`` seconds (the caller uses its local limits
+without a network call), then lets one reservation probe Redis; its answer makes Redis the source of truth again.
 
 Any Redis will do: a single node, a Sentinel-watched master or a Cluster (a
 :class:`~aurelis_core.plugin.RedisConnection`). One script call touches every key of a reservation, and Cluster
@@ -29,7 +29,6 @@ unless it has one already): all the limits live in one slot, on one master, and 
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 import time
@@ -155,7 +154,7 @@ class RedisGCRA:
         self, connection: str | RedisConnection, prefix: str, timeout: float = 0.15, cooloff: float = 2.0
     ) -> None:
         try:
-            import redis
+            from ._redis_client import REDIS_ERRORS, Cooloff, one_slot_prefix
         except ImportError:  # pragma: no cover - depends on the installed extras
             raise ImportError("the ratelimit plugin's shared limits need: pip install 'aurelis[redis]'") from None
         if isinstance(connection, str):
@@ -164,20 +163,13 @@ class RedisGCRA:
         self.connection = connection
         #: The single node's URL (None for Sentinel and Cluster).
         self.url = connection.url
-        if connection.is_cluster and not _has_hash_tag(prefix):
-            prefix = "{" + prefix + "}"
-        self.prefix = prefix
+        self.prefix = one_slot_prefix(connection, prefix)
         #: Seconds to connect, and to wait for each reply (a frozen Redis costs a request this, not its freeze).
         self.timeout = timeout
-        #: Seconds Redis is not asked after it failed (see :meth:`may_ask`).
-        self.cooloff = cooloff
-        #: What a failed call raises: redis-py wraps most socket errors, not all of them; and its "no Cluster node
-        #: reachable" is not a RedisError.
-        self.errors: tuple[type[BaseException], ...] = (
-            redis.RedisError, redis.exceptions.RedisClusterException, OSError, asyncio.TimeoutError
-        )
-        #: ``time.monotonic()`` until which Redis is not asked; 0 while it answers.
-        self._skip_until = 0.0
+        #: Whether Redis may be asked now (not for ``cooloff`` seconds after it failed).
+        self.cooloff = Cooloff(cooloff)
+        #: What a failed call raises.
+        self.errors = REDIS_ERRORS
         self._sync: Any = None
         self._async: Any = None
         self._async_client: Any = None
@@ -218,32 +210,6 @@ class RedisGCRA:
             self._async = self._async_client.register_script(LUA_RESERVE)
         return self._async
 
-    # --- the cool-off ------------------------------------------------------------------------------------------
-    # Not locked: under the GIL each step is an attribute store, and a race at worst lets one extra probe through.
-
-    def may_ask(self) -> bool:
-        """Whether a reservation may go to Redis now. ``False`` for ``cooloff`` seconds after a failure; then
-        ``True`` once (the probe), and ``False`` again for the others until the probe's call ends."""
-        until = self._skip_until
-        if not until:
-            return True
-        now = time.monotonic()
-        if now < until:
-            return False
-        self._skip_until = now + self.cooloff
-        return True
-
-    @property
-    def cooling_off(self) -> bool:
-        """Whether Redis is being left alone after a failure."""
-        return bool(self._skip_until)
-
-    def _failed(self) -> None:
-        self._skip_until = time.monotonic() + self.cooloff
-
-    def _answered(self) -> None:
-        self._skip_until = 0.0
-
     def reserve(self, specs: Sequence[Spec], max_wait: float) -> Reservation:
         return _gcra_sync.reserve(self, specs, max_wait)
 
@@ -262,12 +228,6 @@ class RedisGCRA:
 
     async def aclose(self) -> None:
         await _gcra_async.close(self)
-
-
-def _has_hash_tag(key: str) -> bool:
-    """Whether Redis Cluster would hash ``key`` by a ``{...}`` tag in it (a non-empty one) rather than whole."""
-    start = key.find("{")
-    return start >= 0 and key.find("}", start + 1) > start + 1
 
 
 def _reservation(reply: Any) -> Reservation:

@@ -25,9 +25,9 @@ async def reserve(limiter: RedisGCRA, specs: Sequence[Spec], max_wait: float) ->
         script = limiter._async_script()
         reply = await script(keys=keys, args=args)
     except limiter.errors:
-        limiter._failed()
+        limiter.cooloff.failed()
         raise
-    limiter._answered()
+    limiter.cooloff.answered()
     return _reservation(reply)
 
 

@@ -27,9 +27,9 @@ def reserve(limiter: RedisGCRA, specs: Sequence[Spec], max_wait: float) -> Reser
         script = limiter._sync_script()
         reply = script(keys=keys, args=args)
     except limiter.errors:
-        limiter._failed()
+        limiter.cooloff.failed()
         raise
-    limiter._answered()
+    limiter.cooloff.answered()
     return _reservation(reply)
 
 

@@ -3,11 +3,14 @@
 One place knows how a single node, a Sentinel-watched master and a Cluster are reached, for sync callers
 (``redis``) and asyncio ones (``redis.asyncio``); the plugins pass their own timeouts and pool bounds. No
 retries: a plugin that talks to Redis on a request's path falls back at once (a miss, local limits), it does not
-try three more times (redis-py's default since 6.0).
+try three more times (redis-py's default since 6.0). :data:`REDIS_ERRORS` is what such a call may raise, and a
+:class:`Cooloff` keeps a plugin from asking a Redis that just failed again on every request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from aurelis_core.plugin import RedisConnection
@@ -26,7 +29,49 @@ try:
 except ImportError:  # pragma: no cover - depends on the installed extras
     raise ImportError("talking to Redis needs: pip install 'aurelis[redis]'") from None
 
-__all__ = ["make_client", "split_address"]
+__all__ = ["REDIS_ERRORS", "Cooloff", "make_client", "one_slot_prefix", "split_address"]
+
+#: What a failed call raises: redis-py wraps most socket errors, not all of them; and its "no Cluster node
+#: reachable" is not a RedisError.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    redis.RedisError, redis.exceptions.RedisClusterException, OSError, asyncio.TimeoutError
+)
+
+
+class Cooloff:
+    """After Redis failed, leave it alone for ``seconds``: callers use their local state without a network call;
+    then one call probes it, and its answer (:meth:`answered`) makes Redis the one asked again.
+
+    Not locked: under the GIL each step is an attribute store, and a race at worst lets one extra probe through.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        #: ``time.monotonic()`` until which Redis is not asked; 0 while it answers.
+        self._skip_until = 0.0
+
+    def may_ask(self) -> bool:
+        """Whether a call may go to Redis now. ``False`` for ``seconds`` after a failure; then ``True`` once (the
+        probe), and ``False`` again for the others until the probe's call ends."""
+        until = self._skip_until
+        if not until:
+            return True
+        now = time.monotonic()
+        if now < until:
+            return False
+        self._skip_until = now + self.seconds
+        return True
+
+    @property
+    def cooling_off(self) -> bool:
+        """Whether Redis is being left alone after a failure."""
+        return bool(self._skip_until)
+
+    def failed(self) -> None:
+        self._skip_until = time.monotonic() + self.seconds
+
+    def answered(self) -> None:
+        self._skip_until = 0.0
 
 
 class _AnyMasterCommandsParser(AsyncCommandsParser):
@@ -54,6 +99,17 @@ class _AnyMasterCommandsParser(AsyncCommandsParser):
         if error is not None:
             raise error
         await super().initialize(node)
+
+
+def one_slot_prefix(connection: RedisConnection, prefix: str) -> str:
+    """``prefix``, made a hash tag on Cluster (``{aurelis:ratelimit:}``) unless it has one: every key under it then
+    lives in one slot, so one script may touch them all."""
+    if not connection.is_cluster:
+        return prefix
+    start = prefix.find("{")
+    if start >= 0 and prefix.find("}", start + 1) > start + 1:  # a non-empty tag: Cluster hashes by it already
+        return prefix
+    return "{" + prefix + "}"
 
 
 def split_address(host_port: str) -> tuple[str, int]:

@@ -30,17 +30,26 @@ Time: the breaker reads the pipeline's health registry clock (``pipeline.health.
 default), the clock the registry's blocks are kept in. A test or a simulation that sets a fake clock there moves
 the sliding window, the open time and the rate-limited time with it, without sleeping.
 
+Shared by a fleet (``share = true``, through ``[redis_connection]`` or the table's own ``redis``): an endpoint
+one replica opens is skipped by every replica within ``sync_interval`` (0.1 s) plus a round trip, and when its
+open time is over one replica of the fleet holds the probe lease and sends the half-open probes. A replica whose
+request just failed asks the fleet at once, so it sends an endpoint the fleet has open one failure, not its own
+``consecutive_failures``. No request waits for Redis: a background thread exchanges the state, and while Redis
+fails each replica's breakers are its own (see :mod:`aurelis_plugins._fleet_breaker`). Counted in
+``stats.counters["breaker_redis_errors"]``.
+
 Cost: the sliding window is a ring of ten time buckets (no allocation per call, and the failure rate is only
 summed when a failure could trip the circuit); an ``aurelis_admit`` on a closed circuit is one dict lookup.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
@@ -49,15 +58,21 @@ from aurelis_core.plugin import (
     CircuitState,
     Endpoint,
     EndpointUnavailable,
+    RedisConnection,
     RequestContext,
     at_least,
     hookimpl,
     in_range,
+    log_fault,
     non_negative_int,
     positive,
     positive_int,
     retry_after,
+    worth_logging,
 )
+
+if TYPE_CHECKING:
+    from ._fleet_breaker import Fleet, Remote
 
 __all__ = ["Breaker", "BreakerConfig", "CircuitOpenError", "Transition"]
 
@@ -89,6 +104,21 @@ class BreakerConfig:
     close_after: int = attrs.field(default=2, validator=positive_int)
     #: Seconds a 429 without ``Retry-After`` keeps the endpoint marked rate-limited.
     rate_limited_for: float = attrs.field(default=1.0, validator=positive)
+    #: Share open circuits and one probe lease per endpoint with every replica, through the config's
+    #: ``[redis_connection]`` (or ``redis``); false: each process has its own breakers.
+    share: bool = False
+    #: The Redis to share through, if not ``[redis_connection]`` (a table: ``url``, or ``sentinels`` +
+    #: ``service_name``, or ``cluster_nodes``); giving it turns ``share`` on.
+    redis: RedisConnection | None = None
+    #: Prefix of the Redis keys.
+    key_prefix: str = "aurelis:breaker:"
+    #: Seconds between reads of the fleet's circuits: how late, at most (plus a round trip), a replica learns
+    #: that another opened or closed one.
+    sync_interval: float = attrs.field(default=0.1, validator=positive)
+    #: Seconds each exchange with Redis may take (connect and answer) before the breakers are this process's own.
+    redis_timeout: float = attrs.field(default=0.15, validator=positive)
+    #: Seconds Redis is left alone after it failed; then one exchange probes it.
+    redis_cooloff: float = attrs.field(default=2.0, validator=positive)
 
     def __attrs_post_init__(self) -> None:
         if self.max_open_for < self.open_for:
@@ -116,7 +146,8 @@ class _Circuit:
     """One endpoint's breaker state. Guarded by the plugin's lock."""
 
     __slots__ = (
-        "buckets", "closed_at", "consecutive", "endpoint", "open_until", "probe_ok", "probes_out", "state", "trips",
+        "buckets", "closed_at", "consecutive", "endpoint", "lease_until", "open_until", "probe_ok", "probes_out",
+        "state", "trips", "version", "wants_probe",
     )
 
     def __init__(self, endpoint: Endpoint) -> None:
@@ -130,6 +161,11 @@ class _Circuit:
         self.probes_out = 0
         self.probe_ok = 0
         self.closed_at: float | None = None
+        # Shared circuits only: until when this replica holds the fleet's probe lease; whether it asks for it;
+        # and a count of its own opens and closes, so a read of the fleet older than the latest is not applied.
+        self.lease_until = 0.0
+        self.wants_probe = False
+        self.version = 0
 
 
 class Breaker:
@@ -148,15 +184,29 @@ class Breaker:
         self.transitions: deque[Transition] = deque(maxlen=1000)
         # Sync clients may share a pipeline across threads; transitions must not interleave. Uncontended: ~50 ns.
         self._lock = threading.Lock()
+        # The table's own Redis; else, if shared, the config's, else the default node.
+        connection = config.redis
+        if connection is None and config.share:
+            connection = pipeline.config.redis_connection or RedisConnection()
+        #: The fleet's circuits, when they are shared (see :mod:`aurelis_plugins._fleet_breaker`).
+        self.fleet: Fleet | None = None
+        if connection is not None:
+            from ._fleet_breaker import Fleet
+
+            self.fleet = Fleet(connection, config.key_prefix, config.redis_timeout, config.redis_cooloff,
+                               config.sync_interval)
 
     def state(self, endpoint: Endpoint | str) -> CircuitState:
         """The circuit state of an endpoint (or its name; a host's origin URL when no endpoints are configured).
 
-        An open circuit whose time-out has passed still reads ``"open"`` until an attempt probes it.
+        An open circuit whose time-out has passed still reads ``"open"`` until an attempt probes it. Shared, an
+        endpoint this replica has not used yet reads as the fleet has it.
         """
         name = endpoint if isinstance(endpoint, str) else endpoint.name
         circuit = self._circuits.get(name)
-        return "closed" if circuit is None else circuit.state
+        if circuit is None:
+            return "open" if self.fleet is not None and name in self.fleet.remote else "closed"
+        return circuit.state
 
     # --- hooks -------------------------------------------------------------------------------------------------
 
@@ -164,7 +214,12 @@ class Breaker:
     def aurelis_admit(self, ctx: RequestContext, attempt: Attempt) -> None:
         endpoint = self.health.upstream(ctx, attempt)
         circuit = self._circuits.get(endpoint.name)
-        if circuit is None or circuit.state == "closed":
+        if circuit is None:
+            if self.fleet is None:
+                return None
+            with self._lock:  # shared: the fleet may have this endpoint open already
+                circuit = self._circuits.get(endpoint.name) or self._circuit_of(endpoint)
+        if circuit.state == "closed":
             return None
         with self._lock:
             now = self.health.clock()
@@ -173,6 +228,19 @@ class Breaker:
                     wait = circuit.open_until - now
                     raise CircuitOpenError(
                         f"circuit open for {endpoint.name} (retry in {wait:.1f}s)", endpoint.name, wait
+                    )
+                fleet = self.fleet
+                if fleet is not None and fleet.live and circuit.lease_until <= now:
+                    # The fleet probes once: only the probe lease's holder goes half-open. Ask for it, and
+                    # look again after the next exchange.
+                    circuit.open_until = now + fleet.interval
+                    self.health.block(endpoint, circuit.open_until, "open")
+                    if not circuit.wants_probe:
+                        circuit.wants_probe = True
+                        fleet.wake()
+                    raise CircuitOpenError(
+                        f"circuit open for {endpoint.name} (its probe is the fleet's: another replica's, or "
+                        "this one's once granted)", endpoint.name, fleet.interval,
                     )
                 self._transition(circuit, "half_open", "open time elapsed")
             if circuit.state == "half_open":
@@ -197,9 +265,7 @@ class Breaker:
                 self._rate_limited(endpoint, attempt)
             return
         with self._lock:
-            circuit = self._circuits.get(endpoint.name)
-            if circuit is None:
-                circuit = self._circuits[endpoint.name] = _Circuit(endpoint)
+            circuit = self._circuits.get(endpoint.name) or self._circuit_of(endpoint)
             now = self.health.clock()
             if is_probe:
                 circuit.probes_out = max(0, circuit.probes_out - 1)
@@ -209,15 +275,113 @@ class Breaker:
                     elif outcome is True:
                         circuit.probe_ok += 1
                         if circuit.probe_ok >= self.config.close_after:
-                            self._close(circuit, now)
+                            self._close(circuit, now, f"{self.config.close_after} probe(s) succeeded")
+                            self._publish(circuit, "close")
                         else:
                             self._publish_probes(circuit)
                     else:
                         self._publish_probes(circuit)
             elif circuit.state == "closed" and outcome is not None:
                 self._record(circuit, now, failed=not outcome)
+                if not outcome and circuit.state == "closed" and self.fleet is not None:
+                    # It may be open in the fleet already: ask now rather than at the next interval, so this
+                    # replica sends it one failure, not its own consecutive_failures.
+                    self.fleet.wake()
         if attempt.status_code == 429:
             self._rate_limited(endpoint, attempt)
+
+    @hookimpl
+    def aurelis_start(self, pipeline: Any) -> Any:
+        fleet = self.fleet
+        if fleet is None:
+            return None
+        fleet.start(self._exchange)
+        # A new replica learns which endpoints the fleet has open before its first request: it waits for the
+        # first exchange, a couple of Redis timeouts at most.
+        wait = 2 * self.config.redis_timeout
+        if pipeline.is_async:
+            return asyncio.to_thread(fleet.wait_first_round, wait)
+        fleet.wait_first_round(wait)
+        return None
+
+    @hookimpl
+    def aurelis_close(self, pipeline: Any) -> None:
+        if self.fleet is not None:
+            self.fleet.close()
+
+    # --- the fleet (shared circuits) -----------------------------------------------------------------------------
+    # Called with the lock held, but ``_exchange``, which the fleet's thread runs.
+
+    def _circuit_of(self, endpoint: Endpoint) -> _Circuit:
+        """A new circuit for ``endpoint``, in the state the fleet has it in (when shared)."""
+        circuit = self._circuits[endpoint.name] = _Circuit(endpoint)
+        if self.fleet is not None:
+            self._adopt(circuit, self.fleet.remote.get(endpoint.name), False, self.health.clock())
+        return circuit
+
+    def _publish(self, circuit: _Circuit, kind: str, open_for: float = 0.0) -> None:
+        """Tell the fleet this replica opened or closed ``circuit`` (which ends its lease, if it held it)."""
+        fleet = self.fleet
+        if fleet is None:
+            return
+        from ._fleet_breaker import Change
+
+        circuit.version += 1
+        circuit.lease_until = 0.0
+        circuit.wants_probe = False
+        fleet.publish(Change(circuit.endpoint.name, kind, open_for, circuit.trips))
+
+    def _exchange(self) -> None:
+        """One round with the fleet (on its thread): send this replica's opens and closes and its lease requests,
+        then bring each circuit to the fleet's state, unless it changed here meanwhile (the next round sends it)."""
+        fleet = self.fleet
+        assert fleet is not None
+        with self._lock:
+            wanted = [name for name, c in self._circuits.items()
+                      if c.wants_probe or (c.state == "half_open" and c.lease_until)]
+            versions = {name: c.version for name, c in self._circuits.items()}
+        try:
+            granted = fleet.exchange(wanted)
+        except Exception as exc:  # REDIS_ERRORS, and whatever else: the thread must go on
+            count = self.stats.counters["breaker_redis_errors"] = self.stats.counters["breaker_redis_errors"] + 1
+            if worth_logging(count):
+                log_fault(logger, logging.WARNING, "sharing circuits through Redis failed (%d so far); the breakers "
+                          "are this process's own until it answers", count, error=exc)
+            return
+        remote = fleet.remote
+        with self._lock:
+            now = self.health.clock()
+            for name, circuit in self._circuits.items():
+                if versions.get(name) == circuit.version:
+                    self._adopt(circuit, remote.get(name), name in granted, now)
+
+    def _adopt(self, circuit: _Circuit, remote: Remote | None, granted: bool, now: float) -> None:
+        """Bring ``circuit`` to the fleet's state: ``remote`` (``None``: closed in the fleet), and whether this
+        replica holds the probe lease."""
+        if remote is None:
+            if circuit.state != "closed":
+                self._close(circuit, now, "closed in the fleet (another replica's probes succeeded)")
+            return
+        circuit.trips = remote.trips
+        if remote.left > 0:
+            until = now + remote.left
+            circuit.lease_until = 0.0
+            circuit.wants_probe = False
+            if circuit.state != "open":
+                self._open(circuit, until, f"opened in the fleet, for {remote.left:.3g}s more")
+            elif until > circuit.open_until:
+                circuit.open_until = until
+                self.health.block(circuit.endpoint, until, "open")
+            return
+        # The fleet's open time is over: the lease's holder probes.
+        if granted:
+            assert self.fleet is not None
+            circuit.lease_until = now + self.fleet.lease
+            circuit.wants_probe = False
+            if circuit.state == "open":
+                circuit.open_until = min(circuit.open_until, now)
+        elif circuit.state == "closed":
+            self._open(circuit, now, "open in the fleet, waiting for a probe")
 
     # --- internals ---------------------------------------------------------------------------------------------
 
@@ -263,17 +427,23 @@ class Breaker:
             circuit.trips = 0  # stayed closed for a whole window: this is a new incident, not the same one
         open_for = min(config.max_open_for, config.open_for * config.backoff**circuit.trips)
         circuit.trips += 1
-        circuit.open_until = now + open_for
-        circuit.probes_out = circuit.probe_ok = 0
-        self.health.block(circuit.endpoint, circuit.open_until, "open")
-        self._transition(circuit, "open", f"{reason}; open for {open_for:g}s")
+        self._open(circuit, now + open_for, f"{reason}; open for {open_for:g}s")
+        self._publish(circuit, "open", open_for)
 
-    def _close(self, circuit: _Circuit, now: float) -> None:
+    def _open(self, circuit: _Circuit, until: float, reason: str) -> None:
+        circuit.open_until = until
+        circuit.probes_out = circuit.probe_ok = 0
+        self.health.block(circuit.endpoint, until, "open")
+        self._transition(circuit, "open", reason)
+
+    def _close(self, circuit: _Circuit, now: float, reason: str) -> None:
         circuit.consecutive = circuit.probe_ok = 0
         for bucket in circuit.buckets:
             bucket[0], bucket[1], bucket[2] = -1, 0, 0
         circuit.closed_at = now
-        self._transition(circuit, "closed", f"{self.config.close_after} probe(s) succeeded")
+        circuit.lease_until = 0.0
+        circuit.wants_probe = False
+        self._transition(circuit, "closed", reason)
 
     def _publish_probes(self, circuit: _Circuit) -> None:
         left = max(0, self.config.half_open_probes - circuit.probes_out)

@@ -257,7 +257,7 @@ class RateLimit:
         tokens = float(self.estimate_tokens(ctx)) if any(lim.kind == _TOKENS for lim in limits) else 0.0
         specs = [Spec(lim.key, lim.interval, lim.tolerance, 1.0 if lim.kind == _REQUESTS else tokens) for lim in limits]
         shared = self.shared
-        if shared is not None and not shared.may_ask():
+        if shared is not None and not shared.cooloff.may_ask():
             self.stats.counters["ratelimit_redis_skipped"] += 1
             shared = None  # cooling off after a failure: no network call
         if shared is None:

@@ -14,10 +14,12 @@ that names none of them uses the config's ``[redis_connection]`` (the Redis ever
 
 A cache must never cost the caller its request, nor time: timeouts are tight (100 ms to read, 50 ms to
 connect, no retries), every error is a miss, and after ``breaker_failures`` consecutive failures the tier is
-not even tried for ``breaker_reset`` seconds; then one request probes it, and its success closes the breaker.
-So a dead or hung Redis costs a handful of requests one timeout each, then nothing. On Cluster there is a breaker
-per master (found from the key's slot): a dead master costs only the keys of its own slots, the live ones keep
-serving, and write-behind batches are split by master, so a dead one's writes fail alone.
+not even tried until a probe is due: ``breaker_first_probe`` seconds later, then after half as long as it has
+been failing, at most every ``breaker_reset`` seconds (:class:`Breaker`); a probe's success closes the breaker.
+So a dead or hung Redis costs a handful of requests one timeout each, then one per ``breaker_reset``; and after a
+Sentinel failover the cache is used again soon after the new master is up, not a whole reset later. On Cluster
+there is a breaker per master (found from the key's slot): a dead master costs only the keys of its own slots,
+the live ones keep serving, and write-behind batches are split by master, so a dead one's writes fail alone.
 
 Connections: each client (the sync one, the asyncio one of each event loop) keeps at most ``pool_size``
 connections (per node on Cluster). On a single node a lookup that finds them all busy waits up to
@@ -85,7 +87,7 @@ from ._fleet_flight import (
     LoopListener,
     ThreadListener,
 )
-from ._redis_client import make_client
+from ._redis_client import REDIS_ERRORS, make_client
 from ._serialize import SerializeError, Unauthenticated, codec_named, dumps, loads
 from ._tier import WarmConfig, WriteBehindTier
 from ._validators import at_rest_codec
@@ -103,9 +105,8 @@ logger = logging.getLogger("aurelis.cache.redis")
 
 #: Seconds each connection opened at start-up may take to connect (they connect together, maybe on a busy loop).
 START_CONNECT_TIMEOUT = 1.0
-#: Errors that mean "Redis is not answering properly" (redis-py wraps socket errors, but not all of them; and its
-#: "no Cluster node reachable" is not a RedisError).
-TIER_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException, OSError, asyncio.TimeoutError)
+#: Errors that mean "Redis is not answering properly".
+TIER_ERRORS = REDIS_ERRORS
 #: Default ``max_entry_bytes`` (see the module docstring).
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
@@ -191,6 +192,9 @@ class RedisConfig:
     connect_timeout: float = attrs.field(default=0.05, validator=positive)
     breaker_failures: int = attrs.field(default=3, validator=positive_int)
     breaker_reset: float = attrs.field(default=5.0, validator=positive)
+    #: Seconds from the breaker opening to its first probe; later probes wait half as long as the tier has been
+    #: failing, at most ``breaker_reset``.
+    breaker_first_probe: float = attrs.field(default=0.25, validator=positive)
     queue_size: int = attrs.field(default=10_000, validator=positive_int)
     track_hits: int = attrs.field(default=100_000, validator=positive_int)
     warm: WarmConfig = attrs.field(factory=WarmConfig)
@@ -224,24 +228,36 @@ class RedisConfig:
 class Breaker:
     """Stop calling a backend that keeps failing: closed -> open (skip) -> one probe -> closed or open again.
 
+    The probes come soon, then less often: the first ``first_probe`` seconds after it opened, each next one after
+    half as long as the backend has been failing, at most ``reset`` seconds apart (0.25 s, 0.5, 0.75, 1.1, 1.7,
+    2.5...). A short outage -- a Sentinel failover, a restarted node -- costs the cache about half its length
+    again, not a whole ``reset``; a long one costs a probe (one request, one timeout) per ``reset``. The schedule
+    follows the time since opening, not the failures counted, so a burst of lookups failing at once does not
+    push the next probe back.
+
     Not locked: under the GIL each step is a couple of attribute stores, and a race at worst lets one extra
     probe through.
     """
 
     def __init__(
-        self, name: str, failures: int, reset: float, clock: Callable[[], float] = time.monotonic
+        self, name: str, failures: int, reset: float, clock: Callable[[], float] = time.monotonic,
+        first_probe: float | None = None,
     ) -> None:
         self.name = name
         self.failures = failures
         self.reset = reset
+        #: Seconds from opening to the first probe (``reset`` if not given; never more than it).
+        self.first_probe = reset if first_probe is None else min(first_probe, reset)
         #: What the breaker reads the time from (a test may swap it for a fake clock).
         self.clock = clock
         self.consecutive = 0
         #: ``clock()`` until which calls are skipped; 0 while closed.
         self.open_until = 0.0
+        #: ``clock()`` when it opened (meaningful while open).
+        self.opened_at = 0.0
 
     def allow(self) -> bool:
-        """May a call be made now? In the open state, the first call after ``reset`` seconds is the probe."""
+        """May a call be made now? In the open state, the first call after the wait is the probe."""
         if not self.open_until:
             return True
         now = self.clock()
@@ -256,19 +272,22 @@ class Breaker:
 
     def success(self) -> None:
         if self.open_until:
-            logger.warning("cache tier %r is answering again", self.name)
+            logger.warning("cache tier %r is answering again after %.3g s", self.name, self.clock() - self.opened_at)
         self.consecutive = 0
         self.open_until = 0.0
 
     def failure(self) -> None:
         self.consecutive += 1
         if self.consecutive >= self.failures:
+            now = self.clock()
             if not self.open_until:
+                self.opened_at = now
                 logger.warning(
-                    "cache tier %r failed %d times in a row; skipping it for %g s at a time until it "
-                    "answers again", self.name, self.consecutive, self.reset,
+                    "cache tier %r failed %d times in a row; skipping it, probing it again after %g s, then less "
+                    "often (up to every %g s) until it answers", self.name, self.consecutive, self.first_probe,
+                    self.reset,
                 )
-            self.open_until = self.clock() + self.reset
+            self.open_until = now + min(self.reset, max(self.first_probe, (now - self.opened_at) / 2))
 
 
 #: A queued write: ("set", redis key, entry, milliseconds to live or None, cache key),
@@ -305,7 +324,7 @@ class RedisTier(WriteBehindTier):
         self._codec = codec_named(config.codec, "[redis]")
         self._prefix = config.prefix
         self._hits_key = config.prefix + "meta:hits"
-        self._breaker = Breaker(self.name, config.breaker_failures, config.breaker_reset)
+        self._breaker = self._new_breaker(self.name)
         #: On Cluster, a breaker per master ("host:port"), made on first use: one master's failures are its own.
         self._per_node = self.connection.is_cluster
         self._node_breakers: dict[str, Breaker] = {}
@@ -448,6 +467,10 @@ class RedisTier(WriteBehindTier):
         await asyncio.wait([opening])  # its errors are the start hook's to log
         return await lookup()
 
+    def _new_breaker(self, name: str) -> Breaker:
+        config = self.config
+        return Breaker(name, config.breaker_failures, config.breaker_reset, first_probe=config.breaker_first_probe)
+
     def _breaker_for(self, client: Any, key: str) -> Breaker:
         """The breaker that answers for ``key``: the tier's, or on Cluster that of the master of its slot."""
         if not self._per_node:
@@ -458,10 +481,7 @@ class RedisTier(WriteBehindTier):
             node = "unmapped slots"
         breaker = self._node_breakers.get(node)
         if breaker is None:
-            config = self.config
-            breaker = self._node_breakers.setdefault(
-                node, Breaker(f"{self.name} {node}", config.breaker_failures, config.breaker_reset)
-            )
+            breaker = self._node_breakers.setdefault(node, self._new_breaker(f"{self.name} {node}"))
         return breaker
 
     def _by_breaker(self, client: Any, batch: list[Op]) -> list[tuple[Breaker, list[Op]]]:

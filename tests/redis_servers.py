@@ -1,5 +1,6 @@
 """Private ``redis-server`` processes for tests that stop, freeze or kill them (the shared ``redis_url`` server of
-``conftest.py`` must stay up for every other test): one node, or a 3-master Cluster made by ``redis-cli``.
+``conftest.py`` must stay up for every other test): one node, a 3-master Cluster made by ``redis-cli``, or a
+master with a replica and a sentinel watching them (a Sentinel group a test may fail over).
 
 Each server is a child of the test process, on a free loopback port, without persistence, in a temporary
 directory; leaving the context manager resumes (``SIGCONT``) and ends it, whatever the test did to it.
@@ -160,3 +161,43 @@ def redis_sentinel(workdir: Path, master: Server, name: str = "fleetmaster") -> 
         yield sentinel
     finally:
         sentinel.stop()
+
+
+@contextlib.contextmanager
+def redis_replica(workdir: Path, master: Server) -> Iterator[Server]:
+    """A replica of ``master``, in sync with it when yielded."""
+    workdir.mkdir(exist_ok=True)
+    server = _start(workdir, "--replicaof", "127.0.0.1", str(master.port))
+    try:
+        client = redis.Redis.from_url(server.url)
+        deadline = time.monotonic() + 15
+        try:
+            while client.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    pytest.fail("the replica did not sync with its master", pytrace=False)
+                time.sleep(0.05)
+        finally:
+            client.close()
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_for_replica(sentinel: Server, name: str, replica: Server, timeout: float = 20.0) -> None:
+    """Wait until ``sentinel`` knows ``replica`` of master ``name`` as a healthy replica (what SENTINEL FAILOVER
+    needs to pick it)."""
+    client = redis.Redis(host="127.0.0.1", port=sentinel.port, decode_responses=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            replicas = client.execute_command("SENTINEL", "REPLICAS", name)
+            for fields in replicas:
+                info = dict(zip(fields[::2], fields[1::2], strict=True)) if isinstance(fields, list) else fields
+                if int(info.get("port", 0)) == replica.port and info.get("flags") == "slave" and \
+                        info.get("master-link-status") == "ok":
+                    return
+            if time.monotonic() > deadline:
+                pytest.fail(f"the sentinel does not see the replica as healthy: {replicas}", pytrace=False)
+            time.sleep(0.1)
+    finally:
+        client.close()

@@ -130,6 +130,16 @@ def chat(n: int) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": f"question {n}"}]}
 
 
+def store_answers(config: dict[str, Any], upstream: SimulatedServer, bodies: list[dict[str, Any]]) -> None:
+    """A replica of ``config`` asks each of ``bodies`` once, so their answers are stored (written out on close)."""
+    writer = Pipeline(config)
+    with writer.instrument(httpx.Client(timeout=10)) as client:
+        for body in bodies:
+            client.post(upstream.base_url + "/chat/completions", json=body,
+                        headers={"authorization": f"Bearer {API_KEY}"})
+    writer.close()
+
+
 def connections(server: Server, name: str) -> int:
     """How many connections ``server`` holds under the client name ``name``."""
     client = redis.Redis.from_url(server.url)
@@ -356,15 +366,12 @@ def test_a_dead_cluster_master_costs_only_its_own_keys(upstream: SimulatedServer
         config = {"plugins": ["normalize", "redis"], "tenant": {"secret": "fleet-secret"},
                   # Timeouts far above a loaded machine's stalls: a live master's slow answer must not read as
                   # a failure here (the dead master refuses connections at once, whatever the timeouts).
+                  # No probe of the dead master during the test: the counts below are exact.
                   "redis": {"cluster_nodes": nodes, "prefix": "fleet:", "socket_timeout": 5.0,
-                            "connect_timeout": 5.0, "pool_timeout": 5.0}}
+                            "connect_timeout": 5.0, "pool_timeout": 5.0, "breaker_first_probe": 60.0,
+                            "breaker_reset": 60.0}}
         bodies = [chat(n) for n in range(30)]
-        writer = Pipeline(config)
-        with writer.instrument(httpx.Client(timeout=10)) as client:
-            for body in bodies:
-                client.post(upstream.base_url + "/chat/completions", json=body,
-                            headers={"authorization": f"Bearer {API_KEY}"})
-        writer.close()
+        store_answers(config, upstream, bodies)
         home = {}
         for server in servers:
             probe = redis.Redis.from_url(server.url)
@@ -487,3 +494,73 @@ def test_a_cluster_down_costs_the_limiter_one_attempt_per_cooloff(upstream: Simu
     counters = pipeline.stats.counters
     assert (counters["ratelimit_redis_errors"], counters["ratelimit_redis_skipped"]) == (1, 2)
     pipeline.close()
+
+
+# --- Sentinel: the master fails over ---------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+def test_after_a_sentinel_failover_the_cache_is_used_again_soon(upstream: SimulatedServer, tmp_path: Path) -> None:
+    import threading
+
+    from redis_servers import redis_replica, redis_sentinel, wait_for_replica
+
+    (tmp_path / "master").mkdir()
+    with redis_server(tmp_path / "master") as master, redis_replica(tmp_path / "replica", master) as replica, \
+            redis_sentinel(tmp_path, master) as sentinel:
+        wait_for_replica(sentinel, "fleetmaster", replica)
+        # A 30 s reset: waiting it out (what the tier did before it probed sooner) would fail the bound below.
+        config = {"plugins": ["normalize", "redis"], "tenant": {"secret": "fleet-secret"},
+                  "redis": {"sentinels": [sentinel.address], "service_name": "fleetmaster", "prefix": "fo:",
+                            "breaker_reset": 30.0}}
+        bodies = [chat(n) for n in range(20)]
+        store_answers(config, upstream, bodies)
+        primary = redis.Redis.from_url(master.url)
+        assert primary.wait(1, 5000) == 1  # the replica has every entry
+        primary.close()
+
+        switched: list[float] = []
+
+        def fail_over() -> None:
+            time.sleep(0.5)
+            client = redis.Redis(host="127.0.0.1", port=sentinel.port, decode_responses=True)
+            master.kill()  # the master dies; the sentinel is told to fail over at once (not after down-after)
+            started = time.monotonic()
+            assert client.execute_command("SENTINEL", "FAILOVER", "fleetmaster")
+            while client.sentinel_get_master_addr_by_name("fleetmaster")[1] != replica.port:
+                assert time.monotonic() - started < 30, "the failover did not happen"
+                time.sleep(0.01)
+            switched.extend([started, time.monotonic()])
+            client.close()
+
+        thread = threading.Thread(target=fail_over)
+        reader = Pipeline(config)
+        answers: list[tuple[float, int, str]] = []
+        with reader.instrument(httpx.Client(timeout=10)) as client:
+            thread.start()
+            n = 0
+            deadline = time.monotonic() + 60
+            while (not switched or time.monotonic() < switched[1] + 6) and time.monotonic() < deadline:
+                response = client.post(upstream.base_url + "/chat/completions", json=bodies[n % len(bodies)],
+                                       headers={"authorization": f"Bearer {API_KEY}"})
+                answers.append((time.monotonic(), response.status_code,
+                                response.headers.get("x-aurelis-cache-tier", "none")))
+                n += 1
+                time.sleep(0.005)
+        thread.join()
+        reader.close()
+        assert switched, "the failover did not happen"
+        started, done = switched
+        assert all(status == 200 for _, status, _ in answers)  # not one request failed
+        missed = [at for at, _, tier in answers if tier != "redis"]
+        assert missed, "the failover cost the cache nothing: nothing was measured"
+        back = next((at for at, _, tier in answers if tier == "redis" and at > missed[-1]), None)
+        assert back is not None, "the cache was not used again"
+        # The tier probes soon after a failure, then at half the outage's length: it is used again within a
+        # couple of seconds of the new master being up, not after its 30 s reset.
+        recovery = back - done
+        print(f"failover took {done - started:.2f} s; cache used again {recovery:.2f} s after it "
+              f"({back - started:.2f} s after it began); {len(missed)} of {len(answers)} requests missed")
+        assert recovery < 3.0, (done - started, recovery)
+        assert [tier for _, _, tier in answers[-20:]] == ["redis"] * 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import socket
 import subprocess
@@ -214,7 +215,7 @@ def test_redis_killed_mid_run_every_request_succeeds(
 ) -> None:
     proc, url = own_redis
     # A long reset so no probe happens during the test: the counts below are exact.
-    cfg = config(url=url, breaker_failures=3, breaker_reset=60)
+    cfg = config(url=url, breaker_failures=3, breaker_reset=60, breaker_first_probe=60)
     pipeline = Pipeline(cfg)
 
     def run(bodies: list[dict[str, Any]]) -> list[str]:
@@ -385,6 +386,30 @@ def test_clear_and_stats_touch_only_the_tiers_own_entries(upstream: SimulatedSer
     assert raw.hget("aurelis:someone-else", "field") == b"value"
 
 
+def test_the_tier_breaker_probes_soon_then_less_often_up_to_its_reset() -> None:
+    from aurelis_plugins.redis_tier import Breaker
+
+    now = [100.0]
+    breaker = Breaker("redis", failures=1, reset=5.0, clock=lambda: now[0], first_probe=0.25)
+    for _ in range(50):  # a burst of lookups failing together does not push the first probe back
+        breaker.failure()
+    probes = []
+    while now[0] < 130:
+        now[0] = round(now[0] + 0.01, 2)
+        if breaker.allow():
+            probes.append(round(now[0] - 100, 2))
+            breaker.failure()
+    # Each probe waits half as long as the tier has been failing (at least 0.25 s, at most the reset).
+    assert probes[:10] == [0.25, 0.5, 0.75, 1.13, 1.7, 2.56, 3.84, 5.76, 8.65, 12.98], probes
+    assert [round(b - a, 2) for a, b in itertools.pairwise(probes[9:])] == [5.0] * (len(probes) - 10)
+    breaker.success()
+    breaker.failure()  # a new outage: probed soon again
+    now[0] += 0.24
+    assert not breaker.allow()
+    now[0] += 0.01
+    assert breaker.allow()
+
+
 def test_the_tier_breaker_opens_after_its_failures_probes_once_and_closes_on_an_answer(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -403,7 +428,8 @@ def test_the_tier_breaker_opens_after_its_failures_probes_once_and_closes_on_an_
         breaker.failure()  # the third in a row: open for 5 s
         breaker.failure()  # failing again while open: said once
     assert [r.getMessage() for r in caplog.records] == [
-        "cache tier 'redis' failed 3 times in a row; skipping it for 5 s at a time until it answers again"
+        "cache tier 'redis' failed 3 times in a row; skipping it, probing it again after 5 s, then less often "
+        "(up to every 5 s) until it answers"
     ]
     assert breaker.is_open and not breaker.allow()
     now[0] = 104.999
@@ -420,7 +446,7 @@ def test_the_tier_breaker_opens_after_its_failures_probes_once_and_closes_on_an_
     caplog.clear()
     with caplog.at_level("WARNING", logger="aurelis.cache.redis"):
         breaker.success()
-    assert [r.getMessage() for r in caplog.records] == ["cache tier 'redis' is answering again"]
+    assert [r.getMessage() for r in caplog.records] == ["cache tier 'redis' is answering again after 11 s"]
     assert not breaker.is_open and breaker.allow() and breaker.consecutive == 0
     breaker.failure()
     breaker.failure()

@@ -211,7 +211,8 @@ def test_async_write_behind_batches_and_flushes_on_aclose() -> None:
 
 def test_write_errors_are_counted_not_raised(upstream: SimulatedServer, tmp_path: Path) -> None:
     # A Redis nobody listens on: every request succeeds, the failures are counted.
-    cfg = {"plugins": ["normalize", "redis"], "redis": {"url": "redis://127.0.0.1:1/0", "breaker_reset": 60}}
+    cfg = {"plugins": ["normalize", "redis"],
+           "redis": {"url": "redis://127.0.0.1:1/0", "breaker_reset": 60, "breaker_first_probe": 60}}
     pipeline = Pipeline(cfg)
     with httpx.Client() as client:
         pipeline.instrument(client)
