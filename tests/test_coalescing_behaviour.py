@@ -646,6 +646,7 @@ async def test_an_async_stream_reader_waiting_on_another_s_pull_gets_each_chunk_
             up.allow(1)
             with anyio.fail_after(PATIENCE):  # only a follower never told of the new chunk would wait this long
                 assert await pulling == await waiting == EVENTS[1]
+            up.wait_sent(2)  # counted once the server's send returned, which may be after the client read it
             assert up.sent == 2  # the rest is still held back: the follower got it live, not at the end
             up.allow()
             await leading.aclose()
@@ -668,6 +669,7 @@ def test_a_sync_stream_reader_waiting_on_another_s_pull_gets_each_chunk_as_it_co
             waiting = pool.submit(next, theirs)  # ...while the follower's thread waits for it
             up.allow(1)
             assert pulling.result(PATIENCE) == waiting.result(PATIENCE) == EVENTS[1]
+            up.wait_sent(2)  # counted once the server's send returned, which may be after the client read it
             assert up.sent == 2  # the rest is still held back: the follower got it live, not at the end
             up.allow()
         leading.close()

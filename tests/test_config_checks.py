@@ -114,7 +114,7 @@ def test_a_directory_as_the_config_file_fails_clearly(tmp_path: Any) -> None:
         ({"httpx": {"verify": "/nonexistent/ca.pem"}}, "[httpx] verify: expected true, false or the path of"),
         ({"httpx": {"endpoints": {"a": 5}}}, "[httpx] endpoints['a']: expected a table"),
         ({"retry": {"statuses": [200]}}, "[retry] statuses[0]: expected an integer in 400..599, got 200"),
-        ({"prometheus": {"prices": {"m": -1}}}, "[prometheus] prices['m']: expected a number >= 0, got -1"),
+        ({"pricing": {"m": {"input": -1, "output": 1}}}, "[pricing] 'm' input: expected a number >= 0, got -1"),
         ({"prometheus": {"addr": ""}}, "[prometheus] addr: expected a non-empty string"),
         ({"endpoints": [{"url": "https://a.example/v1?api-version=1"}]}, "endpoints[0] url: expected an absolute"),
         ({"endpoints": [{"url": "https://a.example", "headers": {"bad name": "x"}}]}, "endpoints[0] headers"),
