@@ -9,7 +9,8 @@ random candidates and, for each, *samples* a plausible state of the endpoint fro
 - the mean log-latency ``mu ~ Normal(m, sqrt(var / (n + 1) + silence / forget_after))``, giving the latency
   ``L = exp(mu + var / 2)`` (a log-normal mean, so an erratic endpoint pays for its tail). An endpoint with
   no samples yet is given the pooled mean of all endpoints; one that has samples keeps its own mean however
-  long ago they came, and only grows less certain with the seconds of silence: a process forgets a slow
+  long ago they came, and only grows less certain with the seconds of silence (one known to be slow also
+  keeps the certainty of its last samples, see ``KNOWN_SLOW_SAMPLES``): a process forgets a slow
   endpoint no faster than the evidence warrants (pulling its thin estimate back to the others' made every
   process probe it again within seconds);
 - the success probability ``p ~ Beta(prior + successes, prior + failures)``, the prior being two outcomes at
