@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 from types import SimpleNamespace
 from typing import Any
 
@@ -492,3 +493,24 @@ def test_profile_reads_max_tokens_from_a_buffered_body_when_normalize_did_not_ru
     assert (profile.output_tokens, profile.stream, profile.prompt_tokens) == (42, True, 12)
     bad = RequestContext(SimpleNamespace(_content=b"not json"), None, None, False, DEFAULT_CONTROLS)
     assert request_profile(bad, 256).output_tokens == 256
+
+
+def test_ai_optimized_stays_sure_of_a_slow_endpoint_through_silence() -> None:
+    # A process that learned e0 is 10x slow and then sent nothing for a minute (as one replica of many does
+    # between its requests) must not draw e0's latency as widely as a single sample's: its mean is known from
+    # many samples. The picks are drawn without learning from them, so every draw sees the same minute.
+    picks = 0
+    for seed in range(4):
+        clock = FakeClock()
+        router = make(AIOptimized, endpoints(1, 1, 1), clock)
+        router.rng.seed(seed)
+        noise = itertools.cycle((0.5, 1.0, 2.0))
+
+        def latency(name: str, noise: Any = noise) -> float:
+            return next(noise) * (1.0 if name == "e0" else 0.1)
+
+        run_sequential(router, clock, 600, latency=latency)
+        clock.now += 60.0
+        ctx = context()
+        picks += sum(router._pick(ctx, router.endpoints, clock.now) == 0 for _ in range(10000))
+    assert picks <= 100, picks  # 0.25% (57); with the count of its samples decayed by time, 0.43% (173)

@@ -9,7 +9,8 @@ random candidates and, for each, *samples* a plausible state of the endpoint fro
 - the mean log-latency ``mu ~ Normal(m, sqrt(var / (n + 1) + silence / forget_after))``, giving the latency
   ``L = exp(mu + var / 2)`` (a log-normal mean, so an erratic endpoint pays for its tail). An endpoint with
   no samples yet is given the pooled mean of all endpoints; one that has samples keeps its own mean however
-  long ago they came, and only grows less certain with the seconds of silence: a process forgets a slow
+  long ago they came, and only grows less certain with the seconds of silence (one known to be slow also
+  keeps the certainty of its last samples, see ``KNOWN_SLOW_SAMPLES``): a process forgets a slow
   endpoint no faster than the evidence warrants (pulling its thin estimate back to the others' made every
   process probe it again within seconds);
 - the success probability ``p ~ Beta(prior + successes, prior + failures)``, the prior being two outcomes at
@@ -75,6 +76,15 @@ OUTCOME_PRIOR = 2.0
 #: probability 0.3%, the normal with its mean and variance 1.7%), which sent a process back to an endpoint in a
 #: brownout ten times too often. ~0.7 us more per draw, paid only for endpoints a process seldom hears from.
 EXACT_BETA_BELOW = 30.0
+#: An endpoint whose mean log-latency is this many pooled standard deviations above the pooled mean is known
+#: to be slow...
+KNOWN_SLOW_DISTANCE = 2.0
+#: ...and keeps the certainty about its mean of up to this many of its samples however long it goes unused
+#: (silence widens it through ``forget_after`` only). With K client processes each holds 1/K of the samples,
+#: and a slow endpoint's time-decayed count fell to zero between two of them: its draws were as wide as single
+#: latencies, so it won about one pick in 200 at K = 16. Only slow ones: narrowing the draws of every endpoint
+#: (or of those one deviation above the mean) also cut the probes that see a brownout's end.
+KNOWN_SLOW_SAMPLES = 10
 #: Per-sample decay of the mean number of attempts in flight when a latency sample's attempt was sent (the
 #: scale that turns per-request-in-flight latencies back into latencies, for the failure cost).
 LOAD_MEMORY = 0.99
@@ -282,6 +292,11 @@ class AIOptimized(Router):
             # forget it, and probe it again, within seconds.)
             variance = max(stats.m2 / stats.n, MIN_VARIANCE)
             mean = stats.mean
+            if mean > prior_mean + KNOWN_SLOW_DISTANCE * math.sqrt(prior_var):
+                # Known to be slow: its mean stays as certain as its last few samples made it, and only the
+                # silence term below widens it. (Decaying their count by time gave an endpoint nobody uses
+                # the spread of a single sample within a minute, so every process probed it again.)
+                n = max(n, min(stats.samples, KNOWN_SLOW_SAMPLES))
         else:
             # One pseudo-sample of the pooled mean: shrinks a thin estimate towards the others.
             variance = prior_var
