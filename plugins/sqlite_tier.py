@@ -775,6 +775,8 @@ class SQLiteTier(WriteBehindTier):
                 self._dropped()
 
     def _write_batch(self, batch: list[Op]) -> None:
+        # Connected first: opening the file counts the bytes it holds, and this batch's are added to that count.
+        conn = self._conn()
         now = self.wall_clock()
         rows: list[tuple[Any, ...]] = []
         large: list[tuple[Any, ...]] = []
@@ -790,7 +792,6 @@ class SQLiteTier(WriteBehindTier):
                 self._stored_bytes += length
             else:
                 hits.extend((count, op[2], key) for key, count in op[1].items())
-        conn = self._conn()
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             row = conn.execute(SEAL).fetchone()

@@ -1,0 +1,338 @@
+"""The ``sqlite`` tier's decisions at their edges: the size cap, lifetimes on a fake wall clock, the maximum entry
+size, the on-disk format other processes and versions share, warming's ranking and what the CLI reports. Real
+files; lookups through the tier's hook, as the pipeline makes them; a fake wall clock for every time window."""
+
+from __future__ import annotations
+
+import base64
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from aurelis_core import CacheEntry, Pipeline, RequestContext, RequestControls
+from aurelis_core.testing import SimulatedServer
+from aurelis_plugins.sqlite_tier import inspect_file
+
+KEY_BYTES = bytes(range(32))
+
+
+class WallClock:
+    """A wall clock that only moves when the test moves it (entries are stamped with it, so ages are exact)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def open_tier(path: Path, **options: Any) -> tuple[Pipeline, Any, WallClock]:
+    pipeline = Pipeline({"plugins": ["sqlite"], "sqlite": {"path": str(path), "codec": "none", **options}})
+    tier = pipeline.plugin("sqlite")
+    clock = WallClock()
+    tier.wall_clock = clock
+    return pipeline, tier, clock
+
+
+def answer(clock: WallClock, body: bytes = b'{"answer":"x"}', ttl: float | None = None) -> CacheEntry:
+    return CacheEntry(200, [(b"content-type", b"application/json")], body, created=clock.now, ttl=ttl)
+
+
+def lookup(tier: Any, key: str, is_async: bool = False) -> CacheEntry | None:
+    ctx = RequestContext(None, None, httpx, is_async, RequestControls())
+    ctx.key = key
+    if not is_async:
+        return tier.aurelis_cache_get(ctx)  # type: ignore[no-any-return]
+
+    async def main() -> CacheEntry | None:
+        return await tier.aurelis_cache_get(ctx)  # type: ignore[no-any-return]
+
+    return anyio.run(main)
+
+
+def settle(tier: Any) -> None:
+    """Hand the hit counts gathered so far to the write-behind queue and write it out (what closing does)."""
+    tier.hits.hand_off(False)
+    tier.flush()
+
+
+def keys_in(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {key for (key,) in conn.execute("SELECT key FROM aurelis_entries")}
+
+
+# --- the size cap -----------------------------------------------------------------------------------------------
+
+
+def entry_size(tmp_path: Path) -> int:
+    """Bytes one of the equal-sized entries below takes in the file (what the cap counts)."""
+    pipeline, tier, clock = open_tier(tmp_path / "probe.sqlite3")
+    assert tier.put("k00", answer(clock))
+    size = int(tier.stats()["bytes"])
+    pipeline.close()
+    return size
+
+
+def test_the_cap_keeps_the_file_at_the_cap_and_evicts_down_to_90_percent(tmp_path: Path) -> None:
+    size = entry_size(tmp_path)
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path, max_bytes=10 * size)
+    for i in range(10):
+        assert tier.put(f"k{i:02d}", answer(clock))
+        clock.now += 1  # each entry's last use one second after the one before
+    assert tier.stats() == {**tier.stats(), "entries": 10, "bytes": 10 * size}  # exactly at the cap: all kept
+    for key in ("k00", "k00", "k05"):
+        assert lookup(tier, key) is not None  # hit: ranks above the never-hit entries
+        clock.now += 1
+    settle(tier)
+    assert tier.put("k10", answer(clock))  # 11 entries: over the cap, down to 90% of it (9 entries)
+    assert keys_in(path) == {"k00", "k03", "k04", "k05", "k06", "k07", "k08", "k09", "k10"}  # least hit, oldest out
+    assert tier.stats()["bytes"] == 9 * size
+    pipeline.close()
+
+
+def test_the_cap_removes_expired_entries_first(tmp_path: Path) -> None:
+    size = entry_size(tmp_path)
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path, max_bytes=3 * size, ttl=100)
+    assert tier.put("k00", answer(clock, ttl=10))  # expires at +10
+    assert tier.put("k01", answer(clock))
+    assert tier.put("k02", answer(clock))
+    assert lookup(tier, "k00") is not None
+    settle(tier)  # the short-lived entry is the most hit one
+    clock.now += 10  # it expires now, exactly
+    assert lookup(tier, "k00") is None
+    assert tier.stats()["expired"] == 1
+    assert tier.put("k03", answer(clock))  # over the cap: the expired row makes the room, no live one goes
+    assert keys_in(path) == {"k01", "k02", "k03"}
+    assert tier.stats() == {**tier.stats(), "entries": 3, "expired": 0, "bytes": 3 * size}
+    pipeline.close()
+
+
+def test_the_byte_count_follows_clearing(tmp_path: Path) -> None:
+    size = entry_size(tmp_path)
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path, max_bytes=3 * size, ttl=100)
+    for i in range(3):
+        assert tier.put(f"k{i:02d}", answer(clock, ttl=10 if i == 0 else None))
+    assert tier.clear() == 3
+    assert tier.stats() == {**tier.stats(), "entries": 0, "bytes": 0}
+    # After a clear the tier knows the file is empty: three new entries fit without any eviction pass, so an
+    # expired one stays (counted) until a pass is due.
+    assert tier.put("k10", answer(clock, ttl=10))
+    clock.now += 20
+    assert tier.put("k11", answer(clock))
+    assert tier.put("k12", answer(clock))
+    assert tier.stats()["expired"] == 1
+    pipeline.close()
+
+
+# --- lifetimes on the wall clock --------------------------------------------------------------------------------
+
+
+def test_lifetimes_end_exactly_at_the_ttl(tmp_path: Path) -> None:
+    pipeline, tier, clock = open_tier(tmp_path / "c.sqlite3", ttl=60)
+    assert tier.put("k", answer(clock))
+    assert tier.put("own", answer(clock, ttl=600))
+    clock.now += 59.5
+    assert lookup(tier, "k") is not None and lookup(tier, "k", is_async=True) is not None
+    clock.now += 0.5
+    assert lookup(tier, "k") is None and lookup(tier, "k", is_async=True) is None
+    assert lookup(tier, "own") is not None
+    # An answer as old as the TTL is not stored at all; one a second younger is.
+    clock.now += 1000
+    assert not tier.put("aged", CacheEntry(200, [], b"{}", created=clock.now - 60))
+    assert tier.put("young", CacheEntry(200, [], b"{}", created=clock.now - 59))
+    assert lookup(tier, "young") is not None
+    pipeline.close()
+
+
+def test_without_a_ttl_entries_never_expire(tmp_path: Path) -> None:
+    pipeline, tier, clock = open_tier(tmp_path / "c.sqlite3", ttl=None)
+    assert tier.put("k", answer(clock))
+    clock.now += 10 * 365 * 86400
+    assert lookup(tier, "k") is not None
+    assert [key for key, _ in tier.top(10)] == ["k"]
+    assert tier.stats()["expired"] == 0
+    pipeline.close()
+
+
+def test_a_reader_with_a_shorter_ttl_serves_only_what_its_own_ttl_allows(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    writer, writing, clock = open_tier(path, ttl=600)
+    assert writing.put("k", answer(clock))
+    reader, reading, _ = open_tier(path, ttl=60)
+    reading.wall_clock = clock
+    clock.now += 59
+    assert lookup(reading, "k") is not None
+    clock.now += 1  # stored for 600 s, but this process keeps answers 60 s
+    assert lookup(reading, "k") is None
+    assert reading.top(10) == []
+    assert lookup(writing, "k") is not None
+    writer.close()
+    reader.close()
+
+
+# --- the largest entry stored -----------------------------------------------------------------------------------
+
+
+def test_entries_up_to_max_entry_bytes_are_stored(tmp_path: Path) -> None:
+    pipeline, tier, clock = open_tier(tmp_path / "c.sqlite3", max_entry_bytes=1000)
+    headers = [(b"content-type", b"application/json")]  # 28 bytes of the entry's size
+    at_limit = CacheEntry(200, headers, b"x" * 972, created=clock.now)
+    over = CacheEntry(200, headers, b"x" * 973, created=clock.now)
+    assert at_limit.size == 1000
+    assert tier.put("at", at_limit)
+    assert not tier.put("over", over)
+    ctx = RequestContext(None, None, httpx, False, RequestControls())
+    for key, entry in (("hook-at", at_limit), ("hook-over", over)):
+        ctx.key = key
+        tier.aurelis_cache_set(ctx, entry, False)
+    tier.flush()
+    assert keys_in(tmp_path / "c.sqlite3") == {"at", "hook-at"}
+    assert pipeline.stats.counters["sqlite.too_large"] == 1
+    pipeline.close()
+
+
+def test_the_default_max_entry_bytes_is_32_mib(tmp_path: Path) -> None:
+    pipeline, tier, _ = open_tier(tmp_path / "c.sqlite3")
+    assert tier.max_entry_bytes == 32 * 1024 * 1024  # as documented in README's config reference
+    pipeline.close()
+
+
+def test_an_expired_entry_is_not_queued(tmp_path: Path) -> None:
+    pipeline, tier, clock = open_tier(tmp_path / "c.sqlite3", ttl=60)
+    ctx = RequestContext(None, None, httpx, False, RequestControls())
+    ctx.key = "old"
+    tier.aurelis_cache_set(ctx, CacheEntry(200, [], b"{}", created=clock.now - 60), False)
+    ctx.key = "new"
+    tier.aurelis_cache_set(ctx, CacheEntry(200, [], b"{}", created=clock.now - 59), False)
+    tier.flush()
+    assert keys_in(tmp_path / "c.sqlite3") == {"new"}
+    pipeline.close()
+
+
+# --- the format on disk ------------------------------------------------------------------------------------------
+
+
+def test_the_file_carries_the_documented_mark(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k", answer(clock))
+    pipeline.close()
+    assert path.read_bytes()[68:72] == b"\x1a\x5e\xc0\xde"  # files of every version carry these bytes
+    assert inspect_file(path) == ("ours", "")
+
+
+def test_sealed_values_are_aes_gcm_with_the_row_key_as_associated_data(tmp_path: Path) -> None:
+    """The sealed format is shared by every process and version using the file: 0xE1, a 96-bit nonce, then
+    AES-256-GCM's ciphertext and tag over the plain value, the row's key as associated data."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path, encryption_key=KEY_BYTES.hex())
+    assert tier.put("k", answer(clock, b'{"answer":"sealed"}'))
+    with sqlite3.connect(path) as conn:
+        value, size = conn.execute("SELECT value, size FROM aurelis_entries WHERE key = 'k'").fetchone()
+    assert value[0] == 0xE1 and size == len(value)
+    plain = AESGCM(KEY_BYTES).decrypt(value[1:13], value[13:], b"k")
+    # Sealed again by an independent implementation, under a fresh nonce: the tier opens it.
+    nonce = os.urandom(12)
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "UPDATE aurelis_entries SET value = ? WHERE key = 'k'",
+            (b"\xe1" + nonce + AESGCM(KEY_BYTES).encrypt(nonce, plain, b"k"),),
+        )
+    found = lookup(tier, "k")
+    assert found is not None and found.body == b'{"answer":"sealed"}'
+    assert tier.stats()["bytes"] == len(value)
+    pipeline.close()
+
+
+def test_a_large_sealed_answer_reads_back_whole(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path, encryption_key=base64.urlsafe_b64encode(KEY_BYTES).decode())
+    body = os.urandom(3 * 1024 * 1024 // 2)  # over 1 MiB: sealed and written piece by piece
+    assert tier.put("big", answer(clock, body))
+    found = lookup(tier, "big")
+    assert found is not None and found.body == body
+    with sqlite3.connect(path) as conn:
+        (size, length) = conn.execute("SELECT size, length(value) FROM aurelis_entries").fetchone()
+    assert size == length
+    pipeline.close()
+    # The same key written as standard base64 and as hex opens the same file.
+    for text in (base64.b64encode(KEY_BYTES).decode(), f"  {KEY_BYTES.hex()}\n"):
+        again, tier, clock = open_tier(path, encryption_key=text)
+        found = lookup(tier, "big")
+        assert found is not None and found.body == body
+        again.close()
+
+
+# --- warming's ranking ------------------------------------------------------------------------------------------
+
+
+def test_top_ranks_by_hits_then_last_hit_and_skips_expired(tmp_path: Path) -> None:
+    pipeline, tier, clock = open_tier(tmp_path / "c.sqlite3", ttl=100)
+    for key in ("a", "b", "c", "d", "e"):
+        assert tier.put(key, answer(clock, ttl=10 if key == "d" else None))
+        clock.now += 1  # "e" last used after "c": ranked before it
+    for key in ("b", "b", "a", "d", "d", "d"):
+        assert lookup(tier, key) is not None
+    settle(tier)
+    assert [key for key, _ in tier.top(10)] == ["d", "b", "a", "e", "c"]
+    clock.now += 8  # "d" has lived its 10 s, exactly
+    assert [key for key, _ in tier.top(10)] == ["b", "a", "e", "c"]
+    assert [key for key, _ in tier.top(2)] == ["b", "a"]
+
+    async def atop() -> list[str]:
+        return [key for key, _ in await tier.atop(2)]
+
+    assert anyio.run(atop) == ["b", "a"]
+    assert tier.stats() == {**tier.stats(), "entries": 4, "expired": 1, "hits": 3}
+    pipeline.close()
+
+
+# --- reading and writing from both kinds of client ---------------------------------------------------------------
+
+
+def test_async_pipelines_in_new_event_loops_keep_reading(upstream: SimulatedServer, tmp_path: Path) -> None:
+    """``asyncio.run`` per call: each loop gets its own connection, the one of a finished loop is let go."""
+    pipeline = Pipeline({"plugins": ["normalize", "sqlite"], "sqlite": {"path": str(tmp_path / "c.sqlite3")}})
+    body = {"model": "m", "messages": [{"role": "user", "content": "loops"}]}
+    client = pipeline.instrument(httpx.AsyncClient())
+
+    async def send() -> str:
+        response = await client.post(upstream.base_url + "/chat/completions", json=body)
+        await pipeline.plugin("sqlite").aflush()
+        return response.headers["x-aurelis-cache"]
+
+    assert [anyio.run(send) for _ in range(3)] == ["miss", "hit", "hit"]
+    pipeline.close()
+
+
+# --- what is at the path ------------------------------------------------------------------------------------------
+
+
+def test_inspect_file_tells_each_kind(tmp_path: Path) -> None:
+    magic = b"SQLite format 3\x00"
+    assert inspect_file(tmp_path / "none") == ("absent", "")
+    (tmp_path / "empty").write_bytes(b"")
+    assert inspect_file(tmp_path / "empty") == ("empty", "")
+    # Just long enough to hold the mark (bytes 68..71).
+    (tmp_path / "short").write_bytes(magic + b"\0" * 52 + b"\x1a\x5e\xc0\xde")
+    assert inspect_file(tmp_path / "short") == ("ours", "")
+    (tmp_path / "damaged").write_bytes(b"\0" * 68 + b"\x1a\x5e\xc0\xde" + b"\0" * 28)
+    assert inspect_file(tmp_path / "damaged") == ("damaged", "its header is damaged")
+    (tmp_path / "other").write_bytes(magic + b"\0" * 52 + b"\x4d\x50\x53\x47")
+    assert inspect_file(tmp_path / "other")[1] == "is another application's SQLite database (application_id 0x4d505347)"
+    (tmp_path / "tiny").write_bytes(magic)
+    assert inspect_file(tmp_path / "tiny")[0] == "unmarked"
+    assert inspect_file(tmp_path) == ("foreign", "is a directory")
+    os.mkfifo(tmp_path / "fifo")
+    assert inspect_file(tmp_path / "fifo") == ("foreign", "is not a regular file")
+    assert inspect_file(tmp_path / ("x" * 5000))[0] == "unreadable"  # a name too long to look up
