@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,17 @@ from aurelis_core.testing import SimulatedServer
 from aurelis_plugins.sqlite_tier import inspect_file
 
 KEY_BYTES = bytes(range(32))
+
+
+class MonotonicClock:
+    """What spaces purges: starts at the real monotonic time (the tier's last purge is stamped with it when the
+    tier is made), then moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class WallClock:
@@ -93,7 +105,15 @@ def test_the_cap_keeps_the_file_at_the_cap_and_evicts_down_to_90_percent(tmp_pat
     assert tier.put("k10", answer(clock))  # 11 entries: over the cap, down to 90% of it (9 entries)
     assert keys_in(path) == {"k00", "k03", "k04", "k05", "k06", "k07", "k08", "k09", "k10"}  # least hit, oldest out
     assert tier.stats()["bytes"] == 9 * size
+    assert tier.put("k11", answer(clock))  # back at the cap: nothing goes
+    assert len(keys_in(path)) == 10
     pipeline.close()
+    # Another process opens the full file: it counts what the file holds, so its first write evicts too.
+    again, tier, _ = open_tier(path, max_bytes=10 * size)
+    tier.wall_clock = clock
+    assert tier.put("k12", answer(clock))
+    assert len(keys_in(path)) == 9 and "k12" in keys_in(path)
+    again.close()
 
 
 def test_the_cap_removes_expired_entries_first(tmp_path: Path) -> None:
@@ -312,6 +332,11 @@ def test_async_pipelines_in_new_event_loops_keep_reading(upstream: SimulatedServ
         return response.headers["x-aurelis-cache"]
 
     assert [anyio.run(send) for _ in range(3)] == ["miss", "hit", "hit"]
+    # The connections of the loops that are gone have been stopped: one worker thread is left, the last loop's.
+    workers = [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
+    for worker in workers:
+        worker.join(timeout=0 if worker is workers[-1] else 10)
+    assert sum(worker.is_alive() for worker in workers) == 1
     pipeline.close()
 
 
@@ -336,3 +361,103 @@ def test_inspect_file_tells_each_kind(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo")
     assert inspect_file(tmp_path / "fifo") == ("foreign", "is not a regular file")
     assert inspect_file(tmp_path / ("x" * 5000))[0] == "unreadable"  # a name too long to look up
+
+
+def test_problems_says_what_the_tier_would_do_with_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.problems() == []  # nothing there yet: the tier creates its file
+    assert tier.put("k", answer(clock))
+    assert tier.problems() == []  # its own file
+    pipeline.close()
+    sealed, sealing, _ = open_tier(path, encryption_key=KEY_BYTES.hex())
+    (problem,) = sealing.problems()  # a key, and the file holds plaintext entries
+    assert problem.startswith(f"path {str(path)!r} holds unencrypted entries") and "would refuse" in problem
+    sealed.close()
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM aurelis_meta")  # no record of the seal: nothing to judge by
+    assert tier.problems() == []
+    data = bytearray(path.read_bytes())
+    data[16:18] = b"\x00\x03"  # an impossible page size: the mark is there, SQLite cannot read it
+    path.write_bytes(bytes(data))
+    (problem,) = tier.problems()
+    assert "cannot be read" in problem and "move it aside if damaged" in problem
+    data[:16] = b"\0" * 16
+    path.write_bytes(bytes(data))
+    assert tier.problems() == [
+        f"path {str(path)!r}: its header is damaged; the tier would move it aside and start a new file"
+    ]
+
+    path.unlink()
+    conn = sqlite3.connect(path)  # the schema an earlier version wrote, without the mark: adopted
+    conn.execute("CREATE TABLE aurelis_entries (key TEXT PRIMARY KEY)")
+    conn.commit()
+    assert tier.problems() == []
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")  # another tool's database
+    conn.commit()
+    conn.close()
+    (problem,) = tier.problems()
+    assert "without the cache tier's mark" in problem and "would refuse" in problem
+    path.unlink()
+    path.mkdir()
+    assert tier.problems() == [
+        f"path {str(path)!r} is a directory: the tier would refuse it and be bypassed (every lookup a miss)"
+    ]
+
+
+def test_expired_rows_are_purged_once_a_minute(tmp_path: Path) -> None:
+    pipeline, tier, clock = open_tier(tmp_path / "c.sqlite3")
+    mono = MonotonicClock()  # read just after the tier was made: a few microseconds after its last purge
+    tier.clock = mono
+    assert tier.put("short", answer(clock, ttl=1))
+    clock.now += 2
+    mono.now += 59.9
+    assert tier.put("k1", answer(clock))
+    assert tier.stats()["expired"] == 1  # less than a minute since the last purge: none yet
+    mono.now += 0.2
+    assert tier.put("k2", answer(clock))  # the write that finds the minute passed purges
+    assert tier.stats()["expired"] == 0 and keys_in(tmp_path / "c.sqlite3") == {"k1", "k2"}
+    assert tier.put("short", answer(clock, ttl=1))
+    clock.now += 2
+    mono.now += 60  # a minute since that purge, not more
+    assert tier.put("k3", answer(clock))
+    assert tier.stats()["expired"] == 1
+    mono.now += 0.5
+    assert tier.put("k4", answer(clock))
+    assert tier.stats()["expired"] == 0
+    pipeline.close()
+
+
+def test_a_file_that_loses_its_seal_record_is_refused(tmp_path: Path, caplog: Any) -> None:
+    import logging
+
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k1", answer(clock))
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM aurelis_meta")  # someone else's doing: whether entries are sealed is unknown
+    with caplog.at_level(logging.ERROR, logger="aurelis"):
+        assert not tier.put("k2", answer(clock))
+        assert not tier.put("k3", answer(clock))  # refused from then on, said once
+    assert keys_in(path) == {"k1"}
+    assert [r.getMessage() for r in caplog.records if "does not use" in r.getMessage()] == [
+        f"cache tier 'sqlite' does not use {path}: it lost its record of whether its entries are sealed. The tier "
+        "is bypassed until the pipeline is rebuilt: every lookup is a miss and every write is dropped (counted as "
+        "sqlite.refused); nothing at that path is moved or changed."
+    ]
+    assert lookup(tier, "k1") is None
+    assert pipeline.stats.tier_errors["sqlite.refused"] >= 2
+    pipeline.close()
+
+
+def test_a_refused_path_takes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    path.mkdir()  # after the build
+    assert not tier.put("k", answer(clock))
+    assert not tier.put("k", answer(clock))  # known refused: not tried again
+    assert tier.stats() == {"refused": "is a directory"}
+    assert tier.top(10) == []
+    pipeline.close()
+    assert list(path.iterdir()) == []

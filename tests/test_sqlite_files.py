@@ -306,10 +306,57 @@ def test_recovery_happens_at_most_once_per_interval(upstream: SimulatedServer, t
     assert len(moved_aside(tmp_path)) == 1  # not again within the interval: misses, counted
     corrupt = pipeline.stats.tier_errors["sqlite.corrupt"]
     assert corrupt >= 3
-    now[0] += RECOVER_EVERY
+    assert RECOVER_EVERY == 60.0  # as documented
+    now[0] += 59.5
+    assert ask(pipeline, upstream, [chat(0)]) == ["miss"]
+    assert len(moved_aside(tmp_path)) == 1
+    now[0] += 0.5
     assert ask(pipeline, upstream, [chat(0), chat(0)]) == ["miss", "hit"]
     assert len(moved_aside(tmp_path)) == 2
     pipeline.close()
+
+
+def test_moving_aside_never_overwrites_an_earlier_file(upstream: SimulatedServer, tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "cache.sqlite3"
+    pipeline = Pipeline(config(path, codec="none"))
+    assert ask(pipeline, upstream, [chat(i) for i in range(6)]) == ["miss"] * 6
+    # Files moved aside earlier under the names this recovery would pick (for the seconds around it): the one
+    # name, and its first variant's write-ahead log.
+    decoys = []
+    for second in range(-2, 30):
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time() + second))
+        base = tmp_path / f"cache.sqlite3.corrupt-{stamp}-{os.getpid()}"
+        base.write_text("earlier")
+        Path(f"{base}-1-wal").write_text("earlier")
+        decoys += [base, Path(f"{base}-1-wal")]
+    damage_pages(path)
+    assert ask(pipeline, upstream, [chat(1), chat(1)]) == ["miss", "hit"]
+    pipeline.close()
+    assert all(decoy.read_text() == "earlier" for decoy in decoys)
+    (aside,) = [p for p in moved_aside(tmp_path) if p not in decoys]
+    assert aside.name.endswith("-2") and aside.stat().st_size > 8192
+    assert Path(f"{aside}-wal").exists() and Path(f"{aside}-shm").exists()  # its journal files went with it
+
+
+def test_a_write_that_meets_a_damaged_file_goes_into_the_new_one(upstream: SimulatedServer, tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite3"
+    pipeline = Pipeline(config(path, codec="none"))
+    assert ask(pipeline, upstream, [chat(i) for i in range(6)]) == ["miss"] * 6
+    tier = pipeline.plugin("sqlite")
+    entry = tier.top(1)[0][1]
+    damage_pages(path)
+    assert tier.put("written-after", entry)  # the write met the damage: recovered, and written once more
+    pipeline.close()
+    assert len(moved_aside(tmp_path)) == 1
+    assert keys_of(path) == {"written-after"}
+    assert pipeline.stats.tier_errors["sqlite.corrupt"] == 1
+
+
+def keys_of(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {key for (key,) in conn.execute("SELECT key FROM aurelis_entries")}
 
 
 def test_a_path_that_holds_another_file_when_reopened_is_refused(
