@@ -269,14 +269,26 @@ def damage_pages(path: Path) -> None:
         file.write(b"\xa5" * (size - 4096))
 
 
+def damage_header(path: Path) -> None:
+    """Checkpoint, then overwrite SQLite's header string (the mark stays): "file is not a database"."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    assert path.stat().st_size > 8192
+    with path.open("r+b") as file:
+        file.write(b"\0" * 16)
+
+
+@pytest.mark.parametrize("damage", [damage_pages, damage_header], ids=["malformed", "not-a-database"])
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_file_damaged_while_running_is_recreated(
-    upstream: SimulatedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str
+    upstream: SimulatedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str,
+    damage: Callable[[Path], None],
 ) -> None:
     path = tmp_path / "cache.sqlite3"
     pipeline = Pipeline(config(path, codec="none"))
     assert ask(pipeline, upstream, [chat(i) for i in range(6)], mode) == ["miss"] * 6
-    damage_pages(path)
+    damage(path)
     with caplog.at_level(logging.WARNING, logger="aurelis"):
         # The first lookup meets the damage: a miss (the request itself succeeds), the file is moved aside and a
         # new one started, and the fresh answer is stored there.
