@@ -244,6 +244,8 @@ def test_the_file_carries_the_documented_mark(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
     pipeline, tier, clock = open_tier(path)
     assert tier.put("k", answer(clock))
+    wal = Path(f"{path}-wal")
+    assert wal.stat().st_size > 0 and tier.stats()["file_bytes"] == path.stat().st_size + wal.stat().st_size
     pipeline.close()
     assert path.read_bytes()[68:72] == b"\x1a\x5e\xc0\xde"  # files of every version carry these bytes
     assert inspect_file(path) == ("ours", "")
@@ -337,7 +339,27 @@ def test_async_pipelines_in_new_event_loops_keep_reading(upstream: SimulatedServ
     for worker in workers:
         worker.join(timeout=0 if worker is workers[-1] else 10)
     assert sum(worker.is_alive() for worker in workers) == 1
+    assert not pipeline.stats.tier_errors  # the first use from an async client made the file before reading it
     pipeline.close()
+
+
+def test_closing_an_async_pipeline_stops_its_connection(upstream: SimulatedServer, tmp_path: Path) -> None:
+    pipeline = Pipeline({"plugins": ["normalize", "sqlite"], "sqlite": {"path": str(tmp_path / "c.sqlite3")}})
+    body = {"model": "m", "messages": [{"role": "user", "content": "aclose"}]}
+
+    async def main() -> list[threading.Thread]:
+        async with httpx.AsyncClient() as client:
+            pipeline.instrument(client)
+            await client.post(upstream.base_url + "/chat/completions", json=body)
+            workers = [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
+            await pipeline.aclose()
+        return workers
+
+    workers = anyio.run(main)
+    assert workers
+    for worker in workers:
+        worker.join(timeout=10)
+        assert not worker.is_alive()
 
 
 # --- what is at the path ------------------------------------------------------------------------------------------

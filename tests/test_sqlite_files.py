@@ -130,7 +130,8 @@ def test_a_directory_at_the_path_is_refused_never_moved(
     "make, why",
     [
         (lambda p: p.write_text("my notes\n" * 100), "not a SQLite database"),
-        (lambda p: foreign_database(p), "without the cache tier's mark"),
+        (lambda p: foreign_database(p), "without the cache tier's mark (another tool's?): delete it to let the tier "
+                                        "start a new file there"),
         (lambda p: foreign_database(p, application_id=0x4D505347), "another application's SQLite database"),
     ],
     ids=["text-file", "unmarked-database", "other-application"],
@@ -217,17 +218,19 @@ def test_cache_clear_does_not_touch_a_refused_file(tmp_path: Path, capsys: pytes
     assert digest_of(path) == before
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_path_that_cannot_be_created_yet_is_retried_not_refused(
-    upstream: SimulatedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    upstream: SimulatedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str
 ) -> None:
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache directory should be")
     pipeline = Pipeline(config(blocker / "cache.sqlite3"))
     with caplog.at_level(logging.WARNING, logger="aurelis"):
-        assert ask(pipeline, upstream, [chat(0)]) == ["miss"]  # nothing is there to judge: an error, not a refusal
+        # nothing is there to judge: an error, not a refusal
+        assert ask(pipeline, upstream, [chat(0)], mode) == ["miss"]
         assert pipeline.stats.tier_errors["sqlite.get"] == 1 and not refusals(caplog)
         blocker.unlink()  # the directory can be made now: the next request uses the tier
-        assert ask(pipeline, upstream, [chat(0), chat(0)]) == ["miss", "hit"]
+        assert ask(pipeline, upstream, [chat(0), chat(0)], mode) == ["miss", "hit"]
     pipeline.close()
 
 
@@ -294,11 +297,36 @@ def test_a_file_damaged_while_running_is_recreated(
         # new one started, and the fresh answer is stored there.
         assert ask(pipeline, upstream, [chat(1)], mode) == ["miss"]
         assert ask(pipeline, upstream, [chat(1), chat(2)], mode) == ["hit", "miss"]
+    if mode == "sync":  # no connection to the damaged file is kept open (both threads reopened theirs)
+        assert not open_files_at(tmp_path / "cache.sqlite3.corrupt-")
     pipeline.close()
     assert pipeline.stats.tier_errors["sqlite.corrupt"] == 1
+    assert "(1 so far, counted as sqlite.corrupt)" in caplog.text
     (aside,) = moved_aside(tmp_path)
     assert aside.stat().st_size > 8192
     assert run(config(path), upstream, [chat(1), chat(2)], mode) == ["hit", "hit"]
+
+
+def open_files_at(prefix: Path) -> list[str]:
+    """The files this process holds open whose path starts with ``prefix`` (Linux's /proc)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(prefix)):
+            found.append(target)
+    return found
+
+
+def test_a_file_damaged_while_closed_is_recreated_when_opened(upstream: SimulatedServer, tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite3"
+    assert run(config(path, codec="none"), upstream, [chat(i) for i in range(6)]) == ["miss"] * 6
+    damage_pages(path)  # the header and its mark intact, the pages behind it not
+    assert run(config(path), upstream, [chat(1), chat(1)]) == ["miss", "hit"]
+    (aside,) = moved_aside(tmp_path)
+    assert aside.stat().st_size > 8192
 
 
 def test_recovery_happens_at_most_once_per_interval(upstream: SimulatedServer, tmp_path: Path) -> None:
