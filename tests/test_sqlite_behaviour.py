@@ -14,8 +14,9 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 
-from aurelis_core import CacheEntry, Pipeline, RequestContext, RequestControls
+from aurelis_core import CacheEntry, ConfigError, Pipeline, RequestContext, RequestControls
 from aurelis_core.testing import SimulatedServer
 from aurelis_plugins.sqlite_tier import inspect_file
 
@@ -483,3 +484,25 @@ def test_a_refused_path_takes_nothing(tmp_path: Path) -> None:
     assert tier.top(10) == []
     pipeline.close()
     assert list(path.iterdir()) == []
+
+
+NOT_A_KEY = "expected 32 bytes, written as 64 hex digits or as base64, got a string"
+
+
+@pytest.mark.parametrize(
+    "key, expected",
+    [
+        (5, "expected a string, got an integer"),
+        ("too-short-to-be-a-key", NOT_A_KEY),
+        (base64.b64encode(b"k" * 31).decode(), NOT_A_KEY),
+        ("zz" * 32, NOT_A_KEY),  # 64 characters, not hex: read as base64, 48 bytes
+    ],
+)
+def test_a_bad_encryption_key_names_the_option_and_never_shows_the_key(
+    tmp_path: Path, key: object, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Pipeline({"plugins": ["sqlite"], "sqlite": {"path": str(tmp_path / "c.sqlite3"), "encryption_key": key}})
+    message = str(caught.value)
+    assert f"[sqlite] encryption_key: {expected}" in message
+    assert str(key) not in message  # a key is a secret, even a malformed one
