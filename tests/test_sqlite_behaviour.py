@@ -506,3 +506,27 @@ def test_a_bad_encryption_key_names_the_option_and_never_shows_the_key(
     message = str(caught.value)
     assert f"[sqlite] encryption_key: {expected}" in message
     assert str(key) not in message  # a key is a secret, even a malformed one
+
+
+def test_the_documented_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AURELIS_CACHE_KEY", raising=False)
+    pipeline = Pipeline({"plugins": ["sqlite"]})
+    tier = pipeline.plugin("sqlite")
+    config = tier.config
+    # README's config reference for [sqlite].
+    assert (config.path, config.ttl, config.max_bytes, config.codec, config.encryption_key) == (
+        ".aurelis/cache.sqlite3", 86400, 512 * 1024 * 1024, "lz4", None
+    )
+    assert (config.busy_timeout, config.queue_size, config.warm.on_start, config.warm.top) == (1, 10000, False, 1000)
+    clock = WallClock()
+    tier.wall_clock = clock
+    body = b'{"answer":"' + b"the same words again " * 500 + b'"}'
+    assert tier.put("k", answer(clock, body))
+    assert tier.stats()["bytes"] < len(body) // 4  # lz4 at rest
+    clock.now += 86399
+    assert lookup(tier, "k") is not None
+    clock.now += 1
+    assert lookup(tier, "k") is None
+    pipeline.close()
+    assert (tmp_path / ".aurelis" / "cache.sqlite3").exists()
