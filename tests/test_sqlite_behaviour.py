@@ -5,8 +5,11 @@ files; lookups through the tier's hook, as the pipeline makes them; a fake wall 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -263,6 +266,11 @@ def test_sealed_values_are_aes_gcm_with_the_row_key_as_associated_data(tmp_path:
     with sqlite3.connect(path) as conn:
         value, size = conn.execute("SELECT value, size FROM aurelis_entries WHERE key = 'k'").fetchone()
     assert value[0] == 0xE1 and size == len(value)
+    # The file records the key's check value (a truncated HMAC-SHA256 of a constant), never the key.
+    with sqlite3.connect(path) as conn:
+        (mode,) = conn.execute("SELECT value FROM aurelis_meta WHERE name = 'seal'").fetchone()
+    check = hmac.new(KEY_BYTES, b"aurelis sqlite key check v1", hashlib.sha256).hexdigest()[:32]
+    assert mode == f"aes-256-gcm:{check}"
     plain = AESGCM(KEY_BYTES).decrypt(value[1:13], value[13:], b"k")
     # Sealed again by an independent implementation, under a fresh nonce: the tier opens it.
     nonce = os.urandom(12)
@@ -383,7 +391,8 @@ def test_inspect_file_tells_each_kind(tmp_path: Path) -> None:
     assert inspect_file(tmp_path) == ("foreign", "is a directory")
     os.mkfifo(tmp_path / "fifo")
     assert inspect_file(tmp_path / "fifo") == ("foreign", "is not a regular file")
-    assert inspect_file(tmp_path / ("x" * 5000))[0] == "unreadable"  # a name too long to look up
+    # A name too long to look up: nothing to judge yet, and why.
+    assert inspect_file(tmp_path / ("x" * 5000)) == ("unreadable", "cannot be inspected (File name too long)")
 
 
 def test_problems_says_what_the_tier_would_do_with_the_path(tmp_path: Path) -> None:
@@ -496,6 +505,7 @@ NOT_A_KEY = "expected 32 bytes, written as 64 hex digits or as base64, got a str
         ("too-short-to-be-a-key", NOT_A_KEY),
         (base64.b64encode(b"k" * 31).decode(), NOT_A_KEY),
         ("zz" * 32, NOT_A_KEY),  # 64 characters, not hex: read as base64, 48 bytes
+        ("*" + base64.b64encode(KEY_BYTES).decode(), NOT_A_KEY),  # a stray character is not skipped
     ],
 )
 def test_a_bad_encryption_key_names_the_option_and_never_shows_the_key(
@@ -530,3 +540,36 @@ def test_the_documented_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert lookup(tier, "k") is None
     pipeline.close()
     assert (tmp_path / ".aurelis" / "cache.sqlite3").exists()
+
+
+def test_encryption_without_its_extra_says_which_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.ciphers.aead", None)  # not installed
+    with pytest.raises(ImportError, match=r"pip install 'aurelis\[encryption\]'"):
+        Pipeline({"plugins": ["sqlite"], "sqlite": {"path": str(tmp_path / "c.sqlite3"), "encryption_key": "42" * 32}})
+
+
+def test_a_sealed_value_that_does_not_open_is_a_miss(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path, encryption_key=KEY_BYTES.hex())
+    assert tier.put("k", answer(clock, b'{"answer":"sealed"}'))
+    with sqlite3.connect(path) as conn:
+        (value,) = conn.execute("SELECT value FROM aurelis_entries WHERE key = 'k'").fetchone()
+    flipped = value[:20] + bytes((value[20] ^ 1,)) + value[21:]
+    tampered = [
+        flipped,  # one bit of the ciphertext
+        b"\x01" + value[1:],  # the marker: it is not authenticated by the seal, so it is checked on its own
+        value[:28],  # shorter than a nonce and a tag
+        b"\xe1" + value[1:9],  # not even a whole nonce
+    ]
+    with caplog.at_level(logging.WARNING, logger="aurelis"):
+        for n, bad in enumerate(tampered, 1):
+            with sqlite3.connect(path) as conn:
+                conn.execute("UPDATE aurelis_entries SET value = ? WHERE key = 'k'", (bad,))
+            assert lookup(tier, "k") is None
+            assert pipeline.stats.tier_errors["sqlite.unauthenticated"] == n
+    assert "sqlite.get" not in pipeline.stats.tier_errors
+    warnings = [r.getMessage() for r in caplog.records if "do not decrypt with the configured key" in r.getMessage()]
+    assert len(warnings) == 1 and "(1 so far, counted as sqlite.unauthenticated)" in warnings[0]
+    pipeline.close()
