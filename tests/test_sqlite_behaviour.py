@@ -109,8 +109,14 @@ def test_the_cap_keeps_the_file_at_the_cap_and_evicts_down_to_90_percent(tmp_pat
     assert tier.put("k10", answer(clock))  # 11 entries: over the cap, down to 90% of it (9 entries)
     assert keys_in(path) == {"k00", "k03", "k04", "k05", "k06", "k07", "k08", "k09", "k10"}  # least hit, oldest out
     assert tier.stats()["bytes"] == 9 * size
-    assert tier.put("k11", answer(clock))  # back at the cap: nothing goes
-    assert len(keys_in(path)) == 10
+    tier.clock = MonotonicClock()  # no purge falls due meanwhile
+    assert tier.put("short", answer(clock, ttl=1))  # back at the cap: nothing goes
+    clock.now += 2
+    assert lookup(tier, "k00") is not None
+    settle(tier)  # a batch with nothing to store: the tier knows it is at the cap, no eviction pass
+    assert tier.stats()["expired"] == 1
+    assert tier.put("k11", answer(clock))  # over the cap: the expired entry makes the room
+    assert len(keys_in(path)) == 10 and "short" not in keys_in(path)
     pipeline.close()
     # Another process opens the full file: it counts what the file holds, so its first write evicts too.
     again, tier, _ = open_tier(path, max_bytes=10 * size)
@@ -491,6 +497,11 @@ def test_a_refused_path_takes_nothing(tmp_path: Path) -> None:
     assert not tier.put("k", answer(clock))  # known refused: not tried again
     assert tier.stats() == {"refused": "is a directory"}
     assert tier.top(10) == []
+
+    async def atop() -> list[tuple[str, CacheEntry]]:
+        return await tier.atop(10)  # type: ignore[no-any-return]
+
+    assert anyio.run(atop) == []
     pipeline.close()
     assert list(path.iterdir()) == []
 
@@ -572,4 +583,43 @@ def test_a_sealed_value_that_does_not_open_is_a_miss(tmp_path: Path, caplog: pyt
     assert "sqlite.get" not in pipeline.stats.tier_errors
     warnings = [r.getMessage() for r in caplog.records if "do not decrypt with the configured key" in r.getMessage()]
     assert len(warnings) == 1 and "(1 so far, counted as sqlite.unauthenticated)" in warnings[0]
+    pipeline.close()
+
+
+def test_a_file_of_an_earlier_version_with_its_seal_record_is_adopted(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    with sqlite3.connect(path) as conn:  # both of the tier's tables, no mark
+        conn.execute(
+            "CREATE TABLE aurelis_entries (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL, "
+            "size INTEGER NOT NULL, hits INTEGER NOT NULL DEFAULT 0, last_hit REAL NOT NULL)"
+        )
+        conn.execute("CREATE TABLE aurelis_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO aurelis_meta VALUES ('seal', 'none')")
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k", answer(clock))
+    assert lookup(tier, "k") is not None
+    pipeline.close()
+    assert inspect_file(path) == ("ours", "")
+
+
+def test_a_failed_write_is_counted_and_logged_with_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path, busy_timeout=0.05)
+    assert tier.put("k0", answer(clock))
+    ctx = RequestContext(None, None, httpx, False, RequestControls())
+    ctx.key = "k1"
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock past the busy timeout
+    try:
+        with caplog.at_level(logging.WARNING, logger="aurelis"):
+            tier.aurelis_cache_set(ctx, answer(clock), False)
+            tier.flush()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert pipeline.stats.tier_errors["sqlite.write"] == 1
+    assert f"cache tier 'sqlite' at {path} failed to write (1 so far)" in caplog.text
+    assert keys_in(path) == {"k0"}
     pipeline.close()

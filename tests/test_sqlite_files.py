@@ -133,8 +133,11 @@ def test_a_directory_at_the_path_is_refused_never_moved(
         (lambda p: foreign_database(p), "without the cache tier's mark (another tool's?): delete it to let the tier "
                                         "start a new file there"),
         (lambda p: foreign_database(p, application_id=0x4D505347), "another application's SQLite database"),
+        # SQLite's header, no application id, the rest unreadable.
+        (lambda p: p.write_bytes(b"SQLite format 3\x00" + b"\xa5" * 52 + bytes(4) + b"\xa5" * 8192),
+         "without the cache tier's mark"),
     ],
-    ids=["text-file", "unmarked-database", "other-application"],
+    ids=["text-file", "unmarked-database", "other-application", "unreadable-database"],
 )
 def test_a_file_the_tier_did_not_create_is_refused_untouched(
     upstream: SimulatedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture,
