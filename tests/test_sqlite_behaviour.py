@@ -390,8 +390,11 @@ def test_inspect_file_tells_each_kind(tmp_path: Path) -> None:
     assert inspect_file(tmp_path / "short") == ("ours", "")
     (tmp_path / "damaged").write_bytes(b"\0" * 68 + b"\x1a\x5e\xc0\xde" + b"\0" * 28)
     assert inspect_file(tmp_path / "damaged") == ("damaged", "its header is damaged")
+    other = "is another application's SQLite database (application_id 0x4d505347)"
     (tmp_path / "other").write_bytes(magic + b"\0" * 52 + b"\x4d\x50\x53\x47")
-    assert inspect_file(tmp_path / "other")[1] == "is another application's SQLite database (application_id 0x4d505347)"
+    assert inspect_file(tmp_path / "other") == ("foreign", other)
+    (tmp_path / "other-long").write_bytes(magic + b"\0" * 52 + b"\x4d\x50\x53\x47" + b"\x77" * 4000)
+    assert inspect_file(tmp_path / "other-long") == ("foreign", other)
     (tmp_path / "tiny").write_bytes(magic)
     assert inspect_file(tmp_path / "tiny")[0] == "unmarked"
     assert inspect_file(tmp_path) == ("foreign", "is a directory")
@@ -572,7 +575,7 @@ def test_a_sealed_value_that_does_not_open_is_a_miss(tmp_path: Path, caplog: pyt
         flipped,  # one bit of the ciphertext
         b"\x01" + value[1:],  # the marker: it is not authenticated by the seal, so it is checked on its own
         value[:28],  # shorter than a nonce and a tag
-        b"\xe1" + value[1:9],  # not even a whole nonce
+        b"\xe1" + value[1:7],  # not even a whole nonce (AES-GCM takes none shorter than 8 bytes)
     ]
     with caplog.at_level(logging.WARNING, logger="aurelis"):
         for n, bad in enumerate(tampered, 1):
