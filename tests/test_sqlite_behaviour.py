@@ -626,3 +626,15 @@ def test_a_failed_write_is_counted_and_logged_with_the_file(tmp_path: Path, capl
     assert f"cache tier 'sqlite' at {path} failed to write (1 so far)" in caplog.text
     assert keys_in(path) == {"k0"}
     pipeline.close()
+
+
+def test_the_file_and_its_directories_are_made_on_first_use(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k", answer(clock))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file a program creates
+    pipeline.close()
+    # A closed pipeline's tier opens the file again when asked (the CLI reads stats after a run).
+    assert tier.stats()["entries"] == 1

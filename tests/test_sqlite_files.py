@@ -388,13 +388,23 @@ def test_a_write_that_meets_a_damaged_file_goes_into_the_new_one(upstream: Simul
     pipeline = Pipeline(config(path, codec="none"))
     assert ask(pipeline, upstream, [chat(i) for i in range(6)]) == ["miss"] * 6
     tier = pipeline.plugin("sqlite")
+    now = [1000.0]
+    tier.clock = lambda: now[0]
     entry = tier.top(1)[0][1]
     damage_pages(path)
     assert tier.put("written-after", entry)  # the write met the damage: recovered, and written once more
-    pipeline.close()
     assert len(moved_aside(tmp_path)) == 1
     assert keys_of(path) == {"written-after"}
     assert pipeline.stats.tier_errors["sqlite.corrupt"] == 1
+    # Damaged again within the recovery interval: the batch is dropped after one try, counted once.
+    for n in range(3):
+        tier.put(f"filler-{n}", entry)
+    damage_pages(path)
+    tier.put("dropped", entry)
+    errors = pipeline.stats.tier_errors
+    assert (errors["sqlite.corrupt"], errors["sqlite.dropped"]) == (2, 1)
+    assert len(moved_aside(tmp_path)) == 1
+    pipeline.close()
 
 
 def keys_of(path: Path) -> set[str]:
