@@ -508,7 +508,9 @@ def test_a_refused_path_takes_nothing(tmp_path: Path) -> None:
     # Refused until the pipeline is rebuilt, even when the path is cleared meanwhile.
     path.rmdir()
     assert not tier.put("k", answer(clock))
-    assert lookup(tier, "k") is None and not path.exists()
+    assert lookup(tier, "k") is None
+    assert tier.stats() == {"refused": "is a directory"} and tier.top(10) == []
+    assert not path.exists()
     pipeline.close()
 
 
