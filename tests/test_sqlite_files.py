@@ -304,6 +304,7 @@ def test_a_file_damaged_while_running_is_recreated(
         assert not open_files_at(tmp_path / "cache.sqlite3.corrupt-")
     pipeline.close()
     assert pipeline.stats.tier_errors["sqlite.corrupt"] == 1
+    assert "sqlite.get" not in pipeline.stats.tier_errors  # a miss, not a failed lookup
     assert "(1 so far, counted as sqlite.corrupt)" in caplog.text
     (aside,) = moved_aside(tmp_path)
     assert aside.stat().st_size > 8192
