@@ -643,3 +643,34 @@ def test_the_file_and_its_directories_are_made_on_first_use(tmp_path: Path) -> N
     pipeline.close()
     # A closed pipeline's tier opens the file again when asked (the CLI reads stats after a run).
     assert tier.stats()["entries"] == 1
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_lookup_that_fails_is_a_counted_miss_naming_its_error(
+    upstream: SimulatedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, is_async: bool
+) -> None:
+    import logging
+
+    path = tmp_path / "c.sqlite3"
+    pipeline = Pipeline({"plugins": ["normalize", "sqlite"], "sqlite": {"path": str(path)}})
+    assert pipeline.plugin("sqlite").stats()["entries"] == 0  # the file is made
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE aurelis_entries")  # not damage: an error the tier cannot deal with
+    body = {"model": "m", "messages": [{"role": "user", "content": "fails"}]}
+    url = upstream.base_url + "/chat/completions"
+    with caplog.at_level(logging.WARNING, logger="aurelis"):
+        if is_async:
+
+            async def main() -> str:
+                async with httpx.AsyncClient() as client:
+                    pipeline.instrument(client)
+                    return (await client.post(url, json=body)).headers["x-aurelis-cache"]
+
+            assert anyio.run(main) == "miss"
+        else:
+            with httpx.Client() as client:
+                pipeline.instrument(client)
+                assert client.post(url, json=body).headers["x-aurelis-cache"] == "miss"
+    assert pipeline.stats.tier_errors["sqlite.get"] == 1
+    assert "no such table: aurelis_entries" in caplog.text
+    pipeline.close()

@@ -123,6 +123,7 @@ def test_a_directory_at_the_path_is_refused_never_moved(
     assert str(path) in message and "is a directory" in message
     errors = pipeline.stats.tier_errors
     assert errors["sqlite.refused"] == 4  # two lookups bypassed, two writes dropped
+    assert "sqlite.get" not in errors  # bypassed, not failed
     assert upstream.count("/chat/completions") == 2
 
 
