@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from support import open_files_at
 
 from aurelis_core import CacheEntry, ConfigError, Pipeline, RequestContext, RequestControls
 from aurelis_core.testing import SimulatedServer
@@ -640,7 +641,9 @@ def test_the_file_and_its_directories_are_made_on_first_use(tmp_path: Path) -> N
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file a program creates
+    assert lookup(tier, "k") is not None  # this thread's connection, besides the writer's
     pipeline.close()
+    assert not open_files_at(path)  # closing released every connection
     # A closed pipeline's tier opens the file again when asked (the CLI reads stats after a run).
     assert tier.stats()["entries"] == 1
 

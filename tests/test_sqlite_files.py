@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from support import open_files_at
 
 from aurelis_core import Pipeline
 from aurelis_core.testing import SimulatedServer
@@ -310,19 +311,6 @@ def test_a_file_damaged_while_running_is_recreated(
     (aside,) = moved_aside(tmp_path)
     assert aside.stat().st_size > 8192
     assert run(config(path), upstream, [chat(1), chat(2)], mode) == ["hit", "hit"]
-
-
-def open_files_at(prefix: Path) -> list[str]:
-    """The files this process holds open whose path starts with ``prefix`` (Linux's /proc)."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(prefix)):
-            found.append(target)
-    return found
 
 
 def test_a_file_damaged_while_closed_is_recreated_when_opened(upstream: SimulatedServer, tmp_path: Path) -> None:
