@@ -441,6 +441,12 @@ def test_problems_says_what_the_tier_would_do_with_the_path(tmp_path: Path) -> N
     conn.close()
     (problem,) = tier.problems()
     assert "without the cache tier's mark" in problem and "would refuse" in problem
+    too_long = tmp_path / ("x" * 5000)
+    unusable, tier_at_it, _ = open_tier(too_long)
+    assert tier_at_it.problems() == [
+        f"path {str(too_long)!r} cannot be inspected (File name too long): the tier cannot use it until it can"
+    ]
+    unusable.close()
     path.unlink()
     path.mkdir()
     assert tier.problems() == [
