@@ -643,10 +643,12 @@ def test_a_failed_write_is_counted_and_logged_with_the_file(tmp_path: Path, capl
 def test_the_file_and_its_directories_are_made_on_first_use(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "c.sqlite3"
     pipeline, tier, clock = open_tier(path)
-    assert tier.put("k", answer(clock))
-    umask = os.umask(0)
-    os.umask(umask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file a program creates
+    umask = os.umask(0o002)  # made with 0o666 less the umask, like any file a program creates
+    try:
+        assert tier.put("k", answer(clock))
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o664
     assert lookup(tier, "k") is not None  # this thread's connection, besides the writer's
     pipeline.close()
     assert not open_files_at(path)  # closing released every connection
@@ -682,4 +684,24 @@ def test_a_lookup_that_fails_is_a_counted_miss_naming_its_error(
                 assert client.post(url, json=body).headers["x-aurelis-cache"] == "miss"
     assert pipeline.stats.tier_errors["sqlite.get"] == 1
     assert "no such table: aurelis_entries" in caplog.text
+    pipeline.close()
+
+
+def test_a_file_locked_while_the_tier_opens_it_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    writer, writing, clock = open_tier(path)
+    assert writing.put("k", answer(clock))
+    writer.close()
+    pipeline, tier, _ = open_tier(path, busy_timeout=0.05)
+    tier.wall_clock = clock
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process writes for longer than the busy timeout
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            lookup(tier, "k")  # this use fails (the pipeline counts a miss); the file is not judged damaged
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if "corrupt" in p.name) == []
+    assert lookup(tier, "k") is not None  # the next use opens it
     pipeline.close()
