@@ -42,6 +42,7 @@ import argparse
 import ast
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
 import signal
@@ -437,6 +438,10 @@ def _collect_child(data_file: str, sources: list[str], pytest_args: list[str]) -
 
     cov.start()
     try:
+        # The measured modules are imported here, outside every test's context: their import-time lines (module
+        # constants, class bodies) are then mapped to every test, not only to the first test that imported them.
+        for source in sources:
+            importlib.import_module(_module_name(str(Path(source).relative_to(ROOT))))
         code = int(pytest.main(pytest_args, plugins=[Contexts()]))
     finally:
         cov.stop()

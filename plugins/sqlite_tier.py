@@ -353,7 +353,7 @@ class _Connection(sqlite3.Connection):
 
 class SQLiteTier(WriteBehindTier):
     """The ``sqlite`` plugin. ``wall_clock`` (default ``time.time``) is what lifetimes are counted on,
-    ``clock`` (default ``time.monotonic``) what spaces recoveries; both attributes, for tests to swap."""
+    ``clock`` (default ``time.monotonic``) what spaces recoveries and purges; both attributes, for tests to swap."""
 
     name = "sqlite"
     Config = SQLiteConfig
@@ -391,7 +391,7 @@ class SQLiteTier(WriteBehindTier):
         self._aconnecting: asyncio.Task[Any] | None = None
         self._warned_unopenable = False
         self._stored_bytes = 0
-        self._last_purge = time.monotonic()
+        self._last_purge = self.clock()
         self.queue: WriteBehind[Op] = WriteBehind(
             self.name, self._write, self._awrite,
             on_error=self._write_failed, on_drop=self._dropped, maxsize=config.queue_size,
@@ -775,6 +775,8 @@ class SQLiteTier(WriteBehindTier):
                 self._dropped()
 
     def _write_batch(self, batch: list[Op]) -> None:
+        # Connected first: opening the file counts the bytes it holds, and this batch's are added to that count.
+        conn = self._conn()
         now = self.wall_clock()
         rows: list[tuple[Any, ...]] = []
         large: list[tuple[Any, ...]] = []
@@ -790,7 +792,6 @@ class SQLiteTier(WriteBehindTier):
                 self._stored_bytes += length
             else:
                 hits.extend((count, op[2], key) for key, count in op[1].items())
-        conn = self._conn()
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             row = conn.execute(SEAL).fetchone()
@@ -807,7 +808,7 @@ class SQLiteTier(WriteBehindTier):
                         blob.write(piece)
             if hits:
                 conn.executemany(HIT, hits)
-            if self._stored_bytes > self.config.max_bytes or time.monotonic() - self._last_purge > PURGE_EVERY:
+            if self._stored_bytes > self.config.max_bytes or self.clock() - self._last_purge > PURGE_EVERY:
                 self._evict(conn, now)
 
     def _encode(self, key: str, entry: CacheEntry) -> tuple[Iterable[Piece], int]:
@@ -825,7 +826,7 @@ class SQLiteTier(WriteBehindTier):
     def _evict(self, conn: sqlite3.Connection, now: float) -> None:
         # The running byte count only grows between checks (replaced rows are counted twice, and other
         # processes write too): recount before evicting anything.
-        self._last_purge = time.monotonic()
+        self._last_purge = self.clock()
         conn.execute("DELETE FROM aurelis_entries WHERE expires <= ?", (now,))
         (stored,) = conn.execute("SELECT COALESCE(SUM(size), 0) FROM aurelis_entries").fetchone()
         if stored > self.config.max_bytes:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from aurelis_core.testing import serve
@@ -232,3 +234,16 @@ def gated_stream(chunks: list[bytes]) -> Iterator[GatedStream]:
             yield app
         finally:
             app.allow()
+
+
+def open_files_at(prefix: Path | str) -> list[str]:
+    """The files this process holds open whose path starts with ``prefix`` (from Linux's /proc)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(prefix)):
+            found.append(target)
+    return found

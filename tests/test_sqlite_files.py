@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from support import open_files_at
 
 from aurelis_core import Pipeline
 from aurelis_core.testing import SimulatedServer
@@ -123,6 +124,7 @@ def test_a_directory_at_the_path_is_refused_never_moved(
     assert str(path) in message and "is a directory" in message
     errors = pipeline.stats.tier_errors
     assert errors["sqlite.refused"] == 4  # two lookups bypassed, two writes dropped
+    assert "sqlite.get" not in errors  # bypassed, not failed
     assert upstream.count("/chat/completions") == 2
 
 
@@ -130,10 +132,14 @@ def test_a_directory_at_the_path_is_refused_never_moved(
     "make, why",
     [
         (lambda p: p.write_text("my notes\n" * 100), "not a SQLite database"),
-        (lambda p: foreign_database(p), "without the cache tier's mark"),
+        (lambda p: foreign_database(p), "without the cache tier's mark (another tool's?): delete it to let the tier "
+                                        "start a new file there"),
         (lambda p: foreign_database(p, application_id=0x4D505347), "another application's SQLite database"),
+        # SQLite's header, no application id, the rest unreadable.
+        (lambda p: p.write_bytes(b"SQLite format 3\x00" + b"\xa5" * 52 + bytes(4) + b"\xa5" * 8192),
+         "without the cache tier's mark"),
     ],
-    ids=["text-file", "unmarked-database", "other-application"],
+    ids=["text-file", "unmarked-database", "other-application", "unreadable-database"],
 )
 def test_a_file_the_tier_did_not_create_is_refused_untouched(
     upstream: SimulatedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture,
@@ -217,17 +223,19 @@ def test_cache_clear_does_not_touch_a_refused_file(tmp_path: Path, capsys: pytes
     assert digest_of(path) == before
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_path_that_cannot_be_created_yet_is_retried_not_refused(
-    upstream: SimulatedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    upstream: SimulatedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str
 ) -> None:
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache directory should be")
     pipeline = Pipeline(config(blocker / "cache.sqlite3"))
     with caplog.at_level(logging.WARNING, logger="aurelis"):
-        assert ask(pipeline, upstream, [chat(0)]) == ["miss"]  # nothing is there to judge: an error, not a refusal
+        # nothing is there to judge: an error, not a refusal
+        assert ask(pipeline, upstream, [chat(0)], mode) == ["miss"]
         assert pipeline.stats.tier_errors["sqlite.get"] == 1 and not refusals(caplog)
         blocker.unlink()  # the directory can be made now: the next request uses the tier
-        assert ask(pipeline, upstream, [chat(0), chat(0)]) == ["miss", "hit"]
+        assert ask(pipeline, upstream, [chat(0), chat(0)], mode) == ["miss", "hit"]
     pipeline.close()
 
 
@@ -269,24 +277,49 @@ def damage_pages(path: Path) -> None:
         file.write(b"\xa5" * (size - 4096))
 
 
+def damage_header(path: Path) -> None:
+    """Checkpoint, then overwrite SQLite's header string (the mark stays): "file is not a database"."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    assert path.stat().st_size > 8192
+    with path.open("r+b") as file:
+        file.write(b"\0" * 16)
+
+
+@pytest.mark.parametrize("damage", [damage_pages, damage_header], ids=["malformed", "not-a-database"])
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_file_damaged_while_running_is_recreated(
-    upstream: SimulatedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str
+    upstream: SimulatedServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str,
+    damage: Callable[[Path], None],
 ) -> None:
     path = tmp_path / "cache.sqlite3"
     pipeline = Pipeline(config(path, codec="none"))
     assert ask(pipeline, upstream, [chat(i) for i in range(6)], mode) == ["miss"] * 6
-    damage_pages(path)
+    damage(path)
     with caplog.at_level(logging.WARNING, logger="aurelis"):
         # The first lookup meets the damage: a miss (the request itself succeeds), the file is moved aside and a
         # new one started, and the fresh answer is stored there.
         assert ask(pipeline, upstream, [chat(1)], mode) == ["miss"]
         assert ask(pipeline, upstream, [chat(1), chat(2)], mode) == ["hit", "miss"]
+    if mode == "sync":  # no connection to the damaged file is kept open (both threads reopened theirs)
+        assert not open_files_at(tmp_path / "cache.sqlite3.corrupt-")
     pipeline.close()
     assert pipeline.stats.tier_errors["sqlite.corrupt"] == 1
+    assert "sqlite.get" not in pipeline.stats.tier_errors  # a miss, not a failed lookup
+    assert "(1 so far, counted as sqlite.corrupt)" in caplog.text
     (aside,) = moved_aside(tmp_path)
     assert aside.stat().st_size > 8192
     assert run(config(path), upstream, [chat(1), chat(2)], mode) == ["hit", "hit"]
+
+
+def test_a_file_damaged_while_closed_is_recreated_when_opened(upstream: SimulatedServer, tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite3"
+    assert run(config(path, codec="none"), upstream, [chat(i) for i in range(6)]) == ["miss"] * 6
+    damage_pages(path)  # the header and its mark intact, the pages behind it not
+    assert run(config(path), upstream, [chat(1), chat(1)]) == ["miss", "hit"]
+    (aside,) = moved_aside(tmp_path)
+    assert aside.stat().st_size > 8192
 
 
 def test_recovery_happens_at_most_once_per_interval(upstream: SimulatedServer, tmp_path: Path) -> None:
@@ -306,10 +339,65 @@ def test_recovery_happens_at_most_once_per_interval(upstream: SimulatedServer, t
     assert len(moved_aside(tmp_path)) == 1  # not again within the interval: misses, counted
     corrupt = pipeline.stats.tier_errors["sqlite.corrupt"]
     assert corrupt >= 3
-    now[0] += RECOVER_EVERY
+    assert RECOVER_EVERY == 60.0  # as documented
+    now[0] += 59.5
+    assert ask(pipeline, upstream, [chat(0)]) == ["miss"]
+    assert len(moved_aside(tmp_path)) == 1
+    now[0] += 0.5
     assert ask(pipeline, upstream, [chat(0), chat(0)]) == ["miss", "hit"]
     assert len(moved_aside(tmp_path)) == 2
     pipeline.close()
+
+
+def test_moving_aside_never_overwrites_an_earlier_file(upstream: SimulatedServer, tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "cache.sqlite3"
+    pipeline = Pipeline(config(path, codec="none"))
+    assert ask(pipeline, upstream, [chat(i) for i in range(6)]) == ["miss"] * 6
+    # Files moved aside earlier under the name this recovery would pick (for the seconds around it).
+    decoys = []
+    for second in range(-2, 30):
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time() + second))
+        base = tmp_path / f"cache.sqlite3.corrupt-{stamp}-{os.getpid()}"
+        base.write_text("earlier")
+        decoys.append(base)
+    damage_pages(path)
+    assert ask(pipeline, upstream, [chat(1), chat(1)]) == ["miss", "hit"]
+    pipeline.close()
+    assert all(decoy.read_text() == "earlier" for decoy in decoys)
+    (aside,) = [p for p in moved_aside(tmp_path) if p not in decoys]
+    assert aside.name.endswith(f"-{os.getpid()}-1") and aside.stat().st_size > 8192
+    assert Path(f"{aside}-wal").exists() and Path(f"{aside}-shm").exists()  # its journal files went with it
+
+
+def test_a_write_that_meets_a_damaged_file_goes_into_the_new_one(upstream: SimulatedServer, tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite3"
+    pipeline = Pipeline(config(path, codec="none"))
+    assert ask(pipeline, upstream, [chat(i) for i in range(6)]) == ["miss"] * 6
+    tier = pipeline.plugin("sqlite")
+    now = [1000.0]
+    tier.clock = lambda: now[0]
+    entry = tier.top(1)[0][1]
+    damage_pages(path)
+    assert tier.put("written-after", entry)  # the write met the damage: recovered, and written once more
+    assert len(moved_aside(tmp_path)) == 1
+    assert keys_of(path) == {"written-after"}
+    assert pipeline.stats.tier_errors["sqlite.corrupt"] == 1
+    # Damaged again within the recovery interval: the batch is dropped after one try, counted once.
+    for n in range(3):
+        tier.put(f"filler-{n}", entry)
+    damage_pages(path)
+    tier.put("dropped", entry)
+    errors = pipeline.stats.tier_errors
+    assert (errors["sqlite.corrupt"], errors["sqlite.dropped"]) == (2, 1)
+    assert len(moved_aside(tmp_path)) == 1
+    pipeline.close()
+
+
+def keys_of(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {key for (key,) in conn.execute("SELECT key FROM aurelis_entries")}
 
 
 def test_a_path_that_holds_another_file_when_reopened_is_refused(
