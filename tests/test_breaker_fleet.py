@@ -283,3 +283,34 @@ async def test_async_replicas_share_their_circuits_too(redis_flush: str, upstrea
         with pytest.raises(CircuitOpenError):
             await b.post(upstream.url + CHAT, json=BODY)
     assert upstream.count() == 1 + 3
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+def test_circuits_are_shared_through_sentinel(upstream: SimulatedServer, tmp_path: Path) -> None:
+    """The same through a Sentinel group, as ``[redis_connection]`` gives it: the others learn the open."""
+    from redis_servers import redis_sentinel
+
+    with redis_server(tmp_path) as master, redis_sentinel(tmp_path, master) as sentinel:
+        connection = {"sentinels": [sentinel.address], "service_name": "fleetmaster"}
+        replicas = [Pipeline({
+            "plugins": ["breaker"], "redis_connection": connection,
+            "breaker": {"share": True, "consecutive_failures": 3, "min_calls": 100, "open_for": 30,
+                        "sync_interval": SYNC, "redis_timeout": 1.0},
+        }) for _ in range(2)]
+        clients = [p.instrument(httpx.Client(timeout=5)) for p in replicas]
+        breakers: list[Breaker] = [p.plugin("breaker") for p in replicas]
+        assert [send(c, upstream) for c in clients] == ["ok", "ok"]
+        upstream.behavior.status_override = 503
+        assert [send(clients[0], upstream) for _ in range(3)] == ["failed"] * 3
+        eventually(lambda: breakers[1].state(upstream.url) == "open")
+        sent = upstream.count()
+        assert [send(clients[1], upstream) for _ in range(3)] == ["skipped"] * 3
+        assert upstream.count() == sent
+        assert pipeline_errors(replicas) == 0
+        for pipeline in replicas:
+            pipeline.close()
+
+
+def pipeline_errors(pipelines: list[Pipeline]) -> int:
+    return sum(p.stats.counters["breaker_redis_errors"] for p in pipelines)

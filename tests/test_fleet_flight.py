@@ -246,6 +246,33 @@ def test_a_cluster_keeps_each_lease_in_its_entrys_slot(upstream_factory: Any, tm
         assert counter(fleet, "led") == 4
 
 
+@pytest.mark.cluster
+def test_replicas_on_sentinel_make_one_upstream_call_and_are_told_by_pub_sub(
+    upstream_factory: Any, tmp_path: Path
+) -> None:
+    """Through a Sentinel group (a master and a sentinel watching it), as ``[redis_connection]`` gives it to every
+    plugin: one leader, the others follow and are woken by the lease's channel, not by waiting it out."""
+    from redis_servers import redis_sentinel, redis_server
+
+    upstream: SimulatedServer = upstream_factory(latency=TOLD_LATENCY)
+    with redis_server(tmp_path) as master, redis_sentinel(tmp_path, master) as sentinel:
+        fleet = [Pipeline({
+            "plugins": ["normalize", "redis"],
+            "redis_connection": {"sentinels": [sentinel.address], "service_name": "fleetmaster"},
+            "redis": {"prefix": PREFIX, **PATIENT, "fleet_flight": {"enabled": True, "poll": 10.0}},
+        }) for _ in range(4)]
+        started = time.monotonic()
+        responses = asyncio.run(ask_all(fleet, upstream.url, body("a prompt new to a sentinel fleet")))
+        took = time.monotonic() - started
+        for pipeline in fleet:
+            pipeline.close()
+    assert [r.status_code for r in responses] == [200] * 4
+    assert len({r.content for r in responses}) == 1
+    assert upstream.count(CHAT) == 1
+    assert counter(fleet, "led") == 1 and counter(fleet, "followed") == 3
+    assert took < NEXT_LOOK  # told by the leader's message (see TOLD_LATENCY), not at their next look
+
+
 # --- separate processes ------------------------------------------------------------------------------------------
 
 #: One replica: a process with its own pipeline and a sync client. It says "ready" once built and started (its
