@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._compat import header_items
 from ._drivers import LoopBridge, drive_async, drive_sync
+from ._models import USAGE_TAIL
 from ._sse import stream_complete
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ EndCallback = Callable[[BaseException | None, bool], Generator[Awaitable[Any], A
 
 def tail(chunks: list[bytes] | tuple[bytes, ...], count: int = TAIL) -> bytes:
     """The last chunks joined, at least ``count`` bytes of them (all, if fewer): enough to find a stream's end
-    marker (``_sse.stream_complete`` scans from the end) without joining a large stream whole."""
+    marker (a dialect's ``stream_complete`` scans from the end) without joining a large stream whole."""
     start = len(chunks)
     held = 0
     while start and held < count:
@@ -171,9 +172,9 @@ class Flight:
     """
 
     __slots__ = (
-        "_cond", "_event", "_iter", "_on_end", "_upstream", "base", "chunks", "consumers", "error", "extensions",
-        "finished", "first_chunk", "flights", "headers", "is_async", "kept", "limit", "pulling", "retry", "size",
-        "status", "streaming", "token",
+        "_cond", "_event", "_iter", "_on_end", "_upstream", "base", "chunks", "complete", "consumers", "error",
+        "extensions", "finished", "first_chunk", "flights", "head", "headers", "is_async", "kept", "limit",
+        "pulling", "retry", "size", "status", "streaming", "token",
     )
 
     def __init__(self, flights: Flights, token: tuple[object, str] | None, is_async: bool) -> None:
@@ -189,6 +190,10 @@ class Flight:
         self.chunks: list[bytes] = []
         #: When the first chunk of the body arrived (``time.perf_counter()``), ``None`` before.
         self.first_chunk: float | None = None
+        #: The first chunk's first bytes (where an Anthropic stream has its input tokens), ``None`` before.
+        self.head: bytes | None = None
+        #: Whether a stream's last bytes show it complete: its dialect's ``stream_complete``.
+        self.complete: Callable[[bytes], bool] = stream_complete
         self.base = 0
         #: Bytes pulled so far, and how many the flight keeps (``None``: all); ``kept``: it has kept them all.
         self.size = 0
@@ -279,6 +284,7 @@ class Flight:
         """A chunk arrived from the upstream: keep it for everyone (and count it against ``limit``)."""
         if self.first_chunk is None and chunk:
             self.first_chunk = time.perf_counter()
+            self.head = chunk[:USAGE_TAIL]
         self.chunks.append(chunk)
         self.size += len(chunk)
         if self.kept and self.limit is not None and self.size > self.limit:
@@ -431,7 +437,7 @@ class Flight:
         if not self.flights.leave(self) or self._upstream is None:
             return None
         # Only the end of the stream tells (no whole join); a flight that dropped chunks stores nothing anyway.
-        complete = self.kept and stream_complete(tail(self.chunks))
+        complete = self.kept and self.complete(tail(self.chunks))
         if self.is_async:
             return self._aleave(complete)
         if complete:

@@ -14,8 +14,13 @@ from typing import Any
 
 import attrs
 
-from ._compat import buffered_body
+from ._compat import buffered_body, url_parts
+from ._dialects import BUILTIN
 from ._json import parse_json
+from ._usage import USAGE_TAIL as USAGE_TAIL
+from ._usage import Usage as Usage
+from ._usage import usage_counts as usage_counts
+from ._usage import usage_tokens as usage_tokens
 from .validators import header_table, http_url, label, positive, positive_int, printable
 
 __all__ = [
@@ -50,7 +55,8 @@ class Endpoint:
     ``url`` is the endpoint's base URL (absolute http(s), without query or fragment: the request's own are
     kept); the request's path is kept and moved onto it. ``headers`` are added to every request sent there, and
     ``api_key`` replaces the caller's ``Authorization`` header, so one client can fan out over deployments that
-    each have their own credential.
+    each have their own credential. ``dialect`` names the wire format the endpoint speaks (``openai``,
+    ``azure_openai``, ``anthropic``, ``gemini``, or one a plugin adds), when its URL paths do not tell.
     """
 
     url: str = attrs.field(validator=http_url)
@@ -60,6 +66,7 @@ class Endpoint:
     api_key: str | None = attrs.field(default=None, repr=False, validator=label)
     rpm: int | None = attrs.field(default=None, validator=positive_int)
     tpm: int | None = attrs.field(default=None, validator=positive_int)
+    dialect: str | None = attrs.field(default=None, validator=label)
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
@@ -105,87 +112,6 @@ class RequestControlError(ValueError):
 #: entry as expired): the clocks of processes that share a Redis or a SQLite file differ by a little, never by
 #: more than this when they are synchronised (NTP keeps them within milliseconds).
 CLOCK_SKEW = 5.0
-
-#: Bytes at the end of a body searched for the usage block: providers put ``usage`` last (a stream: in its last
-#: event, before ``[DONE]``), and a bounded search keeps the cost per answer constant whatever its size.
-USAGE_TAIL = 1024
-#: The token counts of a usage block, in the spellings of the OpenAI chat/completions and Responses APIs and of
-#: Anthropic's Messages API, and which count each is (input, output, total, cached input, Anthropic's cache
-#: read and cache write). A key is matched with its quotes, so ``"prompt_tokens_details"`` is not
-#: ``"prompt_tokens"`` and a key quoted inside message text (``\"prompt_tokens\"``) is neither.
-_USAGE_KEYS = (
-    (b'"prompt_tokens"', 0), (b'"input_tokens"', 0), (b'"completion_tokens"', 1), (b'"output_tokens"', 1),
-    (b'"total_tokens"', 2), (b'"cached_tokens"', 3), (b'"cache_read_input_tokens"', 4),
-    (b'"cache_creation_input_tokens"', 5),
-)
-
-
-class Usage:
-    """The tokens one answer spent, from its ``usage`` block: ``input`` (the prompt, cached part included),
-    ``output`` (the completion), ``cached_input`` (the part of the prompt the provider served from its own
-    prompt cache, 0 when not reported) and ``total`` (``total_tokens`` as reported, else input + output)."""
-
-    __slots__ = ("cached_input", "input", "output", "total")
-
-    def __init__(self, input: int, output: int, total: int | None = None, cached_input: int = 0) -> None:
-        self.input = input
-        self.output = output
-        self.total = input + output if total is None else total
-        self.cached_input = cached_input
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Usage):
-            return NotImplemented
-        return (self.input, self.output, self.total, self.cached_input) == (
-            other.input, other.output, other.total, other.cached_input)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"Usage(input={self.input}, output={self.output}, total={self.total}, cached_input={self.cached_input})"
-
-
-def usage_counts(tail: bytes) -> Usage | None:
-    """The :class:`Usage` of the last ``usage`` block in the last bytes of a JSON answer or an event stream
-    (pass its last :data:`USAGE_TAIL` bytes or more), or ``None`` when no usage block is there (a stream asked
-    without ``stream_options.include_usage``, an embedding without one, a content-encoded body).
-
-    A usage block comes last in an answer; in a stream, in its last event with one (Anthropic's last
-    ``message_delta`` carries the output tokens; its input tokens, in ``message_start``, are not seen).
-    """
-    # From the last "usage" key on: the block itself, not the usage: null of a stream's earlier events, and a
-    # few hundred bytes to scan rather than the whole tail.
-    at = tail.rfind(b'"usage"', max(0, len(tail) - USAGE_TAIL))
-    if at < 0:
-        return None
-    counts: list[int | None] = [None, None, None, None, None, None]
-    for key, kind in _USAGE_KEYS:
-        # A C-speed rfind and a slice per key, as usage_tokens did for total_tokens alone.
-        found = tail.rfind(key, at)
-        if found >= 0 and counts[kind] is None:
-            start = found + len(key)
-            value = tail[start : start + 34].split(b",", 1)[0].split(b"}", 1)[0].strip(b" \t\r\n:")
-            if value.isdigit():
-                counts[kind] = int(value)
-    input, output, total, cached, cache_read, cache_write = counts
-    if input is None and output is None and total is None:
-        return None
-    if input is None and output is None:  # an embedding's usage: its total is its prompt
-        input = total
-    # Anthropic counts the prompt it read from (or wrote to) its cache apart from input_tokens; OpenAI's
-    # cached_tokens are part of its prompt_tokens.
-    if cache_write is not None:
-        input = (input or 0) + cache_write
-    if cache_read is not None:
-        input, cached = (input or 0) + cache_read, cache_read
-    return Usage(input or 0, output or 0, total, cached or 0)
-
-
-def usage_tokens(body: bytes) -> int | None:
-    """``usage.total_tokens`` of a stored JSON answer (else its input + output tokens), or ``None`` (no usage
-    block, or a content-encoded body)."""
-    usage = usage_counts(body)
-    return None if usage is None else usage.total
 
 
 class CacheEntry:
@@ -268,13 +194,22 @@ class CacheEntry:
 
     @property
     def usage(self) -> Usage | None:
-        """The :class:`Usage` of the stored answer (what each hit on it saves), or ``None``.
+        """The :class:`Usage` of the stored answer (what each hit on it saves), or ``None``, as the built-in
+        dialects read it (:meth:`usage_in` reads it as a given one does).
 
         Found on first use and kept: the stats read it on every hit, and the body never changes.
         """
+        return self.usage_in(None)
+
+    def usage_in(self, dialect: Any) -> Usage | None:
+        """The :class:`Usage` of the stored answer as ``dialect`` (a :class:`~aurelis_core.plugin.Dialect`, or
+        ``None``: the built-in reading) reads it; found on first use and kept."""
         usage = self._usage
         if usage is _UNSET:
-            usage = self._usage = usage_counts(self.tail(USAGE_TAIL))
+            chunks = self._chunks
+            head = chunks[0][:USAGE_TAIL] if chunks else None
+            tail = self.tail(USAGE_TAIL)
+            usage = self._usage = usage_counts(tail, head) if dialect is None else dialect.usage(head, tail)
         return usage
 
     @property
@@ -342,17 +277,22 @@ class Attempt:
     (a cacheable answer), so rate limiters can settle with its ``usage``; ``None`` for pass-through streams.
     For a body handed over as it arrives, ``tail`` is its last bytes once it ended (:data:`USAGE_TAIL`, where
     its usage block is) and, for an event stream, ``first_chunk`` when its first chunk reached the pipeline
-    (``time.perf_counter()``: the time to first token); :attr:`usage` reads ``body``, else ``tail``.
+    (``time.perf_counter()``: the time to first token) and ``head``, its first chunk's first bytes (where
+    Anthropic's stream has its input tokens); :attr:`usage` reads ``body``, else ``head`` and ``tail``, as the
+    attempt's ``dialect`` reads usage (the endpoint's, else the request's: see :mod:`aurelis_core._dialects`).
     """
 
     __slots__ = (
-        "body", "endpoint", "error", "finished", "first_byte", "first_chunk", "headers", "number", "started",
-        "status_code", "tail",
+        "body", "dialect", "endpoint", "error", "finished", "first_byte", "first_chunk", "head", "headers",
+        "number", "started", "status_code", "tail",
     )
 
-    def __init__(self, number: int, endpoint: Endpoint | None) -> None:
+    def __init__(self, number: int, endpoint: Endpoint | None, dialect: Any = None) -> None:
         self.number = number
         self.endpoint = endpoint
+        #: The :class:`~aurelis_core.plugin.Dialect` the answer is read with; ``None``: OpenAI's reading.
+        self.dialect = dialect
+        self.head: bytes | None = None
         self.started = time.perf_counter()
         self.first_byte: float | None = None
         self.finished: float | None = None
@@ -371,8 +311,14 @@ class Attempt:
     def usage(self) -> Usage | None:
         """The tokens the answer spent, from its usage block (see :func:`usage_counts`); ``None`` when the
         pipeline did not see the answer's end or it reports none. Parsed on each read: read it once."""
-        body = self.body if self.body is not None else self.tail
-        return None if body is None else usage_counts(body)
+        body = self.body
+        head = body[:USAGE_TAIL] if body is not None else self.head
+        if body is None:
+            body = self.tail
+        if body is None:
+            return None
+        dialect = self.dialect
+        return usage_counts(body, head) if dialect is None else dialect.usage(head, body)
 
     @property
     def ok(self) -> bool:
@@ -410,6 +356,7 @@ class RequestContext:
     """
 
     __slots__ = (
+        "_dialect",
         "_json",
         "_model",
         "_stages",
@@ -446,6 +393,7 @@ class RequestContext:
         self.started = time.perf_counter()
         self._json: Any = _UNSET
         self._model: Any = _UNSET
+        self._dialect: Any = None
         self.key: str | None = None
         self.stream = False
         self.cache_status = CACHE_BYPASS
@@ -487,6 +435,26 @@ class RequestContext:
     @json.setter
     def json(self, value: Any) -> None:
         self._json = value
+
+    @property
+    def dialect(self) -> Any:
+        """The :class:`~aurelis_core.plugin.Dialect` the request speaks: its endpoint's when that pins one, else
+        detected from its URL (memoised per path; the key stage sets it as it reads the URL anyway)."""
+        dialect = self._dialect
+        if dialect is None:
+            stages = getattr(self, "_stages", None)
+            url = self.original.url
+            path = url_parts(url)[3]
+            if stages is None:
+                dialect = BUILTIN.for_url(url, path)
+            else:
+                dialect = stages.dialects.for_url(url, path)
+            self._dialect = dialect
+        return dialect
+
+    @dialect.setter
+    def dialect(self, value: Any) -> None:
+        self._dialect = value
 
     @property
     def model(self) -> str | None:

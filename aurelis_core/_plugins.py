@@ -23,13 +23,14 @@ import importlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import pluggy
 
 from . import hookspecs
+from ._dialects import Dialect, Dialects
 from .config import ConfigError, choices_hint
 
 __all__ = [
@@ -219,16 +220,24 @@ class Stages:
     #: The largest entry any tier stores (a tier's ``max_entry_bytes``); ``None`` when one sets no limit or
     #: there is no tier: an answer announced larger is not buffered at all.
     entry_limit: int | None
+    #: The dialects requests may speak: the built-in ones and those of the plugins' ``dialects`` attributes,
+    #: with the endpoints that pin one.
+    dialects: Dialects
 
 
 def build_stages(
-    pm: pluggy.PluginManager, where: str, endpoints: int = 0, defaults: Mapping[str, Impl] | None = None
+    pm: pluggy.PluginManager,
+    where: str,
+    endpoints: int = 0,
+    defaults: Mapping[str, Impl] | None = None,
+    pinned: Sequence[tuple[str, str]] = (),
 ) -> Stages:
     """The :class:`Stages` of the plugins registered on ``pm``, following :data:`~aurelis_core.hookspecs.STAGES`.
 
     ``defaults`` maps an ``EXACTLY_ONE`` stage's name to what runs when no plugin implements it (the send
     engine: the wrapped client's own transport). Raises :class:`ConfigError` (naming ``where``) when two plugins
-    implement an ``EXACTLY_ONE`` stage, or ``endpoints`` > 1 and no router is enabled.
+    implement an ``EXACTLY_ONE`` stage, or ``endpoints`` > 1 and no router is enabled. ``pinned``: ``(URL,
+    dialect name)`` of the endpoints that name their dialect (a name no dialect has is a ``ConfigError``).
     """
     defaults = defaults or {}
     fields: dict[str, Any] = {}
@@ -257,6 +266,7 @@ def build_stages(
             f"choose one of: {', '.join(implementers('aurelis_route', discover_plugins())) or '(none found)'}"
         )
     tiers = tuple(name for name, _ in named["cache_get"])
+    dialects = _dialects(pm, where, pinned)
     setters = named["cache_set"]
     order = {name: i for i, name in enumerate(tiers)}
     limits: list[int | None] = [getattr(pm.get_plugin(name), "max_entry_bytes", None) for name, _ in setters]
@@ -270,7 +280,29 @@ def build_stages(
         ),
         caching=bool(tiers),
         entry_limit=max(limit for limit in limits if limit is not None) if limits and None not in limits else None,
+        dialects=dialects,
     )
+
+
+def _dialects(pm: pluggy.PluginManager, where: str, pinned: Sequence[tuple[str, str]]) -> Dialects:
+    """The built-in dialects, those the registered plugins add (their ``dialects`` attribute, in config order),
+    and the endpoints' pins."""
+    added: list[Dialect] = []
+    for name, plugin in pm.list_name_plugin():
+        offered = getattr(plugin, "dialects", None)
+        if offered is None:
+            continue
+        for dialect in offered:
+            if not isinstance(dialect, Dialect) or not dialect.name:
+                raise ConfigError(f"{where}: plugin {name!r} offers {dialect!r} in 'dialects', not a named Dialect")
+            added.append(dialect)
+    known = Dialects(added)
+    for url, dialect_name in pinned:
+        if dialect_name not in known.names:
+            raise ConfigError(
+                f"{where}: endpoint {url}: unknown dialect {dialect_name!r}{choices_hint(dialect_name, known.names)}"
+            )
+    return Dialects(added, pinned)
 
 
 def unknown_plugin(name: str, known: dict[str, PluginSpec], where: str) -> ConfigError:

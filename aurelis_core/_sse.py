@@ -5,7 +5,8 @@ connection half-way, or send a clean end-of-body after a partial answer (a proxy
 crashing between frames). A cut-off answer replayed from cache would look like a short but valid reply, so
 :func:`stream_complete` requires a positive sign of the end, the way OpenAI-compatible APIs mark it: a final
 ``data: [DONE]`` event, or (for providers that omit ``[DONE]``) a last chunk whose choices carry a
-``finish_reason``.
+``finish_reason``; the Responses API's stream, a ``response.completed`` event. Other wire formats say it their
+own way: each :class:`~aurelis_core._dialects.Dialect` knows how.
 
 :func:`chunk_stream` replays a stored stream with its original chunk boundaries, so a caller that renders
 tokens as they arrive sees the same sequence of pieces as on the first call, only faster.
@@ -13,9 +14,10 @@ tokens as they arrive sees the same sequence of pieces as on the first call, onl
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+
+from ._dialects import OPENAI
 
 __all__ = ["ChunkStream", "chunk_stream", "is_event_stream", "stream_complete"]
 
@@ -29,29 +31,10 @@ def is_event_stream(headers: Any) -> bool:
 
 
 def stream_complete(body: bytes) -> bool:
-    """True when the event stream ``body`` reached its end marker (see the module docstring).
-
-    Events are scanned from the end, so the usual case (``[DONE]`` last) costs one split and one compare; the
-    whole body is only walked for a stream that never finished.
-    """
-    events = body.replace(b"\r\n", b"\n").rstrip(b"\n").split(b"\n\n")
-    for event in reversed(events):
-        data = b"\n".join(
-            line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
-        )
-        if not data:
-            continue  # a comment or an event without data (keep-alive): look further back
-        if data.strip() == b"[DONE]":
-            return True
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            return False
-        choices = payload.get("choices") if isinstance(payload, dict) else None
-        if not choices:
-            continue  # the trailing usage chunk (``"choices": []``) follows the finishing one
-        return any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
-    return False
+    """True when the event stream ``body`` reached its end marker as OpenAI's API marks it (see the module
+    docstring); other wire formats mark it otherwise: ask the request's dialect
+    (:meth:`aurelis_core.plugin.Dialect.stream_complete`)."""
+    return OPENAI.stream_complete(body)
 
 
 class ChunkStream:

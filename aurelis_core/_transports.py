@@ -44,16 +44,19 @@ class ObservedStream:
     sync and an async stream, like the transport streams it wraps; ``close``/``aclose`` are forwarded.
 
     It notes when the first chunk passed (``first_chunk``, ``time.perf_counter()``) and keeps the last two
-    chunks (:meth:`tail`): a stream's time to first token and an answer's usage block, for the observers.
+    chunks (:meth:`tail`) and the first one's start (``head``): a stream's time to first token and an answer's usage
+    block, for the observers.
     """
 
-    __slots__ = ("_ended", "_on_end", "_previous", "_stream", "first_chunk", "last")
+    __slots__ = ("_ended", "_on_end", "_previous", "_stream", "first_chunk", "head", "last")
 
     def __init__(self, stream: Any, on_end: Callable[[BaseException | None], None]) -> None:
         self._stream = stream
         self._on_end = on_end
         self._ended = False
         self.first_chunk: float | None = None
+        #: The first chunk's first bytes (an Anthropic stream's input tokens are there), ``None`` before.
+        self.head: bytes | None = None
         self._previous = self.last = b""
 
     def tail(self) -> bytes:
@@ -67,6 +70,7 @@ class ObservedStream:
     def _passed(self, chunk: bytes) -> None:
         if self.first_chunk is None and chunk:
             self.first_chunk = time.perf_counter()
+            self.head = chunk[:USAGE_TAIL]
         self._previous, self.last = self.last, chunk
 
     def _end(self, error: BaseException | None) -> None:

@@ -33,6 +33,19 @@ would be paid seven times per request, and pluggy cannot await ``async def`` imp
 
 Every hook is prefixed ``aurelis_``. A plugin is a class whose instance carries ``@hookimpl`` methods; see
 :mod:`aurelis_core.plugin`, the plugin API, for how a plugin is written and everything it may import.
+
+Contributions besides hooks
+---------------------------
+A plugin may also hand the pipeline *things* rather than stage work, as attributes of its instance, read once
+whenever the stage snapshot is built (at start, and on every register or unregister; a request keeps the
+snapshot it started with). :data:`PLUGIN_ATTRIBUTES` lists them:
+
+- ``dialects``: a sequence of :class:`~aurelis_core.plugin.Dialect` instances, wire formats the pipeline
+  learns (by their ``name``, which ``[[endpoints]] dialect = "..."`` may then pin). Dialects of plugins are
+  asked, in config order, before the built-in ones whether they detect a request's path; a name already
+  taken (a built-in one, or an earlier plugin's) stays the first one's. Anything else than a named
+  ``Dialect`` is a ``ConfigError``. A dialect's methods run on the request path, on every thread and event
+  loop: no I/O, stateless, quick (see :class:`~aurelis_core.plugin.Dialect`).
 """
 
 from __future__ import annotations
@@ -54,6 +67,7 @@ __all__ = [
     "EXACTLY_ONE",
     "FIRST_ANSWER",
     "LARGEST_WAIT",
+    "PLUGIN_ATTRIBUTES",
     "PROJECT_NAME",
     "STAGES",
     "SYNC_ONLY",
@@ -167,6 +181,12 @@ STAGES: tuple[Stage, ...] = (
 )
 
 _BY_HOOK = {row.hook: row for row in STAGES}
+
+#: What a plugin may contribute besides hooks, as an attribute of its instance: name -> what it holds (see the
+#: module docstring, "Contributions besides hooks").
+PLUGIN_ATTRIBUTES: dict[str, str] = {
+    "dialects": "wire formats the pipeline learns: a sequence of named Dialect instances",
+}
 
 
 def stage(hook: str) -> Stage:

@@ -56,7 +56,7 @@ from ._plugins import (
 )
 from ._resend import resend_refusal
 from ._rewrite import rewrite
-from ._sse import chunk_stream, is_event_stream, stream_complete
+from ._sse import chunk_stream, is_event_stream
 from ._tenant import Tenant
 from ._transports import instrument_client, observed_stream, wrap_transport
 from .config import Config, ConfigError, choices_hint, config_from_table, load_config
@@ -212,7 +212,8 @@ class Pipeline:
         if self._building:
             return
         self._stages = build_stages(
-            self.pm, self.config.source, len(self.endpoints), defaults={"send": _send_with_inner}
+            self.pm, self.config.source, len(self.endpoints), defaults={"send": _send_with_inner},
+            pinned=[(e.url, e.dialect) for e in self.endpoints if e.dialect is not None],
         )
 
     @property
@@ -496,17 +497,19 @@ class Pipeline:
             if error is not None:
                 attempt.error = error
             attempt.tail = tail(flight.chunks, USAGE_TAIL)  # for the observers: the usage block
+            attempt.head = flight.head
             if streamed:
                 attempt.first_chunk = flight.first_chunk  # the time to first token
             self._end_attempt(ctx, attempt)
             if stored is None or not complete or not flight.kept:
                 return None
             chunks = tuple(flight.chunks)
-            if not stream_complete(tail(chunks)):
+            if not flight.complete(tail(chunks)):
                 return None
             entry = CacheEntry(upstream.status_code, stored, b"", chunks=chunks, ttl=ctx.controls.ttl)
             return self._cache_store(ctx, entry, stages.cache_set, promote=False)
 
+        flight.complete = attempt.dialect.stream_complete
         flight.start_stream(upstream, upstream.extensions, on_end, stages.entry_limit if storable else 0)
         return self._flight_response(ctx, flight, upstream.extensions)
 
@@ -596,7 +599,11 @@ class Pipeline:
             endpoint: Endpoint | None = None
             if endpoints:
                 endpoint = route(ctx) if route is not None else endpoints[0]
-            attempt = Attempt(len(ctx.attempts) + 1, endpoint)
+            attempt = Attempt(
+                len(ctx.attempts) + 1, endpoint,
+                ctx.dialect if endpoint is None or endpoint.dialect is None
+                else stages.dialects.named(endpoint.dialect),
+            )
             ctx.attempts.append(attempt)
             try:
                 ctx.request = rewrite(ctx, endpoint, endpoints) if endpoint is not None else ctx.original
@@ -755,6 +762,7 @@ class Pipeline:
         """
         if is_read(upstream):
             attempt.tail = upstream.content[-USAGE_TAIL:]
+            attempt.head = upstream.content[:USAGE_TAIL]
             self._end_attempt(ctx, attempt)
             response = self._hand_over(ctx, upstream, None)
             self._finish(ctx)
@@ -767,6 +775,7 @@ class Pipeline:
                 attempt.error = error
                 ctx.error = error
             attempt.tail = observed.tail()  # for the observers: the usage block
+            attempt.head = observed.head
             if streamed:
                 attempt.first_chunk = observed.first_chunk  # the time to first token
             self._end_attempt(ctx, attempt)

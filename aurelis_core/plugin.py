@@ -73,6 +73,12 @@ What is here
   in an answer's usage block; ``attempt.usage`` and ``entry.usage`` read it), :class:`Pricing`
   (``pipeline.config.pricing``, from ``[pricing]``: :meth:`Pricing.cost` of a model's usage) and
   :class:`ModelPrice`.
+- **wire formats**: :class:`Dialect` (what Aurelis knows of one provider's format: cacheable requests, the
+  model, stream completion, usage, failure kinds, rate-limit headers; subclass it and list instances in a
+  plugin class's ``dialects`` attribute to add one), the built-in :class:`OpenAI`, :class:`AzureOpenAI`,
+  :class:`Anthropic` and :class:`Gemini`, :class:`FailureKind` (what :meth:`Dialect.classify` says of a failed
+  answer), :class:`RateLimits` and :func:`event_stream_events` (an SSE body's events). ``ctx.dialect`` is a
+  request's, ``attempt.dialect`` an attempt's (its endpoint's when that pins one).
 - **failures a request goes on without**: :func:`worth_logging` (count each in ``pipeline.stats``, log once
   per burst: the 1st, 100th, 10,000th, then every 100,000th).
 - **options**: :func:`config_from_table`, :class:`ConfigError`, and every validator of
@@ -91,6 +97,16 @@ What is here
 """
 
 from ._compat import buffered_body, copy_request, header_items, replayable_body, url_parts
+from ._dialects import (
+    Anthropic,
+    AzureOpenAI,
+    Dialect,
+    FailureKind,
+    Gemini,
+    OpenAI,
+    RateLimits,
+    event_stream_events,
+)
 from ._json import parse_json
 from ._logs import component_logger, describe_error, expected_fault, log_fault
 from ._models import Attempt, CacheEntry, Endpoint, RequestContext, RequestControls, Usage, usage_counts, usage_tokens
@@ -136,6 +152,7 @@ from .validators import (
     non_negative,
     non_negative_int,
     one_of,
+    path_ending,
     positive,
     positive_int,
     printable,
@@ -156,22 +173,29 @@ __all__ = [
     "FAILED_ENDPOINTS",
     "PROBE",
     "WORKLOAD_CREDENTIAL_HEADERS",
+    "Anthropic",
     "Attempt",
+    "AzureOpenAI",
     "CacheEntry",
     "CacheTier",
     "CircuitState",
     "Config",
     "ConfigError",
+    "Dialect",
     "Endpoint",
     "EndpointHealth",
     "EndpointStatus",
     "EndpointUnavailable",
+    "FailureKind",
+    "Gemini",
     "Identity",
     "Invalid",
     "ModelPrice",
+    "OpenAI",
     "Pipeline",
     "PluginSpec",
     "Pricing",
+    "RateLimits",
     "RedisConnection",
     "RequestContext",
     "RequestControls",
@@ -197,6 +221,7 @@ __all__ = [
     "describe_error",
     "discover_plugins",
     "each",
+    "event_stream_events",
     "existing_file",
     "expected_fault",
     "file_path",
@@ -217,6 +242,7 @@ __all__ = [
     "non_negative_int",
     "one_of",
     "parse_json",
+    "path_ending",
     "percentile",
     "positive",
     "positive_int",

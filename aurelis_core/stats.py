@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 # usage_tokens lives with the cache entries that need it (``CacheEntry.tokens``); it is re-exported here, where
 # it was first published, so the models never import this module and this one imports them.
+from ._models import Usage
 from ._models import usage_tokens as usage_tokens
 
 if TYPE_CHECKING:
@@ -42,6 +43,10 @@ class Sample(NamedTuple):
 
 
 _new_sample = tuple.__new__
+
+
+def _tokens(usage: Usage | None) -> int | None:
+    return None if usage is None else usage.total
 
 
 def worth_logging(count: int) -> bool:
@@ -97,7 +102,7 @@ class Stats:
                     ctx.response_status,
                     type(error).__name__ if error is not None else None,
                     len(attempts),
-                    hit.tokens if hit is not None else None,
+                    _tokens(hit.usage_in(ctx.dialect)) if hit is not None else None,
                 ),
             )
         )

@@ -58,6 +58,7 @@ __all__ = [
     "non_negative",
     "non_negative_int",
     "one_of",
+    "path_ending",
     "positive",
     "positive_int",
     "printable",
@@ -281,6 +282,16 @@ def _url_path(value: Any) -> str | None:
 
 #: A URL path (or path suffix) such as ``/chat/completions``: starts with ``/``, more than slashes.
 url_path = _Format("a URL path starting with '/' (e.g. '/chat/completions')", _url_path)
+
+
+def _path_ending(value: Any) -> str | None:
+    if isinstance(value, str) and value.startswith(":") and value[1:].strip() and value[1:].isprintable():
+        return None if " " not in value and "/" not in value else ""
+    return _url_path(value)
+
+
+#: The end of a URL path: ``/chat/completions``, or a Gemini method such as ``:generateContent``.
+path_ending = _Format("a path ending such as '/chat/completions' or ':generateContent'", _path_ending)
 
 
 def _masked(text: str) -> str:

@@ -20,11 +20,14 @@ then a newline, then the canonical body)::
   local model servers on different ports never share an entry; credential query parameters (``?key=``) are
   taken out of the query and into the tenant's fingerprint.
 
-Requests that cannot be keyed safely get no key and pass through uncached, never rejected: not a POST to a
-configured path, not a UTF-8 JSON object body (RFC 8259 JSON is UTF-8), a body that is still a stream, a body
-with a duplicated object key (upstreams disagree on which value wins: some read the first, we would key the
-last), a body that nests objects and arrays more than ``MAX_DEPTH`` (100) levels deep, JSON's non-standard
-``NaN``/``Infinity``.
+Which requests are cacheable is the request's dialect's to say (:class:`aurelis_core.plugin.Dialect`: OpenAI's
+chat, completions, embeddings and Responses API, Anthropic's messages, Gemini's generate and embed calls, Azure
+OpenAI's deployments; a Responses API ``background`` job or ``conversation`` turn is not), or the ``paths``
+option's when it is set. Requests that cannot be keyed safely get no key and pass through uncached, never
+rejected: not a POST to a cacheable path, a body its dialect refuses, not a UTF-8 JSON object body (RFC 8259
+JSON is UTF-8), a body that is still a stream, a body with a duplicated object key (upstreams disagree on which
+value wins: some read the first, we would key the last), a body that nests objects and arrays more than
+``MAX_DEPTH`` (100) levels deep, JSON's non-standard ``NaN``/``Infinity``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import attrs
 import msgspec
 
 from aurelis_core.plugin import (
+    Dialect,
     RequestContext,
     Tenant,
     TenantConfig,
@@ -46,8 +50,8 @@ from aurelis_core.plugin import (
     hookimpl,
     label,
     parse_json,
+    path_ending,
     url_parts,
-    url_path,
 )
 
 __all__ = ["KEY_VERSION", "Normalize", "NormalizeConfig"]
@@ -94,10 +98,14 @@ class NormalizeConfig:
     secret: str | None = attrs.field(default=None, repr=False, validator=label)
     #: Collapse runs of whitespace in message text (opt-in: it can change what the model sees).
     fold_whitespace: bool = False
-    #: Paths (suffixes) whose POSTs are cacheable: stateless, deterministic-by-request endpoints only. Each
-    #: starts with "/": an empty suffix would make every JSON POST cacheable, side-effecting ones included.
-    paths: tuple[str, ...] = attrs.field(
-        default=("/chat/completions", "/completions", "/embeddings"), converter=as_tuple, validator=each(url_path)
+    #: Path endings whose POSTs are cacheable, replacing those of every dialect (unset: each request's dialect
+    #: says, see :class:`aurelis_core.plugin.Dialect`). Stateless, deterministic-by-request operations only; each
+    #: starts with "/" or ":" (Gemini's ``:generateContent``): an empty ending would make every JSON POST
+    #: cacheable, side-effecting ones included. The dialect's body rules still apply.
+    paths: tuple[str, ...] | None = attrs.field(
+        default=None,
+        converter=attrs.converters.optional(as_tuple),
+        validator=attrs.validators.optional(each(path_ending)),
     )
     #: Top-level body fields left out of the key (e.g. ``"user"`` to share answers across end users).
     ignore_fields: tuple[str, ...] = attrs.field(default=(), converter=as_tuple, validator=each(label))
@@ -139,7 +147,7 @@ class Normalize:
             b"content-type": _CONTENT_TYPE,
         }
         # Matched against the raw (still percent-encoded) path: URL.path decodes on every access.
-        self._paths = tuple(p.rstrip("/") for p in config.paths)
+        self._paths = None if config.paths is None else tuple(p.rstrip("/") for p in config.paths)
         self._ignore = frozenset(config.ignore_fields)
         self._memo: dict[tuple[Any, ...], _Memo] = {}
         #: head_id -> the key's digest state after its head (see _key)
@@ -156,7 +164,8 @@ class Normalize:
         if request.method != "POST":
             return None
         scheme, host, port, path, query = url_parts(request.url)
-        if not path.rstrip("/").endswith(self._paths):
+        dialect = ctx.dialect  # memoised per path
+        if not dialect.cacheable_path(path, self._paths):
             return None
         # One pass over the headers for the content type, the tenant's credentials and the answer's scope (not
         # a Headers.get per name, nor a pass each): this runs on every cacheable request.
@@ -196,7 +205,7 @@ class Normalize:
         request_id = (body_id, head_id)
         memo = self._memo.get(request_id)
         if memo is None:
-            memo = self._key(ctx, body, head_id)
+            memo = self._key(ctx, body, head_id, dialect)
             if size > MEMO_INLINE_BYTES:
                 size = 16
             if len(self._memo) >= MEMO_ENTRIES or self._memo_bytes + size > MEMO_BYTES:
@@ -213,7 +222,7 @@ class Normalize:
         ctx.stream = stream
         return key
 
-    def _key(self, ctx: RequestContext, body: bytes, head_id: HeadId) -> _Memo:
+    def _key(self, ctx: RequestContext, body: bytes, head_id: HeadId, dialect: Dialect) -> _Memo:
         """``(cache key, model, stream)`` of a request not in the memo, or ``_NOT_CACHEABLE``."""
         try:
             data = parse_json(body)
@@ -227,8 +236,11 @@ class Normalize:
         if _has_duplicate_keys(body, canonical) or _too_deep(body, data):
             return _NOT_CACHEABLE
         ctx.json = data
-        model = data.get("model")
-        stream = data.get("stream") is True
+        path = head_id[3]
+        if not dialect.cacheable(path, data):  # a background job, a conversation's turn...
+            return _NOT_CACHEABLE
+        model = dialect.model(path, data)
+        stream = dialect.streams(path, data)
         if self._ignore or self.config.fold_whitespace:
             if self._ignore:
                 data = {k: v for k, v in data.items() if k not in self._ignore}
@@ -246,7 +258,7 @@ class Normalize:
             digest = self._heads[head_id] = self._head_digest(head_id)
         digest = digest.copy()
         digest.update(canonical)
-        return digest.hexdigest(), model if isinstance(model, str) else None, stream
+        return digest.hexdigest(), model, stream
 
     def _head_digest(self, head_id: HeadId) -> Any:
         """A BLAKE2b state fed with the key's head: every field before the body, and the newline that ends it."""

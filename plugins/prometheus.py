@@ -409,7 +409,7 @@ class Prometheus:
             children.cache.inc()
             entry = ctx.entry
             saved = children.tokens_saved
-            if entry is not None and saved is not None and (usage := entry.usage) is not None:
+            if entry is not None and saved is not None and (usage := entry.usage_in(ctx.dialect)) is not None:
                 saved.inc(usage.total)
                 if self._priced and (price := self.pricing.price(model_name)) is not None:
                     if children.cost_saved is None:

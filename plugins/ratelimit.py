@@ -11,7 +11,8 @@ Limits, each "so many per ``period`` seconds" (a minute by default):
 
 Before each attempt (``aurelis_admit``) the plugin reserves one request and an estimate of the tokens: the
 prompt (request body bytes / ``chars_per_token``) plus the completion budget (``max_tokens`` or
-``max_completion_tokens`` of the body, else ``default_max_tokens`` for chat/completions, 0 for embeddings),
+``max_completion_tokens`` of the body, or its dialect's spelling: ``max_output_tokens``, ``maxOutputTokens``;
+else ``default_max_tokens`` for a generation call, 0 for embeddings),
 as the OpenAI cookbook advises. It answers how long the attempt must wait for that capacity; reservations queue
 in order (see :mod:`aurelis_plugins._gcra`). A wait longer than ``max_wait`` reserves nothing and raises
 :class:`RateLimitTimeout` (an :class:`~aurelis_core.health.EndpointUnavailable`: the retry plugin may send the
@@ -20,12 +21,13 @@ attempt to another endpoint; otherwise the caller gets it).
 After the attempt (``aurelis_attempt_end``) the reservation is settled with what is known, nothing more:
 
 - an attempt that never reached the upstream (refused by another plugin, a connect error) is refunded;
-- the token reservation becomes the answer's ``usage.total_tokens`` when the pipeline read the body whole (a
-  cacheable answer, ``attempt.body``); for a streamed answer the estimate stays charged;
-- the upstream's ``x-ratelimit-remaining-requests|tokens`` and ``x-ratelimit-reset-requests|tokens`` headers
-  are authoritative: when they show less capacity than the local state, the local state moves to match (never
-  the other way: requests sent since are not in the server's count yet); a 429's ``Retry-After`` holds the
-  upstream's next request back until then.
+- the token reservation becomes the answer's total tokens, as its dialect reads its usage, when the pipeline read
+  the body whole (a cacheable answer, ``attempt.body``); for a streamed answer the estimate stays charged;
+- the upstream's rate-limit headers, as its dialect reads them (``x-ratelimit-remaining-requests|tokens``
+  and ``x-ratelimit-reset-requests|tokens``, Anthropic's ``anthropic-ratelimit-*``), are authoritative: when
+  they show less capacity than the local state, the local state moves to match (never the other way:
+  requests sent since are not in the server's count yet); a 429's ``Retry-After`` holds the upstream's next
+  request back until then.
 
 Cache hits never get here: the pipeline calls ``aurelis_admit`` only for attempts it is about to send.
 
@@ -57,8 +59,11 @@ import attrs
 from aurelis_core.plugin import (
     PROBE,
     Attempt,
+    Dialect,
     Endpoint,
     EndpointUnavailable,
+    OpenAI,
+    RateLimits,
     RedisConnection,
     RequestContext,
     buffered_body,
@@ -74,19 +79,25 @@ from aurelis_core.plugin import (
     redis_url,
     retry_after,
     url_parts,
-    usage_tokens,
     worth_logging,
 )
 
-from ._gcra import LocalGCRA, RedisGCRA, Reservation, Spec, duration_seconds
+from ._gcra import LocalGCRA, RedisGCRA, Reservation, Spec
 from .codecs import codec_for_token
 
 __all__ = ["RateLimit", "RateLimitConfig", "RateLimitTimeout"]
 
 logger = logging.getLogger("aurelis.ratelimit")
 
-_MAX_TOKENS = re.compile(rb'"max(?:_completion)?_tokens"\s*:\s*(\d+)')
+#: The output budget of a body in every built-in dialect's spelling (OpenAI's chat and Anthropic's ``max_tokens``,
+#: ``max_completion_tokens``, the Responses API's ``max_output_tokens``, Gemini's ``maxOutputTokens``), found
+#: without parsing the body.
+_MAX_TOKENS = re.compile(rb'"max(?:_completion_tokens|_tokens|_output_tokens|OutputTokens)"\s*:\s*(\d+)')
 _REQUESTS, _TOKENS = "requests", "tokens"
+#: How an attempt made outside a pipeline (without a dialect) is read.
+OPENAI = OpenAI()
+#: Bytes at the start of a whole answer where a stream's usage may begin (Anthropic's ``message_start``).
+USAGE_HEAD = 1024
 
 
 def _probe_redis_url(instance: Any, attribute: Any, value: str | None) -> str | None:
@@ -230,10 +241,12 @@ class RateLimit:
         match = _MAX_TOKENS.search(body)
         if match is not None:
             completion = int(match.group(1))
-        elif request.url.path.endswith("completions"):
-            completion = self.config.default_max_tokens
         else:
-            completion = 0
+            # Embeddings spend no output; another generation call may spend up to the default.
+            dialect = ctx.dialect
+            path = url_parts(ctx.original.url)[3]
+            generates = dialect.cacheable_path(path) and not dialect.embeds(path)
+            completion = self.config.default_max_tokens if generates else 0
         return int(len(body) / self.config.chars_per_token) + completion
 
     def remaining(self, endpoint: Endpoint | str, kind: str = _REQUESTS) -> float | None:
@@ -316,22 +329,23 @@ class RateLimit:
             for spec in held.specs:  # it never reached the upstream
                 limiter.correct(spec.key, delta=-spec.cost * spec.interval)
             return
-        used = self._usage(attempt)
+        dialect = attempt.dialect or OPENAI
+        used = self._usage(attempt, dialect)
         if used is not None:
             for spec, limit in zip(held.specs, held.limits, strict=True):
                 if limit.kind == _TOKENS:
                     limiter.correct(spec.key, delta=(used - spec.cost) * spec.interval)
         headers = attempt.headers
         if headers is not None:
-            # One pass over the raw list instead of a Headers.get() scan per name (~1 us each).
-            found = {k.lower(): v for k, v in headers.raw if k[:12].lower() == b"x-ratelimit-"}
-            if found or attempt.status_code == 429:
-                self._follow_headers(limiter, held.limits, found, headers, attempt.status_code)
+            # As the attempt's dialect reads them: x-ratelimit-*, anthropic-ratelimit-*...
+            reported = dialect.rate_limits(headers)
+            if reported is not None or attempt.status_code == 429:
+                self._follow_headers(limiter, held.limits, reported, headers, attempt.status_code)
 
     # --- settling ----------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _usage(attempt: Attempt) -> int | None:
+    def _usage(attempt: Attempt, dialect: Dialect) -> int | None:
         body = attempt.body
         if body is None or attempt.status_code is None or attempt.status_code >= 400:
             return None
@@ -344,13 +358,14 @@ class RateLimit:
                 body = codec.decompress(body)
             except Exception:  # a body that does not decode settles nothing
                 return None
-        return usage_tokens(body)
+        usage = dialect.usage(body[:USAGE_HEAD], body)
+        return None if usage is None else usage.total
 
     @staticmethod
     def _follow_headers(
         limiter: LocalGCRA | RedisGCRA,
         limits: Sequence[_Limit],
-        found: dict[bytes, bytes],
+        reported: RateLimits | None,
         headers: Any,
         status: int | None,
     ) -> None:
@@ -361,17 +376,12 @@ class RateLimit:
             floor = None
             if wait is not None:
                 floor = wait + limit.tolerance - limit.interval  # its next unit goes after Retry-After
-            remaining = found.get(b"x-ratelimit-remaining-" + limit.kind.encode())
-            if remaining is not None:
-                try:
-                    left = max(0.0, float(remaining))
-                except ValueError:
-                    left = None
-                if left is not None:
-                    floor = max(floor or 0.0, limit.tolerance - left * limit.interval)
-                    reset = duration_seconds(found.get(b"x-ratelimit-reset-" + limit.kind.encode(), b"").decode())
-                    if left == 0 and reset is not None:  # none left: the next unit comes at the reset
-                        floor = max(floor, reset + limit.tolerance - limit.interval)
+            left = None if reported is None else getattr(reported, "remaining_" + limit.kind)
+            if left is not None:
+                floor = max(floor or 0.0, limit.tolerance - left * limit.interval)
+                reset = getattr(reported, "reset_" + limit.kind)
+                if left == 0 and reset is not None:  # none left: the next unit comes at the reset
+                    floor = max(floor, reset + limit.tolerance - limit.interval)
             if floor is not None and floor > 0:
                 limiter.correct(limit.key, floor=floor)
 

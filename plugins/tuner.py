@@ -59,7 +59,6 @@ from aurelis_core.plugin import (
     non_negative_int,
     positive,
     positive_int,
-    usage_tokens,
 )
 
 __all__ = ["Change", "ConcurrencyLimitError", "Tuner", "TunerConfig", "rss_bytes"]
@@ -431,7 +430,8 @@ def _signal(attempt: Attempt) -> tuple[bool | None, float | None]:
         return True, None
     latency = (attempt.first_byte or attempt.finished or attempt.started) - attempt.started
     body = attempt.body
-    tokens = usage_tokens(body) if body is not None else None
+    usage = attempt.usage if body is not None else None
+    tokens = usage.total if usage is not None else None
     return False, latency / tokens if tokens else latency
 
 

@@ -124,3 +124,13 @@ def test_every_hook_is_exercised_by_a_test() -> None:
     )
     missing = [name for name in HOOKS if f"def {name}(" not in sources]
     assert not missing, f"hooks no test implements: {missing}"
+
+
+@pytest.mark.parametrize("attribute", sorted(hookspecs.PLUGIN_ATTRIBUTES))
+def test_every_plugin_attribute_is_documented_and_exercised_by_a_test(attribute: str) -> None:
+    doc = inspect.getdoc(hookspecs) or ""
+    assert f"- ``{attribute}``:" in doc, f"hookspecs' docstring should say what ``{attribute}`` holds and when"
+    sources = "".join(
+        p.read_text() for p in (ROOT / "tests").glob("test_*.py") if p.name != Path(__file__).name
+    )
+    assert f"    {attribute} = " in sources, f"no test plugin contributes ``{attribute}``"

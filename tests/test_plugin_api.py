@@ -67,6 +67,9 @@ def test_the_names_are_pinned() -> None:
         "resend_refusal", "usage_tokens", "parse_json",
         # tokens and money
         "Usage", "usage_counts", "Pricing", "ModelPrice",
+        # wire formats
+        "Dialect", "OpenAI", "AzureOpenAI", "Anthropic", "Gemini", "FailureKind", "RateLimits",
+        "event_stream_events",
         # failures a request goes on without
         "worth_logging",
         # options
@@ -74,7 +77,7 @@ def test_the_names_are_pinned() -> None:
         "choices_hint", "describe", "each", "existing_file", "file_path", "fraction", "header_name", "header_table",
         "host_port", "http_url", "in_range", "label", "non_empty", "non_negative", "non_negative_int", "one_of",
         "positive", "positive_int", "printable", "probe_bind", "probe_redis", "probe_tcp", "probe_writable_file",
-        "redis_url", "url_path", "writable_file_probe",
+        "redis_url", "url_path", "path_ending", "writable_file_probe",
         # workloads
         "WorkloadRequest", "load_workload", "join_url", "WORKLOAD_CREDENTIAL_HEADERS",
         # installed plugins

@@ -2,9 +2,10 @@
 
 LLM endpoints are limited in tokens per minute as much as in concurrency, and they say how close they are:
 OpenAI-compatible APIs answer with ``x-ratelimit-limit-tokens``, ``x-ratelimit-remaining-tokens``,
-``x-ratelimit-reset-tokens`` (and the same for ``-requests``). This router keeps, per endpoint, the tokens of
-the attempts it has in flight (prompt estimate plus expected output, see :mod:`._base`) and the latest headroom
-those headers reported, and scores a candidate as::
+``x-ratelimit-reset-tokens`` (and the same for ``-requests``), Anthropic with ``anthropic-ratelimit-tokens-*``
+(each attempt's dialect reads them: :meth:`aurelis_core.plugin.Dialect.rate_limits`). This router keeps, per
+endpoint, the tokens of the attempts it has in flight (prompt estimate plus expected output, see :mod:`._base`)
+and the latest headroom those headers reported, and scores a candidate as::
 
     (outstanding_tokens / weight + this_request_tokens) / (1 - utilisation + headroom_floor)
 
@@ -26,11 +27,14 @@ from typing import Any
 
 import attrs
 
-from aurelis_core.plugin import Attempt, Endpoint, RequestContext, positive
+from aurelis_core.plugin import Attempt, Endpoint, OpenAI, RequestContext, positive
 
 from ._base import Router, RouterConfig
 
 __all__ = ["LoadBased", "LoadBasedConfig", "parse_duration"]
+
+#: How an attempt made outside a pipeline (without a dialect) is read.
+OPENAI = OpenAI()
 
 # Go's units: microseconds are "us", "\u00b5s" (MICRO SIGN, what Go itself writes) or "\u03bcs" (GREEK SMALL
 # LETTER MU, which Go also accepts); escaped because the two look the same.
@@ -152,13 +156,15 @@ class LoadBased(Router):
         if headers is None:
             return
         budget = self.budgets[index]
-        remaining = headers.get("x-ratelimit-remaining-tokens")
-        if remaining is not None:
-            _update(budget, "tokens", headers, remaining, now)
-        remaining = headers.get("x-ratelimit-remaining-requests")
-        if remaining is not None:
-            _update(budget, "requests", headers, remaining, now)
-        if attempt.status_code == 429 and remaining is None:
+        # As the attempt's dialect reads them: x-ratelimit-*, anthropic-ratelimit-*...
+        reported = (attempt.dialect or OPENAI).rate_limits(headers)
+        if reported is not None:
+            if reported.remaining_tokens is not None:
+                _update(budget, "tokens", reported.remaining_tokens, reported.limit_tokens, reported.reset_tokens, now)
+            if reported.remaining_requests is not None:
+                _update(budget, "requests", reported.remaining_requests, reported.limit_requests,
+                        reported.reset_requests, now)
+        if attempt.status_code == 429 and (reported is None or reported.remaining_requests is None):
             retry_after = headers.get("retry-after")
             wait = parse_duration(retry_after) if retry_after is not None else None
             if wait is not None:
@@ -166,15 +172,12 @@ class LoadBased(Router):
                 budget.reset_requests = max(budget.reset_requests, now + wait)
 
 
-def _update(budget: _Budget, kind: str, headers: Any, remaining: str, now: float) -> None:
-    """Store one kind (``tokens`` or ``requests``) of reported headroom; malformed values are ignored."""
-    try:
-        left = int(float(remaining))
-        limit = int(float(headers.get(f"x-ratelimit-limit-{kind}") or 0))
-    except ValueError:
-        return
-    reset_text = headers.get(f"x-ratelimit-reset-{kind}")
-    reset = parse_duration(reset_text) if reset_text is not None else None
+def _update(
+    budget: _Budget, kind: str, remaining: float, limit: float | None, reset: float | None, now: float
+) -> None:
+    """Store one kind (``tokens`` or ``requests``) of reported headroom (malformed values were left out)."""
+    left = int(remaining)
+    limit = int(limit or 0)
     # Without a reset time the report is trusted for one minute, the usual limit window.
     setattr(budget, f"remaining_{kind}", left)
     setattr(budget, f"limit_{kind}", limit)
