@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, NamedTuple
 
 # usage_tokens lives with the cache entries that need it (``CacheEntry.tokens``); it is re-exported here, where
 # it was first published, so the models never import this module and this one imports them.
-from ._models import Usage
 from ._models import usage_tokens as usage_tokens
 
 if TYPE_CHECKING:
@@ -43,10 +42,6 @@ class Sample(NamedTuple):
 
 
 _new_sample = tuple.__new__
-
-
-def _tokens(usage: Usage | None) -> int | None:
-    return None if usage is None else usage.total
 
 
 def worth_logging(count: int) -> bool:
@@ -102,7 +97,7 @@ class Stats:
                     ctx.response_status,
                     type(error).__name__ if error is not None else None,
                     len(attempts),
-                    _tokens(hit.usage_in(ctx.dialect)) if hit is not None else None,
+                    None if hit is None or (saved := hit.usage_in(ctx.dialect)) is None else saved.total,
                 ),
             )
         )

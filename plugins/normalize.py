@@ -69,8 +69,9 @@ MEMO_INLINE_BYTES = 8192
 HEAD_ENTRIES = 1024
 #: What the memo may hold in inline bodies (~200 B per entry besides).
 MEMO_BYTES = 4 * 1024 * 1024
-#: What the memo knows of a request: ``(cache key, model, stream)``, or ``()`` (falsy) when it is not cacheable.
-_Memo = tuple[str, str | None, bool] | tuple[()]
+#: What the memo knows of a request: ``(cache key, model, stream, dialect)``, or ``()`` (falsy) when it is not
+#: cacheable.
+_Memo = tuple[str, str | None, bool, Dialect] | tuple[()]
 _NOT_CACHEABLE: tuple[()] = ()
 #: Everything a key depends on besides the body: scheme, host, port, path, query, credential pairs, scope pairs,
 #: namespace.
@@ -164,9 +165,8 @@ class Normalize:
         if request.method != "POST":
             return None
         scheme, host, port, path, query = url_parts(request.url)
-        dialect = ctx.dialect  # memoised per path
-        if not dialect.cacheable_path(path, self._paths):
-            return None
+        # Whether the path is cacheable in its dialect is part of the memoised answer below: a repeated request
+        # (every cache hit) does not ask its dialect again.
         # One pass over the headers for the content type, the tenant's credentials and the answer's scope (not
         # a Headers.get per name, nor a pass each): this runs on every cacheable request.
         # One dict lookup per header tells what it is to the key (most headers are nothing to it).
@@ -194,7 +194,7 @@ class Normalize:
             query, in_query = self._tenant.split_query(query)
             credentials.extend(in_query)
         namespace = ctx.controls.namespace or self._namespace
-        # Memo: everything the key depends on -> (key, model, stream). A repeated request (every cache hit) is
+        # Memo: everything the key depends on -> (key, model, stream, dialect). A repeated request (every cache hit) is
         # recognised with one hash of its body and a dict lookup, skipping the JSON parse, the canonical
         # re-encoding and the key's digest. A tuple compared field by field, the body itself (or, for a large
         # one, a 1-tuple of its digest, which never equals a body), so two different requests can never share
@@ -205,7 +205,11 @@ class Normalize:
         request_id = (body_id, head_id)
         memo = self._memo.get(request_id)
         if memo is None:
-            memo = self._key(ctx, body, head_id, dialect)
+            dialect = ctx.dialect
+            memo = (
+                self._key(ctx, body, head_id, dialect) if dialect.cacheable_path(path, self._paths)
+                else _NOT_CACHEABLE
+            )
             if size > MEMO_INLINE_BYTES:
                 size = 16
             if len(self._memo) >= MEMO_ENTRIES or self._memo_bytes + size > MEMO_BYTES:
@@ -215,7 +219,8 @@ class Normalize:
             self._memo_bytes += size
         if not memo:  # _NOT_CACHEABLE
             return None
-        key, model, stream = memo
+        key, model, stream, dialect = memo
+        ctx.dialect = dialect
         ctx.model = model
         # Keyed like any request: "stream" is part of the body, so a streamed answer and a whole one never
         # share an entry.
@@ -223,7 +228,7 @@ class Normalize:
         return key
 
     def _key(self, ctx: RequestContext, body: bytes, head_id: HeadId, dialect: Dialect) -> _Memo:
-        """``(cache key, model, stream)`` of a request not in the memo, or ``_NOT_CACHEABLE``."""
+        """``(cache key, model, stream, dialect)`` of a request not in the memo, or ``_NOT_CACHEABLE``."""
         try:
             data = parse_json(body)
             if not isinstance(data, dict):
@@ -258,7 +263,7 @@ class Normalize:
             digest = self._heads[head_id] = self._head_digest(head_id)
         digest = digest.copy()
         digest.update(canonical)
-        return digest.hexdigest(), model, stream
+        return digest.hexdigest(), model, stream, dialect
 
     def _head_digest(self, head_id: HeadId) -> Any:
         """A BLAKE2b state fed with the key's head: every field before the body, and the newline that ends it."""

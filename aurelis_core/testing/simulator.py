@@ -51,6 +51,8 @@ from typing import Any, Final
 
 import attrs
 
+from ._providers import ProviderRoutes, dialect_of, failure_body, rate_limit_headers
+
 # brotli is an optional extra; without it ``Content-Encoding: br`` gets a 415.  Imported
 # dynamically because the package ships no type information.
 _brotli: Any
@@ -132,8 +134,11 @@ class Behavior:
     jitter: float = 0.0
     #: Probability in [0, 1] that a request fails with ``failure_status``.
     failure_rate: float = 0.0
-    #: Status used for injected failures (``fail_next``, ``failure_rate``).
+    #: Status used for injected failures (``fail_next``, ``failure_rate``); 529 is Anthropic's overload.
     failure_status: int = 500
+    #: Seconds an injected failure asks the client to wait, sent as ``retry-after`` (whole seconds, rounded up)
+    #: and ``retry-after-ms`` (as Azure and OpenAI do); ``None``: neither header.
+    failure_retry_after: float | None = None
     #: The next N API requests fail with ``failure_status`` (decremented per failure).
     fail_next: int = 0
     #: Requests per minute; ``None`` disables the limit and its headers.
@@ -314,6 +319,13 @@ def _failure_body(status: int) -> bytes:
     return _error_body(f"Simulated upstream failure (status {status}).", err_type, code)
 
 
+def _dialect_failure(dialect: str, status: int) -> bytes:
+    message = f"Simulated upstream failure (status {status})."
+    if dialect == "anthropic" and status == 529:
+        message = "Overloaded"
+    return failure_body(dialect, status, message, _failure_body(status))
+
+
 def _format_duration(seconds: float) -> str:
     # OpenAI's x-ratelimit-reset-* headers use Go-style durations: "20ms", "1.5s", "6m0s".
     seconds = max(seconds, 0.0)
@@ -372,8 +384,10 @@ class _ChatPlan:
 # --------------------------------------------------------------------------- the app
 
 
-class SimulatedUpstream:
-    """An ASGI app behaving like an OpenAI-compatible API, for tests and benchmarks.
+class SimulatedUpstream(ProviderRoutes):
+    """An ASGI app behaving like an OpenAI-compatible API, for tests and benchmarks; it also speaks OpenAI's
+    Responses API, Anthropic's Messages, Gemini's ``generateContent`` and Azure OpenAI's deployment paths (see
+    :mod:`._providers`).
 
     Serve it with `aurelis_core.testing.server.serve` (a real socket, so compression,
     connection drops and streaming are exercised for real), or mount it into an
@@ -486,7 +500,16 @@ class SimulatedUpstream:
         extra.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in self.behavior.headers.items())
 
         try:
-            if path.endswith("/chat/completions"):
+            if path.endswith("/responses"):
+                self._require(method, "POST")
+                await self._responses(record, extra, send)
+            elif path.endswith("/v1/messages"):
+                self._require(method, "POST")
+                await self._anthropic(record, extra, send)
+            elif path.endswith((":generateContent", ":streamGenerateContent")):
+                self._require(method, "POST")
+                await self._gemini(record, extra, send)
+            elif path.endswith("/chat/completions"):
                 self._require(method, "POST")
                 await self._chat(record, extra, send)
             elif path.endswith("/embeddings"):
@@ -505,7 +528,8 @@ class SimulatedUpstream:
                 raise _BadRequest(404, f"Unknown path {path}", "not_found")
         except _BadRequest as exc:
             err_type = "invalid_request_error"
-            await _send_raw(send, exc.status, _error_body(exc.message, err_type, exc.code), extra)
+            body = failure_body(dialect_of(path), exc.status, exc.message, _error_body(exc.message, err_type, exc.code))
+            await _send_raw(send, exc.status, body, extra)
         finally:
             with self._lock:
                 self._inflight -= 1
@@ -515,6 +539,9 @@ class SimulatedUpstream:
     async def _chat(self, record: RecordedRequest, extra: list[tuple[bytes, bytes]], send: Send) -> None:
         payload = self._parse_json(record)
         plan = self._plan_chat(payload)
+        azure = record.path.startswith("/openai/deployments/")
+        if azure:  # Azure answers with the deployment's name
+            plan.model = record.path.split("/")[3]
         if not await self._admit(plan.prompt_tokens + plan.completion_tokens, extra, send):
             return
         with self._lock:
@@ -547,7 +574,7 @@ class SimulatedUpstream:
             }
             await _send_json(send, 200, body, extra)
             return
-        await self._stream_chat(plan, completion_id, created, usage, extra, send)
+        await self._stream_chat(plan, completion_id, created, usage, extra, send, azure)
 
     async def _stream_chat(
         self,
@@ -557,6 +584,7 @@ class SimulatedUpstream:
         usage: dict[str, int],
         extra: list[tuple[bytes, bytes]],
         send: Send,
+        azure: bool = False,
     ) -> None:
         behavior = self.behavior
         await self._delay(0)  # time to first byte; per-token cost is spread over chunks
@@ -576,6 +604,13 @@ class SimulatedUpstream:
 
         step = max(1, behavior.chunk_tokens)
         frames: list[tuple[bytes, int]] = [(frame({"role": "assistant", "content": ""}, None), 0)]
+        if azure:
+            # Azure opens with the prompt's content-filter verdicts, in a chunk without choices.
+            verdict = {"hate": {"filtered": False, "severity": "safe"}}
+            filtered = {"prompt_index": 0, "content_filter_results": verdict}
+            first = {"id": "", "object": "", "created": 0, "model": "", "choices": [],
+                     "prompt_filter_results": [filtered]}
+            frames.insert(0, (b"data: " + json.dumps(first).encode() + b"\n\n", 0))
         for start in range(0, len(plan.words), step):
             group = plan.words[start : start + step]
             # Later pieces keep their leading space so that joining the deltas rebuilds the text.
@@ -595,20 +630,7 @@ class SimulatedUpstream:
             frames.append((b"data: " + json.dumps(usage_chunk).encode() + b"\n\n", 0))
         frames.append((b"data: [DONE]\n\n", 0))
 
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + extra})
-        truncate = behavior.truncate_stream_after
-        for n, (data, tokens) in enumerate(frames):
-            if truncate is not None and n >= truncate:
-                # Raising makes the server abort the transport: the client sees a chunked
-                # body that never terminates properly, like a provider crashing mid-stream.
-                raise _SimulatedConnectionDrop(f"stream truncated after {n} frames")
-            pause = behavior.chunk_delay + behavior.latency_per_token * tokens
-            if pause > 0 and n > 0:
-                await asyncio.sleep(pause)
-            # One ASGI message per frame with more_body=True: each is written to the socket
-            # on its own, which is what makes streaming observable to the client.
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self._send_frames(frames, extra, send)
 
     async def _embeddings(
         self, record: RecordedRequest, extra: list[tuple[bytes, bytes]], send: Send
@@ -714,23 +736,25 @@ class SimulatedUpstream:
             include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
         )
 
-    async def _admit(self, tokens: int, extra: list[tuple[bytes, bytes]], send: Send) -> bool:
+    async def _admit(self, tokens: int, extra: list[tuple[bytes, bytes]], send: Send, dialect: str = "openai") -> bool:
         """Apply override, rate limits and injected failures; answer and return False if refused.
 
-        On success the rate-limit headers are appended to ``extra`` for the real answer.
+        On success the rate-limit headers are appended to ``extra`` for the real answer. Error bodies and
+        rate-limit headers are those of ``dialect`` (``openai``, ``anthropic``, ``gemini``).
         """
         behavior = self.behavior
         if behavior.status_override is not None:
             status = behavior.status_override
-            await _send_raw(send, status, _failure_body(status), extra)
+            await _send_raw(send, status, _dialect_failure(dialect, status), extra)
             return False
         if behavior.max_inflight is not None and self._inflight > behavior.max_inflight:
-            body = _error_body("Too many concurrent requests (simulated).", "requests", "rate_limit_exceeded")
+            message = "Too many concurrent requests (simulated)."
+            body = failure_body(dialect, 429, message, _error_body(message, "requests", "rate_limit_exceeded"))
             await _send_raw(send, 429, body, extra)
             return False
         rpm, tpm = behavior.rpm, behavior.tpm
         if rpm is not None or tpm is not None:
-            refused, limit_headers = self._take_rate(tokens, rpm, tpm)
+            refused, limit_headers = self._take_rate(tokens, rpm, tpm, dialect)
             extra.extend(limit_headers)
             if refused is not None:
                 kind, wait = refused
@@ -738,12 +762,11 @@ class SimulatedUpstream:
                     (b"retry-after", str(max(1, math.ceil(wait))).encode()),
                     (b"retry-after-ms", str(max(1, math.ceil(wait * 1000))).encode()),
                 ]
-                body = _error_body(
+                message = (
                     f"Rate limit reached for {kind} per min (simulated). Please try again in "
-                    f"{_format_duration(wait)}.",
-                    kind,
-                    "rate_limit_exceeded",
+                    f"{_format_duration(wait)}."
                 )
+                body = failure_body(dialect, 429, message, _error_body(message, kind, "rate_limit_exceeded"))
                 await _send_raw(send, 429, body, extra + retry)
                 return False
         fail = False
@@ -759,12 +782,19 @@ class SimulatedUpstream:
         if fail:
             await self._delay(0)
             status = behavior.failure_status
-            await _send_raw(send, status, _failure_body(status), extra)
+            asked = behavior.failure_retry_after
+            if asked is not None:
+                extra = [
+                    *extra,
+                    (b"retry-after", str(math.ceil(asked)).encode()),
+                    (b"retry-after-ms", str(round(asked * 1000)).encode()),
+                ]
+            await _send_raw(send, status, _dialect_failure(dialect, status), extra)
             return False
         return True
 
     def _take_rate(
-        self, tokens: int, rpm: int | None, tpm: int | None
+        self, tokens: int, rpm: int | None, tpm: int | None, dialect: str = "openai"
     ) -> tuple[tuple[str, float] | None, list[tuple[bytes, bytes]]]:
         # A fixed one-minute window starting at the first request: crude, but predictable,
         # which matters more for tests than modelling a provider's token bucket.
@@ -799,7 +829,7 @@ class SimulatedUpstream:
                 (b"x-ratelimit-remaining-tokens", str(max(0, tpm - used_tokens)).encode()),
                 (b"x-ratelimit-reset-tokens", reset),
             ]
-        return refused, headers
+        return refused, rate_limit_headers(dialect, rpm, tpm, used_requests, used_tokens, reset_in, headers)
 
     async def _delay(self, completion_tokens: int) -> None:
         behavior = self.behavior
