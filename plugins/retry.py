@@ -5,7 +5,11 @@ What is retried (the rules of the openai SDK, so wrapping it changes nothing a u
 - transport errors that may be transient: connect errors and timeouts (connect, read, write, pool), read and
   write errors, a connection the server dropped (``RemoteProtocolError``), of httpx or httpx2 (checked against
   the request's own flavour, ``ctx.http``);
-- answers with a status in ``statuses`` (default 408, 409, 429) or any 5xx;
+- answers with a status in ``statuses`` (default 408, 409, 429) or any 5xx (Anthropic's 529 overload too),
+  unless the attempt's dialect classifies the failure as one no retry cures
+  (:meth:`~aurelis_core.plugin.Dialect.classify`: a bad or exhausted credential, ``AUTH``; a prompt beyond the
+  model's context window, ``CONTEXT_LENGTH``: the openai SDK's 429 ``insufficient_quota``, when the body was
+  read);
 - an :class:`~aurelis_core.health.EndpointUnavailable` (an open circuit, a rate limit that would wait too long)
   only when another endpoint is available to take the attempt;
 - an upstream's ``x-should-retry: true|false`` header overrides the status rules, as the openai SDK does.
@@ -79,7 +83,9 @@ from aurelis_core.plugin import (
     FAILED_ENDPOINTS,
     Attempt,
     EndpointUnavailable,
+    FailureKind,
     Invalid,
+    OpenAI,
     RequestContext,
     as_tuple,
     buffered_body,
@@ -125,6 +131,12 @@ DEFAULT_PATHS = (
 #: Resources whose writes are never repeated without an ``Idempotency-Key``: files and uploads (and their
 #: parts), batches, fine-tuning jobs, assistants and threads (with their messages and runs), MCP endpoints.
 DEFAULT_EXCLUDE = ("/files", "/uploads", "/batches", "/fine_tuning", "/assistants", "/threads", "/mcp")
+
+#: Failures the same request meets again however often it is sent (a status listed in ``statuses`` is otherwise
+#: retried as the user asked).
+_INCURABLE = frozenset({FailureKind.AUTH, FailureKind.CONTEXT_LENGTH})
+#: How an attempt made outside a pipeline (without a dialect) is read.
+OPENAI = OpenAI()
 
 #: A request carrying this header may be retried whatever its path: the server de-duplicates by it.
 IDEMPOTENCY_KEY = b"idempotency-key"
@@ -302,7 +314,11 @@ class Retry:
         if should == "false":
             return False
         status = attempt.status_code
-        return status is not None and (status >= 500 or status in self.config.statuses)
+        if status is None or not (status >= 500 or status in self.config.statuses):
+            return False
+        # The provider's own words on what failed (its dialect reads status, headers and, if read, the body).
+        kind = (attempt.dialect or OPENAI).classify(status, headers, attempt.body)
+        return kind not in _INCURABLE
 
     def _unsent(self, ctx: RequestContext, attempt: Attempt) -> bool:
         """Whether the attempt failed before any of the request reached the server, which therefore did nothing:

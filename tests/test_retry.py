@@ -664,3 +664,15 @@ def test_a_refused_retry_spends_no_budget() -> None:
     assert retry.budget == 1.0
     assert retry.aurelis_retry(context(), failed()) == 0.0
     assert retry.budget == 0.0
+
+
+def test_a_failure_the_dialect_calls_incurable_is_not_retried() -> None:
+    from aurelis_core.plugin import Anthropic
+
+    quota = failed(status=429)
+    quota.body = b'{"error": {"type": "insufficient_quota", "code": "insufficient_quota"}}'
+    assert plugin().aurelis_retry(context(), quota) is None
+    overloaded = failed(status=529)
+    overloaded.dialect = Anthropic()
+    overloaded.body = b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}'
+    assert plugin().aurelis_retry(context(), overloaded) == 0.0

@@ -12,7 +12,7 @@ import pytest
 from aurelis_core import Attempt, ConfigError, Endpoint, Pipeline, RequestContext
 from aurelis_core._models import DEFAULT_CONTROLS
 from aurelis_core.health import EndpointHealth
-from aurelis_core.plugin import FAILED_ENDPOINTS
+from aurelis_core.plugin import FAILED_ENDPOINTS, Anthropic
 from aurelis_plugins.routers.ai_optimized import AIOptimized
 from aurelis_plugins.routers.least_connections import LeastConnections
 from aurelis_plugins.routers.load_based import LoadBased, parse_duration
@@ -451,6 +451,26 @@ def test_load_based_excludes_an_endpoint_without_token_headroom_until_reset() ->
     exhausted = attempt.endpoint.name  # type: ignore[union-attr]
     picks = run_sequential(router, clock, 100)  # 100 x 0.11 s = 11 s < 20 s
     assert exhausted not in picks
+    clock.now += 30
+    assert exhausted in run_sequential(router, clock, 100)
+
+
+def test_load_based_reads_anthropics_rate_limit_headers_through_the_attempts_dialect() -> None:
+    import datetime
+
+    clock = FakeClock()
+    router = make(LoadBased, endpoints(1, 1), clock)
+    ctx = context(max_tokens=500)
+    attempt = start(router, ctx, clock)
+    attempt.dialect = Anthropic()
+    reset = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=20)
+    attempt.headers = _headers(
+        anthropic_ratelimit_tokens_limit="10000", anthropic_ratelimit_tokens_remaining="50",
+        anthropic_ratelimit_tokens_reset=reset.isoformat(timespec="seconds").replace("+00:00", "Z"),
+    )
+    end(router, ctx, attempt, clock)
+    exhausted = attempt.endpoint.name  # type: ignore[union-attr]
+    assert exhausted not in run_sequential(router, clock, 100)  # 11 s < the 20 s to the reset
     clock.now += 30
     assert exhausted in run_sequential(router, clock, 100)
 
