@@ -91,7 +91,7 @@ def test_readme_main_command_end_to_end(tmp_path: Path) -> None:
     assert report["hit_rate"] == pytest.approx(expected_hit_rate(workload, streams_cached))
     assert report["errors"] == 0
     assert report["tokens_saved"] > 0
-    assert set(report["models"]) == {"gpt-4.1-mini", "gpt-4.1", "text-embedding-3-small"}
+    assert set(report["models"]) == {"gpt-4.1-mini", "gpt-4.1", "text-embedding-3-small", "claude-haiku-4-5"}
     # The embedded default config: an in-process tier and a SQLite file in the working directory.
     assert (tmp_path / ".aurelis" / "cache.sqlite3").exists()
     assert "<svg" in (out / "report.html").read_text()

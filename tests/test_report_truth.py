@@ -213,4 +213,4 @@ def test_the_demo_says_when_earlier_runs_answered_and_how_to_start_cold(
     assert main(["cache", "clear"]) == 0 and capsys.readouterr().out.startswith("sqlite: deleted ")
     assert main([*argv, "--sim-failure-rate", "1"]) == 0
     captured = capsys.readouterr()
-    assert "note:" not in captured.err and "errors          220 (100.0%)" in captured.out
+    assert "note:" not in captured.err and "errors          234 (100.0%)" in captured.out
