@@ -16,20 +16,20 @@ import datetime
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-if TYPE_CHECKING:
-    from .simulator import Behavior, RecordedRequest
+from ._wire import SSE_HEADERS as _SSE_HEADERS
+from ._wire import BadRequest, SimulatedConnectionDrop, estimate_tokens, send_json
 
 __all__ = ["ProviderRoutes", "failure_body", "rate_limit_headers"]
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+#: The simulator's ``Behavior`` and ``RecordedRequest`` (typed loosely: naming the simulator's classes here
+#: would make this module and the one that mixes it in a circle).
+Behavior = Any
+RecordedRequest = Any
 
-_SSE_HEADERS: Final = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-]
 _ANTHROPIC_ERRORS: Final = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
     413: "request_too_large", 429: "rate_limit_error", 500: "api_error", 529: "overloaded_error",
@@ -141,14 +141,12 @@ class ProviderRoutes:
 
     async def _send_frames(self, frames: list[tuple[bytes, int]], extra: Headers, send: Send) -> None:
         """An event stream of ``frames`` (bytes, tokens in it), cut after ``truncate_stream_after`` frames."""
-        from .simulator import _SimulatedConnectionDrop
-
         behavior = self.behavior
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + extra})
         truncate = behavior.truncate_stream_after
         for n, (data, tokens) in enumerate(frames):
             if truncate is not None and n >= truncate:
-                raise _SimulatedConnectionDrop(f"stream truncated after {n} frames")
+                raise SimulatedConnectionDrop(f"stream truncated after {n} frames")
             pause = behavior.chunk_delay + behavior.latency_per_token * tokens
             if pause > 0 and n > 0:
                 await asyncio.sleep(pause)
@@ -156,15 +154,11 @@ class ProviderRoutes:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _json(self, body: dict[str, Any], extra: Headers, send: Send) -> None:
-        from .simulator import _send_json
-
-        await _send_json(send, 200, body, extra)
+        await send_json(send, 200, body, extra)
 
     # --- OpenAI's Responses API ---------------------------------------------------------------------------------
 
     async def _responses(self, record: RecordedRequest, extra: Headers, send: Send) -> None:
-        from .simulator import _BadRequest, estimate_tokens
-
         payload = self._parse_json(record)
         given = payload.get("input")
         if isinstance(given, str):
@@ -172,7 +166,7 @@ class ProviderRoutes:
         elif isinstance(given, list) and given:
             prompt = [_text_of(item.get("content")) for item in given if isinstance(item, dict)]
         else:
-            raise _BadRequest(400, "'input' must be a string or a non-empty array", "invalid_input")
+            raise BadRequest(400, "'input' must be a string or a non-empty array", "invalid_input")
         instructions = payload.get("instructions")
         prompt_tokens = sum(estimate_tokens(text) + 1 for text in prompt)
         prompt_tokens += estimate_tokens(instructions) if isinstance(instructions, str) else 0
@@ -236,12 +230,10 @@ class ProviderRoutes:
     # --- Anthropic's Messages API ---------------------------------------------------------------------------------
 
     async def _anthropic(self, record: RecordedRequest, extra: Headers, send: Send) -> None:
-        from .simulator import _BadRequest, estimate_tokens
-
         payload = self._parse_json(record)
         messages = payload.get("messages")
         if not isinstance(messages, list) or not messages or not isinstance(payload.get("max_tokens"), int):
-            raise _BadRequest(400, "'messages' (non-empty) and 'max_tokens' are required", "invalid_request")
+            raise BadRequest(400, "'messages' (non-empty) and 'max_tokens' are required", "invalid_request")
         prompt_tokens = sum(estimate_tokens(_text_of(m.get("content"))) + 1 for m in messages if isinstance(m, dict))
         system = payload.get("system")
         prompt_tokens += estimate_tokens(_text_of(system)) if system else 0
@@ -285,12 +277,10 @@ class ProviderRoutes:
     # --- Gemini's generateContent -----------------------------------------------------------------------------
 
     async def _gemini(self, record: RecordedRequest, extra: Headers, send: Send) -> None:
-        from .simulator import _BadRequest, estimate_tokens
-
         payload = self._parse_json(record)
         contents = payload.get("contents")
         if not isinstance(contents, list) or not contents:
-            raise _BadRequest(400, "'contents' must be a non-empty array", "invalid_argument")
+            raise BadRequest(400, "'contents' must be a non-empty array", "invalid_argument")
 
         def text(content: Any) -> str:
             parts = content.get("parts") if isinstance(content, dict) else None

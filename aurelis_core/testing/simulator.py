@@ -52,6 +52,11 @@ from typing import Any, Final
 import attrs
 
 from ._providers import ProviderRoutes, dialect_of, failure_body, rate_limit_headers
+from ._wire import BadRequest as _BadRequest
+from ._wire import SimulatedConnectionDrop as _SimulatedConnectionDrop
+from ._wire import estimate_tokens as estimate_tokens
+from ._wire import send_json as _send_json
+from ._wire import send_raw as _send_raw
 
 # brotli is an optional extra; without it ``Content-Encoding: br`` gets a 415.  Imported
 # dynamically because the package ships no type information.
@@ -81,23 +86,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: Models listed by ``GET /models``.  Chat requests may name any model: it is echoed.
 DEFAULT_MODELS: Final[tuple[str, ...]] = ("sim-chat", "sim-chat-large", "sim-embed")
 
-_JSON_HEADERS: Final = [(b"content-type", b"application/json")]
-_SSE_HEADERS: Final = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-]
 _RATE_WINDOW_SECONDS: Final = 60.0
 _CONTROL_PREFIX: Final = "/_sim/"
-
-
-def estimate_tokens(text: str) -> int:
-    """Return the simulator's token count for ``text``: its whitespace-separated words.
-
-    Real tokenizers are irrelevant here; what matters is that the number is cheap and
-    *consistent*: the streamed chunks are exactly these words, so the ``usage`` block,
-    the number of content chunks and ``tpm`` accounting always agree with each other.
-    """
-    return len(text.split())
 
 
 # --------------------------------------------------------------------------- behaviour
@@ -271,10 +261,6 @@ def _decode_body(body: bytes, encoding: str | None) -> bytes:
 # --------------------------------------------------------------------------- helpers
 
 
-class _SimulatedConnectionDrop(Exception):
-    """Raised inside the app to make the ASGI server abort the connection mid-response."""
-
-
 class _DropLogFilter(logging.Filter):
     # The server logs every exception escaping the app; a deliberate connection drop is
     # not worth a traceback in the test output, so exactly that exception is filtered.
@@ -356,14 +342,6 @@ def _embedding_vector(item: Any, dim: int) -> list[float]:
     return [v / norm for v in vec]
 
 
-class _BadRequest(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-
-
 @attrs.define(slots=True)
 class _ChatPlan:
     """Everything a chat answer needs, computed once before admission control."""
@@ -397,10 +375,12 @@ class SimulatedUpstream(ProviderRoutes):
     >>> app.behavior.fail_next = 2                      # ...or changed at any time
     """
 
+    #: The live knobs; mutate freely.
+    behavior: Behavior
+
     def __init__(
         self, *, max_records: int = 10_000, models: Iterable[str] = DEFAULT_MODELS, **behavior: Any
     ) -> None:
-        #: The live knobs; mutate freely.
         self.behavior = Behavior()
         self.behavior.update(**behavior)
         # reset() restores the knobs the upstream was *created* with, so a fixture that
@@ -887,13 +867,3 @@ class SimulatedUpstream(ProviderRoutes):
                 f"Unknown control endpoint {method} {path}", "invalid_request_error", "not_found"
             )
             await _send_raw(send, 404, body_404, [])
-
-
-async def _send_raw(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _send_json(send: Send, status: int, payload: Any, extra: list[tuple[bytes, bytes]]) -> None:
-    await _send_raw(send, status, json.dumps(payload).encode(), extra)
