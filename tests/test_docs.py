@@ -40,7 +40,7 @@ RUNNER = "__aurelis_docs_runner__"
 
 
 def page_id(path: Path) -> str:
-    return str(path.relative_to(ROOT))
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def run_python(example: Example) -> None:
