@@ -232,7 +232,7 @@ def test_entries_up_to_max_entry_bytes_are_stored(tmp_path: Path) -> None:
 
 def test_the_default_max_entry_bytes_is_32_mib(tmp_path: Path) -> None:
     pipeline, tier, _ = open_tier(tmp_path / "c.sqlite3")
-    assert tier.max_entry_bytes == 32 * 1024 * 1024  # as documented in README's config reference
+    assert tier.max_entry_bytes == 32 * 1024 * 1024  # as documented in docs/plugins/sqlite.md
     pipeline.close()
 
 
@@ -550,7 +550,7 @@ def test_the_documented_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     pipeline = Pipeline({"plugins": ["sqlite"]})
     tier = pipeline.plugin("sqlite")
     config = tier.config
-    # README's config reference for [sqlite].
+    # docs/plugins/sqlite.md, for [sqlite].
     assert (config.path, config.ttl, config.max_bytes, config.codec, config.encryption_key) == (
         ".aurelis/cache.sqlite3", 86400, 512 * 1024 * 1024, "lz4", None
     )
