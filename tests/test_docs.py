@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,6 +171,28 @@ def test_every_first_party_plugin_has_a_page_with_its_option_table() -> None:
     assert "memory" in stages and "lz4" not in stages  # lz4 is a codec at rest: no stage, nothing to enable
     missing = sorted(name for name in stages if f"<!-- options: {name} -->" not in pages)
     assert not missing, f"docs/plugins/ has no '<!-- options: NAME -->' table for: {missing}"
+
+
+def test_every_command_and_option_of_the_cli_is_in_its_reference() -> None:
+    import argparse
+
+    from aurelis_core.tools.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, command: str) -> Iterator[str]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield f"{command} {name}"
+                    yield from walk(sub, f"{command} {name}")
+            else:
+                yield from (option for option in action.option_strings if option.startswith("--"))
+
+    reference = (ROOT / "docs" / "cli.md").read_text()
+    said = set(walk(build_parser(), "aurelis")) - {"--help"}
+    assert {"aurelis cache warm", "--sim-rpm", "--version"} <= said
+    # Whole names: "--target-p9" in "--target-p95" does not count.
+    missing = sorted(name for name in said if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", reference))
+    assert not missing, f"docs/cli.md does not mention: {missing}"
 
 
 def test_a_broken_example_fails(tmp_path: Path) -> None:

@@ -392,7 +392,7 @@ def add_replay_commands(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "replay", help="send a recorded workload through the pipeline and report how it performed",
         description="Replay a JSONL workload through the configured pipeline, print the report and write it "
-        "as text, JSON and HTML. The workload format is documented in aurelis_core/tools/replay.py and the README.",
+        "as text, JSON and HTML. The workload format is documented in docs/replay.md.",
     )
     parser.add_argument("workload", nargs="?", help="workload .jsonl (default with --simulate: the shipped example)")
     parser.add_argument("--config", help="config file (default: $AURELIS_CONFIG, else the shipped aurelis.toml: "
