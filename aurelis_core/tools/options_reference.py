@@ -36,7 +36,7 @@ import attrs
 
 import aurelis_core
 from aurelis_core.config import RESERVED_KEYS
-from aurelis_core.plugin import ModelPrice, RedisConnection, TenantConfig, discover_plugins
+from aurelis_core.plugin import ModelPrice, RedisConnection, TenantConfig, choices_hint, discover_plugins
 
 __all__ = [
     "CORE_TABLES",
@@ -106,9 +106,9 @@ def _core_classes() -> dict[str, type]:
     }
 
 
-def table_names(include_plugins: bool = True) -> list[str]:
+def table_names() -> list[str]:
     """Every name :func:`options` takes: the core tables, then the plugins that can be enabled (sorted)."""
-    return [*CORE_TABLES, *(sorted(discover_plugins()) if include_plugins else ())]
+    return [*CORE_TABLES, *sorted(discover_plugins())]
 
 
 def option_classes(builtin_only: bool = False) -> dict[str, type | None]:
@@ -129,9 +129,7 @@ def _option_class(name: str) -> type | None:
         return core[name]
     known = discover_plugins()
     if name not in known:
-        raise UnknownOptions(
-            f"no plugin or core table is called {name!r}; known: {', '.join(table_names())}"
-        )
+        raise UnknownOptions(f"no plugin or core table is called {name!r}{choices_hint(name, table_names())}")
     config: type | None = getattr(known[name].load(), "Config", None)
     return config
 
