@@ -53,12 +53,19 @@ class Endpoint:
     each have their own credential.
     """
 
+    #: Absolute ``http(s)`` base URL, without query or fragment; the request's operation path is moved onto it.
     url: str = attrs.field(validator=http_url)
+    #: A unique name, used in metrics and reports (empty: the URL).
     name: str = attrs.field(default="", validator=printable)
+    #: Share of traffic for the weighted routers.
     weight: float = attrs.field(default=1.0, validator=positive)
+    #: Headers added to every request sent here; credentials (``Authorization``, ``api-key``...) are refused.
     headers: Mapping[str, str] = attrs.field(factory=dict, validator=header_table)
+    #: Replaces the caller's ``Authorization`` with ``Bearer <api_key>``. Never logged, never stored.
     api_key: str | None = attrs.field(default=None, repr=False, validator=label)
+    #: Requests per minute this upstream allows (the ``ratelimit`` plugin's period), before the table's own.
     rpm: int | None = attrs.field(default=None, validator=positive_int)
+    #: Tokens per minute this upstream allows (the ``ratelimit`` plugin's period), before the table's own.
     tpm: int | None = attrs.field(default=None, validator=positive_int)
 
     def __attrs_post_init__(self) -> None:
