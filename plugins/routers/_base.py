@@ -78,6 +78,9 @@ STATE_KEY = "routing"
 #: punctuation average 3-4 bytes per token), good enough to weigh a 40 kB prompt against a 400 B one.
 BYTES_PER_TOKEN = 4
 
+#: Candidate lists whose index sets a router keeps at once (see ``Router._allowed``).
+_ALLOWED_SETS = 64
+
 #: Statuses that count against the endpoint (the rest of 4xx blame the request, not where it was sent).
 FAILURE_STATUSES = frozenset({401, 403, 408, 429})
 
@@ -210,21 +213,28 @@ class Router:
         #: Cumulative weights for drawing candidates; ``None`` when all are equal (uniform draws are cheaper).
         self._cumulative = list(itertools.accumulate(weights)) if len(set(weights)) > 1 else None
         self._lock = threading.Lock()
-        # The last candidates :meth:`_allowed` saw and their indices (holding the list keeps its id unique).
-        self._allowed_for: Sequence[Endpoint] = self.endpoints
-        self._allowed_set: frozenset[int] = frozenset()
+        # The indices of the candidate lists :meth:`_allowed` saw, by id (holding each list keeps its id unique):
+        # one list per model the endpoints serve differently, and per set of blocked endpoints.
+        self._allowed_sets: dict[int, tuple[Sequence[Endpoint], frozenset[int]]] = {}
+        #: Indices of the endpoints serving the model of the request being picked for (``None``: all of them),
+        #: set under the lock before each :meth:`_pick`: the endpoints that take turns for that model.
+        self._serving: frozenset[int] | None = None
 
     # --- hooks -------------------------------------------------------------------------------------------------
 
     @hookimpl
     def aurelis_route(self, ctx: RequestContext) -> Endpoint:
         now = self.clock()
-        candidates = self.health.candidates(self.endpoints, now)
+        # The endpoints serving the request's model (all of them, the same tuple, unless endpoints list models),
+        # then those of them available now.
+        serving = self.health.serving(ctx, self.endpoints)
+        candidates = self.health.candidates(serving, now)
         if ctx.attempts:  # a retry: only then is there anything to avoid (first attempts skip the lookup)
             failed = failed_endpoints(ctx)
             if failed:
                 candidates = [e for e in candidates if e.name not in failed] or candidates
         with self._lock:
+            self._serving = self._allowed(serving)
             index = self._pick(ctx, candidates, now)
             self.inflight[index] += 1
             self._sent(index, ctx, now)
@@ -314,14 +324,19 @@ class Router:
         """Indices of the candidates, or ``None`` when every endpoint is one (the common case, O(1)).
 
         The set is kept for the candidates it was built from: the health registry hands out the same list
-        until a status changes, so while endpoints stay blocked a pick does not rebuild it (O(1), not O(n)).
+        until a status changes, and the endpoints serving a model are one tuple, so a pick does not rebuild it
+        (O(1), not O(n)).
         """
         if candidates is self.endpoints or len(candidates) == len(self.endpoints):
             return None
-        if candidates is not self._allowed_for:
-            self._allowed_set = frozenset(self._index[e.name] for e in candidates)
-            self._allowed_for = candidates
-        return self._allowed_set
+        kept = self._allowed_sets.get(id(candidates))
+        if kept is not None and kept[0] is candidates:
+            return kept[1]
+        if len(self._allowed_sets) >= _ALLOWED_SETS:
+            self._allowed_sets.clear()  # lists seen once (blocked sets that changed): start over
+        allowed = frozenset(self._index[e.name] for e in candidates)
+        self._allowed_sets[id(candidates)] = (candidates, allowed)
+        return allowed
 
 
 class EDFScheduler:
@@ -340,16 +355,26 @@ class EDFScheduler:
         self._heap = [(rng.random() / w, i) for i, w in enumerate(weights)]
         heapq.heapify(self._heap)
 
-    def pick(self, weight: Callable[[int], float], allowed: frozenset[int] | None) -> int:
+    def pick(
+        self, weight: Callable[[int], float], allowed: frozenset[int] | None, serving: frozenset[int] | None = None
+    ) -> int:
         """The next endpoint among ``allowed`` (``None``: all); ``weight(i)`` spaces its next turn.
 
         ``allowed`` must not be empty (the health registry's panic mode guarantees a candidate): each skipped
-        endpoint's deadline moves on, so an allowed one comes first within a few pops.
+        endpoint's deadline moves on, so an allowed one comes first within a few pops. Endpoints outside
+        ``serving`` (those that do not serve the request's model; ``None``: all serve it) are not skipped but
+        passed over: their turns are for the requests of their own models, which they keep.
         """
         heap = self._heap
         replace = heapq.heapreplace
+        passed: list[tuple[float, int]] = []
         while True:
             deadline, index = heap[0]
+            if serving is not None and index not in serving:
+                passed.append(heapq.heappop(heap))
+                continue
             replace(heap, (deadline + 1.0 / weight(index), index))
             if allowed is None or index in allowed:
+                for item in passed:
+                    heapq.heappush(heap, item)
                 return index

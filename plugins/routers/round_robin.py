@@ -34,7 +34,7 @@ class RoundRobin(Router):
 
     def _pick(self, ctx: RequestContext, candidates: Sequence[Endpoint], now: float) -> int:
         self._now = now
-        return self._scheduler.pick(self._turn_weight, self._allowed(candidates))
+        return self._scheduler.pick(self._turn_weight, self._allowed(candidates), self._serving)
 
     def _turn_weight(self, index: int) -> float:
         return self._weight(index, self._now)

@@ -75,7 +75,7 @@ class WeightedResponseTime(Router):
     def _pick(self, ctx: RequestContext, candidates: Sequence[Endpoint], now: float) -> int:
         if now - self._rebuilt >= self.config.update_period:
             self._rebuild(now)
-        return self._scheduler.pick(self.weights.__getitem__, self._allowed(candidates))
+        return self._scheduler.pick(self.weights.__getitem__, self._allowed(candidates), self._serving)
 
     def _rebuild(self, now: float) -> None:
         """Recompute every endpoint's weight: O(n), once per ``update_period``, off the per-pick path."""
