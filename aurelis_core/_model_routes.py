@@ -170,15 +170,18 @@ class ModelRoutes:
     def for_request(self, ctx: RequestContext, endpoints: Sequence[Endpoint]) -> Sequence[Endpoint]:
         """The endpoints among which the next attempt of ``ctx`` may go: ``endpoints`` itself when all of them
         serve its model; :class:`ModelNotServed` when none does."""
-        route = MODEL_ROUTE.get(ctx)
+        # Per attempt: the state read directly (what MODEL_ROUTE.get does, less a call), the model likewise.
+        route = ctx.state.get(MODEL_ROUTE)  # type: ignore[call-overload]
         if route is not None:
-            return route.endpoints
+            return route.endpoints  # type: ignore[no-any-return]
         if not self.restricted:
             return endpoints
-        model = request_model(ctx)
+        model = ctx.model
         if model is None:
-            return endpoints
-        serving = self.serving(model)
+            model = request_model(ctx)
+            if model is None:
+                return endpoints
+        serving = self._serving.get(model) or self.serving(model)
         if serving is self.endpoints:
             return endpoints
         if not serving:
