@@ -93,15 +93,26 @@ class Endpoint:
     its path where the path names the model (see :mod:`aurelis_core._model_routes`).
     """
 
+    #: Absolute ``http(s)`` base URL, without query or fragment; the request's operation path is moved onto it.
     url: str = attrs.field(validator=http_url)
+    #: A unique name, used in metrics and reports (empty: the URL).
     name: str = attrs.field(default="", validator=printable)
+    #: Share of traffic for the weighted routers.
     weight: float = attrs.field(default=1.0, validator=positive)
+    #: Headers added to every request sent here (an Azure ``api-key``: write it ``"${AZURE_KEY}"`` in a file);
+    #: their values are never shown.
     headers: Mapping[str, str] = attrs.field(factory=dict, validator=header_table, repr=_header_names)
+    #: Replaces the caller's ``Authorization`` with ``Bearer <api_key>``. Never logged, never stored.
     api_key: str | None = attrs.field(default=None, repr=False, validator=label)
+    #: The environment variable ``api_key`` is read from when the config is loaded (instead of ``api_key``).
     api_key_env: str | None = attrs.field(default=None, validator=attrs.validators.optional(env_name))
+    #: Requests per minute this upstream allows (the ``ratelimit`` plugin's period), before the table's own.
     rpm: int | None = attrs.field(default=None, validator=positive_int)
+    #: Tokens per minute this upstream allows (the ``ratelimit`` plugin's period), before the table's own.
     tpm: int | None = attrs.field(default=None, validator=positive_int)
+    #: The models served, names and globs (``["gpt-4.1", "gpt-4.1-*"]``); absent: every model.
     models: tuple[str, ...] | None = attrs.field(default=None, converter=_model_names, validator=_model_list)
+    #: Requested model -> this endpoint's own name for it (``{"gpt-4.1" = "my-deployment"}``), sent instead.
     model_map: Mapping[str, str] = attrs.field(factory=dict, validator=_model_table)
 
     def __attrs_post_init__(self) -> None:

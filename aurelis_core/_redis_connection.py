@@ -51,13 +51,18 @@ class RedisConnection:
     (Cluster); ``password`` for the nodes of the last two (a single node takes it in its URL). None of them:
     the single node at ``redis://127.0.0.1:6379/0``."""
 
+    #: A single node: ``redis://[[user]:password@]host[:port][/db]`` (or ``rediss://``, ``unix://``).
     url: str | None = attrs.field(default=None, validator=redis_url, metadata={PROBE: _probe_url})
+    #: Sentinel: the sentinels to ask for the master, as ``"host:port"``.
     sentinels: tuple[str, ...] | None = attrs.field(default=None, validator=_nodes, metadata={PROBE: _probe_nodes})
+    #: Sentinel: the monitored master's name.
     service_name: str = attrs.field(default="mymaster", validator=label)
+    #: Cluster: some of its nodes, as ``"host:port"`` (``url``, ``sentinels``, ``cluster_nodes``: one at most).
     cluster_nodes: tuple[str, ...] | None = attrs.field(
         default=None, validator=_nodes, metadata={PROBE: _probe_nodes}
     )
-    #: Never logged, never stored.
+    #: The password of the Sentinel or Cluster nodes (a single node takes it in ``url``). Never logged, never
+    #: stored.
     password: str | None = attrs.field(default=None, repr=False, validator=label)
 
     def __attrs_post_init__(self) -> None:

@@ -79,10 +79,15 @@ class Config:
     """A parsed, shape-checked configuration. Plugin tables are checked against each plugin's options when
     the pipeline is built (only then are the plugin classes loaded)."""
 
+    #: The plugins to enable, by name, in order: the order cache tiers are asked and observers called.
     plugins: tuple[str, ...] = ()
+    #: The upstreams requests are routed to (``[[endpoints]]``); none: each request goes to its own URL.
     endpoints: tuple[Endpoint, ...] = ()
+    #: Each plugin's option table, by plugin name, as written (checked when the pipeline is built).
     tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    #: Where the config was read from, for error messages.
     source: str = "<dict>"
+    #: The ``[tenant]`` table: who is asking, and what scopes an answer; read by every plugin.
     tenant: TenantConfig = attrs.field(factory=TenantConfig)
     #: The ``[redis_connection]`` table: the Redis plugins share unless they name their own (None: not given).
     redis_connection: RedisConnection | None = None

@@ -129,8 +129,8 @@ class Pipeline:
         self._noted_hosts: set[str] = set()
         self.endpoints: tuple[Endpoint, ...] = self.config.endpoints
         #: Its ring of samples is the live report's window by count (``[report] window_requests``).
-        self.stats = Stats(max_samples=self.config.report.window_requests)
-        self._live = LiveReport(self.stats, self.config.report, self.config.plugins)
+        self.stats = Stats(max_samples=self.config.report.window_requests, spent_usage=bool(self.config.pricing))
+        self._live = LiveReport(self.stats, self.config.report, self.config.plugins, self.config.pricing)
         #: Who is asking and what scopes an answer: the one definition every plugin scopes by.
         self.tenant = Tenant(self.config.tenant)
         #: Which endpoints serve which model, and the model on the wire (see ``_model_routes``).

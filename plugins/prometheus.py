@@ -609,7 +609,9 @@ class _ScrapeTimeCollector(Collector):
             if sample.at < since:
                 break
             recent += 1
-            tokens += sample.tokens or 0
+            answer = sample.usage
+            if answer is not None and sample.cache == "hit":  # a fetched answer's usage is spent, not saved
+                tokens += answer.total
         usage.add_metric(["requests_per_second"], recent / RATE_WINDOW)
         usage.add_metric(["saved_tokens_per_second"], tokens / RATE_WINDOW)
         usage.add_metric(["hit_rate"], stats.hit_rate)

@@ -154,8 +154,9 @@ def _path_segment(instance: Any, attribute: Any, value: Any) -> None:
 class RetryConfig:
     #: Attempts in all, the first included (1: never retry).
     max_attempts: int = attrs.field(default=3, validator=positive_int)
-    #: Backoff base and cap, seconds: the n-th retry waits uniform(0, min(cap, base * 2**(n-1))).
+    #: Backoff base, seconds: the n-th retry waits uniform(0, min(cap, base * 2**(n-1))).
     base: float = attrs.field(default=0.5, validator=non_negative)
+    #: Longest backoff wait, seconds (see ``base``).
     cap: float = attrs.field(default=8.0, validator=non_negative)
     #: Seconds from the request's start after which no wait may end and no attempt start (None: no limit).
     deadline: float | None = attrs.field(default=60.0, validator=non_negative)

@@ -205,4 +205,5 @@ async def replay(
     return Report.from_stats(
         pipeline.stats, duration=duration, targets=targets,
         offered_rps=offered_rps(workload, rate=rate, timed=timed, speed=speed), plugins=config.plugins,
+        pricing=config.pricing,
     )
