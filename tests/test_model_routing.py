@@ -23,6 +23,7 @@ import aurelis_core
 from aurelis_core import ConfigError, ModelNotServed, Pipeline
 from aurelis_core._model_routes import path_model
 from aurelis_core.config import Config, load_config
+from aurelis_core.report import Report
 from aurelis_core.testing import SimulatedServer
 from aurelis_core.tools.cli import main
 
@@ -303,6 +304,7 @@ def test_a_chain_is_walked_in_order_and_skips_models_not_served_alike(
     assert raw.headers["x-aurelis-model"] == "gpt-4o-mini"
     assert models_received(mini) == ["gpt-4.1-mini"] * 2 and models_received(last) == ["gpt-4o-mini"]
     assert pipeline.stats.counters["fallbacks"] == 2
+    assert Report.from_stats(pipeline.stats).resilience["model fallbacks"] == 2
     assert 'aurelis_fallbacks_total{from_model="gpt-4.1",to_model="gpt-4.1-mini"} 1.0' in metrics
     assert 'aurelis_fallbacks_total{from_model="gpt-4.1-mini",to_model="gpt-4o-mini"} 1.0' in metrics
 
