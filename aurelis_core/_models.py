@@ -119,9 +119,10 @@ class Endpoint:
         if not self.name:
             object.__setattr__(self, "name", self.url)
         if self.api_key_env is not None:
-            if self.api_key is not None:
-                raise ValueError("'api_key_env': give api_key or api_key_env, not both")
             key = os.environ.get(self.api_key_env)
+            # An endpoint copied with attrs.evolve() comes with the key already read: that is not a second key.
+            if self.api_key is not None and self.api_key != key:
+                raise ValueError("'api_key_env': give api_key or api_key_env, not both")
             if not key:
                 raise ValueError(f"'api_key_env': the environment variable {self.api_key_env} is not set "
                                  "(or is empty)")

@@ -6,12 +6,15 @@ SDK (sync and async) through an instrumented client: what each upstream received
 
 from __future__ import annotations
 
+import collections
 import functools
+import gzip
 import inspect
 import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio.from_thread
@@ -20,12 +23,21 @@ import openai
 import pytest
 
 import aurelis_core
-from aurelis_core import ConfigError, ModelNotServed, Pipeline
+from aurelis_core import Attempt, ConfigError, Endpoint, ModelNotServed, Pipeline, RequestContext
+from aurelis_core._env import expand_env
+from aurelis_core._fallback import error_body, warrants_fallback
 from aurelis_core._model_routes import path_model
+from aurelis_core._models import DEFAULT_CONTROLS
 from aurelis_core.config import Config, load_config
+from aurelis_core.health import EndpointHealth
 from aurelis_core.report import Report
 from aurelis_core.testing import SimulatedServer
 from aurelis_core.tools.cli import main
+from aurelis_plugins.routers.ai_optimized import AIOptimized
+from aurelis_plugins.routers.least_connections import LeastConnections
+from aurelis_plugins.routers.load_based import LoadBased
+from aurelis_plugins.routers.round_robin import RoundRobin
+from aurelis_plugins.routers.weighted_response_time import WeightedResponseTime
 
 #: Retries without waiting: a test measures what goes where, not how long it waits.
 RETRY = {"max_attempts": 2, "base": 0.0, "cap": 0.0, "seed": 1}
@@ -409,3 +421,78 @@ def test_config_errors_name_what_is_wrong_and_the_valid_choices(table: dict[str,
     with pytest.raises(ConfigError) as raised:
         Pipeline(table)
     assert raised.value.errors == (f"<dict>: {message}",)
+
+
+# --- the pieces on their own ------------------------------------------------------------------------------------
+
+ROUTERS = [RoundRobin, LeastConnections, WeightedResponseTime, LoadBased, AIOptimized]
+
+
+@pytest.mark.parametrize("cls", ROUTERS, ids=[cls.name for cls in ROUTERS])
+def test_a_model_panics_among_its_own_endpoints_only(cls: Any) -> None:
+    eps = (Endpoint(url="http://127.0.0.1:9000", name="a0", models=["a"]),
+           Endpoint(url="http://127.0.0.1:9001", name="a1", models=["a", "b*"]),
+           Endpoint(url="http://127.0.0.1:9002", name="b0", models=["b*"]))
+    health = EndpointHealth(eps)
+    router = cls(cls.Config(seed=3), SimpleNamespace(endpoints=eps, health=health))
+
+    def picks(model: str, n: int = 60) -> collections.Counter[str]:
+        counts: collections.Counter[str] = collections.Counter()
+        for _ in range(n):
+            ctx = RequestContext(SimpleNamespace(), None, None, False, DEFAULT_CONTROLS)
+            ctx.json = {"model": model}
+            endpoint = router.aurelis_route(ctx)
+            attempt = Attempt(1, endpoint)
+            attempt.status_code, attempt.finished = 200, attempt.started + 0.01
+            router.aurelis_attempt_end(ctx, attempt)
+            counts[endpoint.name] += 1
+        return counts
+
+    assert set(picks("a")) == {"a0", "a1"} and set(picks("b-2")) == {"a1", "b0"}
+    health.block(eps[0], health.clock() + 60, "open")
+    assert set(picks("a")) == {"a1"}
+    health.block(eps[1], health.clock() + 60, "open")
+    assert set(picks("a")) == {"a0", "a1"}  # panic: every endpoint of the model, never another model's
+    assert set(picks("b-2")) == {"b0"}
+    with pytest.raises(ModelNotServed):
+        picks("c", 1)
+
+
+def test_what_warrants_a_fallback() -> None:
+    def failed(status: int | None = None, error: BaseException | None = None) -> Attempt:
+        attempt = Attempt(1, None)
+        attempt.status_code, attempt.error = status, error
+        return attempt
+
+    for status in (408, 429, 500, 503, 529):
+        assert warrants_fallback(failed(status), None, httpx2)
+    for status in (400, 401, 403, 404, 409, 422):
+        assert not warrants_fallback(failed(status), b'{"error": {"code": "invalid_request"}}', httpx2)
+    assert warrants_fallback(failed(error=httpx2.ConnectError("refused")), None, httpx2)
+    assert not warrants_fallback(failed(error=ValueError("the caller's own")), None, httpx2)
+    anthropic = b'{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 210000 ' \
+                b'tokens > 200000 maximum"}}'
+    gemini = b'{"error": {"code": 400, "message": "The input token count (1200000) exceeds the maximum number of ' \
+             b'tokens allowed (1048576).", "status": "INVALID_ARGUMENT"}}'
+    for body in (anthropic, gemini, b'{"error": {"code": "context_length_exceeded"}}'):
+        assert warrants_fallback(failed(400), body, httpx2)
+    # A compressed error body is read decoded.
+    coded = gzip.compress(anthropic)
+    assert error_body(coded, httpx2.Headers({"content-encoding": "gzip"})) == anthropic
+    assert error_body(b"not gzip", httpx2.Headers({"content-encoding": "gzip"})) == b"not gzip"
+
+
+def test_variable_references_and_their_errors() -> None:
+    env = {"HOST": "example.org", "KEY": "k$y"}
+    data = {"a": "https://${HOST}/v1", "b": ["${KEY}", 3, {"c": "$${HOST} and ${KEY}"}], "${HOST}": "key kept"}
+    assert expand_env(data, "f.toml", env) == (
+        {"a": "https://example.org/v1", "b": ["k$y", 3, {"c": "${HOST} and k$y"}], "${HOST}": "key kept"}, [])
+    _, errors = expand_env({"x": "${}", "y": ["${1A}"], "z": {"w": "${MISSING}"}, "v": "${HOST"}, "f.toml", env)
+    assert errors == [
+        "f.toml: x: ${} is not an environment variable reference: expected ${NAME} with NAME made of letters, "
+        "digits and _ (write $${ for a literal ${)",
+        "f.toml: y[0]: ${1A} is not an environment variable reference: expected ${NAME} with NAME made of "
+        "letters, digits and _ (write $${ for a literal ${)",
+        "f.toml: z.w: the environment variable MISSING is not set (referenced as ${MISSING})",
+        "f.toml: v: '${' without its closing '}' (write $${ for a literal ${)",
+    ]
