@@ -605,7 +605,10 @@ class Pipeline:
         while True:
             endpoint: Endpoint | None = None
             if endpoints:
-                endpoint = route(ctx) if route is not None else self.health.serving(ctx, endpoints)[0]
+                if route is not None:
+                    endpoint = route(ctx)
+                else:
+                    endpoint = endpoints[0] if models is None else self.health.serving(ctx, endpoints)[0]
             attempt = Attempt(len(ctx.attempts) + 1, endpoint)
             ctx.attempts.append(attempt)
             try:

@@ -229,14 +229,16 @@ class Router:
         now = self.clock()
         # The endpoints serving the request's model (all of them, the same tuple, unless endpoints list models),
         # then those of them available now.
-        serving = self.health.serving(ctx, self.endpoints)
-        candidates = self.health.candidates(serving, now)
+        health = self.health
+        endpoints = self.endpoints
+        serving = health.serving(ctx, endpoints) if health.models.active else endpoints
+        candidates = health.candidates(serving, now)
         if ctx.attempts:  # a retry: only then is there anything to avoid (first attempts skip the lookup)
             failed = failed_endpoints(ctx)
             if failed:
                 candidates = [e for e in candidates if e.name not in failed] or candidates
         with self._lock:
-            self._serving = self._allowed(serving)
+            self._serving = None if serving is endpoints else self._allowed(serving)
             index = self._pick(ctx, candidates, now)
             self.inflight[index] += 1
             self._sent(index, ctx, now)
