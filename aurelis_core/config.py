@@ -74,6 +74,11 @@ class ConfigError(ValueError):
         return (type(self), self.errors)
 
 
+def _table_names(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    # The options are not shown: a value may be a credential from the environment (${REDIS_PASSWORD}).
+    return "{" + ", ".join(f"{name!r}: {{...}}" for name in tables) + "}"
+
+
 @attrs.frozen
 class Config:
     """A parsed, shape-checked configuration. Plugin tables are checked against each plugin's options when
@@ -84,7 +89,7 @@ class Config:
     #: The upstreams requests are routed to (``[[endpoints]]``); none: each request goes to its own URL.
     endpoints: tuple[Endpoint, ...] = ()
     #: Each plugin's option table, by plugin name, as written (checked when the pipeline is built).
-    tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, repr=_table_names)
     #: Where the config was read from, for error messages.
     source: str = "<dict>"
     #: The ``[tenant]`` table: who is asking, and what scopes an answer; read by every plugin.

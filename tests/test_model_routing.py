@@ -369,7 +369,9 @@ def test_variables_in_toml_strings_are_expanded_and_config_check_never_prints_th
     path.write_text(TOML)
     monkeypatch.setenv("AURELIS_TEST_BASE", upstream.url)
     monkeypatch.setenv("AURELIS_TEST_SECRET", "azure-secret-123")
-    endpoint = load_config(path).endpoints[0]
+    loaded = load_config(path)
+    endpoint = loaded.endpoints[0]
+    assert "azure-secret-123" not in repr(loaded)
     assert endpoint.url == upstream.base_url
     assert endpoint.headers == {"api-key": "azure-secret-123", "x-note": "costs ${USD}"}  # $${ is a literal ${
     assert "azure-secret-123" not in repr(endpoint)
@@ -496,3 +498,14 @@ def test_variable_references_and_their_errors() -> None:
         "f.toml: z.w: the environment variable MISSING is not set (referenced as ${MISSING})",
         "f.toml: v: '${' without its closing '}' (write $${ for a literal ${)",
     ]
+
+
+def test_no_repr_of_a_config_shows_an_option_value_that_may_be_a_credential() -> None:
+    config = Config.from_dict({
+        "plugins": ["memory"], "memory": {"max_entries": 7},
+        "redis_connection": {"url": "redis://:hunter2@127.0.0.1:6379/0"},
+        "endpoints": [{"url": "http://a/v1", "api_key": "sk-secret", "headers": {"x-goog-api-key": "g-secret"}}],
+    })
+    shown = repr(config)
+    assert "hunter2" not in shown and "sk-secret" not in shown and "g-secret" not in shown
+    assert "redis://:***@127.0.0.1:6379/0" in shown and "'memory': {...}" in shown
