@@ -43,6 +43,14 @@ from aurelis_plugins.routers.weighted_response_time import WeightedResponseTime
 RETRY = {"max_attempts": 2, "base": 0.0, "cap": 0.0, "seed": 1}
 
 
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nobody listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def messages(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
@@ -275,10 +283,7 @@ def test_a_connection_that_fails_falls_back(
 ) -> None:
     big, mini = upstream_factory(), upstream_factory()
     cfg = config(big, mini)
-    with socket.socket() as sock:  # a port nobody listens on once it is closed
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cfg["endpoints"][0]["url"] = f"http://127.0.0.1:{port}/v1"
+    cfg["endpoints"][0]["url"] = f"http://127.0.0.1:{closed_port()}/v1"
     llm = caller(cfg, big.base_url)
     headers, _ = llm.chat(model="gpt-4.1", messages=messages("hello"))
     assert headers["x-aurelis-model"] == "gpt-4.1-mini" and models_received(mini) == ["gpt-4.1-mini"]
@@ -509,3 +514,28 @@ def test_no_repr_of_a_config_shows_an_option_value_that_may_be_a_credential() ->
     shown = repr(config)
     assert "hunter2" not in shown and "sk-secret" not in shown and "g-secret" not in shown
     assert "redis://:***@127.0.0.1:6379/0" in shown and "'memory': {...}" in shown
+
+
+def test_a_model_named_by_the_path_is_routed_rewritten_and_falls_back(
+    upstream_factory: Callable[..., SimulatedServer],
+) -> None:
+    # Gemini's form: the model is in the path, the body has none. The simulator answers such paths 404, after
+    # recording them: what it was asked is what matters here. The first model's endpoint does not answer.
+    flash = upstream_factory()
+    cfg = {
+        "plugins": ["round_robin"],
+        "endpoints": [
+            {"url": f"http://127.0.0.1:{closed_port()}/v1beta", "name": "pro", "models": ["gemini-pro"]},
+            {"url": f"{flash.url}/v1beta", "name": "flash", "models": ["gemini-flash"],
+             "model_map": {"gemini-flash": "gemini-flash-001"}},
+        ],
+        "fallbacks": {"gemini-pro": ["gemini-flash"]},
+    }
+    body = {"contents": [{"parts": [{"text": "hi"}]}]}
+    with aurelis_core.instrument(httpx2.Client(), cfg) as http:
+        response = http.post(f"{flash.url}/v1beta/models/gemini-pro:generateContent?alt=sse", json=body)
+        direct = http.post(f"{flash.url}/v1beta/models/gemini-flash:streamGenerateContent", json=body)
+    assert [r.path for r in flash.requests] == ["/v1beta/models/gemini-flash-001:generateContent",
+                                                "/v1beta/models/gemini-flash-001:streamGenerateContent"]
+    assert flash.requests[0].query_string == b"alt=sse" and flash.requests[0].json() == body
+    assert response.headers["x-aurelis-model"] == "gemini-flash" == direct.headers["x-aurelis-model"]
