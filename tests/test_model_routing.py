@@ -539,3 +539,17 @@ def test_a_model_named_by_the_path_is_routed_rewritten_and_falls_back(
                                                 "/v1beta/models/gemini-flash-001:streamGenerateContent"]
     assert flash.requests[0].query_string == b"alt=sse" and flash.requests[0].json() == body
     assert response.headers["x-aurelis-model"] == "gemini-flash" == direct.headers["x-aurelis-model"]
+
+
+def test_an_open_circuit_on_every_endpoint_of_a_model_falls_back_without_sending(
+    upstream_factory: Callable[..., SimulatedServer],
+) -> None:
+    big, mini = upstream_factory(status_override=500), upstream_factory()
+    cfg = config(big, mini, "breaker", breaker={"consecutive_failures": 2, "open_for": 60.0})
+    with aurelis_core.instrument(httpx2.Client(), cfg) as http:
+        llm = openai.OpenAI(base_url=big.base_url, api_key="sk", http_client=http, max_retries=0)
+        for n in range(3):
+            raw = llm.chat.completions.with_raw_response.create(model="gpt-4.1", messages=messages(f"q{n}"))  # type: ignore[arg-type]
+            assert raw.headers["x-aurelis-model"] == "gpt-4.1-mini"
+    # Two failures opened big's circuit: the later requests fell back without reaching it.
+    assert big.count() == 2 and models_received(mini) == ["gpt-4.1-mini"] * 3
