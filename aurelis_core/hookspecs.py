@@ -250,6 +250,8 @@ def aurelis_route(ctx: RequestContext) -> Endpoint | None:
     Exactly one router may be enabled; it is called once per attempt, only when endpoints are configured.
     No I/O, sync only, and cheap: it runs on every request that reaches the network. A router that counts
     in-flight requests increments here and decrements in ``aurelis_attempt_end``, which is guaranteed to follow.
+    It picks among ``pipeline.health.serving(ctx, endpoints)``, the endpoints serving the model the request is
+    routed for (then ``pipeline.health.candidates(...)`` of those: the available ones).
     Returning ``None`` sends the request to its own URL.
     """
 

@@ -32,8 +32,10 @@ from ._compat import build_response, extend_header_items, header_items, is_read
 from ._controls import CONTROL_HEADER_PREFIX as CONTROL_HEADER_PREFIX
 from ._controls import controls_of
 from ._drivers import Flow, LoopBridge, drive_async, drive_sync
+from ._fallback import CONTEXT_STATUSES, Fallbacks, error_body
 from ._live_report import LiveReport
 from ._logs import component_logger, log_fault
+from ._model_routes import MODEL_HEADER, ModelRoutes
 from ._models import (
     CACHE_HIT,
     CACHE_MISS,
@@ -131,8 +133,14 @@ class Pipeline:
         self._live = LiveReport(self.stats, self.config.report, self.config.plugins, self.config.pricing)
         #: Who is asking and what scopes an answer: the one definition every plugin scopes by.
         self.tenant = Tenant(self.config.tenant)
+        #: Which endpoints serve which model, and the model on the wire (see ``_model_routes``).
+        self._models = ModelRoutes(self.endpoints, self.config.fallbacks)
         #: Which endpoints routers may pick (breakers and rate limiters write it).
-        self.health = EndpointHealth(self.endpoints)
+        self.health = EndpointHealth(self.endpoints, models=self._models)
+        #: The ``[fallbacks]`` chains (``None`` without any: a failed attempt then costs no lookup).
+        self._fallbacks = (
+            Fallbacks(self.config.fallbacks, self._models, self.stats.counters) if self.config.fallbacks else None
+        )
         #: name -> where the plugin came from, for every plugin this pipeline registered.
         self.plugin_origins: dict[str, str] = {}
         self.is_async: bool | None = None
@@ -592,14 +600,21 @@ class Pipeline:
         stages = ctx._stages
         route, send = stages.route, stages.send
         assert send is not None  # the default engine fills it (see _rebuild)
+        models = self._models if self._models.active else None
+        fallbacks = self._fallbacks
         while True:
             endpoint: Endpoint | None = None
             if endpoints:
-                endpoint = route(ctx) if route is not None else endpoints[0]
+                if route is not None:
+                    endpoint = route(ctx)
+                else:
+                    endpoint = endpoints[0] if models is None else self.health.serving(ctx, endpoints)[0]
             attempt = Attempt(len(ctx.attempts) + 1, endpoint)
             ctx.attempts.append(attempt)
             try:
                 ctx.request = rewrite(ctx, endpoint, endpoints) if endpoint is not None else ctx.original
+                if models is not None:
+                    ctx.request = models.apply(ctx, endpoint, ctx.request)
                 wait = 0.0
                 for admit in stages.admit:
                     answer = admit(ctx, attempt)
@@ -625,6 +640,9 @@ class Pipeline:
                 self._end_attempt(ctx, attempt)
                 delay = self._retry_delay(ctx, attempt) if isinstance(exc, Exception) else None
                 if delay is None:
+                    if (fallbacks is not None and isinstance(exc, Exception) and fallbacks.possible(ctx)
+                            and fallbacks.switch(ctx, attempt, None)):
+                        continue
                     _note_target(ctx, exc)
                     raise
                 if delay > 0 and (sleeping := _sleep(ctx, delay)) is not None:
@@ -633,8 +651,16 @@ class Pipeline:
             attempt.first_byte = time.perf_counter()
             attempt.status_code = response.status_code
             attempt.headers = response.headers
-            if response.status_code >= 400 and stages.retry:
+            if response.status_code >= 400 and (stages.retry or fallbacks is not None):
                 delay = self._retry_delay(ctx, attempt)
+                if delay is None and fallbacks is not None and fallbacks.possible(ctx):
+                    # Only now, with the model's retries spent, is the error body read (to tell a prompt too
+                    # long); the caller gets it as it came if the request does not fall back after all.
+                    body = None
+                    if response.status_code in CONTEXT_STATUSES:
+                        body = yield from self._peek(ctx, response, attempt)
+                    if fallbacks.switch(ctx, attempt, body):
+                        delay = 0.0
                 if delay is not None:
                     try:
                         closed = _close(ctx, response)
@@ -645,7 +671,29 @@ class Pipeline:
                     if delay > 0 and (sleeping := _sleep(ctx, delay)) is not None:
                         yield sleeping
                     continue
+            if models is not None:
+                model = models.routed_model(ctx)
+                if model is not None:
+                    extend_header_items(response.headers, [(MODEL_HEADER, MODEL_HEADER, model.encode())])
             return response, attempt
+
+    def _peek(self, ctx: RequestContext, response: Any, attempt: Attempt) -> Generator[Any, Any, bytes | None]:
+        """An error answer's body, decoded (see ``_fallback.error_body``), read whole and put back: the caller
+        reads the same bytes. ``None`` when it could not be read (the attempt then failed with that error)."""
+        try:
+            if ctx.is_async:
+                raw: bytes = yield _aread_raw(response)
+            else:
+                stream = response.stream
+                try:
+                    raw = b"".join(stream)
+                finally:
+                    stream.close()
+        except Exception as exc:
+            attempt.error = exc
+            return None
+        response.stream = ctx.http.ByteStream(raw)
+        return error_body(raw, response.headers)
 
     def _retry_delay(self, ctx: RequestContext, attempt: Attempt) -> float | None:
         hooks = ctx._stages.retry

@@ -77,6 +77,7 @@ import attrs
 
 from aurelis_core.plugin import (
     FAILED_ENDPOINTS,
+    MODEL_ROUTE,
     Attempt,
     EndpointUnavailable,
     Invalid,
@@ -235,7 +236,10 @@ class Retry:
     @hookimpl
     def aurelis_retry(self, ctx: RequestContext, attempt: Attempt) -> float | None:
         config = self.config
-        if attempt.number >= config.max_attempts or not self._retryable(ctx, attempt):
+        # Attempts count per model: after a fallback, the next model gets max_attempts of its own.
+        route = MODEL_ROUTE.get(ctx)
+        number = attempt.number - route.first_attempt + 1 if route is not None else attempt.number
+        if number >= config.max_attempts or not self._retryable(ctx, attempt):
             return None
         counters = self.stats.counters
         if not (self._unsent(ctx, attempt) or self._repeatable(ctx)):
@@ -248,7 +252,7 @@ class Retry:
             # One set, two readers: routers find it under the core's key, without knowing this plugin.
             state = ctx.state["retry"] = RetryState(FAILED_ENDPOINTS.setdefault(ctx, set()))
         state.failed.add(endpoint.name)
-        failover = self._has_alternative(state.failed)
+        failover = self._has_alternative(ctx, state.failed)
         if failover:
             delay = 0.0
         elif isinstance(attempt.error, EndpointUnavailable):
@@ -344,10 +348,11 @@ class Retry:
             return False
         return safe or _stateless_body(ctx)
 
-    def _has_alternative(self, failed: set[str]) -> bool:
+    def _has_alternative(self, ctx: RequestContext, failed: set[str]) -> bool:
+        """Whether an endpoint that serves the request's model, has not failed it and is available is left."""
         health = self.health
         now = health.clock()
-        return any(e.name not in failed and health.available(e, now) for e in self.endpoints)
+        return any(e.name not in failed and health.available(e, now) for e in health.serving(ctx, self.endpoints))
 
 
 #: Responses API input items that hand the server the results of tool calls (``function_call_output``,

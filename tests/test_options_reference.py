@@ -133,7 +133,7 @@ def test_secrets_and_required_keys_and_nested_tables_in_the_builtin_tables() -> 
     endpoints = {row.name: row for row in options("endpoints")}
     assert endpoints["url"].default == "(required)" and endpoints["headers"].type == "Mapping[str, str]"
     top = [row.name for row in options("top-level")]
-    assert top == ["plugins", "endpoints", "tenant", "redis_connection", "report", "pricing"]
+    assert top == ["plugins", "endpoints", "tenant", "redis_connection", "report", "pricing", "fallbacks"]
     assert options("lz4") == [] and markdown_table("lz4") == "The `lz4` plugin takes no options."
 
 

@@ -122,7 +122,7 @@ def simulated(config: Config, options: SimulateOptions) -> Iterator[tuple[Config
         servers = [stack.enter_context(simulated_upstream(**options.behavior())) for _ in shapes]
         # The simulator ignores credentials; a configured api_key is dropped so it is never sent anywhere new.
         endpoints = tuple(
-            attrs.evolve(shape, url=server.base_url, api_key=None)
+            attrs.evolve(shape, url=server.base_url, api_key=None, api_key_env=None)
             for shape, server in zip(shapes, servers, strict=True)
         )
         yield attrs.evolve(config, endpoints=endpoints), servers
