@@ -16,7 +16,7 @@ What is computed, all from the samples (one per finished request):
 - **resilience**: what the pipeline did about failures, from its counters: retries, failovers to another
   endpoint, retries refused (not idempotent, past the deadline, budget spent), circuit breaker trips, attempts
   that waited for a rate limit or were refused by one, compressed requests sent again plain after a 415/400
-  (fallbacks), requests moved to the next model of their ``[fallbacks]`` chain (model fallbacks), requests
+  (plain resends), requests moved to the next model of their ``[fallbacks]`` chain (model fallbacks), requests
   coalesced onto another's upstream call.
 - **tokens**: saved, the ``usage.total_tokens`` of every answer served from cache (what it spent when it was
   fetched); with a ``[pricing]`` table, spent too, those of every answer fetched from an upstream.
@@ -76,7 +76,7 @@ RESILIENCE_COUNTERS = {
     "breaker trips": ("breaker_open",),
     "rate-limit waits": ("ratelimit_waited",),
     "rate-limit refusals": ("ratelimit_rejected",),
-    "fallbacks": ("compress_fallbacks",),
+    "plain resends": ("compress_fallbacks",),
     "model fallbacks": ("fallbacks",),
     "coalesced": ("coalesced",),
 }

@@ -193,7 +193,7 @@ def test_a_compression_fallback_is_reported_and_logged(
                                json={"model": "m", "messages": [{"role": "user", "content": text}]})
     assert response.status_code == 200
     assert [r.header("content-encoding") for r in upstream.requests] == ["gzip", None]
-    assert Report.from_stats(pipeline.stats).resilience == {"fallbacks": 1}
+    assert Report.from_stats(pipeline.stats).resilience == {"plain resends": 1}
     [line] = [r.getMessage() for r in caplog.records if r.name == "aurelis.compress"]
     assert line == f"fallback: 127.0.0.1:{upstream.port} answered 415 to a gzip body; sending it again uncompressed"
 
