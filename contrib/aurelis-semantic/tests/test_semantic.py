@@ -29,13 +29,13 @@ def client_for(**semantic: Any) -> httpx.Client:
 
 def chat(
     client: httpx.Client, upstream: SimulatedServer, text: str, *, key: str = "k1", system: str | None = None,
-    model: str = "m", **extra: Any,
+    model: str = "m", headers: dict[str, str] | None = None, **extra: Any,
 ) -> httpx.Response:
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     response = client.post(
         upstream.base_url + "/chat/completions",
         json={"model": model, "messages": messages, **extra},
-        headers={"authorization": f"Bearer {key}"},
+        headers={"authorization": f"Bearer {key}", **(headers or {})},
     )
     assert response.status_code == 200, response.text
     return response
@@ -123,7 +123,9 @@ def test_guards_veto_a_reversed_question(upstream: SimulatedServer, guards: bool
         assert answer(reversed_) == "echo: Convert 10 miles to kilometers."
 
 
-def test_a_vetoed_candidate_gives_way_to_the_next_best() -> None:
+def test_a_vetoed_best_match_is_a_miss() -> None:
+    # The next best is further from the question than the one the guards turned down: serving it served
+    # "parents deceive children" for "children deceive parents" (the best match, vetoed as a reversal).
     index = SemanticIndex(max_entries=10)
     vectors = HashingEmbedder(dim=64).embed(["alpha beta", "alpha beta gamma"])
     best, second = CacheEntry(200, [], b"best"), CacheEntry(200, [], b"second")
@@ -131,9 +133,82 @@ def test_a_vetoed_candidate_gives_way_to_the_next_best() -> None:
     index.add("s", vectors[1][None, :], second, "fine")
     query = vectors[0][None, :]
     assert index.search("s", query, 0.5, time.time(), None)[0] is best  # type: ignore[index]
-    found = index.search("s", query, 0.5, time.time(), None, accept=lambda data: data != "vetoed")
-    assert found is not None and found[0] is second and found[1] < 1.0
-    assert index.search("s", query, 0.5, time.time(), None, accept=lambda data: False) is None
+    assert index.search("s", query, 0.5, time.time(), None, accept=lambda data: data != "vetoed") is None
+    # Not vetoed, the second is still found when it is the best.
+    found = index.search("s", vectors[1][None, :], 0.5, time.time(), None, accept=lambda data: data != "vetoed")
+    assert found is not None and found[0] is second
+
+
+def test_a_vetoed_best_match_is_a_miss_end_to_end(upstream: SimulatedServer) -> None:
+    with client_for(threshold=0.5) as client:
+        chat(client, upstream, "Why do parents deceive their children?")  # hashing: 0.86, vetoed (reversed)
+        chat(client, upstream, "Why do children lie to their parents?")  # 0.80, not vetoed
+        asked = chat(client, upstream, "Why do children deceive their parents?")
+    assert asked.headers["x-aurelis-cache"] == "miss"
+    assert answer(asked) == "echo: Why do children deceive their parents?"
+
+
+def sqlite_client(path: Any, plugins: tuple[str, ...] = ("normalize", "memory", "sqlite", "semantic")) -> httpx.Client:
+    config = {
+        "plugins": list(plugins),
+        "semantic": {"backend": "hashing", "threshold": 0.85},
+        "sqlite": {"path": str(path), "codec": "none"},
+    }
+    return instrument(httpx.Client(), config)
+
+
+def test_a_fuzzy_answer_never_becomes_an_exact_one(upstream: SimulatedServer, tmp_path: Any) -> None:
+    path = tmp_path / "cache.sqlite3"
+    with sqlite_client(path) as client:
+        first = chat(client, upstream, PASSWORD)
+        fuzzy = chat(client, upstream, PASSWORD_REWORDED)
+        again = chat(client, upstream, PASSWORD_REWORDED)
+        exact = chat(client, upstream, PASSWORD)
+    assert first.headers["x-aurelis-cache"] == "miss"
+    # The reworded question is answered by the semantic tier, which says so and how alike they were...
+    assert fuzzy.headers["x-aurelis-cache-tier"] == "semantic"
+    assert 0.85 <= float(fuzzy.headers["x-aurelis-similarity"]) < 1.0
+    assert answer(fuzzy) == "echo: " + PASSWORD
+    # ...every time: neither the memory nor the SQLite tier was given its answer as the reworded question's.
+    assert again.headers["x-aurelis-cache-tier"] == "semantic"
+    # The exact answer is still an exact hit, with no similarity.
+    assert exact.headers["x-aurelis-cache-tier"] == "memory"
+    assert "x-aurelis-similarity" not in exact.headers
+    assert upstream.count("/chat/completions") == 1
+
+    # Across a restart (a new pipeline on the same file, the semantic index empty): the SQLite file holds the
+    # first question's answer, and nothing for the reworded one, which goes upstream.
+    with sqlite_client(path) as client:
+        stored = chat(client, upstream, PASSWORD)
+        reworded = chat(client, upstream, PASSWORD_REWORDED)
+    assert stored.headers["x-aurelis-cache-tier"] == "sqlite"
+    assert reworded.headers["x-aurelis-cache"] == "miss"
+    assert answer(reworded) == "echo: " + PASSWORD_REWORDED
+    assert upstream.count("/chat/completions") == 2
+
+
+def test_no_store_is_honoured_by_the_semantic_tier(upstream: SimulatedServer, tmp_path: Any) -> None:
+    path = tmp_path / "cache.sqlite3"
+    with sqlite_client(path, ("normalize", "sqlite")) as client:
+        chat(client, upstream, PASSWORD)
+    # The semantic tier before SQLite: a SQLite hit is promoted into it, unless the request says no-store.
+    with sqlite_client(path, ("normalize", "semantic", "sqlite")) as client:
+        plugin: SemanticCache = pipeline_of(client).plugin("semantic")  # type: ignore[assignment]
+        for headers in ({"cache-control": "no-store"}, {"x-aurelis-cache": "no-store"}):
+            assert chat(client, upstream, PASSWORD, headers=headers).headers["x-aurelis-cache-tier"] == "sqlite"
+        assert len(plugin) == 0
+        reworded = chat(client, upstream, PASSWORD_REWORDED, headers={"x-aurelis-cache": "no-store"})
+        assert reworded.headers["x-aurelis-cache"] == "miss"  # nothing was there to answer it
+        assert len(plugin) == 0
+        fresh = client.post(
+            upstream.base_url + "/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": USERNAME}]},
+            headers={"authorization": "Bearer k1"}, extensions={"aurelis": {"no_store": True}},
+        )
+        assert fresh.headers["x-aurelis-cache"] == "miss"
+        assert len(plugin) == 0
+        assert chat(client, upstream, PASSWORD).headers["x-aurelis-cache-tier"] == "sqlite"
+        assert len(plugin) == 1  # promoted, as the request allows
 
 
 def test_every_turn_must_match(upstream: SimulatedServer) -> None:
