@@ -350,7 +350,7 @@ def test_concurrent_embeddings_are_batched() -> None:
     others = [threading.Thread(target=ask, args=t) for t in (("b", "c"), ("c",), ("d", "a"))]
     for thread in others:
         thread.start()
-    while len(batcher._pending) < 3:  # noqa: SLF001  (waiting for them to queue, not a result)
+    while len(batcher._pending) < 3:
         time.sleep(0.001)
     release.set()
     for thread in [first, *others]:
@@ -401,8 +401,8 @@ def test_minilm_backend_offline(upstream: SimulatedServer, monkeypatch: pytest.M
     assert vectors[0] @ vectors[1] > 0.88 > vectors[0] @ vectors[2]
 
     with instrument(httpx.Client(), {"plugins": ["normalize", "semantic"]}) as client:  # default: minilm
-        assert torch.get_num_threads() == 1  # the default cap, set when the model loaded
         chat(client, upstream, "What is the capital of France?")
+        assert torch.get_num_threads() == 1  # the default cap, set when the model loaded (at the first request)
         hit = chat(client, upstream, "Which city is the capital of France?")
         near = chat(client, upstream, USERNAME)
         chat(client, upstream, PASSWORD)
