@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from aurelis_semantic import HashingEmbedder, MiniLMEmbedder, SemanticCache, SemanticIndex
+from aurelis_semantic import DEFAULT_THRESHOLD, PRESETS, HashingEmbedder, MiniLMEmbedder, SemanticCache, SemanticIndex
 from aurelis_semantic.batching import EmbeddingBatcher
 from aurelis_semantic.index import ENTRY_OVERHEAD, entry_bytes
 
@@ -300,6 +300,23 @@ def test_bad_options_name_the_valid_ones() -> None:
         Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"guards": "yes"}})
     with pytest.raises(ConfigError, match="did you mean 'threshold'"):
         Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"treshold": 0.9}})
+    with pytest.raises(ConfigError, match="strict"):
+        Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"preset": "safe"}})
+    for option in ("threads", "max_bytes"):
+        with pytest.raises(ConfigError, match=option):
+            Pipeline({"plugins": ["normalize", "semantic"], "semantic": {option: 0}})
+
+
+def test_presets_set_the_threshold_unless_it_is_given() -> None:
+    def threshold(**options: Any) -> float:
+        pipeline = Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"backend": "hashing", **options}})
+        plugin: SemanticCache = pipeline.plugin("semantic")  # type: ignore[assignment]
+        return plugin.config.similarity
+
+    assert threshold() == PRESETS["balanced"] == DEFAULT_THRESHOLD
+    assert threshold(preset="strict") == PRESETS["strict"] > threshold() > PRESETS["recall"] == threshold(
+        preset="recall")
+    assert threshold(preset="strict", threshold=0.5) == 0.5
 
 
 def test_the_index_is_bounded_by_bytes(upstream: SimulatedServer) -> None:

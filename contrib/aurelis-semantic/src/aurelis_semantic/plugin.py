@@ -174,7 +174,7 @@ class SemanticCache:
     @hookimpl
     def aurelis_cache_set(self, ctx: RequestContext, entry: CacheEntry, promote: bool) -> Awaitable[None] | None:
         # The pipeline stores no fresh answer under no-store, but it promotes a lower tier's hit regardless.
-        if ctx.controls.no_store or entry.similarity is not None:
+        if ctx.controls.no_store:
             return None
         state = ctx.state.get("semantic")
         if state is None:
