@@ -141,6 +141,20 @@ def test_semantic_paraphrase_hits_near_miss_does_not(semantic_client: httpx.Clie
     assert upstream.count("/chat/completions") == 2
 
 
+@pytest.mark.redis
+def test_a_semantic_hit_never_reaches_redis(contrib_site: Path, redis_flush: str, upstream: SimulatedServer) -> None:
+    config = {"plugins": ["normalize", "memory", "redis", "semantic"], "redis": {"url": redis_flush, "codec": "none"},
+              "semantic": {"backend": "hashing", "threshold": 0.85}}
+    with instrument(httpx.Client(), config) as client:
+        assert ask(client, upstream, "How do I reset my password?") == "miss -"
+        assert ask(client, upstream, "Please, how do I reset my password?") == "hit semantic"
+    # A new process on the same Redis: the exact answer is there, none for the reworded question.
+    with instrument(httpx.Client(), config) as client:
+        assert ask(client, upstream, "How do I reset my password?") == "hit redis"
+        assert ask(client, upstream, "Please, how do I reset my password?") == "miss -"
+    assert upstream.count("/chat/completions") == 2
+
+
 def test_semantic_never_crosses_api_keys_or_system_prompts(
     semantic_client: httpx.Client, upstream: SimulatedServer
 ) -> None:
