@@ -19,10 +19,10 @@ Within a scope, a request matches a stored one when *each* of its fuzzy turns ha
 least ``threshold`` with the stored turn (the weakest turn decides) and no guard of
 :mod:`aurelis_semantic.guards` vetoes any turn pair: embeddings score a question and its opposite alike
 ("miles to kilometers" / "kilometers to miles", "ascending" / "descending", "charging" / "not charging"), so
-negation, contrast, order and name checks on the words veto those. Near-misses -- the same question about a
-different thing -- are the failure mode of semantic caches, so the default threshold is picked, with the
-guards on, to keep them out at the cost of missing looser paraphrases; ``bench/`` has the measurement. A
-guard that vetoes the best match makes a miss: the next best is further from the question still.
+negation, contrast, order, name and population checks on the words veto those. Near-misses -- the same
+question about a different thing -- are the failure mode of semantic caches: the threshold is a named trade-off
+(``preset``: strict, balanced, recall) that ``bench/evaluate.py`` measures, and no threshold makes them
+impossible. A guard that vetoes the best match makes a miss: the next best is further from the question still.
 
 A fuzzy answer stays fuzzy
 --------------------------
