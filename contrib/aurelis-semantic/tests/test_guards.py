@@ -77,6 +77,11 @@ def test_vetoes(a: str, b: str, guard: str) -> None:
         ("What is the GDP of Germany?", "What is Germany's gross domestic product?"),
         ("how do i delete my account", "How do I delete my account?"),
         ("Python: how do I read a file?", "How do I read a file in Python?"),
+        # The same people in other words; a unit spelled two ways; "C" as a name, not a unit, in both.
+        ("What is the paracetamol dose for children?", "How much paracetamol can I give my kids?"),
+        ("Is coffee safe during pregnancy?", "Can I drink coffee while pregnant?"),
+        ("What is 100 \u00b0C in Fahrenheit?", "Convert 100 degrees Celsius to Fahrenheit."),
+        ("How much vitamin C is in an orange?", "How much vitamin C does an orange contain?"),
     ],
 )
 def test_paraphrases_pass(a: str, b: str) -> None:
