@@ -276,9 +276,16 @@ class CacheEntry:
 
     ``expires_at`` belongs to the ``memory`` tier that holds the entry: the ``time.monotonic()`` deadline it
     computed when it stored it (a step of the wall clock does not move it). ``None`` until then.
+
+    ``similarity`` marks a *fuzzy* answer: a tier that answers a request with the stored answer to a similar
+    one (the contrib ``semantic`` tier) hands over a copy carrying how alike the two were, and the pipeline
+    never stores such an entry in any tier (no promotion, no ``aurelis_cache_set``): an approximate answer
+    must not become the exact answer to the new request. ``None`` for an exact entry.
     """
 
-    __slots__ = ("_body", "_chunks", "_usage", "created", "expires_at", "headers", "hits", "status_code", "ttl")
+    __slots__ = (
+        "_body", "_chunks", "_usage", "created", "expires_at", "headers", "hits", "similarity", "status_code", "ttl"
+    )
 
     def __init__(
         self,
@@ -290,6 +297,7 @@ class CacheEntry:
         created: float | None = None,
         ttl: float | None = None,
         hits: int = 0,
+        similarity: float | None = None,
     ) -> None:
         self.status_code = status_code
         self.headers = headers
@@ -305,6 +313,7 @@ class CacheEntry:
         self.created = time.time() if created is None else created
         self.ttl = ttl
         self.hits = hits
+        self.similarity = similarity
         self.expires_at: float | None = None
         self._usage: Usage | None = _UNSET
 

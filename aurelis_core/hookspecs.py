@@ -239,7 +239,7 @@ def aurelis_cache_set(ctx: RequestContext, entry: CacheEntry, promote: bool) -> 
     All implementations run (one per tier), in order (``promote`` is true when the entry was found in a lower
     tier and is copied up). May do I/O (``def`` or ``async def``); slow tiers should not hold up the response
     (queue the write). An exception is counted and dropped. Only complete 2xx responses that the request
-    allows to be stored ever reach this hook.
+    allows to be stored ever reach this hook, and never a fuzzy entry (``entry.similarity`` set).
     """
 
 

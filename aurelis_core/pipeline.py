@@ -102,6 +102,7 @@ UNSTORED_HEADERS = frozenset(
         b"age",
         b"x-aurelis-cache",
         b"x-aurelis-cache-tier",
+        b"x-aurelis-similarity",
     }
 )
 #: Rate-limit headers describe the upstream's budget at the time of the call; a replay spent none of it.
@@ -560,6 +561,10 @@ class Pipeline:
         setters: Sequence[tuple[str, Callable[..., Any]]],
         promote: bool,
     ) -> Flow:
+        if entry.similarity is not None:
+            # A fuzzy answer (see CacheEntry.similarity) answered a request other than the one it was stored
+            # for: written into any tier, it would become that request's exact answer, for good.
+            return
         for tier, store in setters:
             try:
                 result = store(ctx, entry, promote)
@@ -782,6 +787,8 @@ class Pipeline:
         # Triples made here rather than kept on the entry: a hit pays ~0.1 us a header, a stored entry no bytes.
         headers = [(k, k.lower(), v) for k, v in entry.headers]
         headers += self._info_headers(ctx)
+        if entry.similarity is not None:
+            headers.append((b"x-aurelis-similarity", b"x-aurelis-similarity", b"%.3f" % entry.similarity))
         age = int(time.time() - entry.created)
         headers.append((b"age", b"age", b"%d" % age if age > 0 else b"0"))
         ctx.response_status = entry.status_code
