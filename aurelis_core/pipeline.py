@@ -549,7 +549,9 @@ class Pipeline:
                 ctx.cache_tier = tier
                 ctx.entry = entry
                 entry.hits += 1
-                if index:
+                # A request that said no-store (Cache-Control: no-store, or its controls) may read the cache
+                # but has nothing written for it, a promotion of what it read included.
+                if index and not ctx.controls.no_store:
                     yield from self._cache_store(ctx, entry, stages.setters_above[index], promote=True)
                 return entry  # type: ignore[no-any-return]
         return None
