@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
+from ._model_routes import ModelNotServed
 from ._models import (
     Attempt,
     CacheEntry,
@@ -43,6 +44,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Endpoint",
+    "ModelNotServed",
     "Pipeline",
     "RequestContext",
     "RequestControlError",

@@ -34,6 +34,7 @@ from ._logs import component_logger
 from .validators import at_least, choices_hint, describe, positive, positive_int
 
 if TYPE_CHECKING:
+    from .pricing import Pricing
     from .report import Report, Targets
     from .stats import Sample, Stats
 
@@ -84,9 +85,12 @@ class ReportConfig:
 class LiveReport:
     """Reports over a window of ``stats``' recent samples; see the module docstring."""
 
-    def __init__(self, stats: Stats, config: ReportConfig, plugins: Sequence[str]) -> None:
+    def __init__(
+        self, stats: Stats, config: ReportConfig, plugins: Sequence[str], pricing: Pricing | None = None
+    ) -> None:
         self.stats = stats
         self.config = config
+        self.pricing = pricing
         #: ``None``: the defaults of :class:`~aurelis_core.report.Targets`.
         self.targets = config.scored_against() if config.targets else None
         self.plugins = tuple(plugins)
@@ -128,7 +132,7 @@ class LiveReport:
             duration = now - start
         counters = self._counters_since(start, now)
         return build_report(samples, duration=duration, targets=targets or self.targets, counters=counters,
-                            plugins=self.plugins)
+                            plugins=self.plugins, pricing=self.pricing)
 
     def _counters_since(self, start: float, now: float) -> dict[str, int]:
         """The counters' change since the last copy taken at or before ``start`` (or the oldest kept); takes a

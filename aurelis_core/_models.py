@@ -7,6 +7,7 @@ construction cost is part of every request's overhead and is kept to a handful o
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,7 @@ from ._usage import USAGE_TAIL as USAGE_TAIL
 from ._usage import Usage as Usage
 from ._usage import usage_counts as usage_counts
 from ._usage import usage_tokens as usage_tokens
-from .validators import header_table, http_url, label, positive, positive_int, printable
+from .validators import Invalid, env_name, header_table, http_url, label, positive, positive_int, printable
 
 __all__ = [
     "CACHE_BYPASS",
@@ -41,11 +42,44 @@ __all__ = [
 ]
 
 _UNSET: Any = object()
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 
 CACHE_HIT = "hit"
 CACHE_MISS = "miss"
 CACHE_BYPASS = "bypass"
+
+
+def _header_names(headers: Mapping[str, str]) -> str:
+    # Values are not shown: a header (api-key, x-goog-api-key) may hold a credential.
+    return "{" + ", ".join(f"{name!r}: '***'" for name in headers) + "}"
+
+
+def _model_names(value: Any) -> Any:
+    """``models`` as a tuple (a list, tuple or set), ``None`` kept; anything else is left for the check."""
+    return tuple(value) if isinstance(value, (list, tuple, set, frozenset)) else value
+
+
+def _model_list(instance: Any, attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, tuple) or not value:
+        raise Invalid(attribute.name, "a non-empty list of model names or globs such as [\"gpt-4.1\", \"gpt-4.1-*\"]",
+                      value)
+    for index, model in enumerate(value):
+        if not isinstance(model, str) or not model or _CONTROL.search(model):
+            raise Invalid(f"{attribute.name}[{index}]", "a model name or glob (a non-empty string)", model)
+
+
+def _model_table(instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, Mapping):
+        raise Invalid(attribute.name, "a table of requested model = the endpoint's name for it", value)
+    for requested, own in value.items():
+        if not isinstance(requested, str) or not requested or _CONTROL.search(requested):
+            raise Invalid(attribute.name, "model names as keys", requested)
+        if not isinstance(own, str) or not own or _CONTROL.search(own) or "/" in own:
+            raise Invalid(f"{attribute.name}[{requested!r}]", "the endpoint's name for the model (a non-empty "
+                          "string without '/')", own)
 
 
 @attrs.frozen
@@ -55,22 +89,63 @@ class Endpoint:
     ``url`` is the endpoint's base URL (absolute http(s), without query or fragment: the request's own are
     kept); the request's path is kept and moved onto it. ``headers`` are added to every request sent there, and
     ``api_key`` replaces the caller's ``Authorization`` header, so one client can fan out over deployments that
-    each have their own credential. ``dialect`` names the wire format the endpoint speaks (``openai``,
-    ``azure_openai``, ``anthropic``, ``gemini``, or one a plugin adds), when its URL paths do not tell.
+    each have their own credential. ``api_key_env`` names the environment variable to read ``api_key`` from
+    when the endpoint is made (an error names it when it is not set).
+
+    ``models`` are the models the endpoint serves, names or globs (``*``, ``?``, ``[...]``, case-sensitive);
+    ``None``, the default, serves every model. ``model_map`` maps a requested model to the endpoint's own name
+    for it (an Azure deployment, a provider's prefix), written into the request's ``model`` field, and into
+    its path where the path names the model (see :mod:`aurelis_core._model_routes`). ``dialect`` names the wire
+    format the endpoint speaks (``openai``, ``azure_openai``, ``anthropic``, ``gemini``, or one a plugin adds),
+    when its URL paths do not tell.
     """
 
+    #: Absolute ``http(s)`` base URL, without query or fragment; the request's operation path is moved onto it.
     url: str = attrs.field(validator=http_url)
+    #: A unique name, used in metrics and reports (empty: the URL).
     name: str = attrs.field(default="", validator=printable)
+    #: Share of traffic for the weighted routers.
     weight: float = attrs.field(default=1.0, validator=positive)
-    headers: Mapping[str, str] = attrs.field(factory=dict, validator=header_table)
+    #: Headers added to every request sent here (an Azure ``api-key``: write it ``"${AZURE_KEY}"`` in a file);
+    #: their values are never shown.
+    headers: Mapping[str, str] = attrs.field(factory=dict, validator=header_table, repr=_header_names)
+    #: Replaces the caller's ``Authorization`` with ``Bearer <api_key>``. Never logged, never stored.
     api_key: str | None = attrs.field(default=None, repr=False, validator=label)
+    #: The environment variable ``api_key`` is read from when the config is loaded (instead of ``api_key``).
+    api_key_env: str | None = attrs.field(default=None, validator=attrs.validators.optional(env_name))
+    #: Requests per minute this upstream allows (the ``ratelimit`` plugin's period), before the table's own.
     rpm: int | None = attrs.field(default=None, validator=positive_int)
+    #: Tokens per minute this upstream allows (the ``ratelimit`` plugin's period), before the table's own.
     tpm: int | None = attrs.field(default=None, validator=positive_int)
+    #: The models served, names and globs (``["gpt-4.1", "gpt-4.1-*"]``); absent: every model.
+    models: tuple[str, ...] | None = attrs.field(default=None, converter=_model_names, validator=_model_list)
+    #: Requested model -> this endpoint's own name for it (``{"gpt-4.1" = "my-deployment"}``), sent instead.
+    model_map: Mapping[str, str] = attrs.field(factory=dict, validator=_model_table)
+    #: The wire format the endpoint speaks, when its URL paths do not tell (see docs/providers.md).
     dialect: str | None = attrs.field(default=None, validator=label)
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
             object.__setattr__(self, "name", self.url)
+        if self.api_key_env is not None:
+            key = os.environ.get(self.api_key_env)
+            # An endpoint copied with attrs.evolve() comes with the key already read: that is not a second key.
+            if self.api_key is not None and self.api_key != key:
+                raise ValueError("'api_key_env': give api_key or api_key_env, not both")
+            if not key:
+                raise ValueError(f"'api_key_env': the environment variable {self.api_key_env} is not set "
+                                 "(or is empty)")
+            if _CONTROL.search(key):
+                raise ValueError(f"'api_key_env': the environment variable {self.api_key_env} holds control "
+                                 "characters")
+            object.__setattr__(self, "api_key", key)
+        if self.models is not None:
+            from fnmatch import fnmatchcase
+
+            unserved = [m for m in self.model_map if not any(fnmatchcase(m, p) for p in self.models)]
+            if unserved:
+                raise ValueError(f"'model_map': maps {', '.join(map(repr, unserved))}, which the endpoint does not "
+                                 f"serve (models: {', '.join(self.models)})")
 
 
 @attrs.frozen
@@ -129,9 +204,16 @@ class CacheEntry:
 
     ``expires_at`` belongs to the ``memory`` tier that holds the entry: the ``time.monotonic()`` deadline it
     computed when it stored it (a step of the wall clock does not move it). ``None`` until then.
+
+    ``similarity`` marks a *fuzzy* answer: a tier that answers a request with the stored answer to a similar
+    one (the contrib ``semantic`` tier) hands over a copy carrying how alike the two were, and the pipeline
+    never stores such an entry in any tier (no promotion, no ``aurelis_cache_set``): an approximate answer
+    must not become the exact answer to the new request. ``None`` for an exact entry.
     """
 
-    __slots__ = ("_body", "_chunks", "_usage", "created", "expires_at", "headers", "hits", "status_code", "ttl")
+    __slots__ = (
+        "_body", "_chunks", "_usage", "created", "expires_at", "headers", "hits", "similarity", "status_code", "ttl"
+    )
 
     def __init__(
         self,
@@ -143,6 +225,7 @@ class CacheEntry:
         created: float | None = None,
         ttl: float | None = None,
         hits: int = 0,
+        similarity: float | None = None,
     ) -> None:
         self.status_code = status_code
         self.headers = headers
@@ -158,6 +241,7 @@ class CacheEntry:
         self.created = time.time() if created is None else created
         self.ttl = ttl
         self.hits = hits
+        self.similarity = similarity
         self.expires_at: float | None = None
         self._usage: Usage | None = _UNSET
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import attrs
 
-from .validators import PROBE, each, host_port, label, non_empty, probe_redis, probe_tcp, redis_url
+from .validators import PROBE, _masked, each, host_port, label, non_empty, probe_redis, probe_tcp, redis_url
 
 __all__ = ["DEFAULT_URL", "RedisConnection"]
 
@@ -45,19 +45,29 @@ def _probe_nodes(instance: RedisConnection, attribute: Any, value: tuple[str, ..
 _nodes: list[Any] = [non_empty, each(host_port)]
 
 
+def _url_repr(url: str | None) -> str:
+    # A password in the URL (often from the environment: ${REDIS_URL}) is never shown.
+    return _masked(url) if url is not None else "None"
+
+
 @attrs.frozen
 class RedisConnection:
     """One Redis: ``url`` (a single node), ``sentinels`` + ``service_name`` (Sentinel), or ``cluster_nodes``
     (Cluster); ``password`` for the nodes of the last two (a single node takes it in its URL). None of them:
     the single node at ``redis://127.0.0.1:6379/0``."""
 
-    url: str | None = attrs.field(default=None, validator=redis_url, metadata={PROBE: _probe_url})
+    #: A single node: ``redis://[[user]:password@]host[:port][/db]`` (or ``rediss://``, ``unix://``).
+    url: str | None = attrs.field(default=None, validator=redis_url, metadata={PROBE: _probe_url}, repr=_url_repr)
+    #: Sentinel: the sentinels to ask for the master, as ``"host:port"``.
     sentinels: tuple[str, ...] | None = attrs.field(default=None, validator=_nodes, metadata={PROBE: _probe_nodes})
+    #: Sentinel: the monitored master's name.
     service_name: str = attrs.field(default="mymaster", validator=label)
+    #: Cluster: some of its nodes, as ``"host:port"`` (``url``, ``sentinels``, ``cluster_nodes``: one at most).
     cluster_nodes: tuple[str, ...] | None = attrs.field(
         default=None, validator=_nodes, metadata={PROBE: _probe_nodes}
     )
-    #: Never logged, never stored.
+    #: The password of the Sentinel or Cluster nodes (a single node takes it in ``url``). Never logged, never
+    #: stored.
     password: str | None = attrs.field(default=None, repr=False, validator=label)
 
     def __attrs_post_init__(self) -> None:

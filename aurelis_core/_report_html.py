@@ -23,6 +23,7 @@ from ._units import duration as _ms
 from ._units import number as _num
 from ._units import percent as _pct
 from ._units import rounded_down as _floor
+from ._units import usd as _usd
 
 __all__ = ["ReportFigures", "render_html"]
 
@@ -75,6 +76,12 @@ class ReportFigures(Protocol):
     def error_kinds(self) -> dict[str, int]: ...
     @property
     def tokens_saved(self) -> int: ...
+    @property
+    def tokens_spent(self) -> int | None: ...
+    @property
+    def cost_spent(self) -> float | None: ...
+    @property
+    def cost_saved(self) -> float | None: ...
     @property
     def models(self) -> dict[str, dict[str, Any]]: ...
     @property
@@ -193,8 +200,11 @@ def _tiles(report: ReportFigures) -> str:
         ("cache hit rate", _pct(report.hit_rate), f"{_count(hits)} hits",
          " over" if report.hit_rate is not None and report.hit_rate < t.hit_rate else ""),
         ("errors", _pct(report.error_rate), f"{_count(report.errors)} failed", " over" if report.errors else ""),
-        ("tokens saved", _count(report.tokens_saved), "served from cache", ""),
+        ("tokens saved", _count(report.tokens_saved),
+         "served from cache" if report.tokens_spent is None else f"{_count(report.tokens_spent)} spent", ""),
     ]
+    if report.cost_spent is not None and report.cost_saved is not None:
+        tiles.append(("cost saved", _usd(report.cost_saved), f"{_usd(report.cost_spent)} spent", ""))
     return '<section class="tiles">' + "".join(
         f'<div class="tile{flag}"><span class="muted">{_e(name)}</span><strong>{_e(value)}</strong>'
         f'<span class="muted">{_e(note)}</span></div>'

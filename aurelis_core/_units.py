@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["count", "duration", "number", "percent", "percent_below", "rounded_down"]
+__all__ = ["count", "duration", "number", "percent", "percent_below", "rounded_down", "usd"]
 
 
 def duration(seconds: float | None) -> str:
@@ -48,3 +48,12 @@ def count(value: float) -> str:
     if magnitude >= 10 or value == int(value):
         return f"{value:.0f}"
     return f"{value:.2g}" if magnitude < 1 else f"{value:.1f}".rstrip("0").rstrip(".")
+
+
+def usd(amount: float) -> str:
+    """Dollars, with three significant digits below a dollar (``$12.35``, ``$0.0042``, ``$0.000123``): a cached
+    short answer saves fractions of a cent, and "$0.00" would say it saved nothing."""
+    if amount == 0 or amount >= 1:
+        return f"${amount:,.2f}"
+    decimals = max(2, 2 - math.floor(math.log10(amount)))
+    return f"${amount:.{decimals}f}"

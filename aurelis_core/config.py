@@ -8,6 +8,8 @@ A config has four kinds of top-level key:
 - ``redis_connection``: the Redis every Redis-using plugin shares unless it names its own (see
   :mod:`aurelis_core._redis_connection`).
 - ``pricing``: USD per million tokens by model (see :mod:`aurelis_core.pricing`), read by whatever reports cost.
+- ``fallbacks``: the models to try, in order, when a model's endpoints all failed (see
+  :mod:`aurelis_core._fallback`).
 - ``report``: the window of recent requests ``pipeline.report()`` reads, and its periodic logging (see
   :mod:`aurelis_core._live_report`).
 - one table per plugin, named after it, holding that plugin's options.
@@ -37,6 +39,8 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import attrs
 
+from ._env import expand_env
+from ._fallback import check_fallbacks
 from ._live_report import ReportConfig
 from ._models import Endpoint
 from ._redis_connection import RedisConnection
@@ -50,7 +54,7 @@ __all__ = ["ALLOW_NON_FINITE", "Config", "ConfigError", "config_from_table", "lo
 T = TypeVar("T")
 
 #: Top-level keys that are not plugin tables.
-RESERVED_KEYS = ("plugins", "endpoints", "tenant", "redis_connection", "report", "pricing")
+RESERVED_KEYS = ("plugins", "endpoints", "tenant", "redis_connection", "report", "pricing", "fallbacks")
 #: Options of the ``normalize`` table that moved to ``[tenant]``: still accepted there, copied on load.
 _MOVED_TO_TENANT = ("namespace", "secret")
 
@@ -70,15 +74,25 @@ class ConfigError(ValueError):
         return (type(self), self.errors)
 
 
+def _table_names(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    # The options are not shown: a value may be a credential from the environment (${REDIS_PASSWORD}).
+    return "{" + ", ".join(f"{name!r}: {{...}}" for name in tables) + "}"
+
+
 @attrs.frozen
 class Config:
     """A parsed, shape-checked configuration. Plugin tables are checked against each plugin's options when
     the pipeline is built (only then are the plugin classes loaded)."""
 
+    #: The plugins to enable, by name, in order: the order cache tiers are asked and observers called.
     plugins: tuple[str, ...] = ()
+    #: The upstreams requests are routed to (``[[endpoints]]``); none: each request goes to its own URL.
     endpoints: tuple[Endpoint, ...] = ()
-    tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    #: Each plugin's option table, by plugin name, as written (checked when the pipeline is built).
+    tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict, repr=_table_names)
+    #: Where the config was read from, for error messages.
     source: str = "<dict>"
+    #: The ``[tenant]`` table: who is asking, and what scopes an answer; read by every plugin.
     tenant: TenantConfig = attrs.field(factory=TenantConfig)
     #: The ``[redis_connection]`` table: the Redis plugins share unless they name their own (None: not given).
     redis_connection: RedisConnection | None = None
@@ -86,6 +100,8 @@ class Config:
     report: ReportConfig = attrs.field(factory=ReportConfig)
     #: The ``[pricing]`` table: model prices (empty: none configured).
     pricing: Pricing = attrs.field(factory=Pricing)
+    #: The ``[fallbacks]`` table: model -> the models to try next, in order (empty: no fallbacks).
+    fallbacks: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> Config:
@@ -150,8 +166,10 @@ def parse_config(data: Any, source: str = "<dict>") -> tuple[Config, list[str]]:
     report = _table(ReportConfig, data, "report", source, errors) or ReportConfig()
     pricing, pricing_errors = _pricing(data.get("pricing", {}), source)
     errors.extend(pricing_errors)
+    fallbacks, fallback_errors = check_fallbacks(data.get("fallbacks", {}), endpoints, source)
+    errors.extend(fallback_errors)
     config = Config(plugins=tuple(plugins), endpoints=tuple(endpoints), tables=tables, source=source, tenant=tenant,
-                    redis_connection=redis_connection, report=report, pricing=pricing)
+                    redis_connection=redis_connection, report=report, pricing=pricing, fallbacks=fallbacks)
     return config, errors
 
 
@@ -707,8 +725,9 @@ def load_config(source: Config | Mapping[str, Any] | str | os.PathLike[str] | No
 
 
 def read_config_file(path: str | os.PathLike[str]) -> tuple[Any, str]:
-    """``(the config's table as written, its source name)`` from a TOML file; :class:`ConfigError` if the
-    file cannot be read or is not TOML. Not checked beyond that (see :func:`parse_config`)."""
+    """``(the config's table as written, its source name)`` from a TOML file, its strings' ``${VAR}`` replaced
+    from the environment (see :mod:`aurelis_core._env`); :class:`ConfigError` if the file cannot be read, is
+    not TOML or names a variable that is not set. Not checked beyond that (see :func:`parse_config`)."""
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(f"expected a dict, a Config or the path of a TOML file, got {describe(path)}")
     # Imported for config files only: a dict or Config needs neither (~15 ms of `import aurelis_core`).
@@ -726,10 +745,14 @@ def read_config_file(path: str | os.PathLike[str]) -> tuple[Any, str]:
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    where = str(path)
     if path.name == "pyproject.toml":
         tool = data.get("tool", {})
         section = tool.get("aurelis") if isinstance(tool, Mapping) else None
         if section is None:
             raise ConfigError(f"{path}: no [tool.aurelis] table")
-        return section, f"{path} [tool.aurelis]"
-    return data, str(path)
+        data, where = section, f"{path} [tool.aurelis]"
+    data, errors = expand_env(data, where)
+    if errors:
+        raise ConfigError(*errors)
+    return data, where

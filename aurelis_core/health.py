@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
+from ._model_routes import ModelRoutes
 from ._models import Endpoint
 
 if TYPE_CHECKING:
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 __all__ = ["CircuitState", "EndpointHealth", "EndpointStatus", "EndpointUnavailable", "retry_after"]
 
 CircuitState = Literal["closed", "open", "half_open"]
+
+#: Lists of endpoints whose candidates are kept at once: one per model the endpoints serve differently.
+_CACHED_LISTS = 64
 
 
 @attrs.define
@@ -105,17 +109,21 @@ class EndpointHealth:
     """
 
     def __init__(
-        self, endpoints: Sequence[Endpoint], slow_start: float = 30.0, clock: Callable[[], float] = time.monotonic
+        self, endpoints: Sequence[Endpoint], slow_start: float = 30.0, clock: Callable[[], float] = time.monotonic,
+        models: ModelRoutes | None = None,
     ) -> None:
         self.status: dict[str, EndpointStatus] = {e.name: EndpointStatus() for e in endpoints}
+        #: Which endpoints serve which model (see :meth:`serving`).
+        self.models = models if models is not None else ModelRoutes(endpoints)
         #: Seconds over which a recovered endpoint's share ramps from 10% to 100%.
         self.slow_start = slow_start
         self.clock = clock
         self._any_blocked = False
         #: Bumped by every change of a status, so cached candidates know when they are stale.
         self._version = 0
-        #: The last candidates handed out: (endpoints asked about, version, computed at, valid until, result).
-        self._cached: tuple[Sequence[Endpoint], int, float, float, Sequence[Endpoint]] | None = None
+        #: The last candidates handed out for each list of endpoints asked about (one list per model served):
+        #: id(endpoints) -> (endpoints, version, computed at, valid until, result).
+        self._cached: dict[int, tuple[Sequence[Endpoint], int, float, float, Sequence[Endpoint]]] = {}
         self._origins: dict[tuple[Any, Any, Any], Endpoint] = {}
 
     def upstream(self, ctx: RequestContext, attempt: Attempt) -> Endpoint:
@@ -131,6 +139,16 @@ class EndpointHealth:
             origin = f"{url.scheme}://{host}" + (f":{url.port}" if url.port is not None else "")
             endpoint = self._origins.setdefault(key, Endpoint(url=origin))
         return endpoint
+
+    def serving(self, ctx: RequestContext, endpoints: Sequence[Endpoint]) -> Sequence[Endpoint]:
+        """The endpoints of ``endpoints`` (a router's: the pipeline's) that serve the model ``ctx`` is routed for:
+        ``endpoints`` itself when every one does (always, when no endpoint lists its models), else the same
+        tuple for every request for that model; :class:`~aurelis_core._model_routes.ModelNotServed` when none
+        does. What a router picks among, before :meth:`candidates` leaves out the unavailable ones."""
+        models = self.models
+        if not models.active:
+            return endpoints
+        return models.for_request(ctx, endpoints)
 
     def available(self, endpoint: Endpoint, now: float | None = None) -> bool:
         status = self.status.get(endpoint.name)
@@ -150,7 +168,7 @@ class EndpointHealth:
         if not self._any_blocked:
             return endpoints
         now = self.clock() if now is None else now
-        cached = self._cached
+        cached = self._cached.get(id(endpoints))
         if (cached is not None and cached[0] is endpoints and cached[1] == self._version
                 and cached[2] <= now < cached[3]):
             return cached[4]
@@ -160,12 +178,14 @@ class EndpointHealth:
                 s.blocked_until > now or s.circuit != "closed" for s in self.status.values()
             )
             if not self._any_blocked:
-                self._cached = None
+                self._cached.clear()
                 return endpoints
         # Until the earliest block still running ends, the same endpoints stay usable (unless a status changes).
         until = min((s.blocked_until for s in self.status.values() if s.blocked_until > now), default=math.inf)
         result = usable or endpoints
-        self._cached = (endpoints, self._version, now, until, result)
+        if len(self._cached) >= _CACHED_LISTS:
+            self._cached.clear()  # lists asked about once (a test's, a simulation's): start over
+        self._cached[id(endpoints)] = (endpoints, self._version, now, until, result)
         return result
 
     def block(self, endpoint: Endpoint, until: float, reason: str) -> None:

@@ -259,7 +259,7 @@ def aurelis_cache_set(ctx: RequestContext, entry: CacheEntry, promote: bool) -> 
     All implementations run (one per tier), in order (``promote`` is true when the entry was found in a lower
     tier and is copied up). May do I/O (``def`` or ``async def``); slow tiers should not hold up the response
     (queue the write). An exception is counted and dropped. Only complete 2xx responses that the request
-    allows to be stored ever reach this hook.
+    allows to be stored ever reach this hook, and never a fuzzy entry (``entry.similarity`` set).
     """
 
 
@@ -270,6 +270,8 @@ def aurelis_route(ctx: RequestContext) -> Endpoint | None:
     Exactly one router may be enabled; it is called once per attempt, only when endpoints are configured.
     No I/O, sync only, and cheap: it runs on every request that reaches the network. A router that counts
     in-flight requests increments here and decrements in ``aurelis_attempt_end``, which is guaranteed to follow.
+    It picks among ``pipeline.health.serving(ctx, endpoints)``, the endpoints serving the model the request is
+    routed for (then ``pipeline.health.candidates(...)`` of those: the available ones).
     Returning ``None`` sends the request to its own URL.
     """
 

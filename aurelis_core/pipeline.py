@@ -32,8 +32,10 @@ from ._compat import build_response, extend_header_items, header_items, is_read
 from ._controls import CONTROL_HEADER_PREFIX as CONTROL_HEADER_PREFIX
 from ._controls import controls_of
 from ._drivers import Flow, LoopBridge, drive_async, drive_sync
+from ._fallback import CONTEXT_STATUSES, Fallbacks, error_body
 from ._live_report import LiveReport
 from ._logs import component_logger, log_fault
+from ._model_routes import MODEL_HEADER, ModelRoutes
 from ._models import (
     CACHE_HIT,
     CACHE_MISS,
@@ -100,6 +102,7 @@ UNSTORED_HEADERS = frozenset(
         b"age",
         b"x-aurelis-cache",
         b"x-aurelis-cache-tier",
+        b"x-aurelis-similarity",
     }
 )
 #: Rate-limit headers describe the upstream's budget at the time of the call; a replay spent none of it.
@@ -127,12 +130,18 @@ class Pipeline:
         self._noted_hosts: set[str] = set()
         self.endpoints: tuple[Endpoint, ...] = self.config.endpoints
         #: Its ring of samples is the live report's window by count (``[report] window_requests``).
-        self.stats = Stats(max_samples=self.config.report.window_requests)
-        self._live = LiveReport(self.stats, self.config.report, self.config.plugins)
+        self.stats = Stats(max_samples=self.config.report.window_requests, spent_usage=bool(self.config.pricing))
+        self._live = LiveReport(self.stats, self.config.report, self.config.plugins, self.config.pricing)
         #: Who is asking and what scopes an answer: the one definition every plugin scopes by.
         self.tenant = Tenant(self.config.tenant)
+        #: Which endpoints serve which model, and the model on the wire (see ``_model_routes``).
+        self._models = ModelRoutes(self.endpoints, self.config.fallbacks)
         #: Which endpoints routers may pick (breakers and rate limiters write it).
-        self.health = EndpointHealth(self.endpoints)
+        self.health = EndpointHealth(self.endpoints, models=self._models)
+        #: The ``[fallbacks]`` chains (``None`` without any: a failed attempt then costs no lookup).
+        self._fallbacks = (
+            Fallbacks(self.config.fallbacks, self._models, self.stats.counters) if self.config.fallbacks else None
+        )
         #: name -> where the plugin came from, for every plugin this pipeline registered.
         self.plugin_origins: dict[str, str] = {}
         self.is_async: bool | None = None
@@ -543,7 +552,9 @@ class Pipeline:
                 ctx.cache_tier = tier
                 ctx.entry = entry
                 entry.hits += 1
-                if index:
+                # A request that said no-store (Cache-Control: no-store, or its controls) may read the cache
+                # but has nothing written for it, a promotion of what it read included.
+                if index and not ctx.controls.no_store:
                     yield from self._cache_store(ctx, entry, stages.setters_above[index], promote=True)
                 return entry  # type: ignore[no-any-return]
         return None
@@ -555,6 +566,10 @@ class Pipeline:
         setters: Sequence[tuple[str, Callable[..., Any]]],
         promote: bool,
     ) -> Flow:
+        if entry.similarity is not None:
+            # A fuzzy answer (see CacheEntry.similarity) answered a request other than the one it was stored
+            # for: written into any tier, it would become that request's exact answer, for good.
+            return
         for tier, store in setters:
             try:
                 result = store(ctx, entry, promote)
@@ -595,10 +610,15 @@ class Pipeline:
         stages = ctx._stages
         route, send = stages.route, stages.send
         assert send is not None  # the default engine fills it (see _rebuild)
+        models = self._models if self._models.active else None
+        fallbacks = self._fallbacks
         while True:
             endpoint: Endpoint | None = None
             if endpoints:
-                endpoint = route(ctx) if route is not None else endpoints[0]
+                if route is not None:
+                    endpoint = route(ctx)
+                else:
+                    endpoint = endpoints[0] if models is None else self.health.serving(ctx, endpoints)[0]
             attempt = Attempt(
                 len(ctx.attempts) + 1, endpoint,
                 ctx.dialect if endpoint is None or endpoint.dialect is None
@@ -607,6 +627,8 @@ class Pipeline:
             ctx.attempts.append(attempt)
             try:
                 ctx.request = rewrite(ctx, endpoint, endpoints) if endpoint is not None else ctx.original
+                if models is not None:
+                    ctx.request = models.apply(ctx, endpoint, ctx.request)
                 wait = 0.0
                 for admit in stages.admit:
                     answer = admit(ctx, attempt)
@@ -632,6 +654,9 @@ class Pipeline:
                 self._end_attempt(ctx, attempt)
                 delay = self._retry_delay(ctx, attempt) if isinstance(exc, Exception) else None
                 if delay is None:
+                    if (fallbacks is not None and isinstance(exc, Exception) and fallbacks.possible(ctx)
+                            and fallbacks.switch(ctx, attempt, None)):
+                        continue
                     _note_target(ctx, exc)
                     raise
                 if delay > 0 and (sleeping := _sleep(ctx, delay)) is not None:
@@ -640,8 +665,16 @@ class Pipeline:
             attempt.first_byte = time.perf_counter()
             attempt.status_code = response.status_code
             attempt.headers = response.headers
-            if response.status_code >= 400 and stages.retry:
+            if response.status_code >= 400 and (stages.retry or fallbacks is not None):
                 delay = self._retry_delay(ctx, attempt)
+                if delay is None and fallbacks is not None and fallbacks.possible(ctx):
+                    # Only now, with the model's retries spent, is the error body read (to tell a prompt too
+                    # long); the caller gets it as it came if the request does not fall back after all.
+                    body = None
+                    if response.status_code in CONTEXT_STATUSES:
+                        body = yield from self._peek(ctx, response, attempt)
+                    if fallbacks.switch(ctx, attempt, body):
+                        delay = 0.0
                 if delay is not None:
                     try:
                         closed = _close(ctx, response)
@@ -652,7 +685,29 @@ class Pipeline:
                     if delay > 0 and (sleeping := _sleep(ctx, delay)) is not None:
                         yield sleeping
                     continue
+            if models is not None:
+                model = models.routed_model(ctx)
+                if model is not None:
+                    extend_header_items(response.headers, [(MODEL_HEADER, MODEL_HEADER, model.encode())])
             return response, attempt
+
+    def _peek(self, ctx: RequestContext, response: Any, attempt: Attempt) -> Generator[Any, Any, bytes | None]:
+        """An error answer's body, decoded (see ``_fallback.error_body``), read whole and put back: the caller
+        reads the same bytes. ``None`` when it could not be read (the attempt then failed with that error)."""
+        try:
+            if ctx.is_async:
+                raw: bytes = yield _aread_raw(response)
+            else:
+                stream = response.stream
+                try:
+                    raw = b"".join(stream)
+                finally:
+                    stream.close()
+        except Exception as exc:
+            attempt.error = exc
+            return None
+        response.stream = ctx.http.ByteStream(raw)
+        return error_body(raw, response.headers)
 
     def _retry_delay(self, ctx: RequestContext, attempt: Attempt) -> float | None:
         hooks = ctx._stages.retry
@@ -741,6 +796,8 @@ class Pipeline:
         # Triples made here rather than kept on the entry: a hit pays ~0.1 us a header, a stored entry no bytes.
         headers = [(k, k.lower(), v) for k, v in entry.headers]
         headers += self._info_headers(ctx)
+        if entry.similarity is not None:
+            headers.append((b"x-aurelis-similarity", b"x-aurelis-similarity", b"%.3f" % entry.similarity))
         age = int(time.time() - entry.created)
         headers.append((b"age", b"age", b"%d" % age if age > 0 else b"0"))
         ctx.response_status = entry.status_code

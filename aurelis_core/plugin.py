@@ -56,6 +56,12 @@ What is here
   :class:`Router`. Look them up with ``pipeline.cache_tiers()`` and ``isinstance``.
 - **per-request state**: :class:`StateKey` (a typed key into ``ctx.state``) and :data:`FAILED_ENDPOINTS`
   (the endpoints that failed during this request: retry policies write it, routers read it).
+- **models**: :func:`request_model` (the model a request names, in its JSON body or its path),
+  :data:`MODEL_ROUTE` (the :class:`ModelRoute` of a request that fell back to another model: retry policies
+  count attempts per model from it), :data:`FALLBACKS` (the ``(from, to)`` hops of a request that fell back:
+  metrics read it), :func:`warrants_fallback` (whether a failed attempt may fall back) and
+  :class:`ModelNotServed`. Routers pick among ``pipeline.health.serving(ctx, endpoints)``: the endpoints
+  serving the request's model.
 - **endpoint health**: :class:`EndpointHealth` (``pipeline.health``: breakers and rate limiters write it, routers
   read it), :class:`EndpointStatus`, :data:`CircuitState`, :class:`EndpointUnavailable` (an attempt refused
   before the network) and :func:`retry_after` (how long an upstream asked to wait).
@@ -107,8 +113,10 @@ from ._dialects import (
     RateLimits,
     event_stream_events,
 )
+from ._fallback import FALLBACKS, warrants_fallback
 from ._json import parse_json
 from ._logs import component_logger, describe_error, expected_fault, log_fault
+from ._model_routes import MODEL_ROUTE, ModelNotServed, ModelRoute, request_model
 from ._models import Attempt, CacheEntry, Endpoint, RequestContext, RequestControls, Usage, usage_counts, usage_tokens
 from ._plugins import PluginSpec, blocked_plugins, discover_plugins
 from ._protocols import CacheTier, Pipeline, Router, ShrinkableTier, WarmTarget
@@ -139,6 +147,7 @@ from .validators import (
     choices_hint,
     describe,
     each,
+    env_name,
     existing_file,
     file_path,
     fraction,
@@ -171,6 +180,8 @@ __all__ = [
     "DEFAULT_CREDENTIAL_PARAMS",
     "DEFAULT_SCOPE_HEADERS",
     "FAILED_ENDPOINTS",
+    "FALLBACKS",
+    "MODEL_ROUTE",
     "PROBE",
     "WORKLOAD_CREDENTIAL_HEADERS",
     "Anthropic",
@@ -190,7 +201,9 @@ __all__ = [
     "Gemini",
     "Identity",
     "Invalid",
+    "ModelNotServed",
     "ModelPrice",
+    "ModelRoute",
     "OpenAI",
     "Pipeline",
     "PluginSpec",
@@ -221,6 +234,7 @@ __all__ = [
     "describe_error",
     "discover_plugins",
     "each",
+    "env_name",
     "event_stream_events",
     "existing_file",
     "expected_fault",
@@ -253,6 +267,7 @@ __all__ = [
     "probe_writable_file",
     "redis_url",
     "replayable_body",
+    "request_model",
     "resend_refusal",
     "retry_after",
     "signature_scheme",
@@ -260,6 +275,7 @@ __all__ = [
     "url_path",
     "usage_counts",
     "usage_tokens",
+    "warrants_fallback",
     "worth_logging",
     "writable_file_probe",
 ]

@@ -16,8 +16,13 @@ What is computed, all from the samples (one per finished request):
 - **resilience**: what the pipeline did about failures, from its counters: retries, failovers to another
   endpoint, retries refused (not idempotent, past the deadline, budget spent), circuit breaker trips, attempts
   that waited for a rate limit or were refused by one, compressed requests sent again plain after a 415/400
-  (fallbacks), requests coalesced onto another's upstream call.
-- **tokens saved**: the ``usage.total_tokens`` of every answer served from cache.
+  (plain resends), requests moved to the next model of their ``[fallbacks]`` chain (model fallbacks), requests
+  coalesced onto another's upstream call.
+- **tokens**: saved, the ``usage.total_tokens`` of every answer served from cache (what it spent when it was
+  fetched); with a ``[pricing]`` table, spent too, those of every answer fetched from an upstream.
+- **cost** (with a ``[pricing]`` table, see :mod:`aurelis_core.pricing`): spent and saved, the same answers'
+  input, cached input and output tokens at their model's prices; the models the table names no price for are
+  listed, and their answers left out of both sums rather than counted as free.
 - **per model** and **per endpoint**: requests, share, average and p95 latency, hit rate, hits, errors.
 - **recommendations**: errors above 1% (what failed, and what to do: retries and failover, a breaker, rate
   limits), breaker trips and rate-limit waits; hit rate below 70% (warm the cache, raise TTLs); p95 above 2 s
@@ -51,6 +56,8 @@ from ._units import number as _num
 from ._units import percent as _pct
 from ._units import percent_below as _pct_below
 from ._units import rounded_down as _floor
+from ._units import usd as _usd
+from .pricing import Pricing
 from .stats import Sample, Stats, percentile
 
 __all__ = ["Report", "Targets", "build_report", "score"]
@@ -69,7 +76,8 @@ RESILIENCE_COUNTERS = {
     "breaker trips": ("breaker_open",),
     "rate-limit waits": ("ratelimit_waited",),
     "rate-limit refusals": ("ratelimit_rejected",),
-    "fallbacks": ("compress_fallbacks",),
+    "plain resends": ("compress_fallbacks",),
+    "model fallbacks": ("fallbacks",),
     "coalesced": ("coalesced",),
 }
 
@@ -272,15 +280,26 @@ class Report:
     resilience: dict[str, int] = attrs.field(factory=dict)
     #: The plugins the pipeline ran, when known: the advice depends on them.
     plugins: list[str] | None = None
+    #: Tokens the answers fetched from an upstream spent (their ``usage.total_tokens``); ``None`` without a
+    #: pricing table (the stats keep what fetched answers spent only when something prices it).
+    tokens_spent: int | None = None
+    #: USD those answers cost at the ``[pricing]`` table's prices; ``None`` without a pricing table.
+    cost_spent: float | None = None
+    #: USD the answers served from cache would have cost again; ``None`` without a pricing table.
+    cost_saved: float | None = None
+    #: Models with answers that carried usage but that the pricing table names no price for (left out of the
+    #: cost figures).
+    unpriced_models: list[str] = attrs.field(factory=list)
 
     @classmethod
     def from_stats(
         cls, stats: Stats, *, duration: float | None = None, targets: Targets | None = None,
-        offered_rps: float | None = None, plugins: Sequence[str] | None = None,
+        offered_rps: float | None = None, plugins: Sequence[str] | None = None, pricing: Pricing | None = None,
     ) -> Report:
-        """The report of everything ``stats`` holds (its bounded window of recent samples, and its counters)."""
+        """The report of everything ``stats`` holds (its bounded window of recent samples, and its counters);
+        ``pricing`` (``pipeline.config.pricing``) prices the tokens."""
         return build_report(list(stats.samples), duration=duration, targets=targets, counters=stats.counters,
-                            offered_rps=offered_rps, plugins=plugins)
+                            offered_rps=offered_rps, plugins=plugins, pricing=pricing)
 
     # --- scoring and advice --------------------------------------------------------------------------------
 
@@ -387,8 +406,15 @@ class Report:
                           sorted(self.error_kinds.items(), key=lambda item: -item[1]))
         lines += [
             f"  errors          {self.errors} ({_pct(self.error_rate)})" + (f": {kinds}" if kinds else ""),
-            f"  tokens saved    {self.tokens_saved}",
+            f"  tokens saved    {self.tokens_saved}" if self.tokens_spent is None
+            else f"  tokens          spent {self.tokens_spent}, saved {self.tokens_saved}",
         ]
+        if self.cost_spent is not None and self.cost_saved is not None:
+            would_be = self.cost_spent + self.cost_saved
+            share = f" ({_pct(self.cost_saved / would_be)} of what the requests would have cost)" if would_be else ""
+            unpriced = f"; no price for {', '.join(self.unpriced_models)}" if self.unpriced_models else ""
+            lines.append(f"  cost            spent {_usd(self.cost_spent)}, saved {_usd(self.cost_saved)}{share}"
+                         f"{unpriced}")
         if self.resilience:
             lines.append("  resilience      " + ", ".join(f"{name} {n}" for name, n in self.resilience.items()))
         lines.append("")
@@ -439,12 +465,13 @@ class Report:
 def build_report(
     samples: Sequence[Sample], *, duration: float | None = None, targets: Targets | None = None,
     counters: Mapping[str, int] | None = None, offered_rps: float | None = None,
-    plugins: Sequence[str] | None = None,
+    plugins: Sequence[str] | None = None, pricing: Pricing | None = None,
 ) -> Report:
     """The :class:`Report` of ``samples``; ``duration`` (seconds) overrides the window the samples span.
 
     ``counters`` (``stats.counters``) give the resilience figures; ``offered_rps`` the load the run was offered
-    (scored throughput is measured against it); ``plugins`` the plugins that ran (the advice depends on them).
+    (scored throughput is measured against it); ``plugins`` the plugins that ran (the advice depends on them);
+    ``pricing`` the prices that turn tokens into cost (none: no cost figures).
     """
     targets = targets or Targets()
     samples = sorted(samples, key=lambda s: s.at)
@@ -483,7 +510,7 @@ def build_report(
         hits_by_tier=dict(Counter(s.tier for s in samples if _is_hit(s) and s.tier is not None)),
         errors=errors,
         error_rate=errors / total if total else None,
-        tokens_saved=sum(s.tokens or 0 for s in samples if _is_hit(s)),
+        tokens_saved=sum(s.usage.total for s in samples if s.usage is not None and _is_hit(s)),
         models={name: _group(group, total) for name, group in by_model.items()},
         endpoints={name: _group(group, total) for name, group in by_endpoint.items()},
         series={
@@ -496,6 +523,26 @@ def build_report(
         resilience={name: count for name, count in resilience.items() if count},
         plugins=list(plugins) if plugins is not None else None,
     )
+    if pricing:
+        report.tokens_spent = sum(s.usage.total for s in samples if s.usage is not None and not _is_hit(s))
+        report.cost_spent, report.cost_saved, report.unpriced_models = _costs(samples, pricing)
     report = report.rescored(targets)
     report.recommendations = report._advise()
     return report
+
+
+def _costs(samples: Iterable[Sample], pricing: Pricing) -> tuple[float, float, list[str]]:
+    """USD spent (answers fetched) and saved (answers served from cache), and the models without a price."""
+    spent = saved = 0.0
+    unpriced: set[str] = set()
+    for s in samples:
+        if s.usage is None:
+            continue
+        cost = pricing.cost(s.model, s.usage)
+        if cost is None:
+            unpriced.add(s.model or "(no model)")
+        elif _is_hit(s):
+            saved += cost
+        else:
+            spent += cost
+    return spent, saved, sorted(unpriced)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 # usage_tokens lives with the cache entries that need it (``CacheEntry.tokens``); it is re-exported here, where
 # it was first published, so the models never import this module and this one imports them.
+from ._models import Usage
 from ._models import usage_tokens as usage_tokens
 
 if TYPE_CHECKING:
@@ -37,8 +38,10 @@ class Sample(NamedTuple):
     status: int | None
     error: str | None
     attempts: int
-    #: For a cache hit: the ``usage.total_tokens`` of the stored answer, i.e. tokens the hit saved.
-    tokens: int | None = None
+    #: The tokens of the answer the caller got, from its usage block: for a cache hit, those the stored answer
+    #: spent when it was fetched (what the hit saved); for an answer fetched now, what it spent, when the stats
+    #: keep it (``Stats(spent_usage=True)``). ``None`` when the answer carried no usage block (or failed).
+    usage: Usage | None = None
 
 
 _new_sample = tuple.__new__
@@ -57,8 +60,13 @@ def worth_logging(count: int) -> bool:
 class Stats:
     """Thread-safe enough for counters under the GIL: each update is a single dict/deque operation."""
 
-    def __init__(self, max_samples: int = 100_000) -> None:
+    def __init__(self, max_samples: int = 100_000, *, spent_usage: bool = False) -> None:
         self.started = time.time()
+        #: Whether samples of answers fetched from an upstream carry their usage (what they spent). Off unless
+        #: something prices it (a ``[pricing]`` table): finding a usage block costs ~3-10 us, +4% of a raw
+        #: request's instructions on every miss (``benchmarks/instructions.py``), for a figure nobody reads.
+        #: A hit's usage is always kept: it is found once per entry, not once per hit.
+        self.spent_usage = spent_usage
         self.counters: Counter[str] = Counter()
         self.hits_by_tier: Counter[str] = Counter()
         self.tier_errors: Counter[str] = Counter()
@@ -82,8 +90,16 @@ class Stats:
             counters["error_responses"] += 1
         attempts = ctx.attempts
         endpoint = attempts[-1].endpoint if attempts else None
+        if hit is not None:
+            # A hit's usage is found once per entry (CacheEntry.usage_in keeps it), not once per hit, as the
+            # request's dialect reads it.
+            usage = hit.usage_in(ctx.dialect)
+        elif self.spent_usage and attempts and error is None and (attempts[-1].status_code or 500) < 400:
+            usage = attempts[-1].usage  # what a fetched answer spent; a failed one has no usage block to price
+        else:
+            usage = None
         # tuple.__new__ skips the NamedTuple's Python-level __new__ (~0.1 us rather than ~0.2 us): this runs
-        # on every request. The tokens a hit saved are counted once per entry (CacheEntry.tokens), not per hit.
+        # on every request.
         self.samples.append(
             _new_sample(
                 Sample,
@@ -97,7 +113,7 @@ class Stats:
                     ctx.response_status,
                     type(error).__name__ if error is not None else None,
                     len(attempts),
-                    None if hit is None or (saved := hit.usage_in(ctx.dialect)) is None else saved.total,
+                    usage,
                 ),
             )
         )

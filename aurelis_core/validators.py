@@ -45,6 +45,7 @@ __all__ = [
     "choices_hint",
     "describe",
     "each",
+    "env_name",
     "existing_file",
     "file_path",
     "fraction",
@@ -274,6 +275,14 @@ def _printable(value: Any) -> str | None:
 printable = _Format("a string without control characters", _printable)
 
 
+def _env_name(value: Any) -> str | None:
+    return None if isinstance(value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value) else ""
+
+
+#: The name of an environment variable (letters, digits and ``_``, not starting with a digit).
+env_name = _Format("an environment variable name such as 'AZURE_KEY'", _env_name)
+
+
 def _url_path(value: Any) -> str | None:
     if not isinstance(value, str) or not value.startswith("/") or not value.strip("/"):
         return ""
@@ -434,7 +443,9 @@ class _HeaderTable:
             if not isinstance(name, str) or not _TOKEN.fullmatch(name):
                 raise Invalid(attribute.name, "header names made of letters, digits and !#$%&'*+-.^_`|~", name)
             if not isinstance(text, str) or re.search(r"[\x00-\x08\x0a-\x1f\x7f]", text):
-                raise Invalid(f"{attribute.name}[{name!r}]", "a header value without control characters", text)
+                # The value is not shown: a header (api-key, x-goog-api-key) may hold a credential.
+                raise Invalid(f"{attribute.name}[{name!r}]", "a header value without control characters", text,
+                              secret=True)
 
 
 #: A table of HTTP headers (``Mapping[str, str]`` fields such as an endpoint's ``headers``).

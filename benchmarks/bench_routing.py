@@ -30,11 +30,16 @@ pytest-benchmark (5 endpoints, nothing blocked), against the same pair of calls 
 the same pair per router with 4, 16 and 64 endpoints, first none blocked, then a quarter of them blocked (as
 open circuits, ejections and rate limits are), and prints the ratio of the blocked pick to the unblocked
 one: a pick costs the same however many endpoints there are and whether some are blocked.
+``test_pick_cost_models`` measures the pair per router with 8 endpoints and requests cycling over 3 models,
+first with endpoints that serve every model, then with each endpoint listing the models it serves (names and a
+glob), and prints the ratio: choosing among the endpoints serving a model must not slow a pick noticeably.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
+from fnmatch import fnmatchcase
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -228,3 +233,51 @@ def test_pick_cost_blocked(benchmark: Any, name: str, size: int, blocked: int) -
     base = _unblocked.get((name, size))
     ratio = f", {median / base:.2f}x the unblocked pick" if base else ""
     print(f"\n{name}, {size} endpoints, {blocked} blocked: {median * 1e6:.2f} us (median){ratio}")
+
+
+# --- cost of a pick among the endpoints serving the request's model ------------------------------------------------
+
+MODELS = ("gpt-4.1", "gpt-4.1-mini", "gpt-4o-mini")
+#: What each of the 8 endpoints serves when endpoints list their models: 3 serve gpt-4.1, 3 gpt-4.1-mini, 2
+#: the mini models by a glob.
+SERVED = (("gpt-4.1",),) * 3 + (("gpt-4.1-mini",),) * 3 + (("gpt-4.1-mini", "gpt-4o-*"),) * 2
+_every_model: dict[str, float] = {}
+
+
+@pytest.mark.parametrize(("name", "listed"), [(name, listed) for name in ROUTERS for listed in (False, True)])
+def test_pick_cost_models(benchmark: Any, name: str, listed: bool) -> None:
+    endpoints = tuple(
+        Endpoint(url=f"http://127.0.0.1:{8000 + i}", name=f"e{i}", models=served if listed else None)
+        for i, served in enumerate(SERVED)
+    )
+    cls = ROUTERS[name]
+    router = cls(cls.Config(seed=1), SimpleNamespace(endpoints=endpoints, health=EndpointHealth(endpoints)))
+    contexts = []
+    for model in MODELS:
+        ctx = RequestContext(SimpleNamespace(), None, None, False, DEFAULT_CONTROLS)
+        ctx.json = {"model": model, "max_tokens": 128}
+        contexts.append(ctx)
+    turn = itertools.cycle(contexts).__next__
+    route, end = router.aurelis_route, router.aurelis_attempt_end
+
+    def one() -> Endpoint:
+        ctx = turn()
+        endpoint: Endpoint = route(ctx)
+        attempt = Attempt(1, endpoint)
+        attempt.status_code = 200
+        attempt.first_byte = attempt.finished = attempt.started + 0.5
+        end(ctx, attempt)
+        return endpoint
+
+    for n in range(300):  # warm the statistics; every pick goes to an endpoint serving the model
+        endpoint = one()
+        assert not listed or any(fnmatchcase(MODELS[n % 3], served) for served in endpoint.models or ())
+    benchmark(one)
+    median = benchmark.stats.stats.median
+    if not listed:
+        _every_model[name] = median
+        print(f"\n{name}, 8 endpoints serving every model: {median * 1e6:.2f} us (median)")
+        return
+    base = _every_model.get(name)
+    ratio = f", {median / base:.2f}x the pick without models" if base else ""
+    print(f"\n{name}, 8 endpoints listing 3 models: {median * 1e6:.2f} us (median){ratio}")

@@ -27,7 +27,9 @@ class WarmConfig:
     """``warm = {on_start = true, top = 1000}``: at start-up, copy this tier's ``top`` most hit live entries
     into the first tier that can take them (``memory``; see :mod:`aurelis_plugins._warm`)."""
 
+    #: Warm the first tier from this one when the pipeline starts.
     on_start: bool = False
+    #: How many of the most hit live entries are copied.
     top: int = attrs.field(default=1000, validator=positive_int)
 
 

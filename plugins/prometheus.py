@@ -44,6 +44,7 @@ from typing import Any
 import attrs
 
 from aurelis_core.plugin import (
+    FALLBACKS,
     PROBE,
     Attempt,
     CacheTier,
@@ -282,6 +283,10 @@ class Prometheus:
             "aurelis_failovers", "Retries sent to another endpoint than the attempt before; endpoint is the one "
             "left.", ["endpoint"], registry=None,
         )
+        self.fallbacks = Counter(
+            "aurelis_fallbacks", "Requests moved to the next model of their [fallbacks] chain after every endpoint "
+            "of a model failed; one per hop.", ["from_model", "to_model"], registry=None,
+        )
         self.tokens = Counter(
             "aurelis_tokens", "Tokens the upstream answers spent (their usage block), by type: input or output.",
             ["model", "endpoint", "type"], registry=None,
@@ -318,7 +323,7 @@ class Prometheus:
         )
         own = (
             self.response_time, self.first_token, self.requests, self.cache_hits, self.cache_misses, self.errors,
-            self.retries, self.failovers, self.tokens, self.cost, self.tokens_saved, self.cost_saved,
+            self.retries, self.failovers, self.fallbacks, self.tokens, self.cost, self.tokens_saved, self.cost_saved,
             self.overhead, self.attempts, self.attempt_duration, self.in_flight,
         )
         #: What the plugin serves. In multiprocess mode the values of ``own`` are in the directory's files,
@@ -426,6 +431,10 @@ class Prometheus:
         """What the upstream attempts of a request spent: tokens, cost, time to first token, failovers."""
         if len(attempts) > 1:
             self.retries.labels(model).inc(len(attempts) - 1)
+            hops = FALLBACKS.get(ctx)
+            if hops:
+                for before, after in hops:
+                    self.fallbacks.labels(self._models(before), self._models(after)).inc()
         previous: Attempt | None = None
         for attempt in attempts:
             if previous is not None and attempt.endpoint is not previous.endpoint:
@@ -600,7 +609,9 @@ class _ScrapeTimeCollector(Collector):
             if sample.at < since:
                 break
             recent += 1
-            tokens += sample.tokens or 0
+            answer = sample.usage
+            if answer is not None and sample.cache == "hit":  # a fetched answer's usage is spent, not saved
+                tokens += answer.total
         usage.add_metric(["requests_per_second"], recent / RATE_WINDOW)
         usage.add_metric(["saved_tokens_per_second"], tokens / RATE_WINDOW)
         usage.add_metric(["hit_rate"], stats.hit_rate)

@@ -106,11 +106,13 @@ def _probe_redis_url(instance: Any, attribute: Any, value: str | None) -> str | 
 
 @attrs.frozen
 class RateLimitConfig:
-    #: Requests / tokens per period for each upstream without its own ``rpm`` / ``tpm`` (None: unlimited).
+    #: Requests per period for each upstream without its own ``rpm`` (None: unlimited).
     rpm: int | None = attrs.field(default=None, validator=positive_int)
+    #: Tokens per period for each upstream without its own ``tpm`` (None: unlimited).
     tpm: int | None = attrs.field(default=None, validator=positive_int)
-    #: Requests / tokens per period for each credential, across upstreams (None: unlimited).
+    #: Requests per period for each credential, across upstreams (None: unlimited).
     credential_rpm: int | None = attrs.field(default=None, validator=positive_int)
+    #: Tokens per period for each credential, across upstreams (None: unlimited).
     credential_tpm: int | None = attrs.field(default=None, validator=positive_int)
     #: Seconds the limits are counted over (the "minute" of rpm/tpm).
     period: float = attrs.field(default=60.0, validator=positive)

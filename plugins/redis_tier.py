@@ -176,8 +176,9 @@ _nodes: list[Callable[[Any, Any, Any], None]] = [non_empty, each(host_port)]
 class RedisConfig:
     #: A single node: ``redis://[[user]:password@]host[:port][/db]`` (or ``rediss://``, ``unix://``).
     url: str | None = attrs.field(default=None, validator=redis_url, metadata={PROBE: _probe_url})
-    #: Sentinel: the sentinels' ``"host:port"``, and the monitored master's name.
+    #: Sentinel: the sentinels to ask for the master, as ``"host:port"``.
     sentinels: tuple[str, ...] | None = attrs.field(default=None, validator=_nodes, metadata={PROBE: _probe_nodes})
+    #: Sentinel: the monitored master's name.
     service_name: str = attrs.field(default="mymaster", validator=label)
     #: Cluster: some of its nodes' ``"host:port"``.
     cluster_nodes: tuple[str, ...] | None = attrs.field(
@@ -185,23 +186,35 @@ class RedisConfig:
     )
     #: For Sentinel and Cluster (a single node takes it in ``url``). Never logged, never stored.
     password: str | None = attrs.field(default=None, repr=False, validator=label)
+    #: Prefix of the tier's keys.
     prefix: str = "aurelis:"
+    #: Seconds an entry lives (a request's own ``ttl`` control overrides it); ``None``: until evicted.
     ttl: float | None = attrs.field(default=3600.0, validator=positive)
+    #: Compression at rest: ``"lz4"``, ``"gzip"``, ``"brotli"`` or ``"none"`` (values that do not shrink are kept
+    #: as they are).
     codec: str = attrs.field(default="lz4", validator=at_rest_codec)
+    #: Seconds a command may take.
     socket_timeout: float = attrs.field(default=0.1, validator=positive)
+    #: Seconds a connection may take to open.
     connect_timeout: float = attrs.field(default=0.05, validator=positive)
+    #: Consecutive failures that open the tier's breaker (the tier is skipped meanwhile).
     breaker_failures: int = attrs.field(default=3, validator=positive_int)
+    #: The longest the tier is skipped before one probe request tries it again, seconds.
     breaker_reset: float = attrs.field(default=5.0, validator=positive)
     #: Seconds from the breaker opening to its first probe; later probes wait half as long as the tier has been
     #: failing, at most ``breaker_reset``.
     breaker_first_probe: float = attrs.field(default=0.25, validator=positive)
+    #: Bound of the write-behind queue (writes beyond it are dropped and counted).
     queue_size: int = attrs.field(default=10_000, validator=positive_int)
+    #: Keys kept in the hit-count set (``<prefix>meta:hits``, which warming reads to find the most wanted).
     track_hits: int = attrs.field(default=100_000, validator=positive_int)
+    #: At start-up, copy the most hit live entries into the first tier that can take them (``memory``).
     warm: WarmConfig = attrs.field(factory=WarmConfig)
     #: Largest entry (body and headers, in bytes) stored; larger answers are passed through.
     max_entry_bytes: int = attrs.field(default=MAX_ENTRY_BYTES, validator=positive_int)
     #: Connections per client (per node on Cluster); a lookup finding all busy waits ``pool_timeout`` for one.
     pool_size: int = attrs.field(default=32, validator=positive_int)
+    #: Seconds a lookup waits for a free connection when all are busy.
     pool_timeout: float = attrs.field(default=0.1, validator=positive)
     #: Connections opened at start-up (None: ``pool_size``; 0: none), so a new replica's first burst finds them.
     open_at_start: int | None = attrs.field(default=None, validator=non_negative_int)

@@ -81,6 +81,7 @@ import attrs
 
 from aurelis_core.plugin import (
     FAILED_ENDPOINTS,
+    MODEL_ROUTE,
     Attempt,
     EndpointUnavailable,
     FailureKind,
@@ -165,8 +166,9 @@ def _path_segment(instance: Any, attribute: Any, value: Any) -> None:
 class RetryConfig:
     #: Attempts in all, the first included (1: never retry).
     max_attempts: int = attrs.field(default=3, validator=positive_int)
-    #: Backoff base and cap, seconds: the n-th retry waits uniform(0, min(cap, base * 2**(n-1))).
+    #: Backoff base, seconds: the n-th retry waits uniform(0, min(cap, base * 2**(n-1))).
     base: float = attrs.field(default=0.5, validator=non_negative)
+    #: Longest backoff wait, seconds (see ``base``).
     cap: float = attrs.field(default=8.0, validator=non_negative)
     #: Seconds from the request's start after which no wait may end and no attempt start (None: no limit).
     deadline: float | None = attrs.field(default=60.0, validator=non_negative)
@@ -246,7 +248,10 @@ class Retry:
     @hookimpl
     def aurelis_retry(self, ctx: RequestContext, attempt: Attempt) -> float | None:
         config = self.config
-        if attempt.number >= config.max_attempts or not self._retryable(ctx, attempt):
+        # Attempts count per model: after a fallback, the next model gets max_attempts of its own.
+        route = MODEL_ROUTE.get(ctx)
+        number = attempt.number - route.first_attempt + 1 if route is not None else attempt.number
+        if number >= config.max_attempts or not self._retryable(ctx, attempt):
             return None
         counters = self.stats.counters
         if not (self._unsent(ctx, attempt) or self._repeatable(ctx)):
@@ -259,7 +264,7 @@ class Retry:
             # One set, two readers: routers find it under the core's key, without knowing this plugin.
             state = ctx.state["retry"] = RetryState(FAILED_ENDPOINTS.setdefault(ctx, set()))
         state.failed.add(endpoint.name)
-        failover = self._has_alternative(state.failed)
+        failover = self._has_alternative(ctx, state.failed)
         if failover:
             delay = 0.0
         elif isinstance(attempt.error, EndpointUnavailable):
@@ -359,10 +364,11 @@ class Retry:
             return False
         return safe or _stateless_body(ctx)
 
-    def _has_alternative(self, failed: set[str]) -> bool:
+    def _has_alternative(self, ctx: RequestContext, failed: set[str]) -> bool:
+        """Whether an endpoint that serves the request's model, has not failed it and is available is left."""
         health = self.health
         now = health.clock()
-        return any(e.name not in failed and health.available(e, now) for e in self.endpoints)
+        return any(e.name not in failed and health.available(e, now) for e in health.serving(ctx, self.endpoints))
 
 
 #: Responses API input items that hand the server the results of tool calls (``function_call_output``,

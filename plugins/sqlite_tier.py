@@ -176,13 +176,19 @@ class SQLiteConfig:
     path: str = attrs.field(
         default=".aurelis/cache.sqlite3", validator=file_path, metadata={PROBE: writable_file_probe}
     )
+    #: Seconds an entry lives (a request's own ``ttl`` control overrides it); ``None``: until evicted.
     ttl: float | None = attrs.field(default=86400.0, validator=positive)
+    #: Size cap of the file: beyond it, expired rows go, then the least hit (oldest last hit first) down to 90%.
     max_bytes: int = attrs.field(default=512 * 1024 * 1024, validator=positive_int)
+    #: Compression at rest: ``"lz4"``, ``"gzip"``, ``"brotli"`` or ``"none"``.
     codec: str = attrs.field(default="lz4", validator=at_rest_codec)
     #: 32 bytes as 64 hex digits or base64; default: ``AURELIS_CACHE_KEY``. Set: values are sealed (AES-GCM).
     encryption_key: str | None = attrs.field(default=None, repr=False, validator=_encryption_key)
+    #: Seconds a writer waits for another process's lock on the file.
     busy_timeout: float = attrs.field(default=1.0, validator=positive)
+    #: Bound of the write-behind queue (writes beyond it are dropped and counted).
     queue_size: int = attrs.field(default=10_000, validator=positive_int)
+    #: At start-up, copy the most hit live entries into the first tier that can take them (``memory``).
     warm: WarmConfig = attrs.field(factory=WarmConfig)
     #: Largest entry (body and headers, in bytes) stored; larger answers are passed through.
     max_entry_bytes: int = attrs.field(default=MAX_ENTRY_BYTES, validator=positive_int)

@@ -74,8 +74,11 @@ class ConcurrencyLimitError(Exception):
 class TunerConfig:
     #: ``"aimd"`` (back off on 429/5xx/timeouts) or ``"gradient2"`` (also follow the latency gradient).
     algorithm: Literal["aimd", "gradient2"] = "aimd"
+    #: Attempts in flight per endpoint at the start, before the first adjustment.
     initial_limit: int = attrs.field(default=20, validator=positive_int)
+    #: The limit never goes below this ...
     min_limit: int = attrs.field(default=1, validator=positive_int)
+    #: ... nor above this.
     max_limit: int = attrs.field(default=500, validator=positive_int)
     #: Attempts that may wait for a slot per endpoint; 0: over the limit fails at once.
     max_queue: int = attrs.field(default=1000, validator=non_negative_int)

@@ -604,7 +604,7 @@ def test_an_entry_tag_cannot_be_moved_between_key_and_value() -> None:
 def test_the_depth_bound_is_the_documented_one() -> None:
     from aurelis_plugins.normalize import MAX_DEPTH
 
-    assert MAX_DEPTH == 100  # README: "more than 100 levels deep"
+    assert MAX_DEPTH == 100  # docs/concepts/cache-key.md: "more than 100 levels deep"
     assert key_of(nested(99)) is not None and key_of(nested(100)) is None
 
 

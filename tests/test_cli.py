@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from aurelis_core.plugin import Usage
 from aurelis_core.report import build_report
 from aurelis_core.stats import Sample
 from aurelis_core.testing import SimulatedServer
@@ -74,7 +75,7 @@ def test_config_check_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_report_renders_and_rescores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     samples = [Sample(100 + i / 10, 0.2, "hit" if i % 2 else "miss", "memory" if i % 2 else None, "m",
-                      None if i % 2 else "ep", 200, None, 1, 7 if i % 2 else None) for i in range(10)]
+                      None if i % 2 else "ep", 200, None, 1, Usage(7, 0) if i % 2 else None) for i in range(10)]
     saved = tmp_path / "report.json"
     saved.write_text(json.dumps(build_report(samples, duration=1.0).to_dict()))
     code, out, _ = run(capsys, "report", str(saved))

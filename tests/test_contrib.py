@@ -134,9 +134,24 @@ def ask(client: httpx.Client, upstream: SimulatedServer, text: str, key: str = "
 def test_semantic_paraphrase_hits_near_miss_does_not(semantic_client: httpx.Client, upstream: SimulatedServer) -> None:
     assert ask(semantic_client, upstream, "How do I reset my password?") == "miss -"
     assert ask(semantic_client, upstream, "Please, how do I reset my password?") == "hit semantic"
-    # Promoted into memory under its own exact key: the next identical request is an L1 hit.
-    assert ask(semantic_client, upstream, "Please, how do I reset my password?") == "hit memory"
+    # Never promoted into memory: a fuzzy answer must not become the exact answer to the reworded question.
+    assert ask(semantic_client, upstream, "Please, how do I reset my password?") == "hit semantic"
+    assert ask(semantic_client, upstream, "How do I reset my password?") == "hit memory"
     assert ask(semantic_client, upstream, "How do I reset my username?") == "miss -"
+    assert upstream.count("/chat/completions") == 2
+
+
+@pytest.mark.redis
+def test_a_semantic_hit_never_reaches_redis(contrib_site: Path, redis_flush: str, upstream: SimulatedServer) -> None:
+    config = {"plugins": ["normalize", "memory", "redis", "semantic"], "redis": {"url": redis_flush, "codec": "none"},
+              "semantic": {"backend": "hashing", "threshold": 0.85}}
+    with instrument(httpx.Client(), config) as client:
+        assert ask(client, upstream, "How do I reset my password?") == "miss -"
+        assert ask(client, upstream, "Please, how do I reset my password?") == "hit semantic"
+    # A new process on the same Redis: the exact answer is there, none for the reworded question.
+    with instrument(httpx.Client(), config) as client:
+        assert ask(client, upstream, "How do I reset my password?") == "hit redis"
+        assert ask(client, upstream, "Please, how do I reset my password?") == "miss -"
     assert upstream.count("/chat/completions") == 2
 
 

@@ -1,8 +1,9 @@
 """Meta-tests: ``hookspecs.STAGES`` is the one table of the hooks, and everything else agrees with it.
 
 Every hookspec has a row and every row a hookspec; each docstring states the rule, the I/O and the style its row
-says; pluggy's ``firstresult`` markers and the pipeline's stage snapshot follow it; README's hook table is the
-table generated from it (the test prints the expected table when they differ); every hook is exercised by a test.
+says; pluggy's ``firstresult`` markers and the pipeline's stage snapshot follow it; the documentation's hook table
+(docs/concepts/pipeline.md) is the table generated from it (the test prints the expected table when they differ),
+and its contract table lists every hook; every hook is exercised by a test.
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ from aurelis_core.hookspecs import ASYNC_OR_SYNC, EXACTLY_ONE, STAGES, SYNC_ONLY
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("aurelis_")]
-README = (ROOT / "README.md").read_text()
+#: The documentation: README.md and every page of docs/, where the hook tables may live (each exactly once).
+DOCS = "\n".join(path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))])
 
 
 def signature(row: Stage) -> str:
-    """``aurelis_admit(ctx, attempt)``: the hook as README names it, with the hookspec's own parameters."""
+    """``aurelis_admit(ctx, attempt)``: the hook as the docs name it, with the hookspec's own parameters."""
     return f"{row.hook}({', '.join(inspect.signature(getattr(hookspecs, row.hook)).parameters)})"
 
 
 def hook_table() -> str:
-    """README's hook table, as STAGES says it."""
+    """The docs' hook table, as STAGES says it."""
     lines = ["| hook | what for | who runs | when | written as | I/O |", "|---|---|---|---|---|---|"]
     for row in STAGES:
         io = "may" if row.io else "no"
@@ -37,10 +39,10 @@ def hook_table() -> str:
     return "\n".join(lines)
 
 
-def readme_table(header: str) -> list[str]:
-    """The lines of the README table that starts with ``header`` (the README has it once)."""
-    assert README.count(header) == 1, f"README.md should have one table starting {header!r}"
-    lines = README[README.index(header):].splitlines()
+def docs_table(header: str) -> list[str]:
+    """The lines of the docs' table that starts with ``header`` (README.md and docs/ hold it once)."""
+    assert DOCS.count(header) == 1, f"README.md and docs/ should hold one table starting {header!r}"
+    lines = DOCS[DOCS.index(header):].splitlines()
     return lines[: next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))]
 
 
@@ -107,14 +109,14 @@ def test_a_stage_the_table_says_exactly_one_refuses_a_second_plugin(row: Stage) 
     assert pipeline._stages is before
 
 
-def test_readme_hook_table_is_the_one_stages_generates() -> None:
+def test_docs_hook_table_is_the_one_stages_generates() -> None:
     expected = hook_table()
-    found = "\n".join(readme_table("| hook | what for |"))
-    assert found == expected, f"README.md's hook table differs from STAGES; it should read:\n\n{expected}\n"
+    found = "\n".join(docs_table("| hook | what for |"))
+    assert found == expected, f"the docs' hook table differs from STAGES; it should read:\n\n{expected}\n"
 
 
-def test_readme_contract_table_lists_every_hook_in_table_order() -> None:
-    rows = readme_table("| hook | an implementation must |")[2:]
+def test_docs_contract_table_lists_every_hook_in_table_order() -> None:
+    rows = docs_table("| hook | an implementation must |")[2:]
     assert [row.split("|")[1].strip() for row in rows] == [f"`{signature(row)}`" for row in STAGES]
 
 

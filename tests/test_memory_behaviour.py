@@ -3,7 +3,8 @@ which entry each policy evicts; which headers are interned and shared.
 
 Everything goes through the tier's public surface (``put``, the cache hooks, ``currsize``, ``len``, ``shrink``,
 ``clear``, ``budget``) with entries built with explicit ``created`` stamps and ttls, so the tests hold whatever
-clock the tier keeps time with. The README documents the charge: body and header bytes plus 512 B per entry.
+clock the tier keeps time with. docs/plugins/memory.md documents the charge: body and header bytes plus 512 B
+per entry.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from aurelis_core import CacheEntry, ConfigError, Pipeline, RequestContext, RequestControls
 from aurelis_plugins.memory import MemoryCache, MemoryConfig
 
-#: The documented fixed charge per entry (README, "memory — L1 tier").
+#: The documented fixed charge per entry (docs/plugins/memory.md).
 OVERHEAD = 512
 HEADERS = [(b"content-type", b"application/json")]
 

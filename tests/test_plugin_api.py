@@ -55,6 +55,8 @@ def test_the_names_are_pinned() -> None:
         "CacheTier", "WarmTarget", "ShrinkableTier", "Router",
         # per-request state
         "StateKey", "FAILED_ENDPOINTS",
+        # models: which one a request asks for, its fallbacks
+        "request_model", "MODEL_ROUTE", "ModelRoute", "FALLBACKS", "warrants_fallback", "ModelNotServed",
         # endpoint health
         "EndpointHealth", "EndpointStatus", "EndpointUnavailable", "CircuitState", "retry_after",
         # who is asking
@@ -74,7 +76,8 @@ def test_the_names_are_pinned() -> None:
         "worth_logging",
         # options
         "config_from_table", "ConfigError", "ALLOW_NON_FINITE", "PROBE", "Invalid", "as_tuple", "at_least",
-        "choices_hint", "describe", "each", "existing_file", "file_path", "fraction", "header_name", "header_table",
+        "choices_hint", "describe", "each", "env_name", "existing_file", "file_path", "fraction", "header_name",
+        "header_table",
         "host_port", "http_url", "in_range", "label", "non_empty", "non_negative", "non_negative_int", "one_of",
         "positive", "positive_int", "printable", "probe_bind", "probe_redis", "probe_tcp", "probe_writable_file",
         "redis_url", "url_path", "path_ending", "writable_file_probe",

@@ -14,6 +14,7 @@ def test_public_names() -> None:
             "Config",
             "ConfigError",
             "Endpoint",
+            "ModelNotServed",
             "Pipeline",
             "RequestContext",
             "RequestControlError",

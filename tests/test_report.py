@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 import aurelis_core
+from aurelis_core.plugin import Usage
 from aurelis_core.report import Report, Targets, build_report, score
 from aurelis_core.stats import Sample, percentile, usage_tokens
 from aurelis_core.testing import SimulatedServer
@@ -17,7 +18,8 @@ from aurelis_core.testing import SimulatedServer
 def sample(at: float, latency: float, cache: str = "miss", *, tier: str | None = None, model: str = "a",
            endpoint: str | None = "ep1", status: int | None = 200, error: str | None = None,
            tokens: int | None = None) -> Sample:
-    return Sample(at, latency, cache, tier, model, endpoint, status, error, 1, tokens)
+    return Sample(at, latency, cache, tier, model, endpoint, status, error, 1,
+                  None if tokens is None else Usage(tokens, 0))
 
 
 def ten_samples() -> list[Sample]:
@@ -32,7 +34,7 @@ def ten_samples() -> list[Sample]:
         sample(100.7, 0.7, "miss", model="b", endpoint="ep2"),
         sample(100.8, 0.8, "miss", model="b", endpoint="ep2", status=None, error="ConnectError"),
         sample(100.9, 0.9, "bypass", model="b"),
-        sample(101.0, 1.0, "bypass", model="b", tokens=999),  # tokens only count on hits
+        sample(101.0, 1.0, "bypass", model="b", tokens=999),  # spent, not saved
     ]
 
 
@@ -184,3 +186,37 @@ def test_tokens_saved_from_a_real_pipeline(upstream: SimulatedServer) -> None:
     assert report.cache["hit"] == 3 and report.hit_rate == pytest.approx(0.75)
     assert report.tokens_saved == 3 * first.json()["usage"]["total_tokens"]
     assert report.models["sim-chat"]["requests"] == 4
+
+
+def test_tokens_spent_and_cost_from_a_real_pipeline(upstream: SimulatedServer) -> None:
+    """An answer fetched is spent at its model's price, each hit on it saves the same; an unpriced model is named
+    and left out of both sums, and a failed answer spends nothing."""
+    pipeline = aurelis_core.Pipeline({
+        "plugins": ["normalize", "memory"],
+        "pricing": {"sim-*": {"input": 2.0, "output": 8.0}},
+    })
+    priced = {"model": "sim-chat", "messages": [{"role": "user", "content": "one two three"}]}
+    unpriced = {"model": "other-model", "messages": [{"role": "user", "content": "four five"}]}
+    with pipeline.instrument(httpx.Client(base_url=upstream.base_url)) as client:
+        usage = client.post("/chat/completions", json=priced).json()["usage"]
+        client.post("/chat/completions", json=priced)
+        client.post("/chat/completions", json=priced)
+        other = client.post("/chat/completions", json=unpriced).json()["usage"]
+        upstream.behavior.fail_next = 1
+        assert client.post("/chat/completions", json={**priced, "n": 2}).status_code == 500
+    report = Report.from_stats(pipeline.stats, pricing=pipeline.config.pricing)
+    one = (usage["prompt_tokens"] * 2.0 + usage["completion_tokens"] * 8.0) / 1e6
+    assert report.tokens_spent == usage["total_tokens"] + other["total_tokens"]
+    assert report.tokens_saved == 2 * usage["total_tokens"]
+    assert report.cost_spent == pytest.approx(one)
+    assert report.cost_saved == pytest.approx(2 * one)
+    assert report.unpriced_models == ["other-model"]
+    text = report.text()
+    assert "cost            spent $" in text and "66.7% of what the requests would have cost" in text
+    assert "no price for other-model" in text
+    assert Report.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+    assert "cost saved" in report.html()
+    # Without a pricing table there are token figures but no cost line.
+    unpriced_report = Report.from_stats(pipeline.stats)
+    assert unpriced_report.cost_spent is None and unpriced_report.tokens_spent is None
+    assert "cost " not in unpriced_report.text() and "tokens saved    " in unpriced_report.text()

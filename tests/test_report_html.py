@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from chromium import Browser, chromium_binary
 
+from aurelis_core.plugin import Usage
 from aurelis_core.report import Report, build_report
 from aurelis_core.stats import Sample
 
@@ -33,13 +34,14 @@ def busy_run(count: int = 6000, seconds: float = 300.0, seed: int = 7) -> list[S
         if rng.random() < warm:
             tier = rng.choices(["memory", "sqlite", "redis"], [6, 1, 2])[0]
             latency = {"memory": 40e-6, "sqlite": 400e-6, "redis": 1.5e-3}[tier] * rng.lognormvariate(0, 0.3)
-            samples.append(Sample(at, latency, "hit", tier, model, None, 200, None, 1, 120))
+            samples.append(Sample(at, latency, "hit", tier, model, None, 200, None, 1, Usage(100, 20)))
             continue
         endpoint = rng.choices(["primary", "secondary-eu-west"], [3, 1])[0]
         latency = 0.25 * rng.lognormvariate(0, 0.6) * (3 if model == "gpt-4.1" else 1)
         burst = 130 < at - 1000 < 160 and endpoint == "primary"
         status = 503 if burst and rng.random() < 0.7 else 200
-        samples.append(Sample(at, latency, "miss", None, model, endpoint, status, None, 1, None))
+        samples.append(Sample(at, latency, "miss", None, model, endpoint, status, None, 1,
+                              Usage(100, 20) if status == 200 else None))
     return samples
 
 

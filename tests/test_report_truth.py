@@ -20,6 +20,7 @@ import pytest
 
 import aurelis_core
 from aurelis_core.config import load_config
+from aurelis_core.plugin import Usage
 from aurelis_core.report import Report, build_report
 from aurelis_core.stats import Sample
 from aurelis_core.testing import SimulatedServer
@@ -57,7 +58,7 @@ def test_a_saved_report_never_counts_a_failed_answer_as_a_hit() -> None:
     # Samples recorded before followers of a failed answer became misses said "hit" for them.
     old = [Sample(100.0, 0.1, "miss", None, "m", "ep", 500, None, 1),
            Sample(100.1, 0.1, "hit", "coalesced", "m", None, 500, None, 0),
-           Sample(100.2, 0.1, "hit", "memory", "m", None, 200, None, 0, 12)]
+           Sample(100.2, 0.1, "hit", "memory", "m", None, 200, None, 0, Usage(12, 0))]
     report = build_report(old, duration=1.0)
     assert report.cache == {"hit": 1, "miss": 2, "bypass": 0} and report.hits_by_tier == {"memory": 1}
     assert report.tokens_saved == 12
@@ -192,7 +193,7 @@ def test_a_compression_fallback_is_reported_and_logged(
                                json={"model": "m", "messages": [{"role": "user", "content": text}]})
     assert response.status_code == 200
     assert [r.header("content-encoding") for r in upstream.requests] == ["gzip", None]
-    assert Report.from_stats(pipeline.stats).resilience == {"fallbacks": 1}
+    assert Report.from_stats(pipeline.stats).resilience == {"plain resends": 1}
     [line] = [r.getMessage() for r in caplog.records if r.name == "aurelis.compress"]
     assert line == f"fallback: 127.0.0.1:{upstream.port} answered 415 to a gzip body; sending it again uncompressed"
 

@@ -114,7 +114,7 @@ def retrying(config: dict[str, Any] | None = None) -> Pipeline:
 
 
 def sdk(base: str, pipeline: Pipeline) -> openai.OpenAI:
-    # max_retries=0: the retries under test are the wrapper's, as the README recommends.
+    # max_retries=0: the retries under test are the wrapper's, as the docs recommend (concepts/resilience.md).
     http = aurelis_core.instrument(httpx2.Client(timeout=10), pipeline=pipeline)
     return openai.OpenAI(base_url=base + "/v1", api_key="sk-test", http_client=http, max_retries=0)
 

@@ -228,13 +228,14 @@ def test_a_pick_with_blocked_endpoints_reuses_the_candidate_set(cls: Any) -> Non
         router.health.block(endpoint, clock.now + 60, "open")
     counts = run_sequential(router, clock, 50)
     assert not set(counts) & {"e0", "e1", "e2", "e3"}
-    allowed = router._allowed_set
-    assert allowed == frozenset(range(4, 16))
+    candidates = router.health.candidates(eps)
+    allowed = router._allowed(candidates)
+    assert allowed == frozenset(range(4, 16)) and len(router._allowed_sets) == 1
     run_sequential(router, clock, 50)
-    assert router._allowed_set is allowed
+    assert router._allowed(router.health.candidates(eps)) is allowed and len(router._allowed_sets) == 1
     router.health.block(eps[4], clock.now + 60, "rate_limited")
     assert "e4" not in run_sequential(router, clock, 50)
-    assert router._allowed_set == frozenset(range(5, 16))
+    assert router._allowed(router.health.candidates(eps)) == frozenset(range(5, 16))
 
 
 @pytest.mark.parametrize("cls", ALL)

@@ -232,7 +232,7 @@ def test_entries_up_to_max_entry_bytes_are_stored(tmp_path: Path) -> None:
 
 def test_the_default_max_entry_bytes_is_32_mib(tmp_path: Path) -> None:
     pipeline, tier, _ = open_tier(tmp_path / "c.sqlite3")
-    assert tier.max_entry_bytes == 32 * 1024 * 1024  # as documented in README's config reference
+    assert tier.max_entry_bytes == 32 * 1024 * 1024  # as documented in docs/plugins/sqlite.md
     pipeline.close()
 
 
@@ -550,7 +550,7 @@ def test_the_documented_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     pipeline = Pipeline({"plugins": ["sqlite"]})
     tier = pipeline.plugin("sqlite")
     config = tier.config
-    # README's config reference for [sqlite].
+    # docs/plugins/sqlite.md, for [sqlite].
     assert (config.path, config.ttl, config.max_bytes, config.codec, config.encryption_key) == (
         ".aurelis/cache.sqlite3", 86400, 512 * 1024 * 1024, "lz4", None
     )
@@ -705,3 +705,18 @@ def test_a_file_locked_while_the_tier_opens_it_is_left_alone(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir() if "corrupt" in p.name) == []
     assert lookup(tier, "k") is not None  # the next use opens it
     pipeline.close()
+
+
+def test_a_no_store_request_reads_l3_but_promotes_nothing(upstream: SimulatedServer, tmp_path: Path) -> None:
+    """no-store: the request may be answered from the cache, but nothing is written for it, not even a copy of a
+    lower tier's hit into the tiers above (a plain request right after is still an L3 hit, then an L1 one)."""
+    config = {"plugins": ["normalize", "memory", "sqlite"], "sqlite": {"path": str(tmp_path / "c.sqlite3")}}
+    body = {"model": "m", "messages": [{"role": "user", "content": "no-store promotion"}]}
+    with Pipeline(config).instrument(httpx.Client(base_url=upstream.base_url)) as client:
+        assert client.post("/chat/completions", json=body).headers["x-aurelis-cache"] == "miss"
+    with Pipeline(config).instrument(httpx.Client(base_url=upstream.base_url)) as client:  # memory is empty
+        tiers = []
+        for headers in ({"cache-control": "no-store"}, {}, {}):
+            response = client.post("/chat/completions", json=body, headers=headers)
+            tiers.append((response.headers["x-aurelis-cache"], response.headers["x-aurelis-cache-tier"]))
+    assert tiers == [("hit", "sqlite"), ("hit", "sqlite"), ("hit", "memory")]

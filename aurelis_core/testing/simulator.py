@@ -109,8 +109,9 @@ class Behavior:
     the test thread while the server thread answers requests is safe; a request simply
     sees either the old or the new value.
 
-    Order in which an API request is handled: the request is recorded; a malformed body
-    gets ``400``; ``status_override`` answers every request with that status;
+    Order in which an API request is handled: the request is recorded; a malformed body, or
+    a prompt longer than ``context_window``, gets ``400``; ``status_override`` answers every
+    request with that status;
     ``max_inflight``, ``rpm`` and ``tpm`` overflow get an immediate ``429``; ``fail_next`` then ``failure_rate`` inject
     ``failure_status``; otherwise the request succeeds.  Base ``latency``/``jitter``
     applies to successes and injected failures, ``latency_per_token`` only to successes.
@@ -148,6 +149,9 @@ class Behavior:
     embedding_dim: int = 16
     #: If set, every API request is answered with this status and an error body.
     status_override: int | None = None
+    #: Prompt tokens a chat request may hold: a longer prompt is answered ``400`` with OpenAI's
+    #: ``context_length_exceeded`` error (``None``: no limit).
+    context_window: int | None = None
     #: Extra seconds of latency per API request in flight (this one included): an upstream that slows down
     #: as it is loaded, for adaptive concurrency tests.
     latency_per_inflight: float = 0.0
@@ -522,6 +526,14 @@ class SimulatedUpstream(ProviderRoutes):
         azure = record.path.startswith("/openai/deployments/")
         if azure:  # Azure answers with the deployment's name
             plan.model = record.path.split("/")[3]
+        window = self.behavior.context_window
+        if window is not None and plan.prompt_tokens > window:
+            raise _BadRequest(
+                400,
+                f"This model's maximum context length is {window} tokens. However, your messages resulted in "
+                f"{plan.prompt_tokens} tokens. Please reduce the length of the messages.",
+                "context_length_exceeded",
+            )
         if not await self._admit(plan.prompt_tokens + plan.completion_tokens, extra, send):
             return
         with self._lock:

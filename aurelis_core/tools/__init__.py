@@ -3,6 +3,8 @@
 - :mod:`aurelis_core.tools.cli`: the ``aurelis`` command (``python -m aurelis_core.tools.cli`` runs it too);
 - :mod:`aurelis_core.tools.cli_cache`: ``aurelis cache stats|warm|clear``;
 - :mod:`aurelis_core.tools.replay`: send a recorded workload through a configured pipeline;
+- :mod:`aurelis_core.tools.options_reference`: the option reference of every plugin and core table, read from
+  the option classes (``aurelis config options``, the documentation's option tables);
 
 The performance report they print is the core's (:mod:`aurelis_core.report`): a running pipeline builds the same
 one over its live traffic (``pipeline.report()``).

@@ -195,6 +195,22 @@ def _probe_options(options: Any, where: str, prefix: str) -> list[str]:
     return warnings
 
 
+def cmd_config_options(args: argparse.Namespace) -> int:
+    """The option reference of one plugin or core table, read from its option class; without a name, the names."""
+    from .options_reference import CORE_TABLES, UnknownOptions, markdown_table, table_names, text_table
+
+    if args.name is None:
+        for name in table_names():
+            print(f"{name:<24}{CORE_TABLES.get(name, 'plugin')}")
+        return 0
+    try:
+        sys.stdout.write(markdown_table(args.name) + "\n" if args.format == "markdown" else text_table(args.name))
+    except (UnknownOptions, ConfigError) as exc:  # ConfigError: a plugin whose extra is not installed
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def add_config_commands(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("config", help="work with configuration files")
     sub = parser.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
@@ -204,6 +220,14 @@ def add_config_commands(subparsers: Subparsers) -> None:
     )
     check.add_argument("file", help="the config file")
     check.set_defaults(func=cmd_config_check)
+    options = sub.add_parser(
+        "options", help="the options of a plugin or core table: name, type, default and what each does (without a "
+        "NAME: the names)",
+    )
+    options.add_argument("name", nargs="?", metavar="NAME", help="a plugin (memory, redis...) or a core table "
+                         "(top-level, endpoints, tenant, redis_connection, pricing, report)")
+    options.add_argument("--format", choices=("text", "markdown"), default="text")
+    options.set_defaults(func=cmd_config_options)
 
 
 # --- argument types: a bad value is a usage error before any work starts --------------------------------------
@@ -392,7 +416,7 @@ def add_replay_commands(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "replay", help="send a recorded workload through the pipeline and report how it performed",
         description="Replay a JSONL workload through the configured pipeline, print the report and write it "
-        "as text, JSON and HTML. The workload format is documented in aurelis_core/tools/replay.py and the README.",
+        "as text, JSON and HTML. The workload format is documented in docs/replay.md.",
     )
     parser.add_argument("workload", nargs="?", help="workload .jsonl (default with --simulate: the shipped example)")
     parser.add_argument("--config", help="config file (default: $AURELIS_CONFIG, else the shipped aurelis.toml: "

@@ -122,7 +122,7 @@ def simulated(config: Config, options: SimulateOptions) -> Iterator[tuple[Config
         servers = [stack.enter_context(simulated_upstream(**options.behavior())) for _ in shapes]
         # The simulator ignores credentials; a configured api_key is dropped so it is never sent anywhere new.
         endpoints = tuple(
-            attrs.evolve(shape, url=server.base_url, api_key=None)
+            attrs.evolve(shape, url=server.base_url, api_key=None, api_key_env=None)
             for shape, server in zip(shapes, servers, strict=True)
         )
         yield attrs.evolve(config, endpoints=endpoints), servers
@@ -205,4 +205,5 @@ async def replay(
     return Report.from_stats(
         pipeline.stats, duration=duration, targets=targets,
         offered_rps=offered_rps(workload, rate=rate, timed=timed, speed=speed), plugins=config.plugins,
+        pricing=config.pricing,
     )

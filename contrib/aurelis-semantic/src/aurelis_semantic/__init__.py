@@ -2,11 +2,12 @@
 
 from .embedders import BACKENDS, Embedder, HashingEmbedder, MiniLMEmbedder, load_embedder
 from .index import SemanticIndex
-from .plugin import DEFAULT_THRESHOLD, SemanticCache, SemanticConfig
+from .plugin import DEFAULT_THRESHOLD, PRESETS, SemanticCache, SemanticConfig
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_THRESHOLD",
+    "PRESETS",
     "Embedder",
     "HashingEmbedder",
     "MiniLMEmbedder",

@@ -20,9 +20,17 @@ words instead, and each vetoes a candidate for one reason:
     is not a swap and passes.
 ``name``
     Each text names a thing the other does not mention: a proper noun or acronym ("Austria"/"Australia",
-    "Hamlet"/"Macbeth", "TCP"/"HTTP") or a unit ("feet in meters"/"feet in centimeters"). Only a
-    *substitution* vetoes: a paraphrase often adds a name the other leaves implicit ("the world"/"Earth",
-    "how long"/"how many minutes").
+    "Hamlet"/"Macbeth", "TCP"/"HTTP") or a unit ("feet in meters"/"feet in centimeters", "mg"/"g",
+    "40 \u00b0C"/"40 \u00b0F"). Only a *substitution* vetoes: a paraphrase often adds a name the other leaves
+    implicit ("the world"/"Earth", "how long"/"how many minutes").
+``population``
+    The texts are about different people: adults, children, infants, teenagers, the elderly, pregnant
+    women (:data:`POPULATIONS`). A dose, an intake or a symptom differs between them, and an embedding scores
+    "maximum dose of acetaminophen for adults" / "... for children" 0.931. Unlike a name, a population named
+    on one side only vetoes too: "the dose" and "the dose for a child" are not the same answer.
+
+The numbers of a text are compared exactly, not by a guard: :func:`numbers` reads them (the sign of "-40",
+and numbers written as words: "two plus two" is ``("2", "2")``) and the tier puts them in the scope.
 
 Every guard errs towards a miss: a veto costs one upstream call, a wrong answer costs the user. They are
 English-only (turn them off with ``guards = false`` for other languages). :func:`analyse` costs about 10-20 us
@@ -34,7 +42,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["AXES", "Analysis", "analyse", "conflict"]
+__all__ = ["AXES", "POPULATIONS", "Analysis", "analyse", "conflict", "numbers"]
 
 # Words, with inner apostrophes ("don't", "Japan's"); numbers are left to the scope (they must match exactly).
 # Written as escapes: \u2019 is the typographic apostrophe, \u201c \u2018 typographic opening quotes.
@@ -154,8 +162,42 @@ _UNIT_GROUPS = (
     "terabyte terabytes tb", "mph", "kph kmh", "watt watts", "kilowatt kilowatts kw", "kwh", "volt volts",
     "amp amps ampere amperes", "joule joules", "calorie calories kcal", "acre acres", "hectare hectares",
     "dollar dollars usd", "euro euros eur", "yen", "percent percentage",
+    "milligram milligrams mg", "microgram micrograms mcg \u00b5g \u03bcg", "iu",
 )
 _UNITS = {form: group.split()[0] for group in _UNIT_GROUPS for form in group.split()}
+#: One-letter units, read as units only right after a number or a degree sign ("500 g", "40 \u00b0C"): elsewhere
+#: they are letters ("e.g.", "vitamin C").
+_LETTER_UNITS = {"g": "gram", "c": "celsius", "f": "fahrenheit", "l": "liter", "k": "kelvin"}
+
+#: Groups of people a question can be about, each word mapped to its group: what is safe, normal or dosed
+#: for one is not for another.
+POPULATIONS = {
+    form: group.split()[0]
+    for group in (
+        "adult adults grownup grownups",
+        "child children kid kids pediatric paediatric",
+        "infant infants baby babies newborn newborns neonate neonates neonatal toddler toddlers",
+        "teenager teen teens teenagers teenage adolescent adolescents adolescence",
+        "elderly senior seniors geriatric",
+        "pregnant pregnancy breastfeeding lactating",
+    )
+    for form in group.split()
+}
+
+# Numbers: digits with their sign ("-40", not the "-" of "10-20"), or a run of number words.
+_TOKEN = re.compile("(?:(?<![\\w.])[-\u2212])?\\d+(?:[.,]\\d+)*|[^\\W\\d_]+")
+_UNITS_WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen".split()
+)
+_SMALL = {word: value for value, word in enumerate(_UNITS_WORDS)}
+_TENS = {word: 10 * (i + 2) for i, word in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())}
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+_NUMBER_WORDS = _SMALL.keys() | _TENS.keys() | _SCALES.keys()
+#: "one" is a number next to one of these (or another number), a pronoun elsewhere ("which one is better?").
+_ARITHMETIC = frozenset(
+    "plus minus times divided multiplied over add added subtract subtracted sum equals squared cubed".split()
+)
 
 STOPWORDS = frozenset(
     "a an the i me my mine you your yours we our us he she him her his they them their it its this that these "
@@ -180,6 +222,8 @@ class Analysis:
     names: frozenset[str]
     #: Content words (not stop or relation words), singular, in order.
     content: tuple[str, ...]
+    #: The groups of people it is about (:data:`POPULATIONS`).
+    populations: frozenset[str]
 
 
 def _singular(word: str) -> str:
@@ -201,7 +245,9 @@ def analyse(text: str) -> Analysis:
         # A capital letter names something unless it only opens a sentence; "I" is no name.
         before = text[: match.start()].rstrip()
         starts_sentence = not before or before[-1] in _SENTENCE_END
-        if raw != "I" and (raw.isupper() or (raw[0].isupper() and not starts_sentence)):
+        if word in _LETTER_UNITS and before and (before[-1].isdigit() or before[-1] == "\u00b0"):
+            names.add(_LETTER_UNITS[word])
+        elif raw != "I" and (raw.isupper() or (raw[0].isupper() and not starts_sentence)):
             names.add(_singular(word))
         elif word in _UNITS:
             names.add(_UNITS[word])
@@ -216,13 +262,57 @@ def analyse(text: str) -> Analysis:
         poles={axis: frozenset(p) for axis, p in poles.items()},
         names=frozenset(names),
         content=tuple(_singular(w) for w in words if w not in STOPWORDS and w not in RELATIONS),
+        populations=frozenset(POPULATIONS[w] for w in words if w in POPULATIONS),
     )
+
+
+def numbers(text: str) -> tuple[str, ...]:
+    """The numbers of ``text`` in order, as the tier compares them exactly: digits as written with their sign
+    ("-40" is not "40"), and runs of number words as their value ("twenty-five" is ``"25"``, "two plus two"
+    ``("2", "2")``). "one" counts only next to arithmetic or another number."""
+    tokens = [m.group() for m in _TOKEN.finditer(text)]
+    found: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        lowered = token.lower()
+        if token[0] in "-\u2212" or token[0].isdigit():
+            found.append(token.replace("\u2212", "-"))
+            i += 1
+            continue
+        if lowered not in _NUMBER_WORDS:
+            i += 1
+            continue
+        start = i
+        total = current = 0
+        while i < len(tokens):
+            lowered = tokens[i].lower()
+            if lowered in _SMALL or lowered in _TENS:
+                current += _SMALL.get(lowered, 0) + _TENS.get(lowered, 0)
+            elif lowered in _SCALES:
+                scale = _SCALES[lowered]
+                if scale == 100:
+                    current = max(current, 1) * scale
+                else:
+                    total, current = total + max(current, 1) * scale, 0
+            elif not (lowered == "and" and i + 1 < len(tokens) and tokens[i + 1].lower() in _NUMBER_WORDS):
+                break
+            i += 1
+        if i - start == 1 and tokens[start].lower() == "one":
+            neighbours = {t.lower() for t in tokens[max(start - 1, 0) : start] + tokens[i : i + 1]}
+            if not neighbours & _ARITHMETIC:
+                continue
+        negative = start > 0 and tokens[start - 1].lower() == "negative"
+        found.append(("-" if negative else "") + str(total + current))
+    return tuple(found)
 
 
 def conflict(a: Analysis, b: Analysis) -> str | None:
     """The name of the first guard that vetoes serving ``a``'s answer for ``b`` (or back), else ``None``."""
     if a.negated != b.negated:
         return "negation"
+    if a.populations != b.populations:
+        return "population"
     if _contrast(a, b):
         return "contrast"
     if _reordered(a, b):

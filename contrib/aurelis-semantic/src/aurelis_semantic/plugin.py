@@ -19,19 +19,26 @@ Within a scope, a request matches a stored one when *each* of its fuzzy turns ha
 least ``threshold`` with the stored turn (the weakest turn decides) and no guard of
 :mod:`aurelis_semantic.guards` vetoes any turn pair: embeddings score a question and its opposite alike
 ("miles to kilometers" / "kilometers to miles", "ascending" / "descending", "charging" / "not charging"), so
-negation, contrast, order and name checks on the words veto those. Near-misses -- the same question about a
-different thing -- are the failure mode of semantic caches, so the default threshold is picked, with the
-guards on, to keep them out at the cost of missing looser paraphrases; ``bench/`` has the measurement.
+negation, contrast, order, name and population checks on the words veto those. Near-misses -- the same
+question about a different thing -- are the failure mode of semantic caches: the threshold is a named trade-off
+(``preset``: strict, balanced, recall) that ``bench/evaluate.py`` measures, and no threshold makes them
+impossible. A guard that vetoes the best match makes a miss: the next best is further from the question still.
+
+A fuzzy answer stays fuzzy
+--------------------------
+A hit is handed over as a copy marked with its similarity (``CacheEntry.similarity``): the response says
+``x-aurelis-cache-tier: semantic`` and ``x-aurelis-similarity: 0.931``, and the pipeline never writes such an
+entry into any tier, so a near-miss served once is not the exact answer to the new question in the memory,
+SQLite or Redis tier ever after. A request that says ``no-store`` is never stored here either, promoted or not.
 
 Put this tier after the exact tiers (``plugins = ["normalize", "memory", "semantic"]``): an exact hit is
-cheaper, and a semantic hit is promoted into the tiers before it under the new request's exact key.
+cheaper and exact.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
-import re
 import threading
 import time
 from collections.abc import Awaitable, Sequence
@@ -50,26 +57,28 @@ from aurelis_core.plugin import (
     RequestContext,
     hookimpl,
     in_range,
+    one_of,
     positive,
     positive_int,
 )
 
+from .batching import EmbeddingBatcher
 from .embedders import BACKENDS, Embedder, Vectors, load_embedder
-from .guards import Analysis, analyse, conflict
+from .guards import Analysis, analyse, conflict, numbers
 from .index import SemanticIndex
 
-__all__ = ["DEFAULT_THRESHOLD", "SemanticCache", "SemanticConfig"]
+__all__ = ["DEFAULT_THRESHOLD", "PRESETS", "SemanticCache", "SemanticConfig"]
 
-#: Chosen from bench/bench_semantic.py on all-MiniLM-L6-v2 with the guards on (table in README): the lowest
-#: threshold with no near-miss hit on the dev split (39/47 paraphrases hit); 0.85 lets 3/54 near-misses in.
-DEFAULT_THRESHOLD = 0.88
+#: Named thresholds for all-MiniLM-L6-v2 with the guards on, from bench/evaluate.py (figures in the README):
+#: ``strict`` keeps false hits lowest, ``recall`` answers the most paraphrases, ``balanced`` is the default.
+PRESETS = {"strict": 0.95, "balanced": 0.92, "recall": 0.88}
+DEFAULT_THRESHOLD = PRESETS["balanced"]
 #: Bumped whenever the scope's composition changes.
-SCOPE_VERSION = "aurelis-semantic-3"
+SCOPE_VERSION = "aurelis-semantic-4"
 #: The scope material's encoding: sorted keys, and the body's numbers as they were parsed (``ctx.json`` holds
 #: exact ``Decimal``s, which the standard library's json cannot write), so 0.5 and 0.50000000000000001 differ.
 _MATERIAL = msgspec.json.Encoder(order="sorted", decimal_format="number")
 FUZZY_ROLES = frozenset({"user", "assistant"})
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
 def _backend(instance: Any, attribute: Any, value: Any) -> None:
@@ -93,17 +102,30 @@ def _backend(instance: Any, attribute: Any, value: Any) -> None:
 
 @attrs.frozen
 class SemanticConfig:
-    #: Lowest cosine similarity (per fuzzy turn) that counts as the same question.
-    threshold: float = attrs.field(default=DEFAULT_THRESHOLD, validator=in_range(0, 1, lo_open=True))
+    #: A named trade-off between hits and false hits (:data:`PRESETS`): sets ``threshold`` unless it is given.
+    preset: str = attrs.field(default="balanced", validator=one_of(PRESETS, "a preset"))
+    #: Lowest cosine similarity (per fuzzy turn) that counts as the same question; ``None``: the preset's.
+    threshold: float | None = attrs.field(default=None, validator=in_range(0, 1, lo_open=True))
     #: The embedding backend: ``"minilm"``, ``"hashing"`` or ``"package.module:Factory"``.
     backend: str = attrs.field(default="minilm", validator=_backend)
     #: Seconds an entry is served (a request's own ``ttl`` control overrides it); ``None``: until evicted.
     ttl: float | None = attrs.field(default=3600.0, validator=positive)
     #: Entries held in all scopes together; the least recently used goes first.
     max_entries: int = attrs.field(default=10_000, validator=positive_int)
+    #: Bytes the entries may hold in all (vectors, answers, analyses: see ``index.entry_bytes``); the least
+    #: recently used go first. ``None``: only ``max_entries`` bounds the index.
+    max_bytes: int | None = attrs.field(default=128 * 1024 * 1024, validator=positive_int)
+    #: Threads the embedding library may use (torch's intra-op pool, process-wide): one keeps an embedding
+    #: from contending with the application and the other requests on a small machine.
+    threads: int = attrs.field(default=1, validator=positive_int)
     #: Veto matches whose words say the opposite (negation, antonym, reversed order, another name). English
     #: word lists: for other languages they rarely fire, and ``false`` leaves only the threshold.
     guards: bool = True
+
+    @property
+    def similarity(self) -> float:
+        """The threshold in force: ``threshold`` if given, else the preset's."""
+        return PRESETS[self.preset] if self.threshold is None else self.threshold
 
 
 class SemanticCache:
@@ -115,8 +137,9 @@ class SemanticCache:
     def __init__(self, config: SemanticConfig, pipeline: Pipeline) -> None:
         self.config = config
         self.pipeline = pipeline
-        self.embedder: Embedder = load_embedder(config.backend)
-        self.index = SemanticIndex(config.max_entries)
+        self.embedder: Embedder = load_embedder(config.backend, config.threads)
+        self.index = SemanticIndex(config.max_entries, config.max_bytes)
+        self.batcher = EmbeddingBatcher(self.embedder.embed)
         # A conversation resends its earlier turns with every request: remember their vectors rather than
         # embed them again (a dict hit costs ~100 ns, a MiniLM pass ~10 ms).
         self._vectors: cachetools.LRUCache[str, Vectors] = cachetools.LRUCache(maxsize=4096)
@@ -150,6 +173,9 @@ class SemanticCache:
 
     @hookimpl
     def aurelis_cache_set(self, ctx: RequestContext, entry: CacheEntry, promote: bool) -> Awaitable[None] | None:
+        # The pipeline stores no fresh answer under no-store, but it promotes a lower tier's hit regardless.
+        if ctx.controls.no_store:
+            return None
         state = ctx.state.get("semantic")
         if state is None:
             split = self.split(ctx)
@@ -186,7 +212,7 @@ class SemanticCache:
                 texts.append(text)
                 # Tagged, so a fuzzy turn can never look like an exact message with the same fields.
                 rest = {k: v for k, v in message.items() if k != "content"}
-                layout.append(["fuzzy", rest, _NUMBER.findall(text)])
+                layout.append(["fuzzy", rest, numbers(text)])
             else:
                 layout.append(["exact", message])
         if not texts:
@@ -207,7 +233,7 @@ class SemanticCache:
         missing = [t for t, v in zip(texts, known, strict=True) if v is None]
         fresh: dict[str, Vectors] = {}
         if missing:
-            fresh = dict(zip(missing, self.embedder.embed(missing), strict=True))
+            fresh = dict(zip(missing, self.batcher(missing), strict=True))
             with self._vectors_lock:
                 self._vectors.update(fresh)
         return np.stack([v if v is not None else fresh[t] for t, v in zip(texts, known, strict=True)])
@@ -230,12 +256,17 @@ class SemanticCache:
                 return True
 
         found = self.index.search(
-            state["scope"], vectors, self.config.threshold, time.time(), self.config.ttl, accept
+            state["scope"], vectors, self.config.similarity, time.time(), self.config.ttl, accept
         )
         if found is None:
             return None
         entry, state["score"] = found
-        return entry
+        # A copy marked fuzzy: the response reports the similarity, and no tier will store it (the entry
+        # itself may be the one an exact tier holds for the request that stored it).
+        return CacheEntry(
+            entry.status_code, entry.headers, entry.body if entry.chunks is None else b"", chunks=entry.chunks,
+            created=entry.created, ttl=entry.ttl, hits=entry.hits, similarity=round(state["score"], 3),
+        )
 
     def _store(self, state: dict[str, Any], entry: CacheEntry) -> None:
         state["vectors"] = vectors = self.embed(state["texts"])

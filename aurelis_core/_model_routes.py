@@ -1,0 +1,239 @@
+"""Which endpoints serve which model, and the model on the wire.
+
+An endpoint lists the models it serves (``models``: names and globs; absent, every model) and may call a model
+by a name of its own (``model_map``: an Azure deployment, a provider's prefix). :class:`ModelRoutes` answers,
+for the model a request names, the endpoints a router may pick (computed once per model and kept), and
+rewrites the request for the endpoint picked: the ``model`` field of its JSON body, and its path where the
+path names the model (:func:`path_model`).
+
+A request that names no model (``GET /models``, a body that is not JSON) goes to any endpoint, as without
+``models``. A request for a model that no endpoint serves fails with :class:`ModelNotServed` before anything
+is sent: with endpoints configured, requests never go to the client's own URL, so there is nowhere else to send
+it (and its credential) that the config names.
+
+A fallback (see :mod:`aurelis_core._fallback`) moves a request to another model; the model it is routed for
+then is in its :data:`MODEL_ROUTE` record, which routers read through ``pipeline.health.serving(ctx, ...)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from fnmatch import translate
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import msgspec
+
+from ._compat import buffered_body, copy_request
+from ._models import Endpoint, RequestContext
+from ._state import StateKey
+
+__all__ = [
+    "MODEL_HEADER",
+    "MODEL_ROUTE",
+    "ModelNotServed",
+    "ModelRoute",
+    "ModelRoutes",
+    "path_family",
+    "path_model",
+    "request_model",
+]
+
+#: The response header that says which model answered (after a fallback, not the one asked for).
+MODEL_HEADER = b"x-aurelis-model"
+
+#: Distinct model names whose serving endpoints are remembered: the first ones seen, which are the ones a
+#: deployment keeps asking for; a later name is matched against the endpoints on each request.
+_REMEMBERED = 1024
+
+#: The model segment of a path: Azure OpenAI's ``/openai/deployments/{name}/...`` and Gemini's
+#: ``/models/{model}:generateContent`` (``:streamGenerateContent``, ``:embedContent``...).
+_PATH_MODEL = re.compile(rb"/deployments/([^/]+)/|/models/([^/:]+):")
+
+_ENCODER = msgspec.json.Encoder(decimal_format="number")
+
+
+class ModelNotServed(ValueError):
+    """A request names a model that none of the configured endpoints serves; nothing was sent.
+
+    ``model`` is the model asked for, ``served`` what the endpoints serve (names and globs).
+    """
+
+    def __init__(self, model: str, served: Sequence[str]) -> None:
+        super().__init__(f"no endpoint serves the model {model!r}; the endpoints serve: {', '.join(served)}")
+        self.model = model
+        self.served = tuple(served)
+
+
+class ModelRoute:
+    """Where a request goes after a fallback: the ``model`` it asks for now, the ``endpoints`` that serve it
+    (empty without endpoints: its own URL), and the number of its first attempt for that model."""
+
+    __slots__ = ("endpoints", "first_attempt", "model")
+
+    def __init__(self, model: str, endpoints: tuple[Endpoint, ...], first_attempt: int) -> None:
+        self.model = model
+        self.endpoints = endpoints
+        self.first_attempt = first_attempt
+
+    def __repr__(self) -> str:
+        return f"<ModelRoute {self.model!r} from attempt {self.first_attempt}: {[e.name for e in self.endpoints]}>"
+
+
+#: The model a request is routed for since a fallback (absent: the model it names).
+MODEL_ROUTE: StateKey[ModelRoute] = StateKey("model_route")
+
+
+def path_model(path: bytes) -> tuple[int, int] | None:
+    """The span of the model's name in a request path (Azure's deployment, Gemini's model), or ``None``.
+
+    The one place that knows where a path names a model: a provider's dialect, when it knows better, takes
+    this over.
+    """
+    match = _PATH_MODEL.search(path)
+    if match is None:
+        return None
+    group = 1 if match.group(1) is not None else 2
+    return match.span(group)
+
+
+def request_model(ctx: RequestContext) -> str | None:
+    """The model the caller's request names: its JSON body's ``model``, else its path's (see :func:`path_model`)."""
+    model = ctx.model
+    if model is not None:
+        return model
+    path = ctx.original.url.raw_path
+    span = path_model(path)
+    return unquote(path[span[0] : span[1]].decode("ascii", "replace")) if span is not None else None
+
+
+@functools.lru_cache(maxsize=256)
+def path_family(url: str) -> str:
+    """The kind of request an endpoint's URL takes: ``azure_openai``, ``gemini``, ``anthropic`` or ``openai``
+    (everything else speaks OpenAI's). A fallback stays within one family: no wire format is translated."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if host.endswith(".openai.azure.com") or re.search(r"/openai(/|$)", parts.path):
+        return "azure_openai"
+    if host.endswith("googleapis.com"):
+        return "gemini"
+    if host == "api.anthropic.com":
+        return "anthropic"
+    return "openai"
+
+
+def _matcher(patterns: tuple[str, ...]) -> Any:
+    """One compiled match over an endpoint's model names and globs (case-sensitive, as ``fnmatchcase``)."""
+    return re.compile("|".join(f"(?:{translate(p)})" for p in patterns)).match
+
+
+class ModelRoutes:
+    """The endpoints serving each model, for one pipeline's endpoints.
+
+    ``active`` is false when no endpoint lists models or maps one and no fallback is configured: routing then
+    costs nothing more than before models existed.
+    """
+
+    def __init__(self, endpoints: Sequence[Endpoint], fallbacks: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.endpoints = tuple(endpoints)
+        self.restricted = any(e.models is not None for e in self.endpoints)
+        self.active = self.restricted or any(e.model_map for e in self.endpoints) or bool(fallbacks)
+        self._matchers = [None if e.models is None else _matcher(e.models) for e in self.endpoints]
+        self._serving: dict[str, tuple[Endpoint, ...]] = {}
+
+    def served(self) -> list[str]:
+        """What the endpoints serve, names and globs, in config order (``*`` for an endpoint that serves all)."""
+        names: list[str] = []
+        for endpoint in self.endpoints:
+            for model in endpoint.models or ("*",):
+                if model not in names:
+                    names.append(model)
+        return names
+
+    def serving(self, model: str) -> tuple[Endpoint, ...]:
+        """The endpoints that serve ``model`` (all of them, the very tuple, when all do; empty when none does)."""
+        found = self._serving.get(model)
+        if found is not None:
+            return found
+        if not self.restricted:
+            return self.endpoints
+        chosen = tuple(e for e, match in zip(self.endpoints, self._matchers, strict=True)
+                       if match is None or match(model) is not None)
+        if len(chosen) == len(self.endpoints):
+            chosen = self.endpoints
+        if len(self._serving) < _REMEMBERED:
+            self._serving[model] = chosen
+        return chosen
+
+    def for_request(self, ctx: RequestContext, endpoints: Sequence[Endpoint]) -> Sequence[Endpoint]:
+        """The endpoints among which the next attempt of ``ctx`` may go: ``endpoints`` itself when all of them
+        serve its model; :class:`ModelNotServed` when none does."""
+        # Per attempt: the state read directly (what MODEL_ROUTE.get does, less a call), the model likewise.
+        route = ctx.state.get(MODEL_ROUTE)  # type: ignore[call-overload]
+        if route is not None:
+            return route.endpoints  # type: ignore[no-any-return]
+        if not self.restricted:
+            return endpoints
+        model = ctx.model
+        if model is None:
+            model = request_model(ctx)
+            if model is None:
+                return endpoints
+        serving = self._serving.get(model) or self.serving(model)
+        if serving is self.endpoints:
+            return endpoints
+        if not serving:
+            raise ModelNotServed(model, self.served())
+        return serving
+
+    def routed_model(self, ctx: RequestContext) -> str | None:
+        """The model ``ctx`` is routed for now: the one its request names, or the one a fallback chose."""
+        route = MODEL_ROUTE.get(ctx)
+        return route.model if route is not None else request_model(ctx)
+
+    def apply(self, ctx: RequestContext, endpoint: Endpoint | None, request: Any) -> Any:
+        """``request`` (the caller's, moved onto ``endpoint``) asking for the routed model by the endpoint's
+        name for it: its body's ``model`` and its path's model segment rewritten where they differ."""
+        original = request_model(ctx)
+        model = self.routed_model(ctx)
+        if model is None:
+            return request
+        target = endpoint.model_map.get(model, model) if endpoint is not None else model
+        body_model = ctx.model
+        body: bytes | None = None
+        if body_model is not None and body_model != target:
+            body = _with_body_model(ctx, body_model, target)
+        raw_path = request.url.raw_path
+        span = path_model(raw_path)
+        url = request.url
+        if span is not None:
+            segment = unquote(raw_path[span[0] : span[1]].decode("ascii", "replace"))
+            if segment in (original, model) and segment != target:
+                new = quote(target, safe="").encode("ascii")
+                url = url.copy_with(raw_path=raw_path[: span[0]] + new + raw_path[span[1] :])
+        if body is None and url is request.url:
+            return request
+        http = ctx.http
+        headers = [(k, v) for k, v in request.headers.raw if body is None or k.lower() != b"content-length"]
+        if body is None:
+            return copy_request(http, request, url, headers)
+        return http.Request(request.method, url, headers=headers, content=body, extensions=request.extensions)
+
+
+def _with_body_model(ctx: RequestContext, old: str, new: str) -> bytes | None:
+    """The caller's body with its ``model`` field set to ``new``: the field's bytes replaced where the value is
+    written once as plain JSON (every other byte kept), else the parsed body encoded again. ``None`` when the
+    body is not a JSON object (nothing to rewrite)."""
+    body = buffered_body(ctx.original)
+    data = ctx.json
+    if not body or not isinstance(data, dict) or data.get("model") != old:
+        return None
+    written = msgspec.json.encode(old)
+    field = re.compile(rb'"model"\s*:\s*' + re.escape(written))
+    found = list(field.finditer(body))
+    if len(found) == 1:
+        end = found[0].end()  # the value only: the caller's spacing is kept
+        return body[: end - len(written)] + msgspec.json.encode(new) + body[end:]
+    return _ENCODER.encode({**data, "model": new})
