@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._compat import header_items
+from ._dialects import OPENAI, FailureKind
 from ._logs import component_logger
 from ._model_routes import MODEL_ROUTE, ModelRoute, ModelRoutes, path_family, path_model, request_model
 from ._models import Attempt, Endpoint, RequestContext
@@ -75,7 +76,12 @@ def warrants_fallback(attempt: Attempt, body: bytes | None, http: Any) -> bool:
     status = attempt.status_code
     if status is None:
         return False
-    if status >= 500 or status in FALLBACK_STATUSES:
+    # The provider's own words first (its dialect reads status, headers and body): a credential out of quota
+    # fails on every model of the account; a context error in the dialect's wording is one.
+    kind = (attempt.dialect or OPENAI).classify(status, attempt.headers, body)
+    if kind is FailureKind.AUTH:
+        return False
+    if kind is FailureKind.CONTEXT_LENGTH or status >= 500 or status in FALLBACK_STATUSES:
         return True
     if status in CONTEXT_STATUSES and body:
         text = body[:ERROR_BODY_LIMIT].lower()

@@ -313,3 +313,22 @@ def test_geminis_key_parameter_is_a_credential_not_part_of_the_path() -> None:
     one, again, other = (key_of(pipeline, url + k, {}, body) for k in ("k1", "k1", "k2"))
     assert one is not None and one == again and one != other
     assert key_of(pipeline, "http://h/v1beta/models/g:streamGenerateContent?key=k1", {}, body) != one  # alt=sse
+
+
+def test_fallback_follows_the_dialects_verdict() -> None:
+    from aurelis_core._fallback import warrants_fallback
+    from aurelis_core.plugin import Attempt
+
+    def failed(status: int, dialect: Dialect) -> Attempt:
+        attempt = Attempt(1, None, dialect)
+        attempt.status_code, attempt.headers = status, httpx.Headers()
+        return attempt
+
+    quota = b'{"error": {"type": "insufficient_quota", "code": "insufficient_quota"}}'
+    assert not warrants_fallback(failed(429, OPENAI), quota, httpx)  # every model of the account is out of quota
+    assert warrants_fallback(failed(429, OPENAI), b'{"error": {"code": "rate_limit_exceeded"}}', httpx)
+    assert warrants_fallback(failed(529, ANTHROPIC), b'{"type": "error", "error": {"type": "overloaded_error"}}',
+                             httpx)
+    gemini_too_long = b'{"error": {"code": 400, "message": "The input token count (1200000) exceeds the maximum ' \
+                      b'number of tokens allowed (1048576).", "status": "INVALID_ARGUMENT"}}'
+    assert warrants_fallback(failed(400, GEMINI), gemini_too_long, httpx)
