@@ -256,3 +256,28 @@ def test_bad_config_names_the_problem() -> None:
         Pipeline({"plugins": ["ratelimit"], "ratelimit": {"burst": 2}})
     with pytest.raises(ConfigError, match="rpm"):
         Pipeline({"plugins": ["ratelimit"], "ratelimit": {"rpm": 0}})
+
+
+ANTHROPIC_BODY = {"model": "sim-claude", "max_tokens": 50, "messages": [{"role": "user", "content": "hello there"}]}
+
+
+def test_anthropic_answers_settle_and_correct_through_their_dialect(upstream: Any) -> None:
+    # The answer's usage (Anthropic's input_tokens + output_tokens) settles the estimate; the upstream allows 3
+    # requests and says so in anthropic-ratelimit-requests-remaining, which the local state follows.
+    client, pipeline = client_for({
+        "plugins": ["normalize", "memory", "ratelimit"],
+        "ratelimit": {"rpm": 100, "tpm": 10_000, "period": 3600, "max_wait": 1},
+    }, FakeClock())
+    limiter: RateLimit = pipeline.plugin("ratelimit")
+    upstream.behavior.rpm = 3
+    answer = client.post(upstream.url + "/v1/messages", json=ANTHROPIC_BODY)
+    assert "anthropic-ratelimit-requests-remaining" in answer.headers
+    usage = answer.json()["usage"]
+    assert limiter.remaining(upstream.url, "tokens") == pytest.approx(
+        10_000 - usage["input_tokens"] - usage["output_tokens"])
+    for n in range(2):
+        assert client.post(upstream.url + "/v1/messages", json={**ANTHROPIC_BODY, "max_tokens": 40 + n}).is_success
+    with pytest.raises(RateLimitTimeout):
+        client.post(upstream.url + "/v1/messages", json={**ANTHROPIC_BODY, "max_tokens": 10})
+    assert upstream.count("/v1/messages") == 3
+    client.close()
