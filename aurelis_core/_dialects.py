@@ -452,13 +452,15 @@ class Gemini(Dialect):
     paths = (":generateContent", ":streamGenerateContent", ":embedContent", ":batchEmbedContents")
 
     def detects(self, path: str) -> bool:
-        return "/models/" in path and path.endswith((*self.paths, ":countTokens"))
+        return ("/models/" in path or "/tunedModels/" in path) and path.endswith((*self.paths, ":countTokens"))
 
     def model(self, path: str, body: Mapping[str, Any]) -> str | None:
-        at = path.rfind("/models/")
+        # The last "/models/" or "/tunedModels/" segment names it (a tuned model keeps its collection's name).
+        at = max(path.rfind("/models/") + 1, path.rfind("/tunedModels/") + 1) - 1
         if at < 0:
             return super().model(path, body)
-        return path[at + len("/models/"):].split(":", 1)[0] or None
+        name = path[at + 1:].split("/", 1)[1]
+        return name.split(":", 1)[0] or None
 
     def streams(self, path: str, body: Mapping[str, Any]) -> bool:
         return path.endswith(":streamGenerateContent")

@@ -50,6 +50,7 @@ def sse(*events: tuple[str | None, dict[str, Any] | str]) -> bytes:
     ("/v1beta/models/gemini-2.5-flash:generateContent", "gemini"),
     ("/v1/models/gemini-2.5-flash:streamGenerateContent", "gemini"),
     ("/v1beta/models/text-embedding-004:batchEmbedContents", "gemini"),
+    ("/v1beta/tunedModels/my-tuned-1:generateContent", "gemini"),
     ("/v1beta/openai/chat/completions", "openai"),  # Gemini's OpenAI-compatible endpoint
     ("/v1/threads/t1/messages", "openai"),  # not Anthropic's
 ])
@@ -98,6 +99,7 @@ def test_anthropic_and_gemini_cacheable_paths_and_models() -> None:
     path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
     assert GEMINI.cacheable_path(path) and GEMINI.streams(path, {}) and not GEMINI.streams(path[:-22] + "Content", {})
     assert GEMINI.model(path, {}) == "gemini-2.5-flash"
+    assert GEMINI.model("/v1beta/tunedModels/my-tuned-1:generateContent", {}) == "my-tuned-1"
     assert AZURE.model("/openai/deployments/prod-4o/chat/completions", {"model": "x"}) == "prod-4o"
     assert AZURE.model("/openai/v1/chat/completions", {"model": "gpt-4o"}) == "gpt-4o"
 
