@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
-from ._model_routes import ModelNotServed
+from ._model_routes import DialectNotServed, ModelNotServed
 from ._models import (
     Attempt,
     CacheEntry,
@@ -43,6 +43,7 @@ __all__ = [
     "CacheInfo",
     "Config",
     "ConfigError",
+    "DialectNotServed",
     "Endpoint",
     "ModelNotServed",
     "Pipeline",

@@ -9,8 +9,8 @@ A request falls back when its last attempt failed in a way another model may not
 a rate limit, an overload, a 5xx, a connection that failed, a prompt too long for the model) and the retry
 policy gave up on the model (its attempts, or its endpoints, are spent). The next attempt asks for the next
 model of the chain of the model the caller asked for, among the endpoints that serve it *and* take the same
-kind of request as the endpoint that failed (:func:`~aurelis_core._model_routes.path_family`: no wire format is
-ever translated); a model no such endpoint serves is skipped. Without endpoints the request goes to its own
+kind of request as the endpoint that failed (:func:`~aurelis_core._model_routes.endpoint_family`: no wire
+format is ever translated); a model no such endpoint serves is skipped. Without endpoints the request goes to its own
 URL again, asking for the next model.
 
 The cache key stays that of the caller's request, so the next identical request is a hit whichever model
@@ -29,7 +29,7 @@ from typing import Any
 from ._compat import header_items
 from ._dialects import OPENAI, FailureKind
 from ._logs import component_logger
-from ._model_routes import MODEL_ROUTE, ModelRoute, ModelRoutes, path_family, path_model, request_model
+from ._model_routes import MODEL_ROUTE, ModelRoute, ModelRoutes, endpoint_family, path_model, request_model
 from ._models import Attempt, Endpoint, RequestContext
 from ._resend import resend_refusal
 from ._state import StateKey
@@ -131,7 +131,7 @@ class Fallbacks:
         current = route.model if route is not None else original
         assert original is not None and current is not None
         start = chain.index(current) + 1 if current in chain else 0
-        family = path_family(attempt.endpoint.url) if attempt.endpoint is not None else None
+        family = endpoint_family(attempt.endpoint) if attempt.endpoint is not None else None
         for model in chain[start:]:
             endpoints = self._serving(model, family)
             if endpoints is None:
@@ -156,7 +156,7 @@ class Fallbacks:
             return ()
         serving = routes.serving(model)
         if family is not None:
-            serving = tuple(e for e in serving if path_family(e.url) == family)
+            serving = tuple(e for e in serving if endpoint_family(e) == family)
         return serving or None
 
 

@@ -33,9 +33,11 @@ from ._state import StateKey
 __all__ = [
     "MODEL_HEADER",
     "MODEL_ROUTE",
+    "DialectNotServed",
     "ModelNotServed",
     "ModelRoute",
     "ModelRoutes",
+    "endpoint_family",
     "path_family",
     "path_model",
     "request_model",
@@ -64,6 +66,25 @@ class ModelNotServed(ValueError):
     def __init__(self, model: str, served: Sequence[str]) -> None:
         super().__init__(f"no endpoint serves the model {model!r}; the endpoints serve: {', '.join(served)}")
         self.model = model
+        self.served = tuple(served)
+
+
+class DialectNotServed(ModelNotServed):
+    """A request speaks a wire format (a dialect) that none of the endpoints serving its model takes, among
+    endpoints of several formats; nothing was sent (a request is never translated into another format).
+
+    ``dialect`` is the request's dialect, ``served`` the formats the endpoints take.
+    """
+
+    def __init__(self, dialect: str, model: str | None, served: Sequence[str]) -> None:
+        ValueError.__init__(
+            self,
+            f"no endpoint{'' if model is None else f' serving {model!r}'} takes {dialect} requests; the endpoints "
+            f"take: {', '.join(served)} (an endpoint whose URL does not tell its format says it with "
+            f"dialect = \"...\")",
+        )
+        self.model = model or ""
+        self.dialect = dialect
         self.served = tuple(served)
 
 
@@ -115,13 +136,21 @@ def path_family(url: str) -> str:
     (everything else speaks OpenAI's). A fallback stays within one family: no wire format is translated."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
-    if host.endswith(".openai.azure.com") or re.search(r"/openai(/|$)", parts.path):
+    openai_path = re.search(r"/openai(/|$)", parts.path) is not None
+    if host.endswith("googleapis.com"):  # Gemini's own API, or its OpenAI-compatible one under /openai/
+        return "openai" if openai_path else "gemini"
+    if host.endswith(".openai.azure.com") or openai_path:
         return "azure_openai"
-    if host.endswith("googleapis.com"):
-        return "gemini"
     if host == "api.anthropic.com":
         return "anthropic"
     return "openai"
+
+
+def endpoint_family(endpoint: Endpoint) -> str:
+    """The wire format an endpoint takes: the dialect its ``dialect`` option pins, else as its URL suggests
+    (:func:`path_family`). A proxy in front of Anthropic's API, pinned ``dialect = "anthropic"``, is Anthropic's
+    whatever its host."""
+    return endpoint.dialect or path_family(endpoint.url)
 
 
 def _matcher(patterns: tuple[str, ...]) -> Any:
@@ -132,16 +161,22 @@ def _matcher(patterns: tuple[str, ...]) -> Any:
 class ModelRoutes:
     """The endpoints serving each model, for one pipeline's endpoints.
 
-    ``active`` is false when no endpoint lists models or maps one and no fallback is configured: routing then
-    costs nothing more than before models existed.
+    ``active`` is false when no endpoint lists models or maps one, no fallback is configured and every endpoint
+    takes one wire format: routing then costs nothing more than before models existed. Among endpoints of
+    several formats (:func:`endpoint_family`), a request goes only to those of its own dialect.
     """
 
     def __init__(self, endpoints: Sequence[Endpoint], fallbacks: Mapping[str, Sequence[str]] | None = None) -> None:
         self.endpoints = tuple(endpoints)
-        self.restricted = any(e.models is not None for e in self.endpoints)
+        families = [endpoint_family(e) for e in self.endpoints]
+        #: Whether the endpoints take more than one wire format: then each request keeps to its own.
+        self.mixed = len(set(families)) > 1
+        self._families = dict(zip((id(e) for e in self.endpoints), families, strict=True))
+        self.restricted = any(e.models is not None for e in self.endpoints) or self.mixed
         self.active = self.restricted or any(e.model_map for e in self.endpoints) or bool(fallbacks)
         self._matchers = [None if e.models is None else _matcher(e.models) for e in self.endpoints]
         self._serving: dict[str, tuple[Endpoint, ...]] = {}
+        self._speaking: dict[tuple[str | None, str], tuple[Endpoint, ...]] = {}
 
     def served(self) -> list[str]:
         """What the endpoints serve, names and globs, in config order (``*`` for an endpoint that serves all)."""
@@ -179,14 +214,30 @@ class ModelRoutes:
         model = ctx.model
         if model is None:
             model = request_model(ctx)
-            if model is None:
-                return endpoints
-        serving = self._serving.get(model) or self.serving(model)
-        if serving is self.endpoints:
-            return endpoints
-        if not serving:
-            raise ModelNotServed(model, self.served())
-        return serving
+        if model is None:
+            serving = self.endpoints
+        else:
+            serving = self._serving.get(model) or self.serving(model)
+            if not serving:
+                raise ModelNotServed(model, self.served())
+        if self.mixed:
+            serving = self._speaking_dialect(serving, ctx.dialect.name, model)
+        return endpoints if serving is self.endpoints else serving
+
+    def _speaking_dialect(
+        self, serving: tuple[Endpoint, ...], dialect: str, model: str | None
+    ) -> tuple[Endpoint, ...]:
+        """Those of ``serving`` (the endpoints serving ``model``) that take ``dialect``'s requests (remembered
+        per model and dialect)."""
+        key = (model, dialect)
+        found = self._speaking.get(key)
+        if found is None:
+            found = tuple(e for e in serving if self._families[id(e)] == dialect)
+            if not found:
+                raise DialectNotServed(dialect, model, sorted(set(self._families.values())))
+            if len(self._speaking) < _REMEMBERED:
+                self._speaking[key] = found
+        return found
 
     def routed_model(self, ctx: RequestContext) -> str | None:
         """The model ``ctx`` is routed for now: the one its request names, or the one a fallback chose."""

@@ -553,3 +553,53 @@ def test_an_open_circuit_on_every_endpoint_of_a_model_falls_back_without_sending
             assert raw.headers["x-aurelis-model"] == "gpt-4.1-mini"
     # Two failures opened big's circuit: the later requests fell back without reaching it.
     assert big.count() == 2 and models_received(mini) == ["gpt-4.1-mini"] * 3
+
+
+# --- one wire format per request -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("router", ["round_robin", "least_connections", "load_based"])
+def test_among_endpoints_of_several_formats_each_request_keeps_to_its_own(
+    router: str, upstream_factory: Callable[..., SimulatedServer]
+) -> None:
+    """No `models` lists: every endpoint serves every model, but an OpenAI request never reaches the endpoint
+    pinned to Anthropic's format, and an Anthropic request never reaches the OpenAI ones; a Gemini request,
+    which no endpoint takes, fails before anything is sent."""
+    import anthropic
+    from google import genai
+    from google.genai import types
+
+    oa1, oa2, claude = upstream_factory(), upstream_factory(), upstream_factory()
+    root = claude.base_url.rsplit("/v1", 1)[0]
+    cfg = {
+        "plugins": ["normalize", router],
+        "endpoints": [
+            {"url": oa1.base_url, "name": "oa1"},
+            {"url": root, "name": "claude", "dialect": "anthropic"},  # a loopback host: only the pin tells
+            {"url": oa2.base_url, "name": "oa2"},
+        ],
+    }
+    with aurelis_core.instrument(httpx2.Client(), cfg) as http:
+        llm = openai.OpenAI(base_url=oa1.base_url, api_key="sk", http_client=http, max_retries=0)
+        messenger = anthropic.Anthropic(base_url=root, api_key="ak", http_client=http, max_retries=0)
+        for n in range(6):
+            llm.chat.completions.create(model="any", messages=messages(f"chat {n}"))  # type: ignore[arg-type]
+            messenger.messages.create(model="sim-claude", max_tokens=16,
+                                      messages=[{"role": "user", "content": f"message {n}"}])
+        elsewhere = oa1.base_url.rsplit("/v1", 1)[0]  # not under the pinned endpoint's URL: detected by its path
+        gemini = genai.Client(api_key="gk", http_options=types.HttpOptions(base_url=elsewhere, httpx_client=http))
+        with pytest.raises(aurelis_core.DialectNotServed, match=r"takes gemini requests.*anthropic, openai"):
+            gemini.models.generate_content(model="sim-gemini", contents="hello")
+    assert oa1.count() + oa2.count() == 6 and oa1.count("/v1/messages") + oa2.count("/v1/messages") == 0
+    assert claude.count() == 6 == claude.count("/v1/messages")
+
+
+def test_endpoint_family_follows_the_pin_then_the_url() -> None:
+    from aurelis_core._model_routes import endpoint_family
+
+    assert endpoint_family(Endpoint("http://127.0.0.1:9/v1", dialect="anthropic")) == "anthropic"
+    assert endpoint_family(Endpoint("http://127.0.0.1:9/v1")) == "openai"
+    assert endpoint_family(Endpoint("https://x.openai.azure.com")) == "azure_openai"
+    assert endpoint_family(Endpoint("https://generativelanguage.googleapis.com/v1beta")) == "gemini"
+    # Gemini's OpenAI-compatible API speaks OpenAI's format, not Azure's, though its path holds /openai/.
+    assert endpoint_family(Endpoint("https://generativelanguage.googleapis.com/v1beta/openai")) == "openai"

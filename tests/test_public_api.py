@@ -13,6 +13,7 @@ def test_public_names() -> None:
             "CacheInfo",
             "Config",
             "ConfigError",
+            "DialectNotServed",
             "Endpoint",
             "ModelNotServed",
             "Pipeline",
