@@ -214,3 +214,18 @@ def test_a_broken_example_fails(tmp_path: Path) -> None:
     examples[2].evaluate()  # skipped: never raises
     with pytest.raises(AssertionError):
         examples[3].evaluate()
+
+
+def test_the_api_reference_shows_sphinx_roles_as_code() -> None:
+    """docs/hooks/sphinx_roles.py: mkdocstrings renders ``:class:`~a.B``` as ``:class:<code>~a.B</code>``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sphinx_roles", Path(__file__).parent.parent / "docs" / "hooks"
+                                                  / "sphinx_roles.py")
+    assert spec is not None and spec.loader is not None
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    html = ("<p>See :class:<code>~aurelis_core.report.Targets</code> and :func:<code>aurelis_core.gather</code>, "
+            "not :unknown:<code>x</code>.</p>")
+    assert hook.strip_roles(html) == ("<p>See <code>Targets</code> and <code>aurelis_core.gather</code>, "
+                                      "not :unknown:<code>x</code>.</p>")
