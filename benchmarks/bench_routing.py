@@ -44,6 +44,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -55,6 +56,8 @@ from aurelis_core._models import DEFAULT_CONTROLS
 from aurelis_core.health import EndpointHealth
 
 SEEDS = range(5)
+#: What the picks are for: routers read the request's format (OpenAI chat) through its dialect.
+CHAT_REQUEST = httpx.Request("POST", "https://api.example/v1/chat/completions")
 DURATION = 600.0
 TIMEOUT = 20.0
 #: Routers held to the traffic-share check of scenario 1 (see the module docstring).
@@ -167,7 +170,7 @@ def _router(name: str) -> Any:
 
 
 def _pair(route: Any, end: Any) -> Any:
-    ctx = RequestContext(SimpleNamespace(), None, None, False, DEFAULT_CONTROLS)
+    ctx = RequestContext(CHAT_REQUEST, None, None, False, DEFAULT_CONTROLS)
     ctx.json = {"model": "m", "max_tokens": 128}
 
     def one() -> None:
@@ -254,7 +257,7 @@ def test_pick_cost_models(benchmark: Any, name: str, listed: bool) -> None:
     router = cls(cls.Config(seed=1), SimpleNamespace(endpoints=endpoints, health=EndpointHealth(endpoints)))
     contexts = []
     for model in MODELS:
-        ctx = RequestContext(SimpleNamespace(), None, None, False, DEFAULT_CONTROLS)
+        ctx = RequestContext(CHAT_REQUEST, None, None, False, DEFAULT_CONTROLS)
         ctx.json = {"model": model, "max_tokens": 128}
         contexts.append(ctx)
     turn = itertools.cycle(contexts).__next__

@@ -446,7 +446,8 @@ def test_a_model_panics_among_its_own_endpoints_only(cls: Any) -> None:
     def picks(model: str, n: int = 60) -> collections.Counter[str]:
         counts: collections.Counter[str] = collections.Counter()
         for _ in range(n):
-            ctx = RequestContext(SimpleNamespace(), None, None, False, DEFAULT_CONTROLS)
+            ctx = RequestContext(httpx2.Request("POST", "http://127.0.0.1:9000/v1/chat/completions"), None, None,
+                                 False, DEFAULT_CONTROLS)
             ctx.json = {"model": model}
             endpoint = router.aurelis_route(ctx)
             attempt = Attempt(1, endpoint)

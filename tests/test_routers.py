@@ -7,6 +7,7 @@ import itertools
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
 from aurelis_core import Attempt, ConfigError, Endpoint, Pipeline, RequestContext
@@ -21,6 +22,7 @@ from aurelis_plugins.routers.weighted_response_time import WeightedResponseTime
 
 ALL = [RoundRobin, LeastConnections, WeightedResponseTime, LoadBased, AIOptimized]
 NAMES = [cls.name for cls in ALL]
+CHAT_URL = "https://api.example/v1/chat/completions"
 
 
 class FakeClock:
@@ -42,7 +44,7 @@ def make(cls: Any, eps: tuple[Endpoint, ...], clock: FakeClock | None = None, **
 
 
 def context(max_tokens: int = 100, stream: bool = False) -> RequestContext:
-    ctx = RequestContext(SimpleNamespace(), None, None, False, DEFAULT_CONTROLS)
+    ctx = RequestContext(httpx.Request("POST", CHAT_URL), None, None, False, DEFAULT_CONTROLS)
     ctx.json = {"model": "m", "max_tokens": max_tokens, "stream": stream}
     return ctx
 
@@ -508,12 +510,21 @@ def test_load_based_treats_a_429_with_retry_after_as_exhausted() -> None:
 def test_profile_reads_max_tokens_from_a_buffered_body_when_normalize_did_not_run() -> None:
     from aurelis_plugins.routers._base import request_profile
 
-    ctx = RequestContext(SimpleNamespace(_content=b'{"max_tokens": 42, "stream": true, "messages": []}'), None,
-                         None, False, DEFAULT_CONTROLS)
-    profile = request_profile(ctx, 256)
+    def profile_of(url: str, body: bytes) -> Any:
+        return request_profile(RequestContext(httpx.Request("POST", url, content=body), None, None, False,
+                                              DEFAULT_CONTROLS), 256)
+
+    profile = profile_of(CHAT_URL, b'{"max_tokens": 42, "stream": true, "messages": []}')
     assert (profile.output_tokens, profile.stream, profile.prompt_tokens) == (42, True, 12)
-    bad = RequestContext(SimpleNamespace(_content=b"not json"), None, None, False, DEFAULT_CONTROLS)
-    assert request_profile(bad, 256).output_tokens == 256
+    assert profile_of(CHAT_URL, b"not json").output_tokens == 256
+    # Each format's own budget, read through the request's dialect: Gemini's generationConfig, the Responses
+    # API's max_output_tokens; an embedding writes no output; Gemini streams by its path.
+    gemini = "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash"
+    body = b'{"contents": [], "generationConfig": {"maxOutputTokens": 77}}'
+    assert profile_of(gemini + ":generateContent", body).output_tokens == 77
+    assert profile_of(gemini + ":streamGenerateContent?alt=sse", body).stream is True
+    assert profile_of("https://api.openai.com/v1/responses", b'{"max_output_tokens": 9}').output_tokens == 9
+    assert profile_of("https://api.openai.com/v1/embeddings", b'{"input": "x"}').output_tokens == 0
 
 
 def test_ai_optimized_stays_sure_of_a_slow_endpoint_through_silence() -> None:

@@ -26,10 +26,10 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import attrs
+import httpx
 
 from aurelis_core import Attempt, Endpoint, RequestContext
 from aurelis_core._models import DEFAULT_CONTROLS
@@ -39,6 +39,8 @@ __all__ = ["BIN", "Clock", "EndpointModel", "Result", "Simulation"]
 
 #: Seconds per bin of :attr:`Result.timeline`.
 BIN = 5.0
+#: What every simulated request addresses: routers read its format (OpenAI chat) through its dialect.
+CHAT_REQUEST = httpx.Request("POST", "https://api.example/v1/chat/completions")
 
 
 class Clock:
@@ -230,7 +232,7 @@ class Simulation:
         # current rate is exact except across a step.
         self.at(now + rng.expovariate(self.rate(now) / len(self.clients)), self._arrival, client)
         max_tokens = rng.choice(self.max_tokens)
-        ctx = RequestContext(SimpleNamespace(), None, None, False, DEFAULT_CONTROLS)
+        ctx = RequestContext(CHAT_REQUEST, None, None, False, DEFAULT_CONTROLS)
         ctx.json = {"model": "sim", "max_tokens": max_tokens}
         output = max(1, round(max_tokens * rng.uniform(0.3, 1.0)))
         request = Request(ctx, now, now + self.timeout, output, self.retries)

@@ -22,10 +22,12 @@ Signals every learning router uses, defined once here:
 - **latency** (:func:`latency_sample`): for a streamed answer the time to first byte (what a user waits for);
   otherwise the attempt's duration divided by the request's expected output tokens, so a 1000-token answer
   does not make its endpoint look 100x slower than a 10-token one. The core does not parse response bodies
-  (that would cost every request a JSON parse), so the expected output is the request's ``max_tokens`` (or
-  ``max_completion_tokens``), else the router's ``default_output_tokens``. An attempt that failed or was cut
-  short gives only a lower bound on the latency: :func:`latency_sample` says so, and routers use such a
-  sample only when it raises their estimate (a slow failure is slow; a fast 503 must not look fast).
+  (that would cost every request a JSON parse), so the expected output is the request's output budget as its
+  dialect reads it (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``, Gemini's
+  ``generationConfig.maxOutputTokens``; 0 for an embedding), else the router's ``default_output_tokens``. An
+  attempt that failed or was cut short gives only a lower bound on the latency: :func:`latency_sample` says
+  so, and routers use such a sample only when it raises their estimate (a slow failure is slow; a fast 503
+  must not look fast).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from aurelis_core.plugin import (
     hookimpl,
     non_negative_int,
     positive_int,
+    url_parts,
 )
 
 #: One logger for every router: which endpoint each attempt went to is one story whichever router tells it.
@@ -127,10 +130,14 @@ def request_profile(ctx: RequestContext, default_output_tokens: int) -> RequestP
     output = default_output_tokens
     stream = ctx.stream
     if isinstance(data, dict):
-        limit = data.get("max_completion_tokens", data.get("max_tokens"))
-        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        # The request's dialect knows where its format puts the output budget (Gemini's
+        # generationConfig.maxOutputTokens, the Responses API's max_output_tokens) and that an embedding has none.
+        dialect = ctx.dialect
+        path = url_parts(ctx.original.url)[3]
+        limit = dialect.output_budget(path, data)
+        if limit is not None:
             output = limit
-        stream = stream or data.get("stream") is True
+        stream = stream or dialect.streams(path, data)
     prompt = len(body) // BYTES_PER_TOKEN if body else 0
     profile = ctx.state[STATE_KEY] = RequestProfile(prompt, output, stream)
     return profile
