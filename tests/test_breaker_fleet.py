@@ -247,13 +247,18 @@ def test_circuits_are_shared_through_a_cluster_in_one_hash_slot(upstream: Simula
         config = {"plugins": ["breaker"], "redis_connection": {"cluster_nodes": [servers[0].address]},
                   "breaker": {"share": True, "consecutive_failures": 3, "open_for": 5, "sync_interval": SYNC}}
         first, second = Pipeline(config), Pipeline(config)
-        with first.instrument(httpx.Client(timeout=5)) as a, second.instrument(httpx.Client(timeout=5)) as b:
-            assert send(b, upstream) == "ok"
-            upstream.behavior.status_override = 503
-            for _ in range(3):
-                send(a, upstream)
-            eventually(lambda: second.plugin("breaker").state(upstream.url) == "open")
-            assert send(b, upstream) == "skipped"
+        try:
+            with first.instrument(httpx.Client(timeout=5)) as a, second.instrument(httpx.Client(timeout=5)) as b:
+                assert send(b, upstream) == "ok"
+                upstream.behavior.status_override = 503
+                for _ in range(3):
+                    send(a, upstream)
+                eventually(lambda: second.plugin("breaker").state(upstream.url) == "open")
+                assert send(b, upstream) == "skipped"
+        finally:
+            # Before the cluster stops: a replica left running would go on syncing with dead nodes.
+            first.close()
+            second.close()
         keys = []
         for server in servers:
             probe = redis.Redis.from_url(server.url)
