@@ -58,6 +58,7 @@ __all__ = [
     "OpenAI",
     "RateLimits",
     "event_stream_events",
+    "parse_duration",
 ]
 
 
@@ -112,8 +113,12 @@ class RateLimits:
 
 
 #: ``6m0s``, ``1.5s``, ``250ms``, ``20``: the durations of OpenAI's ``x-ratelimit-reset-*`` headers.
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Go's units: microseconds are "us", "\u00b5s" (MICRO SIGN, what Go itself writes) or "\u03bcs" (GREEK SMALL
+# LETTER MU, which Go also accepts); escaped because the two look the same.
+_UNIT = {
+    "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ns": 1e-9,
+}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|\u00b5s|\u03bcs|ns|h|m|s)")
 
 
 def _number(value: str | None) -> float | None:
@@ -126,17 +131,25 @@ def _number(value: str | None) -> float | None:
     return number if number == number and number >= 0 else None
 
 
-def _duration(value: str | None) -> float | None:
-    """Seconds of a reset header: a plain number of seconds or a Go-style duration (``1m30s``)."""
-    if value is None:
-        return None
-    plain = _number(value)
+def parse_duration(text: str) -> float | None:
+    """Seconds in a rate-limit reset header: Go-style (``"6m0s"``, ``"1.5s"``, ``"20ms"``, what OpenAI sends) or
+    a bare number of seconds; ``None`` if it is neither (or negative)."""
+    text = text.strip()
+    plain = _number(text)
     if plain is not None:
         return plain
-    parts = _DURATION.findall(value.strip())
-    if not parts:
-        return None
-    return sum(float(amount) * _UNITS[unit] for amount, unit in parts)
+    total = 0.0
+    position = 0
+    for match in _DURATION.finditer(text):
+        if match.start() != position:
+            return None
+        total += float(match.group(1)) * _UNIT[match.group(2)]
+        position = match.end()
+    return total if position == len(text) and position else None
+
+
+def _duration(value: str | None) -> float | None:
+    return None if value is None else parse_duration(value)
 
 
 #: The fields of :class:`RateLimits`, by header name after the prefix, as OpenAI and Anthropic spell them.

@@ -83,8 +83,9 @@ What is here
   model, stream completion, usage, failure kinds, rate-limit headers; subclass it and list instances in a
   plugin class's ``dialects`` attribute to add one), the built-in :class:`OpenAI`, :class:`AzureOpenAI`,
   :class:`Anthropic` and :class:`Gemini`, :class:`FailureKind` (what :meth:`Dialect.classify` says of a failed
-  answer), :class:`RateLimits` and :func:`event_stream_events` (an SSE body's events). ``ctx.dialect`` is a
-  request's, ``attempt.dialect`` an attempt's (its endpoint's when that pins one).
+  answer), :class:`RateLimits`, :func:`parse_duration` (a Go-style reset time) and :func:`event_stream_events`
+  (an SSE body's events). ``ctx.dialect`` is a request's, ``attempt.dialect`` an attempt's (its endpoint's when
+  that pins one).
 - **failures a request goes on without**: :func:`worth_logging` (count each in ``pipeline.stats``, log once
   per burst: the 1st, 100th, 10,000th, then every 100,000th).
 - **options**: :func:`config_from_table`, :class:`ConfigError`, and every validator of
@@ -112,6 +113,7 @@ from ._dialects import (
     OpenAI,
     RateLimits,
     event_stream_events,
+    parse_duration,
 )
 from ._fallback import FALLBACKS, warrants_fallback
 from ._json import parse_json
@@ -255,6 +257,7 @@ __all__ = [
     "non_negative",
     "non_negative_int",
     "one_of",
+    "parse_duration",
     "parse_json",
     "path_ending",
     "percentile",

@@ -72,6 +72,7 @@ def test_the_names_are_pinned() -> None:
         # wire formats
         "Dialect", "OpenAI", "AzureOpenAI", "Anthropic", "Gemini", "FailureKind", "RateLimits",
         "event_stream_events",
+        "parse_duration",
         # failures a request goes on without
         "worth_logging",
         # options

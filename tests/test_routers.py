@@ -13,10 +13,10 @@ import pytest
 from aurelis_core import Attempt, ConfigError, Endpoint, Pipeline, RequestContext
 from aurelis_core._models import DEFAULT_CONTROLS
 from aurelis_core.health import EndpointHealth
-from aurelis_core.plugin import FAILED_ENDPOINTS, Anthropic
+from aurelis_core.plugin import FAILED_ENDPOINTS, Anthropic, parse_duration
 from aurelis_plugins.routers.ai_optimized import AIOptimized
 from aurelis_plugins.routers.least_connections import LeastConnections
-from aurelis_plugins.routers.load_based import LoadBased, parse_duration
+from aurelis_plugins.routers.load_based import LoadBased
 from aurelis_plugins.routers.round_robin import RoundRobin
 from aurelis_plugins.routers.weighted_response_time import WeightedResponseTime
 
@@ -494,16 +494,21 @@ def test_load_based_prefers_the_endpoint_with_more_headroom() -> None:
         end(router, context(), attempt, clock)
 
 
-def test_load_based_treats_a_429_with_retry_after_as_exhausted() -> None:
+@pytest.mark.parametrize("asked", [{"retry_after": "5"}, {"retry_after_ms": "5000"}, {"retry_after_ms": "5000",
+                                                                                      "retry_after": "1"}])
+def test_load_based_treats_a_429_with_retry_after_as_exhausted(asked: dict[str, str]) -> None:
+    """``retry-after``, or Azure's and OpenAI's ``retry-after-ms`` (which wins: it is the precise one)."""
     clock = FakeClock()
     router = make(LoadBased, endpoints(1, 1), clock)
     ctx = context()
     attempt = start(router, ctx, clock)
-    attempt.headers = _headers(retry_after="5")
+    attempt.headers = _headers(**asked)
     end(router, ctx, attempt, clock, status=429)
     limited = attempt.endpoint.name  # type: ignore[union-attr]
     assert limited not in run_sequential(router, clock, 30, latency=lambda name: 0.0)
-    clock.now += 6
+    clock.now += 4
+    assert limited not in run_sequential(router, clock, 30, latency=lambda name: 0.0)
+    clock.now += 2
     assert limited in run_sequential(router, clock, 30, latency=lambda name: 0.0)
 
 

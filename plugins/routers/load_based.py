@@ -13,55 +13,27 @@ where ``utilisation = 1 - remaining / limit`` (the larger of tokens and requests
 then 0. Of two random candidates (drawn in proportion to weight and slow-start ramp) the lower score wins
 (O(1)). A candidate whose reported remaining tokens
 cannot cover this request (or whose remaining requests are 0) before its reset is skipped: sending there
-would only earn a 429. A 429 without such headers marks the endpoint exhausted for its ``retry-after``.
-If every candidate is exhausted the least-bad one is used (the rate limiter or retry stage decides whether
-to wait).
+would only earn a 429. A 429 without such headers marks the endpoint exhausted for its ``retry-after`` (or
+``retry-after-ms``). If every candidate is exhausted the least-bad one is used (the rate limiter or retry
+stage decides whether to wait).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
-from aurelis_core.plugin import Attempt, Endpoint, OpenAI, RequestContext, positive
+from aurelis_core.plugin import Attempt, Endpoint, OpenAI, RequestContext, positive, retry_after
 
 from ._base import Router, RouterConfig
 
-__all__ = ["LoadBased", "LoadBasedConfig", "parse_duration"]
+__all__ = ["LoadBased", "LoadBasedConfig"]
 
 #: How an attempt made outside a pipeline (without a dialect) is read.
 OPENAI = OpenAI()
-
-# Go's units: microseconds are "us", "\u00b5s" (MICRO SIGN, what Go itself writes) or "\u03bcs" (GREEK SMALL
-# LETTER MU, which Go also accepts); escaped because the two look the same.
-_UNIT = {
-    "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ns": 1e-9,
-}
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|\u00b5s|\u03bcs|ns|h|m|s)")
-
-
-def parse_duration(text: str) -> float | None:
-    """Seconds in a reset header: Go-style (``"6m0s"``, ``"1.5s"``, ``"20ms"``) or a bare number of seconds.
-
-    ``None`` if it is neither.
-    """
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    total = 0.0
-    position = 0
-    for match in _DURATION.finditer(text):
-        if match.start() != position:
-            return None
-        total += float(match.group(1)) * _UNIT[match.group(2)]
-        position = match.end()
-    return total if position == len(text) and position else None
 
 
 @attrs.frozen
@@ -165,8 +137,7 @@ class LoadBased(Router):
                 _update(budget, "requests", reported.remaining_requests, reported.limit_requests,
                         reported.reset_requests, now)
         if attempt.status_code == 429 and (reported is None or reported.remaining_requests is None):
-            retry_after = headers.get("retry-after")
-            wait = parse_duration(retry_after) if retry_after is not None else None
+            wait = retry_after(headers)
             if wait is not None:
                 budget.remaining_requests = 0
                 budget.reset_requests = max(budget.reset_requests, now + wait)
