@@ -290,6 +290,9 @@ class Report:
     #: Models with answers that carried usage but that the pricing table names no price for (left out of the
     #: cost figures).
     unpriced_models: list[str] = attrs.field(factory=list)
+    #: Hits per tier on entries stored before the run began (by an earlier run or process), when the stats
+    #: know it (:meth:`from_stats`): answers a warm persistent tier gave that the upstream was never asked for.
+    earlier_hits: dict[str, int] = attrs.field(factory=dict)
 
     @classmethod
     def from_stats(
@@ -298,8 +301,10 @@ class Report:
     ) -> Report:
         """The report of everything ``stats`` holds (its bounded window of recent samples, and its counters);
         ``pricing`` (``pipeline.config.pricing``) prices the tokens."""
-        return build_report(list(stats.samples), duration=duration, targets=targets, counters=stats.counters,
-                            offered_rps=offered_rps, plugins=plugins, pricing=pricing)
+        report = build_report(list(stats.samples), duration=duration, targets=targets, counters=stats.counters,
+                              offered_rps=offered_rps, plugins=plugins, pricing=pricing)
+        report.earlier_hits = {tier: n for tier, n in stats.earlier_hits.items() if n}
+        return report
 
     # --- scoring and advice --------------------------------------------------------------------------------
 
@@ -401,7 +406,9 @@ class Report:
         ]
         lookups = self.cache.get("hit", 0) + self.cache.get("miss", 0)
         for tier, hits in self.hits_by_tier.items():
-            lines.append(f"    {tier:<14}{hits} hits ({_pct(hits / lookups if lookups else None)} of lookups)")
+            earlier = self.earlier_hits.get(tier)
+            lines.append(f"    {tier:<14}{hits} hits ({_pct(hits / lookups if lookups else None)} of lookups)"
+                         + (f", {earlier} on entries stored before this run" if earlier else ""))
         kinds = ", ".join(f"{kind} {count}" for kind, count in
                           sorted(self.error_kinds.items(), key=lambda item: -item[1]))
         lines += [

@@ -69,6 +69,9 @@ class Stats:
         self.spent_usage = spent_usage
         self.counters: Counter[str] = Counter()
         self.hits_by_tier: Counter[str] = Counter()
+        #: Hits per tier on entries stored before these stats started (by an earlier run or process): what a warm
+        #: persistent tier answered, told apart from what this run stored and read back.
+        self.earlier_hits: Counter[str] = Counter()
         self.tier_errors: Counter[str] = Counter()
         #: Failures of optimising stages (``"normalize.<plugin>"``, ``"compress.<plugin>"``) that the requests
         #: went on without.
@@ -83,6 +86,8 @@ class Stats:
         counters[status] += 1
         if ctx.cache_tier is not None and status == "hit":  # a coalesced follower of a failed answer is a miss
             self.hits_by_tier[ctx.cache_tier] += 1
+            if hit is not None and hit.created < self.started:
+                self.earlier_hits[ctx.cache_tier] += 1
         error = ctx.error
         if error is not None:
             counters["errors"] += 1
@@ -144,6 +149,7 @@ class Stats:
         return {
             "counters": dict(self.counters),
             "hits_by_tier": dict(self.hits_by_tier),
+            "earlier_hits": dict(self.earlier_hits),
             "tier_errors": dict(self.tier_errors),
             "stage_errors": dict(self.stage_errors),
             "hit_rate": self.hit_rate,
@@ -154,6 +160,7 @@ class Stats:
         with self._lock:
             self.counters.clear()
             self.hits_by_tier.clear()
+            self.earlier_hits.clear()
             self.tier_errors.clear()
             self.stage_errors.clear()
             self.samples.clear()

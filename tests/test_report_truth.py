@@ -198,6 +198,31 @@ def test_a_compression_fallback_is_reported_and_logged(
     assert line == f"fallback: 127.0.0.1:{upstream.port} answered 415 to a gzip body; sending it again uncompressed"
 
 
+def test_hits_on_what_this_run_stored_are_not_counted_as_earlier_runs(
+    upstream: SimulatedServer, tmp_path: Path
+) -> None:
+    # SQLite alone: the run's second request reads back what its first stored, a hit in the persistent tier that
+    # no earlier run made (a concurrent replay meets the same whenever a request's SQLite read follows another's
+    # store). Only the next pipeline's hits are on entries stored before it began.
+    config = {"plugins": ["normalize", "sqlite"], "sqlite": {"path": str(tmp_path / "cache.sqlite3")}}
+    body = {"model": "m", "messages": [{"role": "user", "content": "q"}]}
+    reports = []
+    for _ in range(2):
+        pipeline = aurelis_core.Pipeline(config)
+        with pipeline.instrument(httpx.Client()) as client:
+            for _ in range(2):
+                assert client.post(upstream.url + "/v1/chat/completions", json=body).status_code == 200
+                pipeline.plugin("sqlite").flush()  # stored now, not written behind: the next request reads it
+        reports.append(Report.from_stats(pipeline.stats))
+        pipeline.close()
+    first, second = reports
+    assert upstream.count("/v1/chat/completions") == 1
+    assert first.hits_by_tier == {"sqlite": 1} and first.earlier_hits == {}
+    assert "stored before this run" not in first.text()
+    assert second.hits_by_tier == {"sqlite": 2} and second.earlier_hits == {"sqlite": 2}
+    assert "sqlite        2 hits (100.0% of lookups), 2 on entries stored before this run" in second.text()
+
+
 def test_the_demo_says_when_earlier_runs_answered_and_how_to_start_cold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -208,8 +233,8 @@ def test_the_demo_says_when_earlier_runs_answered_and_how_to_start_cold(
     assert "note:" not in capsys.readouterr().err  # a cold start: the upstream answered
     assert main([*argv, "--sim-failure-rate", "1"]) == 0
     captured = capsys.readouterr()
-    assert "answers came from what earlier runs stored (sqlite), not from the simulated upstream; " \
-           "`aurelis cache clear` starts cold" in captured.err
+    assert "note: 234 answers came from what earlier runs stored (hits in sqlite " in captured.err
+    assert "), not from the simulated upstream; `aurelis cache clear` starts cold" in captured.err
     assert "errors          0 (0.0%)" in captured.out  # every answer from the file: nothing reached the failing sim
     assert main(["cache", "clear"]) == 0 and capsys.readouterr().out.startswith("sqlite: deleted ")
     assert main([*argv, "--sim-failure-rate", "1"]) == 0
