@@ -16,7 +16,8 @@ URL again, asking for the next model.
 The cache key stays that of the caller's request, so the next identical request is a hit whichever model
 answered; the answer says which did (``x-aurelis-model``). A stream falls back only before its first byte
 reached the caller: its status is what decides. A request whose body cannot be sent again (a one-shot stream,
-a signature: see ``_resend``) or that names its model nowhere it can be rewritten never falls back.
+a signature: see ``_resend``) or that names its model nowhere it can be rewritten never falls back, and none falls
+back once the deadline of its retry policy (``DEADLINE``: ``retry``'s ``deadline``) has passed.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ._logs import component_logger
 from ._model_routes import MODEL_ROUTE, ModelRoute, ModelRoutes, endpoint_family, path_model, request_model
 from ._models import Attempt, Endpoint, RequestContext
 from ._resend import resend_refusal
-from ._state import StateKey
+from ._state import DEADLINE, StateKey
 from .health import EndpointUnavailable
 from .validators import choices_hint, describe
 
@@ -126,6 +127,12 @@ class Fallbacks:
         if not chain or not warrants_fallback(attempt, body, ctx.http):
             return False
         if resend_refusal(ctx.original) is not None or not _rewritable(ctx, original):
+            return False
+        deadline = DEADLINE.get(ctx)
+        if deadline is not None and deadline.left() <= 0:
+            # The retry policy's deadline bounds the whole request: the next model would start past it.
+            self.counters["fallback_deadline"] += 1
+            logger.debug("no fallback from %s: the request's deadline has passed", original)
             return False
         route = MODEL_ROUTE.get(ctx)
         current = route.model if route is not None else original

@@ -14,7 +14,8 @@ their names, and its type parameter types what is stored under it::
     started = STARTED.get(ctx)                          # float | None
 
 A key defined by the core is a contract between plugins that do not know each other:
-:data:`FAILED_ENDPOINTS` is written by retry policies and read by routers, so neither names the other.
+:data:`FAILED_ENDPOINTS` is written by retry policies and read by routers, so neither names the other;
+:data:`DEADLINE` is written by retry policies and read by the core's model fallbacks.
 
 Cost: ``key.get(ctx)`` is one method call and one dict lookup, ~65 ns against ~30 ns for ``ctx.state.get("x")``
 (``timeit``, 3.11, unloaded); the keys the core defines are read only on retries, never on a first attempt.
@@ -22,12 +23,13 @@ Cost: ``key.get(ctx)`` is one method call and one dict lookup, ~65 ns against ~3
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 if TYPE_CHECKING:
     from ._models import RequestContext
 
-__all__ = ["FAILED_ENDPOINTS", "StateKey"]
+__all__ = ["DEADLINE", "FAILED_ENDPOINTS", "Deadline", "StateKey"]
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -83,3 +85,30 @@ class StateKey(Generic[T]):
 #: attempt it retries, including attempts refused before the network (an open circuit, a rate limit); routers
 #: read it. Absent until a retry policy writes it.
 FAILED_ENDPOINTS: StateKey[set[str]] = StateKey("failed_endpoints")
+
+
+class Deadline:
+    """The moment past which no more attempts start for one request, on the clock it is counted on.
+
+    ``at`` is a reading of ``clock`` (for the ``retry`` plugin: ``RequestContext.started`` plus its ``deadline``
+    option, on ``time.perf_counter`` unless a test replaced the plugin's clock).
+    """
+
+    __slots__ = ("at", "clock")
+
+    def __init__(self, at: float, clock: Callable[[], float]) -> None:
+        self.at = at
+        self.clock = clock
+
+    def left(self) -> float:
+        """Seconds until the deadline; zero or less once it has passed."""
+        return self.at - self.clock()
+
+    def __repr__(self) -> str:
+        return f"<Deadline in {self.left():.3g} s>"
+
+
+#: When the request must be over: written by a retry policy that has a deadline (``retry``'s ``deadline``) the
+#: first time it is asked about the request, read by whatever would start another attempt without it: the
+#: core's model fallbacks start none once it has passed. Absent without such a policy.
+DEADLINE: StateKey[Deadline] = StateKey("deadline")

@@ -54,8 +54,10 @@ What is here
 - **what plugins find in each other**, by capability, never by name: :class:`CacheTier` (what ``aurelis cache``
   manages), :class:`WarmTarget` (a tier warming copies into), :class:`ShrinkableTier` (memory relief),
   :class:`Router`. Look them up with ``pipeline.cache_tiers()`` and ``isinstance``.
-- **per-request state**: :class:`StateKey` (a typed key into ``ctx.state``) and :data:`FAILED_ENDPOINTS`
-  (the endpoints that failed during this request: retry policies write it, routers read it).
+- **per-request state**: :class:`StateKey` (a typed key into ``ctx.state``), :data:`FAILED_ENDPOINTS`
+  (the endpoints that failed during this request: retry policies write it, routers read it) and
+  :data:`DEADLINE` (a :class:`Deadline`: when the request must be over; retry policies write it, fallbacks
+  read it).
 - **models**: :func:`request_model` (the model a request names, in its JSON body or its path),
   :data:`MODEL_ROUTE` (the :class:`ModelRoute` of a request that fell back to another model: retry policies
   count attempts per model from it), :data:`FALLBACKS` (the ``(from, to)`` hops of a request that fell back:
@@ -124,7 +126,7 @@ from ._plugins import PluginSpec, blocked_plugins, discover_plugins
 from ._protocols import CacheTier, Pipeline, Router, ShrinkableTier, WarmTarget
 from ._redis_connection import RedisConnection
 from ._resend import resend_refusal, signature_scheme
-from ._state import FAILED_ENDPOINTS, StateKey
+from ._state import DEADLINE, FAILED_ENDPOINTS, Deadline, StateKey
 from ._tenant import (
     DEFAULT_CREDENTIAL_HEADERS,
     DEFAULT_CREDENTIAL_PARAMS,
@@ -178,6 +180,7 @@ from .validators import (
 
 __all__ = [
     "ALLOW_NON_FINITE",
+    "DEADLINE",
     "DEFAULT_CREDENTIAL_HEADERS",
     "DEFAULT_CREDENTIAL_PARAMS",
     "DEFAULT_SCOPE_HEADERS",
@@ -194,6 +197,7 @@ __all__ = [
     "CircuitState",
     "Config",
     "ConfigError",
+    "Deadline",
     "Dialect",
     "Endpoint",
     "EndpointHealth",

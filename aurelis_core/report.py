@@ -78,6 +78,7 @@ RESILIENCE_COUNTERS = {
     "rate-limit refusals": ("ratelimit_rejected",),
     "plain resends": ("compress_fallbacks",),
     "model fallbacks": ("fallbacks",),
+    "fallbacks refused": ("fallback_deadline",),
     "coalesced": ("coalesced",),
 }
 

@@ -80,9 +80,11 @@ from typing import Any
 import attrs
 
 from aurelis_core.plugin import (
+    DEADLINE,
     FAILED_ENDPOINTS,
     MODEL_ROUTE,
     Attempt,
+    Deadline,
     EndpointUnavailable,
     FailureKind,
     Invalid,
@@ -248,6 +250,9 @@ class Retry:
     @hookimpl
     def aurelis_retry(self, ctx: RequestContext, attempt: Attempt) -> float | None:
         config = self.config
+        if config.deadline is not None and DEADLINE.get(ctx) is None:
+            # Told to whatever else would start an attempt (the core's model fallbacks), on this plugin's clock.
+            DEADLINE.set(ctx, Deadline(ctx.started + config.deadline, self.clock))
         # Attempts count per model: after a fallback, the next model gets max_attempts of its own.
         route = MODEL_ROUTE.get(ctx)
         number = attempt.number - route.first_attempt + 1 if route is not None else attempt.number

@@ -12,6 +12,7 @@ import gzip
 import inspect
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -334,6 +335,31 @@ def test_without_endpoints_the_fallback_asks_the_same_upstream_for_the_next_mode
     headers, answer = llm.chat(model="gpt-4.1", messages=messages("hello"))
     assert models_received(upstream) == ["gpt-4.1", "gpt-4.1-mini"]
     assert answer.model == "gpt-4.1-mini" and headers["x-aurelis-model"] == "gpt-4.1-mini"
+
+
+def test_no_fallback_starts_once_the_retry_deadline_has_passed(upstream: SimulatedServer) -> None:
+    cfg = {"plugins": ["normalize", "retry"], "retry": {"max_attempts": 2, "base": 0, "deadline": 30.0},
+           "fallbacks": {"gpt-4.1": ["gpt-4.1-mini"]}}
+    late = [0.0]
+    with aurelis_core.instrument(httpx2.Client(), cfg) as http:
+        pipeline = aurelis_core.pipeline_of(http)
+        assert pipeline is not None
+        pipeline.plugin("retry").clock = lambda: time.perf_counter() + late[0]
+        llm = openai.OpenAI(base_url=upstream.base_url, api_key="sk", http_client=http, max_retries=0)
+        # In time: gpt-4.1's two attempts fail, the fallback answers.
+        upstream.behavior.update(fail_next=2, failure_status=529)
+        answer = llm.chat.completions.create(model="gpt-4.1", messages=messages("early"))  # type: ignore[arg-type]
+        assert answer.model == "gpt-4.1-mini"
+        assert models_received(upstream) == ["gpt-4.1", "gpt-4.1", "gpt-4.1-mini"]
+        # Past the deadline (the retry plugin's clock says 100 s have gone by): neither a retry nor a fallback.
+        late[0] = 100.0
+        upstream.behavior.update(fail_next=1, failure_status=529)
+        with pytest.raises(openai.InternalServerError):
+            llm.chat.completions.create(model="gpt-4.1", messages=messages("late"))  # type: ignore[arg-type]
+        assert models_received(upstream)[3:] == ["gpt-4.1"]
+        counters = pipeline.stats.counters
+        assert counters["fallbacks"] == 1 and counters["fallback_deadline"] == 1
+        assert Report.from_stats(pipeline.stats).resilience["fallbacks refused"] == 1
 
 
 # --- credentials from the environment ---------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def test_the_names_are_pinned() -> None:
         # what plugins find in each other, by capability
         "CacheTier", "WarmTarget", "ShrinkableTier", "Router",
         # per-request state
-        "StateKey", "FAILED_ENDPOINTS",
+        "StateKey", "FAILED_ENDPOINTS", "DEADLINE", "Deadline",
         # models: which one a request asks for, its fallbacks
         "request_model", "MODEL_ROUTE", "ModelRoute", "FALLBACKS", "warrants_fallback", "ModelNotServed",
         # endpoint health
