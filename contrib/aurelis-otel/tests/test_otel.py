@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 
@@ -145,16 +146,32 @@ def test_embeddings(client: httpx.Client, exporter: InMemorySpanExporter, upstre
     assert request.attributes["gen_ai.usage.input_tokens"] == answer["usage"]["prompt_tokens"]
 
 
-def test_a_stream_is_marked_and_not_read(
+def test_a_stream_is_marked_and_its_usage_read_from_its_last_events(
     client: httpx.Client, exporter: InMemorySpanExporter, upstream: SimulatedServer
 ) -> None:
     body = {"model": "gpt-test", "messages": [{"role": "user", "content": PROMPT}], "stream": True,
             "stream_options": {"include_usage": True}}
     with client.stream("POST", upstream.base_url + "/chat/completions", json=body) as response:
-        response.read()
+        events = [json.loads(line[6:]) for line in response.read().decode().splitlines()
+                  if line.startswith("data: {")]
+    usage = events[-1]["usage"]
     (request,) = requests_of(exporter)
     assert request.attributes is not None and request.attributes["gen_ai.request.stream"] is True
-    assert not [key for key in request.attributes if key.startswith(("gen_ai.usage.", "gen_ai.response."))]
+    assert request.attributes["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
+    assert request.attributes["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
+    assert not [key for key in request.attributes if key.startswith("gen_ai.response.")]  # the body is not parsed
+
+
+def test_a_gemini_answer_s_usage_metadata(
+    client: httpx.Client, exporter: InMemorySpanExporter, upstream: SimulatedServer
+) -> None:
+    answer = client.post(upstream.url + "/v1beta/models/gemini-2.5-flash:generateContent",
+                         json={"contents": [{"role": "user", "parts": [{"text": PROMPT}]}]}).json()
+    (request,) = requests_of(exporter)
+    assert request.attributes is not None and request.attributes["gen_ai.operation.name"] == "generate_content"
+    metadata = answer["usageMetadata"]
+    assert request.attributes["gen_ai.usage.input_tokens"] == metadata["promptTokenCount"]
+    assert request.attributes["gen_ai.usage.output_tokens"] == metadata["candidatesTokenCount"]
 
 
 def test_retries_are_child_spans(

@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["operation", "provider", "request_attributes", "response_attributes"]
+from aurelis_core.plugin import Usage
+
+__all__ = ["operation", "provider", "request_attributes", "response_attributes", "usage_attributes"]
 
 #: The end of a request's path -> ``gen_ai.operation.name`` (and ``openai.api.type`` where OpenAI defines one).
 #: Checked in order: ``/chat/completions`` before ``/completions``.
@@ -140,6 +142,18 @@ def response_attributes(body: bytes) -> dict[str, Any]:
         attributes["gen_ai.response.finish_reasons"] = [finish[i] for i in sorted(finish)]
     if isinstance(document.get("usage"), Mapping):
         attributes.update(_usage(document["usage"]))
+    return attributes
+
+
+def usage_attributes(usage: Usage, operation_name: str | None = None) -> dict[str, int]:
+    """``gen_ai.usage.input_tokens``, ``output_tokens`` (not for ``embeddings``, which output none) and
+    ``cache_read.input_tokens`` (when the provider reported any) of the tokens an answer spent, as the request's
+    dialect read them (``Attempt.usage``: OpenAI's, the Responses API's, Anthropic's, Gemini's, a stream's too)."""
+    attributes = {"gen_ai.usage.input_tokens": usage.input}
+    if operation_name != "embeddings":
+        attributes["gen_ai.usage.output_tokens"] = usage.output
+    if usage.cached_input:
+        attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cached_input
     return attributes
 
 

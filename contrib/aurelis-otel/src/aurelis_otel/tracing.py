@@ -18,11 +18,13 @@ that is no GenAI operation), kind CLIENT, with:
 - the request's settings: ``gen_ai.request.max_tokens``, ``temperature``, ``top_p``, ``top_k``,
   ``frequency_penalty``, ``presence_penalty``, ``seed``, ``stop_sequences``, ``choice.count``, ``stream``,
   ``gen_ai.output.type``, ``gen_ai.request.encoding_formats``, ``gen_ai.embeddings.dimension.count``;
+- the tokens the upstream's answer spent, as the request's dialect reads its usage block (OpenAI's, the
+  Responses API's, Anthropic's, Gemini's ``usageMetadata``; a stream's from its last events, when it asked for
+  usage): ``gen_ai.usage.input_tokens``, ``output_tokens``, ``cache_read.input_tokens``;
 - from the upstream's answer, when the pipeline read it whole (a cacheable answer, not content-encoded):
-  ``gen_ai.response.id``, ``gen_ai.response.model``, ``gen_ai.response.finish_reasons`` and
-  ``gen_ai.usage.input_tokens``, ``output_tokens``, ``cache_read.input_tokens``, ``cache_write.input_tokens``,
-  ``reasoning.output_tokens``. Not for a cache hit (it spent no tokens; its answer's figures are on the span of
-  the request that fetched it), nor for a stream or an answer handed over as it came;
+  ``gen_ai.response.id``, ``gen_ai.response.model``, ``gen_ai.response.finish_reasons``,
+  ``gen_ai.usage.cache_write.input_tokens`` and ``reasoning.output_tokens``. Neither for a cache hit (it spent
+  no tokens; its answer's figures are on the span of the request that fetched it);
 - ``error.type`` (the exception's class, or the status code) and status ERROR when the request failed;
 - Aurelis's own: ``aurelis.cache.status``, ``aurelis.cache.tier``, ``aurelis.attempts``, ``aurelis.retry_count``,
   ``aurelis.endpoint``, and ``http.request.method``, ``url.path``, ``http.response.status_code``.
@@ -57,7 +59,16 @@ import attrs
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from aurelis_core.plugin import Attempt, Pipeline, RequestContext, header_items, hookimpl, label, url_parts
+from aurelis_core.plugin import (
+    Attempt,
+    Pipeline,
+    RequestContext,
+    Usage,
+    header_items,
+    hookimpl,
+    label,
+    url_parts,
+)
 
 from . import genai
 
@@ -162,6 +173,11 @@ class OtelTracing:
                 body = _answer(ctx)
                 if body is not None:
                     answered = genai.response_attributes(body)
+                usage = _spent(ctx)
+                if usage is not None:
+                    # The core's reading (the request's dialect) wins: it also reads streams and Gemini's
+                    # usageMetadata; the body's own parse adds what it alone knows (reasoning, cache writes).
+                    answered.update(genai.usage_attributes(usage, operation_name))
             if recording:
                 # One call: the SDK takes a lock and checks each attribute per call (a few us an attribute).
                 span.set_attributes({**genai.request_attributes(ctx.json), **answered})
@@ -239,6 +255,15 @@ def _answer(ctx: RequestContext) -> bytes | None:
         if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
             return None
     return attempt.body
+
+
+def _spent(ctx: RequestContext) -> Usage | None:
+    """The tokens the upstream's good answer spent (a stream's too, read from its last events), as the request's
+    dialect reads them; ``None`` for a cache hit (it spent none), a failed answer, or one without a usage block."""
+    attempt = ctx.attempts[-1] if ctx.attempts else None
+    if ctx.entry is not None or attempt is None or not attempt.ok:
+        return None
+    return attempt.usage
 
 
 def _error_type(error: BaseException | None, status: int | None) -> str | None:
