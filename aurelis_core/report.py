@@ -58,7 +58,7 @@ from ._units import percent_below as _pct_below
 from ._units import rounded_down as _floor
 from ._units import usd as _usd
 from .pricing import Pricing
-from .stats import Sample, Stats, percentile
+from .stats import EARLIER_HIT, Sample, Stats, percentile
 
 __all__ = ["Report", "Targets", "build_report", "score"]
 
@@ -291,8 +291,8 @@ class Report:
     #: Models with answers that carried usage but that the pricing table names no price for (left out of the
     #: cost figures).
     unpriced_models: list[str] = attrs.field(factory=list)
-    #: Hits per tier on entries stored before the run began (by an earlier run or process), when the stats
-    #: know it (:meth:`from_stats`): answers a warm persistent tier gave that the upstream was never asked for.
+    #: Hits per tier on entries stored before the stats began (by an earlier run or process; from the
+    #: ``earlier_hit:<tier>`` counters): answers a warm persistent tier gave that the upstream was never asked for.
     earlier_hits: dict[str, int] = attrs.field(factory=dict)
 
     @classmethod
@@ -302,10 +302,8 @@ class Report:
     ) -> Report:
         """The report of everything ``stats`` holds (its bounded window of recent samples, and its counters);
         ``pricing`` (``pipeline.config.pricing``) prices the tokens."""
-        report = build_report(list(stats.samples), duration=duration, targets=targets, counters=stats.counters,
-                              offered_rps=offered_rps, plugins=plugins, pricing=pricing)
-        report.earlier_hits = {tier: n for tier, n in stats.earlier_hits.items() if n}
-        return report
+        return build_report(list(stats.samples), duration=duration, targets=targets, counters=stats.counters,
+                            offered_rps=offered_rps, plugins=plugins, pricing=pricing)
 
     # --- scoring and advice --------------------------------------------------------------------------------
 
@@ -530,6 +528,7 @@ def build_report(
         error_kinds=dict(Counter(_error_kind(s) for s in failed).most_common()),
         resilience={name: count for name, count in resilience.items() if count},
         plugins=list(plugins) if plugins is not None else None,
+        earlier_hits={key[len(EARLIER_HIT):]: n for key, n in counters.items() if key.startswith(EARLIER_HIT) and n},
     )
     if pricing:
         report.tokens_spent = sum(s.usage.total for s in samples if s.usage is not None and not _is_hit(s))

@@ -46,6 +46,10 @@ class Sample(NamedTuple):
 
 _new_sample = tuple.__new__
 
+#: The prefix of the counters of hits on entries stored before the stats started, one per tier
+#: (``"earlier_hit:sqlite"``); :attr:`~aurelis_core.report.Report.earlier_hits` reads them.
+EARLIER_HIT = "earlier_hit:"
+
 
 def worth_logging(count: int) -> bool:
     """Whether the ``count``-th failure of one kind is logged: the 1st, 100th and 10,000th, then every 100,000th.
@@ -69,9 +73,6 @@ class Stats:
         self.spent_usage = spent_usage
         self.counters: Counter[str] = Counter()
         self.hits_by_tier: Counter[str] = Counter()
-        #: Hits per tier on entries stored before these stats started (by an earlier run or process): what a warm
-        #: persistent tier answered, told apart from what this run stored and read back.
-        self.earlier_hits: Counter[str] = Counter()
         self.tier_errors: Counter[str] = Counter()
         #: Failures of optimising stages (``"normalize.<plugin>"``, ``"compress.<plugin>"``) that the requests
         #: went on without.
@@ -87,7 +88,9 @@ class Stats:
         if ctx.cache_tier is not None and status == "hit":  # a coalesced follower of a failed answer is a miss
             self.hits_by_tier[ctx.cache_tier] += 1
             if hit is not None and hit.created < self.started:
-                self.earlier_hits[ctx.cache_tier] += 1
+                # On an entry stored before these stats started (by an earlier run or process): what a warm
+                # persistent tier answered, told apart from what this run stored and read back.
+                counters[EARLIER_HIT + ctx.cache_tier] += 1
         error = ctx.error
         if error is not None:
             counters["errors"] += 1
@@ -149,7 +152,6 @@ class Stats:
         return {
             "counters": dict(self.counters),
             "hits_by_tier": dict(self.hits_by_tier),
-            "earlier_hits": dict(self.earlier_hits),
             "tier_errors": dict(self.tier_errors),
             "stage_errors": dict(self.stage_errors),
             "hit_rate": self.hit_rate,
@@ -160,7 +162,6 @@ class Stats:
         with self._lock:
             self.counters.clear()
             self.hits_by_tier.clear()
-            self.earlier_hits.clear()
             self.tier_errors.clear()
             self.stage_errors.clear()
             self.samples.clear()

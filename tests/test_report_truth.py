@@ -214,6 +214,7 @@ def test_hits_on_what_this_run_stored_are_not_counted_as_earlier_runs(
                 assert client.post(upstream.url + "/v1/chat/completions", json=body).status_code == 200
                 pipeline.plugin("sqlite").flush()  # stored now, not written behind: the next request reads it
         reports.append(Report.from_stats(pipeline.stats))
+        assert pipeline.report().earlier_hits == reports[-1].earlier_hits  # the live report says the same
         pipeline.close()
     first, second = reports
     assert upstream.count("/v1/chat/completions") == 1
