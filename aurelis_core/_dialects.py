@@ -43,6 +43,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
+from urllib.parse import unquote
 
 from ._usage import Usage, usage_counts
 
@@ -205,6 +206,11 @@ def event_stream_events(body: bytes) -> list[tuple[bytes, bytes]]:
 
 #: The ``"type"`` a JSON event opens with (OpenAI's Responses and Anthropic's streams start every event's data
 #: with it), read without parsing an event that may hold a whole answer.
+#: Azure OpenAI's deployment segment (``/openai/deployments/{name}/...``) and Gemini's model segment
+#: (``/models/{model}:generateContent``, ``/tunedModels/{model}:...``) in a raw path.
+_DEPLOYMENT = re.compile(r"/deployments/([^/]+)/")
+_GEMINI_MODEL = re.compile(r"/(?:models|tunedModels)/([^/:]+)(?=:|$)")
+
 _LEADING_TYPE = re.compile(rb'\A\s*\{\s*"type"\s*:\s*"([^"\\]{1,100})"')
 _OUTPUT_BUDGET_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
@@ -278,9 +284,19 @@ class Dialect:
         return not (isinstance(tools, list) and any(isinstance(t, dict) and t.get("type") == "mcp" for t in tools))
 
     def model(self, path: str, body: Mapping[str, Any]) -> str | None:
-        """The model the request asks for (the body's ``model``), or ``None``."""
+        """The model the request asks for: the one its path names (see :meth:`model_span`), else its body's
+        ``model``; ``None`` when neither does."""
+        span = self.model_span(path)
+        if span is not None:
+            return unquote(path[span[0] : span[1]])
         model = body.get("model")
         return model if isinstance(model, str) else None
+
+    def model_span(self, path: str) -> tuple[int, int] | None:
+        """Where the raw ``path`` (percent-encoded, without the query) names the model, as ``(start, end)``
+        offsets, or ``None``: the model is named in the body only (the default). The one definition of a path's
+        model: :meth:`model` reads it there, and a ``model_map`` rewrites it there."""
+        return None
 
     def streams(self, path: str, body: Mapping[str, Any]) -> bool:
         """Whether the request asks for an event stream (the body's ``"stream": true``)."""
@@ -378,12 +394,10 @@ class AzureOpenAI(Dialect):
     def detects(self, path: str) -> bool:
         return path.startswith(("/openai/deployments/", "/openai/v1/"))
 
-    def model(self, path: str, body: Mapping[str, Any]) -> str | None:
-        if path.startswith("/openai/deployments/"):
-            deployment = path[len("/openai/deployments/"):].split("/", 1)[0]
-            if deployment:
-                return deployment
-        return super().model(path, body)
+    def model_span(self, path: str) -> tuple[int, int] | None:
+        # The deployment's segment, also under a gateway's prefix (``/apim/openai/deployments/{name}/...``).
+        match = _DEPLOYMENT.search(path)
+        return match.span(1) if match is not None else None
 
 
 class Anthropic(Dialect):
@@ -467,13 +481,11 @@ class Gemini(Dialect):
     def detects(self, path: str) -> bool:
         return ("/models/" in path or "/tunedModels/" in path) and path.endswith((*self.paths, ":countTokens"))
 
-    def model(self, path: str, body: Mapping[str, Any]) -> str | None:
-        # The last "/models/" or "/tunedModels/" segment names it (a tuned model keeps its collection's name).
-        at = max(path.rfind("/models/") + 1, path.rfind("/tunedModels/") + 1) - 1
-        if at < 0:
-            return super().model(path, body)
-        name = path[at + 1:].split("/", 1)[1]
-        return name.split(":", 1)[0] or None
+    def model_span(self, path: str) -> tuple[int, int] | None:
+        # The last "/models/" or "/tunedModels/" segment names it (a tuned model keeps its collection's name),
+        # up to the method (":generateContent").
+        spans = [match.span(1) for match in _GEMINI_MODEL.finditer(path)]
+        return spans[-1] if spans else None
 
     def streams(self, path: str, body: Mapping[str, Any]) -> bool:
         return path.endswith(":streamGenerateContent")

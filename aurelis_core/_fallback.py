@@ -27,10 +27,10 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._compat import header_items
+from ._compat import header_items, url_parts
 from ._dialects import OPENAI, FailureKind
 from ._logs import component_logger
-from ._model_routes import MODEL_ROUTE, ModelRoute, ModelRoutes, endpoint_family, path_model, request_model
+from ._model_routes import MODEL_ROUTE, ModelRoute, ModelRoutes, endpoint_family, request_model
 from ._models import Attempt, Endpoint, RequestContext
 from ._resend import resend_refusal
 from ._state import DEADLINE, StateKey
@@ -172,7 +172,7 @@ def _rewritable(ctx: RequestContext, model: str | None) -> bool:
     data = ctx.json
     if isinstance(data, dict) and data.get("model") == model:
         return True
-    return path_model(ctx.original.url.raw_path) is not None
+    return ctx.dialect.model_span(url_parts(ctx.original.url)[3]) is not None
 
 
 def check_fallbacks(

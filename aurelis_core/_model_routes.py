@@ -4,7 +4,7 @@ An endpoint lists the models it serves (``models``: names and globs; absent, eve
 by a name of its own (``model_map``: an Azure deployment, a provider's prefix). :class:`ModelRoutes` answers,
 for the model a request names, the endpoints a router may pick (computed once per model and kept), and
 rewrites the request for the endpoint picked: the ``model`` field of its JSON body, and its path where the
-path names the model (:func:`path_model`).
+path names the model (where the request's dialect says: :meth:`~aurelis_core.plugin.Dialect.model_span`).
 
 A request that names no model (``GET /models``, a body that is not JSON) goes to any endpoint, as without
 ``models``. A request for a model that no endpoint serves fails with :class:`ModelNotServed` before anything
@@ -26,7 +26,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import msgspec
 
-from ._compat import buffered_body, copy_request
+from ._compat import buffered_body, copy_request, url_parts
+from ._dialects import Dialect
 from ._models import Endpoint, RequestContext
 from ._state import StateKey
 
@@ -39,7 +40,6 @@ __all__ = [
     "ModelRoutes",
     "endpoint_family",
     "path_family",
-    "path_model",
     "request_model",
 ]
 
@@ -50,9 +50,6 @@ MODEL_HEADER = b"x-aurelis-model"
 #: deployment keeps asking for; a later name is matched against the endpoints on each request.
 _REMEMBERED = 1024
 
-#: The model segment of a path: Azure OpenAI's ``/openai/deployments/{name}/...`` and Gemini's
-#: ``/models/{model}:generateContent`` (``:streamGenerateContent``, ``:embedContent``...).
-_PATH_MODEL = re.compile(rb"/deployments/([^/]+)/|/models/([^/:]+):")
 
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
 
@@ -107,27 +104,15 @@ class ModelRoute:
 MODEL_ROUTE: StateKey[ModelRoute] = StateKey("model_route")
 
 
-def path_model(path: bytes) -> tuple[int, int] | None:
-    """The span of the model's name in a request path (Azure's deployment, Gemini's model), or ``None``.
-
-    The one place that knows where a path names a model: a provider's dialect, when it knows better, takes
-    this over.
-    """
-    match = _PATH_MODEL.search(path)
-    if match is None:
-        return None
-    group = 1 if match.group(1) is not None else 2
-    return match.span(group)
-
-
 def request_model(ctx: RequestContext) -> str | None:
-    """The model the caller's request names: its JSON body's ``model``, else its path's (see :func:`path_model`)."""
+    """The model the caller's request names: its JSON body's ``model``, else its path's (where its dialect's
+    :meth:`~aurelis_core.plugin.Dialect.model_span` says)."""
     model = ctx.model
     if model is not None:
         return model
-    path = ctx.original.url.raw_path
-    span = path_model(path)
-    return unquote(path[span[0] : span[1]].decode("ascii", "replace")) if span is not None else None
+    path = url_parts(ctx.original.url)[3]
+    span = ctx.dialect.model_span(path)
+    return unquote(path[span[0] : span[1]]) if span is not None else None
 
 
 @functools.lru_cache(maxsize=256)
@@ -244,9 +229,10 @@ class ModelRoutes:
         route = MODEL_ROUTE.get(ctx)
         return route.model if route is not None else request_model(ctx)
 
-    def apply(self, ctx: RequestContext, endpoint: Endpoint | None, request: Any) -> Any:
+    def apply(self, ctx: RequestContext, endpoint: Endpoint | None, request: Any, dialect: Dialect) -> Any:
         """``request`` (the caller's, moved onto ``endpoint``) asking for the routed model by the endpoint's
-        name for it: its body's ``model`` and its path's model segment rewritten where they differ."""
+        name for it: its body's ``model`` and its path's model segment (where ``dialect``, the attempt's, finds
+        one) rewritten where they differ."""
         original = request_model(ctx)
         model = self.routed_model(ctx)
         if model is None:
@@ -256,9 +242,10 @@ class ModelRoutes:
         body: bytes | None = None
         if body_model is not None and body_model != target:
             body = _with_body_model(ctx, body_model, target)
-        raw_path = request.url.raw_path
-        span = path_model(raw_path)
         url = request.url
+        raw_path = url.raw_path
+        # The span is of the path without its query, which comes after it in raw_path: the offsets hold there.
+        span = dialect.model_span(url_parts(url)[3])
         if span is not None:
             segment = unquote(raw_path[span[0] : span[1]].decode("ascii", "replace"))
             if segment in (original, model) and segment != target:

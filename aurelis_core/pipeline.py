@@ -628,7 +628,7 @@ class Pipeline:
             try:
                 ctx.request = rewrite(ctx, endpoint, endpoints) if endpoint is not None else ctx.original
                 if models is not None:
-                    ctx.request = models.apply(ctx, endpoint, ctx.request)
+                    ctx.request = models.apply(ctx, endpoint, ctx.request, attempt.dialect)
                 wait = 0.0
                 for admit in stages.admit:
                     answer = admit(ctx, attempt)

@@ -27,10 +27,10 @@ import aurelis_core
 from aurelis_core import Attempt, ConfigError, Endpoint, ModelNotServed, Pipeline, RequestContext
 from aurelis_core._env import expand_env
 from aurelis_core._fallback import error_body, warrants_fallback
-from aurelis_core._model_routes import path_model
 from aurelis_core._models import DEFAULT_CONTROLS
 from aurelis_core.config import Config, load_config
 from aurelis_core.health import EndpointHealth
+from aurelis_core.plugin import AzureOpenAI, Dialect, Gemini, OpenAI
 from aurelis_core.report import Report
 from aurelis_core.testing import SimulatedServer
 from aurelis_core.tools.cli import main
@@ -218,15 +218,36 @@ def test_azure_deployment_paths_are_rewritten(upstream_factory: Callable[..., Si
     assert raw.headers["x-aurelis-model"] == "gpt-4.1"
 
 
-def test_path_model_finds_azure_deployments_and_gemini_models() -> None:
-    def named(path: bytes) -> bytes | None:
-        span = path_model(path)
+def test_the_dialects_find_the_model_in_azure_deployment_and_gemini_paths() -> None:
+    def named(dialect: Dialect, path: str) -> str | None:
+        span = dialect.model_span(path)
         return None if span is None else path[span[0] : span[1]]
 
-    assert named(b"/openai/deployments/gpt-4o/chat/completions") == b"gpt-4o"
-    assert named(b"/v1beta/models/gemini-2.0-flash:streamGenerateContent") == b"gemini-2.0-flash"
-    assert named(b"/v1/models/gemini-2.0-flash:generateContent") == b"gemini-2.0-flash"
-    assert named(b"/v1/chat/completions") is None and named(b"/v1/models") is None
+    azure, gemini, openai_ = AzureOpenAI(), Gemini(), OpenAI()
+    assert named(azure, "/openai/deployments/gpt-4o/chat/completions") == "gpt-4o"
+    assert named(azure, "/apim/openai/deployments/gpt-4o/chat/completions") == "gpt-4o"  # under a gateway
+    assert named(azure, "/openai/v1/chat/completions") is None
+    assert named(gemini, "/v1beta/models/gemini-2.0-flash:streamGenerateContent") == "gemini-2.0-flash"
+    assert named(gemini, "/v1/models/gemini-2.0-flash:generateContent") == "gemini-2.0-flash"
+    assert named(gemini, "/v1beta/tunedModels/my-tuned-7:generateContent") == "my-tuned-7"
+    assert named(openai_, "/v1/chat/completions") is None and named(openai_, "/v1/models/gpt-4o") is None
+    # model() reads the same place, then the body; unquoted.
+    assert gemini.model("/v1beta/tunedModels/my%2Dtuned:generateContent", {}) == "my-tuned"
+    assert azure.model("/openai/deployments/dep/chat/completions", {"model": "gpt-4o"}) == "dep"
+    assert openai_.model("/v1/chat/completions", {"model": "gpt-4o"}) == "gpt-4o"
+
+
+def test_a_model_map_rewrites_a_tuned_gemini_model_in_the_path(
+    upstream_factory: Callable[..., SimulatedServer]
+) -> None:
+    up = upstream_factory()
+    cfg = {"plugins": ["round_robin"], "endpoints": [
+        {"url": up.url, "dialect": "gemini", "models": ["tuned-*"], "model_map": {"tuned-a": "tuned-b"}}]}
+    with aurelis_core.instrument(httpx2.Client(), cfg) as http:
+        response = http.post(up.url + "/v1beta/tunedModels/tuned-a:generateContent",
+                             json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
+    assert response.status_code == 200 and response.headers["x-aurelis-model"] == "tuned-a"
+    assert [r.path for r in up.requests] == ["/v1beta/tunedModels/tuned-b:generateContent"]
 
 
 # --- fallbacks -------------------------------------------------------------------------------------------------
