@@ -204,13 +204,13 @@ def event_stream_events(body: bytes) -> list[tuple[bytes, bytes]]:
     return events
 
 
-#: The ``"type"`` a JSON event opens with (OpenAI's Responses and Anthropic's streams start every event's data
-#: with it), read without parsing an event that may hold a whole answer.
 #: Azure OpenAI's deployment segment (``/openai/deployments/{name}/...``) and Gemini's model segment
 #: (``/models/{model}:generateContent``, ``/tunedModels/{model}:...``) in a raw path.
 _DEPLOYMENT = re.compile(r"/deployments/([^/]+)/")
 _GEMINI_MODEL = re.compile(r"/(?:models|tunedModels)/([^/:]+)(?=:|$)")
 
+#: The ``"type"`` a JSON event opens with (OpenAI's Responses and Anthropic's streams start every event's data
+#: with it), read without parsing an event that may hold a whole answer.
 _LEADING_TYPE = re.compile(rb'\A\s*\{\s*"type"\s*:\s*"([^"\\]{1,100})"')
 _OUTPUT_BUDGET_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
