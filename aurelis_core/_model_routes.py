@@ -50,7 +50,6 @@ MODEL_HEADER = b"x-aurelis-model"
 #: deployment keeps asking for; a later name is matched against the endpoints on each request.
 _REMEMBERED = 1024
 
-
 _ENCODER = msgspec.json.Encoder(decimal_format="number")
 
 
