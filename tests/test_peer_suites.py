@@ -1,7 +1,7 @@
-"""httpx's and the openai SDK's own test suites pass with every client instrumented.
+"""httpx's, the openai SDK's and the anthropic SDK's own test suites pass with every client instrumented.
 
 With no plugins, an instrumented client must behave exactly like the raw one. The strongest check of that is
-the test suites of the two projects our wrapper sits between, which know every corner of their clients: each
+the test suites of the projects our wrapper sits between, which know every corner of their clients: each
 suite runs twice from its release archive (the sdist, at the version installed here), once plain and once
 with ``httpx.Client``/``AsyncClient`` and ``httpx2.Client``/``AsyncClient`` patched to end their ``__init__``
 with ``aurelis_core.instrument(self, config)`` (``tests/peer_suites/aurelis_instrument_all.py``), and every test
@@ -10,7 +10,8 @@ identity of a client's transport, which a wrapper cannot keep; they are listed b
 
 The archives are downloaded by ``.ci/run`` into ``.peer-suites/`` (git-ignored)::
 
-    python3 -m pip download --no-binary :all: --no-deps httpx==0.28.1 openai==3.57.0 -d .peer-suites
+    python3 -m pip download --no-binary :all: --no-deps httpx==0.28.1 openai==3.57.0 anthropic==2.16.0 \
+        -d .peer-suites
 
 Without them these tests are skipped, unless ``AURELIS_REQUIRE_PEER_SUITES=1`` (set by ``.ci/run``) turns the
 skip into a failure. A test that fails instrumented is run again in both modes before it counts: one that
@@ -158,6 +159,56 @@ OPENAI = Suite(
 )
 
 
+#: The anthropic SDK's HTTP layer (its client, middleware, header handling, responses and streams, and the
+#: Bedrock, AWS and Azure clients that sign or route its requests) and its streaming and refusal-fallback
+#: helpers, all on its HTTP mock (respx): ~1,000 tests. The rest of its suite runs tool runners, threads and
+#: telemetry over the same clients (~5,700 more outside `api_resources`, which needs its mock server; ~5x the
+#: time: run once with `normalize`, they showed no regression either).
+ANTHROPIC_MODULES = (
+    "tests/test_client.py",
+    "tests/test_streaming.py",
+    "tests/test_middleware.py",
+    "tests/test_header_case_sensitivity.py",
+    "tests/test_response.py",
+    "tests/lib/streaming/test_messages.py",
+    "tests/lib/streaming/test_beta_messages.py",
+    "tests/lib/test_bedrock.py",
+    "tests/lib/test_aws.py",
+    "tests/lib/test_azure.py",
+    "tests/lib/test_refusal_fallback.py",
+    "tests/lib/test_refusal_fallback_streaming.py",
+    "tests/lib/_parse/test_messages.py",
+)
+
+ANTHROPIC_TRANSPORT_CLASS = (
+    "asserts isinstance(client._transport_for_url(url), httpx2.HTTPTransport) to read its pool's proxy: the "
+    "client holds the wrapper (whose .inner it is)"
+)
+ANTHROPIC_TRANSPORT_MODULE = (
+    "counts open connections with a helper that asserts the client's transport is an httpx2.HTTPTransport: "
+    "the client holds the wrapper"
+)
+
+ANTHROPIC = Suite(
+    distribution="anthropic",
+    version="2.16.0",
+    source_dir="src",
+    args=("-n", "0"),
+    min_passed=1000,
+    configs=({}, {"plugins": ["normalize"]}),
+    allowed={
+        "tests/test_client.py::test_default_client_proxy_arguments_beat_environment": ANTHROPIC_TRANSPORT_CLASS,
+        "tests/test_client.py::TestAnthropic::test_retrying_status_errors_doesnt_leak": ANTHROPIC_TRANSPORT_MODULE,
+        "tests/test_client.py::TestAnthropic::test_retrying_timeout_errors_doesnt_leak": ANTHROPIC_TRANSPORT_MODULE,
+        "tests/test_client.py::TestAsyncAnthropic::test_retrying_status_errors_doesnt_leak":
+        ANTHROPIC_TRANSPORT_MODULE,
+        "tests/test_client.py::TestAsyncAnthropic::test_retrying_timeout_errors_doesnt_leak":
+        ANTHROPIC_TRANSPORT_MODULE,
+    },
+    select=lambda root: [module for module in ANTHROPIC_MODULES if (root / module).exists()],
+)
+
+
 # --- running a suite -----------------------------------------------------------------------------------------
 
 
@@ -278,3 +329,9 @@ def test_httpx_suite_passes_with_every_client_instrumented(tmp_path_factory: pyt
 
 def test_openai_sdk_suite_passes_with_every_client_instrumented(tmp_path_factory: pytest.TempPathFactory) -> None:
     compare(prepared(OPENAI, tmp_path_factory), OPENAI)
+
+
+def test_anthropic_sdk_suite_passes_with_every_client_instrumented(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    compare(prepared(ANTHROPIC, tmp_path_factory), ANTHROPIC)
