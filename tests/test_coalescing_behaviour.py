@@ -285,6 +285,8 @@ async def test_a_stream_follower_gets_the_chunks_so_far_at_once_then_the_rest_li
                     theirs = following.aiter_raw()
                     # Three chunks were sent and no more: these come from the flight, not the wire.
                     assert [await theirs.__anext__() for _ in range(3)] == seen
+                    # Counted once the server's send returned, which may be after the client read it.
+                    await anyio.to_thread.run_sync(up.wait_sent, 3)
                     assert up.sent == 3
                     fourth = await next_chunk(up, theirs)  # live: the follower pulls it for both
                     assert fourth == EVENTS[3] and await chunks.__anext__() == fourth
