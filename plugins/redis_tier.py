@@ -358,13 +358,13 @@ class RedisTier(WriteBehindTier):
     @property
     def location(self) -> str:
         """Where this tier connects, for log lines: ``host:port``, a socket path, or the Sentinel or Cluster
-        nodes. Never the URL itself, which may hold a password."""
-        config = self.config
-        if config.sentinels is not None:
-            return f"sentinels {','.join(config.sentinels)} ({config.service_name})"
-        if config.cluster_nodes is not None:
-            return f"cluster {','.join(config.cluster_nodes)}"
-        parts = urlsplit(config.url or _DEFAULT_URL)
+        nodes (the table's own, else ``[redis_connection]``'s). Never the URL itself, which may hold a password."""
+        connection = self.connection
+        if connection.sentinels is not None:
+            return f"sentinels {','.join(connection.sentinels)} ({connection.service_name})"
+        if connection.cluster_nodes is not None:
+            return f"cluster {','.join(connection.cluster_nodes)}"
+        parts = urlsplit(connection.url or _DEFAULT_URL)
         if parts.scheme == "unix":
             return parts.path
         return f"{parts.hostname}:{parts.port or 6379}"
