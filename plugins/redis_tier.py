@@ -136,7 +136,19 @@ class _SyncPool(redis.BlockingConnectionPool):
 
 
 class _AsyncPool(redis.asyncio.BlockingConnectionPool):
-    """redis-py's asyncio blocking pool, raising :class:`PoolBusy` when its wait runs out."""
+    """redis-py's asyncio blocking pool, raising :class:`PoolBusy` when its wait runs out, and giving every
+    connection back with the configured connect timeout (the start hook opens them with a longer one)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The connect timeout of a connection (re)made on a request's path.
+        self.connect_timeout = self.connection_kwargs.get("socket_connect_timeout")
+
+    async def release(self, connection: Any) -> None:
+        # Also the connections that failed to open at start-up (redis-py gives them back itself): they reconnect
+        # on a request's path, where a connect may take the configured timeout, not the start hook's.
+        connection.socket_connect_timeout = self.connect_timeout
+        await super().release(connection)
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -857,6 +857,31 @@ def test_a_pipeline_used_from_sync_code_may_be_closed_from_async_code(redis_flus
 
 
 @pytest.mark.anyio
+async def test_connections_that_failed_to_open_at_start_reconnect_with_the_configured_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with redis_server(tmp_path) as server:
+        pipeline = Pipeline(config(url=server.url, pool_size=2, connect_timeout=0.07))
+        server.freeze()  # connections open, nothing answers their handshake
+        try:
+            with caplog.at_level(logging.WARNING, logger=LOGGER):
+                await pipeline.astart()
+        finally:
+            server.thaw()
+        assert any("could not open its connections at start-up" in r.getMessage() for r in caplog.records)
+        pool = pipeline.plugin("redis").async_client().connection_pool
+        # The connections the start hook made are reused on requests' paths: with the 70 ms configured, not the
+        # start hook's longer timeout.
+        held = [await pool.get_connection() for _ in range(2)]
+        try:
+            assert [c.socket_connect_timeout for c in held] == [0.07, 0.07]
+        finally:
+            for connection in held:
+                await pool.release(connection)
+        await pipeline.aclose()
+
+
+@pytest.mark.anyio
 async def test_an_async_start_warms_memory_from_the_most_hit_entries(
     upstream: SimulatedServer, redis_flush: str
 ) -> None:
