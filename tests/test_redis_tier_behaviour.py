@@ -987,35 +987,52 @@ def test_a_leader_gives_up_when_the_breaker_opened_during_its_call(tmp_path: Pat
 
 
 @pytest.mark.anyio
-async def test_a_cold_fleet_replicas_first_burst_waits_for_its_pool_and_is_served_from_redis(
-    upstream: SimulatedServer, redis_flush: str
-) -> None:
-    import asyncio
-
-    bodies = [chat(f"burst {n}") for n in range(64)]
-    writer = Pipeline(config(url=redis_flush))
-    with httpx.Client() as client:
-        writer.instrument(client)
-        for body in bodies:
-            client.post(upstream.base_url + "/chat/completions", json=body,
-                        headers={"authorization": f"Bearer {API_KEY}"})
-    writer.close()
-    # Nothing started: the first request starts the pipeline, which opens the pool while the other lookups (looks,
-    # with fleet_flight) wait for it.
-    fresh = fleet(redis_flush)
-    async with fresh.instrument(httpx.AsyncClient(timeout=10)) as client:
-        answers = await asyncio.gather(*(
-            client.post(upstream.base_url + "/chat/completions", json=body,
-                        headers={"authorization": f"Bearer {API_KEY}"}) for body in bodies))
-    assert [a.headers.get("x-aurelis-cache-tier") for a in answers] == ["redis"] * 64
-    assert not fresh.stats.tier_errors
-    await fresh.aclose()
-
-
-@pytest.mark.anyio
 async def test_closing_a_fleet_flight_tier_writes_out_what_is_queued(redis_flush: str) -> None:
     pipeline = fleet(redis_flush)
     tier = pipeline.plugin("redis")
     tier.aurelis_cache_set(context("queued", is_async=True), entry(), False)  # its writer has not run yet
     await pipeline.aclose()
     assert stored_keys(redis_flush) == [b"aurelis:queued"]
+
+
+# --- what `aurelis config check` asks of it ------------------------------------------------------------------------
+
+
+def test_it_probes_the_default_redis_only_when_nothing_names_one(redis_flush: str) -> None:
+    default = "redis://127.0.0.1:6379/0"
+    client = redis.Redis.from_url(default, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        answering = bool(client.ping())
+    except redis.RedisError:
+        answering = False
+    finally:
+        client.close()
+    pipeline = Pipeline(config())  # names no Redis: the tier connects to the default, which is probed
+    problems = pipeline.plugin("redis").problems()
+    if answering:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problems[0].startswith(f"url: no Redis answers at '{default}'"), problems
+    pipeline.close()
+    # A Redis named, by the table (even the default's own URL) or by [redis_connection], is probed as that option.
+    shared = config()
+    shared["redis_connection"] = {"url": f"redis://127.0.0.1:{closed_port()}/0"}
+    for cfg in (config(url=f"redis://127.0.0.1:{closed_port()}/0"), config(url=default), shared):
+        pipeline = Pipeline(cfg)
+        assert pipeline.plugin("redis").problems() == []
+        pipeline.close()
+
+
+def test_only_a_batch_with_hit_counts_trims_the_hit_counts(tier_at: Any, redis_flush: str) -> None:
+    tier = tier_at(track_hits=2)
+    client = raw(redis_flush)
+    client.zadd("aurelis:meta:hits", {"aurelis:a": 3, "aurelis:b": 2, "aurelis:c": 1})  # another replica's
+    tier.aurelis_cache_set(context("d"), entry(), False)
+    tier.flush()  # a batch of one write, no counts: the set is left as it is
+    assert client.zcard("aurelis:meta:hits") == 3
+    assert tier.put("d", entry())
+    hit(tier, "d", 1)
+    tier.hits.hand_off(False)
+    tier.flush()  # counts written: the set is trimmed to the 2 most hit
+    assert client.zrange("aurelis:meta:hits", 0, -1) == [b"aurelis:b", b"aurelis:a"]
+    client.close()
