@@ -136,7 +136,19 @@ class _SyncPool(redis.BlockingConnectionPool):
 
 
 class _AsyncPool(redis.asyncio.BlockingConnectionPool):
-    """redis-py's asyncio blocking pool, raising :class:`PoolBusy` when its wait runs out."""
+    """redis-py's asyncio blocking pool, raising :class:`PoolBusy` when its wait runs out, and giving every
+    connection back with the configured connect timeout (the start hook opens them with a longer one)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The connect timeout of a connection (re)made on a request's path.
+        self.connect_timeout = self.connection_kwargs.get("socket_connect_timeout")
+
+    async def release(self, connection: Any) -> None:
+        # Also the connections that failed to open at start-up (redis-py gives them back itself): they reconnect
+        # on a request's path, where a connect may take the configured timeout, not the start hook's.
+        connection.socket_connect_timeout = self.connect_timeout
+        await super().release(connection)
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -358,13 +370,13 @@ class RedisTier(WriteBehindTier):
     @property
     def location(self) -> str:
         """Where this tier connects, for log lines: ``host:port``, a socket path, or the Sentinel or Cluster
-        nodes. Never the URL itself, which may hold a password."""
-        config = self.config
-        if config.sentinels is not None:
-            return f"sentinels {','.join(config.sentinels)} ({config.service_name})"
-        if config.cluster_nodes is not None:
-            return f"cluster {','.join(config.cluster_nodes)}"
-        parts = urlsplit(config.url or _DEFAULT_URL)
+        nodes (the table's own, else ``[redis_connection]``'s). Never the URL itself, which may hold a password."""
+        connection = self.connection
+        if connection.sentinels is not None:
+            return f"sentinels {','.join(connection.sentinels)} ({connection.service_name})"
+        if connection.cluster_nodes is not None:
+            return f"cluster {','.join(connection.cluster_nodes)}"
+        parts = urlsplit(connection.url or _DEFAULT_URL)
         if parts.scheme == "unix":
             return parts.path
         return f"{parts.hostname}:{parts.port or 6379}"
