@@ -1,0 +1,305 @@
+"""The ``sqlite`` tier where its file changes under it: moved away while written in rollback-journal mode, its
+mark cleared by another connection, a path that cannot be inspected, values of another format version, writes
+dropped by a refusal. Real files; the tier's public methods and its lookup hook, as the pipeline calls it; a fake
+wall clock for every lifetime."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import stat
+from contextlib import closing
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from support import open_files_at
+from test_sqlite_behaviour import KEY_BYTES, answer, lookup, open_tier, settle
+from test_sqlite_files import damage_pages
+
+from aurelis_core import RequestContext, RequestControls
+from aurelis_plugins.sqlite_tier import inspect_file
+
+
+def rollback_journal(path: Path) -> None:
+    """Switch the closed file from WAL to a rollback journal (what another tool may do while no process has it
+    open): SQLite then notices, on the next write, that the file was moved or deleted under a connection."""
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+
+
+def keys_at(path: Path) -> set[str]:
+    with closing(sqlite3.connect(path)) as conn:
+        return {key for (key,) in conn.execute("SELECT key FROM aurelis_entries")}
+
+
+def write_only_file() -> Path:
+    """A non-empty regular file that even root may not open for reading (a write-only sysfs attribute)."""
+    for candidate in sorted(Path("/sys/bus").glob("*/drivers_probe")):
+        try:
+            info = candidate.stat()
+            if stat.S_ISREG(info.st_mode) and info.st_size > 0:
+                candidate.open("rb").close()
+        except PermissionError:
+            return candidate
+        except OSError:
+            continue
+    pytest.skip("no write-only sysfs attribute on this machine")
+
+
+# --- what is at the path -------------------------------------------------------------------------------------------
+
+
+def test_a_file_that_cannot_be_read_is_unreadable_not_judged(tmp_path: Path) -> None:
+    path = write_only_file()
+    assert inspect_file(path) == ("unreadable", "cannot be read (Permission denied)")
+
+
+def test_a_path_that_cannot_be_inspected_fails_each_use_without_a_refusal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / ("x" * 5000)  # a name too long to look up: nothing there to judge, so nothing refused
+    pipeline, tier, clock = open_tier(path)
+    with caplog.at_level(logging.ERROR, logger="aurelis"):
+        for _ in range(2):  # each use looks again
+            with pytest.raises(OSError, match="cannot be inspected"):
+                tier.put("k", answer(clock))
+        with pytest.raises(OSError, match="cannot be inspected"):
+            tier.stats()
+    assert not [r for r in caplog.records if "does not use" in r.getMessage()]
+    assert "sqlite.refused" not in pipeline.stats.tier_errors
+    pipeline.close()
+
+
+def test_a_file_whose_mark_was_cleared_in_its_journal_is_refused(tmp_path: Path) -> None:
+    """Another connection clears the mark and keeps its write in the WAL: the header bytes still carry the mark,
+    the database (what the tier reads inside its transaction) does not. The tier refuses it, unchanged."""
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k", answer(clock))
+    pipeline.close()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("PRAGMA application_id = 0")
+        assert inspect_file(path) == ("ours", "")  # not checkpointed: the file's own header is unchanged
+        again, tier, clock = open_tier(path)
+        assert not tier.put("k2", answer(clock))
+        assert tier.stats() == {"refused": "lost the cache tier's mark while being opened"}
+        assert lookup(tier, "k") is None
+        again.close()
+        assert other.execute("PRAGMA application_id").fetchone() == (0,)
+        assert {key for (key,) in other.execute("SELECT key FROM aurelis_entries")} == {"k"}
+    finally:
+        other.close()
+
+
+# --- a file moved away under the tier ------------------------------------------------------------------------------
+
+
+def test_a_file_moved_away_under_a_rollback_journal_writer_is_started_anew(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k", answer(clock))
+    pipeline.close()
+    rollback_journal(path)
+    assert tier.put("a", answer(clock))  # a closed pipeline's tier opens the file again when asked
+    away = tmp_path / "away.sqlite3"
+    os.replace(path, away)
+    assert tier.put("b", answer(clock))  # the write meets the move: a new file at the path, the batch in it
+    assert keys_at(path) == {"b"} and keys_at(away) == {"k", "a"}
+    assert inspect_file(path) == ("ours", "")
+    assert not pipeline.stats.tier_errors
+    assert lookup(tier, "b") is not None and lookup(tier, "a") is None
+    assert not open_files_at(away)  # the connections to the moved file were let go
+    pipeline.close()
+
+
+def test_an_async_connection_to_a_file_moved_away_is_closed_and_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k", answer(clock))
+    pipeline.close()
+    rollback_journal(path)
+    away = tmp_path / "away.sqlite3"
+    ctx = RequestContext(None, None, httpx, True, RequestControls())
+
+    async def main() -> tuple[bool, bool, list[str]]:
+        ctx.key = "k"
+        before = await tier.aurelis_cache_get(ctx) is not None  # this loop's connection, to the file at the path
+        assert tier.put("a", answer(clock))  # and this thread's
+        os.replace(path, away)
+        assert tier.put("b", answer(clock))  # a write meets the move: a new file
+        ctx.key = "b"
+        after = await tier.aurelis_cache_get(ctx) is not None  # the loop's connection is replaced
+        return before, after, open_files_at(away)
+
+    before, after, still_open = anyio.run(main)
+    assert (before, after) == (True, True)
+    assert still_open == []  # the connection to the moved file was closed, not left running
+    pipeline.close()
+
+
+def test_a_file_moved_away_when_its_directory_cannot_be_made_again_fails_that_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "cache"
+    path = folder / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k", answer(clock))
+    pipeline.close()
+    rollback_journal(path)
+    assert tier.put("a", answer(clock))
+    folder.rename(tmp_path / "moved")
+    folder.write_text("a file where the cache directory was")
+    with caplog.at_level(logging.WARNING, logger="aurelis"):
+        with pytest.raises(OSError):
+            tier.put("b", answer(clock))
+    assert f"cache file {path} could not be reopened" in caplog.text
+    assert not [r for r in caplog.records if "does not use" in r.getMessage()]  # not refused: tried again
+    folder.unlink()
+    assert tier.put("c", answer(clock))
+    assert keys_at(path) == {"c"} and keys_at(tmp_path / "moved" / "c.sqlite3") == {"k", "a"}
+    pipeline.close()
+
+
+def test_a_file_moved_away_and_replaced_by_a_directory_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k", answer(clock))
+    pipeline.close()
+    rollback_journal(path)
+    assert tier.put("a", answer(clock))
+    os.replace(path, tmp_path / "away.sqlite3")
+    path.mkdir()
+    with caplog.at_level(logging.ERROR, logger="aurelis"):
+        assert not tier.put("b", answer(clock))  # dropped, counted once as refused
+    assert dict(pipeline.stats.tier_errors) == {"sqlite.refused": 1}
+    assert len([r for r in caplog.records if "does not use" in r.getMessage()]) == 1
+    assert tier.stats() == {"refused": "is a directory"}
+    assert path.is_dir() and not list(path.iterdir())
+    pipeline.close()
+
+
+# --- what is read back ---------------------------------------------------------------------------------------------
+
+
+def test_a_value_of_another_format_version_is_a_quiet_miss(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k", answer(clock))
+    with closing(sqlite3.connect(path)) as conn, conn:
+        (value,) = conn.execute("SELECT value FROM aurelis_entries WHERE key = 'k'").fetchone()
+        conn.execute("UPDATE aurelis_entries SET value = ? WHERE key = 'k'", (bytes((value[0] + 1,)) + value[1:],))
+    with caplog.at_level(logging.WARNING, logger="aurelis"):
+        assert lookup(tier, "k") is None
+        assert tier.top(10) == []
+    assert not pipeline.stats.tier_errors  # written by another version: not an altered value
+    assert "do not verify" not in caplog.text
+    pipeline.close()
+
+
+# --- writes dropped by a refusal -------------------------------------------------------------------------------------
+
+
+def test_a_refused_batch_counts_its_stores_not_its_hit_counts(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k", answer(clock))
+    assert lookup(tier, "k") is not None  # a hit count, handed to the queue below
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DELETE FROM aurelis_meta")  # the file no longer says whether its entries are sealed
+    settle(tier)  # the hit count's batch is refused: nothing stored is dropped, nothing counted
+    assert "sqlite.refused" not in pipeline.stats.tier_errors
+    ctx = RequestContext(None, None, httpx, False, RequestControls())
+    ctx.key = "k2"
+    tier.aurelis_cache_set(ctx, answer(clock), False)  # refused: bypassed at once, counted
+    assert pipeline.stats.tier_errors["sqlite.refused"] == 1
+    with closing(sqlite3.connect(path)) as conn, conn:
+        assert conn.execute("SELECT hits FROM aurelis_entries WHERE key = 'k'").fetchone() == (0,)
+    pipeline.close()
+
+
+@pytest.mark.parametrize("plain", [b"", b"\x03 a value of a later format"], ids=["empty", "later-format"])
+def test_a_sealed_value_that_opens_but_holds_no_entry_is_a_quiet_miss(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, plain: bytes
+) -> None:
+    """Sealed under the file's key for this very row, so not tampered with: a value this version cannot read."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path, encryption_key=KEY_BYTES.hex())
+    assert tier.put("k", answer(clock))
+    nonce = os.urandom(12)
+    sealed = b"\xe1" + nonce + AESGCM(KEY_BYTES).encrypt(nonce, plain, b"k")
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE aurelis_entries SET value = ? WHERE key = 'k'", (sealed,))
+    with caplog.at_level(logging.WARNING, logger="aurelis"):
+        assert lookup(tier, "k") is None
+    assert not pipeline.stats.tier_errors
+    assert "do not decrypt" not in caplog.text
+    pipeline.close()
+
+
+# --- clearing ------------------------------------------------------------------------------------------------------
+
+
+def test_clearing_gives_the_space_back_to_the_file_system(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    for i in range(20):
+        assert tier.put(f"k{i}", answer(clock, os.urandom(20_000)))  # incompressible: 400 kB stored
+    assert tier.clear() == 20
+    pipeline.close()
+    assert path.stat().st_size < 100_000  # not kept as free pages inside the file
+
+
+# --- async connections -----------------------------------------------------------------------------------------------
+
+
+def test_an_async_lookup_that_failed_to_open_the_file_tries_again_in_the_same_loop(tmp_path: Path) -> None:
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache directory should be")
+    path = blocker / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    ctx = RequestContext(None, None, httpx, True, RequestControls())
+    ctx.key = "k"
+
+    async def main() -> bool:
+        with pytest.raises(OSError):
+            await tier.aurelis_cache_get(ctx)  # the directory cannot be made: this use fails (a counted miss)
+        blocker.unlink()
+        assert await tier.aurelis_cache_get(ctx) is None  # the next use of this loop opens the file
+        assert tier.put("k", answer(clock))
+        return await tier.aurelis_cache_get(ctx) is not None
+
+    assert anyio.run(main)
+    pipeline.close()
+
+
+def test_a_damaged_file_someone_moved_away_is_left_where_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The damage is met after the file was moved away: nothing at the path to move aside, a new file there."""
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    for i in range(6):
+        assert tier.put(f"k{i}", answer(clock, os.urandom(2000)))
+    damage_pages(path)
+    away = tmp_path / "away.sqlite3"
+    os.replace(path, away)
+    moved = away.read_bytes()
+    with caplog.at_level(logging.WARNING, logger="aurelis"):
+        assert lookup(tier, "k1") is None  # met the damage: a miss, and a new file at the path
+        assert inspect_file(path) == ("ours", "")
+        assert tier.put("k1", answer(clock))
+        assert lookup(tier, "k1") is not None
+    assert pipeline.stats.tier_errors["sqlite.corrupt"] == 1
+    assert "could not be reopened" not in caplog.text  # started anew at once, nothing failed
+    assert away.read_bytes() == moved and not list(tmp_path.glob("*corrupt*"))
+    pipeline.close()
