@@ -9,6 +9,7 @@ import logging
 import os
 import sqlite3
 import stat
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -302,4 +303,25 @@ def test_a_damaged_file_someone_moved_away_is_left_where_it_is(
     assert pipeline.stats.tier_errors["sqlite.corrupt"] == 1
     assert "could not be reopened" not in caplog.text  # started anew at once, nothing failed
     assert away.read_bytes() == moved and not list(tmp_path.glob("*corrupt*"))
+    pipeline.close()
+
+
+def test_a_new_thread_reads_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
+    """The file is made ready once: a thread's first lookup opens a connection and reads (WAL: readers never wait
+    for the writer), it does not take the write lock again."""
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path, busy_timeout=0.05)
+    assert tier.put("k", answer(clock))
+    found: list[object] = []
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process writes for longer than the busy timeout
+    try:
+        for _ in range(2):
+            reader = threading.Thread(target=lambda: found.append(lookup(tier, "k")))
+            reader.start()
+            reader.join()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert len(found) == 2 and all(entry is not None for entry in found)
     pipeline.close()
