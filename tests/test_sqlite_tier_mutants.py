@@ -325,3 +325,47 @@ def test_a_new_thread_reads_while_another_process_holds_the_write_lock(tmp_path:
         blocker.close()
     assert len(found) == 2 and all(entry is not None for entry in found)
     pipeline.close()
+
+
+def test_the_stats_of_a_file_damaged_while_closed_are_those_of_its_new_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    for i in range(6):
+        assert tier.put(f"k{i}", answer(clock, os.urandom(2000)))
+    pipeline.close()
+    damage_pages(path)
+    again, tier, clock = open_tier(path)
+    assert tier.stats() == {**tier.stats(), "entries": 0, "bytes": 0}  # moved aside when opened, a new file
+    assert len(list(tmp_path.glob("c.sqlite3.corrupt-*"))) >= 1
+    assert not again.stats.tier_errors
+    again.close()
+
+
+def damage_key_index(path: Path) -> None:
+    """Checkpoint, then overwrite the root page of the index of the table's keys (what a lookup reads; opening
+    the file reads only the table itself): the file is damaged where only a lookup or a store finds it."""
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        ((root,),) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE type = 'index' AND tbl_name = 'aurelis_entries' "
+            "AND name LIKE 'sqlite_autoindex_%'"
+        ).fetchall()
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    with path.open("r+b") as file:
+        file.seek((root - 1) * page_size)
+        file.write(b"\xa5" * page_size)
+
+
+def test_a_file_damaged_where_only_lookups_read_is_moved_aside_by_the_recovery(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    for i in range(3):
+        assert tier.put(f"k{i}", answer(clock))
+    damage_key_index(path)
+    assert lookup(tier, "k1") is None  # met the damage: the file the tier opened is moved aside, a new one made
+    assert len(list(tmp_path.glob("c.sqlite3.corrupt-*[0-9]"))) == 1
+    assert pipeline.stats.tier_errors["sqlite.corrupt"] == 1
+    assert tier.put("k1", answer(clock))
+    assert lookup(tier, "k1") is not None
+    assert tier.stats()["entries"] == 1 and pipeline.stats.tier_errors["sqlite.corrupt"] == 1
+    pipeline.close()
