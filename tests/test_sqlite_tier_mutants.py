@@ -74,7 +74,9 @@ def test_a_path_that_cannot_be_inspected_fails_each_use_without_a_refusal(
     pipeline.close()
 
 
-def test_a_file_whose_mark_was_cleared_in_its_journal_is_refused(tmp_path: Path) -> None:
+def test_a_file_whose_mark_was_cleared_in_its_journal_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Another connection clears the mark and keeps its write in the WAL: the header bytes still carry the mark,
     the database (what the tier reads inside its transaction) does not. The tier refuses it, unchanged."""
     path = tmp_path / "c.sqlite3"
@@ -86,7 +88,11 @@ def test_a_file_whose_mark_was_cleared_in_its_journal_is_refused(tmp_path: Path)
         other.execute("PRAGMA application_id = 0")
         assert inspect_file(path) == ("ours", "")  # not checkpointed: the file's own header is unchanged
         again, tier, clock = open_tier(path)
-        assert not tier.put("k2", answer(clock))
+        with caplog.at_level(logging.ERROR, logger="aurelis"):
+            assert not tier.put("k2", answer(clock))
+            assert not tier.put("k3", answer(clock))
+        (message,) = [r.getMessage() for r in caplog.records if "does not use" in r.getMessage()]  # said once
+        assert f"does not use {path}: it lost the cache tier's mark while being opened." in message
         assert tier.stats() == {"refused": "lost the cache tier's mark while being opened"}
         assert lookup(tier, "k") is None
         again.close()
