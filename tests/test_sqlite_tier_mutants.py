@@ -123,6 +123,11 @@ def test_a_file_moved_away_under_a_rollback_journal_writer_is_started_anew(tmp_p
     pipeline.close()
 
 
+def workers() -> set[threading.Thread]:
+    """The live worker threads of aiosqlite connections (one per connection)."""
+    return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
+
+
 def test_an_async_connection_to_a_file_moved_away_is_closed_and_replaced(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
     pipeline, tier, clock = open_tier(path)
@@ -131,20 +136,27 @@ def test_an_async_connection_to_a_file_moved_away_is_closed_and_replaced(tmp_pat
     rollback_journal(path)
     away = tmp_path / "away.sqlite3"
     ctx = RequestContext(None, None, httpx, True, RequestControls())
+    earlier = workers()
 
-    async def main() -> tuple[bool, bool, list[str]]:
+    async def main() -> tuple[list[bool], list[str], list[set[threading.Thread]]]:
+        found = []
         ctx.key = "k"
-        before = await tier.aurelis_cache_get(ctx) is not None  # this loop's connection, to the file at the path
+        found.append(await tier.aurelis_cache_get(ctx) is not None)  # this loop's connection, to the file
         assert tier.put("a", answer(clock))  # and this thread's
         os.replace(path, away)
         assert tier.put("b", answer(clock))  # a write meets the move: a new file
         ctx.key = "b"
-        after = await tier.aurelis_cache_get(ctx) is not None  # the loop's connection is replaced
-        return before, after, open_files_at(away)
+        threads = []
+        for _ in range(3):
+            found.append(await tier.aurelis_cache_get(ctx) is not None)  # the loop's connection is replaced, once
+            threads.append(workers() - earlier)
+        return found, open_files_at(away), threads
 
-    before, after, still_open = anyio.run(main)
-    assert (before, after) == (True, True)
+    found, still_open, threads = anyio.run(main)
+    assert found == [True, True, True, True]
     assert still_open == []  # the connection to the moved file was closed, not left running
+    assert threads[0] and threads[1] <= threads[0] and threads[2] <= threads[0]  # the loop's new connection kept
+    assert all(worker.daemon for worker in threads[0])  # a pipeline never closed does not keep the process alive
     pipeline.close()
 
 
