@@ -387,3 +387,48 @@ def test_a_file_damaged_where_only_lookups_read_is_moved_aside_by_the_recovery(t
     assert lookup(tier, "k1") is not None
     assert tier.stats()["entries"] == 1 and pipeline.stats.tier_errors["sqlite.corrupt"] == 1
     pipeline.close()
+
+
+# --- what is stored ------------------------------------------------------------------------------------------------
+
+
+def test_expiry_times_on_disk_are_null_without_a_lifetime_and_exact_with_one(tmp_path: Path) -> None:
+    """Shared with every process and version using the file: ``expires`` is NULL for an entry that never expires,
+    else its creation plus its lifetime on the wall clock. A wall clock at the epoch's first second shows that
+    only 0 means "expired" (an entry that expires at t = 1 is stored, by put and by the hook alike)."""
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path, ttl=None)
+    clock.now = 0.0
+    assert tier.put("forever", answer(clock))
+    assert tier.put("one-second", answer(clock, ttl=1))
+    ctx = RequestContext(None, None, httpx, False, RequestControls())
+    ctx.key = "hook-one-second"
+    tier.aurelis_cache_set(ctx, answer(clock, ttl=1), False)
+    tier.flush()
+    with closing(sqlite3.connect(path)) as conn:
+        rows = dict(conn.execute("SELECT key, expires FROM aurelis_entries").fetchall())
+    assert rows == {"forever": None, "one-second": 1.0, "hook-one-second": 1.0}
+    assert lookup(tier, "one-second") is not None
+    clock.now = 1.0
+    assert lookup(tier, "one-second") is None and lookup(tier, "forever") is not None
+    pipeline.close()
+
+
+def test_a_refused_tier_drops_a_store_at_once_without_queueing_it(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    path.mkdir()
+    assert tier.stats() == {"refused": "is a directory"}
+    ctx = RequestContext(None, None, httpx, True, RequestControls())
+    ctx.key = "k"
+
+    async def main() -> list[int]:
+        counts = []
+        tier.aurelis_cache_set(ctx, answer(clock), False)
+        counts.append(pipeline.stats.tier_errors["sqlite.refused"])  # before this loop's writer could run
+        await tier.aflush()
+        counts.append(pipeline.stats.tier_errors["sqlite.refused"])
+        return counts
+
+    assert anyio.run(main) == [1, 1]
+    pipeline.close()
