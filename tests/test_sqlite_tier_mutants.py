@@ -91,6 +91,7 @@ def test_a_file_whose_mark_was_cleared_in_its_journal_is_refused(
         with caplog.at_level(logging.ERROR, logger="aurelis"):
             assert not tier.put("k2", answer(clock))
             assert not tier.put("k3", answer(clock))
+        assert again.stats.tier_errors["sqlite.refused"] == 1  # the store that met it, dropped once
         (message,) = [r.getMessage() for r in caplog.records if "does not use" in r.getMessage()]  # said once
         assert f"does not use {path}: it lost the cache tier's mark while being opened." in message
         assert tier.stats() == {"refused": "lost the cache tier's mark while being opened"}
