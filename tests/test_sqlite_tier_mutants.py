@@ -110,9 +110,9 @@ def test_a_file_moved_away_under_a_rollback_journal_writer_is_started_anew(tmp_p
     path = tmp_path / "c.sqlite3"
     pipeline, tier, clock = open_tier(path)
     assert tier.put("k", answer(clock))
-    pipeline.close()
+    tier.aurelis_close(pipeline)  # what closing the pipeline does to the tier: no connection left open
     rollback_journal(path)
-    assert tier.put("a", answer(clock))  # a closed pipeline's tier opens the file again when asked
+    assert tier.put("a", answer(clock))  # the tier opens the file again when asked
     away = tmp_path / "away.sqlite3"
     os.replace(path, away)
     assert tier.put("b", answer(clock))  # the write meets the move: a new file at the path, the batch in it
@@ -133,7 +133,7 @@ def test_an_async_connection_to_a_file_moved_away_is_closed_and_replaced(tmp_pat
     path = tmp_path / "c.sqlite3"
     pipeline, tier, clock = open_tier(path)
     assert tier.put("k", answer(clock))
-    pipeline.close()
+    tier.aurelis_close(pipeline)  # what closing the pipeline does to the tier: no connection left open
     rollback_journal(path)
     away = tmp_path / "away.sqlite3"
     ctx = RequestContext(None, None, httpx, True, RequestControls())
@@ -168,7 +168,7 @@ def test_a_file_moved_away_when_its_directory_cannot_be_made_again_fails_that_wr
     path = folder / "c.sqlite3"
     pipeline, tier, clock = open_tier(path)
     assert tier.put("k", answer(clock))
-    pipeline.close()
+    tier.aurelis_close(pipeline)  # what closing the pipeline does to the tier: no connection left open
     rollback_journal(path)
     assert tier.put("a", answer(clock))
     folder.rename(tmp_path / "moved")
@@ -190,7 +190,7 @@ def test_a_file_moved_away_and_replaced_by_a_directory_is_refused(
     path = tmp_path / "c.sqlite3"
     pipeline, tier, clock = open_tier(path)
     assert tier.put("k", answer(clock))
-    pipeline.close()
+    tier.aurelis_close(pipeline)  # what closing the pipeline does to the tier: no connection left open
     rollback_journal(path)
     assert tier.put("a", answer(clock))
     os.replace(path, tmp_path / "away.sqlite3")
