@@ -20,7 +20,7 @@ from support import open_files_at
 from test_sqlite_behaviour import KEY_BYTES, answer, lookup, open_tier, settle
 from test_sqlite_files import damage_pages
 
-from aurelis_core import RequestContext, RequestControls
+from aurelis_core import CacheEntry, RequestContext, RequestControls
 from aurelis_plugins.sqlite_tier import inspect_file
 
 
@@ -432,4 +432,40 @@ def test_a_refused_tier_drops_a_store_at_once_without_queueing_it(tmp_path: Path
         return counts
 
     assert anyio.run(main) == [1, 1]
+    pipeline.close()
+
+
+# --- the size cap and warming's ranking ------------------------------------------------------------------------------
+
+
+def test_after_evicting_the_tier_knows_the_file_is_under_its_cap(tmp_path: Path) -> None:
+    """Eviction leaves the file at 90% of the cap, and the tier counts it so: a later batch with nothing to store
+    starts no eviction pass (which would also remove the entry that has expired since)."""
+    probe, probing, clock = open_tier(tmp_path / "probe.sqlite3")
+    assert probing.put("k", answer(clock))
+    size = int(probing.stats()["bytes"])
+    probe.close()
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path, max_bytes=10 * size, ttl=100)
+    tier.clock = lambda: 0.0  # no purge falls due: only the cap starts a pass
+    for i in range(10):
+        assert tier.put(f"k{i}", answer(clock, ttl=1 if i == 9 else None))
+        clock.now += 0.1
+    assert tier.put("k10", answer(clock))  # over the cap: down to 9 entries
+    assert tier.stats()["entries"] == 9
+    clock.now += 1  # k9 has expired
+    assert lookup(tier, "k5") is not None
+    settle(tier)  # hit counts only: the file is under its cap
+    assert tier.stats() == {**tier.stats(), "entries": 8, "expired": 1}
+    pipeline.close()
+
+
+def test_top_includes_an_entry_with_less_than_a_second_left(tmp_path: Path) -> None:
+    pipeline, tier, clock = open_tier(tmp_path / "c.sqlite3", ttl=100)
+    assert tier.put("k", answer(clock, ttl=10))
+    clock.now += 9.5
+    assert [key for key, _ in tier.top(10)] == ["k"]
+    assert tier.put("expired", answer(clock, ttl=1)) is True
+    clock.now += 1
+    assert tier.put("aged", CacheEntry(200, [], b"{}", created=clock.now - 100)) is False  # a bool, as documented
     pipeline.close()
