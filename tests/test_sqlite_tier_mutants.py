@@ -435,6 +435,45 @@ def test_a_refused_tier_drops_a_store_at_once_without_queueing_it(tmp_path: Path
     pipeline.close()
 
 
+def test_a_keyed_writer_stops_when_the_file_says_it_holds_plaintext(tmp_path: Path) -> None:
+    """Each batch checks the file's record: one that now says plaintext is never sealed into, whether or not it
+    looks empty (another process may be writing its plaintext entries)."""
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path, encryption_key=KEY_BYTES.hex())
+    assert tier.put("k", answer(clock))
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DELETE FROM aurelis_entries")
+        conn.execute("UPDATE aurelis_meta SET value = 'none' WHERE name = 'seal'")
+    assert not tier.put("k2", answer(clock))
+    refused = tier.stats()["refused"]
+    assert refused.startswith("holds unencrypted entries, and this process has an encryption key")
+    pipeline.close()
+
+
+def test_a_file_refused_while_running_has_no_stats_or_top_entries_and_is_not_cleared(tmp_path: Path) -> None:
+    """Refused after this process opened it (its record of sealing gone): the tier's connections stay open, but
+    nothing is read from or deleted in the file any more, as for a file refused when first opened."""
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k1", answer(clock))
+    assert lookup(tier, "k1") is not None
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DELETE FROM aurelis_meta")
+    assert not tier.put("k2", answer(clock))  # the batch finds the record gone: refused
+    why = "lost its record of whether its entries are sealed"
+    assert tier.stats() == {"refused": why}
+    assert tier.top(10) == []
+
+    async def atop() -> list[object]:
+        return list(await tier.atop(10))
+
+    assert anyio.run(atop) == []
+    with pytest.raises(RuntimeError, match=f"refused {path}: it {why}"):
+        tier.clear()
+    assert keys_at(path) == {"k1"}  # nothing deleted
+    pipeline.close()
+
+
 # --- the size cap and warming's ranking ------------------------------------------------------------------------------
 
 
