@@ -556,7 +556,10 @@ class SQLiteTier(WriteBehindTier):
     # ``aurelis_core._unasync``).
 
     def _conn(self) -> _Connection:
-        """This thread's connection (sqlite3 connections are cheap to keep, costly to share across threads)."""
+        """This thread's connection (sqlite3 connections are cheap to keep, costly to share across threads).
+        ``_Refused`` once the tier refuses its file, also when it was refused after this connection was opened."""
+        if self._refused is not None:
+            raise _Refused(self._refused)
         local = self._local
         conn: _Connection | None = getattr(local, "conn", None)
         if conn is None or local.generation != self._generation:
@@ -632,7 +635,10 @@ class SQLiteTier(WriteBehindTier):
                 log_fault(logger, logging.WARNING, "cache file %s could not be reopened", self.path, error=exc)
 
     async def _adb_of_loop(self) -> Any:
-        """The aiosqlite connection of the running loop, opened once (concurrent first callers share it)."""
+        """The aiosqlite connection of the running loop, opened once (concurrent first callers share it);
+        ``_Refused`` once the tier refuses its file, as for :meth:`_conn`."""
+        if self._refused is not None:
+            raise _Refused(self._refused)
         loop = asyncio.get_running_loop()
         connecting = self._aconnecting  # set whenever _aloop is
         if self._aloop is not loop or self._agen != self._generation or connecting is None:
