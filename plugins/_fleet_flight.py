@@ -234,13 +234,16 @@ class LoopListener(_Listener[asyncio.Event]):
             await self._pubsub.unsubscribe(channel)
 
     @staticmethod
-    async def pause(event: asyncio.Event, seconds: float) -> None:
-        """Wait ``seconds``, or less if a message comes."""
+    async def pause(event: asyncio.Event, seconds: float) -> bool:
+        """Wait ``seconds``, or less if a message comes; whether one came."""
         try:
             await asyncio.wait_for(event.wait(), seconds)
         except TimeoutError:
-            pass
+            told = False
+        else:
+            told = True
         event.clear()
+        return told
 
     async def _read(self) -> None:
         try:
@@ -284,9 +287,10 @@ class ThreadListener(_Listener[threading.Event]):
                 self._pubsub.unsubscribe(channel)
 
     @staticmethod
-    def pause(event: threading.Event, seconds: float) -> None:
-        event.wait(seconds)
+    def pause(event: threading.Event, seconds: float) -> bool:
+        told = event.wait(seconds)
         event.clear()
+        return told
 
     def _read(self) -> None:
         try:

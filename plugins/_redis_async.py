@@ -96,7 +96,8 @@ async def look(tier: FleetFlightTier, ctx: RequestContext, key: str) -> CacheEnt
                 except TIER_ERRORS:
                     listener = None  # looking alone tells too, only later
             if told is not None and listener is not None:
-                await listener.pause(told, min(pause, left))
+                if await listener.pause(told, min(pause, left)):
+                    counters["redis.fleet_flight.told"] += 1  # woken by the leader's message, not its next look
             else:
                 await asyncio.sleep(min(pause, left))
             pause = min(pause * 2, config.poll)

@@ -98,7 +98,8 @@ def look(tier: FleetFlightTier, ctx: RequestContext, key: str) -> CacheEntry | N
                 except TIER_ERRORS:
                     listener = None  # looking alone tells too, only later
             if told is not None and listener is not None:
-                listener.pause(told, min(pause, left))
+                if listener.pause(told, min(pause, left)):
+                    counters["redis.fleet_flight.told"] += 1  # woken by the leader's message, not its next look
             else:
                 time.sleep(min(pause, left))
             pause = min(pause * 2, config.poll)
