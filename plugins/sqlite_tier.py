@@ -37,7 +37,10 @@ table and nothing else, no mark) is adopted and marked.
 recovers, at most once per ``RECOVER_EVERY`` seconds of its monotonic ``clock``: it drops its connections,
 moves the file (and its ``-wal``/``-shm``) aside as ``<name>.corrupt-<timestamp>-<pid>`` if, and only if, it
 still is the file the tier opened and carries the mark, and starts a new one. A path that now holds something
-else is refused as above.
+else is refused as above. A file deleted or moved away under the tier (an operator clearing the cache by hand)
+is noticed by the next write batch (one ``stat`` a batch: in WAL mode SQLite's open connections would go on
+writing into the unlinked file) or by a connection that finds no table at the path; that use is a miss, and the
+tier starts a new file there.
 
 **Encryption at rest, never mixed.** With ``encryption_key`` (or ``AURELIS_CACHE_KEY`` in the environment), each
 value is sealed with AES-256-GCM, a random 96-bit nonce and the row's key as associated data (a value moved to
@@ -127,6 +130,8 @@ RECOVER_EVERY = 60.0
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 _SQLITE_READONLY_DBMOVED = 1032
+#: The start of the error a connection to a new, empty file at the path meets (the tier's file was deleted).
+_NO_TABLE = "no such table: aurelis_"
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS aurelis_entries (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL, "
@@ -591,7 +596,9 @@ class SQLiteTier(WriteBehindTier):
         (damaged, or moved away under the tier) and was dealt with, so the caller counts a miss or a dropped
         write; False for any other error (a lock timeout...), which the caller raises."""
         code = getattr(exc, "sqlite_errorcode", None)
-        if code == _SQLITE_READONLY_DBMOVED:
+        if code == _SQLITE_READONLY_DBMOVED or str(exc).startswith(_NO_TABLE):
+            # Moved away under a writer, or deleted: a connection opened since found a new, empty file at the
+            # path. Either way the tier starts its file again there.
             self._reopen(generation, None)
             return True
         if not _is_corrupt(exc):
@@ -605,6 +612,14 @@ class SQLiteTier(WriteBehindTier):
     async def _adatabase_error(self, exc: sqlite3.DatabaseError, generation: int) -> bool:
         """:meth:`_database_error` for async callers: on a worker thread, as a recovery moves files and opens one."""
         return await asyncio.to_thread(self._database_error, exc, generation)
+
+    def _is_at_path(self) -> bool:
+        """Whether the path still names the file the tier opened (not deleted, not replaced)."""
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) == self._file_id
 
     def _reopen(self, generation: int, damage: sqlite3.DatabaseError | None) -> None:
         """Drop the connections of ``generation`` and open the file at the path again; first move it aside when
@@ -621,12 +636,7 @@ class SQLiteTier(WriteBehindTier):
             self._generation += 1
             self._prepared = False
             try:
-                info = os.stat(self.path)
-                same = (info.st_dev, info.st_ino) == self._file_id
-            except OSError:
-                same = False
-            try:
-                if damage is not None and same and inspect_file(self.path)[0] in ("ours", "damaged"):
+                if damage is not None and self._is_at_path() and inspect_file(self.path)[0] in ("ours", "damaged"):
                     self._move_aside(str(damage))
                 self._prepare()
             except _Refused:
@@ -787,6 +797,10 @@ class SQLiteTier(WriteBehindTier):
                 self._dropped()
 
     def _write_batch(self, batch: list[Op]) -> None:
+        # A file deleted under the tier is not an error to its open connections (in WAL mode they go on writing
+        # into the unlinked file, lost at exit): one stat a batch, on the writer's thread, notices it.
+        if self._prepared and not self._is_at_path():
+            self._reopen(self._generation, None)
         # Connected first: opening the file counts the bytes it holds, and this batch's are added to that count.
         conn = self._conn()
         now = self.wall_clock()

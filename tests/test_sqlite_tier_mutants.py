@@ -124,6 +124,47 @@ def test_a_file_moved_away_under_a_rollback_journal_writer_is_started_anew(tmp_p
     pipeline.close()
 
 
+def delete_file(path: Path) -> None:
+    """Delete the cache file and its WAL files, as an operator clearing the cache by hand does."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def test_a_file_deleted_under_a_wal_writer_is_started_anew(tmp_path: Path) -> None:
+    # In WAL mode (the default) the open connections notice nothing: they would go on writing into the unlinked
+    # file, whose entries vanish at exit, while every new connection found an empty file without the table.
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k", answer(clock))
+    delete_file(path)
+    assert tier.put("b", answer(clock))
+    assert keys_at(path) == {"b"} and inspect_file(path) == ("ours", "")
+    found: list[bool] = []
+    reader = threading.Thread(target=lambda: found.append(lookup(tier, "b") is not None))  # a new connection
+    reader.start()
+    reader.join()
+    assert found == [True] and lookup(tier, "b") is not None and lookup(tier, "k") is None
+    assert not pipeline.stats.tier_errors
+    pipeline.close()
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_file_deleted_before_a_new_connection_reads_it_is_a_miss_then_started_anew(
+    tmp_path: Path, is_async: bool
+) -> None:
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k", answer(clock))
+    tier.aurelis_close(pipeline)  # no connection left open: the next read opens one, to whatever is at the path
+    delete_file(path)
+    assert lookup(tier, "k", is_async) is None  # a miss, not an error: the file is gone
+    assert inspect_file(path) == ("ours", "")  # and a new one was started for the next uses
+    assert tier.put("b", answer(clock))
+    assert lookup(tier, "b", is_async) is not None and keys_at(path) == {"b"}
+    assert not pipeline.stats.tier_errors
+    pipeline.close()
+
+
 def workers() -> set[threading.Thread]:
     """The live worker threads of aiosqlite connections (one per connection)."""
     return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
