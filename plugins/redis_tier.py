@@ -355,8 +355,8 @@ class RedisTier(WriteBehindTier):
         self._node_breakers: dict[str, Breaker] = {}
         self._client: Any = None
         self._client_lock = threading.Lock()
-        self._aclient: Any = None
-        self._aloop: asyncio.AbstractEventLoop | None = None
+        #: Each live event loop's asyncio client (asyncio connections belong to the loop that made them).
+        self._aclients: dict[asyncio.AbstractEventLoop, Any] = {}
         #: The start hook opening the asyncio pool's connections, while it does.
         self._opening: asyncio.Future[None] | None = None
         self._unreadable_logged = False
@@ -399,10 +399,14 @@ class RedisTier(WriteBehindTier):
     def async_client(self) -> Any:
         """The asyncio client of the running loop (asyncio connections belong to the loop that made them)."""
         loop = asyncio.get_running_loop()
-        if self._aloop is not loop:
-            self._aclient = self._make_client(is_async=True)
-            self._aloop = loop
-        return self._aclient
+        client = self._aclients.get(loop)
+        if client is None:
+            # Several live loops (threads each running one) each keep their own client, rather than replace one
+            # another's pool, unclosed, on every switch. The clients of loops that are gone go with them.
+            for gone in [owner for owner in self._aclients if owner.is_closed()]:
+                del self._aclients[gone]
+            client = self._aclients[loop] = self._make_client(is_async=True)
+        return client
 
     def problems(self) -> list[str]:
         """What ``aurelis config check`` warns about beyond the table's own probes: the default Redis not
@@ -586,16 +590,25 @@ class RedisTier(WriteBehindTier):
         self.queue.put(("set", self._prefix + ctx.key, entry, px, ctx.key), ctx.is_async)
         return True
 
-    # Closing differs by mode on purpose (an asyncio client is forgotten with its loop), so not generated.
+    # Closing differs by mode on purpose (a live loop's asyncio client is closed on that loop), so not generated.
     async def _aclose_async(self) -> None:
-        client, self._aclient, self._aloop = self._aclient, None, None
-        if client is not None:
-            await client.aclose()
+        clients, self._aclients = self._aclients, {}
+        loop = asyncio.get_running_loop()
+        for owner, client in clients.items():
+            if owner is loop:
+                await client.aclose()
+            elif owner.is_running():
+                # Another live loop's: closed on that loop, not awaited from this one.
+                asyncio.run_coroutine_threadsafe(client.aclose(), owner)
 
     def _close_sync(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             client.close()
+        clients, self._aclients = self._aclients, {}
+        for owner, aclient in clients.items():
+            if owner.is_running():  # a live loop's, closed on it; a closed loop's went with its loop
+                asyncio.run_coroutine_threadsafe(aclient.aclose(), owner)
 
     # --- writing -----------------------------------------------------------------------------------------------
 

@@ -396,10 +396,9 @@ class SQLiteTier(WriteBehindTier):
         self._prepare_lock = threading.RLock()
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
-        self._adb: Any = None
-        self._agen = 0
-        self._aloop: asyncio.AbstractEventLoop | None = None
-        self._aconnecting: asyncio.Task[Any] | None = None
+        #: Each live event loop's aiosqlite connection (an asyncio connection belongs to its loop): the generation
+        #: of the file it was opened on, and the task opening it, which concurrent first callers share.
+        self._aconnections: dict[asyncio.AbstractEventLoop, tuple[int, asyncio.Task[Any]]] = {}
         self._warned_unopenable = False
         self._stored_bytes = 0
         self._last_purge = self.clock()
@@ -645,32 +644,28 @@ class SQLiteTier(WriteBehindTier):
                 log_fault(logger, logging.WARNING, "cache file %s could not be reopened", self.path, error=exc)
 
     async def _adb_of_loop(self) -> Any:
-        """The aiosqlite connection of the running loop, opened once (concurrent first callers share it);
-        ``_Refused`` once the tier refuses its file, as for :meth:`_conn`."""
+        """The aiosqlite connection of the running loop, opened once per loop and file generation (concurrent first
+        callers share it); ``_Refused`` once the tier refuses its file, as for :meth:`_conn`. Several live loops
+        (threads each running one) each keep their own, rather than replace one another's on every switch."""
         if self._refused is not None:
             raise _Refused(self._refused)
         loop = asyncio.get_running_loop()
-        connecting = self._aconnecting  # set whenever _aloop is
-        if self._aloop is not loop or self._agen != self._generation or connecting is None:
-            stale = self._adb if self._aloop is loop else None
-            if stale is None and self._adb is not None and self._aloop is not None and self._aloop.is_closed():
-                # The connection of a loop that is gone (``asyncio.run`` per call): stop its worker thread, which
-                # would otherwise live on with the process.
-                self._adb.stop()
-            self._aloop = loop
-            self._agen = self._generation
-            self._adb = None
-            connecting = self._aconnecting = loop.create_task(self._aconnect(stale))
+        slot = self._aconnections.get(loop)
+        if slot is None or slot[0] != self._generation:
+            self._stop_connections_of_closed_loops()
+            slot = (self._generation, loop.create_task(self._aconnect(None if slot is None else slot[1])))
+            self._aconnections[loop] = slot
         try:
-            return await connecting
+            return await slot[1]
         except BaseException:
-            self._aloop = None  # try again on the next call
+            if self._aconnections.get(loop) is slot:
+                del self._aconnections[loop]  # try again on the next call
             raise
 
-    async def _aconnect(self, stale: Any) -> Any:
+    async def _aconnect(self, stale: asyncio.Task[Any] | None) -> Any:
         if stale is not None:
             try:
-                await stale.close()
+                await (await stale).close()  # this loop's connection to the file of an earlier generation
             except Exception:
                 pass
         if not self._prepared:
@@ -680,9 +675,13 @@ class SQLiteTier(WriteBehindTier):
         # process from exiting. The thread holds no unflushed state of ours (writes commit per batch), so it
         # may die with the process.
         pending._thread.daemon = True
-        db = await pending
-        self._adb = db
-        return db
+        return await pending
+
+    def _stop_connections_of_closed_loops(self) -> None:
+        # The connection of a loop that is gone (``asyncio.run`` per call) cannot be awaited any more: stop its
+        # worker thread, which would otherwise live on with the process.
+        for loop in [loop for loop in self._aconnections if loop.is_closed()]:
+            _stop(self._aconnections.pop(loop)[1])
 
     # --- hooks -------------------------------------------------------------------------------------------------
 
@@ -748,20 +747,24 @@ class SQLiteTier(WriteBehindTier):
         return now + left if left > 0 else 0.0
 
     async def _aclose_async(self) -> None:
-        db, self._adb, self._aloop = self._adb, None, None
-        if db is not None:
-            await db.close()
+        connections, self._aconnections = self._aconnections, {}
+        loop = asyncio.get_running_loop()
+        for owner, (_, task) in connections.items():
+            if owner is loop and task.done() and not task.cancelled() and task.exception() is None:
+                await task.result().close()
+            else:
+                _stop(task)  # another loop's: it cannot be awaited from here
 
     def _close_sync(self) -> None:
         connections, self._connections = self._connections, []
         self._local = threading.local()
         for conn in connections:
             conn.close()
-        db, self._adb, self._aloop = self._adb, None, None
-        if db is not None:
+        opening, self._aconnections = self._aconnections, {}
+        for _, task in opening.values():
             # Opened by an async client, closed from sync code: its loop may be gone, so ask the worker
             # thread to close the connection and stop rather than await it.
-            db.stop()
+            _stop(task)
 
     # --- writing -----------------------------------------------------------------------------------------------
 
@@ -925,6 +928,12 @@ class SQLiteTier(WriteBehindTier):
         conn.execute("VACUUM")
         self._stored_bytes = 0
         return int(deleted)
+
+
+def _stop(connecting: asyncio.Task[Any]) -> None:
+    """Close the aiosqlite connection ``connecting`` opened, from any thread (its worker thread does it and ends)."""
+    if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().stop()
 
 
 def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:

@@ -430,6 +430,51 @@ def test_each_event_loop_gets_a_client_of_its_own(upstream: SimulatedServer, red
     pipeline.close()
 
 
+def test_live_loops_in_turn_each_keep_one_client_and_closing_closes_them(tier_at: Any, redis_flush: str) -> None:
+    # Threads each running their own event loop, asking in turn: each loop keeps its client (a switch used to make
+    # a new one, leaving the other loop's pool and its connection open on the server), and closing the pipeline
+    # closes the live loops' clients on their own loops.
+    import asyncio
+    import gc
+    import threading
+    import time
+
+    tier = tier_at()
+    tier.put("k", entry())
+    server = raw(redis_flush)
+    gc.collect()  # the clients of earlier tests' closed loops, and their connections, go now rather than later
+
+    def connected() -> int:
+        return int(server.info("clients")["connected_clients"])
+
+    before = connected()
+    loops = [asyncio.new_event_loop() for _ in range(2)]
+    runners = [threading.Thread(target=loop.run_forever, daemon=True) for loop in loops]
+    for runner in runners:
+        runner.start()
+
+    async def ask() -> bool:
+        return await tier.aurelis_cache_get(context("k", is_async=True)) is not None
+
+    try:
+        found = [asyncio.run_coroutine_threadsafe(ask(), loops[turn % 2]).result(10) for turn in range(8)]
+        assert found == [True] * 8
+        # One connection per loop, however often they took turns (at most: a connection an earlier test left to the
+        # garbage collector may close meanwhile).
+        assert connected() - before <= 2
+        tier.pipeline.close()
+        deadline = time.monotonic() + 10  # the closes run on the loops' own threads
+        while connected() > before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert connected() <= before
+    finally:
+        for loop, runner in zip(loops, runners, strict=True):
+            loop.call_soon_threadsafe(loop.stop)
+            runner.join(5)
+            loop.close()
+        server.close()
+
+
 # --- values it does not trust --------------------------------------------------------------------------------------
 
 

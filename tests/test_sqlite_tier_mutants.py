@@ -202,6 +202,41 @@ def test_an_async_connection_to_a_file_moved_away_is_closed_and_replaced(tmp_pat
     pipeline.close()
 
 
+def test_live_loops_in_turn_each_keep_one_connection_and_closing_stops_them_all(tmp_path: Path) -> None:
+    # Threads each running their own event loop (an asyncio connection belongs to its loop), asking in turn: each
+    # loop keeps its connection (a switch replaced the other loop's, never closing it: a worker thread leaked per
+    # switch), and closing the pipeline stops every one.
+    import asyncio
+
+    path = tmp_path / "c.sqlite3"
+    pipeline, tier, clock = open_tier(path)
+    assert tier.put("k", answer(clock))
+    earlier = workers()
+    loops = [asyncio.new_event_loop() for _ in range(2)]
+    runners = [threading.Thread(target=loop.run_forever, daemon=True) for loop in loops]
+    for runner in runners:
+        runner.start()
+
+    async def ask() -> bool:
+        ctx = RequestContext(None, None, httpx, True, RequestControls())
+        ctx.key = "k"
+        return await tier.aurelis_cache_get(ctx) is not None
+
+    try:
+        found = [asyncio.run_coroutine_threadsafe(ask(), loops[turn % 2]).result(10) for turn in range(8)]
+        assert found == [True] * 8
+        assert len(workers() - earlier) == 2  # one per loop, however often they took turns
+        pipeline.close()
+        for worker in workers() - earlier:
+            worker.join(timeout=5)
+        assert not workers() - earlier
+    finally:
+        for loop, runner in zip(loops, runners, strict=True):
+            loop.call_soon_threadsafe(loop.stop)
+            runner.join(5)
+            loop.close()
+
+
 def test_a_file_moved_away_when_its_directory_cannot_be_made_again_fails_that_write(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
