@@ -125,13 +125,15 @@ def make_client(
     connect_timeout: float,
     max_connections: int | None = None,
     blocking_pool: Any = None,
+    sentinel_pool: Any = None,
     pool_timeout: float | None = None,
 ) -> Any:
     """A client of ``connection``: ``redis.asyncio``'s if ``is_async``, else ``redis``'s.
 
     ``max_connections`` bounds each pool (per node on Cluster). ``blocking_pool`` (a subclass of redis-py's
     ``BlockingConnectionPool`` of the right mode) makes a single node's pool wait up to ``pool_timeout`` for a
-    free connection instead of raising; Sentinel and Cluster pools do not wait.
+    free connection instead of raising; Sentinel and Cluster pools do not wait. ``sentinel_pool`` (a subclass of
+    redis-py's ``SentinelConnectionPool`` of the right mode) is the pool class of a Sentinel master's client.
     """
     sentinel, cluster, retry = (
         (redis.asyncio.sentinel, redis.asyncio.cluster, redis.asyncio.retry)
@@ -158,7 +160,10 @@ def make_client(
     if connection.sentinels is not None:
         sentinels = [split_address(n) for n in connection.sentinels]
         manager = sentinel.Sentinel(sentinels, sentinel_kwargs=timeouts, **timeouts)
-        return manager.master_for(connection.service_name, password=connection.password, **bound, **options)
+        pool_class = {} if sentinel_pool is None else {"connection_pool_class": sentinel_pool}
+        return manager.master_for(
+            connection.service_name, password=connection.password, **pool_class, **bound, **options
+        )
     url = connection.node_url
     redis_cls = redis.asyncio.Redis if is_async else redis.Redis
     if blocking_pool is None:

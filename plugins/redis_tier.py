@@ -96,6 +96,7 @@ from ._writebehind import HitCounts, WriteBehind
 try:
     import redis
     import redis.asyncio
+    import redis.asyncio.sentinel
 except ImportError:  # pragma: no cover - depends on the installed extras
     raise ImportError("the redis plugin needs: pip install 'aurelis[redis]'") from None
 
@@ -135,9 +136,11 @@ class _SyncPool(redis.BlockingConnectionPool):
             raise
 
 
-class _AsyncPool(redis.asyncio.BlockingConnectionPool):
-    """redis-py's asyncio blocking pool, raising :class:`PoolBusy` when its wait runs out, and giving every
-    connection back with the configured connect timeout (the start hook opens them with a longer one)."""
+class _ConfiguredConnectTimeout:
+    """An asyncio pool that gives every connection back with the configured connect timeout (the start hook
+    opens them with a longer one). Mixed into each kind of pool the async client may have."""
+
+    connection_kwargs: dict[str, Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -148,7 +151,16 @@ class _AsyncPool(redis.asyncio.BlockingConnectionPool):
         # Also the connections that failed to open at start-up (redis-py gives them back itself): they reconnect
         # on a request's path, where a connect may take the configured timeout, not the start hook's.
         connection.socket_connect_timeout = self.connect_timeout
-        await super().release(connection)
+        await super().release(connection)  # type: ignore[misc]  # the pool class it is mixed into has it
+
+
+class _AsyncSentinelPool(_ConfiguredConnectTimeout, redis.asyncio.sentinel.SentinelConnectionPool):
+    """redis-py's asyncio Sentinel pool, giving connections back with the configured connect timeout."""
+
+
+class _AsyncPool(_ConfiguredConnectTimeout, redis.asyncio.BlockingConnectionPool):
+    """redis-py's asyncio blocking pool, raising :class:`PoolBusy` when its wait runs out, and giving every
+    connection back with the configured connect timeout."""
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -421,7 +433,7 @@ class RedisTier(WriteBehindTier):
         return make_client(
             self.connection, is_async, socket_timeout=config.socket_timeout, connect_timeout=config.connect_timeout,
             max_connections=config.pool_size, blocking_pool=_AsyncPool if is_async else _SyncPool,
-            pool_timeout=config.pool_timeout,
+            sentinel_pool=_AsyncSentinelPool if is_async else None, pool_timeout=config.pool_timeout,
         )
 
     # Opening the pool differs by mode on purpose (threads can connect one after another; an event loop opens

@@ -251,6 +251,32 @@ async def test_an_async_start_opens_open_at_start_connections_with_their_own_con
     await pipeline.aclose()
 
 
+@pytest.mark.parametrize("topology", ["single", "sentinel"])
+def test_every_async_pool_gives_connections_back_with_the_configured_connect_timeout(
+    topology: str, redis_flush: str, tmp_path: Path
+) -> None:
+    # What redis-py does with a connection that failed to open at start-up (with the start hook's longer
+    # timeout): it gives it back to the pool, whatever the topology; it must reconnect later, on a request's
+    # path, within the configured timeout.
+    from redis_servers import redis_sentinel
+
+    async def give_back(connection_table: dict[str, Any]) -> float:
+        pipeline = Pipeline({"plugins": ["redis"], "redis_connection": connection_table,
+                             "redis": {"connect_timeout": 0.07, "open_at_start": 0}})
+        pool = pipeline.plugin("redis").async_client().connection_pool
+        connection = await pool.get_connection()
+        connection.socket_connect_timeout = 1.0
+        await pool.release(connection)
+        await pipeline.aclose()
+        return float(connection.socket_connect_timeout)
+
+    if topology == "single":
+        assert anyio.run(give_back, {"url": redis_flush}) == 0.07
+        return
+    with redis_server(tmp_path) as master, redis_sentinel(tmp_path, master) as sentinel:
+        assert anyio.run(give_back, {"sentinels": [sentinel.address], "service_name": "fleetmaster"}) == 0.07
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_redis_down_at_start_is_one_warning_naming_it_and_costs_no_request(
     upstream: SimulatedServer, caplog: pytest.LogCaptureFixture, mode: str
