@@ -247,3 +247,20 @@ def open_files_at(prefix: Path | str) -> list[str]:
         if target.startswith(str(prefix)):
             found.append(target)
     return found
+
+
+@contextlib.contextmanager
+def live_loops(count: int) -> Iterator[list[asyncio.AbstractEventLoop]]:
+    """``count`` event loops, each running on a thread of its own until the block ends (what an application
+    with a loop per worker thread has); hand them work with ``asyncio.run_coroutine_threadsafe``."""
+    loops = [asyncio.new_event_loop() for _ in range(count)]
+    runners = [threading.Thread(target=loop.run_forever, daemon=True) for loop in loops]
+    for runner in runners:
+        runner.start()
+    try:
+        yield loops
+    finally:
+        for loop, runner in zip(loops, runners, strict=True):
+            loop.call_soon_threadsafe(loop.stop)
+            runner.join(5)
+            loop.close()

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import redis
 from redis_servers import redis_sentinel, redis_server
+from support import live_loops
 
 from aurelis_core import CacheEntry, ConfigError, Pipeline, RequestContext, RequestControls
 from aurelis_core.testing import SimulatedServer
@@ -462,7 +463,6 @@ def test_live_loops_in_turn_each_keep_one_client_and_closing_closes_them(tier_at
     # closes the live loops' clients on their own loops.
     import asyncio
     import gc
-    import threading
     import time
 
     tier = tier_at()
@@ -474,30 +474,23 @@ def test_live_loops_in_turn_each_keep_one_client_and_closing_closes_them(tier_at
         return int(server.info("clients")["connected_clients"])
 
     before = connected()
-    loops = [asyncio.new_event_loop() for _ in range(2)]
-    runners = [threading.Thread(target=loop.run_forever, daemon=True) for loop in loops]
-    for runner in runners:
-        runner.start()
 
     async def ask() -> bool:
         return await tier.aurelis_cache_get(context("k", is_async=True)) is not None
 
     try:
-        found = [asyncio.run_coroutine_threadsafe(ask(), loops[turn % 2]).result(10) for turn in range(8)]
-        assert found == [True] * 8
-        # One connection per loop, however often they took turns (at most: a connection an earlier test left to the
-        # garbage collector may close meanwhile).
-        assert connected() - before <= 2
-        tier.pipeline.close()
-        deadline = time.monotonic() + 10  # the closes run on the loops' own threads
-        while connected() > before and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert connected() <= before
+        with live_loops(2) as loops:
+            found = [asyncio.run_coroutine_threadsafe(ask(), loops[turn % 2]).result(10) for turn in range(8)]
+            assert found == [True] * 8
+            # One connection per loop, however often they took turns (at most: a connection an earlier test left
+            # to the garbage collector may close meanwhile).
+            assert connected() - before <= 2
+            tier.pipeline.close()
+            deadline = time.monotonic() + 10  # the closes run on the loops' own threads
+            while connected() > before and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert connected() <= before
     finally:
-        for loop, runner in zip(loops, runners, strict=True):
-            loop.call_soon_threadsafe(loop.stop)
-            runner.join(5)
-            loop.close()
         server.close()
 
 

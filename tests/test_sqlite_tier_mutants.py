@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from support import open_files_at
+from support import live_loops, open_files_at
 from test_sqlite_behaviour import KEY_BYTES, answer, lookup, open_tier, settle
 from test_sqlite_files import damage_pages
 
@@ -212,17 +212,13 @@ def test_live_loops_in_turn_each_keep_one_connection_and_closing_stops_them_all(
     pipeline, tier, clock = open_tier(path)
     assert tier.put("k", answer(clock))
     earlier = workers()
-    loops = [asyncio.new_event_loop() for _ in range(2)]
-    runners = [threading.Thread(target=loop.run_forever, daemon=True) for loop in loops]
-    for runner in runners:
-        runner.start()
 
     async def ask() -> bool:
         ctx = RequestContext(None, None, httpx, True, RequestControls())
         ctx.key = "k"
         return await tier.aurelis_cache_get(ctx) is not None
 
-    try:
+    with live_loops(2) as loops:
         found = [asyncio.run_coroutine_threadsafe(ask(), loops[turn % 2]).result(10) for turn in range(8)]
         assert found == [True] * 8
         assert len(workers() - earlier) == 2  # one per loop, however often they took turns
@@ -230,11 +226,6 @@ def test_live_loops_in_turn_each_keep_one_connection_and_closing_stops_them_all(
         for worker in workers() - earlier:
             worker.join(timeout=5)
         assert not workers() - earlier
-    finally:
-        for loop, runner in zip(loops, runners, strict=True):
-            loop.call_soon_threadsafe(loop.stop)
-            runner.join(5)
-            loop.close()
 
 
 def test_a_file_moved_away_when_its_directory_cannot_be_made_again_fails_that_write(
