@@ -27,8 +27,8 @@ large to cache costs no more memory than the caller's own reading of it.
 
 Waiting is the only I/O here, and it is kept at the edges: the pipeline's sans-I/O flow calls
 :meth:`Flight.wait_head`, which blocks a sync caller on a condition variable, or returns an awaitable for the
-async driver to await. The end of a stream (store it, end the attempt) comes back from the pipeline as a
-small flow, driven in the caller's own mode (:mod:`aurelis_core._drivers`).
+async driver to await. The end of a stream (end the attempt, store the answer) is the pipeline's callback, done
+the same way: in place for sync callers, an awaitable for async ones, awaited here. This module runs no flow.
 """
 
 from __future__ import annotations
@@ -36,11 +36,10 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._compat import header_items
-from ._drivers import LoopBridge, drive_async, drive_sync
 from ._models import USAGE_TAIL
 from ._sse import stream_complete
 
@@ -63,8 +62,9 @@ DRAIN_LIMIT = 4096
 TAIL = 64 * 1024
 
 #: Called once when a stream flight's upstream body is over: ``(error, complete)``; ``complete`` is true when
-#: the body was read to its end without error. It may return a flow (the cache store) to drive.
-EndCallback = Callable[[BaseException | None, bool], Generator[Awaitable[Any], Any, Any] | None]
+#: the body was read to its end without error. What it does (the cache store) it does in place for a sync
+#: flight; for an async one it may return an awaitable, awaited where the stream ended.
+EndCallback = Callable[[BaseException | None, bool], Awaitable[Any] | None]
 
 
 def tail(chunks: list[bytes] | tuple[bytes, ...], count: int = TAIL) -> bytes:
@@ -97,9 +97,7 @@ def _domain() -> object:
 class Flights:
     """The in-flight calls of one pipeline, by (domain, cache key)."""
 
-    def __init__(self, bridge: LoopBridge) -> None:
-        #: The pipeline's loop bridge, which the sync driver of a stream's end flow is handed.
-        self.bridge = bridge
+    def __init__(self) -> None:
         # One lock for joining and leaving, so that "the last caller left, close the upstream" and "a new
         # caller joins" cannot interleave. Held for a dict operation and a counter, never across I/O.
         self._lock = threading.Lock()
@@ -405,9 +403,7 @@ class Flight:
             self._upstream.close()
         finally:
             self._finish(error)
-            flow = self._end_flow(error, error is None)
-            if flow is not None:
-                drive_sync(flow, self.flights.bridge)
+            self._end(error, error is None)
             self.flights.remove(self)  # last: until the answer is stored, newcomers read it from here
 
     async def _end_async(self, error: BaseException | None) -> None:
@@ -420,13 +416,13 @@ class Flight:
                 await self._upstream.aclose()
             finally:
                 self._finish(error)
-                flow = self._end_flow(error, error is None)
-                if flow is not None:
-                    await drive_async(flow)
+                ending = self._end(error, error is None)
+                if ending is not None:
+                    await ending
                 self.flights.remove(self)
 
-    def _end_flow(self, error: BaseException | None, complete: bool) -> Any:
-        """Run the leader's end callback once; the flow it returns (the cache store), if any."""
+    def _end(self, error: BaseException | None, complete: bool) -> Awaitable[Any] | None:
+        """Run the leader's end callback once; what it returns for an async flight to await, if anything."""
         on_end, self._on_end = self._on_end, None
         return None if on_end is None else on_end(error, complete)
 
@@ -456,7 +452,7 @@ class Flight:
         try:
             self._upstream.close()
         finally:
-            self._end_flow(None, False)
+            self._end(None, False)
         return None
 
     async def _aleave(self, complete: bool) -> None:
@@ -479,7 +475,7 @@ class Flight:
             try:
                 await self._upstream.aclose()
             finally:
-                self._end_flow(None, False)
+                self._end(None, False)
 
 
 async def _shielded(pull: Coroutine[Any, Any, None]) -> None:

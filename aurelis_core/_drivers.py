@@ -1,9 +1,9 @@
 """The drivers of a flow: run it to its return value in this thread, or with ``await``.
 
-A flow (:meth:`aurelis_core.Pipeline.flow`, a life-cycle flow, the end of a shared stream) is a generator that
-yields only when something returned an awaitable. This module knows nothing of pipelines or requests: the
-drivers are handed the flow and, for sync callers, the :class:`LoopBridge` that runs ``async def`` plugins, so
-the pipeline, the transports and the coalescing code all import it and it imports none of them.
+A flow (:meth:`aurelis_core.Pipeline.flow`, a life-cycle flow, the cache store at the end of a shared stream) is a
+generator that yields only when something returned an awaitable. This module knows nothing of pipelines or
+requests: the drivers are handed the flow and, for sync callers, the :class:`LoopBridge` that runs ``async def``
+plugins, so the pipeline and the transports import it and it imports neither.
 """
 
 from __future__ import annotations

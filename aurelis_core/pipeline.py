@@ -2,10 +2,16 @@
 
 :meth:`Pipeline.flow` is a generator that runs the stages of :mod:`aurelis_core.hookspecs` for one request and
 does no I/O of its own. Wherever a stage needs I/O (a send, a body read, a sleep, an ``async def`` plugin), it
-*yields* an awaitable and is resumed with its result. Two thin drivers in :mod:`aurelis_core._transports` run
-it: the async one awaits what is yielded, the sync one gets plain values from plugins that serve sync clients
-(and bridges the rare awaitable to a private loop thread). So both kinds of client share one implementation,
-and the sync path pays nothing for the async one: a sync send never yields at all.
+*yields* an awaitable and is resumed with its result. Two thin drivers (:mod:`aurelis_core._drivers`) run it:
+the async one awaits what is yielded, the sync one gets plain values from plugins that serve sync clients (and
+bridges the rare awaitable to a private loop thread). So both kinds of client share one implementation, and
+the sync path pays nothing for the async one: a sync send never yields at all.
+
+A request with an answer leaves through one method, :meth:`Pipeline._answer`, whatever the answer is made of
+(a cache entry, a flight's answer, the upstream response): it builds or hands over the response, adds the cache
+headers and extension, and registers the request's end (stats, observers), run once: at once when the body is
+in hand, or when the caller's reading of the body ends. A request that fails before it has an answer ends in
+:meth:`Pipeline.flow`'s ``except``.
 
 Cost matters here: a cache hit is one dict lookup away, so every per-request step avoids allocations and
 pluggy's call machinery (the stage lists hold the plain implementation functions).
@@ -21,6 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from functools import partial
 from inspect import isawaitable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -151,7 +158,7 @@ class Pipeline:
         #: first use; the sync drivers of its flows are handed it.
         self.bridge = LoopBridge()
         #: Upstream calls in flight that identical requests join (single-flight, see ``_coalesce``).
-        self._flights = Flights(self.bridge)
+        self._flights = Flights()
         self._building = True
         #: Every stage's implementations: one immutable snapshot, replaced whole (see ``_rebuild``).
         self._stages: Stages
@@ -399,9 +406,7 @@ class Pipeline:
                 if not ctx.controls.refresh:
                     entry = yield from self._cache_lookup(ctx, stages)
                     if entry is not None:
-                        response = self._replay(ctx, entry)
-                        self._finish(ctx, entry)
-                        return response
+                        return self._answer(ctx, entry)
                 ctx.cache_status = CACHE_MISS
                 if ctx.controls.coalesce:
                     # Single-flight (see _coalesce): join the identical request in flight, or lead one.
@@ -414,8 +419,7 @@ class Pipeline:
                             return response
             return (yield from self._fetch(ctx, None))
         except BaseException as exc:
-            ctx.error = exc
-            self._finish(ctx)
+            self._finish(ctx, exc)
             raise
 
     def _fetch(self, ctx: RequestContext, flight: Flight | None) -> Flow:
@@ -431,10 +435,10 @@ class Pipeline:
             stored = _stored_headers(ctx, response, ctx._stages.entry_limit) if key is not None else None
             if stored is TOO_LARGE:
                 if flight is None or self._flights.release_alone(flight):
-                    return self._pass_through(ctx, response, attempt)
+                    return self._answer(ctx, upstream=response, attempt=attempt)
                 return self._tee(ctx, response, attempt, flight, storable=False)
             if flight is None and stored is None:
-                return self._pass_through(ctx, response, attempt)
+                return self._answer(ctx, upstream=response, attempt=attempt)
             # Read whole: to store it, or (not storable, e.g. an error status) to hand followers the same.
             body = yield from self._read(ctx, response, attempt)
         except BaseException as exc:
@@ -450,10 +454,7 @@ class Pipeline:
         finally:
             if flight is not None:
                 self._flights.remove(flight)
-        # A response read when it was built keeps its body: its caller reads that, never the stream.
-        response = self._hand_over(ctx, response, None if is_read(response) else ctx.http.ByteStream(body))
-        self._finish(ctx)
-        return response
+        return self._answer(ctx, upstream=response, body=body)
 
     def _follow(self, ctx: RequestContext, flight: Flight) -> Generator[Any, Any, Any]:
         """A follower's response: ``flight``'s answer, or ``None`` if its leader gave up (start over)."""
@@ -478,15 +479,7 @@ class Pipeline:
             assert flight.error is not None
             raise flight.error
         ctx.response_status = flight.status
-        if flight.streaming:
-            return self._flight_response(ctx, flight, _head_extensions(flight.extensions))
-        http = ctx.http
-        response = build_response(
-            http, flight.status, flight.headers + self._info_headers(ctx), http.ByteStream(flight.chunks[0]),
-            self._extensions(ctx, _head_extensions(flight.extensions)),
-        )
-        self._finish(ctx)
-        return response
+        return self._answer(ctx, flight=flight)
 
     def _tee(
         self, ctx: RequestContext, upstream: Any, attempt: Attempt, flight: Flight, storable: bool = True
@@ -502,7 +495,7 @@ class Pipeline:
         if stored is TOO_LARGE:
             stored, storable = None, False
 
-        def on_end(error: BaseException | None, complete: bool) -> Flow | None:
+        def on_end(error: BaseException | None, complete: bool) -> Awaitable[Any] | None:
             if error is not None:
                 attempt.error = error
             attempt.tail = tail(flight.chunks, USAGE_TAIL)  # for the observers: the usage block
@@ -516,26 +509,17 @@ class Pipeline:
             if not flight.complete(tail(chunks)):
                 return None
             entry = CacheEntry(upstream.status_code, stored, b"", chunks=chunks, ttl=ctx.controls.ttl)
-            return self._cache_store(ctx, entry, stages.cache_set, promote=False)
+            # The store is driven here, not by the flight, in the mode of its callers (a flight has one): in place
+            # for sync ones; for async ones the awaitable is returned, and the flight awaits it (shielded).
+            store = self._cache_store(ctx, entry, stages.cache_set, promote=False)
+            if ctx.is_async:
+                return drive_async(store)
+            drive_sync(store, self.bridge)
+            return None
 
         flight.complete = attempt.dialect.stream_complete
         flight.start_stream(upstream, upstream.extensions, on_end, stages.entry_limit if storable else 0)
-        return self._flight_response(ctx, flight, upstream.extensions)
-
-    def _flight_response(self, ctx: RequestContext, flight: Flight, extensions: Mapping[str, Any]) -> Any:
-        """A response reading ``flight``'s body through its own cursor; the request ends when it does."""
-
-        def on_done(error: BaseException | None) -> None:
-            if error is not None:
-                ctx.error = error
-            self._finish(ctx)
-
-        http = ctx.http
-        assert flight.status is not None
-        return build_response(
-            http, flight.status, flight.headers + self._info_headers(ctx), flight_stream(http, flight, on_done),
-            self._extensions(ctx, extensions),
-        )
+        return self._answer(ctx, flight=flight, upstream=upstream)
 
     def _cache_lookup(self, ctx: RequestContext, stages: Stages) -> Generator[Any, Any, CacheEntry | None]:
         for index, (tier, get) in enumerate(stages.cache_get):
@@ -753,11 +737,18 @@ class Pipeline:
             self._end_attempt(ctx, attempt)
         return body
 
-    def _finish(self, ctx: RequestContext, hit: CacheEntry | None = None) -> None:
-        """The request is over: record it, tell the observers. Runs exactly once per request.
+    def _finish(
+        self, ctx: RequestContext, error: BaseException | None = None, hit: CacheEntry | None = None
+    ) -> None:
+        """The request is over: record it, tell the observers. Runs exactly once per request: registered by
+        :meth:`_answer` for a request that got an answer, called by :meth:`flow` for one that failed before.
 
-        ``hit`` is the cache entry that answered, so the stats can count the tokens it saved.
+        ``error`` is what ended it, if it failed (it becomes ``ctx.error``); ``hit`` is the cache entry that
+        answered, so the stats can count the tokens it saved. Its signature is a stream's end callback's
+        (``on_end(error)``) once ``ctx`` is bound.
         """
+        if error is not None:
+            ctx.error = error
         self.stats.record(ctx, time.perf_counter(), hit)
         for observe in ctx._stages.observe:
             try:
@@ -791,7 +782,89 @@ class Pipeline:
         )
         return extensions
 
+    def _answer(
+        self, ctx: RequestContext, entry: CacheEntry | None = None, flight: Flight | None = None,
+        upstream: Any = None, body: bytes | None = None, attempt: Attempt | None = None,
+    ) -> Any:
+        """The request's response, and its end: the one way out of the flow for a request with an answer.
+
+        The answer is made of one of:
+
+        - ``entry``: a cache hit, replayed (:meth:`_replay`);
+        - ``flight``: a flight's answer, whole, or read through the flight as it arrives. ``upstream`` is given
+          when this request leads the flight (it sent ``upstream``): its response keeps that response's
+          extensions; a follower's keeps only those describing the answer, not the leader's connection;
+        - ``upstream``: the upstream response itself, handed over (:meth:`_hand_over`), with ``body`` its body
+          read whole by the flow, or without it passed through as it arrives (``attempt`` ends when it ends).
+
+        Each response carries the info headers and the ``aurelis`` extension. The request's end
+        (:meth:`_finish`) is registered here, so it runs once: now when the body is in hand, else when the
+        caller's reading of it ends, through the stream's ``on_end(error)`` (a flight's stream and an observed
+        one take the same callback shape).
+
+        The hit and the miss paths (a body in hand) pass a few ``is not None`` checks here and make no callback:
+        only answers that stream have one.
+        """
+        if entry is not None:
+            response = self._replay(ctx, entry)
+            self._finish(ctx, None, entry)
+            return response
+        http = ctx.http
+        if flight is not None:
+            assert flight.status is not None
+            extensions = self._extensions(
+                ctx, upstream.extensions if upstream is not None else _head_extensions(flight.extensions)
+            )
+            headers = flight.headers + self._info_headers(ctx)
+            if flight.streaming:
+                # Over when this caller's reading is (read to the end, failed or closed), not the flight's.
+                return build_response(
+                    http, flight.status, headers, flight_stream(http, flight, partial(self._finish, ctx)),
+                    extensions,
+                )
+            response = build_response(http, flight.status, headers, http.ByteStream(flight.chunks[0]), extensions)
+        elif body is not None:
+            # A response read when it was built keeps its body: its caller reads that, never the stream.
+            response = self._hand_over(ctx, upstream, None if is_read(upstream) else http.ByteStream(body))
+        else:
+            assert attempt is not None
+            if not is_read(upstream):
+                return self._hand_over(ctx, upstream, self._observed(ctx, upstream, attempt))
+            # Built with its body in hand (``Response(content=...)``: ``MockTransport``'s, a hand-written
+            # transport's), it is already read and closed: its caller never reads its stream, so the attempt
+            # and the request end now. The attempt ends first: its hooks see the headers as they came.
+            attempt.tail = upstream.content[-USAGE_TAIL:]
+            attempt.head = upstream.content[:USAGE_TAIL]
+            self._end_attempt(ctx, attempt)
+            response = self._hand_over(ctx, upstream, None)
+        self._finish(ctx)
+        return response
+
+    def _observed(self, ctx: RequestContext, upstream: Any, attempt: Attempt) -> Any:
+        """For :meth:`_answer`: ``upstream``'s body passed through unbuffered, observed as it passes, with the end
+        callback that ends the attempt and then the request when the caller's reading of it ends.
+
+        A method of its own, not a closure inside ``_answer``: the variables a closure captures become cells that
+        its defining function allocates on every call, a hit's included.
+        """
+        streamed = is_event_stream(upstream.headers)
+
+        def on_end(error: BaseException | None) -> None:
+            if error is not None:
+                attempt.error = error
+                ctx.error = error  # before the attempt's end hooks, which may read it
+            attempt.tail = observed.tail()  # for the observers: the usage block
+            attempt.head = observed.head
+            if streamed:
+                attempt.first_chunk = observed.first_chunk  # the time to first token
+            self._end_attempt(ctx, attempt)
+            self._finish(ctx, error)
+
+        observed = observed_stream(ctx.http, upstream.stream, on_end)
+        return observed
+
     def _replay(self, ctx: RequestContext, entry: CacheEntry) -> Any:
+        """For :meth:`_answer`: a cache entry as a new response."""
         http = ctx.http
         # Triples made here rather than kept on the entry: a hit pays ~0.1 us a header, a stored entry no bytes.
         headers = [(k, k.lower(), v) for k, v in entry.headers]
@@ -809,37 +882,6 @@ class Pipeline:
             http.ByteStream(entry.body) if entry.chunks is None else chunk_stream(http, entry.chunks),
             self._extensions(ctx, _REPLAY_EXTENSIONS),
         )
-
-    def _pass_through(self, ctx: RequestContext, upstream: Any, attempt: Attempt) -> Any:
-        """Hand the upstream response over unbuffered; end the attempt and the request when its body ends.
-
-        A response the transport built with its body in hand (``Response(content=...)``: ``MockTransport``'s,
-        a hand-written transport's) is already read and closed: its caller never reads its stream, so the
-        attempt and the request end here.
-        """
-        if is_read(upstream):
-            attempt.tail = upstream.content[-USAGE_TAIL:]
-            attempt.head = upstream.content[:USAGE_TAIL]
-            self._end_attempt(ctx, attempt)
-            response = self._hand_over(ctx, upstream, None)
-            self._finish(ctx)
-            return response
-
-        streamed = is_event_stream(upstream.headers)
-
-        def on_end(error: BaseException | None) -> None:
-            if error is not None:
-                attempt.error = error
-                ctx.error = error
-            attempt.tail = observed.tail()  # for the observers: the usage block
-            attempt.head = observed.head
-            if streamed:
-                attempt.first_chunk = observed.first_chunk  # the time to first token
-            self._end_attempt(ctx, attempt)
-            self._finish(ctx)
-
-        observed = observed_stream(ctx.http, upstream.stream, on_end)
-        return self._hand_over(ctx, upstream, observed)
 
     def _hand_over(self, ctx: RequestContext, upstream: Any, stream: Any) -> Any:
         """The upstream response itself, reading ``stream``, with the cache headers and extension added.

@@ -930,3 +930,83 @@ async def test_a_reader_cancelled_while_waiting_stops_counting_so_the_last_one_c
             assert seen.requests == [("hit", "CancelledError"), ("miss", "NoneType")]
             up.allow()
             await following.aclose()
+
+
+class EveryExit(httpx.AsyncBaseTransport):
+    """An in-process upstream for each way a request leaves the pipeline: ``/models`` answers built with their
+    body in hand (``Response(content=...)``), ``/feed`` an event stream not to be cached, ``/broken`` an error,
+    and the chat path an answer to cache (JSON, or an event stream for ``"stream": true``). While ``gate`` is
+    set, answers wait for it, so a second identical request follows the first."""
+
+    def __init__(self) -> None:
+        self.gate: asyncio.Event | None = None
+        self.arrived = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.arrived += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        path = request.url.path
+        if path == "/models":
+            return httpx.Response(200, json={"data": []})
+        if path == "/broken":
+            raise httpx.ConnectError("refused", request=request)
+        if path == "/feed" or b'"stream":true' in request.content.replace(b" ", b""):
+            return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                  stream=httpx.ByteStream(b"".join(EVENTS)))
+        body = b'{"choices":[{"message":{"role":"assistant","content":"Nile"}}]}'
+        return httpx.Response(200, headers={"content-type": "application/json"}, stream=httpx.ByteStream(body))
+
+
+class EachEnd:
+    """Every request the pipeline observes, as its context (held, so two are never confused)."""
+
+    name = "each_end"
+
+    def __init__(self) -> None:
+        self.ended: list[RequestContext] = []
+
+    @hookimpl
+    def aurelis_observe(self, ctx: RequestContext) -> None:
+        self.ended.append(ctx)
+
+
+@pytest.mark.anyio
+async def test_every_way_out_is_observed_once_and_labelled() -> None:
+    # A hit, a fetched and stored answer and its follower, a tee'd stream and its follower, an answer passed
+    # through read and one passed through streamed, and an error: each request ends exactly once (observed
+    # once, when its body is over) and each response says where it came from, in its header and extension.
+    up, lookups, ends = EveryExit(), Lookups(), EachEnd()
+    pipeline = Pipeline({"plugins": ["normalize", "memory"]}, plugins=[lookups, ends])
+    async with pipeline.instrument(httpx.AsyncClient(transport=up, base_url="http://up.test")) as client:
+        responses: dict[str, httpx.Response] = {}
+        for name, body in (("fetched", BODY), ("teed", STREAM_BODY)):
+            up.gate = asyncio.Event()
+            leader = asyncio.create_task(client.post(CHAT, json=body))
+            await looked_up(lookups, lookups.count + 1)
+            follower = asyncio.create_task(client.post(CHAT, json=body))
+            await looked_up(lookups, lookups.count + 1)
+            up.gate.set()
+            responses[name], responses[f"{name} follower"] = await leader, await follower
+        up.gate = None
+        responses["hit"] = await client.post(CHAT, json=BODY)
+        responses["read"] = await client.get("/models")
+        streamed = await client.send(client.build_request("GET", "/feed"), stream=True)
+        assert len(ends.ended) == 6  # not before its body is over
+        await streamed.aread()
+        responses["streamed"] = streamed
+        with pytest.raises(httpx.ConnectError):
+            await client.get("/broken")
+        assert up.arrived == 5
+        labels = {name: (r.headers["x-aurelis-cache"], r.headers.get("x-aurelis-cache-tier"))
+                  for name, r in responses.items()}
+        assert labels == {
+            "fetched": ("miss", None), "fetched follower": ("hit", "coalesced"),
+            "teed": ("miss", None), "teed follower": ("hit", "coalesced"),
+            "hit": ("hit", "memory"), "read": ("bypass", None), "streamed": ("bypass", None),
+        }
+        for name, response in responses.items():
+            info = response.extensions["aurelis"]
+            assert (info.status, info.tier) == labels[name], name
+        assert len(ends.ended) == 8 and len({id(ctx) for ctx in ends.ended}) == 8
+        assert [type(ctx.error).__name__ for ctx in ends.ended].count("ConnectError") == 1
