@@ -663,9 +663,12 @@ class SQLiteTier(WriteBehindTier):
             raise
 
     async def _aconnect(self, stale: asyncio.Task[Any] | None) -> Any:
-        if stale is not None:
+        # This loop's connection to the file of an earlier generation: closed, or stopped once it has opened.
+        if stale is not None and not stale.done():
+            _stop(stale)
+        elif stale is not None and not stale.cancelled() and stale.exception() is None:
             try:
-                await (await stale).close()  # this loop's connection to the file of an earlier generation
+                await stale.result().close()
             except Exception:
                 pass
         if not self._prepared:
@@ -931,8 +934,11 @@ class SQLiteTier(WriteBehindTier):
 
 
 def _stop(connecting: asyncio.Task[Any]) -> None:
-    """Close the aiosqlite connection ``connecting`` opened, from any thread (its worker thread does it and ends)."""
-    if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+    """Close the aiosqlite connection ``connecting`` opened, from any thread (its worker thread does it and ends);
+    one still opening is closed when it has opened."""
+    if not connecting.done():
+        connecting.add_done_callback(_stop)
+    elif not connecting.cancelled() and connecting.exception() is None:
         connecting.result().stop()
 
 
