@@ -64,7 +64,7 @@ TWINS: tuple[Twin, ...] = (
     Twin(
         "plugins/_gcra_async.py",
         "plugins/_gcra_sync.py",
-        {"_async_script": "_sync_script", "_async_client": "_sync_client", "_async": "_sync", "aclose": "close"},
+        {"_async_script": "_sync_script"},
     ),
 )
 

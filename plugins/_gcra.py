@@ -29,6 +29,7 @@ unless it has one already): all the limits live in one slot, on one master, and 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -171,9 +172,10 @@ class RedisGCRA:
         #: What a failed call raises.
         self.errors = REDIS_ERRORS
         self._sync: Any = None
-        self._async: Any = None
-        self._async_client: Any = None
         self._sync_client: Any = None
+        #: Each live event loop's asyncio client and its script (asyncio connections belong to their loop: a
+        #: client made on one loop fails on the next, e.g. ``asyncio.run`` per call).
+        self._async_scripts: dict[asyncio.AbstractEventLoop, tuple[Any, Any]] = {}
         self._pending: dict[str, list[float]] = {}
         self._lock = threading.Lock()
 
@@ -205,10 +207,14 @@ class RedisGCRA:
         return self._sync
 
     def _async_script(self) -> Any:
-        if self._async is None:
-            self._async_client = self._client(is_async=True)
-            self._async = self._async_client.register_script(LUA_RESERVE)
-        return self._async
+        loop = asyncio.get_running_loop()
+        made = self._async_scripts.get(loop)
+        if made is None:
+            for gone in [owner for owner in self._async_scripts if owner.is_closed()]:
+                del self._async_scripts[gone]  # a closed loop's connections went with it
+            client = self._client(is_async=True)
+            made = self._async_scripts[loop] = (client, client.register_script(LUA_RESERVE))
+        return made[1]
 
     def reserve(self, specs: Sequence[Spec], max_wait: float) -> Reservation:
         return _gcra_sync.reserve(self, specs, max_wait)
@@ -223,11 +229,36 @@ class RedisGCRA:
             entry[0] += delta
             entry[1] = max(entry[1], floor)
 
+    # Closing differs by mode on purpose (an asyncio client is closed on its own loop), so it is hand-written.
+
     def close(self) -> None:
-        _gcra_sync.close(self)
+        """Close the sync client, and the asyncio clients of live loops other than this thread's (on their loops;
+        :meth:`aclose` closes this one's). A later reservation makes new ones."""
+        client, self._sync_client, self._sync = self._sync_client, None, None
+        if client is not None:
+            client.close()
+        self._close_async(_running_loop())
 
     async def aclose(self) -> None:
-        await _gcra_async.close(self)
+        """Close the running loop's asyncio client, and have the other live loops close theirs."""
+        loop = asyncio.get_running_loop()
+        made = self._async_scripts.pop(loop, None)
+        self._close_async(None)
+        if made is not None:
+            await made[0].aclose()
+
+    def _close_async(self, keep: asyncio.AbstractEventLoop | None) -> None:
+        for owner in [owner for owner in self._async_scripts if owner is not keep]:
+            client = self._async_scripts.pop(owner)[0]
+            if owner.is_running():
+                asyncio.run_coroutine_threadsafe(client.aclose(), owner)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _reservation(reply: Any) -> Reservation:

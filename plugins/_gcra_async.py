@@ -2,7 +2,8 @@
 
 ``_gcra_async`` (for async clients) is the source; ``_gcra_sync`` (for sync clients) is generated from it by
 ``python -m aurelis_core._unasync``. Each mode has its own redis-py client (the sync module's or the asyncio
-one's), made on first use by :class:`~aurelis_plugins._gcra.RedisGCRA`, which is hand-written for that reason.
+one's, one per event loop), made on first use by :class:`~aurelis_plugins._gcra.RedisGCRA`, which is hand-written
+for that reason, as is closing them.
 """
 
 from __future__ import annotations
@@ -29,10 +30,3 @@ async def reserve(limiter: RedisGCRA, specs: Sequence[Spec], max_wait: float) ->
         raise
     limiter.cooloff.answered()
     return _reservation(reply)
-
-
-async def close(limiter: RedisGCRA) -> None:
-    """Close the client (a later reservation makes a new one)."""
-    client, limiter._async_client, limiter._async = limiter._async_client, None, None
-    if client is not None:
-        await client.aclose()

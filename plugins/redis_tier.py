@@ -794,9 +794,9 @@ class FleetFlightTier(RedisTier):
         super().__init__(config, pipeline)
         #: The leases this process holds, renewed while their upstream calls run.
         self.leases = Leases(config.fleet_flight, self._renew)
-        # Per client: (client, look script, pub/sub listener or None).
+        # Per client: (client, look script, pub/sub listener or None); the asyncio clients' per event loop.
         self._sync_flight: tuple[Any, Any, ThreadListener | None] = (None, None, None)
-        self._async_flight: tuple[Any, Any, LoopListener | None] = (None, None, None)
+        self._async_flights: dict[asyncio.AbstractEventLoop, tuple[Any, Any, LoopListener | None]] = {}
 
     # Each client's look script (redis-py sends its SHA, and the text again only if the server lost it) and
     # pub/sub listener (none on Cluster, where followers only look: a channel's messages would go to every node).
@@ -821,10 +821,14 @@ class FleetFlightTier(RedisTier):
         return self._async_flight_of(self.async_client())[2]
 
     def _async_flight_of(self, client: Any) -> tuple[Any, Any, LoopListener | None]:
-        if self._async_flight[0] is not client:
+        loop = asyncio.get_running_loop()
+        made = self._async_flights.get(loop)
+        if made is None or made[0] is not client:
+            for gone in [owner for owner in self._async_flights if owner.is_closed()]:
+                del self._async_flights[gone]
             listener = None if self._per_node else LoopListener(client)
-            self._async_flight = (client, client.register_script(LUA_LOOK), listener)
-        return self._async_flight
+            made = self._async_flights[loop] = (client, client.register_script(LUA_LOOK), listener)
+        return made
 
     @hookimpl
     def aurelis_cache_get(self, ctx: RequestContext) -> Any:

@@ -394,6 +394,47 @@ def test_shared_limits_count_across_pipelines(upstream: SimulatedServer, redis_f
 
 
 @pytest.mark.redis
+def test_a_shared_limit_serves_every_event_loop_and_closes_their_clients(
+    upstream: SimulatedServer, redis_flush: str
+) -> None:
+    # An asyncio client belongs to the loop that made it: one loop after another (``asyncio.run`` per call), or
+    # threads each running one, each get their own, so no reservation fails (a client of a closed loop raised
+    # "Event loop is closed" into the request), and closing the pipeline closes every live loop's.
+    import asyncio
+    import gc
+    import time
+
+    from support import live_loops
+
+    pipeline = Pipeline({"plugins": ["ratelimit"], "ratelimit": {"rpm": 4, "max_wait": 0, "redis_url": redis_flush}})
+
+    async def send() -> int:
+        async with httpx.AsyncClient(timeout=10) as client:
+            pipeline.instrument(client)
+            return (await client.post(upstream.url + CHAT, json=BODY)).status_code
+
+    server = redis.Redis.from_url(redis_flush)
+    try:
+        assert [asyncio.run(send()) for _ in range(2)] == [200, 200]  # two loops, one after the other
+        gc.collect()  # the closed loops' clients, dropped, and their connections go now rather than later
+        before = int(server.info("clients")["connected_clients"])
+        with live_loops(2) as loops:
+            assert [asyncio.run_coroutine_threadsafe(send(), loop).result(10) for loop in loops] == [200, 200]
+            assert int(server.info("clients")["connected_clients"]) <= before + 2  # one per loop at most
+            pipeline.close()
+            deadline = time.monotonic() + 10  # each loop closes its own, on its thread
+            while int(server.info("clients")["connected_clients"]) > before and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert int(server.info("clients")["connected_clients"]) <= before
+        # The four a minute were all spent through Redis: none fell back to the local limits.
+        assert not pipeline.stats.counters["ratelimit_redis_errors"]
+        with pytest.raises(RateLimitTimeout):
+            asyncio.run(send())
+    finally:
+        server.close()
+
+
+@pytest.mark.redis
 def test_a_shared_limit_refunds_an_unsent_attempt_through_redis(redis_flush: str) -> None:
     url = dead_url()
     client, _, _ = limited({"rpm": 1, "max_wait": 0, "redis_url": redis_flush})
