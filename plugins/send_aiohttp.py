@@ -152,17 +152,21 @@ class AiohttpEngine:
     @hookimpl
     def aurelis_close(self, pipeline: Any) -> Any:
         sessions, self._sessions = self._sessions, {}
-        if not pipeline.is_async:
-            return None
+        loop = _running_loop() if pipeline.is_async else None
+        mine = None if loop is None else sessions.pop(loop, None)
+        for owner, session in sessions.items():
+            # Another loop's session cannot be awaited from here: a live loop (a thread running one) closes it
+            # itself; a closed loop took its sockets with it.
+            if owner.is_running():
+                asyncio.run_coroutine_threadsafe(session.close(), owner)
+        return None if mine is None else mine.close()
 
-        async def close() -> None:
-            loop = asyncio.get_running_loop()
-            for owner, session in sessions.items():
-                if owner is loop:
-                    await session.close()
-                # Sessions of other loops cannot be awaited from here; a closed loop took their sockets.
 
-        return close()
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 async def _body_of(stream: Any) -> AsyncIterator[bytes]:

@@ -184,6 +184,29 @@ async def test_aiohttp_pools_connections(upstream: Any) -> None:
         assert len(session.connector._conns) == 1  # one idle keep-alive connection, reused five times
 
 
+def test_aiohttp_closes_the_sessions_of_every_live_loop(upstream: Any) -> None:
+    # A session belongs to its event loop; threads each running one each get their own, and closing the pipeline
+    # (here from sync code, on no loop) has each live loop close its own (they were left open with their sockets).
+    from support import live_loops
+
+    pipeline = Pipeline({"plugins": ["aiohttp"]})
+    engine = pipeline.plugin("aiohttp")
+
+    async def send() -> int:
+        client = pipeline.instrument(httpx.AsyncClient())
+        return (await client.post(upstream.url + CHAT, json=HELLO)).status_code
+
+    with live_loops(2) as loops:
+        assert [asyncio.run_coroutine_threadsafe(send(), loop).result(10) for loop in loops] == [200, 200]
+        sessions = list(engine._sessions.values())
+        assert len(sessions) == 2
+        pipeline.close()
+        deadline = time.monotonic() + 10  # each loop closes its own, on its thread
+        while not all(session.closed for session in sessions) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all(session.closed for session in sessions)
+
+
 # --- dead pooled connections ---------------------------------------------------------------------------------
 
 
