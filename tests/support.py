@@ -252,7 +252,8 @@ def open_files_at(prefix: Path | str) -> list[str]:
 @contextlib.contextmanager
 def live_loops(count: int) -> Iterator[list[asyncio.AbstractEventLoop]]:
     """``count`` event loops, each running on a thread of its own until the block ends (what an application
-    with a loop per worker thread has); hand them work with ``asyncio.run_coroutine_threadsafe``."""
+    with a loop per worker thread has); hand them work with ``asyncio.run_coroutine_threadsafe``. At the end each
+    loop first finishes what was handed to it (a close scheduled on it, say), then stops."""
     loops = [asyncio.new_event_loop() for _ in range(count)]
     runners = [threading.Thread(target=loop.run_forever, daemon=True) for loop in loops]
     for runner in runners:
@@ -261,6 +262,14 @@ def live_loops(count: int) -> Iterator[list[asyncio.AbstractEventLoop]]:
         yield loops
     finally:
         for loop, runner in zip(loops, runners, strict=True):
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(_settle(), loop).result(10)
             loop.call_soon_threadsafe(loop.stop)
             runner.join(5)
             loop.close()
+
+
+async def _settle() -> None:
+    """Wait for the running loop's other tasks."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    await asyncio.gather(*others, return_exceptions=True)

@@ -369,3 +369,21 @@ def test_a_follower_takes_over_when_the_leading_process_is_killed(upstream_facto
     assert upstream.count(CHAT) == 2
     assert counter(followers, "led") == 1
     assert counter(followers, "took_over") == 1
+
+
+@pytest.mark.redis
+def test_each_live_loop_keeps_its_own_listener(redis_flush: str) -> None:
+    # A follower's pub/sub listener belongs to its loop's client: threads each running a loop, in turn, each keep
+    # theirs (a switch of loop made a new one, with a new pub/sub connection, every time).
+    from support import live_loops
+
+    pipeline = Pipeline(config(redis_flush))
+    tier = pipeline.plugin("redis")
+
+    async def listener() -> int:
+        return id(tier._alistener())
+
+    with live_loops(2) as loops:
+        seen = [asyncio.run_coroutine_threadsafe(listener(), loops[turn % 2]).result(10) for turn in range(6)]
+        assert len(set(seen)) == 2 and seen[0::2] == [seen[0]] * 3 and seen[1::2] == [seen[1]] * 3
+        pipeline.close()
