@@ -29,7 +29,6 @@ unless it has one already): all the limits live in one slot, on one master, and 
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 import time
@@ -37,6 +36,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 from aurelis_core.plugin import RedisConnection
+
+from ._per_loop import PerLoop
 
 __all__ = ["LocalGCRA", "RedisGCRA", "Reservation", "Spec", "duration_seconds"]
 
@@ -175,7 +176,7 @@ class RedisGCRA:
         self._sync_client: Any = None
         #: Each live event loop's asyncio client and its script (asyncio connections belong to their loop: a
         #: client made on one loop fails on the next, e.g. ``asyncio.run`` per call).
-        self._async_scripts: dict[asyncio.AbstractEventLoop, tuple[Any, Any]] = {}
+        self._async_scripts: PerLoop[tuple[Any, Any]] = PerLoop()
         self._pending: dict[str, list[float]] = {}
         self._lock = threading.Lock()
 
@@ -207,13 +208,11 @@ class RedisGCRA:
         return self._sync
 
     def _async_script(self) -> Any:
-        loop = asyncio.get_running_loop()
-        made = self._async_scripts.get(loop)
+        made = self._async_scripts.get()
         if made is None:
-            for gone in [owner for owner in self._async_scripts if owner.is_closed()]:
-                del self._async_scripts[gone]  # a closed loop's connections went with it
             client = self._client(is_async=True)
-            made = self._async_scripts[loop] = (client, client.register_script(LUA_RESERVE))
+            made = (client, client.register_script(LUA_RESERVE))
+            self._async_scripts.put(made)
         return made[1]
 
     def reserve(self, specs: Sequence[Spec], max_wait: float) -> Reservation:
@@ -232,33 +231,23 @@ class RedisGCRA:
     # Closing differs by mode on purpose (an asyncio client is closed on its own loop), so it is hand-written.
 
     def close(self) -> None:
-        """Close the sync client, and the asyncio clients of live loops other than this thread's (on their loops;
-        :meth:`aclose` closes this one's). A later reservation makes new ones."""
+        """Close the sync client; every live loop closes its asyncio client. A later reservation makes new ones."""
+        self._close_sync()
+        self._async_scripts.close(_aclose_client)
+
+    async def aclose(self) -> None:
+        """Close the running loop's asyncio client (the other live loops close theirs), then the sync client."""
+        await self._async_scripts.aclose(_aclose_client)
+        self._close_sync()
+
+    def _close_sync(self) -> None:
         client, self._sync_client, self._sync = self._sync_client, None, None
         if client is not None:
             client.close()
-        self._close_async(_running_loop())
-
-    async def aclose(self) -> None:
-        """Close the running loop's asyncio client, and have the other live loops close theirs."""
-        loop = asyncio.get_running_loop()
-        made = self._async_scripts.pop(loop, None)
-        self._close_async(None)
-        if made is not None:
-            await made[0].aclose()
-
-    def _close_async(self, keep: asyncio.AbstractEventLoop | None) -> None:
-        for owner in [owner for owner in self._async_scripts if owner is not keep]:
-            client = self._async_scripts.pop(owner)[0]
-            if owner.is_running():
-                asyncio.run_coroutine_threadsafe(client.aclose(), owner)
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+async def _aclose_client(made: tuple[Any, Any]) -> None:
+    await made[0].aclose()
 
 
 def _reservation(reply: Any) -> Reservation:

@@ -392,5 +392,7 @@ class RateLimit:
         shared = self.shared
         if shared is None:
             return None
+        if pipeline.is_async:
+            return shared.aclose()
         shared.close()
-        return shared.aclose() if pipeline.is_async else None
+        return None

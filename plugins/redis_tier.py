@@ -87,6 +87,7 @@ from ._fleet_flight import (
     LoopListener,
     ThreadListener,
 )
+from ._per_loop import PerLoop
 from ._redis_client import REDIS_ERRORS, make_client
 from ._serialize import SerializeError, Unauthenticated, codec_named, dumps, loads
 from ._tier import WarmConfig, WriteBehindTier
@@ -368,7 +369,7 @@ class RedisTier(WriteBehindTier):
         self._client: Any = None
         self._client_lock = threading.Lock()
         #: Each live event loop's asyncio client (asyncio connections belong to the loop that made them).
-        self._aclients: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._aclients: PerLoop[Any] = PerLoop()
         #: The start hook opening the asyncio pool's connections, while it does.
         self._opening: asyncio.Future[None] | None = None
         self._unreadable_logged = False
@@ -410,14 +411,10 @@ class RedisTier(WriteBehindTier):
 
     def async_client(self) -> Any:
         """The asyncio client of the running loop (asyncio connections belong to the loop that made them)."""
-        loop = asyncio.get_running_loop()
-        client = self._aclients.get(loop)
+        client = self._aclients.get()
         if client is None:
-            # Several live loops (threads each running one) each keep their own client, rather than replace one
-            # another's pool, unclosed, on every switch. The clients of loops that are gone go with them.
-            for gone in [owner for owner in self._aclients if owner.is_closed()]:
-                del self._aclients[gone]
-            client = self._aclients[loop] = self._make_client(is_async=True)
+            client = self._make_client(is_async=True)
+            self._aclients.put(client)
         return client
 
     def problems(self) -> list[str]:
@@ -604,23 +601,13 @@ class RedisTier(WriteBehindTier):
 
     # Closing differs by mode on purpose (a live loop's asyncio client is closed on that loop), so not generated.
     async def _aclose_async(self) -> None:
-        clients, self._aclients = self._aclients, {}
-        loop = asyncio.get_running_loop()
-        for owner, client in clients.items():
-            if owner is loop:
-                await client.aclose()
-            elif owner.is_running():
-                # Another live loop's: closed on that loop, not awaited from this one.
-                asyncio.run_coroutine_threadsafe(client.aclose(), owner)
+        await self._aclients.aclose(_aclose_client)
 
     def _close_sync(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             client.close()
-        clients, self._aclients = self._aclients, {}
-        for owner, aclient in clients.items():
-            if owner.is_running():  # a live loop's, closed on it; a closed loop's went with its loop
-                asyncio.run_coroutine_threadsafe(aclient.aclose(), owner)
+        self._aclients.close(_aclose_client)
 
     # --- writing -----------------------------------------------------------------------------------------------
 
@@ -796,7 +783,7 @@ class FleetFlightTier(RedisTier):
         self.leases = Leases(config.fleet_flight, self._renew)
         # Per client: (client, look script, pub/sub listener or None); the asyncio clients' per event loop.
         self._sync_flight: tuple[Any, Any, ThreadListener | None] = (None, None, None)
-        self._async_flights: dict[asyncio.AbstractEventLoop, tuple[Any, Any, LoopListener | None]] = {}
+        self._async_flights: PerLoop[tuple[Any, Any, LoopListener | None]] = PerLoop()
 
     # Each client's look script (redis-py sends its SHA, and the text again only if the server lost it) and
     # pub/sub listener (none on Cluster, where followers only look: a channel's messages would go to every node).
@@ -821,13 +808,11 @@ class FleetFlightTier(RedisTier):
         return self._async_flight_of(self.async_client())[2]
 
     def _async_flight_of(self, client: Any) -> tuple[Any, Any, LoopListener | None]:
-        loop = asyncio.get_running_loop()
-        made = self._async_flights.get(loop)
+        made = self._async_flights.get()
         if made is None or made[0] is not client:
-            for gone in [owner for owner in self._async_flights if owner.is_closed()]:
-                del self._async_flights[gone]
             listener = None if self._per_node else LoopListener(client)
-            made = self._async_flights[loop] = (client, client.register_script(LUA_LOOK), listener)
+            made = (client, client.register_script(LUA_LOOK), listener)
+            self._async_flights.put(made)
         return made
 
     @hookimpl
@@ -885,6 +870,10 @@ class FleetFlightTier(RedisTier):
     def aurelis_close(self, pipeline: Any) -> Any:
         self.leases.close()
         return super().aurelis_close(pipeline)
+
+
+async def _aclose_client(client: Any) -> None:
+    await client.aclose()
 
 
 def _connection(config: RedisConfig, shared: RedisConnection | None) -> RedisConnection:

@@ -28,7 +28,6 @@ retried once, at once, when the body can be sent again (it is not a one-shot str
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,6 +35,8 @@ from typing import Any
 import attrs
 
 from aurelis_core.plugin import Attempt, RequestContext, buffered_body, existing_file, hookimpl, positive, positive_int
+
+from ._per_loop import PerLoop
 
 try:
     import aiohttp
@@ -74,16 +75,13 @@ class AiohttpEngine:
             ssl.create_default_context(cafile=config.verify) if isinstance(config.verify, str)
             else None if config.verify else False
         )
-        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self._sessions: PerLoop[aiohttp.ClientSession] = PerLoop()
         #: httpx timeout extension (as a tuple) -> aiohttp.ClientTimeout; callers reuse a handful of settings.
         self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
 
     def _session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        session = self._sessions.get(loop)
+        session = self._sessions.get()
         if session is None or session.closed:
-            for old in [old for old in self._sessions if old.is_closed()]:
-                del self._sessions[old]  # their sockets went with their loop
             config = self.config
             connector = aiohttp.TCPConnector(
                 limit=config.max_connections,
@@ -91,7 +89,7 @@ class AiohttpEngine:
                 keepalive_timeout=config.keepalive_expiry,
                 ssl=self._ssl,
             )
-            session = self._sessions[loop] = aiohttp.ClientSession(
+            session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,  # raw bytes, as httpx transports return them
                 cookie_jar=aiohttp.DummyCookieJar(),  # cookies are the httpx client's business
@@ -99,6 +97,7 @@ class AiohttpEngine:
                 skip_auto_headers=_SKIP_AUTO_HEADERS,
                 trust_env=False,
             )
+            self._sessions.put(session)  # the sessions of closed loops are dropped: their sockets went with them
         return session
 
     def _timeout(self, request: Any) -> aiohttp.ClientTimeout:
@@ -151,22 +150,15 @@ class AiohttpEngine:
 
     @hookimpl
     def aurelis_close(self, pipeline: Any) -> Any:
-        sessions, self._sessions = self._sessions, {}
-        loop = _running_loop() if pipeline.is_async else None
-        mine = None if loop is None else sessions.pop(loop, None)
-        for owner, session in sessions.items():
-            # Another loop's session cannot be awaited from here: a live loop (a thread running one) closes it
-            # itself; a closed loop took its sockets with it.
-            if owner.is_running():
-                asyncio.run_coroutine_threadsafe(session.close(), owner)
-        return None if mine is None else mine.close()
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
+        # A session belongs to its loop: each live loop closes its own (a closed loop took its sockets).
+        if pipeline.is_async:
+            return self._sessions.aclose(_close_session)
+        self._sessions.close(_close_session)
         return None
+
+
+async def _close_session(session: aiohttp.ClientSession) -> None:
+    await session.close()
 
 
 async def _body_of(stream: Any) -> AsyncIterator[bytes]:

@@ -95,6 +95,7 @@ from aurelis_core.plugin import (
     writable_file_probe,
 )
 
+from ._per_loop import PerLoop
 from ._serialize import LARGE, Piece, SerializeError, Unauthenticated, codec_named, dumps_parts, loads
 from ._tier import WarmConfig, WriteBehindTier
 from ._validators import at_rest_codec
@@ -398,7 +399,7 @@ class SQLiteTier(WriteBehindTier):
         self._connections: list[sqlite3.Connection] = []
         #: Each live event loop's aiosqlite connection (an asyncio connection belongs to its loop): the generation
         #: of the file it was opened on, and the task opening it, which concurrent first callers share.
-        self._aconnections: dict[asyncio.AbstractEventLoop, tuple[int, asyncio.Task[Any]]] = {}
+        self._aconnections: PerLoop[tuple[int, asyncio.Task[Any]]] = PerLoop()
         self._warned_unopenable = False
         self._stored_bytes = 0
         self._last_purge = self.clock()
@@ -649,17 +650,18 @@ class SQLiteTier(WriteBehindTier):
         (threads each running one) each keep their own, rather than replace one another's on every switch."""
         if self._refused is not None:
             raise _Refused(self._refused)
-        loop = asyncio.get_running_loop()
-        slot = self._aconnections.get(loop)
+        slot = self._aconnections.get()
         if slot is None or slot[0] != self._generation:
-            self._stop_connections_of_closed_loops()
-            slot = (self._generation, loop.create_task(self._aconnect(None if slot is None else slot[1])))
-            self._aconnections[loop] = slot
+            stale = None if slot is None else slot[1]
+            slot = (self._generation, asyncio.get_running_loop().create_task(self._aconnect(stale)))
+            # The connections of loops that are gone (``asyncio.run`` per call) cannot be awaited any more: their
+            # worker threads are stopped, or they would live on with the process.
+            for _, gone in self._aconnections.put(slot):
+                _stop(gone)
         try:
             return await slot[1]
         except BaseException:
-            if self._aconnections.get(loop) is slot:
-                del self._aconnections[loop]  # try again on the next call
+            self._aconnections.discard(slot)  # try again on the next call
             raise
 
     async def _aconnect(self, stale: asyncio.Task[Any] | None) -> Any:
@@ -679,12 +681,6 @@ class SQLiteTier(WriteBehindTier):
         # may die with the process.
         pending._thread.daemon = True
         return await pending
-
-    def _stop_connections_of_closed_loops(self) -> None:
-        # The connection of a loop that is gone (``asyncio.run`` per call) cannot be awaited any more: stop its
-        # worker thread, which would otherwise live on with the process.
-        for loop in [loop for loop in self._aconnections if loop.is_closed()]:
-            _stop(self._aconnections.pop(loop)[1])
 
     # --- hooks -------------------------------------------------------------------------------------------------
 
@@ -750,21 +746,24 @@ class SQLiteTier(WriteBehindTier):
         return now + left if left > 0 else 0.0
 
     async def _aclose_async(self) -> None:
-        connections, self._aconnections = self._aconnections, {}
-        loop = asyncio.get_running_loop()
-        for owner, (_, task) in connections.items():
-            if owner is loop and task.done() and not task.cancelled() and task.exception() is None:
-                await task.result().close()
-            else:
-                _stop(task)  # another loop's: it cannot be awaited from here
+        opening = self._aconnections.take()
+        mine = opening.pop(asyncio.get_running_loop(), None)
+        for _, task in opening.values():
+            _stop(task)  # another loop's: it cannot be awaited from here
+        if mine is None:
+            return
+        task = mine[1]
+        if task.done() and not task.cancelled() and task.exception() is None:
+            await task.result().close()
+        else:
+            _stop(task)
 
     def _close_sync(self) -> None:
         connections, self._connections = self._connections, []
         self._local = threading.local()
         for conn in connections:
             conn.close()
-        opening, self._aconnections = self._aconnections, {}
-        for _, task in opening.values():
+        for _, task in self._aconnections.take().values():
             # Opened by an async client, closed from sync code: its loop may be gone, so ask the worker
             # thread to close the connection and stop rather than await it.
             _stop(task)
